@@ -1,0 +1,10 @@
+"""medgen: generative models of 3D medical images (CT, MRI).
+
+Array convention used everywhere in medgen: a volume is a NumPy array or torch
+tensor indexed ``(x, y, z)`` in RAS+ orientation (the nibabel / MONAI / TorchIO
+convention), so ``z`` — the last axis — runs inferior→superior and
+``volume[..., k]`` is an axial slice. Batched tensors are ``[B, C, X, Y, Z]``.
+HA-GAN's high-resolution slabs are runs of consecutive axial slices.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""The ``medgen`` command: one entry point, one subcommand per module in ``medgen.commands``.
+
+Each command module defines ``add_parser(subparsers)`` (which registers its
+options and sets ``func``) and a ``run(args) -> int`` returning the exit code.
+Command modules import heavy libraries (torch, SimpleITK, ...) inside ``run`` so
+that ``medgen --help`` stays fast. Exit codes are documented in
+:mod:`medgen.errors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from medgen import __version__
+from medgen.errors import EXIT_INTERRUPTED, MedgenError
+
+# Order is the order shown by ``medgen --help``.
+COMMAND_MODULES: tuple[str, ...] = (
+    "demo",
+    "phantoms",
+    "preprocess",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medgen",
+        description="Generative models of 3D medical images (CT, MRI).",
+        epilog="Exit codes: 0 success, 1 partly failed, 2 usage or input error, 130 interrupted.",
+    )
+    parser.add_argument("--version", action="version", version=f"medgen {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(f"medgen.commands.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except MedgenError as exc:
+        print(f"medgen {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"medgen {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return int(code or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
