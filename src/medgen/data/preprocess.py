@@ -1,0 +1,570 @@
+"""Turning a folder of CT/MRI volumes into a training-ready data set.
+
+Per volume (:func:`preprocess_volume`, a pure function):
+
+1. reorient to RAS+ (axis permutation/flips only, no interpolation);
+2. replace NaN (CT: the window's low end, i.e. air; MRI: 0) and, if asked,
+   resample to isotropic ``spacing`` mm (linear interpolation);
+3. map intensities to [-1, 1]: CT by a fixed HU window (default [-1024, 600] HU,
+   as in HA-GAN), MRI by robust percentiles of the nonzero voxels;
+4. drop blank axial slices (all background, i.e. -1) at the bottom and top of
+   the last axis, as the HA-GAN authors advise;
+5. fit to S³ (``resize-keep-aspect``, ``resize`` or ``crop-pad``).
+
+Per folder (:func:`preprocess_folder`): the output is ``OUT/volumes/<id>.npy``
+(float16, memory-mappable), a sidecar ``OUT/volumes/<id>.json`` with the
+volume's manifest row, ``OUT/preprocess.json`` with the settings and
+``OUT/manifest.csv``. Sidecars make the job resumable: a rerun skips volumes
+already done with the same settings and the same source file, and the manifest
+is rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from medgen import __version__
+from medgen.data.discover import InputItem, discover_inputs
+from medgen.data.io import VOLUME_SUFFIXES, Volume, read_volume, reorient_to_ras
+from medgen.errors import InputError, MedgenError, UsageError
+from medgen.fileio import atomic_save_npy, atomic_write_json, atomic_write_text
+
+MODALITIES = ("ct", "mri")
+FIT_MODES = ("resize-keep-aspect", "resize", "crop-pad")
+#: Value of empty space after normalisation (air in CT, outside the head in MRI, padding).
+BACKGROUND = -1.0
+#: Columns every manifest starts with; label/covariate columns follow.
+MANIFEST_COLUMNS = ("id", "source", "orig_shape", "orig_spacing", "spacing", "file")
+MANIFEST_NAME = "manifest.csv"
+INFO_NAME = "preprocess.json"
+VOLUMES_DIR = "volumes"
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """How volumes are preprocessed.
+
+    modality: ``"ct"`` (intensities in Hounsfield units) or ``"mri"`` (arbitrary units).
+    size: output edge length S in voxels (a power of two ≥ 16, as HA-GAN needs).
+    spacing: if set, resample to this isotropic voxel size in mm before fitting.
+    hu_min, hu_max: CT window in HU mapped to [-1, 1]; values outside are clipped.
+    percentiles: MRI, the percentiles of nonzero voxels mapped to -1 and 1.
+    drop_blank_slices: trim axial slices that are all background at both ends of z.
+    blank_tolerance: a slice is blank if no voxel differs from -1 by more than this
+        (in normalised units; 0.01 is 8 HU in the default CT window).
+    fit: ``resize-keep-aspect`` (scale the largest physical extent to S, pad the rest
+        with background, centred), ``resize`` (anisotropic resize to S³, as the HA-GAN
+        authors do) or ``crop-pad`` (no scaling: centre-crop or pad each axis).
+    """
+
+    modality: str
+    size: int
+    spacing: float | None = None
+    hu_min: float = -1024.0
+    hu_max: float = 600.0
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    drop_blank_slices: bool = True
+    blank_tolerance: float = 0.01
+    fit: str = "resize-keep-aspect"
+
+    def check(self) -> None:
+        """Raise UsageError for an invalid combination of settings."""
+        if self.modality not in MODALITIES:
+            raise UsageError(f"--modality must be one of {', '.join(MODALITIES)}, not {self.modality!r}")
+        if self.size < 16 or self.size & (self.size - 1):
+            raise UsageError(
+                f"--size {self.size}: must be a power of two ≥ 16 (HA-GAN halves the volume "
+                "repeatedly and cuts it into 8 slabs)"
+            )
+        if self.spacing is not None and not (self.spacing > 0 and np.isfinite(self.spacing)):
+            raise UsageError(f"--spacing {self.spacing}: must be a positive number of mm")
+        if not (np.isfinite(self.hu_min) and np.isfinite(self.hu_max)) or self.hu_min >= self.hu_max:
+            raise UsageError(f"HU window [{self.hu_min}, {self.hu_max}]: --hu-min must be below --hu-max")
+        lo, hi = self.percentiles
+        if not 0 <= lo < hi <= 100:
+            raise UsageError(f"percentiles ({lo}, {hi}): need 0 ≤ low < high ≤ 100")
+        if self.fit not in FIT_MODES:
+            raise UsageError(f"--fit must be one of {', '.join(FIT_MODES)}, not {self.fit!r}")
+        if not 0 <= self.blank_tolerance < 1:
+            raise UsageError(f"blank tolerance {self.blank_tolerance}: need 0 ≤ tolerance < 1")
+
+    def to_json(self) -> dict:
+        """The settings that define the output (what ``preprocess.json`` records and reruns compare)."""
+        out = {
+            "modality": self.modality,
+            "size": self.size,
+            "spacing": self.spacing,
+            "fit": self.fit,
+            "drop_blank_slices": self.drop_blank_slices,
+            "blank_tolerance": self.blank_tolerance,
+        }
+        if self.modality == "ct":
+            out["hu_window"] = [float(self.hu_min), float(self.hu_max)]
+        else:
+            out["percentiles"] = [float(p) for p in self.percentiles]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "PreprocessSettings":
+        kwargs = {k: data[k] for k in ("modality", "size", "spacing", "fit", "drop_blank_slices", "blank_tolerance") if k in data}
+        if "hu_window" in data:
+            kwargs["hu_min"], kwargs["hu_max"] = data["hu_window"]
+        if "percentiles" in data:
+            kwargs["percentiles"] = tuple(data["percentiles"])
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- intensity
+
+
+def normalize_ct(array: np.ndarray, hu_min: float = -1024.0, hu_max: float = 600.0) -> np.ndarray:
+    """Map CT in HU to [-1, 1]: NaN → ``hu_min``, clip to [hu_min, hu_max], then linear.
+
+    ``hu_min`` maps to exactly -1 and ``hu_max`` to exactly 1 (float32).
+    """
+    out = np.nan_to_num(np.asarray(array, dtype=np.float32), nan=hu_min)
+    np.clip(out, hu_min, hu_max, out=out)
+    half_width = np.float32((hu_max - hu_min) / 2.0)
+    # (x - lo) / half_width - 1 is exact at both ends: 0 - 1 and 2 - 1.
+    out -= np.float32(hu_min)
+    out /= half_width
+    out -= np.float32(1.0)
+    return out
+
+
+def denormalize_ct(array: np.ndarray, hu_min: float = -1024.0, hu_max: float = 600.0) -> np.ndarray:
+    """Inverse of :func:`normalize_ct` on [-1, 1]: back to HU (float32)."""
+    x = np.asarray(array, dtype=np.float32)
+    return (x + np.float32(1.0)) * np.float32((hu_max - hu_min) / 2.0) + np.float32(hu_min)
+
+
+def normalize_mri(array: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Map MRI to [-1, 1] robustly: the given percentiles of the nonzero voxels go to -1 and 1.
+
+    NaN/inf become 0 (background); values beyond the percentiles are clipped.
+    Raises InputError if the image has no nonzero voxel or constant intensity.
+    """
+    out = np.asarray(array, dtype=np.float32).copy()
+    out[~np.isfinite(out)] = 0.0
+    nonzero = out[out != 0]
+    if nonzero.size == 0:
+        raise InputError("every voxel is zero")
+    lo, hi = np.percentile(nonzero, percentiles)
+    if not hi > lo:
+        raise InputError(f"intensity is constant ({lo:g}) between the {percentiles} percentiles; cannot normalise")
+    out -= np.float32(lo)
+    out /= np.float32((hi - lo) / 2.0)
+    out -= np.float32(1.0)
+    np.clip(out, -1.0, 1.0, out=out)
+    return out
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def trim_blank_slices(
+    array: np.ndarray, background: float = BACKGROUND, tolerance: float = 0.01
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Drop axial slices (along the last axis) that are all background, at the bottom and top only.
+
+    A slice is blank when no voxel differs from ``background`` by more than
+    ``tolerance``. Blank slices between non-blank ones are kept. Returns the
+    trimmed array and how many slices were removed at (bottom, top).
+    Raises InputError if every slice is blank.
+    """
+    deviation = np.abs(array - np.float32(background)).max(axis=(0, 1))
+    content = np.flatnonzero(deviation > tolerance)
+    if content.size == 0:
+        raise InputError("every axial slice is blank (background only) after intensity normalisation")
+    first, last = int(content[0]), int(content[-1])
+    return array[..., first : last + 1], (first, array.shape[-1] - 1 - last)
+
+
+def resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize a 3D array to ``shape`` with linear interpolation, voxel extents aligned.
+
+    When shrinking, a Gaussian of sigma (factor - 1) / 2 voxels is applied first
+    against aliasing. This is what ``skimage.transform.resize(order=1,
+    anti_aliasing=True)`` does; it is written here with scipy (a core
+    dependency) so that the workers need nothing else. Linear interpolation
+    never leaves the input's value range, unlike cubic.
+    """
+    from scipy import ndimage
+
+    array = np.asarray(array, dtype=np.float32)
+    shape = tuple(int(n) for n in shape)
+    if shape == array.shape:
+        return array
+    factors = [new / old for new, old in zip(shape, array.shape)]
+    sigma = [max(0.0, (1.0 / f - 1.0) / 2.0) for f in factors]
+    if any(s > 0 for s in sigma):
+        array = ndimage.gaussian_filter(array, sigma=sigma, mode="nearest")
+    out = ndimage.zoom(array, factors, order=1, mode="nearest", grid_mode=True)
+    if out.shape != shape:  # pragma: no cover - scipy rounds n * (new / n) to new
+        raise RuntimeError(f"resize produced {out.shape}, expected {shape}")
+    return out
+
+
+def resample_isotropic(
+    array: np.ndarray, spacing: Sequence[float], target_mm: float
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Resample to voxels of about ``target_mm`` on each axis, keeping the physical extent.
+
+    Returns the array and its exact new spacing (extent / new voxel count per axis).
+    """
+    extent = np.asarray(array.shape) * np.asarray(spacing, dtype=np.float64)
+    shape = np.maximum(1, np.round(extent / target_mm)).astype(int)
+    return resize(array, shape), tuple(float(v) for v in extent / shape)
+
+
+def pad_or_crop(array: np.ndarray, size: int, value: float = BACKGROUND) -> np.ndarray:
+    """Centre-crop or pad (with ``value``) every axis to ``size`` voxels."""
+    out = array
+    for axis, n in enumerate(array.shape):
+        if n > size:
+            start = (n - size) // 2
+            out = np.take(out, np.arange(start, start + size), axis=axis)
+        elif n < size:
+            before = (size - n) // 2
+            widths = [(0, 0)] * out.ndim
+            widths[axis] = (before, size - n - before)
+            out = np.pad(out, widths, mode="constant", constant_values=value)
+    return out
+
+
+def fit_to_cube(
+    array: np.ndarray, spacing: Sequence[float], size: int, mode: str = "resize-keep-aspect"
+) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """Bring a 3D array to ``size``³ voxels; returns it and its voxel size in mm per axis.
+
+    ``resize-keep-aspect``: voxels become isotropic, the largest physical extent
+    fills ``size`` and the other axes are padded with background, centred.
+    ``resize``: each axis resized to ``size`` (aspect ratio not kept).
+    ``crop-pad``: no scaling; centre-crop or pad each axis.
+    """
+    spacing = np.asarray(spacing, dtype=np.float64)
+    extent = np.asarray(array.shape) * spacing
+    if mode == "resize":
+        out = resize(array, (size, size, size))
+        new_spacing = extent / size
+    elif mode == "crop-pad":
+        out = pad_or_crop(array, size)
+        new_spacing = spacing
+    elif mode == "resize-keep-aspect":
+        voxel = extent.max() / size
+        shape = np.clip(np.round(extent / voxel), 1, size).astype(int)
+        out = pad_or_crop(resize(array, shape), size)
+        new_spacing = extent / shape
+    else:
+        raise UsageError(f"unknown fit mode {mode!r} (choose from {', '.join(FIT_MODES)})")
+    return np.ascontiguousarray(out), tuple(float(v) for v in new_spacing)
+
+
+def format_triple(values: Sequence[float]) -> str:
+    """``(1.25, 1.25, 2.5)`` → ``"1.25x1.25x2.5"`` (4 decimals at most)."""
+    return "x".join(f"{round(float(v), 4):g}" for v in values)
+
+
+def preprocess_volume(volume: Volume, settings: PreprocessSettings) -> tuple[np.ndarray, dict]:
+    """Preprocess one volume; returns a float16 ``(S, S, S)`` array in [-1, 1] and facts about it.
+
+    The dict holds ``orig_shape``/``orig_spacing`` (as read), ``spacing`` (mm per
+    voxel of the output, per axis) and ``trimmed_slices`` (bottom, top).
+    Raises InputError when the volume cannot be preprocessed (e.g. all blank).
+    """
+    info: dict = {"orig_shape": list(volume.shape), "orig_spacing": list(volume.spacing)}
+    ras = reorient_to_ras(volume)
+    array = np.asarray(ras.array, dtype=np.float32)
+    spacing: tuple[float, ...] = ras.spacing
+    if settings.spacing is not None:
+        # NaN would spread through the interpolation; give it the background value first.
+        # CT is clipped to the window first so that e.g. -3024 HU padding does not bleed inwards.
+        if settings.modality == "ct":
+            array = np.clip(np.nan_to_num(array, nan=settings.hu_min), settings.hu_min, settings.hu_max)
+        else:
+            array = np.where(np.isfinite(array), array, np.float32(0.0))
+        array, spacing = resample_isotropic(array, spacing, settings.spacing)
+    if settings.modality == "ct":
+        array = normalize_ct(array, settings.hu_min, settings.hu_max)
+    else:
+        array = normalize_mri(array, settings.percentiles)
+    trimmed = (0, 0)
+    if settings.drop_blank_slices:
+        array, trimmed = trim_blank_slices(array, BACKGROUND, settings.blank_tolerance)
+    array, out_spacing = fit_to_cube(array, spacing, settings.size, settings.fit)
+    np.clip(array, -1.0, 1.0, out=array)
+    info["spacing"] = list(out_spacing)
+    info["trimmed_slices"] = list(trimmed)
+    return array.astype(np.float16), info
+
+
+# --------------------------------------------------------------------------- folders
+
+
+@dataclass
+class PreprocessSummary:
+    """What a :func:`preprocess_folder` run did. ``failed``: (input path, reason) pairs."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    manifest: Path | None = None
+
+    def format(self) -> str:
+        head = f"{len(self.written)} written, {len(self.skipped)} skipped (already done), {len(self.failed)} failed"
+        lines = [head + (":" if self.failed else "")]
+        lines += [f"  {path}: {reason}" for path, reason in self.failed]
+        return "\n".join(lines)
+
+
+def read_labels(path: str | os.PathLike, skip: Sequence[str] = ()) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Read a labels CSV keyed by ``id``; returns (columns other than id and ``skip``, rows by id).
+
+    Raises UsageError if the file is missing or has no ``id`` column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: labels file does not exist")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            fieldnames = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{path}: cannot read labels CSV ({exc})") from exc
+    if "id" not in fieldnames:
+        raise UsageError(f"{path}: labels CSV has no 'id' column (columns: {', '.join(fieldnames) or 'none'})")
+    columns = [c for c in fieldnames if c != "id" and c not in skip and c]
+    by_id: dict[str, dict[str, str]] = {}
+    for row in rows:
+        key = (row.get("id") or "").strip()
+        if key:
+            by_id[key] = {c: row.get(c) or "" for c in columns}
+    return columns, by_id
+
+
+def source_stamp(path: Path) -> list[int]:
+    """Size and modification time of an input (summed/maxed over a DICOM folder's files)."""
+    if path.is_dir():
+        stats = [e.stat() for e in os.scandir(path) if e.is_file()]
+        return [len(stats), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _strip_path(message: str, path: str) -> str:
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def _process_one(item_id: str, path: str, out_dir: str, settings_json: dict, stamp: list[int]) -> tuple[str, str | None]:
+    """Worker: read, preprocess and write one volume. Returns (id, failure reason or None)."""
+    try:
+        settings = PreprocessSettings.from_json(settings_json)
+        volume = read_volume(path)
+        try:
+            array, info = preprocess_volume(volume, settings)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from exc
+        volumes = Path(out_dir) / VOLUMES_DIR
+        atomic_save_npy(volumes / f"{item_id}.npy", array)
+        row = {
+            "id": item_id,
+            "source": str(Path(path).resolve()),
+            "orig_shape": "x".join(str(n) for n in info["orig_shape"]),
+            "orig_spacing": format_triple(info["orig_spacing"]),
+            "spacing": format_triple(info["spacing"]),
+            "file": f"{VOLUMES_DIR}/{item_id}.npy",
+        }
+        sidecar = {"row": row, "trimmed_slices": info["trimmed_slices"], "settings": settings_json, "source_stamp": stamp}
+        atomic_write_json(volumes / f"{item_id}.json", sidecar)
+        return item_id, None
+    except MedgenError as exc:
+        return item_id, _strip_path(str(exc), path)
+    except MemoryError:
+        return item_id, "out of memory while preprocessing"
+    except Exception as exc:  # a bug or a library failure on one file must not stop the run
+        return item_id, f"{type(exc).__name__}: {exc}"
+
+
+def _is_done(item: InputItem, out_dir: Path, settings_json: dict, stamp: list[int]) -> bool:
+    sidecar = out_dir / VOLUMES_DIR / f"{item.id}.json"
+    if not (sidecar.is_file() and (out_dir / VOLUMES_DIR / f"{item.id}.npy").is_file()):
+        return False
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return data.get("settings") == settings_json and data.get("source_stamp") == stamp
+
+
+def _prepare_out_dir(in_dir: Path, out_dir: Path, settings: PreprocessSettings, overwrite: bool) -> None:
+    if out_dir.resolve() == in_dir.resolve():
+        raise UsageError(f"{out_dir}: output folder must differ from the input folder")
+    info_path = out_dir / INFO_NAME
+    if info_path.is_file():
+        try:
+            recorded = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{info_path}: unreadable ({exc}); use --overwrite to start again") from exc
+        previous = {k: recorded.get(k) for k in settings.to_json()}
+        if previous != settings.to_json() and not overwrite:
+            changed = ", ".join(
+                f"{k} {previous[k]!r} → {v!r}" for k, v in settings.to_json().items() if previous[k] != v
+            )
+            raise UsageError(
+                f"{out_dir}: already holds volumes preprocessed with other settings ({changed}); "
+                "use another output folder or --overwrite"
+            )
+    elif (out_dir / MANIFEST_NAME).exists() and not overwrite:
+        raise UsageError(
+            f"{out_dir}: holds a {MANIFEST_NAME} but no {INFO_NAME}, so it is not a medgen preprocess "
+            "output; choose a new folder"
+        )
+    if overwrite:
+        volumes = out_dir / VOLUMES_DIR
+        if volumes.is_dir():
+            for p in volumes.iterdir():
+                if p.suffix in (".npy", ".json") and p.is_file():
+                    p.unlink()
+        (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def write_manifest(path: Path, rows: list[dict[str, str]], extra_columns: Sequence[str]) -> None:
+    """Write the manifest CSV atomically (columns: :data:`MANIFEST_COLUMNS` then ``extra_columns``)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS) + list(extra_columns), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
+    atomic_write_text(path, buf.getvalue())
+
+
+def preprocess_folder(
+    in_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    settings: PreprocessSettings,
+    workers: int = 1,
+    labels: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+) -> PreprocessSummary:
+    """Preprocess every input volume of ``in_dir`` into ``out_dir`` (see the module docstring).
+
+    ``workers``: processes run in parallel (1 = in this process). ``labels``: CSV
+    joined on ``id``; if None and ``in_dir/manifest.csv`` has an ``id`` column, that
+    one is joined. A file that fails is recorded in the summary, never raised.
+    Raises UsageError/InputError for problems with the request itself (missing
+    folder, no inputs, bad settings, output made with other settings).
+    """
+    from tqdm import tqdm
+
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    settings.check()
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: need at least 1")
+    items = discover_inputs(in_dir, exclude=out_dir)
+    if not items:
+        raise InputError(
+            f"{in_dir}: no input volumes found (looked for {', '.join(VOLUME_SUFFIXES)} "
+            "files and DICOM sub-folders)"
+        )
+    reserved = list(MANIFEST_COLUMNS)
+    label_columns: list[str] = []
+    label_rows: dict[str, dict[str, str]] = {}
+    if labels is not None:
+        label_columns, label_rows = read_labels(labels, skip=reserved)
+    elif (in_dir / MANIFEST_NAME).is_file():
+        with open(in_dir / MANIFEST_NAME, newline="", encoding="utf-8-sig") as fh:
+            has_id = "id" in (csv.DictReader(fh).fieldnames or [])
+        if has_id:
+            label_columns, label_rows = read_labels(in_dir / MANIFEST_NAME, skip=reserved)
+            log(f"joining labels from {in_dir / MANIFEST_NAME} (columns: {', '.join(label_columns) or 'none'})")
+    _prepare_out_dir(in_dir, out_dir, settings, overwrite)
+    settings_json = settings.to_json()
+    info = dict(settings_json)
+    info.update(
+        {
+            "background": BACKGROUND,
+            "dtype": "float16",
+            "layout": "(x, y, z) RAS+, z inferior→superior; axial slice = volume[..., k]",
+            "intensity": (
+                "hu = hu_window[0] + (x + 1) / 2 * (hu_window[1] - hu_window[0])"
+                if settings.modality == "ct"
+                else "x = 2 * (v - p_low) / (p_high - p_low) - 1 per volume (percentiles of nonzero voxels), clipped"
+            ),
+            "medgen_version": __version__,
+        }
+    )
+    (out_dir / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / INFO_NAME, info)
+
+    summary = PreprocessSummary()
+    stamps = {item.id: source_stamp(item.path) for item in items}
+    todo: list[InputItem] = []
+    for item in items:
+        if _is_done(item, out_dir, settings_json, stamps[item.id]):
+            summary.skipped.append(item.id)
+        else:
+            todo.append(item)
+    paths = {item.id: str(item.path) for item in items}
+    bar = tqdm(total=len(items), initial=len(summary.skipped), desc="preprocess", unit="vol", disable=not progress)
+
+    def record(item_id: str, reason: str | None) -> None:
+        if reason is None:
+            summary.written.append(item_id)
+        else:
+            summary.failed.append((paths[item_id], reason))
+        bar.update(1)
+
+    args = [(it.id, str(it.path), str(out_dir), settings_json, stamps[it.id]) for it in todo]
+    n_procs = min(workers, len(todo))
+    try:
+        if n_procs <= 1:
+            for a in args:
+                record(*_process_one(*a))
+        else:
+            import multiprocessing
+
+            # spawn: workers start clean even if the parent has threads (torch, BLAS).
+            with ProcessPoolExecutor(n_procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(_process_one, *a): a[0] for a in args}
+                try:
+                    for future in as_completed(futures):
+                        try:
+                            record(*future.result())
+                        except BrokenProcessPool:
+                            record(futures[future], "worker process died unexpectedly (e.g. killed for memory); rerun to retry")
+                except KeyboardInterrupt:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+    finally:
+        bar.close()
+
+    done = set(summary.written) | set(summary.skipped)
+    rows = []
+    for item in items:
+        if item.id in done:
+            sidecar = json.loads((out_dir / VOLUMES_DIR / f"{item.id}.json").read_text(encoding="utf-8"))
+            rows.append({**sidecar["row"], **label_rows.get(item.id, {})})
+    if label_columns:
+        missing = [r["id"] for r in rows if r["id"] not in label_rows]
+        if missing:
+            log(f"labels: {len(missing)} of {len(rows)} volumes have no row in the labels CSV (e.g. {missing[0]})")
+    summary.failed.sort()
+    if rows:
+        summary.manifest = out_dir / MANIFEST_NAME
+        write_manifest(summary.manifest, rows, label_columns)
+    return summary
