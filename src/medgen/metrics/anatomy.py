@@ -1,0 +1,309 @@
+"""Weight-free anatomy statistics: CT Hounsfield-unit protocol and MRI tissue fractions.
+
+These numbers need no trained network, so they can be computed identically on
+real and on generated volumes and their distributions compared
+(:func:`compare_distributions`, :func:`save_anatomy_histograms`).
+
+CT anatomy protocol (:func:`ct_anatomy`; HU thresholds are inclusive/exclusive
+exactly as written):
+
+body
+    Voxels with HU > -500 ("tissue"); the largest face-connected component is
+    kept (drops the scanner table, cables, noise); then every axial slice
+    (``vol[..., k]``) has its holes filled, i.e. background regions not
+    connected in-plane to the slice border join the body. Slice-wise rather
+    than 3D filling because the lungs open to the outside through the trachea
+    at the top of a thorax scan, so they are no 3D hole; in each axial slice
+    they are enclosed by the chest wall.
+lung region
+    Voxels of the body with HU <= -500 (normally-aerated lung, -950...-500,
+    and low-attenuation lung below -950), minus the central airway, minus
+    components smaller than ``min_lung_component`` x body volume (gas bubbles,
+    noise). Airway: face-connected components of body voxels below -950 HU
+    that reach the superior face of the volume (last axial slice): the trachea
+    leaving a thorax scan at the top. Caveat: an emphysematous region that
+    itself reaches the top slice would be removed with it.
+emphysema_pct
+    100 x (lung-region voxels below -950 HU) / (lung-region voxels): the
+    standard LAA-950 index, in percent.
+bone
+    Body voxels above +300 HU (cortical and dense trabecular bone; contrast-
+    filled vessels also pass this threshold on enhanced scans).
+fat
+    Body voxels in [-190, -30] HU. soft tissue: body voxels in (-30, +300] HU.
+air_fraction
+    Voxels outside the body with HU <= -500, divided by all voxels.
+
+Volumes are in millilitres (voxel spacing in mm: 1 ml = 1000 mm^3); fractions
+are of the body volume unless stated; a ratio with an empty denominator is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+HU_TISSUE = -500.0  # above: body tissue; at or below: air / lung
+HU_EMPHYSEMA = -950.0  # below: low-attenuation (emphysematous) lung, LAA-950
+HU_BONE = 300.0  # above: bone
+HU_FAT = (-190.0, -30.0)  # inclusive fat window
+
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)  # 4-connectivity within an axial slice
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a boolean mask (empty if none)."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(sizes.argmax())
+
+
+def fill_holes_axial(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of every axial slice ``mask[..., k]`` of a 3D boolean mask.
+
+    A hole is a background region not 4-connected, within its slice, to the
+    slice's border. Done with one 3D labelling whose structure links voxels
+    only within a slice: much faster than ``scipy.ndimage.binary_fill_holes``
+    (an iterated dilation) slice by slice.
+    """
+    labels, _ = ndimage.label(~mask, structure=_IN_PLANE)
+    border = np.unique(
+        np.concatenate([labels[0].ravel(), labels[-1].ravel(), labels[:, 0].ravel(), labels[:, -1].ravel()])
+    )
+    outside = np.isin(labels, border[border > 0])
+    return ~outside
+
+
+def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions of a 3D boolean mask not face-connected to the volume's border."""
+    labels, _ = ndimage.label(~mask)
+    faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[..., 0], labels[..., -1]]
+    border = np.unique(np.concatenate([f.ravel() for f in faces]))
+    return ~np.isin(labels, border[border > 0])
+
+
+def body_mask(hu: np.ndarray) -> np.ndarray:
+    """Body mask of a CT volume (HU, axes x, y, z): see the module docstring."""
+    return fill_holes_axial(largest_component(np.asarray(hu) > HU_TISSUE))
+
+
+def lung_mask(
+    hu: np.ndarray,
+    body: np.ndarray | None = None,
+    *,
+    exclude_airway: bool = True,
+    min_lung_component: float = 0.005,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lung region and removed central airway (boolean masks) of a CT volume in HU.
+
+    ``min_lung_component``: components of the lung region smaller than this
+    fraction of the body volume are dropped. See the module docstring.
+    """
+    hu = np.asarray(hu)
+    body = body_mask(hu) if body is None else body
+    lung = body & (hu <= HU_TISSUE)
+    airway = np.zeros_like(lung)
+    if exclude_airway:
+        labels, n = ndimage.label(lung & (hu < HU_EMPHYSEMA))
+        top = np.unique(labels[..., -1])
+        top = top[top > 0]
+        if top.size:
+            airway = np.isin(labels, top)
+            lung &= ~airway
+    labels, n = ndimage.label(lung)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        keep = sizes >= min_lung_component * body.sum()
+        keep[0] = False
+        lung = keep[labels]
+    return lung, airway
+
+
+def _ratio(num: float, den: float, scale: float = 1.0) -> float:
+    return scale * num / den if den > 0 else math.nan
+
+
+def ct_anatomy(
+    hu: np.ndarray,
+    spacing: Sequence[float],
+    *,
+    exclude_airway: bool = True,
+    min_lung_component: float = 0.005,
+) -> dict[str, float]:
+    """Anatomy statistics of a CT volume by the protocol in the module docstring.
+
+    ``hu``: 3D array (x, y, z) in Hounsfield units; ``spacing``: voxel size
+    (mm) along x, y, z. Returns ``body_volume_ml``, ``lung_volume_ml``,
+    ``lung_fraction`` (lung / body), ``emphysema_pct`` (% of lung below
+    -950 HU), ``bone_volume_ml``, ``bone_fraction`` (bone / body),
+    ``fat_fraction`` and ``soft_tissue_fraction`` (of the body),
+    ``airway_volume_ml`` (the removed central airway) and ``air_fraction``
+    (outside-body air / all voxels).
+    """
+    hu = np.asarray(hu, dtype=np.float32)
+    if hu.ndim != 3:
+        raise ValueError(f"ct_anatomy expects a 3D HU volume, got shape {hu.shape}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise ValueError(f"spacing must be three positive voxel sizes in mm, got {tuple(spacing)}")
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    body = body_mask(hu)
+    lung, airway = lung_mask(hu, body, exclude_airway=exclude_airway, min_lung_component=min_lung_component)
+    n_body = int(body.sum())
+    n_lung = int(lung.sum())
+    n_emph = int((lung & (hu < HU_EMPHYSEMA)).sum())
+    n_bone = int((body & (hu > HU_BONE)).sum())
+    n_fat = int((body & (hu >= HU_FAT[0]) & (hu <= HU_FAT[1])).sum())
+    n_soft = int((body & (hu > HU_FAT[1]) & (hu <= HU_BONE)).sum())
+    n_air = int((~body & (hu <= HU_TISSUE)).sum())
+    return {
+        "body_volume_ml": n_body * voxel_ml,
+        "lung_volume_ml": n_lung * voxel_ml,
+        "lung_fraction": _ratio(n_lung, n_body),
+        "emphysema_pct": _ratio(n_emph, n_lung, 100.0),
+        "bone_volume_ml": n_bone * voxel_ml,
+        "bone_fraction": _ratio(n_bone, n_body),
+        "fat_fraction": _ratio(n_fat, n_body),
+        "soft_tissue_fraction": _ratio(n_soft, n_body),
+        "airway_volume_ml": int(airway.sum()) * voxel_ml,
+        "air_fraction": n_air / hu.size,
+    }
+
+
+def foreground_mask(volume: np.ndarray, level: float = 0.1) -> np.ndarray:
+    """Head/brain foreground of an MRI volume: the largest component of voxels
+    above ``min + level * (p99.5 - min)`` of the intensities, holes filled in 3D.
+
+    ``level`` is a fraction of the robust intensity range (default 10 %: low
+    enough to keep dark CSF of a T1 image, high enough to drop background noise).
+    """
+    v = np.asarray(volume, dtype=np.float32)
+    lo, hi = float(v.min()), float(np.percentile(v, 99.5))
+    return fill_holes_3d(largest_component(v > lo + level * (hi - lo)))
+
+
+def _multiotsu_boundaries(values: np.ndarray, threshold_multiotsu, nbins: int = 256) -> np.ndarray:
+    """Two intensity boundaries splitting ``values`` into three Otsu classes.
+
+    scikit-image returns each threshold as the *centre* of the last histogram
+    bin of the lower class, so values in the upper half of that bin would be
+    put in the wrong class; the boundary used here is that bin's upper edge,
+    which is where Otsu's criterion actually splits the histogram.
+    """
+    counts, edges = np.histogram(values, bins=nbins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    t = threshold_multiotsu(classes=3, hist=(counts, centres))
+    return edges[np.searchsorted(centres, t) + 1]
+
+
+def mri_tissue_fractions(
+    volume: np.ndarray, mask: np.ndarray | None = None, *, contrast: str = "T1"
+) -> dict[str, float]:
+    """Fractions of CSF, grey matter and white matter within the foreground of a brain MRI.
+
+    The foreground intensities (``mask``, default :func:`foreground_mask`) are
+    split into three classes by multi-level Otsu thresholding
+    (``skimage.filters.threshold_multiotsu`` on a 256-bin histogram), darkest
+    to brightest. For
+    ``contrast="T1"`` these are CSF < GM < WM; for ``"T2"`` WM < GM < CSF.
+    Units: fractions of foreground voxels (sum to 1); ``foreground_fraction``
+    is the foreground's share of all voxels. Meaningful on skull-stripped
+    volumes; otherwise skull and scalp fall into the classes too.
+    """
+    from skimage.filters import threshold_multiotsu
+
+    v = np.asarray(volume, dtype=np.float32)
+    fg = foreground_mask(v) if mask is None else np.asarray(mask, dtype=bool)
+    if fg.shape != v.shape:
+        raise ValueError(f"mask shape {fg.shape} differs from volume shape {v.shape}")
+    values = v[fg]
+    order = {"T1": ("csf", "gm", "wm"), "T2": ("wm", "gm", "csf")}.get(contrast.upper())
+    if order is None:
+        raise ValueError(f"contrast must be 'T1' or 'T2', got {contrast!r}")
+    if values.size < 3 or np.unique(values).size < 3:
+        counts = np.full(3, math.nan)
+    else:
+        classes = np.digitize(values, _multiotsu_boundaries(values, threshold_multiotsu))
+        counts = np.bincount(classes, minlength=3) / values.size
+    out = {f"{name}_fraction": float(c) for name, c in zip(order, counts)}
+    out = {k: out[k] for k in ("csf_fraction", "gm_fraction", "wm_fraction")}
+    out["foreground_fraction"] = float(fg.sum()) / v.size
+    return out
+
+
+def compare_distributions(real: Sequence[dict], fake: Sequence[dict]) -> dict[str, dict]:
+    """Per statistic, compare its values over real and over generated volumes.
+
+    For each key present in both the real and the generated dicts:
+    ``wasserstein1`` (``scipy.stats.wasserstein_distance`` of the two empirical
+    distributions, in the statistic's own unit), ``real_mean``, ``real_std``,
+    ``fake_mean``, ``fake_std`` (population std) and ``n_real``, ``n_fake``
+    (the number of finite values used; NaN values are left out).
+    """
+    from scipy.stats import wasserstein_distance
+
+    keys = [k for k in (real[0] if real else {}) if fake and all(k in d for d in fake) and all(k in d for d in real)]
+    out: dict[str, dict] = {}
+    for key in keys:
+        r = np.array([float(d[key]) for d in real])
+        f = np.array([float(d[key]) for d in fake])
+        r, f = r[np.isfinite(r)], f[np.isfinite(f)]
+        both = r.size > 0 and f.size > 0
+        out[key] = {
+            "wasserstein1": float(wasserstein_distance(r, f)) if both else math.nan,
+            "real_mean": float(r.mean()) if r.size else math.nan,
+            "real_std": float(r.std()) if r.size else math.nan,
+            "fake_mean": float(f.mean()) if f.size else math.nan,
+            "fake_std": float(f.std()) if f.size else math.nan,
+            "n_real": int(r.size),
+            "n_fake": int(f.size),
+        }
+    return out
+
+
+def save_anatomy_histograms(
+    real: Sequence[dict], fake: Sequence[dict], path, *, bins: int = 20, dpi: int = 100
+) -> list[str]:
+    """Write a figure with one panel per statistic: histograms of real vs generated values.
+
+    Both histograms of a panel share the same bins. Statistics without finite
+    values on either side are skipped. Written atomically (the format follows
+    ``path``'s suffix, e.g. ``.png``/``.pdf``). Returns the plotted statistic names.
+    """
+    from pathlib import Path
+
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+
+    from medgen.fileio import atomic_path
+
+    stats = compare_distributions(real, fake)
+    keys = [k for k, s in stats.items() if s["n_real"] and s["n_fake"]]
+    ncols = min(4, max(1, len(keys)))
+    nrows = max(1, math.ceil(len(keys) / ncols))
+    fig = Figure(figsize=(3.2 * ncols, 2.6 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.ravel()[len(keys) :]:
+        ax.axis("off")
+    for ax, key in zip(axes.ravel(), keys):
+        r = np.array([float(d[key]) for d in real])
+        f = np.array([float(d[key]) for d in fake])
+        r, f = r[np.isfinite(r)], f[np.isfinite(f)]
+        lo, hi = float(min(r.min(), f.min())), float(max(r.max(), f.max()))
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+        ax.hist(r, bins=edges, alpha=0.55, density=True, label=f"real (n={r.size})")
+        ax.hist(f, bins=edges, alpha=0.55, density=True, label=f"generated (n={f.size})")
+        ax.set_title(f"{key}\nW1={stats[key]['wasserstein1']:.3g}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    if keys:
+        axes.ravel()[0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+    return keys
