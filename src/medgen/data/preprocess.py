@@ -487,10 +487,11 @@ def preprocess_folder(
     if labels is not None:
         label_columns, label_rows = read_labels(labels, skip=reserved)
     elif (in_dir / MANIFEST_NAME).is_file():
-        with open(in_dir / MANIFEST_NAME, newline="", encoding="utf-8-sig") as fh:
-            has_id = "id" in (csv.DictReader(fh).fieldnames or [])
-        if has_id:
+        try:
             label_columns, label_rows = read_labels(in_dir / MANIFEST_NAME, skip=reserved)
+        except UsageError:
+            pass  # no `id` column (or unreadable): not a labels table, so not joined
+        else:
             log(f"joining labels from {in_dir / MANIFEST_NAME} (columns: {', '.join(label_columns) or 'none'})")
     _prepare_out_dir(in_dir, out_dir, settings, overwrite)
     settings_json = settings.to_json()
