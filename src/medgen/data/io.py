@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 
 from medgen.errors import InputError
-from medgen.fileio import atomic_path
+from medgen.fileio import atomic_path, atomic_save_npy
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -142,8 +142,6 @@ def write_volume(path: str | os.PathLike, volume: Volume) -> None:
     elif suffix in (".nrrd", ".mha"):
         _write_itk(Path(path), volume)
     elif suffix == ".npy":
-        from medgen.fileio import atomic_save_npy
-
         atomic_save_npy(path, np.asarray(volume.array))
     else:
         raise InputError(f"{path}: cannot write this file type (use .nii.gz, .nii, .nrrd, .mha or .npy)")
