@@ -1,0 +1,173 @@
+"""``medgen train``: train HA-GAN on a preprocessed data set.
+
+Examples::
+
+    medgen train data/thorax64 --preset tiny --out runs/t64 --iters 500
+    medgen train data/thorax64 --out runs/t64 --resume --iters 1000      # continue, longer
+    torchrun --nproc_per_node 4 -m medgen train data/ct256 --out runs/ct256 --batch 8
+
+Exit codes: 0 done, 1 a loss diverged (NaN/inf; the last good checkpoint is
+kept), 2 usage/input error, 130 stopped by Ctrl-C/SIGTERM after saving a
+checkpoint (continue with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from medgen.errors import EXIT_INTERRUPTED, UsageError
+
+# Options that map 1:1 onto RunConfig fields (dest → field). None means "not given".
+_RUN_OPTIONS = {
+    "preset": "preset",
+    "iters": "iters",
+    "batch": "batch",
+    "lr_g": "lr_g",
+    "lr_d": "lr_d",
+    "lr_e": ("lr_eh", "lr_eg"),
+    "seed": "seed",
+    "device": "device",
+    "precision": "precision",
+    "workers": "workers",
+    "log_every": "log_every",
+    "sample_every": "sample_every",
+    "ckpt_every": "ckpt_every",
+    "keep": "keep_checkpoints",
+    "num_samples": "num_samples",
+    "ema_decay": "ema_decay",
+    "class_weight": "class_weight",
+    "slab_selection": "slab_selection",
+    "label_column": "label_column",
+    "split_seed": "split_seed",
+}
+# Options that change the model (HAGANConfig field names).
+_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train HA-GAN on a preprocessed data set",
+        description=(
+            "Train HA-GAN (generator, discriminator and hierarchical encoder) on a folder written by "
+            "`medgen preprocess`. Writes RUN/config.yaml, checkpoints, TensorBoard logs, "
+            "RUN/metrics.csv and sample mosaics. Launch with torchrun for several GPUs/nodes; "
+            "--batch is the global batch. Ctrl-C or SIGTERM saves a checkpoint and exits with code 130."
+        ),
+    )
+    p.add_argument("data", help="preprocessed data set folder (manifest.csv, volumes/, preprocess.json)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write (or to continue with --resume)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in RUN from its latest checkpoint; options not given keep their saved values")
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", default=None, help="model preset: paper (published architecture), small, tiny (default paper)")
+    m.add_argument("--size", type=int, default=None, help="volume edge length S in voxels (default: the data set's)")
+    m.add_argument("--width", type=float, default=None, help="channel-width multiplier (overrides the preset)")
+    m.add_argument("--latent-dim", type=int, default=None, help="length of z (overrides the preset)")
+    m.add_argument("--num-classes", type=int, default=None,
+                   help="classes for the AC-GAN conditional variant (default: 0, or inferred from --label-column)")
+    m.add_argument("--label-column", default=None, help="manifest column with the class labels (conditional training)")
+    t = p.add_argument_group("optimisation (defaults: the paper's)")
+    t.add_argument("--iters", type=int, default=None, help="total training iterations (default 80000)")
+    t.add_argument("--batch", type=int, default=None, help="global batch size over all processes (default 4)")
+    t.add_argument("--lr-g", type=float, default=None, help="generator Adam learning rate (default 1e-4)")
+    t.add_argument("--lr-d", type=float, default=None, help="discriminator Adam learning rate (default 4e-4)")
+    t.add_argument("--lr-e", type=float, default=None, help="encoders' (E^H, E^G) Adam learning rate (default 1e-4)")
+    t.add_argument("--class-weight", type=float, default=None, help="λ of the generator's class loss (default 0.1)")
+    t.add_argument("--ema-decay", type=float, default=None,
+                   help="decay of the generator EMA used for sampling; 0 disables it (default 0.999)")
+    t.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    t.add_argument("--split-seed", type=int, default=None, help="seed of the train/val/test split (default 0)")
+    a = p.add_argument_group("ablations (paper §IV)")
+    a.add_argument("--no-lowres", action="store_true", help="without the low-resolution branch (no G^L, no D^L)")
+    a.add_argument("--no-encoder", action="store_true", help="without the encoder (E^H, E^G not built or trained)")
+    a.add_argument("--slab-selection", choices=("random", "deterministic"), default=None,
+                   help="random slab starts (default) or deterministic: cycle through the non-overlapping slabs")
+    r = p.add_argument_group("running and logging")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="auto = cuda if available (default)")
+    r.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                   help="auto = bf16 autocast on CUDA, fp32 on CPU (default)")
+    r.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
+    r.add_argument("--log-every", type=int, default=None, help="log losses every N iterations (default 20)")
+    r.add_argument("--sample-every", type=int, default=None, help="write a sample mosaic every N iterations; 0 = never (default 500)")
+    r.add_argument("--ckpt-every", type=int, default=None, help="save a checkpoint every N iterations (default 1000)")
+    r.add_argument("--keep", type=int, default=None, help="number of checkpoints to keep (default 3)")
+    r.add_argument("--num-samples", type=int, default=None, help="volumes in each sample mosaic (default 4)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """RunConfig fields set explicitly on the command line."""
+    out = {}
+    for dest, field in _RUN_OPTIONS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        for f in field if isinstance(field, tuple) else (field,):
+            out[f] = value
+    if args.no_encoder:
+        out["use_encoder"] = False
+    return out
+
+
+def build_config(args: argparse.Namespace):
+    """The RunConfig for this invocation (saved settings + options given, when resuming)."""
+    from pathlib import Path
+
+    from medgen import __version__
+    from medgen.config import CONFIG_NAME, RunConfig
+    from medgen.data.dataset import VolumeDataset, load_preprocess_info
+    from medgen.models.hagan import get_preset
+
+    given = _given(args)
+    model_given = {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
+    if args.no_lowres:
+        model_given["use_lowres"] = False
+    run_dir = Path(args.out)
+
+    if args.resume and (run_dir / CONFIG_NAME).exists():
+        saved = RunConfig.load(run_dir)
+        model = dict(saved.model)
+        changed_model = [f"model.{k}" for k, v in model_given.items() if model.get(k) != v]
+        fields = dataclasses.asdict(saved)
+        fields.update(given)
+        fields["data"] = args.data
+        fields["medgen_version"] = __version__
+        cfg = RunConfig.from_dict(fields)
+        differing = saved.differing_keys(cfg) + changed_model
+        if differing:
+            raise UsageError(
+                f"{run_dir / CONFIG_NAME}: --resume with settings that differ from the saved run: {', '.join(differing)}"
+            )
+        return cfg
+
+    info = load_preprocess_info(args.data)
+    data_size = int(info.get("size", 0))
+    size = model_given.pop("size", None) or data_size
+    if not size:
+        raise UsageError(f"{args.data}/preprocess.json: no size recorded; pass --size")
+    if data_size and size != data_size:
+        raise UsageError(f"--size {size}: the data set {args.data} holds {data_size}³ volumes (preprocess again to change it)")
+    label_column = given.get("label_column")
+    num_classes = model_given.get("num_classes")
+    if label_column is None and num_classes:
+        label_column = given["label_column"] = "label"
+    if label_column is not None and num_classes is None:
+        split_seed = given.get("split_seed", 0)
+        ds = VolumeDataset(args.data, split="train", seed=split_seed, label_column=label_column)
+        if ds.label_column is None:
+            raise UsageError(f"{args.data}/manifest.csv: no column {label_column!r} for --label-column")
+        model_given["num_classes"] = ds.num_classes
+    preset = given.get("preset", "paper")
+    model_cfg = get_preset(preset, size, **model_given)
+    return RunConfig(data=args.data, model=model_cfg.to_dict(), preprocess=info, medgen_version=__version__, **given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medgen.training.trainer import train
+
+    cfg = build_config(args)
+    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    return EXIT_INTERRUPTED if result.interrupted else 0
