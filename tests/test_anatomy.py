@@ -120,6 +120,8 @@ def test_empty_lung_gives_nan_emphysema():
 
 def test_ct_anatomy_on_generated_phantoms():
     phantoms = pytest.importorskip("medgen.data.phantoms")
+    if not hasattr(phantoms, "generate"):
+        pytest.skip("phantom generator not available")
     for seed in range(3):
         ph = phantoms.generate("thorax-ct", 48, seed)
         a = ct_anatomy(np.asarray(ph.array, dtype=np.float32), tuple(ph.spacing))

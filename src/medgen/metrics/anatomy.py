@@ -296,7 +296,10 @@ def save_anatomy_histograms(
         f = np.array([float(d[key]) for d in fake])
         r, f = r[np.isfinite(r)], f[np.isfinite(f)]
         lo, hi = float(min(r.min(), f.min())), float(max(r.max(), f.max()))
-        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+        if hi <= lo:  # a constant statistic: centre one narrow bin on it
+            half = 0.05 * abs(lo) or 0.5
+            lo, hi = lo - half, lo + half
+        edges = np.linspace(lo, hi, bins + 1)
         ax.hist(r, bins=edges, alpha=0.55, density=True, label=f"real (n={r.size})")
         ax.hist(f, bins=edges, alpha=0.55, density=True, label=f"generated (n={f.size})")
         ax.set_title(f"{key}\nW1={stats[key]['wasserstein1']:.3g}", fontsize=9)
