@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "phantoms",
     "preprocess",
     "train",
+    "model_info",
 )
 
 
