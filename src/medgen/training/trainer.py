@@ -381,6 +381,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
     if cfg.train_ids and cfg.train_ids != ids:
         raise InputError(f"{cfg.data}: the training split differs from the one this run was started with")
     cfg.train_ids = ids
+    if not cfg.preprocess:
+        cfg.preprocess = dict(getattr(dataset, "info", {}))
     if len(dataset) == 0:
         raise InputError(f"{cfg.data}: the training split is empty")
 
@@ -398,7 +400,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
     random.seed(cfg.seed)
     models = build_models(model_cfg, use_encoder, cfg.ema_decay if main else 0.0, device)
     G, D, E = models.G, models.D, models.E
-    adam = dict(betas=tuple(cfg.betas), eps=cfg.adam_eps)
+    adam = dict(betas=tuple(float(b) for b in cfg.betas), eps=float(cfg.adam_eps))
     if device.type == "cuda":
         adam["fused"] = True
     opt: dict[str, torch.optim.Optimizer] = {
