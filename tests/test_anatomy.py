@@ -122,13 +122,24 @@ def test_ct_anatomy_on_generated_phantoms():
     phantoms = pytest.importorskip("medgen.data.phantoms")
     if not hasattr(phantoms, "generate"):
         pytest.skip("phantom generator not available")
+    from scipy import ndimage
+
     for seed in range(3):
         ph = phantoms.generate("thorax-ct", 48, seed)
-        a = ct_anatomy(np.asarray(ph.array, dtype=np.float32), tuple(ph.spacing))
+        hu = np.asarray(ph.array, dtype=np.float32)
+        a = ct_anatomy(hu, tuple(ph.spacing))
         f = ph.factors
-        assert a["lung_volume_ml"] == pytest.approx(f["lung_volume_ml"], rel=0.05), (seed, a, f)
-        assert a["bone_volume_ml"] == pytest.approx(f["bone_volume_ml"], rel=0.05), (seed, a, f)
-        assert a["emphysema_pct"] == pytest.approx(f["emphysema_pct"], abs=1.0), (seed, a, f)
+        # lung: the phantom's lung mask excludes the airway; at 8 mm voxels the
+        # trachea lumen is partial-volumed above -950 HU, so it stays in ours (~1 %)
+        assert a["lung_volume_ml"] == pytest.approx(f["lung_volume_ml"], rel=0.03), (seed, a, f)
+        assert a["emphysema_pct"] == pytest.approx(f["emphysema_pct"], abs=0.5), (seed, a, f)
+        # bone: the phantom counts > +300 HU voxels inside its bone mask only, but its
+        # partial-volume blur pushes cortical bone above +300 HU one voxel beyond the
+        # mask. Every bone voxel we count must be true bone or that one-voxel rim.
+        rim = ndimage.binary_dilation(ph.masks["bone"]) & (hu > 300)
+        voxel_ml = float(np.prod(ph.spacing)) / 1000
+        assert a["bone_volume_ml"] == pytest.approx(rim.sum() * voxel_ml), (seed, a, f)
+        assert a["bone_volume_ml"] >= f["bone_volume_ml"] - 1e-6
 
 
 def test_mri_tissue_fractions_on_three_compartments():
