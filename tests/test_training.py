@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from medgen.config import RunConfig
 from medgen.errors import RunFailed, UsageError

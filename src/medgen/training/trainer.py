@@ -53,11 +53,9 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import random
 import resource
-import shutil
 import signal
 import sys
 import threading
@@ -238,44 +236,6 @@ def _dataset_ids(dataset) -> list[str]:
     return [str(i) for i in ids]
 
 
-def _save_mosaic(volumes: np.ndarray, path: Path, titles: list[str]) -> np.ndarray | None:
-    """Write the sample mosaic PNG; return it as an RGB array for TensorBoard (or None)."""
-    try:
-        from medgen.viz import mosaic as viz_mosaic
-    except ImportError:  # viz not available: a plain matplotlib figure of the central slices
-        viz_mosaic = None
-    if viz_mosaic is not None:
-        viz_mosaic.save_mosaic(list(volumes), path, titles=titles, vmin=-1.0, vmax=1.0)
-    else:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        n = len(volumes)
-        fig, axes = plt.subplots(3, n, figsize=(2 * n, 6), squeeze=False)
-        for j, v in enumerate(volumes):
-            c = [s // 2 for s in v.shape]
-            for i, sl in enumerate((v[c[0], :, :], v[:, c[1], :], v[:, :, c[2]])):
-                axes[i, j].imshow(np.rot90(sl), cmap="gray", vmin=-1, vmax=1)
-                axes[i, j].axis("off")
-            axes[0, j].set_title(titles[j], fontsize=8)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        from medgen.fileio import atomic_path
-
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=80)
-        plt.close(fig)
-    try:
-        import matplotlib.image as mpimg
-
-        img = mpimg.imread(path)
-        return (img[..., :3] * 255).astype(np.uint8) if img.dtype != np.uint8 else img[..., :3]
-    except Exception:
-        return None
-
-
 # ----------------------------------------------------------------------------- run folder
 
 
@@ -385,6 +345,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
         cfg.preprocess = dict(getattr(dataset, "info", {}))
     if len(dataset) == 0:
         raise InputError(f"{cfg.data}: the training split is empty")
+    if conditional:
+        bad = [i for i, y in zip(ids, dataset.labels) if not 0 <= y < model_cfg.num_classes]
+        if bad:
+            raise InputError(
+                f"{cfg.data}/manifest.csv: column {cfg.label_column!r} of {bad[0]!r} (and {len(bad) - 1} more) "
+                f"is not a class 0..{model_cfg.num_classes - 1}"
+            )
 
     # ---- run folder (checks on every rank before rank 0 writes anything)
     prepare_run_dir(cfg, run_dir, resume)
@@ -431,7 +398,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
 
     # ---- DDP wrappers: each is called once per iteration, by the step that updates it
     if info.distributed:
-        ddp = dict(device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+        # device_ids=None: inputs are already on the device and the CPU slab starts must stay there.
+        ddp = dict(device_ids=None, gradient_as_bucket_view=True)
         G_step, D_step = DDP(G, **ddp), DDP(D, **ddp)
         EH_step = DDP(E.high, **ddp) if E is not None else None
         EG_step = DDP(E.ground, **ddp) if E is not None else None
@@ -519,11 +487,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
             # ---- this iteration's data and random draws
             batch = next(batches)
             x = batch["image"].to(device, non_blocking=True)  # [b, 1, S, S, S] in [-1, 1]
-            labels = batch["label"].to(device) if conditional else None
-            if conditional and bool((labels < 0).any() | (labels >= model_cfg.num_classes).any()):
-                raise InputError(
-                    f"{cfg.data}: training labels must be 0..{model_cfg.num_classes - 1} in column {cfg.label_column!r}"
-                )
+            labels = batch["label"].to(device, non_blocking=True) if conditional else None
             rng.manual_seed(_iteration_seed(cfg.seed, info.rank, it))
             z = torch.randn(local_batch, model_cfg.latent_dim, generator=rng).to(device)
             fake_labels = (
@@ -533,8 +497,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
                 starts = G.selector.random_starts(local_batch, generator=rng)
             else:
                 starts = G.selector.deterministic_starts(it, local_batch)
-            slab_pos = G.selector.position(starts).to(device)
-            starts = starts.to(device)
+            slab_pos = G.selector.position(starts).to(device)  # starts stay on the CPU: no device sync
             x_slab = G.selector.select_real(x, starts)  # real slab, aligned with the generated one
             x_low = F.interpolate(x, scale_factor=1 / f, mode="trilinear", align_corners=False) if use_lowres else None
 
@@ -647,16 +610,17 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
 
 @torch.no_grad()
 def _write_samples(models: Models, z, labels, device, amp, run_dir: Path, iteration: int, writer) -> None:
-    """EMA-G samples for fixed z → ``RUN/samples/iter-NNNNNN.png`` and TensorBoard."""
+    """Samples of the EMA generator for fixed z → ``RUN/samples/iter-NNNNNN.png`` and TensorBoard."""
+    from medgen.viz.mosaic import mosaic_array, save_mosaic
+
     G = models.sampler()
     vols = []
-    for i in range(z.shape[0]):
+    for i in range(z.shape[0]):  # one at a time: peak memory of a single full-resolution volume
         lab = labels[i : i + 1].to(device) if labels is not None else None
         with amp:
             v = G.generate(z[i : i + 1].to(device), lab)
         vols.append(v[0, 0].float().cpu().numpy())
-    titles = [f"sample {i}" + (f" (class {int(labels[i])})" if labels is not None else "") for i in range(len(vols))]
-    path = run_dir / SAMPLES_DIR / f"{ckpt_io.checkpoint_name(iteration)}.png"
-    img = _save_mosaic(np.stack(vols), path, titles)
-    if writer is not None and img is not None:
-        writer.add_image("samples", img, iteration, dataformats="HWC")
+    titles = [f"{i}" + (f" class {int(labels[i])}" if labels is not None else "") for i in range(len(vols))]
+    save_mosaic(vols, run_dir / SAMPLES_DIR / f"{ckpt_io.checkpoint_name(iteration)}.png", titles=titles, vmin=-1.0, vmax=1.0)
+    if writer is not None:
+        writer.add_image("samples", mosaic_array(vols, vmin=-1.0, vmax=1.0), iteration, dataformats="HW")
