@@ -138,14 +138,25 @@ def test_rejects_mismatched_ids(gaussian_sets):
         memorisation_report(train[:3], train, heldout, fake_ids=["x"], train_ids=ids("t", 40))
 
 
-def test_nearest_pairs_figure(tmp_path):
+def test_nearest_pairs_figure_shows_each_pair_above_its_match(tmp_path):
     import matplotlib.image
 
+    from medgen.viz.mosaic import mosaic_array
+
     rng = np.random.default_rng(5)
-    vols = smooth_volumes(rng, 3)
-    pairs = [{"fake_index": 0, "train_index": 2, "fake_id": "f0", "train_id": "t2", "distance": 0.1}]
+    fakes, trains = smooth_volumes(rng, 2), smooth_volumes(rng, 3)
+    pairs = [
+        {"fake_index": 1, "train_index": 2, "fake_id": "f1", "train_id": "t2", "distance": 0.1},
+        {"fake_index": 0, "train_index": 0, "fake_id": "f0", "train_id": "t0", "distance": 0.2},
+    ]
     path = tmp_path / "pairs.png"
-    save_nearest_pairs_figure(pairs * 2, vols, vols, path, dpi=40)
+    save_nearest_pairs_figure(pairs, fakes, trains, path)
     img = matplotlib.image.imread(path)
-    assert img.shape[:2] == (int(2 * 1.8 * 40), int(6 * 1.6 * 40))  # two rows of six panels
+    expected = mosaic_array([fakes[1], trains[2], fakes[0], trains[0]], vmin=-1, vmax=1)
+    scale = img.shape[0] // expected.shape[0]
+    assert img.shape[:2] == (expected.shape[0] * scale, expected.shape[1] * scale)
+    # away from the labels (top-left corners), the pixels are the mosaic of the pairs
+    grey = img[..., 0] if img.ndim == 3 else img
+    bottom = slice(img.shape[0] - 8 * scale, img.shape[0])
+    np.testing.assert_allclose(grey[bottom], np.kron(expected, np.ones((scale, scale)))[bottom], atol=3 / 255)  # 8-bit colour map
     assert [p.name for p in tmp_path.iterdir()] == ["pairs.png"]

@@ -21,8 +21,11 @@ lung region
     components smaller than ``min_lung_component`` x body volume (gas bubbles,
     noise). Airway: face-connected components of body voxels below -950 HU
     that reach the superior face of the volume (last axial slice): the trachea
-    leaving a thorax scan at the top. Caveat: an emphysematous region that
-    itself reaches the top slice would be removed with it.
+    leaving a thorax scan at the top. Caveats: an emphysematous region that
+    itself reaches the top slice would be removed with it; at coarse voxels
+    (about 6 mm and more, e.g. 48^3-64^3 thorax volumes) the trachea lumen is
+    partial-volumed above -950 HU, is not recognised and counts as lung
+    (about 1 % of the lung volume).
 emphysema_pct
     100 x (lung-region voxels below -950 HU) / (lung-region voxels): the
     standard LAA-950 index, in percent.

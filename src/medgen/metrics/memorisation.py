@@ -222,17 +222,6 @@ def memorisation_report(
     }
 
 
-def _central_slices(volume: np.ndarray) -> list[np.ndarray]:
-    """Central axial, coronal and sagittal slices of an (x, y, z) RAS+ volume, as
-    images in radiological display: axial and coronal with the patient's right on
-    the image's left, anterior (axial) or superior (coronal, sagittal) at the top;
-    sagittal with anterior on the left. Each plane is ``slice.T[::-1, ::-1]``."""
-    v = np.asarray(volume, dtype=np.float32)
-    v = v[0] if v.ndim == 4 and v.shape[0] == 1 else v
-    x, y, z = (s // 2 for s in v.shape)
-    return [p.T[::-1, ::-1] for p in (v[:, :, z], v[:, y, :], v[x, :, :])]
-
-
 def save_nearest_pairs_figure(
     pairs: Sequence[dict],
     fake_volumes: Sequence[np.ndarray],
@@ -241,43 +230,32 @@ def save_nearest_pairs_figure(
     *,
     vmin: float = -1.0,
     vmax: float = 1.0,
-    dpi: int = 100,
 ) -> None:
-    """Write a figure with one row per pair (e.g. ``report["closest_pairs"]``):
-    central axial, coronal and sagittal slices of the generated volume, then of
-    its nearest training volume, titled with ids and distance.
+    """Write a PNG showing each pair (e.g. ``report["closest_pairs"]``): a row of
+    central axial, coronal and sagittal slices of the generated volume, and
+    under it the same of its nearest training volume (``medgen.viz.mosaic``).
 
     ``pairs`` need ``fake_index`` and ``train_index`` (rows of ``fake_volumes``
-    and ``train_volumes``); ``vmin``/``vmax``: display window in the volumes'
-    intensity unit. Written atomically; format from ``path``'s suffix.
+    and ``train_volumes``); ids, ``distance`` and ``likely_copy`` label the
+    rows when present. ``vmin``/``vmax``: one display window for all panels,
+    in the volumes' intensity unit. Written atomically.
     """
-    from pathlib import Path
+    from medgen.viz.mosaic import save_mosaic
 
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+    if not pairs:
+        raise ValueError("no pairs to show")
+    volumes, titles = [], []
+    for p in pairs:
+        volumes += [_as_volume(fake_volumes[p["fake_index"]]), _as_volume(train_volumes[p["train_index"]])]
+        dist = f"  d={p['distance']:.4g}" if "distance" in p else ""
+        flag = "  LIKELY COPY" if p.get("likely_copy") else ""
+        titles += [
+            f"generated {p.get('fake_id', p['fake_index'])}{dist}{flag}",
+            f"nearest training {p.get('train_id', p['train_index'])}",
+        ]
+    save_mosaic(volumes, path, titles=titles, vmin=vmin, vmax=vmax)
 
-    from medgen.fileio import atomic_path
 
-    n = max(1, len(pairs))
-    fig = Figure(figsize=(6 * 1.6, n * 1.8))
-    axes = fig.subplots(n, 6, squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    planes = ("axial", "coronal", "sagittal")
-    for row, p in enumerate(pairs):
-        fake = _central_slices(fake_volumes[p["fake_index"]])
-        real = _central_slices(train_volumes[p["train_index"]])
-        for col, img in enumerate(fake + real):
-            ax = axes[row, col]
-            ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
-            who = "generated" if col < 3 else "training"
-            name = p.get("fake_id", p["fake_index"]) if col < 3 else p.get("train_id", p["train_index"])
-            ax.set_title(f"{who} {name}\n{planes[col % 3]}", fontsize=7)
-        dist = p.get("distance")
-        if dist is not None:
-            axes[row, 0].text(
-                0.0, -0.08, f"distance {dist:.4g}" + ("  LIKELY COPY" if p.get("likely_copy") else ""),
-                transform=axes[row, 0].transAxes, fontsize=7, va="top",
-            )
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".") or "png")
+def _as_volume(v) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float32)
+    return a[0] if a.ndim == 4 and a.shape[0] == 1 else a
