@@ -217,6 +217,7 @@ class _StopFlag:
 
 
 def _load_dataset(cfg: RunConfig):
+    """The training split: computed from (split_seed, split_fractions), or the ids stored with the run."""
     from medgen.data.dataset import VolumeDataset
 
     label_column = cfg.label_column if cfg.model.get("num_classes", 0) > 0 else None
@@ -226,14 +227,8 @@ def _load_dataset(cfg: RunConfig):
         seed=cfg.split_seed,
         fractions=tuple(cfg.split_fractions),
         label_column=label_column,
+        ids=list(cfg.train_ids) if cfg.train_ids else None,
     )
-
-
-def _dataset_ids(dataset) -> list[str]:
-    ids = getattr(dataset, "ids", None)
-    if ids is None:
-        ids = [dataset[i]["id"] for i in range(len(dataset))]
-    return [str(i) for i in ids]
 
 
 # ----------------------------------------------------------------------------- run folder
@@ -336,11 +331,10 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
         torch.backends.cudnn.benchmark = True
 
     # ---- data
+    if resume and not cfg.train_ids and (run_dir / CONFIG_NAME).exists():
+        cfg.train_ids = RunConfig.load(run_dir).train_ids  # keep the run's split even if files were added
     dataset = _load_dataset(cfg)
-    ids = _dataset_ids(dataset)
-    if cfg.train_ids and cfg.train_ids != ids:
-        raise InputError(f"{cfg.data}: the training split differs from the one this run was started with")
-    cfg.train_ids = ids
+    ids = cfg.train_ids = list(dataset.ids)
     if not cfg.preprocess:
         cfg.preprocess = dict(getattr(dataset, "info", {}))
     if len(dataset) == 0:
