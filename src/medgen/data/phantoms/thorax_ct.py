@@ -1,0 +1,717 @@
+"""Thorax CT phantom: a raw-like chest CT in Hounsfield units with known ground truth.
+
+Anatomy, built analytically on a millimetre coordinate frame (x left→right,
+y posterior→anterior, z inferior→superior, origin at the centre of a fixed
+400 mm field of view):
+
+* body contour: a jittered super-ellipse, 280–370 mm wide, with skin,
+  subcutaneous fat (−100 HU) and chest-wall muscle (+45 HU);
+* two lungs with lobulated surfaces, domed apices and diaphragm, parenchyma
+  about −850 HU with texture and a gravity-dependent (posterior) density gradient;
+* trachea and main bronchi (air tubes with soft-tissue walls) branching at the
+  carina into small airway trees; pulmonary arteries and veins as tapering
+  random trees from the hila; heart, aorta, pulmonary trunk, vena cava, oesophagus;
+* spine (vertebral bodies with cortical shell and trabecular core, discs,
+  canal, arches, spinous and transverse processes), 12 rib pairs with costal
+  cartilage, sternum, scapulae, clavicles; liver below the right hemidiaphragm;
+* emphysema: clusters of −985 HU voxels (a smooth random field thresholded,
+  weighted towards the upper lobes) whose extent varies per subject;
+* optional solid lung nodules;
+* a mild partial-volume blur and spatially correlated Gaussian noise whose level
+  grows with body size, as on a real scanner.
+
+Ground-truth factors are measured on the final noisy image inside the true
+masks with the HU rules used by :mod:`medgen` evaluation: lung = lung-mask
+voxels below −500 HU, emphysema % = share of those below −950 HU, bone =
+bone-mask voxels above +300 HU. ``label`` is the emphysema severity class
+(0: <5 %, 1: 5–10 %, 2: 10–20 %, 3: ≥20 %).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from medgen.data.phantoms.noise import LatticeField, smooth_noise
+from medgen.data.phantoms.phantom import Phantom
+from medgen.data.phantoms.shapes import (
+    Grid,
+    draw_tubes,
+    ellipsoid_sdf,
+    grow_tree,
+    occupancy,
+    polyline_segments,
+    superellipse_sdf,
+)
+
+KIND = "thorax-ct"
+FOV_MM = 400.0
+#: Upper bounds (exclusive) of emphysema % for severity classes 0, 1, 2; ≥ the last is class 3.
+SEVERITY_THRESHOLDS_PCT = (5.0, 10.0, 20.0)
+LUNG_MAX_HU = -500.0
+EMPHYSEMA_MAX_HU = -950.0
+BONE_MIN_HU = 300.0
+HU_MIN, HU_MAX = -1024.0, 3071.0
+_BLUR_VOX = 0.6  # partial-volume blur and noise correlation length (voxels)
+
+# Piecewise-linear quantile function of the target emphysema % (uniform input):
+# roughly a quarter of subjects fall in each severity class.
+_EMPH_QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+_EMPH_TARGETS = (0.3, 5.6, 11.2, 22.5, 38.0)
+
+
+def severity_class(emphysema_pct: float) -> int:
+    """Emphysema severity class 0–3 from the percentage of lung below −950 HU."""
+    return int(np.searchsorted(SEVERITY_THRESHOLDS_PCT, emphysema_pct, side="right"))
+
+
+@dataclass
+class _Subject:
+    """Per-subject anatomy and scanner parameters (independent of the voxel grid)."""
+
+    width: float  # body left-right width (mm)
+    depth: float  # body anterior-posterior depth (mm)
+    cx: float
+    cy: float
+    p_body: float  # super-ellipse exponent of the body contour
+    jitter: np.ndarray  # (K, 4): harmonic order, amplitude at z=-200, at z=+200, phase
+    fat: float  # subcutaneous fat thickness (mm)
+    muscle: float  # chest-wall muscle scale
+    z_apex: float
+    z_dome: float  # top of the left hemidiaphragm (mm)
+    dome_h: float
+    recess: float  # extra depth of the posterior costophrenic recess (mm)
+    lobulation: float  # amplitude of lung surface lobulation (mm)
+    heart_scale: float
+    heart_dir: np.ndarray
+    kyphosis: float
+    vb_ax: float
+    vb_ay: float
+    pitch: float  # vertebral level height (mm)
+    z_v0: float
+    rib_drop: float  # how far ribs descend from back to front (mm)
+    trachea_r: float
+    carina_drop: float
+    hu_fat: float
+    hu_muscle: float
+    hu_blood: float
+    hu_liver: float
+    hu_lung: float
+    gravity: float  # extra density of dependent (posterior) lung (HU)
+    hu_cortical: float
+    hu_trabecular: float
+    emph_target_pct: float
+    emph_sigma: float  # size of emphysema clusters (mm)
+    emph_upper: float  # upper-lobe predominance
+    noise_hu: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "_Subject":
+        u = rng.uniform
+        width = u(280.0, 370.0)
+        size_z = (width - 325.0) / 45.0  # -1 … 1
+        k = np.arange(2, 6)
+        jitter = np.column_stack([k, rng.normal(0, 0.018, 4), rng.normal(0, 0.018, 4), u(0, 2 * np.pi, 4)])
+        z_apex = u(165.0, 185.0)
+        lung_height = u(230.0, 265.0) + 12.0 * size_z
+        heart_dir = np.array([-0.72 + u(-0.1, 0.1), 0.5 + u(-0.1, 0.1), -0.4 + u(-0.1, 0.1)])
+        emph = float(np.interp(u(0, 1), _EMPH_QUANTILES, _EMPH_TARGETS))
+        return cls(
+            width=width,
+            depth=width * u(0.6, 0.72),
+            cx=u(-8.0, 8.0),
+            cy=u(-12.0, 6.0),
+            p_body=u(2.2, 2.7),
+            jitter=jitter,
+            fat=float(np.clip(5.0 + 0.18 * (width - 280.0) + rng.normal(0, 3), 3.0, 30.0)),
+            muscle=u(0.8, 1.3),
+            z_apex=z_apex,
+            z_dome=z_apex - lung_height,
+            dome_h=u(50.0, 70.0),
+            recess=u(20.0, 40.0),
+            lobulation=u(1.5, 3.0),
+            heart_scale=u(0.85, 1.12) * (width / 325.0) ** 0.5,
+            heart_dir=heart_dir / np.linalg.norm(heart_dir),
+            kyphosis=u(4.0, 14.0),
+            vb_ax=u(17.0, 21.0),
+            vb_ay=u(13.0, 16.0),
+            pitch=u(23.0, 28.0),
+            z_v0=u(0.0, 30.0),
+            rib_drop=u(110.0, 140.0),
+            trachea_r=u(7.5, 10.0),
+            carina_drop=u(45.0, 65.0),
+            hu_fat=u(-112.0, -88.0),
+            hu_muscle=u(38.0, 55.0),
+            hu_blood=u(32.0, 48.0),
+            hu_liver=u(50.0, 68.0),
+            hu_lung=u(-875.0, -840.0),
+            gravity=u(25.0, 65.0),
+            hu_cortical=u(550.0, 900.0),
+            hu_trabecular=u(170.0, 380.0),
+            emph_target_pct=emph,
+            emph_sigma=u(3.0, 6.0),
+            emph_upper=u(0.4, 1.4),
+            noise_hu=u(12.0, 20.0) * (width / 325.0) ** 1.5,
+        )
+
+
+class _Anatomy:
+    """Analytic geometry of one subject; every method takes broadcastable x, y, z in mm."""
+
+    def __init__(self, s: _Subject, rng: np.random.Generator) -> None:
+        self.s = s
+        self.a = 0.5 * s.width
+        self.b = 0.5 * s.depth
+        self.lobes = LatticeField(rng, FOV_MM + 100.0, 24.0)
+        self.z_mid = s.z_apex - 120.0
+        self.y_back = s.cy - self.b
+        self.y_vb0 = self.y_back + s.fat * 1.3 + 72.0 * s.muscle**0.3
+        self.z_carina = s.z_apex - s.carina_drop
+        self.x_side = 0.2 * s.width  # centre of each hemithorax (offset from cx)
+
+    # -- body wall ---------------------------------------------------------------------
+    def frame(self, x, y, z):
+        """(signed distance to the body surface, angle θ around the body) in mm / radians."""
+        s = self.s
+        u, v = x - s.cx, y - s.cy
+        theta = np.arctan2(v / self.b, u / self.a)
+        zt = np.clip((z + 200.0) / 400.0, 0.0, 1.0)
+        radius = 1.0
+        for k, a0, a1, ph in s.jitter:
+            radius = radius + (a0 + (a1 - a0) * zt) * np.cos(k * theta + ph)
+        return superellipse_sdf(u, v, self.a, self.b, s.p_body, radius), theta
+
+    def fat_thickness(self, theta):
+        s = self.s
+        return s.fat * (1.0 + 0.3 * np.cos(2 * theta) + 0.3 * np.maximum(0.0, -np.sin(theta)))
+
+    def muscle_thickness(self, theta):
+        sin = np.sin(theta)
+        return self.s.muscle * (8.0 + 9.0 * np.maximum(0.0, sin) ** 2 + 30.0 * np.maximum(0.0, -sin) ** 3)
+
+    def wall(self, theta, z):
+        """Depth (mm) from the skin to the pleural cavity; the rib cage narrows towards the apex."""
+        top = np.clip((z - (self.s.z_apex - 120.0)) / 120.0, 0.0, 1.0) ** 2
+        lateral = np.abs(np.cos(theta))
+        return self.fat_thickness(theta) + self.muscle_thickness(theta) + 12.0 + 45.0 * top * lateral
+
+    # -- spine -------------------------------------------------------------------------
+    def y_vb(self, z):
+        return self.y_vb0 - self.s.kyphosis * (1.0 - ((z - self.z_mid) / 200.0) ** 2)
+
+    def vb_sdf(self, x, y, z, grow: float = 0.0):
+        """Signed distance to the (infinite) column of vertebral-body cross-sections."""
+        s = self.s
+        scale = 1.0 - 0.0012 * (z - self.z_mid)
+        return superellipse_sdf(x - s.cx, y - self.y_vb(z), s.vb_ax * scale + grow, s.vb_ay * scale + grow, 2.3)
+
+    def level(self, z):
+        """(vertebral index k, offset from the centre of vertebral body k) along z."""
+        s = self.s
+        k = np.round((z - s.z_v0 - 0.5 * s.pitch) / s.pitch)
+        return k, z - (s.z_v0 + 0.5 * s.pitch + k * s.pitch)
+
+    def canal_y(self, z):
+        scale = 1.0 - 0.0012 * (z - self.z_mid)
+        return self.y_vb(z) - self.s.vb_ay * scale - 10.0
+
+    def spine_zone_sdf(self, x, y, z):
+        return superellipse_sdf(x - self.s.cx, y - (self.y_vb(z) - 14.0), 32.0, 36.0, 2.2)
+
+    # -- mediastinum ---------------------------------------------------------------------
+    def y_trachea(self, z):
+        return self.y_vb(z) + self.s.vb_ay + 22.0
+
+    def heart(self):
+        s = self.s
+        centre = np.array(
+            [s.cx - 0.11 * s.width, s.cy + 0.1 * s.depth, s.z_dome + 0.4 * 50.0 * s.heart_scale]
+        )
+        axes = np.array([64.0, 43.0, 38.0]) * s.heart_scale
+        d = s.heart_dir
+        e1 = np.cross(d, [0.0, 0.0, 1.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(d, e1)
+        return centre, axes, np.stack([d, e1, e2])
+
+    def heart_sdf(self, x, y, z):
+        return ellipsoid_sdf(x, y, z, *self.heart())
+
+    def heart_box(self, margin: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+        centre, axes, _ = self.heart()
+        r = axes.max() + margin
+        return centre - r, centre + r
+
+    def aorta_path(self):
+        s = self.s
+        (hx, hy, hz), axes, _ = self.heart()
+        zc = self.z_carina
+        yt = float(self.y_trachea(zc))
+        yv = float(self.y_vb(zc))
+        arch = zc + 28.0
+        points = [
+            (hx + 25.0, hy - 5.0, hz + 0.5 * axes[2]),
+            (s.cx + 14.0, yt + 28.0, arch - 25.0),
+            (s.cx + 4.0, yt + 18.0, arch),
+            (s.cx - 14.0, yt - 4.0, arch + 4.0),
+            (s.cx - 24.0, yv + 6.0, arch - 22.0),
+            (s.cx - 20.0, float(self.y_vb(-60.0)) + 10.0, -60.0),
+            (s.cx - 12.0, float(self.y_vb(-210.0)) + 14.0, -210.0),
+        ]
+        radii = [15.0, 15.0, 13.5, 13.0, 12.0, 11.5, 11.0]
+        return points, radii
+
+    def aorta_sdf(self, x, y, z):
+        """Signed distance to the descending aorta (approximated as a vertical tube)."""
+        s = self.s
+        return np.sqrt((x - (s.cx - 22.0)) ** 2 + (y - (self.y_vb(z) + 8.0)) ** 2) - 12.0
+
+    # -- lungs ---------------------------------------------------------------------------
+    def diaphragm(self, x, y):
+        """Height (mm) of the diaphragm under each lung."""
+        s = self.s
+        right = x > s.cx
+        xs = s.cx + np.where(right, self.x_side, -self.x_side)
+        top = s.z_dome + np.where(right, 14.0, 0.0)
+        r2 = ((x - xs) / (0.24 * s.width)) ** 2 + ((y - s.cy) / (0.4 * s.depth)) ** 2
+        back = np.maximum(0.0, -(y - s.cy) / self.b) ** 2
+        return top - s.dome_h * np.minimum(r2, 2.5) - s.recess * back
+
+    def apex(self, x, y):
+        s = self.s
+        xs = s.cx + np.where(x > s.cx, self.x_side, -self.x_side)
+        r2 = (x - xs) ** 2 + (y - (s.cy - 0.1 * s.depth)) ** 2
+        return s.z_apex - r2 / (2.0 * 60.0)
+
+    def lung_sdf(self, x, y, z, lobes=None, frame=None, heart_sdf=None):
+        """Approximate signed distance (mm) to the union of both lungs.
+
+        ``lobes``, ``frame`` and ``heart_sdf`` may be passed when already computed.
+        """
+        s = self.s
+        sdf_body, theta = self.frame(x, y, z) if frame is None else frame
+        if heart_sdf is None:
+            heart_sdf = self.heart_sdf(x, y, z)
+        terms = [
+            self.wall(theta, z) + sdf_body,  # outside the pleural cavity
+            14.0 + 12.0 / (1.0 + np.exp((y - (self.y_trachea(z) + 30.0)) / 10.0)) - np.abs(x - s.cx),
+            -self.spine_zone_sdf(x, y, z),
+            6.0 - heart_sdf,
+            3.0 - self.aorta_sdf(x, y, z),
+            self.diaphragm(x, y) - z,
+            z - self.apex(x, y),
+        ]
+        sdf = terms[0]
+        for t in terms[1:]:
+            sdf = np.maximum(sdf, t)
+        if lobes is None:
+            xb, yb, zb = np.broadcast_arrays(x, y, z)
+            lobes = self.lobes.at(np.column_stack([xb.ravel(), yb.ravel(), zb.ravel()])).reshape(xb.shape)
+        return sdf + s.lobulation * lobes
+
+    def inside_lung(self, points: np.ndarray, margin: float = 1.5) -> np.ndarray:
+        return self.lung_sdf(points[:, 0], points[:, 1], points[:, 2]) < -margin
+
+
+def _vessel_and_airway_segments(an: _Anatomy, rng: np.random.Generator):
+    """Tube segments for great vessels, pulmonary trees, airways; size independent."""
+    s = an.s
+    zc = an.z_carina
+    yt = float(an.y_trachea(zc))
+    (hx, hy, hz), haxes, _ = an.heart()
+    great: list[np.ndarray] = []
+    pts, radii = an.aorta_path()
+    great.append(polyline_segments(pts, radii))
+    arch_top = pts[2]
+    for dx in (10.0, -4.0, -16.0):  # brachiocephalic, carotid, subclavian
+        top = (s.cx + 2.2 * dx, arch_top[1] - 0.3 * dx, 215.0)
+        great.append(polyline_segments([(arch_top[0] + dx, arch_top[1], arch_top[2]), top], [6.0, 5.0]))
+    bif = (s.cx - 8.0, yt + 20.0, zc - 14.0)
+    trunk = [(hx + 5.0, hy + 0.6 * haxes[1], hz + 0.3 * haxes[2]), (s.cx - 12.0, yt + 32.0, zc - 26.0), bif]
+    great.append(polyline_segments(trunk, [14.0, 13.0, 12.0]))
+    hilum_r = np.array([s.cx + 44.0, yt - 4.0, zc - 24.0])
+    hilum_l = np.array([s.cx - 46.0, yt - 8.0, zc - 14.0])
+    great.append(polyline_segments([bif, (s.cx + 20.0, yt + 6.0, zc - 20.0), tuple(hilum_r)], [11.0, 10.5, 9.0]))
+    great.append(polyline_segments([bif, tuple(hilum_l)], [11.0, 9.0]))
+    svc = [(s.cx + 24.0, yt + 24.0, 215.0), (s.cx + 26.0, yt + 30.0, zc - 20.0), (hx + 45.0, hy, hz + 20.0)]
+    great.append(polyline_segments(svc, [9.0, 10.0, 10.0]))
+    yo = float(an.y_vb(zc)) + s.vb_ay + 7.0  # oesophagus, behind the trachea
+    great.append(polyline_segments([(s.cx - 4.0, yo, 215.0), (s.cx - 8.0, yo - 2.0, -210.0)], [7.0, 7.0]))
+    great_segs = np.concatenate(great)
+
+    la = np.array([hx + 15.0, hy - 0.55 * haxes[1], hz + 12.0])  # left atrium
+    roots = []
+    for side, hil in ((1.0, hilum_r), (-1.0, hilum_l)):
+        for d in (
+            (0.35, 0.15, 0.92),
+            (0.3, -0.45, 0.85),
+            (0.95, 0.3, 0.05),
+            (0.8, -0.5, 0.1),
+            (0.5, 0.6, -0.6),
+            (0.45, -0.55, -0.7),
+            (0.25, 0.0, -0.97),
+        ):
+            roots.append([*hil, side * d[0], d[1], d[2]])
+        vein_start = np.array([s.cx + side * 30.0, la[1], la[2]])
+        for d in ((0.8, -0.1, 0.55), (0.8, -0.2, -0.55)):
+            roots.append([*vein_start, side * d[0], d[1], d[2]])
+    vessels = grow_tree(
+        rng, np.array(roots), an.inside_lung, generations=7, length_mm=28.0, radius_mm=5.5, radius_ratio=0.8
+    )
+    # connect the hila/atrium to the trees' roots
+    vessels = np.concatenate([vessels, great_segs])
+
+    carina = np.array([s.cx, yt, zc])
+    top = np.array([s.cx, float(an.y_trachea(210.0)), 210.0])
+    rb = carina + np.array([0.42, -0.1, -0.9]) * 26.0
+    lb = carina + np.array([-0.7, -0.15, -0.7]) * 46.0
+    main = np.concatenate(
+        [
+            polyline_segments([tuple(top), tuple(carina)], [s.trachea_r, s.trachea_r]),
+            polyline_segments([tuple(carina), tuple(rb)], [0.75 * s.trachea_r, 0.7 * s.trachea_r]),
+            polyline_segments([tuple(carina), tuple(lb)], [0.7 * s.trachea_r, 0.65 * s.trachea_r]),
+        ]
+    )
+    aroots = [
+        [*rb, 0.6, 0.0, 0.8],
+        [*rb, 0.3, 0.1, -0.95],
+        [*rb, 0.5, 0.7, -0.5],
+        [*lb, -0.5, 0.3, 0.8],
+        [*lb, -0.4, -0.2, -0.9],
+    ]
+    airways = grow_tree(
+        rng, np.array(aroots), lambda p: an.inside_lung(p, 3.0), generations=3, length_mm=24.0, radius_mm=4.5
+    )
+    return vessels, np.concatenate([main, airways])
+
+
+def _spine_tubes(an: _Anatomy) -> np.ndarray:
+    """Spinous and transverse processes of every vertebra in the field of view."""
+    s = an.s
+    segs = []
+    for k in range(-12, 14):
+        zk = s.z_v0 + 0.5 * s.pitch + k * s.pitch
+        if not -230.0 < zk < 230.0:
+            continue
+        yc = float(an.canal_y(zk))
+        segs.append([s.cx, yc - 12.0, zk, s.cx, yc - 42.0, zk - 16.0, 5.0, 4.0])
+        for side in (1.0, -1.0):
+            segs.append([s.cx + side * 9.0, yc - 2.0, zk + 2.0, s.cx + side * 34.0, yc - 8.0, zk + 4.0, 5.5, 4.5])
+    return np.array(segs)
+
+
+class _Canvas:
+    """An HU image painted layer by layer with partial-volume weights.
+
+    After :meth:`track` it also records the transmittance of the layers painted
+    since, so that a layer can be inserted at that depth afterwards (used to
+    calibrate emphysema on the final image).
+    """
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        self.img = np.full(shape, -1000.0, dtype=np.float32)
+        self.trans: np.ndarray | None = None
+
+    def paint(self, occ: np.ndarray, hu) -> None:
+        """Paint ``hu`` with weight ``occ`` (fraction of each voxel covered)."""
+        self.img += occ * (hu - self.img)
+        if self.trans is not None:
+            self.trans *= 1.0 - occ
+
+    def track(self) -> None:
+        self.trans = np.ones_like(self.img)
+
+
+def _emphysema_pct(img: np.ndarray, lung: np.ndarray) -> float:
+    """Share (%) of lung voxels below -950 HU among those below -500 HU."""
+    lung_vox = lung & (img < LUNG_MAX_HU)
+    return 100.0 * float((lung_vox & (img < EMPHYSEMA_MAX_HU)).sum()) / max(int(lung_vox.sum()), 1)
+
+
+def _calibrate_emphysema(
+    base: np.ndarray,
+    layer: np.ndarray,
+    field: np.ndarray,
+    lung: np.ndarray,
+    core: np.ndarray,
+    target_pct: float,
+    iterations: int = 10,
+) -> tuple[np.ndarray, float]:
+    """Threshold ``field`` so that the final image has about ``target_pct`` % emphysema.
+
+    ``base`` is the final (blurred, noisy) image without emphysema and ``layer``
+    the un-blurred change full emphysema would make (already attenuated by the
+    structures painted over the lung). Blur is linear, so each trial only
+    blurs the emphysema layer inside the lungs' bounding box. The share of
+    ``core`` lung above the threshold is found by a safeguarded secant search;
+    returns (final image, threshold).
+    """
+    inside = np.argwhere(lung)
+    if inside.size == 0 or target_pct <= 0:
+        return base, float("inf")
+    margin = 4
+    lo_i = np.maximum(inside.min(axis=0) - margin, 0)
+    hi_i = inside.max(axis=0) + margin + 1
+    box = tuple(slice(a, b) for a, b in zip(lo_i, hi_i))
+    f_b, l_b, lung_b, base_b = field[box], layer[box], lung[box], base[box]
+    ranked = np.sort(field[core]) if core.any() else np.sort(field[lung])
+
+    def threshold(q: float) -> float:
+        if q <= 0:
+            return float("inf")
+        return float(ranked[min(max(int(round((1.0 - q) * len(ranked))), 0), len(ranked) - 1)])
+
+    def render(thr: float) -> np.ndarray:
+        weight = np.clip((f_b - thr) / 0.3 + 0.75, 0.0, 1.0)
+        return base_b + ndi.gaussian_filter(weight * l_b, _BLUR_VOX, truncate=3.0)
+
+    q_lo, q_hi = 0.0, 0.98
+    q = min(target_pct / 100.0, q_hi)
+    best = (float("inf"), 0.0)
+    for _ in range(iterations):
+        measured = _emphysema_pct(render(threshold(q)), lung_b)
+        err = measured - target_pct
+        if abs(err) < abs(best[0]):
+            best = (err, q)
+        if abs(err) < 0.02 * target_pct + 0.05:
+            break
+        if err < 0:
+            q_lo = q
+        else:
+            q_hi = q
+        q_new = q * target_pct / max(measured, 1e-3)
+        q = q_new if q_lo < q_new < q_hi else 0.5 * (q_lo + q_hi)
+    thr = threshold(best[1])
+    out = base.copy()
+    out[box] = render(thr)
+    return out, thr
+
+
+def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
+    """Generate one thorax CT phantom of ``size``³ voxels over a 400 mm field of view.
+
+    The same ``seed`` gives a bit-identical array; anatomy parameters do not
+    depend on ``size``. With ``nodules`` 0–3 solid nodules (4–15 mm radius) are
+    inserted into the lungs without changing the rest of the anatomy.
+    """
+    ss = np.random.SeedSequence(seed)
+    s_par, s_lat, s_tree, s_tex, s_noise, s_nod = ss.spawn(6)
+    s = _Subject.sample(np.random.default_rng(s_par))
+    an = _Anatomy(s, np.random.default_rng(s_lat))
+    grid = Grid(size, FOV_MM / size)
+    sp = grid.spacing
+    x, y, z = grid.xyz
+    ax = grid.axis
+    shape = (size, size, size)
+    tex_rng = np.random.default_rng(s_tex)
+
+    cv = _Canvas(shape)
+
+    # body wall
+    sdf_body, theta = an.frame(x, y, z)
+    sdf_body = sdf_body.astype(np.float32)
+    depth = -sdf_body
+    body = sdf_body <= 0
+    cv.paint(occupancy(sdf_body, sp), s.hu_muscle)
+    t_fat = an.fat_thickness(theta)
+    cv.paint(occupancy(np.maximum(2.5 - depth, depth - t_fat), sp), s.hu_fat)
+    wall = an.wall(theta, z)
+    sdf_cav = (wall - depth).astype(np.float32)
+    cv.paint(occupancy(sdf_cav, sp), s.hu_fat + 20.0)  # mediastinal fat
+
+    # below the diaphragm: diaphragm muscle, liver on the right, other viscera on the left
+    z_dia = an.diaphragm(x, y)
+    cv.paint(occupancy(np.maximum(sdf_cav - 8.0, z - z_dia), sp), s.hu_muscle)
+    liver_hu = s.hu_muscle + (s.hu_liver - s.hu_muscle) / (1.0 + np.exp(-(x - s.cx + 10.0) / 12.0))
+    cv.paint(occupancy(np.maximum(sdf_cav - 8.0, z - (z_dia - 6.0)), sp), liver_hu)
+
+    # paravertebral muscle, heart with pericardial fat
+    cv.paint(occupancy(np.maximum(sdf_cav, an.spine_zone_sdf(x, y, z)), sp), s.hu_muscle)
+    sdf_heart = np.full(shape, 1e3, dtype=np.float32)
+    box = grid.box(*an.heart_box())
+    bx, by, bz = x[box[0], :, :], y[:, box[1], :], z[:, :, box[2]]
+    sdf_heart[box] = an.heart_sdf(bx, by, bz)
+    cv.paint(occupancy(sdf_heart - 5.0, sp), s.hu_fat + 10.0)
+    cv.paint(occupancy(sdf_heart, sp), s.hu_blood)
+    heart = sdf_heart <= 0
+
+    # lungs
+    lobes = an.lobes.on_grid(ax, ax, ax)
+    sdf_lung = an.lung_sdf(x, y, z, lobes=lobes, frame=(sdf_body, theta), heart_sdf=sdf_heart).astype(np.float32)
+    lung_region = sdf_lung <= 0
+    posterior = np.clip(-(y - s.cy) / an.b, 0.0, 1.0) ** 1.5
+    parenchyma = s.hu_lung + s.gravity * posterior + 18.0 * smooth_noise(shape, 2.5 / sp, tex_rng)
+    cv.paint(occupancy(sdf_lung, sp), parenchyma)
+
+    # emphysema: a smooth random field, thresholded later (see _calibrate_emphysema) so that
+    # the share of lung below -950 HU on the final image matches the subject's target.
+    # Clusters are at least a few voxels across; upper lobes are favoured.
+    sig = max(s.emph_sigma / sp, 1.2)
+    field = smooth_noise(shape, sig, tex_rng) + 0.6 * smooth_noise(shape, 3.0 * sig, tex_rng)
+    field += s.emph_upper * np.clip((z - (s.z_dome + s.z_apex) / 2.0) / (s.z_apex - s.z_dome), -1.0, 1.0)
+    emph_delta = occupancy(sdf_lung, sp) * ((-990.0 + 0.3 * (parenchyma - s.hu_lung)) - cv.img)
+    cv.track()
+
+    # vessels and airways
+    tree_rng = np.random.default_rng(s_tree)
+    vessel_segs, airway_segs = _vessel_and_airway_segments(an, tree_rng)
+    vessels = np.zeros(shape, dtype=np.float32)
+    draw_tubes(vessels, grid, vessel_segs)
+    cv.paint(vessels, s.hu_blood)
+    walls = np.zeros(shape, dtype=np.float32)
+    wall_segs = airway_segs.copy()
+    wall_segs[:, 6:8] += 0.2 * wall_segs[:, 6:8] + 0.8
+    draw_tubes(walls, grid, wall_segs)
+    cv.paint(walls, 20.0)
+    lumen = np.zeros(shape, dtype=np.float32)
+    draw_tubes(lumen, grid, airway_segs)
+    cv.paint(lumen, -1000.0)
+
+    # bones
+    bone = np.zeros(shape, dtype=bool)
+    k_lvl, dz = an.level(z)
+    half = 0.5 * s.pitch - 2.5  # half height of a vertebral body; discs are 5 mm
+    sdf_vb = an.vb_sdf(x, y, z)
+    sdf_body_vb = np.maximum(sdf_vb, np.abs(dz) - half)
+    cv.paint(occupancy(np.maximum(an.vb_sdf(x, y, z, grow=1.0), np.abs(dz) - half - 3.0), sp), 80.0)  # discs
+    cv.paint(occupancy(sdf_body_vb, sp), s.hu_cortical)
+    cv.paint(occupancy(sdf_body_vb + 1.8, sp), s.hu_trabecular)
+    bone |= sdf_body_vb <= 0
+    # vertebral arch around the canal, with the cord inside
+    rho = np.sqrt((x - s.cx) ** 2 + (y - an.canal_y(z)) ** 2)
+    sdf_arch = np.maximum(np.abs(rho - 12.0) - 4.0, np.abs(dz) - half)
+    sdf_arch = np.maximum(sdf_arch, (y - an.canal_y(z)) - 6.0)
+    post_hu = 0.55 * s.hu_cortical + 0.45 * s.hu_trabecular
+    cv.paint(occupancy(sdf_arch, sp), post_hu)
+    cv.paint(occupancy(rho - 8.0, sp), 30.0)
+    bone |= sdf_arch <= 0
+    procs = np.zeros(shape, dtype=np.float32)
+    draw_tubes(procs, grid, _spine_tubes(an))
+    cv.paint(procs, post_hu)
+    bone |= procs >= 0.5
+
+    # ribs: follow the chest wall, descending from the spine towards the front
+    phi = np.abs(np.angle(np.exp(1j * (theta + np.pi / 2))))  # 0 at the back, π at the front
+    zr = z + s.rib_drop * (phi / np.pi) ** 1.2
+    k_top = np.round((s.z_apex - 8.0 - s.z_v0 - 0.5 * s.pitch) / s.pitch)
+    kr = np.round((zr - s.z_v0 - 0.5 * s.pitch) / s.pitch)
+    rib_no = k_top - kr + 1  # 1 … 12 from the top
+    dzr = zr - (s.z_v0 + 0.5 * s.pitch + kr * s.pitch)
+    d_rib = wall - 6.0
+    sdf_rib = (np.sqrt(((depth - d_rib) / 3.5) ** 2 + (dzr / 6.0) ** 2) - 1.0) * 3.5
+    bone_end = np.where(rib_no <= 7, 0.72, np.where(rib_no <= 10, 0.7, 0.55)) * np.pi
+    cart_end = np.where(rib_no <= 7, 0.93, np.where(rib_no <= 10, 0.86, 0.0)) * np.pi
+    valid = (rib_no >= 1) & (rib_no <= 12) & (phi > 0.13 * np.pi)
+    rib_bone = valid & (phi <= bone_end)
+    cartilage = valid & (phi > bone_end) & (phi <= cart_end)
+    sdf_rib = np.where(rib_bone | cartilage, sdf_rib, 1e3).astype(np.float32)
+    cv.paint(occupancy(np.where(cartilage, sdf_rib, 1e3), sp), 120.0)
+    sdf_rb = np.where(rib_bone, sdf_rib, 1e3)
+    cv.paint(occupancy(sdf_rb, sp), s.hu_cortical)
+    cv.paint(occupancy(sdf_rb + 1.2, sp), s.hu_trabecular)
+    bone |= sdf_rb <= 0
+
+    # sternum (anterior midline), scapulae (posterolateral plates), clavicles
+    (hx, hy, hz), haxes, _ = an.heart()
+    z_st_top = s.z_apex - 30.0
+    sw = 14.0 + 10.0 * np.clip((z - (z_st_top - 50.0)) / 50.0, 0.0, 1.0)
+    d_st = an.fat_thickness(np.pi / 2) + 7.0
+    sdf_st = np.maximum(np.abs(x - s.cx) - sw, np.abs(depth - d_st) - 5.5)
+    sdf_st = np.maximum(sdf_st, np.maximum(z - z_st_top, (hz - 0.4 * haxes[2]) - z))
+    sdf_st = np.where(y > s.cy, sdf_st, 1e3)
+    cv.paint(occupancy(sdf_st, sp), s.hu_cortical)
+    cv.paint(occupancy(sdf_st + 1.5, sp), s.hu_trabecular)
+    bone |= sdf_st <= 0
+    zs_top, zs_bot = s.z_apex + 20.0, s.z_apex - 135.0
+    frac = np.clip((zs_top - z) / (zs_top - zs_bot), 0.0, 1.0)
+    phi_lo = (0.2 + 0.12 * frac) * np.pi
+    arc = 140.0  # mm per radian, to turn angular limits into distances
+    sdf_sc = np.abs(depth - (an.fat_thickness(theta) + 8.0)) - 2.5
+    sdf_sc = np.maximum(sdf_sc, np.maximum(phi_lo - phi, phi - 0.42 * np.pi) * arc)
+    sdf_sc = np.maximum(sdf_sc, np.maximum(z - zs_top, zs_bot - z))
+    cv.paint(occupancy(sdf_sc, sp), post_hu)
+    bone |= sdf_sc <= 0
+    clav = np.zeros(shape, dtype=np.float32)
+    y_front = s.cy + an.b - an.fat_thickness(np.pi / 2) - 8.0
+    for side in (1.0, -1.0):
+        pts = [
+            (s.cx + side * 20.0, y_front, z_st_top + 4.0),
+            (s.cx + side * 0.22 * s.width, y_front + 2.0, z_st_top + 14.0),
+            (s.cx + side * 0.4 * s.width, s.cy + 0.1 * s.depth, z_st_top + 24.0),
+        ]
+        draw_tubes(clav, grid, polyline_segments(pts, [7.0, 6.0, 7.0]))
+    cv.paint(clav, post_hu)
+    bone |= clav >= 0.5
+
+    # lung nodules (own random stream: the rest of the anatomy is unchanged)
+    lung = lung_region & (vessels < 0.5) & (walls < 0.5) & ~bone
+    nodule_list: list[dict] = []
+    if nodules:
+        nod_rng = np.random.default_rng(s_nod)
+        count = int(nod_rng.integers(0, 4))
+        nod = np.zeros(shape, dtype=np.float32)
+        for _ in range(count):
+            r = float(nod_rng.uniform(4.0, 15.0))
+            cand = np.flatnonzero(lung & (sdf_lung < -(r + 2.0)))
+            if cand.size == 0:
+                continue
+            idx = np.array(np.unravel_index(cand[nod_rng.integers(cand.size)], shape))
+            centre = ax[idx].astype(np.float64) + nod_rng.uniform(-0.5, 0.5, 3) * sp
+            draw_tubes(nod, grid, np.array([[*centre, *centre, r, r]]))
+            c_vox = grid.to_index(centre)
+            nodule_list.append(
+                {
+                    "x": round(float(c_vox[0]), 2),
+                    "y": round(float(c_vox[1]), 2),
+                    "z": round(float(c_vox[2]), 2),
+                    "radius_mm": round(r, 2),
+                    "radius_vox": round(r / sp, 3),
+                }
+            )
+        cv.paint(nod, s.hu_blood + 5.0)
+        lung &= nod < 0.5
+
+    # scanner: white noise, then one Gaussian blur that both correlates the noise
+    # and adds partial volume; the noise amplitude is pre-scaled by the kernel's
+    # L2 norm so that its final standard deviation is noise_hu.
+    kernel = ndi.gaussian_filter1d(np.eye(13, dtype=np.float64)[6], _BLUR_VOX, truncate=3.0)
+    gain = float(np.sqrt((kernel**2).sum())) ** 3
+    img = cv.img + (s.noise_hu / gain) * np.random.default_rng(s_noise).standard_normal(shape, dtype=np.float32)
+    img = ndi.gaussian_filter(img, _BLUR_VOX, truncate=3.0)
+    core = lung & (sdf_lung <= -0.5 * sp)
+    emph_layer = emph_delta * cv.trans
+    del cv, emph_delta
+    img, thr = _calibrate_emphysema(img, emph_layer, field, lung, core, s.emph_target_pct)
+    emphysema = core & (field > thr)
+    img = np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.float32)
+
+    # ground truth measured on the final image inside the true masks
+    voxel_ml = sp**3 / 1000.0
+    n_lung = int((lung & (img < LUNG_MAX_HU)).sum())
+    emph_pct = _emphysema_pct(img, lung)
+    cols = np.flatnonzero(body.any(axis=(1, 2)))
+    factors: dict[str, float | int | str] = {
+        "lung_volume_ml": round(n_lung * voxel_ml, 3),
+        "bone_volume_ml": round(int((bone & (img > BONE_MIN_HU)).sum()) * voxel_ml, 3),
+        "emphysema_pct": round(emph_pct, 4),
+        "body_size_mm": round(float((cols[-1] - cols[0] + 1) * sp) if cols.size else 0.0, 2),
+        "heart_volume_ml": round(int(heart.sum()) * voxel_ml, 3),
+        "noise_hu": round(s.noise_hu, 2),
+        "label": severity_class(emph_pct),
+    }
+    if nodules:
+        factors["nodule_count"] = len(nodule_list)
+        factors["nodule_positions"] = json.dumps(nodule_list)
+    masks = {
+        "body": body,
+        "lung": lung,
+        "emphysema": emphysema & lung,
+        "bone": bone,
+        "heart": heart,
+        "airway": lumen >= 0.5,
+        "vessels": vessels >= 0.5,
+    }
+    return Phantom(kind=KIND, array=img, spacing=(sp, sp, sp), factors=factors, masks=masks)
