@@ -7,9 +7,11 @@ so even the 512³ model is summarised instantly.
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrizations
 
 from medgen.models.hagan.config import HAGANConfig
 from medgen.models.hagan.discriminator import Discriminator
@@ -34,8 +36,14 @@ def num_params(module: nn.Module | None) -> int:
 
 
 def build_meta(cfg: HAGANConfig) -> dict[str, nn.Module]:
-    """Generator, discriminator and encoder built on the meta device."""
-    with torch.device("meta"):
+    """Generator, discriminator and encoder built on the meta device.
+
+    Spectral normalisation's initial power iteration only refines its u, v
+    buffers (no parameters, no shapes); on meta tensors it is meaningless and
+    slow (Python reference kernels), so it is skipped here.
+    """
+    no_power_iteration = mock.patch.object(parametrizations._SpectralNorm, "_power_method", lambda *a, **k: None)
+    with torch.device("meta"), no_power_iteration:
         return {"generator": Generator(cfg), "discriminator": Discriminator(cfg), "encoder": Encoder(cfg)}
 
 
@@ -44,9 +52,12 @@ def _block(models: dict[str, nn.Module], path: str) -> nn.Module | None:
     return getattr(models[owner], attr)
 
 
-def count_parameters(cfg: HAGANConfig) -> dict[str, int]:
-    """Parameters per block (G^A, G^L, G^H, D^H, D^L, E^H, E^G) and totals G, D, E, all."""
-    models = build_meta(cfg)
+def count_parameters(cfg: HAGANConfig, models: dict[str, nn.Module] | None = None) -> dict[str, int]:
+    """Parameters per block (G^A, G^L, G^H, D^H, D^L, E^H, E^G) and totals G, D, E, all.
+
+    ``models``: networks from :func:`build_meta` (built here if not given).
+    """
+    models = models if models is not None else build_meta(cfg)
     counts = {sym: num_params(_block(models, path)) for sym, (path, _) in BLOCKS.items()}
     counts["G"] = num_params(models["generator"])
     counts["D"] = num_params(models["discriminator"])
@@ -55,9 +66,12 @@ def count_parameters(cfg: HAGANConfig) -> dict[str, int]:
     return counts
 
 
-def block_shapes(cfg: HAGANConfig) -> dict[str, tuple[list[int], list[int]]]:
-    """(input shape, output shape) per block for batch 1, by running the blocks on meta tensors."""
-    m = build_meta(cfg)
+def block_shapes(
+    cfg: HAGANConfig, models: dict[str, nn.Module] | None = None
+) -> dict[str, tuple[list[int], list[int]]]:
+    """(input shape, output shape) per block, batch dimension omitted, by running the
+    blocks on meta tensors (which also checks that consecutive blocks fit together)."""
+    m = models if models is not None else build_meta(cfg)
     g, d, e = m["generator"], m["discriminator"], m["encoder"]
     meta = torch.device("meta")
     code = torch.empty(1, cfg.generator_input_dim, device=meta)
@@ -80,9 +94,9 @@ def block_shapes(cfg: HAGANConfig) -> dict[str, tuple[list[int], list[int]]]:
 
 def summary(cfg: HAGANConfig) -> dict[str, Any]:
     """JSON-ready description: config, per-block class/params/shapes, totals."""
-    counts = count_parameters(cfg)
-    shapes = block_shapes(cfg)
     models = build_meta(cfg)
+    counts = count_parameters(cfg, models)
+    shapes = block_shapes(cfg, models)
     blocks = {}
     for sym, (path, meaning) in BLOCKS.items():
         module = _block(models, path)
