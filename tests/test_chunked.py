@@ -48,7 +48,7 @@ def test_chunked_equals_unchunked(size, batch, chunk):
 @pytest.mark.parametrize("f, groups", [(2, 2), (8, 2)])
 def test_chunked_other_lowres_factors(f, groups):
     # f = 2: G^H has no GroupNorm; f = 8: two GroupNorm layers, statistics found in two passes.
-    g = _generator(64, f, groups)
+    g = _generator(32, f, groups)
     assert len(g.high.norms) == f.bit_length() - 2
     a = _features(g, 2)
     with torch.no_grad():
