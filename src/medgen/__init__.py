@@ -8,3 +8,15 @@ HA-GAN's high-resolution slabs are runs of consecutive axial slices.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load", "build"]
+
+
+def __getattr__(name: str):
+    """``medgen.load`` / ``medgen.build`` (see :mod:`medgen.api`), imported on first use so
+    that ``import medgen`` (and ``medgen --help``) does not import torch."""
+    if name in ("load", "build"):
+        from medgen import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'medgen' has no attribute {name!r}")

@@ -23,6 +23,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "preprocess",
     "train",
     "model_info",
+    "generate",
+    "encode",
+    "bench",
 )
 
 

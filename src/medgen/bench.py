@@ -1,0 +1,291 @@
+"""Speed and memory measurements: seconds per training iteration or per generated volume.
+
+Each configuration is measured in a fresh Python process (:func:`run_isolated`),
+so the peak memory reported belongs to that configuration alone:
+
+* CPU: the process's peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``),
+  which includes the Python interpreter and imported libraries (~0.3 GB);
+* CUDA: ``torch.cuda.max_memory_allocated`` (tensor memory; the caching
+  allocator's reserve and the CUDA context are not counted).
+
+Times are the median over ``repeats`` runs after ``warmup`` runs.
+
+* ``generate``: one call of :func:`medgen.inference.generate.generate_batch`,
+  the code path of ``medgen generate`` (z → G^A → G^H, whole or chunked, into
+  a preallocated float32 array on the host), under ``torch.inference_mode``;
+  writing files is not included. The G^A share is timed separately once.
+* ``train``: the real training loop, :func:`medgen.training.trainer.train`, on a
+  synthetic data set of random volumes in a temporary folder, with the per-
+  iteration times and peak memory that the trainer itself logs to
+  ``metrics.csv`` (``log_every=1``). One iteration is the four updates
+  (D, G, E^H, E^G), the EMA update and data loading. Writing checkpoints is
+  not part of an iteration and is switched off in the measuring process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from medgen import __version__
+from medgen.errors import RunFailed, UsageError
+
+KINDS = ("train", "generate")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform's description)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """Versions and hardware: what a reader needs to compare numbers between machines."""
+    import torch
+
+    info = {
+        "medgen": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "device_name": cpu_model(),
+    }
+    if device.startswith("cuda"):
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MiB."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _check(kind: str, size: int, batch: int, warmup: int, repeats: int, device: str) -> None:
+    if kind not in KINDS:
+        raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
+    if batch < 1 or repeats < 1 or warmup < 0:
+        raise UsageError("--batch and --repeats must be >= 1 and --warmup >= 0")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"--device {device}: choose cpu or cuda")
+
+
+def _result(kind: str, cfg, preset: str, device: str, seconds: list[float], warmup: int, **extra: Any) -> dict[str, Any]:
+    from medgen.models.hagan import count_parameters
+
+    counts = count_parameters(cfg)
+    out: dict[str, Any] = {
+        "benchmark": kind,
+        "preset": preset,
+        "size": cfg.size,
+        "device": device,
+        "seconds_median": statistics.median(seconds),
+        "seconds": seconds,
+        "warmup": warmup,
+        "repeats": len(seconds),
+    }
+    out.update(extra)
+    out["params"] = counts
+    out["params_total"] = counts["all"]
+    out["memory_measure"] = "cuda_max_allocated" if device.startswith("cuda") else "cpu_peak_rss"
+    out["machine"] = machine_info(device)
+    return out
+
+
+def measure_generate(
+    preset: str = "paper",
+    size: int = 128,
+    chunk: int | None = None,
+    batch: int = 1,
+    device: str = "cpu",
+    warmup: int = 1,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Seconds per generated batch of ``batch`` volumes and peak memory, in this process."""
+    import numpy as np
+    import torch
+
+    from medgen.api import build
+    from medgen.inference.generate import check_chunk, generate_batch, latent_codes
+
+    _check("generate", size, batch, warmup, repeats, device)
+    model = build(preset, size, seed=seed, device=device, encoder=False)
+    cfg, g = model.config, model.generator
+    chunk = check_chunk(chunk, cfg.lowres_size)
+    z = torch.from_numpy(latent_codes(batch, cfg.latent_dim, seed)).to(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    s = cfg.size
+    out = np.empty((batch, s, s, s), dtype=np.float32)
+    times = []
+    for r in range(warmup + repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        generate_batch(g, z, None, chunk, out=out)
+        _sync(device)
+        if r >= warmup:
+            times.append(time.perf_counter() - t0)
+    with torch.inference_mode():  # the G^A share, timed once
+        _sync(device)
+        t0 = time.perf_counter()
+        g.features(z)
+        _sync(device)
+        t_common = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb()
+    return _result(
+        "generate", cfg, preset, device, times, warmup,
+        batch=batch, chunk=chunk, precision="fp32", stage_seconds={"G^A": t_common},
+        seconds_per_volume=statistics.median(times) / batch, peak_memory_mb=peak,
+    )
+
+
+def _synthetic_dataset(root: Path, size: int, n: int, seed: int = 0) -> Path:
+    """A preprocessed data set of ``n`` random volumes (float16 in [-1, 1]) for timing only."""
+    import numpy as np
+
+    from medgen.fileio import atomic_write_json
+
+    (root / "volumes").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = ["id,source,orig_shape,orig_spacing,spacing,file"]
+    for i in range(n):
+        v = rng.uniform(-1.0, 1.0, (size, size, size)).astype(np.float16)
+        np.save(root / "volumes" / f"r{i}.npy", v)
+        lines.append(f"r{i},random,{size}x{size}x{size},1x1x1,1x1x1,volumes/r{i}.npy")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    atomic_write_json(root / "preprocess.json", {"modality": "ct", "size": size, "hu_window": [-1024.0, 600.0]})
+    return root
+
+
+def measure_train(
+    preset: str = "paper",
+    size: int = 128,
+    batch: int = 2,
+    device: str = "cpu",
+    warmup: int = 1,
+    repeats: int = 3,
+    precision: str = "auto",
+) -> dict[str, Any]:
+    """Seconds per training iteration and peak memory of the real training loop, in this process."""
+    import csv
+
+    from medgen.config import RunConfig
+    from medgen.models.hagan import get_preset
+    from medgen.training import checkpoint as ckpt_io
+    from medgen.training.trainer import train
+
+    _check("train", size, batch, warmup, repeats, device)
+    cfg = get_preset(preset, size)
+    # Checkpoints are not part of an iteration: switched off in this (throw-away) process.
+    ckpt_io.save_checkpoint = lambda *args, **kwargs: None
+    with tempfile.TemporaryDirectory(prefix="medgen-bench-") as tmp:
+        data = _synthetic_dataset(Path(tmp) / "data", size, batch)
+        run_cfg = RunConfig(
+            data=str(data), model=cfg.to_dict(), preset=preset, iters=warmup + repeats, batch=batch,
+            device=device, precision=precision, log_every=1, sample_every=0, ckpt_every=10**9,
+            split_fractions=(1.0, 0.0, 0.0), medgen_version=__version__,
+        )
+        train(run_cfg, Path(tmp) / "run", progress=False)
+        with open(Path(tmp) / "run" / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    if len(rows) != warmup + repeats:
+        raise RunFailed(f"training benchmark logged {len(rows)} iterations, expected {warmup + repeats}")
+    times = [1.0 / float(r["it_per_s"]) for r in rows[warmup:]]
+    used = precision if precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
+    return _result(
+        "train", cfg, preset, device, times, warmup,
+        batch=batch, precision=used, peak_memory_mb=max(float(r["memory_mb"]) for r in rows),
+    )
+
+
+def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
+    """Run benchmark ``kind`` (train or generate) in this process."""
+    threads = kwargs.pop("threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    if kind == "generate":
+        kwargs.pop("precision", None)
+        return measure_generate(**kwargs)
+    if kind == "train":
+        kwargs.pop("chunk", None)
+        return measure_train(**kwargs)
+    raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
+
+
+def run_isolated(kind: str, timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run :func:`measure` in a fresh Python process and return its result.
+
+    Raises RunFailed (one line) if the process fails, e.g. runs out of memory.
+    """
+    spec = json.dumps({"kind": kind, **kwargs})
+    cmd = [sys.executable, "-m", "medgen.bench", spec]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"benchmark {kind} {kwargs}: took longer than {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit code {proc.returncode}"
+        if proc.returncode < 0:
+            why = f"killed by signal {-proc.returncode} (out of memory?)"
+        raise RunFailed(f"benchmark {kind} {kwargs}: {why}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def describe(r: dict[str, Any]) -> str:
+    """One human-readable line for a result."""
+    m = r["machine"]
+    mem = "peak CUDA allocated" if r["memory_measure"] == "cuda_max_allocated" else "peak RSS"
+    what = f"{r['benchmark']} {r['preset']} {r['size']}³ batch {r['batch']}"
+    if r["benchmark"] == "generate":
+        what += f", chunk {r['chunk']}" if r.get("chunk") else ", unchunked"
+        speed = f"{r['seconds_per_volume']:.3f} s/volume (G^A {r['stage_seconds']['G^A']:.3f} s)"
+    else:
+        speed = f"{r['seconds_median']:.3f} s/iteration ({r['precision']})"
+    return (
+        f"{what}: {speed}, median of {r['repeats']} after {r['warmup']} warm-up; "
+        f"{mem} {r['peak_memory_mb']:.0f} MiB; {r['params_total'] / 1e6:.2f}M parameters "
+        f"(G {r['params']['G'] / 1e6:.2f}M); {m['device_name']}, {m['threads']} threads, torch {m['torch']}"
+    )
+
+
+def _main(argv: list[str]) -> int:
+    """Child entry point: ``python -m medgen.bench '<json spec>'`` prints one JSON line."""
+    spec = json.loads(argv[0])
+    kind = spec.pop("kind")
+    result = measure(kind, **spec)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
