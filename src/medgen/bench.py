@@ -3,8 +3,8 @@
 Each configuration is measured in a fresh Python process (:func:`run_isolated`),
 so the peak memory reported belongs to that configuration alone:
 
-* CPU: the process's peak resident set size (``getrusage(RUSAGE_SELF).ru_maxrss``),
-  which includes the Python interpreter and imported libraries (~0.3 GB);
+* CPU: the process's peak resident set size (:func:`peak_rss_mb`), which
+  includes the Python interpreter and imported libraries (~0.3 GB);
 * CUDA: ``torch.cuda.max_memory_allocated`` (tensor memory; the caching
   allocator's reserve and the CUDA context are not counted).
 
@@ -16,8 +16,8 @@ Times are the median over ``repeats`` runs after ``warmup`` runs.
   writing files is not included. The G^A share is timed separately once.
 * ``train``: the real training loop, :func:`medgen.training.trainer.train`, on a
   synthetic data set of random volumes in a temporary folder, with the per-
-  iteration times and peak memory that the trainer itself logs to
-  ``metrics.csv`` (``log_every=1``). One iteration is the four updates
+  iteration times that the trainer itself logs to ``metrics.csv``
+  (``log_every=1``). One iteration is the four updates
   (D, G, E^H, E^G), the EMA update and data loading. Writing checkpoints is
   not part of an iteration and is switched off in the measuring process.
 """
@@ -75,7 +75,20 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MiB."""
+    """Peak resident set size of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this program's
+    own memory. Not ``getrusage(...).ru_maxrss``: on Linux a child process
+    inherits its parent's high-water mark at fork and keeps it across exec, so
+    a small configuration measured from a large parent would report the
+    parent's size. Elsewhere ``ru_maxrss`` is the fallback.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
@@ -87,13 +100,19 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _check(kind: str, size: int, batch: int, warmup: int, repeats: int, device: str) -> None:
+def check_request(
+    kind: str, preset: str, size: int, batch: int = 1, warmup: int = 1, repeats: int = 1, device: str = "cpu"
+) -> None:
+    """Raise UsageError (one line) for a request that cannot be measured."""
+    from medgen.models.hagan import get_preset
+
     if kind not in KINDS:
         raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
     if batch < 1 or repeats < 1 or warmup < 0:
-        raise UsageError("--batch and --repeats must be >= 1 and --warmup >= 0")
+        raise UsageError(f"--batch {batch}, --repeats {repeats}: both must be >= 1, and --warmup {warmup} >= 0")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UsageError(f"--device {device}: choose cpu or cuda")
+    get_preset(preset, size)
 
 
 def _result(kind: str, cfg, preset: str, device: str, seconds: list[float], warmup: int, **extra: Any) -> dict[str, Any]:
@@ -135,7 +154,7 @@ def measure_generate(
     from medgen.api import build
     from medgen.inference.generate import check_chunk, generate_batch, latent_codes
 
-    _check("generate", size, batch, warmup, repeats, device)
+    check_request("generate", preset, size, batch, warmup, repeats, device)
     model = build(preset, size, seed=seed, device=device, encoder=False)
     cfg, g = model.config, model.generator
     chunk = check_chunk(chunk, cfg.lowres_size)
@@ -201,7 +220,7 @@ def measure_train(
     from medgen.training import checkpoint as ckpt_io
     from medgen.training.trainer import train
 
-    _check("train", size, batch, warmup, repeats, device)
+    check_request("train", preset, size, batch, warmup, repeats, device)
     cfg = get_preset(preset, size)
     # Checkpoints are not part of an iteration: switched off in this (throw-away) process.
     ckpt_io.save_checkpoint = lambda *args, **kwargs: None
@@ -219,10 +238,13 @@ def measure_train(
         raise RunFailed(f"training benchmark logged {len(rows)} iterations, expected {warmup + repeats}")
     times = [1.0 / float(r["it_per_s"]) for r in rows[warmup:]]
     used = precision if precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
-    return _result(
-        "train", cfg, preset, device, times, warmup,
-        batch=batch, precision=used, peak_memory_mb=max(float(r["memory_mb"]) for r in rows),
-    )
+    if device.startswith("cuda"):
+        import torch
+
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = peak_rss_mb()
+    return _result("train", cfg, preset, device, times, warmup, batch=batch, precision=used, peak_memory_mb=peak)
 
 
 def measure(kind: str, **kwargs: Any) -> dict[str, Any]:

@@ -47,9 +47,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from medgen.bench import describe, run_isolated
+    from medgen.bench import check_request, describe, run_isolated
 
     batch = args.batch or (1 if args.kind == "generate" else (4 if args.device == "cuda" else 2))
+    check_request(args.kind, args.preset, args.size, batch, args.warmup, args.repeats, args.device)
     result = run_isolated(
         args.kind,
         preset=args.preset,
