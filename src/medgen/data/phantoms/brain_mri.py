@@ -245,14 +245,15 @@ def generate(size: int, seed: int) -> Phantom:
     img = np.sqrt((signal + sigma * n1) ** 2 + (sigma * n2) ** 2).astype(np.float32)
 
     voxel_ml = sp**3 / 1000.0
+    atrophy = round(s.atrophy, 4)
     factors: dict[str, float | int | str] = {
-        "brain_volume_ml": round(float((gm2 + wm2).sum(dtype=np.float64)) * voxel_ml, 3),
-        "gm_volume_ml": round(float(gm2.sum(dtype=np.float64)) * voxel_ml, 3),
-        "wm_volume_ml": round(float(wm2.sum(dtype=np.float64)) * voxel_ml, 3),
-        "ventricle_volume_ml": round(float(vent.sum(dtype=np.float64)) * voxel_ml, 3),
-        "intracranial_volume_ml": round(float(icv.sum(dtype=np.float64)) * voxel_ml, 3),
-        "atrophy": round(s.atrophy, 4),
-        "label": atrophy_class(round(s.atrophy, 4)),
+        "brain_volume_ml": float((gm2 + wm2).sum(dtype=np.float64)) * voxel_ml,
+        "gm_volume_ml": float(gm2.sum(dtype=np.float64)) * voxel_ml,
+        "wm_volume_ml": float(wm2.sum(dtype=np.float64)) * voxel_ml,
+        "ventricle_volume_ml": float(vent.sum(dtype=np.float64)) * voxel_ml,
+        "intracranial_volume_ml": float(icv.sum(dtype=np.float64)) * voxel_ml,
+        "atrophy": atrophy,
+        "label": atrophy_class(atrophy),
     }
     csf = np.maximum(icv - gm2 - wm2, 0.0)
     masks = {

@@ -23,7 +23,7 @@ y posterior→anterior, z inferior→superior, origin at the centre of a fixed
 Ground-truth factors are measured on the final noisy image inside the true
 masks with the HU rules used by :mod:`medgen` evaluation: lung = lung-mask
 voxels below −500 HU, emphysema % = share of those below −950 HU, bone =
-bone-mask voxels above +300 HU. ``label`` is the emphysema severity class
+voxels above +300 HU in the bone mask and its one-voxel partial-volume rim. ``label`` is the emphysema severity class
 (0: <5 %, 1: 5–10 %, 2: 10–20 %, 3: ≥20 %).
 """
 
@@ -56,6 +56,9 @@ EMPHYSEMA_MAX_HU = -950.0
 BONE_MIN_HU = 300.0
 HU_MIN, HU_MAX = -1024.0, 3071.0
 _BLUR_VOX = 0.6  # partial-volume blur and noise correlation length (voxels)
+# The bone mask holds voxels at least 25 % bone (signed distance <= 0.25 voxel), so that
+# blur lifts no voxel above +300 HU beyond its one-voxel (face-neighbour) rim.
+_BONE_MASK_SDF = 0.25
 
 # Piecewise-linear quantile function of the target emphysema % (uniform input):
 # roughly a quarter of subjects fall in each severity class.
@@ -147,9 +150,9 @@ class _Subject:
             hu_muscle=u(38.0, 55.0),
             hu_blood=u(32.0, 48.0),
             hu_liver=u(50.0, 68.0),
-            hu_lung=u(-875.0, -840.0),
-            gravity=u(25.0, 65.0),
-            hu_cortical=u(550.0, 900.0),
+            hu_lung=u(-885.0, -850.0),
+            gravity=u(20.0, 50.0),
+            hu_cortical=u(700.0, 1100.0),
             hu_trabecular=u(170.0, 380.0),
             emph_target_pct=emph,
             emph_sigma=u(3.0, 6.0),
@@ -432,47 +435,50 @@ def _emphysema_pct(img: np.ndarray, lung: np.ndarray) -> float:
 
 
 def _calibrate_emphysema(
-    base: np.ndarray,
+    clean: np.ndarray,
+    noise: np.ndarray,
     layer: np.ndarray,
     field: np.ndarray,
     lung: np.ndarray,
     core: np.ndarray,
     target_pct: float,
-    iterations: int = 10,
-) -> tuple[np.ndarray, float]:
+    iterations: int = 14,
+) -> np.ndarray:
     """Threshold ``field`` so that the final image has about ``target_pct`` % emphysema.
 
-    ``base`` is the final (blurred, noisy) image without emphysema and ``layer``
-    the un-blurred change full emphysema would make (already attenuated by the
-    structures painted over the lung). Blur is linear, so each trial only
-    blurs the emphysema layer inside the lungs' bounding box. The share of
-    ``core`` lung above the threshold is found by a safeguarded secant search;
-    returns (final image, threshold).
+    ``clean`` is the blurred noise-free image without emphysema, ``noise`` the
+    blurred noise, and ``layer`` the un-blurred change full emphysema would make
+    (already attenuated by the structures painted over the lung). Blur is
+    linear, so each trial only blurs the emphysema layer inside the lungs'
+    bounding box. The share of ``core`` lung above the threshold is found by a
+    safeguarded secant search. Returns the noise-free image with emphysema.
     """
     inside = np.argwhere(lung)
     if inside.size == 0 or target_pct <= 0:
-        return base, float("inf")
+        return clean
     margin = 4
     lo_i = np.maximum(inside.min(axis=0) - margin, 0)
     hi_i = inside.max(axis=0) + margin + 1
     box = tuple(slice(a, b) for a, b in zip(lo_i, hi_i))
-    f_b, l_b, lung_b, base_b = field[box], layer[box], lung[box], base[box]
+    f_b, l_b, lung_b, clean_b, noise_b = field[box], layer[box], lung[box], clean[box], noise[box]
     ranked = np.sort(field[core]) if core.any() else np.sort(field[lung])
+    ranks = np.linspace(0.0, 1.0, len(ranked))
 
     def threshold(q: float) -> float:
+        """Field value exceeded by a share ``q`` of the core lung (interpolated)."""
         if q <= 0:
             return float("inf")
-        return float(ranked[min(max(int(round((1.0 - q) * len(ranked))), 0), len(ranked) - 1)])
+        return float(np.interp(1.0 - q, ranks, ranked))
 
     def render(thr: float) -> np.ndarray:
-        weight = np.clip((f_b - thr) / 0.3 + 0.75, 0.0, 1.0)
-        return base_b + ndi.gaussian_filter(weight * l_b, _BLUR_VOX, truncate=3.0)
+        weight = np.clip((f_b - thr) / 0.3 + 0.67, 0.0, 1.0)  # about -950 HU at the threshold
+        return clean_b + ndi.gaussian_filter(weight * l_b, _BLUR_VOX, truncate=3.0)
 
     q_lo, q_hi = 0.0, 0.98
     q = min(target_pct / 100.0, q_hi)
     best = (float("inf"), 0.0)
     for _ in range(iterations):
-        measured = _emphysema_pct(render(threshold(q)), lung_b)
+        measured = _emphysema_pct(render(threshold(q)) + noise_b, lung_b)
         err = measured - target_pct
         if abs(err) < abs(best[0]):
             best = (err, q)
@@ -483,11 +489,12 @@ def _calibrate_emphysema(
         else:
             q_hi = q
         q_new = q * target_pct / max(measured, 1e-3)
-        q = q_new if q_lo < q_new < q_hi else 0.5 * (q_lo + q_hi)
-    thr = threshold(best[1])
-    out = base.copy()
-    out[box] = render(thr)
-    return out, thr
+        # secant-like step while it stays well inside the bracket, else bisect
+        inside = q_lo + 0.1 * (q_hi - q_lo) < q_new < q_hi - 0.1 * (q_hi - q_lo)
+        q = q_new if inside else 0.5 * (q_lo + q_hi)
+    clean = clean.copy()
+    clean[box] = render(threshold(best[1]))
+    return clean
 
 
 def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
@@ -552,7 +559,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     sig = max(s.emph_sigma / sp, 1.2)
     field = smooth_noise(shape, sig, tex_rng) + 0.6 * smooth_noise(shape, 3.0 * sig, tex_rng)
     field += s.emph_upper * np.clip((z - (s.z_dome + s.z_apex) / 2.0) / (s.z_apex - s.z_dome), -1.0, 1.0)
-    emph_delta = occupancy(sdf_lung, sp) * ((-990.0 + 0.3 * (parenchyma - s.hu_lung)) - cv.img)
+    emph_delta = occupancy(sdf_lung, sp) * ((-1000.0 + 0.2 * (parenchyma - s.hu_lung)) - cv.img)
     cv.track()
 
     # vessels and airways
@@ -579,19 +586,19 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     cv.paint(occupancy(np.maximum(an.vb_sdf(x, y, z, grow=1.0), np.abs(dz) - half - 3.0), sp), 80.0)  # discs
     cv.paint(occupancy(sdf_body_vb, sp), s.hu_cortical)
     cv.paint(occupancy(sdf_body_vb + 1.8, sp), s.hu_trabecular)
-    bone |= sdf_body_vb <= 0
+    bone |= sdf_body_vb <= _BONE_MASK_SDF * sp
     # vertebral arch around the canal, with the cord inside
     rho = np.sqrt((x - s.cx) ** 2 + (y - an.canal_y(z)) ** 2)
     sdf_arch = np.maximum(np.abs(rho - 12.0) - 4.0, np.abs(dz) - half)
     sdf_arch = np.maximum(sdf_arch, (y - an.canal_y(z)) - 6.0)
-    post_hu = 0.55 * s.hu_cortical + 0.45 * s.hu_trabecular
+    post_hu = 0.8 * s.hu_cortical + 0.2 * s.hu_trabecular  # arches and processes: mostly compact bone
     cv.paint(occupancy(sdf_arch, sp), post_hu)
     cv.paint(occupancy(rho - 8.0, sp), 30.0)
-    bone |= sdf_arch <= 0
+    bone |= sdf_arch <= _BONE_MASK_SDF * sp
     procs = np.zeros(shape, dtype=np.float32)
     draw_tubes(procs, grid, _spine_tubes(an))
     cv.paint(procs, post_hu)
-    bone |= procs >= 0.5
+    bone |= procs >= 0.5 - _BONE_MASK_SDF
 
     # ribs: follow the chest wall, descending from the spine towards the front
     phi = np.abs(np.angle(np.exp(1j * (theta + np.pi / 2))))  # 0 at the back, π at the front
@@ -612,7 +619,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     sdf_rb = np.where(rib_bone, sdf_rib, 1e3)
     cv.paint(occupancy(sdf_rb, sp), s.hu_cortical)
     cv.paint(occupancy(sdf_rb + 1.2, sp), s.hu_trabecular)
-    bone |= sdf_rb <= 0
+    bone |= sdf_rb <= _BONE_MASK_SDF * sp
 
     # sternum (anterior midline), scapulae (posterolateral plates), clavicles
     (hx, hy, hz), haxes, _ = an.heart()
@@ -624,7 +631,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     sdf_st = np.where(y > s.cy, sdf_st, 1e3)
     cv.paint(occupancy(sdf_st, sp), s.hu_cortical)
     cv.paint(occupancy(sdf_st + 1.5, sp), s.hu_trabecular)
-    bone |= sdf_st <= 0
+    bone |= sdf_st <= _BONE_MASK_SDF * sp
     zs_top, zs_bot = s.z_apex + 20.0, s.z_apex - 135.0
     frac = np.clip((zs_top - z) / (zs_top - zs_bot), 0.0, 1.0)
     phi_lo = (0.2 + 0.12 * frac) * np.pi
@@ -633,7 +640,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     sdf_sc = np.maximum(sdf_sc, np.maximum(phi_lo - phi, phi - 0.42 * np.pi) * arc)
     sdf_sc = np.maximum(sdf_sc, np.maximum(z - zs_top, zs_bot - z))
     cv.paint(occupancy(sdf_sc, sp), post_hu)
-    bone |= sdf_sc <= 0
+    bone |= sdf_sc <= _BONE_MASK_SDF * sp
     clav = np.zeros(shape, dtype=np.float32)
     y_front = s.cy + an.b - an.fat_thickness(np.pi / 2) - 8.0
     for side in (1.0, -1.0):
@@ -644,10 +651,26 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
         ]
         draw_tubes(clav, grid, polyline_segments(pts, [7.0, 6.0, 7.0]))
     cv.paint(clav, post_hu)
-    bone |= clav >= 0.5
+    bone |= clav >= 0.5 - _BONE_MASK_SDF
 
-    # lung nodules (own random stream: the rest of the anatomy is unchanged)
-    lung = lung_region & (vessels < 0.5) & (walls < 0.5) & ~bone
+    # the lung mask includes its vessels, as clinical lung segmentations do; the
+    # HU rule (< -500) leaves out the dense ones when volumes are measured
+    lung = lung_region & (walls < 0.5) & ~bone
+
+    # scanner: white noise, then one Gaussian blur that both correlates the noise
+    # and adds partial volume; the noise amplitude is pre-scaled by the kernel's
+    # L2 norm so that its final standard deviation is noise_hu.
+    kernel = ndi.gaussian_filter1d(np.eye(13, dtype=np.float64)[6], _BLUR_VOX, truncate=3.0)
+    gain = float(np.sqrt((kernel**2).sum())) ** 3
+    noise = (s.noise_hu / gain) * np.random.default_rng(s_noise).standard_normal(shape, dtype=np.float32)
+    noise = ndi.gaussian_filter(noise, _BLUR_VOX, truncate=3.0)
+    clean = ndi.gaussian_filter(cv.img, _BLUR_VOX, truncate=3.0)
+    core = lung & (sdf_lung <= -0.5 * sp)
+    emph_layer = emph_delta * cv.trans
+    del cv, emph_delta
+    clean = _calibrate_emphysema(clean, noise, emph_layer, field, lung, core, s.emph_target_pct)
+
+    # lung nodules: own random stream, painted last, so the rest of the volume is unchanged
     nodule_list: list[dict] = []
     if nodules:
         nod_rng = np.random.default_rng(s_nod)
@@ -655,7 +678,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
         nod = np.zeros(shape, dtype=np.float32)
         for _ in range(count):
             r = float(nod_rng.uniform(4.0, 15.0))
-            cand = np.flatnonzero(lung & (sdf_lung < -(r + 2.0)))
+            cand = np.flatnonzero(lung & (nod < 0.5) & (sdf_lung < -(r + 2.0)))
             if cand.size == 0:
                 continue
             idx = np.array(np.unravel_index(cand[nod_rng.integers(cand.size)], shape))
@@ -671,21 +694,15 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
                     "radius_vox": round(r / sp, 3),
                 }
             )
-        cv.paint(nod, s.hu_blood + 5.0)
+        # partial volume of the nodule edge in the blurred image (blur is linear in occupancy)
+        nod_b = ndi.gaussian_filter(nod, _BLUR_VOX, truncate=3.0)
+        clean += nod_b * ((s.hu_blood + 5.0) - clean)
         lung &= nod < 0.5
 
-    # scanner: white noise, then one Gaussian blur that both correlates the noise
-    # and adds partial volume; the noise amplitude is pre-scaled by the kernel's
-    # L2 norm so that its final standard deviation is noise_hu.
-    kernel = ndi.gaussian_filter1d(np.eye(13, dtype=np.float64)[6], _BLUR_VOX, truncate=3.0)
-    gain = float(np.sqrt((kernel**2).sum())) ** 3
-    img = cv.img + (s.noise_hu / gain) * np.random.default_rng(s_noise).standard_normal(shape, dtype=np.float32)
-    img = ndi.gaussian_filter(img, _BLUR_VOX, truncate=3.0)
-    core = lung & (sdf_lung <= -0.5 * sp)
-    emph_layer = emph_delta * cv.trans
-    del cv, emph_delta
-    img, thr = _calibrate_emphysema(img, emph_layer, field, lung, core, s.emph_target_pct)
-    emphysema = core & (field > thr)
+    img = clean + noise
+    # ground-truth emphysema: lung whose noise-free (partial-volume) value is below -950 HU
+    emphysema = lung & (clean < EMPHYSEMA_MAX_HU)
+    del clean, noise
     img = np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.float32)
 
     # ground truth measured on the final image inside the true masks
@@ -693,12 +710,14 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     n_lung = int((lung & (img < LUNG_MAX_HU)).sum())
     emph_pct = _emphysema_pct(img, lung)
     cols = np.flatnonzero(body.any(axis=(1, 2)))
+    # measured values are kept at full precision: they are exact counts × voxel volume
     factors: dict[str, float | int | str] = {
-        "lung_volume_ml": round(n_lung * voxel_ml, 3),
-        "bone_volume_ml": round(int((bone & (img > BONE_MIN_HU)).sum()) * voxel_ml, 3),
-        "emphysema_pct": round(emph_pct, 4),
-        "body_size_mm": round(float((cols[-1] - cols[0] + 1) * sp) if cols.size else 0.0, 2),
-        "heart_volume_ml": round(int(heart.sum()) * voxel_ml, 3),
+        "lung_volume_ml": n_lung * voxel_ml,
+        # bone plus its one-voxel partial-volume rim: blur lifts cortical edges above +300 HU
+        "bone_volume_ml": int((ndi.binary_dilation(bone) & (img > BONE_MIN_HU)).sum()) * voxel_ml,
+        "emphysema_pct": emph_pct,
+        "body_size_mm": float((cols[-1] - cols[0] + 1) * sp) if cols.size else 0.0,
+        "heart_volume_ml": int(heart.sum()) * voxel_ml,
         "noise_hu": round(s.noise_hu, 2),
         "label": severity_class(emph_pct),
     }
