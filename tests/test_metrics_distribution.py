@@ -58,6 +58,21 @@ def test_fid_on_samples_matches_scipy_reference():
     assert fid(a, b) == pytest.approx(ref, rel=1e-6)
 
 
+def test_fid_with_fewer_samples_than_dimensions_matches_both_references():
+    # Rank-deficient covariances (N < d): the sample-space path must agree with the
+    # covariance-space path and with scipy's sqrtm. (Both of those take square roots of
+    # zero eigenvalues, which turns 1e-16 rounding into ~1e-8 relative error, hence 1e-6.)
+    rng = np.random.default_rng(12)
+    a = rng.normal(size=(9, 40)) * rng.uniform(0.5, 2.0, 40)
+    b = rng.normal(loc=0.2, size=(7, 40))
+    mu_a, s_a = a.mean(0), np.cov(a, rowvar=False)
+    mu_b, s_b = b.mean(0), np.cov(b, rowvar=False)
+    value = fid(a, b)
+    assert value == pytest.approx(frechet_distance(mu_a, s_a, mu_b, s_b), rel=1e-6)
+    assert value == pytest.approx(_scipy_fid(a, b), rel=1e-6)
+    assert fid(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_fid_of_large_gaussian_samples_approaches_population_value():
     rng = np.random.default_rng(3)
     s1, s2 = _random_spd(rng, 3), _random_spd(rng, 3)

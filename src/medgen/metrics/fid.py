@@ -54,7 +54,26 @@ def gaussian_fit(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fid(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
-    """FID between two feature sets ``[N_a, d]`` and ``[N_b, d]``."""
-    mu_a, s_a = gaussian_fit(feats_a)
-    mu_b, s_b = gaussian_fit(feats_b)
-    return frechet_distance(mu_a, s_a, mu_b, s_b)
+    """FID between two feature sets ``[N_a, d]`` and ``[N_b, d]``.
+
+    When ``N_a · N_b <= d²`` (few samples, e.g. 2048-d features of tens of volumes) the
+    covariance term is computed in sample space, without any d×d matrix: with centred
+    features A, B, S_a S_b has the same nonzero eigenvalues as (A Bᵀ)(A Bᵀ)ᵀ/((N_a-1)(N_b-1)),
+    so Tr((S_a S_b)^{1/2}) is the sum of singular values of A Bᵀ / sqrt((N_a-1)(N_b-1)).
+    """
+    a = np.asarray(feats_a, dtype=np.float64)
+    b = np.asarray(feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"need two [N, d] feature arrays with N >= 2 and equal d, got {a.shape} and {b.shape}")
+    n_a, n_b, d = len(a), len(b), a.shape[1]
+    if n_a * n_b > d * d:
+        mu_a, s_a = gaussian_fit(a)
+        mu_b, s_b = gaussian_fit(b)
+        return frechet_distance(mu_a, s_a, mu_b, s_b)
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    ca, cb = a - mu_a, b - mu_b
+    tr_a = (ca * ca).sum() / (n_a - 1)
+    tr_b = (cb * cb).sum() / (n_b - 1)
+    tr_sqrt = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt((n_a - 1) * (n_b - 1))
+    diff = mu_a - mu_b
+    return float(max(diff @ diff + tr_a + tr_b - 2.0 * tr_sqrt, 0.0))
