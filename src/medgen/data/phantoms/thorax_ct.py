@@ -127,7 +127,7 @@ class _Subject:
             depth=width * u(0.6, 0.72),
             cx=u(-8.0, 8.0),
             cy=u(-12.0, 6.0),
-            p_body=u(2.2, 2.7),
+            p_body=u(2.0, 2.4),
             jitter=jitter,
             fat=float(np.clip(5.0 + 0.18 * (width - 280.0) + rng.normal(0, 3), 3.0, 30.0)),
             muscle=u(0.8, 1.3),
@@ -231,7 +231,7 @@ class _Anatomy:
     def heart(self):
         s = self.s
         centre = np.array(
-            [s.cx - 0.11 * s.width, s.cy + 0.1 * s.depth, s.z_dome + 0.4 * 50.0 * s.heart_scale]
+            [s.cx - 0.11 * s.width, s.cy + 0.1 * s.depth, s.z_dome + 40.0 * s.heart_scale]
         )
         axes = np.array([64.0, 43.0, 38.0]) * s.heart_scale
         d = s.heart_dir
@@ -347,22 +347,28 @@ def _vessel_and_airway_segments(an: _Anatomy, rng: np.random.Generator):
 
     la = np.array([hx + 15.0, hy - 0.55 * haxes[1], hz + 12.0])  # left atrium
     roots = []
+    trunks = []  # interlobar arteries: from each hilum down and back, behind the heart
     for side, hil in ((1.0, hilum_r), (-1.0, hilum_l)):
-        for d in (
-            (0.35, 0.15, 0.92),
-            (0.3, -0.45, 0.85),
-            (0.95, 0.3, 0.05),
-            (0.8, -0.5, 0.1),
-            (0.5, 0.6, -0.6),
-            (0.45, -0.55, -0.7),
-            (0.25, 0.0, -0.97),
-        ):
+        for d in ((0.35, 0.15, 0.92), (0.3, -0.45, 0.85), (0.95, 0.3, 0.05), (0.8, -0.5, 0.1), (0.5, 0.6, -0.6)):
             roots.append([*hil, side * d[0], d[1], d[2]])
+        low = hil + np.array([side * 24.0, -25.0, -90.0])
+        trunks.append([*hil, *low, 7.0, 6.0])
+        for d in ((0.3, 0.0, -0.95), (0.6, -0.3, -0.7), (0.2, -0.7, -0.7), (0.7, 0.25, -0.6), (0.9, -0.2, -0.1)):
+            roots.append([*low, side * d[0], d[1], d[2]])
         vein_start = np.array([s.cx + side * 30.0, la[1], la[2]])
-        for d in ((0.8, -0.1, 0.55), (0.8, -0.2, -0.55)):
+        for d in ((0.8, -0.1, 0.55), (0.8, -0.2, -0.55), (0.6, -0.55, -0.55)):
             roots.append([*vein_start, side * d[0], d[1], d[2]])
+    great_segs = np.concatenate([great_segs, np.array(trunks)])
     vessels = grow_tree(
-        rng, np.array(roots), an.inside_lung, generations=7, length_mm=28.0, radius_mm=5.5, radius_ratio=0.8
+        rng,
+        np.array(roots),
+        an.inside_lung,
+        generations=8,
+        length_mm=26.0,
+        radius_mm=5.0,
+        length_ratio=0.84,
+        radius_ratio=0.84,
+        branch_angle_deg=(25.0, 50.0),
     )
     # connect the hila/atrium to the trees' roots
     vessels = np.concatenate([vessels, great_segs])
