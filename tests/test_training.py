@@ -420,6 +420,8 @@ def test_cuda_bf16_iterations(data, tmp_path):
     rows = read_metrics(tmp_path / "run")
     assert len(rows) == 3 and all(math.isfinite(float(r["loss_D"])) for r in rows)
     assert float(rows[-1]["memory_mb"]) > 0
-    # exact resume also holds on the GPU path when the kernels are deterministic enough to compare shapes/finite
     w = ckpt_io.load_weights(tmp_path / "run")
     assert all(torch.isfinite(t).all() for t in w["G"].values())
+    # resuming on the GPU continues from the saved iteration
+    more = train(tiny_cfg(data, iters=4, device="cuda", num_classes=2), tmp_path / "run", resume=True, progress=False)
+    assert more.iteration == 4 and ckpt_io.load_state(tmp_path / "run")["iteration"] == 4
