@@ -45,6 +45,15 @@ def make_dataset(root: Path, n: int = 6, size: int = S, seed: int = 0) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded, and the suite runs one worker per core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("data"))
