@@ -20,6 +20,7 @@ from medgen.errors import EXIT_INTERRUPTED, MedgenError
 # Order is the order shown by ``medgen --help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "demo",
+    "phantoms",
     "preprocess",
     "train",
     "model_info",
