@@ -142,7 +142,10 @@ def save_mosaic(
     ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="equal")
     ax.set_axis_off()
     fontsize = max(6.0, min(14.0, 0.045 * min(ph, pw) * scale * 72.0 / dpi))
-    style = dict(color="#ffd84d", fontsize=fontsize, va="top", ha="left", family="DejaVu Sans")
+    from matplotlib import patheffects
+
+    outline = [patheffects.withStroke(linewidth=2.0, foreground="black")]  # readable on bright tissue
+    style = dict(color="#ffd84d", fontsize=fontsize, va="top", ha="left", family="DejaVu Sans", path_effects=outline)
     for r in range(n_rows):
         for c, plane in enumerate(planes):
             x0 = (c * (pw + gap)) * scale + 4

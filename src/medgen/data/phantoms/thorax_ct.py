@@ -193,13 +193,14 @@ class _Anatomy:
 
     def muscle_thickness(self, theta):
         sin = np.sin(theta)
-        return self.s.muscle * (8.0 + 9.0 * np.maximum(0.0, sin) ** 2 + 30.0 * np.maximum(0.0, -sin) ** 3)
+        # thin laterally, pectorals in front, erector spinae concentrated beside the spine
+        return self.s.muscle * (7.0 + 5.0 * np.maximum(0.0, sin) ** 2 + 30.0 * np.maximum(0.0, -sin) ** 10)
 
     def wall(self, theta, z):
         """Depth (mm) from the skin to the pleural cavity; the rib cage narrows towards the apex."""
         top = np.clip((z - (self.s.z_apex - 120.0)) / 120.0, 0.0, 1.0) ** 2
         lateral = np.abs(np.cos(theta))
-        return self.fat_thickness(theta) + self.muscle_thickness(theta) + 12.0 + 45.0 * top * lateral
+        return self.fat_thickness(theta) + self.muscle_thickness(theta) + 11.0 + 45.0 * top * lateral
 
     # -- spine -------------------------------------------------------------------------
     def y_vb(self, z):
