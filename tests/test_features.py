@@ -11,6 +11,7 @@ from medgen.metrics.features import RANDOM_WARNING, load_medicalnet_weights, mak
 from medgen.metrics.fid import fid
 from medgen.metrics.kid import kid
 from medgen.metrics.mmd import mmd2_gaussian
+from medgen.metrics.prdc import prdc
 
 
 def medicalnet_resnet50_schema() -> dict[str, tuple[int, ...]]:
@@ -128,10 +129,10 @@ def test_wrong_weight_files_are_refused_with_one_clear_line(tmp_path, random_ext
         load_medicalnet_weights(random_extractor.network, tmp_path / "junk.pth")
 
 
-def test_med3d_without_weights_and_encoder_are_usage_errors():
+def test_med3d_and_encoder_without_weights_are_usage_errors():
     with pytest.raises(UsageError, match="--weights FILE"):
         make_extractor("med3d")
-    with pytest.raises(UsageError, match="not available yet"):
+    with pytest.raises(UsageError, match="--weights RUN"):
         make_extractor("encoder")
 
 
@@ -169,6 +170,10 @@ def test_metrics_rise_with_degradation_and_real_halves_sit_near_the_floor(random
         return {"fid": fid(feats_a, feats), "mmd": mmd2_gaussian(feats_a, feats), "kid": kid(feats_a, feats, subsets=10)[0]}
 
     floor = scores(feats_b)
+    # A set against itself: FID 0 and PRDC exactly 1 (network features have a large common
+    # offset, so this also checks that ties of identical samples resolve consistently).
+    assert fid(feats_a, feats_a.copy()) == pytest.approx(0.0, abs=1e-9)
+    assert prdc(feats_a, feats_a.copy(), k=3) == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
     degradations = {
         "noise": [lambda v, s=s: np.clip(v + np.random.default_rng(1).normal(0, s, v.shape), -1, 1) for s in (0.1, 0.4, 0.8)],
         "blur": [lambda v, s=s: gaussian_filter(v, s, mode="nearest") for s in (1.0, 2.0)],

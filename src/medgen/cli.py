@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_info",
     "generate",
     "encode",
+    "evaluate",
     "bench",
 )
 

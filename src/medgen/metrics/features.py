@@ -12,7 +12,9 @@ Extractors
     (model A vs model B on the same data) and tests; its numbers are NOT comparable with
     published values, and every output says so (:data:`RANDOM_WARNING`).
 ``encoder``
-    A trained HA-GAN encoder (E^H → E^G latent); not available until HA-GAN runs exist.
+    A trained HA-GAN run's encoder (E^H → E^G latent code, latent_dim-d), at the model's
+    size, volumes in [-1, 1]. Specific to that model: not comparable across runs or with
+    published values.
 
 Input convention
 ----------------
@@ -213,10 +215,7 @@ class FeatureExtractor:
     device: str = "cpu"
     dim: int = FEATURE_DIM
     settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def warning(self) -> str | None:
-        return None if self.comparable_with_published else RANDOM_WARNING
+    warning: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready description: name, comparability, warning and all settings."""
@@ -318,15 +317,55 @@ def make_extractor(
         return FeatureExtractor("med3d", network.to(device), True, size, intensity, axis_order, device, settings=settings)
     if name == "random":
         if weights is not None:
-            raise UsageError("--weights is only used by --features med3d")
+            raise UsageError("--weights is only used by --features med3d and encoder")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             network = build_medicalnet_resnet50()
         settings = {**common, "weights": f"random (MONAI default init, torch.manual_seed({seed}))", "seed": seed}
-        return FeatureExtractor("random", network.to(device), False, size, intensity, axis_order, device, settings=settings)
-    if name == "encoder":
-        raise UsageError(
-            "--features encoder is not available yet: it needs a trained HA-GAN run; "
-            "use --features med3d --weights FILE (or --features random)"
+        return FeatureExtractor(
+            "random", network.to(device), False, size, intensity, axis_order, device, settings=settings, warning=RANDOM_WARNING
         )
+    if name == "encoder":
+        return _encoder_extractor(weights, device)
     raise UsageError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
+
+
+ENCODER_WARNING = "encoder features: specific to this trained model, not comparable with published values or other runs"
+
+
+def _encoder_extractor(run: str | os.PathLike | None, device: str) -> FeatureExtractor:
+    """HA-GAN encoder features: z = E^G(E^H slabs of x), latent_dim-d, at the model's size.
+
+    ``run``: a training run folder or one of its checkpoint folders. Volumes are fed in
+    [-1, 1] as the encoder was trained (no z-score, nibabel axis order).
+    """
+    if run is None:
+        raise UsageError("--features encoder needs --weights RUN: a training run folder (or checkpoint folder) of HA-GAN")
+    from medgen.api import load
+    from medgen.training.checkpoint import WEIGHTS_NAME, resolve_checkpoint
+
+    run = Path(run)
+    run_dir = run if (run / "config.yaml").is_file() else run.parent.parent
+    model = load(run_dir, checkpoint=None if run_dir == run else run, device=device)
+    if model.encoder is None:
+        raise UsageError(f"{run}: this model has no encoder (trained with --no-encoder); use --features med3d or random")
+    ckpt = resolve_checkpoint(run)
+    encoder = model.encoder
+
+    def network(x):
+        return encoder.encode(x)
+
+    size = int(model.config.size)
+    settings = {
+        "architecture": "HA-GAN encoder E^H -> E^G latent code",
+        "input_size": [size] * 3,
+        "intensity": "raw",
+        "axis_order": "xyz",
+        "run": str(run_dir),
+        "checkpoint": ckpt.name,
+        "weights_sha256": file_sha256(ckpt / WEIGHTS_NAME),
+    }
+    return FeatureExtractor(
+        "encoder", network, False, (size,) * 3, "raw", "xyz", str(model.device), int(model.config.latent_dim),
+        settings=settings, warning=ENCODER_WARNING,
+    )

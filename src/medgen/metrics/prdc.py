@@ -8,21 +8,26 @@ sample (likewise for fake samples). With strict inequalities as in the reference
 * density   = (1/k) · mean over fake samples of the number of real balls containing it
   (≈ 1 when fake matches real, > 1 when fakes crowd dense real regions);
 * coverage  = share of real samples whose ball contains at least one fake sample.
+
+Distances are exact pairwise differences (``scipy.spatial.distance.cdist``), not the faster
+``|x|² + |y|² - 2 x·y`` shortcut: with the shortcut, features with a large common offset
+lose precision and equal distances computed in different matrices round differently, so
+the strict inequalities flip on ties — a set compared with itself gets density ≠ 1.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from medgen.metrics.mmd import pairwise_distances
+from scipy.spatial.distance import cdist
 
 
 def knn_radii(feats: np.ndarray, k: int) -> np.ndarray:
     """Distance of each row to its k-th nearest other row."""
+    feats = np.asarray(feats, dtype=np.float64)
     if feats.shape[0] <= k:
         raise ValueError(f"need more than k={k} samples, got {feats.shape[0]}")
-    d = pairwise_distances(feats, feats)
-    np.fill_diagonal(d, 0.0)
+    d = cdist(feats, feats)
     return np.partition(d, k, axis=1)[:, k]  # index 0 is the point itself
 
 
@@ -32,7 +37,7 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     fake = np.asarray(fake, dtype=np.float64)
     r_real = knn_radii(real, k)
     r_fake = knn_radii(fake, k)
-    d = pairwise_distances(real, fake)  # [n_real, n_fake]
+    d = cdist(real, fake)  # [n_real, n_fake]
     inside_real = d < r_real[:, None]
     return {
         "precision": float(inside_real.any(axis=0).mean()),

@@ -1,0 +1,389 @@
+"""The metrics registry: names → functions of an :class:`EvalContext` (cf. StyleGAN2-ADA's
+``metric_main.py``).
+
+A metric is registered with :func:`register` and computed with :func:`compute`. Its
+function takes the context and returns a dict with at least ``value`` (a number or a dict
+of numbers) and optionally ``std``, ``settings`` and ``details``. :func:`compute` adds what
+every reported number carries: sample sizes and, for feature metrics, the extractor and
+whether the value is comparable with published numbers.
+
+``kind``:
+    ``"features"`` — computed on extractor features (needs an extractor);
+    ``"volumes"`` — computed on the voxels (MS-SSIM, anatomy statistics);
+    ``"probabilities"`` — computed on a classifier's class probabilities (IS).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medgen.errors import UsageError
+
+KINDS = ("features", "volumes", "probabilities")
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    fn: Callable[["EvalContext"], dict]
+    kind: str
+    description: str
+    needs_train: bool = False
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register(
+    name: str, fn: Callable[["EvalContext"], dict], kind: str = "features", description: str = "", needs_train: bool = False
+) -> None:
+    """Add a metric (replacing one of the same name)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    METRICS[name] = Metric(name, fn, kind, description, needs_train)
+
+
+@dataclass
+class EvalOptions:
+    """Settings of an evaluation. ``bootstrap``: number of bootstrap replicates for the std
+    of FID and MMD (0: none). ``kid_subsets``/``kid_subset_size``: KID subsets. ``prdc_k``:
+    neighbours for precision/recall/density/coverage. ``ms_ssim_pairs``: random pairs for
+    MS-SSIM. ``is_probs``: ``.npy`` file of class probabilities ``[n_fake, K]`` from a
+    classifier, for IS; ``is_splits``: IS splits. ``figures_dir``: where figures go (None: none)."""
+
+    seed: int = 0
+    bootstrap: int = 0
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+    prdc_k: int = 5
+    ms_ssim_pairs: int = 50
+    is_probs: str | None = None
+    is_splits: int = 10
+    batch_size: int = 2
+    progress: bool = True
+    cache_dir: str | None = None
+    use_cache: bool = True
+    figures_dir: str | None = None
+
+
+@dataclass
+class EvalContext:
+    """Everything a metric may use; features are computed once, lazily, and cached on disk.
+
+    ``real``, ``fake``, ``train``: :class:`medgen.metrics.volumes.VolumeSet` (``train`` may
+    be None). ``extractor_factory``: builds the feature extractor on first use.
+    """
+
+    real: Any
+    fake: Any
+    train: Any = None
+    extractor_factory: Callable[[], Any] | None = None
+    options: EvalOptions = field(default_factory=EvalOptions)
+    figures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    feature_info: dict[str, dict] = field(default_factory=dict)
+    _extractor: Any = None
+    _features: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            if self.extractor_factory is None:
+                raise UsageError("feature metrics need a feature extractor (--features)")
+            self._extractor = self.extractor_factory()
+        return self._extractor
+
+    def volume_set(self, which: str):
+        vs = {"real": self.real, "fake": self.fake, "train": self.train}[which]
+        if vs is None:
+            raise UsageError(f"this metric needs --{which}")
+        return vs
+
+    def features(self, which: str) -> np.ndarray:
+        """``[N, d]`` features of the ``"real"``, ``"fake"`` or ``"train"`` set."""
+        if which not in self._features:
+            from medgen.metrics.cache import cached_features
+
+            vs = self.volume_set(which)
+            ex = self.extractor
+
+            def compute() -> np.ndarray:
+                # Native volumes: the extractor resizes each to its own input size.
+                native = (vs._read_normalised(i) for i in range(len(vs)))
+                return ex.extract(native, batch_size=self.options.batch_size, progress=self.options.progress, total=len(vs), desc=f"features {which}")
+
+            feats, info = cached_features(vs, ex.describe(), compute, self.options.cache_dir, self.options.use_cache)
+            self._features[which] = feats
+            self.feature_info[which] = info
+        return self._features[which]
+
+    def figure_path(self, name: str) -> Path | None:
+        if self.options.figures_dir is None:
+            return None
+        return Path(self.options.figures_dir) / name
+
+    @property
+    def train_is_real(self) -> bool:
+        return self.train is not None and os.path.realpath(self.train.root) == os.path.realpath(self.real.root)
+
+
+def check_names(names: list[str]) -> None:
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise UsageError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+
+
+def _json_number(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _json_number(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_number(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def compute(names: list[str], context: EvalContext) -> dict[str, dict]:
+    """Compute the named metrics; returns ``{name: result}`` with JSON-ready results.
+
+    Each result has ``value``, ``std`` (None if not estimated), ``n_real``, ``n_fake``,
+    ``extractor``, ``comparable_with_published``, ``settings`` and, where given,
+    ``details``. A metric that fails on the data (e.g. too few volumes) gives
+    ``{"error": message}`` instead; usage errors propagate.
+    """
+    check_names(names)
+    results: dict[str, dict] = {}
+    for name in names:
+        metric = METRICS[name]
+        if metric.needs_train and context.train is None:
+            raise UsageError(f"metric {name!r} needs --train (the training data of the model)")
+        try:
+            raw = metric.fn(context)
+        except ValueError as exc:
+            results[name] = {"error": f"{type(exc).__name__}: {exc}", "n_real": len(context.real), "n_fake": len(context.fake)}
+            continue
+        result: dict[str, Any] = {
+            "value": raw["value"],
+            "std": raw.get("std"),
+            "n_real": raw.get("n_real", len(context.real)),
+            "n_fake": raw.get("n_fake", len(context.fake)),
+        }
+        if metric.needs_train:
+            result["n_train"] = len(context.train)
+        if metric.kind == "features":
+            ex = context.extractor
+            result["extractor"] = ex.name
+            result["comparable_with_published"] = ex.comparable_with_published
+            if ex.warning:
+                result["warning"] = ex.warning
+        else:
+            result["extractor"] = None
+            result["comparable_with_published"] = None
+        result["description"] = metric.description
+        result["settings"] = raw.get("settings", {})
+        if "details" in raw:
+            result["details"] = raw["details"]
+        results[name] = _json_number(result)
+    return results
+
+
+# ---------------------------------------------------------------------------- metrics
+
+
+def _with_uncertainty(ctx: EvalContext, fn: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray) -> tuple[float, float | None, dict]:
+    from medgen.metrics.uncertainty import bootstrap
+
+    value = fn(a, b)
+    n = ctx.options.bootstrap
+    if n > 0:
+        mean, std = bootstrap(fn, a, b, n=n, seed=ctx.options.seed)
+        return value, std, {"uncertainty": f"std over {n} bootstrap resamples of both sets (seed {ctx.options.seed})", "bootstrap_mean": mean}
+    return value, None, {"uncertainty": "none (use --bootstrap N)"}
+
+
+def _feature_notes(a: np.ndarray, b: np.ndarray) -> dict:
+    if min(len(a), len(b)) <= a.shape[1]:
+        return {"note": f"fewer samples ({min(len(a), len(b))}) than feature dimensions ({a.shape[1]}): biased upward; compare only at equal sample sizes"}
+    return {}
+
+
+def metric_fid(ctx: EvalContext) -> dict:
+    from medgen.metrics.fid import fid
+
+    a, b = ctx.features("real"), ctx.features("fake")
+    value, std, unc = _with_uncertainty(ctx, fid, a, b)
+    settings = {"formula": "||mu_r - mu_f||^2 + Tr(S_r + S_f - 2 (S_r S_f)^(1/2)), covariances ddof=1", **unc, **_feature_notes(a, b)}
+    return {"value": value, "std": std, "settings": settings}
+
+
+def metric_kid(ctx: EvalContext) -> dict:
+    from medgen.metrics.kid import kid
+
+    a, b = ctx.features("real"), ctx.features("fake")
+    size = min(ctx.options.kid_subset_size, len(a), len(b))
+    mean, std = kid(a, b, subsets=ctx.options.kid_subsets, subset_size=size, seed=ctx.options.seed)
+    settings = {
+        "kernel": "(x.y / d + 1)^3",
+        "estimator": "unbiased MMD^2, mean over subsets",
+        "subsets": ctx.options.kid_subsets,
+        "subset_size": size,
+        "uncertainty": "std over subsets (ddof=0)",
+    }
+    return {"value": mean, "std": std, "settings": settings}
+
+
+def metric_mmd(ctx: EvalContext) -> dict:
+    from medgen.metrics.mmd import median_heuristic, mmd2_gaussian
+
+    a, b = ctx.features("real"), ctx.features("fake")
+    value, std, unc = _with_uncertainty(ctx, mmd2_gaussian, a, b)
+    settings = {
+        "kernel": "exp(-d^2 / l^2), l = median of the pooled distance matrix (diagonal included), as the HA-GAN evaluation",
+        "bandwidth_l": median_heuristic(a, b),
+        "estimator": "unbiased MMD^2",
+        **unc,
+    }
+    return {"value": value, "std": std, "settings": settings}
+
+
+def metric_prdc(ctx: EvalContext) -> dict:
+    from medgen.metrics.prdc import prdc
+
+    a, b = ctx.features("real"), ctx.features("fake")
+    k = ctx.options.prdc_k
+    if min(len(a), len(b)) <= k:
+        raise ValueError(f"precision/recall need more than k={k} volumes in each set (have {len(a)} real, {len(b)} generated); lower --prdc-k")
+    return {"value": prdc(a, b, k=k), "settings": {"k": k, "reference": "Naeem et al. 2020, k-NN balls in feature space"}}
+
+
+def metric_is(ctx: EvalContext) -> dict:
+    from medgen.errors import InputError
+    from medgen.metrics.inception_score import inception_score
+
+    path = ctx.options.is_probs
+    if path is None:
+        raise UsageError(
+            "IS needs a classifier trained on labelled real data: pass --is-probs FILE.npy, "
+            "the class probabilities [n_fake, K] it gives the generated volumes"
+        )
+    try:
+        probs = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read class probabilities ({exc})") from None
+    if probs.ndim != 2:
+        raise InputError(f"{path}: expected an [n, K] array of class probabilities, got shape {probs.shape}")
+    if len(probs) != len(ctx.fake):
+        ctx.notes.append(f"IS probabilities have {len(probs)} rows, the generated set {len(ctx.fake)} volumes")
+    try:
+        mean, std = inception_score(probs, splits=ctx.options.is_splits)
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return {
+        "value": mean,
+        "std": std,
+        "n_fake": len(probs),
+        "n_real": 0,
+        "settings": {"probabilities": str(path), "classes": int(probs.shape[1]), "splits": ctx.options.is_splits, "uncertainty": "std over splits (ddof=0)"},
+    }
+
+
+def metric_ms_ssim(ctx: EvalContext) -> dict:
+    from medgen.metrics.diversity import ms_ssim_diversity
+
+    pairs, seed = ctx.options.ms_ssim_pairs, ctx.options.seed
+    fake = ms_ssim_diversity(ctx.fake, max_pairs=pairs, seed=seed)
+    real = ms_ssim_diversity(ctx.real, max_pairs=pairs, seed=seed) if len(ctx.real) >= 2 else None
+    settings = {
+        "meaning": "mean MS-SSIM between random pairs of generated volumes; higher = less diverse; compare with the real set's",
+        "pairs": fake["n_pairs"],
+        "n_scales": fake.get("n_scales"),
+        "data_range": 2.0,
+        "uncertainty": "std over pairs (ddof=0)",
+    }
+    details = {"fake": fake, "real": real}
+    return {"value": fake["mean"], "std": fake["std"], "settings": settings, "details": details}
+
+
+def metric_anatomy(ctx: EvalContext) -> dict:
+    from tqdm import tqdm
+
+    from medgen.metrics import anatomy
+
+    modality = ctx.fake.modality or ctx.real.modality
+    if modality == "ct":
+        def stats(vs, which):
+            return [anatomy.ct_anatomy(vs.hu(i), vs.spacing(i)) for i in tqdm(range(len(vs)), desc=f"anatomy {which}", disable=not ctx.options.progress, leave=False)]
+        protocol = "CT Hounsfield-unit protocol (medgen.metrics.anatomy.ct_anatomy)"
+    elif modality == "mri":
+        def stats(vs, which):
+            return [anatomy.mri_tissue_fractions(vs[i]) for i in tqdm(range(len(vs)), desc=f"anatomy {which}", disable=not ctx.options.progress, leave=False)]
+        protocol = "MRI tissue fractions by multi-level Otsu (medgen.metrics.anatomy.mri_tissue_fractions)"
+    else:
+        raise UsageError("anatomy statistics need the modality: pass --modality ct or mri")
+    real, fake = stats(ctx.real, "real"), stats(ctx.fake, "fake")
+    comparison = anatomy.compare_distributions(real, fake)
+    path = ctx.figure_path("anatomy_histograms.png")
+    if path is not None and comparison:
+        anatomy.save_anatomy_histograms(real, fake, path)
+        ctx.figures.append(str(path))
+    return {
+        "value": {k: v["wasserstein1"] for k, v in comparison.items()},
+        "settings": {"protocol": protocol, "value": "Wasserstein-1 distance real vs generated per statistic, in its own unit"},
+        "details": comparison,
+    }
+
+
+def metric_memorisation(ctx: EvalContext) -> dict:
+    from medgen.metrics.memorisation import memorisation_report, save_nearest_pairs_figure
+
+    heldout = None if ctx.train_is_real else ctx.real
+    report = memorisation_report(
+        ctx.features("fake"),
+        ctx.features("train"),
+        ctx.features("real") if heldout is not None else None,
+        fake_ids=ctx.fake.ids,
+        train_ids=ctx.train.ids,
+        heldout_ids=heldout.ids if heldout is not None else None,
+        fake_vox=ctx.fake,
+        train_vox=ctx.train,
+        heldout_vox=heldout,
+    )
+    path = ctx.figure_path("nearest_training_pairs.png")
+    if path is not None and report.get("closest_pairs"):
+        save_nearest_pairs_figure(report["closest_pairs"], ctx.fake, ctx.train, path)
+        ctx.figures.append(str(path))
+    reference = "held-out real volumes (--real)" if heldout is not None else "leave-one-out within the training set (--real is the training set)"
+    return {
+        "value": report["ratio"],
+        "settings": {
+            "value": "median(generated -> nearest training) / median(reference -> nearest training); well below 1 = copying",
+            "reference": reference,
+            "rule": report["rule"],
+            "n_likely_copy": report["n_likely_copy"],
+        },
+        "details": report,
+    }
+
+
+register("fid", metric_fid, "features", "Fréchet distance between Gaussian fits of real and generated features (lower is better)")
+register("kid", metric_kid, "features", "Kernel Inception Distance: unbiased polynomial-kernel MMD^2 over subsets (lower is better)")
+register("mmd", metric_mmd, "features", "MMD^2, Gaussian kernel with median-heuristic bandwidth, as the HA-GAN paper (lower is better)")
+register("prdc", metric_prdc, "features", "precision (fidelity), recall (diversity), density and coverage of k-NN manifolds")
+register("is", metric_is, "probabilities", "Inception Score from a domain classifier's class probabilities (higher is better)")
+register("ms_ssim", metric_ms_ssim, "volumes", "mean 3D MS-SSIM between generated pairs (lower = more diverse)")
+register("anatomy", metric_anatomy, "volumes", "distribution distance of anatomy statistics (CT: HU-based; MRI: tissue fractions)")
+register(
+    "memorisation", metric_memorisation, "features",
+    "nearest-training-volume distance ratio and likely copies (privacy)", needs_train=True,
+)
