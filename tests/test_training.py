@@ -112,6 +112,9 @@ def test_resume_rejects_changed_settings(data, tmp_path):
         train(tiny_cfg(data, iters=2, lr_d=1e-3), tmp_path / "run", resume=True, progress=False)
     with pytest.raises(UsageError, match="already holds a training run"):
         train(tiny_cfg(data, iters=2), tmp_path / "run", progress=False)
+    with pytest.raises(UsageError, match="ema_decay 1.5"):
+        train(tiny_cfg(data, ema_decay=1.5), tmp_path / "other", progress=False)
+    assert not (tmp_path / "other").exists()  # nothing written for a bad configuration
 
 
 # --------------------------------------------------------------------------- NaN

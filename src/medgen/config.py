@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from medgen.errors import InputError
+from medgen.errors import InputError, UsageError
 from medgen.fileio import atomic_write_text
 
 CONFIG_NAME = "config.yaml"
@@ -129,6 +129,26 @@ class RunConfig:
             return cls.from_dict(d)
         except TypeError as exc:
             raise InputError(f"{path}: {exc}") from None
+
+    def validate(self) -> None:
+        """Raise :class:`UsageError` (one line) for settings that cannot work."""
+        checks = [
+            (self.iters >= 0, f"iters {self.iters}: must be >= 0"),
+            (self.batch >= 1, f"batch {self.batch}: must be at least 1"),
+            (all(v > 0 for v in (self.lr_g, self.lr_d, self.lr_eh, self.lr_eg)), "learning rates must be > 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas {self.betas}: need two values in [0, 1)"),
+            (0 <= self.ema_decay < 1, f"ema_decay {self.ema_decay}: must be in [0, 1) (0 disables the EMA)"),
+            (self.class_weight >= 0, f"class_weight {self.class_weight}: must be >= 0"),
+            (self.slab_selection in ("random", "deterministic"), f"slab_selection {self.slab_selection!r}: random or deterministic"),
+            (self.device in ("auto", "cpu", "cuda"), f"device {self.device!r}: auto, cpu or cuda"),
+            (self.precision in ("auto", "bf16", "fp32"), f"precision {self.precision!r}: auto, bf16 or fp32"),
+            (self.workers >= 0, f"workers {self.workers}: must be >= 0"),
+            (min(self.log_every, self.ckpt_every) >= 1, "log_every and ckpt_every must be >= 1"),
+            (min(self.sample_every, self.keep_checkpoints, self.num_samples) >= 0, "sample_every, keep and num_samples must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
 
     # -- helpers -----------------------------------------------------------
     def hagan_config(self):

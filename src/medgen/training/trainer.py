@@ -315,17 +315,14 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, resume: bool = False, prog
 def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: dist_utils.DistInfo) -> TrainResult:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    cfg.validate()
     device, main = info.device, info.is_main
     model_cfg = cfg.hagan_config()
     conditional = model_cfg.num_classes > 0
     use_lowres = model_cfg.use_lowres
     use_encoder = cfg.use_encoder
     local_batch = dist_utils.local_batch_size(cfg.batch, info.world_size)
-    if cfg.slab_selection not in ("random", "deterministic"):
-        raise UsageError(f"slab_selection {cfg.slab_selection!r}: expected random or deterministic")
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    if precision not in ("bf16", "fp32"):
-        raise UsageError(f"--precision {cfg.precision}: expected auto, bf16 or fp32")
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
