@@ -33,6 +33,13 @@ therefore continues exactly as if it had never stopped. The global torch,
 CUDA, numpy and Python RNG states are saved in checkpoints as well (the loop
 does not use them).
 
+Precision: on CUDA the forward passes run under bf16 autocast by default
+(convolutions and linear layers in bf16; GroupNorm, the losses and Adam in
+float32). The spectral-norm power iteration of D then uses bf16 matrix-vector
+products too; for a 512×13824 weight σ then differs from the float32 value
+by about 1e-4 (relative), far below what matters for the Lipschitz bound. ``--precision fp32`` turns autocast off; CPU runs
+use float32.
+
 Multi-process (``torchrun``): G, D, E^H and E^G are each wrapped in
 ``DistributedDataParallel`` and each wrapper is called exactly once per
 iteration, by the step that updates that network, followed by one backward;
@@ -41,7 +48,9 @@ gradient in its step, so ``find_unused_parameters`` is not needed and the
 ranks' gradient all-reduce happens once per network per iteration. The global
 batch is split across ranks; only rank 0 writes logs, samples and
 checkpoints. Ranks agree on stopping (signal or divergence) with a tiny
-all-reduce.
+all-reduce. Resuming reads the checkpoint on every rank, so multi-node runs
+need the run folder on a shared file system; a resume is exact when it uses
+the same number of processes (per-rank random draws depend on the rank).
 
 Signals: the first SIGINT/SIGTERM finishes the current iteration, saves a
 checkpoint and ends the run with exit code 130; a second one (more than
