@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import re
 import sys
 from pathlib import Path
@@ -190,9 +189,9 @@ def _write_mosaic(out: Path, rows: list[dict], kind: str) -> None:
     volumes = [np.asarray(nib.load(str(out / row["file"])).dataobj, dtype=np.float32) for row in rows]
     titles = [f"{row['id']} (label {row['label']})" for row in rows]
     if kind == "thorax-ct":  # lung window; the sagittal plane cuts the left lung rather than the midline
-        size = volumes[0].shape[0]
+        sagittal = int(0.36 * volumes[0].shape[0])
         save_mosaic(
-            volumes, out / "mosaic.png", titles=titles, vmin=-1000.0, vmax=250.0, slice_index=[None, None, int(0.36 * size)]
+            volumes, out / "mosaic.png", titles=titles, vmin=-1000.0, vmax=250.0, slice_index=[None, None, sagittal]
         )
     else:
         save_mosaic(volumes, out / "mosaic.png", titles=titles, vmin=0.0)

@@ -14,8 +14,10 @@ y posterior→anterior, z inferior→superior, origin at the centre of a fixed
 * spine (vertebral bodies with cortical shell and trabecular core, discs,
   canal, arches, spinous and transverse processes), 12 rib pairs with costal
   cartilage, sternum, scapulae, clavicles; liver below the right hemidiaphragm;
-* emphysema: clusters of −985 HU voxels (a smooth random field thresholded,
-  weighted towards the upper lobes) whose extent varies per subject;
+* emphysema: clusters of about −1000 HU (a smooth random field thresholded,
+  weighted towards the upper lobes) whose extent varies per subject; the
+  threshold is calibrated on the final image, so the measured emphysema % hits
+  the subject's target (down to 48³; at 32³ partial volume caps it near 15 %);
 * optional solid lung nodules;
 * a mild partial-volume blur and spatially correlated Gaussian noise whose level
   grows with body size, as on a real scanner.
@@ -23,8 +25,9 @@ y posterior→anterior, z inferior→superior, origin at the centre of a fixed
 Ground-truth factors are measured on the final noisy image inside the true
 masks with the HU rules used by :mod:`medgen` evaluation: lung = lung-mask
 voxels below −500 HU, emphysema % = share of those below −950 HU, bone =
-voxels above +300 HU in the bone mask and its one-voxel partial-volume rim. ``label`` is the emphysema severity class
-(0: <5 %, 1: 5–10 %, 2: 10–20 %, 3: ≥20 %).
+voxels above +300 HU in the bone mask and its one-voxel partial-volume rim.
+``label`` is the emphysema severity class (0: <5 %, 1: 5–10 %, 2: 10–20 %,
+3: ≥20 %); over many seeds the classes are about equally frequent.
 """
 
 from __future__ import annotations
@@ -509,7 +512,11 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
 
     The same ``seed`` gives a bit-identical array; anatomy parameters do not
     depend on ``size``. With ``nodules`` 0–3 solid nodules (4–15 mm radius) are
-    inserted into the lungs without changing the rest of the anatomy.
+    inserted into the lungs without changing the rest of the volume.
+
+    Masks: ``body``, ``lung`` (parenchyma with its vessels, without airways,
+    bone and nodules), ``emphysema`` (lung whose noise-free value is below
+    −950 HU), ``bone``, ``heart``, ``airway`` (lumen), ``vessels``.
     """
     ss = np.random.SeedSequence(seed)
     s_par, s_lat, s_tree, s_tex, s_noise, s_nod = ss.spawn(6)
