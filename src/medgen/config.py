@@ -72,7 +72,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    workers: int = 0
+    workers: int = -1  # data loader processes; -1 = auto (2 on CUDA, 0 on CPU)
     log_every: int = 20
     sample_every: int = 500
     ckpt_every: int = 1000
@@ -142,7 +142,7 @@ class RunConfig:
             (self.slab_selection in ("random", "deterministic"), f"slab_selection {self.slab_selection!r}: random or deterministic"),
             (self.device in ("auto", "cpu", "cuda"), f"device {self.device!r}: auto, cpu or cuda"),
             (self.precision in ("auto", "bf16", "fp32"), f"precision {self.precision!r}: auto, bf16 or fp32"),
-            (self.workers >= 0, f"workers {self.workers}: must be >= 0"),
+            (self.workers >= -1, f"workers {self.workers}: must be >= 0 (or -1 = auto)"),
             (min(self.log_every, self.ckpt_every) >= 1, "log_every and ckpt_every must be >= 1"),
             (min(self.sample_every, self.keep_checkpoints, self.num_samples) >= 0, "sample_every, keep and num_samples must be >= 0"),
         ]

@@ -88,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="auto = cuda if available (default)")
     r.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                    help="auto = bf16 autocast on CUDA, fp32 on CPU (default)")
-    r.add_argument("--workers", type=int, default=None, help="data loader worker processes (default 0)")
+    r.add_argument("--workers", type=int, default=None, help="data loader worker processes (default: 2 on CUDA, 0 on CPU)")
     r.add_argument("--log-every", type=int, default=None, help="log losses every N iterations (default 20)")
     r.add_argument("--sample-every", type=int, default=None, help="write a sample mosaic every N iterations; 0 = never (default 500)")
     r.add_argument("--ckpt-every", type=int, default=None, help="save a checkpoint every N iterations (default 1000)")

@@ -408,15 +408,17 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
         EH_step = E.high if E is not None else None
         EG_step = E.ground if E is not None else None
 
+    # Background loading hides the float16 → float32 read behind GPU work; on a CPU it would compete for cores.
+    workers = cfg.workers if cfg.workers >= 0 else (2 if device.type == "cuda" else 0)
     sampler = dist_utils.InfiniteBatchSampler(
         len(dataset), cfg.batch, cfg.split_seed, info.rank, info.world_size, start_batch=start
     )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,
-        num_workers=cfg.workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=cfg.workers > 0,
+        persistent_workers=workers > 0,
     )
     batches = iter(loader)
 
