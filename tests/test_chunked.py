@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import medgen.inference.chunked as chunked
 from medgen.inference.chunked import halo_slices, high_res_chunked, iter_high_res_chunks
 from medgen.models.hagan import Generator, get_preset
-from medgen.models.layers import fold_upsample2_conv3, upsample2, upsample2_conv3
+from medgen.models.layers import upsample2, upsample2_conv3
 
 
 def _generator(size: int, f: int, groups: int = 2, seed: int = 0) -> Generator:
@@ -105,8 +105,8 @@ def test_activations_scale_with_chunk(monkeypatch):
     a = _features(g, 1)  # A depth 16
     shapes = []
 
-    def recording(x, folded):
-        y = upsample2_conv3(x, folded)
+    def recording(x, conv):
+        y = upsample2_conv3(x, conv)
         shapes.append(tuple(y.shape))
         return y
 
@@ -124,15 +124,20 @@ def test_activations_scale_with_chunk(monkeypatch):
 def test_subpixel_upconv_equals_upsample_then_conv(shape):
     torch.manual_seed(1)
     conv = torch.nn.Conv3d(shape[1], 4, kernel_size=3, padding=1)
-    x = torch.randn(*shape)
-    with torch.no_grad():
-        ref = conv(upsample2(x))
-        out = upsample2_conv3(x, fold_upsample2_conv3(conv))
-        # independent reference: explicit nearest upsampling by repetition, then conv
-        rep = x.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
-        ref2 = F.conv3d(rep, conv.weight, conv.bias, padding=1)
+    x = torch.randn(*shape, requires_grad=True)
+    out = upsample2_conv3(x, conv)
+    # independent reference: explicit nearest upsampling by repetition, then the conv
+    rep = x.repeat_interleave(2, 2).repeat_interleave(2, 3).repeat_interleave(2, 4)
+    ref = F.conv3d(rep, conv.weight, conv.bias, padding=1)
     assert out.shape == ref.shape
-    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(ref, ref2, atol=1e-5)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(ref, conv(upsample2(x)), atol=1e-6)
+    # same gradients with respect to the input and the conv's parameters
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
+    grads_ref = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
 def test_chunk_must_be_positive():

@@ -25,10 +25,9 @@ Two things make chunking exact:
   generation costs log2(f) passes over the chunks; only the last one runs the
   whole block.
 
-Each [×2 upsample → 3³ conv] stage is computed on the low-resolution grid
-(:func:`medgen.models.layers.upsample2_conv3`): 8/27 of the multiply-adds, no
-upsampled input in memory, several times faster on CPU; it differs from the
-module's own forward only by float rounding.
+Like ``HighResBlock.forward``, each [×2 upsample → 3³ conv] stage is computed
+on the low-resolution grid (:func:`medgen.models.layers.upsample2_conv3`), so no
+upsampled input is ever materialised.
 
 Runs without gradients (inference only).
 """
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.models.layers import fold_upsample2_conv3, upsample2_conv3
+from medgen.models.layers import upsample2_conv3
 
 
 def halo_slices(high_block: nn.Module) -> int:
@@ -72,21 +71,17 @@ def _normalise(h: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, rstd: to
 
 
 def _run(
-    high_block: nn.Module,
-    folded: list[tuple[torch.Tensor, torch.Tensor | None]],
-    a: torch.Tensor,
-    stats: list[tuple[torch.Tensor, torch.Tensor]],
-    stop: int | None = None,
+    high_block: nn.Module, a: torch.Tensor, stats: list[tuple[torch.Tensor, torch.Tensor]], stop: int | None = None
 ) -> torch.Tensor:
-    """G^H on a chunk of A with the given GroupNorm statistics (``folded``: its convs' folded weights).
+    """G^H on a chunk of A with the given GroupNorm statistics (same layers as ``HighResBlock.forward``).
 
     With ``stop = j`` returns the input of GroupNorm layer j (needs ``stats[:j]``);
     with ``stop = None`` the block's output (needs all statistics).
     """
     h = a
-    last = len(folded) - 1
-    for i, weights in enumerate(folded):
-        h = upsample2_conv3(h, weights)
+    last = len(high_block.convs) - 1
+    for i, conv in enumerate(high_block.convs):
+        h = upsample2_conv3(h, conv)
         if i == last:
             return torch.tanh(h)
         if i == stop:
@@ -101,8 +96,8 @@ def _group_stats(
     """Per-(sample, group) mean and 1/sqrt(var + eps) [B, G] from per-chunk, per-channel
     counts, means and (biased) variances [B, C], combined exactly in float64
     (law of total variance; all channels of a chunk have the same count)."""
-    n = torch.tensor(counts, dtype=torch.float64).view(-1, 1, 1, 1)  # [chunks, 1, 1, 1]
     m = torch.stack(means)  # [chunks, B, C]
+    n = torch.tensor(counts, dtype=torch.float64, device=m.device).view(-1, 1, 1, 1)  # [chunks, 1, 1, 1]
     v = torch.stack(variances)
     k, b, c = m.shape
     m = m.view(k, b, norm.num_groups, -1)  # [chunks, B, G, C/G]
@@ -134,7 +129,6 @@ def iter_high_res_chunks(high_block: nn.Module, a: torch.Tensor, chunk: int) -> 
     depth = a.shape[-1]
     scale = 2 ** len(high_block.convs)  # = f, the upsampling factor of G^H
     halo = halo_slices(high_block)
-    folded = [fold_upsample2_conv3(conv) for conv in high_block.convs]
 
     # Passes 1..n_norms: global statistics of each GroupNorm layer's input, in order.
     stats: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -142,7 +136,7 @@ def iter_high_res_chunks(high_block: nn.Module, a: torch.Tensor, chunk: int) -> 
         level = 2 ** (j + 1)  # resolution of layer j relative to A
         counts, means, variances = [], [], []  # per chunk, per (sample, channel)
         for lo, hi, lo_h, hi_h in _chunks(depth, chunk, halo):
-            h = _run(high_block, folded, a[..., lo_h:hi_h], stats, stop=j)
+            h = _run(high_block, a[..., lo_h:hi_h], stats, stop=j)
             h = h[..., (lo - lo_h) * level : (hi - lo_h) * level]
             var, mean = torch.var_mean(h, dim=(2, 3, 4), correction=0)
             counts.append(h[0, 0].numel())
@@ -153,7 +147,7 @@ def iter_high_res_chunks(high_block: nn.Module, a: torch.Tensor, chunk: int) -> 
 
     # Final pass: the output, chunk by chunk.
     for lo, hi, lo_h, hi_h in _chunks(depth, chunk, halo):
-        out = _run(high_block, folded, a[..., lo_h:hi_h], stats)
+        out = _run(high_block, a[..., lo_h:hi_h], stats)
         yield lo * scale, out[..., (lo - lo_h) * scale : (hi - lo_h) * scale]
 
 

@@ -45,12 +45,13 @@ def one_hot_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -
     return F.one_hot(labels.long().reshape(-1), num_classes).to(dtype)
 
 
-# Why not F.interpolate + conv here: nearest ×2 upsampling followed by a 3³ conv
-# (padding 1) equals, for each of the 8 output phases (parity of x, y, z), a 2³
+# Why not F.interpolate + conv (what the paper describes, and the same function):
+# nearest ×2 upsampling followed by a 3³ conv (padding 1) equals, for each of the 8 output phases (parity of x, y, z), a 2³
 # conv on the low-resolution grid whose taps are sums of the original ones ("sub-
 # pixel" form). It needs 8/27 of the multiply-adds, never materialises the 8×
-# larger upsampled input, and turns a C→1 conv at full resolution (very slow on
-# CPU) into one C→8·1 conv at low resolution.
+# larger upsampled input (nor stores it for the backward pass), and turns a C→1
+# conv at full resolution (very slow on CPU) into one C→8 conv at low resolution.
+# Measured on 2 CPU cores: 1.3-3× faster forward + backward, ~10× for G^H's last layer.
 # Along one axis, output voxel 2i+p reads upsampled voxels 2i+p-1, 2i+p, 2i+p+1,
 # i.e. low-res voxels (i-1, i, i) for p = 0 and (i, i, i+1) for p = 1; phase p
 # is thus a 2-tap conv over low-res voxels (i-1+p, i+p):
@@ -62,27 +63,37 @@ _PHASE_FOLD = torch.tensor(
 )
 
 
-def fold_upsample2_conv3(conv: nn.Conv3d) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weights [8·out channels, in channels, 2, 2, 2] and bias of the low-resolution conv
-    equivalent to ``conv(upsample2(x))`` for a 3³, padding-1 ``conv``; output channel
-    o·8 + 4·px + 2·py + pz computes output phase (px, py, pz) of channel o."""
-    fold = _PHASE_FOLD.to(conv.weight)
-    w = torch.einsum("atk,bul,cvm,oiklm->oabcituv", fold, fold, fold, conv.weight)
-    out_ch, in_ch = conv.weight.shape[:2]
-    bias = conv.bias.repeat_interleave(8) if conv.bias is not None else None
-    return w.reshape(out_ch * 8, in_ch, 2, 2, 2), bias
+def _fold_matrix(like: torch.Tensor) -> torch.Tensor:
+    """[64, 27] matrix mapping the 27 taps of a 3³ kernel to the 8 phases × 8 taps of the 2³ kernels."""
+    f = _PHASE_FOLD.to(like)
+    return torch.einsum("atk,bul,cvm->abctuvklm", f, f, f).reshape(64, 27)
 
 
-def upsample2_conv3(x: torch.Tensor, folded: tuple[torch.Tensor, torch.Tensor | None]) -> torch.Tensor:
-    """``conv(upsample2(x))`` computed on the low-resolution grid; ``folded`` from :func:`fold_upsample2_conv3`."""
+def fold_upsample2_conv3(weight: torch.Tensor) -> torch.Tensor:
+    """3³ conv weights [O, I, 3, 3, 3] → 2³ weights [8·O, I, 2, 2, 2] of the low-resolution
+    conv equivalent to upsample-then-conv; output channel 8·o + 4·px + 2·py + pz computes
+    output phase (px, py, pz) of channel o. One small matmul (differentiable)."""
+    out_ch, in_ch = weight.shape[:2]
+    w = weight.reshape(out_ch * in_ch, 27) @ _fold_matrix(weight).T  # [O·I, 8 phases · 8 taps]
+    return w.view(out_ch, in_ch, 8, 8).transpose(1, 2).reshape(out_ch * 8, in_ch, 2, 2, 2)
+
+
+def upsample2_conv3(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """``conv(upsample2(x))`` for a 3³, stride-1, padding-1 ``conv``, computed on the
+    low-resolution grid (same function and gradients, up to float rounding)."""
+    if conv.kernel_size != (3, 3, 3) or conv.padding != (1, 1, 1) or conv.stride != (1, 1, 1):
+        raise ValueError("upsample2_conv3 needs a 3x3x3 convolution with stride 1 and padding 1")
     b, _, nx, ny, nz = x.shape
-    weight, bias = folded
-    # Phase p's output i sits at index i + p of the conv over x zero-padded by 1.
-    y = F.conv3d(F.pad(x, (1, 1, 1, 1, 1, 1)), weight, bias)
-    y = y.view(b, -1, 2, 2, 2, nx + 1, ny + 1, nz + 1)
-    out = y.new_empty(b, y.shape[1], 2 * nx, 2 * ny, 2 * nz)
-    for px in range(2):
-        for py in range(2):
-            for pz in range(2):
-                out[:, :, px::2, py::2, pz::2] = y[:, :, px, py, pz, px : px + nx, py : py + ny, pz : pz + nz]
-    return out
+    bias = conv.bias.repeat_interleave(8) if conv.bias is not None else None
+    # y[:, 8·o + 4·px + 2·py + pz, i + px, j + py, k + pz] is output voxel (2i+px, 2j+py, 2k+pz)
+    # of channel o (the 2-tap conv over zero-padded x is what padding=1 does).
+    y = F.conv3d(x, fold_upsample2_conv3(conv.weight), bias, padding=1).contiguous()  # [B, 8·O, X+1, Y+1, Z+1]
+    sb, sc, si, sj, sk = y.stride()
+    # View y as [B, O, X, 2, Y, 2, Z, 2]: a step in px moves 4 channels and one voxel along x, etc.;
+    # the reshape then writes the interleaved output in a single sequential copy.
+    v = y.as_strided(
+        (b, y.shape[1] // 8, nx, 2, ny, 2, nz, 2),
+        (sb, 8 * sc, si, 4 * sc + si, sj, 2 * sc + sj, sk, sc + sk),
+        y.storage_offset(),
+    )
+    return v.reshape(b, -1, 2 * nx, 2 * ny, 2 * nz)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgen.models.hagan.config import BASE_GRID, HAGANConfig
-from medgen.models.layers import conv3, one_hot_labels, upsample2
+from medgen.models.layers import conv3, one_hot_labels, upsample2_conv3
 
 
 class CommonBlock(nn.Module):
@@ -29,7 +29,9 @@ class CommonBlock(nn.Module):
     3³ → GroupNorm → ReLU; a nearest ×2 upsampling precedes the 2nd, 3rd, ...
     convolution until the grid reaches S/f (paper, S=256: 512@4³ → 512@8³ →
     256@16³ → 128@32³ → 64@64³). Input [B, latent_dim + num_classes]; output
-    A [B, C_A, S/f, S/f, S/f].
+    A [B, C_A, S/f, S/f, S/f]. Each upsampling + conv pair is computed in
+    sub-pixel form by :func:`medgen.models.layers.upsample2_conv3` (same function,
+    8/27 of the work).
     """
 
     def __init__(self, cfg: HAGANConfig) -> None:
@@ -44,9 +46,8 @@ class CommonBlock(nn.Module):
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         h = self.fc(code).view(-1, self.base_channels, BASE_GRID, BASE_GRID, BASE_GRID)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            if 1 <= i <= self.num_upsamplings:
-                h = upsample2(h)
-            h = F.relu(norm(conv(h)))
+            h = upsample2_conv3(h, conv) if 1 <= i <= self.num_upsamplings else conv(h)
+            h = F.relu(norm(h))
         return h
 
 
@@ -75,7 +76,8 @@ class HighResBlock(nn.Module):
     log2(f) stages of [nearest ×2 upsampling → Conv 3³]; all but the last are
     followed by GroupNorm and ReLU, the last (→ 1 channel) by tanh. Paper (f=4):
     up, Conv 64→32, GN, ReLU; up, Conv 32→1, tanh. Input [B, C_A, S/f, S/f, d];
-    output [B, 1, S, S, f·d].
+    output [B, 1, S, S, f·d]. Upsampling + conv run in sub-pixel form
+    (:func:`medgen.models.layers.upsample2_conv3`).
 
     Note on GroupNorm: during training G^H only sees a slab of A, so its
     GroupNorm statistics are those of the slab; at inference (whole A) they
@@ -93,8 +95,8 @@ class HighResBlock(nn.Module):
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         h = a
         for conv, norm in zip(self.convs[:-1], self.norms):
-            h = F.relu(norm(conv(upsample2(h))))
-        return torch.tanh(self.convs[-1](upsample2(h)))
+            h = F.relu(norm(upsample2_conv3(h, conv)))
+        return torch.tanh(upsample2_conv3(h, self.convs[-1]))
 
 
 def _take_slabs(x: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
