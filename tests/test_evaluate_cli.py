@@ -237,6 +237,50 @@ def test_usage_and_input_errors_exit_2_with_one_line(folders, tmp_path, capsys):
     assert not Path(out).exists()
 
 
+def test_paper_protocol_with_a_medicalnet_format_weight_file(folders, tmp_path, capsys):
+    # A MedicalNet-style file (DataParallel prefix, segmentation head) holding the seed-0
+    # random weights: the med3d extractor must then equal the random network fed the same input.
+    reference = make_extractor("random", input_size=None, intensity="raw", axis_order="xyz", device="cpu", seed=0)
+    state = {f"module.{k}": v for k, v in reference.network.state_dict().items()}
+    state["module.conv_seg.4.weight"] = torch.zeros(2, 32, 1, 1, 1)
+    weights = tmp_path / "resnet_50_23dataset.pth"
+    torch.save({"state_dict": state}, weights)
+    out = tmp_path / "paper.json"
+    code, stdout, _ = run_cli(
+        ["evaluate", "--real", str(folders["real"]), "--fake", str(folders["fake"]), "--weights", str(weights),
+         "--paper-protocol", "--metrics", "fid,mmd", "--batch-size", "8", "--no-progress", "--no-figures", "--out", str(out)],
+        capsys,
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    ex = report["extractor"]
+    assert (ex["name"], ex["input_size"], ex["intensity"], ex["axis_order"]) == ("med3d", "native", "raw", "zyx")
+    assert report["warning"] is None and report["metrics"]["fid"]["comparable_with_published"] is True
+    assert "WARNING" not in stdout
+    # Independent: volumes transposed to (z, y, x) by hand, raw [-1, 1], native 16^3.
+    real = [v.astype(np.float16).astype(np.float32).transpose(2, 1, 0) for v in folders["real_volumes"]]
+    fake = [from_hu(nib.load(p).get_fdata()).transpose(2, 1, 0) for p in sorted(Path(folders["fake"]).glob("*.nii.gz"))]
+    expected = fid(reference.extract(real, batch_size=8, progress=False), reference.extract(fake, batch_size=8, progress=False))
+    assert report["metrics"]["fid"]["value"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_inception_score_from_a_probability_file(folders, tmp_path, capsys):
+    probs = np.eye(3)[np.arange(30) % 3] * 0.9 + 0.1 / 3  # confident, balanced over 3 classes
+    path = tmp_path / "probs.npy"
+    np.save(path, probs)
+    out = tmp_path / "is.json"
+    code, _, _ = run_cli(
+        ["evaluate", "--real", str(folders["real"]), "--fake", str(folders["fake"]), "--metrics", "is",
+         "--is-probs", str(path), "--no-progress", "--out", str(out)],
+        capsys,
+    )
+    assert code == 0
+    m = json.loads(out.read_text())["metrics"]["is"]
+    p, q = probs[0], probs.mean(axis=0)
+    assert m["value"] == pytest.approx(float(np.exp((p * np.log(p / q)).sum())), rel=1e-9)
+    assert m["n_fake"] == 30 and m["settings"]["classes"] == 3
+
+
 def test_wrong_medicalnet_weights_exit_2(folders, tmp_path, capsys):
     bad = tmp_path / "resnet_18.pth"
     torch.save({"state_dict": {"module.conv1.weight": torch.zeros(64, 1, 7, 7, 7)}}, bad)
@@ -247,3 +291,36 @@ def test_wrong_medicalnet_weights_exit_2(folders, tmp_path, capsys):
     )
     assert code == 2
     assert "resnet_18.pth: not a MedicalNet ResNet-50 state dict: missing" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow  # trains a tiny run unless test_generate/test_encode already did in this session
+def test_encoder_features_and_sampling_a_run(tmp_path_factory, tmp_path, capsys):
+    """--fake RUN --n N samples the run; --features encoder uses its E^H -> E^G latent codes."""
+    from test_generate import trained_run
+
+    from medgen.api import load
+    from medgen.metrics.kid import kid
+
+    run, data = trained_run(tmp_path_factory.getbasetemp())
+    out = tmp_path / "enc.json"
+    code, stdout, _ = run_cli(
+        ["evaluate", "--real", str(data), "--fake", str(run), "--n", "4", "--features", "encoder", "--weights", str(run),
+         "--metrics", "fid,kid", "--device", "cpu", "--no-progress", "--no-figures", "--out", str(out)],
+        capsys,
+    )
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["extractor"]["name"] == "encoder" and report["metrics"]["fid"]["comparable_with_published"] is False
+    assert "WARNING: encoder features" in stdout
+    samples = tmp_path / "enc-samples"
+    assert report["fake"]["path"] == str(samples) and report["metrics"]["fid"]["n_fake"] == 4
+    # Independent computation: the same model's encoder on the chosen real volumes and on
+    # the samples (regenerated here from the same seed).
+    model = load(run, device="cpu")
+    assert report["real"]["n"] == 4
+    vs = open_volume_set(data)
+    idx = np.sort(np.random.default_rng(0).choice(len(vs), 4, replace=False))  # documented: seeded subset
+    real_z = model.encode(np.stack([vs[int(i)] for i in idx]))
+    fake_z = model.encode(model.generate(4, seed=0))
+    assert report["metrics"]["fid"]["value"] == pytest.approx(fid(real_z, fake_z), rel=1e-4)
+    assert report["metrics"]["kid"]["value"] == pytest.approx(kid(real_z, fake_z, subsets=100, subset_size=4)[0], rel=1e-4)

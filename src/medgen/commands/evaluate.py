@@ -280,6 +280,12 @@ def run(args: argparse.Namespace) -> int:
     if "memorisation" in names and train is None:
         raise UsageError("metric 'memorisation' needs --train (the model's training data)")
 
+    if needs_features and input_size is None and features != "encoder":
+        shapes = {vs.native_shape(i) for vs in (real, fake, train) if vs is not None for i in range(len(vs))}
+        if len(shapes) > 1:
+            listed = ", ".join("x".join(map(str, s)) for s in sorted(shapes)[:3])
+            raise UsageError(f"native feature input needs volumes of one shape, found {listed}; pass --input-size N")
+
     volume_metrics = any(METRICS[n].kind == "volumes" for n in names) or "memorisation" in names
     if volume_metrics:
         align_shapes(real, fake, train)

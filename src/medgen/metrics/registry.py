@@ -240,6 +240,9 @@ def metric_kid(ctx: EvalContext) -> dict:
         "subset_size": size,
         "uncertainty": "std over subsets (ddof=0)",
     }
+    if size == len(a) == len(b):
+        settings["note"] = "each subset is a whole set (subset size = set size): std is 0 by construction"
+        std = None
     return {"value": mean, "std": std, "settings": settings}
 
 
