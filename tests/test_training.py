@@ -402,7 +402,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(data, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if (run / "metrics.csv").exists() and len(read_metrics(run)) >= 2:
                 break
