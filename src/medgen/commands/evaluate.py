@@ -171,6 +171,9 @@ def format_table(report: dict) -> str:
                 rows.append((label, _fmt(v), "-", str(r["n_real"]), str(r["n_fake"])))
         else:
             rows.append((name, _fmt(value), _fmt(r.get("std")), str(r["n_real"]), str(r["n_fake"])))
+        real_ref = (r.get("details") or {}).get("real") if name == "ms_ssim" else None
+        if real_ref:
+            rows.append(("ms_ssim (real pairs, reference)", _fmt(real_ref["mean"]), _fmt(real_ref["std"]), str(r["n_real"]), "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -256,13 +259,14 @@ def run(args: argparse.Namespace) -> int:
     real = open_volume_set(args.real, modality=args.modality, what="--real")
     fake = open_volume_set(fake_path, modality=args.modality, what="--fake")
     train = open_volume_set(args.train, modality=args.modality, what="--train") if args.train else None
-    for vs in (real, fake, train):
-        if vs is not None:
-            guess_modality(vs)
+    # Modality: known sets lend theirs to sets of raw files; what is still unknown is guessed.
     fake.inherit(real)
     real.inherit(fake)
     if train is not None:
         train.inherit(real)
+    for vs in (real, fake, train):
+        if vs is not None:
+            guess_modality(vs)
     real = choose_subset(real, args.n, args.seed)
     fake = choose_subset(fake, args.n, args.seed)
     if train is not None:

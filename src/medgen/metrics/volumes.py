@@ -212,7 +212,14 @@ class VolumeSet(Sequence[np.ndarray]):
         }
 
     def describe(self) -> dict[str, Any]:
-        shapes = sorted({tuple(s) for s in self.shapes if s is not None})
+        known = []
+        for i, shape in enumerate(self.shapes):
+            if shape is None and self.kind == "files":
+                peek = _peek_geometry(self.files[i])  # header only; other formats stay unlisted
+                shape = peek[0] if peek else None
+            if shape is not None:
+                known.append(tuple(shape))
+        shapes = sorted(set(known))
         return {
             "path": str(self.root),
             "kind": self.kind,
