@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         _ = ctx.extractor  # fail early on a bad weight file, before reading any volume
     results = compute(names, ctx)
 
-    if figures_dir is not None and needs_features and "real" in ctx._features and "fake" in ctx._features:
+    if figures_dir is not None and needs_features and ctx.has_features("real") and ctx.has_features("fake"):
         path = figures_dir / "features.png"
         save_feature_figure(ctx.features("real"), ctx.features("fake"), path)
         ctx.figures.append(str(path))

@@ -115,13 +115,17 @@ class EvalContext:
 
             def compute() -> np.ndarray:
                 # Native volumes: the extractor resizes each to its own input size.
-                native = (vs._read_normalised(i) for i in range(len(vs)))
+                native = (vs.read_native(i) for i in range(len(vs)))
                 return ex.extract(native, batch_size=self.options.batch_size, progress=self.options.progress, total=len(vs), desc=f"features {which}")
 
             feats, info = cached_features(vs, ex.describe(), compute, self.options.cache_dir, self.options.use_cache)
             self._features[which] = feats
             self.feature_info[which] = info
         return self._features[which]
+
+    def has_features(self, which: str) -> bool:
+        """Whether the features of ``which`` were computed (or read from the cache) already."""
+        return which in self._features
 
     def figure_path(self, name: str) -> Path | None:
         if self.options.figures_dir is None:

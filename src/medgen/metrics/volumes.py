@@ -96,7 +96,7 @@ class VolumeSet(Sequence[np.ndarray]):
     def __getitem__(self, i):  # type: ignore[override]
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        array = self._read_normalised(int(i))
+        array = self.read_native(int(i))
         if self.target_shape is not None:
             array = _resize(array, self.target_shape)
         return array
@@ -106,8 +106,8 @@ class VolumeSet(Sequence[np.ndarray]):
             yield self[i]
 
     # ------------------------------------------------------------------ reading
-    def _read_native(self, i: int) -> tuple[np.ndarray, tuple[float, float, float]]:
-        """Volume i as stored (RAS+), float32, with its spacing in mm."""
+    def read_stored(self, i: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """Volume i as stored (RAS+, original intensities), float32, with its spacing in mm."""
         path = self.files[i]
         if self.kind == "preprocessed":
             try:
@@ -122,8 +122,9 @@ class VolumeSet(Sequence[np.ndarray]):
         volume = reorient_to_ras(read_volume(path))
         return np.asarray(volume.array, dtype=np.float32), volume.spacing
 
-    def _read_normalised(self, i: int) -> np.ndarray:
-        array, _ = self._read_native(i)
+    def read_native(self, i: int) -> np.ndarray:
+        """Volume i in [-1, 1] at its own shape (``vs[i]`` resizes it to ``target_shape``)."""
+        array, _ = self.read_stored(i)
         if self.kind == "preprocessed" or _is_normalised(array):
             return np.clip(np.nan_to_num(array, nan=-1.0), -1.0, 1.0)
         if self.modality == "ct":
@@ -155,7 +156,7 @@ class VolumeSet(Sequence[np.ndarray]):
         if shape is None or sp is None:
             peek = _peek_geometry(self.files[i]) if self.kind == "files" else None
             if peek is None:
-                array, sp_read = self._read_native(i)
+                array, sp_read = self.read_stored(i)
                 peek = (tuple(int(n) for n in array.shape), sp_read)  # type: ignore[assignment]
             shape = shape or peek[0]
             sp = sp or peek[1]
@@ -370,7 +371,7 @@ def guess_modality(vs: VolumeSet) -> None:
     """If the modality is still unknown, guess it from the first volume's intensities."""
     if vs.modality is not None or not len(vs):
         return
-    array, _ = vs._read_native(0)
+    array, _ = vs.read_stored(0)
     if _is_normalised(array):
         vs.notes.append("modality unknown (volumes already in [-1, 1]); pass --modality for anatomy statistics")
         return
