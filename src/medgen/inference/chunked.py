@@ -38,7 +38,6 @@ import math
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medgen.models.layers import upsample2_conv3
