@@ -95,7 +95,7 @@ def test_evaluate_real_fake_train(folders, tmp_path, capsys):
     out = tmp_path / "metrics.json"
     code, stdout, _ = run_cli(
         ["evaluate", "--real", str(folders["real"]), "--fake", str(folders["fake"]), "--train", str(folders["train"]),
-         "--features", "random", "--input-size", "16", "--prdc-k", "3", "--batch-size", "8", "--bootstrap", "3",
+         "--features", "random", "--input-size", "16", "--prdc-k", "3", "--batch-size", "16", "--bootstrap", "3",
          "--no-progress", "--out", str(out)],
         capsys,
     )
@@ -115,9 +115,9 @@ def test_evaluate_real_fake_train(folders, tmp_path, capsys):
     # read here directly (fake: HU NIfTI mapped with the CT window by hand).
     extractor = make_extractor("random", input_size=16, device="cpu", seed=0)
     stored = [v.astype(np.float16).astype(np.float32) for v in folders["real_volumes"]]  # preprocessed sets are float16
-    real_feats = extractor.extract(stored, batch_size=8, progress=False)
     fake_arrays = [from_hu(nib.load(p).get_fdata()) for p in sorted(Path(folders["fake"]).glob("*.nii.gz"))]
-    fake_feats = extractor.extract(fake_arrays, batch_size=8, progress=False)
+    both = extractor.extract(stored + fake_arrays, batch_size=16, progress=False)
+    real_feats, fake_feats = both[:7], both[7:]
     assert metrics["fid"]["value"] == pytest.approx(fid(real_feats, fake_feats), rel=1e-5)
 
     # Memorisation: the three copies of training volumes are caught, the new ones are not.
@@ -140,7 +140,7 @@ def test_evaluate_folder_against_itself_hits_the_cache(folders, tmp_path, capsys
     real = shutil.copytree(folders["real"], tmp_path / "real", ignore=shutil.ignore_patterns(".medgen-cache"))
     out = tmp_path / "self.json"
     argv = ["evaluate", "--real", str(real), "--fake", str(real), "--features", "random", "--input-size", "16",
-            "--metrics", "fid,mmd,prdc,anatomy", "--prdc-k", "3", "--batch-size", "8", "--no-progress", "--no-figures", "--out", str(out)]
+            "--metrics", "fid,mmd,prdc,anatomy", "--prdc-k", "3", "--batch-size", "16", "--no-progress", "--no-figures", "--out", str(out)]
     code, stdout, _ = run_cli(argv, capsys)
     assert code == 0
     report = json.loads(out.read_text())
@@ -248,7 +248,7 @@ def test_paper_protocol_with_a_medicalnet_format_weight_file(folders, tmp_path, 
     out = tmp_path / "paper.json"
     code, stdout, _ = run_cli(
         ["evaluate", "--real", str(folders["real"]), "--fake", str(folders["fake"]), "--weights", str(weights),
-         "--paper-protocol", "--metrics", "fid,mmd", "--batch-size", "8", "--no-progress", "--no-figures", "--out", str(out)],
+         "--paper-protocol", "--metrics", "fid,mmd", "--batch-size", "16", "--no-progress", "--no-figures", "--out", str(out)],
         capsys,
     )
     assert code == 0
@@ -260,7 +260,8 @@ def test_paper_protocol_with_a_medicalnet_format_weight_file(folders, tmp_path, 
     # Independent: volumes transposed to (z, y, x) by hand, raw [-1, 1], native 16^3.
     real = [v.astype(np.float16).astype(np.float32).transpose(2, 1, 0) for v in folders["real_volumes"]]
     fake = [from_hu(nib.load(p).get_fdata()).transpose(2, 1, 0) for p in sorted(Path(folders["fake"]).glob("*.nii.gz"))]
-    expected = fid(reference.extract(real, batch_size=8, progress=False), reference.extract(fake, batch_size=8, progress=False))
+    both = reference.extract(real + fake, batch_size=16, progress=False)
+    expected = fid(both[:7], both[7:])
     assert report["metrics"]["fid"]["value"] == pytest.approx(expected, rel=1e-5)
 
 

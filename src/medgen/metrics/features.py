@@ -40,6 +40,7 @@ on volumes preprocessed at 128³ or 256³ (``medgen evaluate --paper-protocol``)
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import os
@@ -58,31 +59,26 @@ INTENSITY_MODES = ("zscore", "raw")
 AXIS_ORDERS = ("xyz", "zyx")
 
 
-def build_medicalnet_resnet50(device: str | None = None):
+def build_medicalnet_resnet50():
     """MedicalNet's 3D ResNet-50 (1 input channel, shortcut B), classifier removed.
 
     MONAI builds the ResNet-50 with MedicalNet's parameter names. MedicalNet differs from
     a plain ResNet in its last two stages: stride 1 with dilation 2 (layer3) and 4 (layer4)
     instead of stride 2, so the last feature map is at 1/8 of the input size. MONAI's
     ResNet has no dilation option, so we set stride/dilation/padding on the built
-    convolutions; parameter shapes are unchanged. ``device="meta"`` builds the structure
-    without initialising its 46 M parameters (to load weights into with ``assign=True``).
+    convolutions; parameter shapes are unchanged.
     """
-    import contextlib
-
-    import torch
     from monai.networks.nets import resnet50
 
-    with torch.device(device) if device is not None else contextlib.nullcontext():
-        model = resnet50(
-            spatial_dims=3,
-            n_input_channels=1,
-            shortcut_type="B",
-            bias_downsample=False,
-            conv1_t_size=7,
-            conv1_t_stride=2,
-            feed_forward=False,  # no classifier: forward() returns the 2048-d global average pool
-        )
+    model = resnet50(
+        spatial_dims=3,
+        n_input_channels=1,
+        shortcut_type="B",
+        bias_downsample=False,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        feed_forward=False,  # no classifier: forward() returns the 2048-d global average pool
+    )
     for layer, dilation in ((model.layer3, 2), (model.layer4, 4)):
         for block in layer:
             block.conv2.stride = (1, 1, 1)
@@ -93,19 +89,18 @@ def build_medicalnet_resnet50(device: str | None = None):
     return model.eval()
 
 
-@functools.lru_cache(maxsize=1)
-def _random_weights(seed: int) -> dict[str, Any]:
-    """The seeded random initialisation (MONAI's default init under ``torch.manual_seed``).
+@functools.lru_cache(maxsize=2)
+def _random_network(seed: int):
+    """The network with MONAI's default initialisation drawn under ``torch.manual_seed(seed)``.
 
-    Memoised: initialising 46 M parameters takes seconds on a CPU and the result depends
-    only on the seed. Networks built from it share these tensors; they are used read-only
-    (inference), and moving a network to another device leaves them untouched.
+    Memoised (callers get a deep copy): initialising 46 M parameters takes seconds on a CPU
+    and the result depends only on the seed.
     """
     import torch
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_medicalnet_resnet50().state_dict()
+        return build_medicalnet_resnet50()
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -142,7 +137,6 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, Any]:
 def load_medicalnet_weights(model, path: str | os.PathLike) -> None:
     """Load a MedicalNet ResNet-50 weight file into :func:`build_medicalnet_resnet50`'s model.
 
-    The model may be built on the meta device: the file's tensors are assigned, not copied.
     Handles the ``module.`` prefix (DataParallel) and drops the segmentation head
     (``conv_seg.*``) or a classifier (``fc.*``); BatchNorm ``num_batches_tracked`` counters
     may be absent (older PyTorch). Anything else that does not match raises
@@ -173,8 +167,8 @@ def load_medicalnet_weights(model, path: str | os.PathLike) -> None:
         raise InputError(f"{path}: not a MedicalNet ResNet-50 state dict: {'; '.join(problems)}")
     for k in expected:
         if k not in state:
-            state[k] = torch.tensor(0, dtype=torch.long)  # num_batches_tracked: unused in eval mode
-    model.load_state_dict({k: torch.as_tensor(v).to(expected[k].dtype) for k, v in state.items()}, strict=True, assign=True)
+            state[k] = expected[k]  # num_batches_tracked: unused in eval mode
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()}, strict=True)
 
 
 def _size3(size: int | Sequence[int] | None) -> tuple[int, int, int] | None:
@@ -333,15 +327,14 @@ def make_extractor(
                 "the med3d extractor needs MedicalNet ResNet-50 weights: pass --weights FILE "
                 "(e.g. resnet_50_23dataset.pth), or choose --features random explicitly"
             )
-        network = build_medicalnet_resnet50("meta")
+        network = build_medicalnet_resnet50()
         load_medicalnet_weights(network, weights)
         settings = {**common, "weights_file": Path(weights).name, "weights_sha256": file_sha256(weights)}
         return FeatureExtractor("med3d", network.to(device), True, size, intensity, axis_order, device, settings=settings)
     if name == "random":
         if weights is not None:
             raise UsageError("--weights is only used by --features med3d and encoder")
-        network = build_medicalnet_resnet50("meta")
-        network.load_state_dict(_random_weights(seed), strict=True, assign=True)
+        network = copy.deepcopy(_random_network(seed))
         settings = {**common, "weights": f"random (MONAI default init, torch.manual_seed({seed}))", "seed": seed}
         return FeatureExtractor(
             "random", network.to(device), False, size, intensity, axis_order, device, settings=settings, warning=RANDOM_WARNING
