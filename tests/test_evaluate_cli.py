@@ -294,7 +294,7 @@ def test_wrong_medicalnet_weights_exit_2(folders, tmp_path, capsys):
     assert "resnet_18.pth: not a MedicalNet ResNet-50 state dict: missing" in err and err.count("\n") == 1
 
 
-@pytest.mark.slow  # trains a tiny run unless test_generate/test_encode already did in this session
+@pytest.mark.slow  # trains a tiny run unless test_generate/test_encode already did in this test run
 def test_encoder_features_and_sampling_a_run(tmp_path_factory, tmp_path, capsys):
     """--fake RUN --n N samples the run; --features encoder uses its E^H -> E^G latent codes."""
     from test_generate import trained_run
