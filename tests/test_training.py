@@ -107,6 +107,21 @@ def test_resume_is_exact(data, tmp_path):
     assert not torch.equal(fresh.state_dict()["common.fc.weight"], a["G"]["common.fc.weight"])
 
 
+def test_time_limit_stops_with_a_checkpoint_and_resumes(data, tmp_path, capsys):
+    """--max-minutes ends the run early (not as an interruption) with a checkpoint and a sample;
+    --resume then finishes it, and the result equals an unlimited run."""
+    limited = train(tiny_cfg(data, iters=3, max_minutes=1e-9, sample_every=100), tmp_path / "run", progress=False)
+    assert limited.iteration == 1 and not limited.interrupted
+    assert ckpt_io.load_state(tmp_path / "run")["iteration"] == 1
+    assert (tmp_path / "run" / "samples" / "iter-000001.png").is_file()
+    assert "time limit" in capsys.readouterr().err
+    resumed = train(tiny_cfg(data, iters=3, sample_every=100), tmp_path / "run", resume=True, progress=False)
+    full = train(tiny_cfg(data, iters=3), tmp_path / "full", progress=False)
+    assert resumed.iteration == 3
+    for key, value in full.models.weights()["G"].items():
+        assert torch.equal(value, resumed.models.weights()["G"][key]), key
+
+
 def test_resume_rejects_changed_settings(data, tmp_path):
     train(tiny_cfg(data, iters=1), tmp_path / "run", progress=False)
     with pytest.raises(UsageError, match="lr_d"):

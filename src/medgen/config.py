@@ -32,6 +32,7 @@ RESUMABLE_KEYS = frozenset(
     {
         "data",
         "iters",
+        "max_minutes",
         "device",
         "precision",
         "workers",
@@ -58,6 +59,7 @@ class RunConfig:
     model: dict[str, Any]
     preset: str = "paper"
     iters: int = 80_000
+    max_minutes: float | None = None
     batch: int = 4
     lr_g: float = 1e-4
     lr_d: float = 4e-4

@@ -22,6 +22,7 @@ from medgen.errors import EXIT_INTERRUPTED, UsageError
 _RUN_OPTIONS = {
     "preset": "preset",
     "iters": "iters",
+    "max_minutes": "max_minutes",
     "batch": "batch",
     "lr_g": "lr_g",
     "lr_d": "lr_d",
@@ -70,6 +71,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--label-column", default=None, help="manifest column with the class labels (conditional training)")
     t = p.add_argument_group("optimisation (defaults: the paper's)")
     t.add_argument("--iters", type=int, default=None, help="total training iterations (default 80000)")
+    t.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this many minutes of training (wall clock), saving a checkpoint; "
+                        "--resume continues the run (default: no limit)")
     t.add_argument("--batch", type=int, default=None, help="global batch size over all processes (default 4)")
     t.add_argument("--lr-g", type=float, default=None, help="generator Adam learning rate (default 1e-4)")
     t.add_argument("--lr-d", type=float, default=None, help="discriminator Adam learning rate (default 4e-4)")

@@ -482,8 +482,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
 
         bar = tqdm(total=cfg.iters, initial=start, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
 
-    interrupted = False
+    interrupted = timed_out = False
     done = start
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else None
     with _StopFlag() as stop:
         for it in range(start, cfg.iters):
             # ---- this iteration's data and random draws
@@ -570,10 +571,15 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
             first_bad_value = torch.where(newly_bad, vec, first_bad_value)
             loss_sum += torch.nan_to_num(vec)
             logged_since += 1
-            stopping = dist_utils.any_rank(stop.requested, info) if info.distributed else stop.requested
+            over_time = deadline is not None and time.monotonic() > deadline
+            signalled = stop.requested
+            if info.distributed:  # every rank must stop at the same iteration
+                signalled = dist_utils.any_rank(signalled, info)
+                over_time = dist_utils.any_rank(over_time, info) if deadline is not None else False
+            stopping = signalled or over_time
             is_last = done == cfg.iters
             is_log = done % cfg.log_every == 0 or is_last
-            is_sample = cfg.sample_every > 0 and (done % cfg.sample_every == 0 or is_last)
+            is_sample = cfg.sample_every > 0 and (done % cfg.sample_every == 0 or is_last or stopping)
             is_ckpt = done % cfg.ckpt_every == 0 or is_last or stopping
             if done % check_every == 0 or is_log or is_sample or is_ckpt:
                 check_finite()  # raises RunFailed before anything bad is logged or saved
@@ -598,7 +604,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
             if is_ckpt:
                 save(done)
             if stopping:
-                interrupted = True
+                interrupted, timed_out = signalled, not signalled
                 break
 
     if bar is not None:
@@ -607,6 +613,12 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
         writer.close()
     if interrupted and main:
         print(f"medgen train: stopped at iteration {done}; checkpoint {last_good}", file=sys.stderr)
+    if timed_out and main:
+        print(
+            f"medgen train: time limit of {cfg.max_minutes:g} min reached at iteration {done}; "
+            f"checkpoint {last_good} (continue with --resume)",
+            file=sys.stderr,
+        )
     return TrainResult(iteration=done, interrupted=interrupted, models=models, checkpoint=last_good)
 
 
