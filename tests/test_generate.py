@@ -209,6 +209,26 @@ def test_conditional_label_out_of_range_is_a_usage_error(tmp_path):
     assert np.abs(v2 - v0).max() > 1e-4
 
 
+def test_mri_nifti_keeps_model_units_and_resampled_spacing(tmp_path):
+    """MRI: float32 in [-1, 1] (percentile normalisation cannot be inverted); spacing = the
+    isotropic spacing the data set was resampled to."""
+    from types import SimpleNamespace
+
+    import medgen
+    from medgen.inference.generate import generate_to_folder
+
+    model = medgen.build("tiny", size=S)
+    model.run_config = SimpleNamespace(preprocess={"modality": "mri", "size": S, "spacing": 2.0}, data=None)
+    generate_to_folder(model, tmp_path, n=1, seed=5, mosaic=False, progress=False)
+    img = nib.load(tmp_path / "sample-0000.nii.gz")
+    assert img.header.get_zooms() == pytest.approx((2.0, 2.0, 2.0))
+    data = np.asanyarray(img.dataobj)
+    assert data.dtype == np.float32
+    assert np.array_equal(data, model.generate(1, seed=5)[0])
+    with pytest.raises(UsageError, match="mri"):
+        model.generate(1, hu=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_generation_matches_cpu(run_and_data):
     import medgen
