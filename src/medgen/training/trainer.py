@@ -64,7 +64,6 @@ import csv
 import json
 import os
 import random
-import resource
 import signal
 import sys
 import threading
@@ -181,8 +180,9 @@ def _peak_memory_mb(device: torch.device) -> float:
     """CUDA: peak allocated tensor memory; CPU: the process's peak resident set size."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 1024 if sys.platform != "darwin" else rss / 2**20
+    from medgen.bench import peak_rss_mb  # VmHWM: ru_maxrss would include a parent's peak
+
+    return peak_rss_mb()
 
 
 def _all_finite(modules: list[nn.Module]) -> bool:
@@ -368,8 +368,8 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
     models = build_models(model_cfg, use_encoder, cfg.ema_decay if main else 0.0, device)
     G, D, E = models.G, models.D, models.E
     adam = dict(betas=tuple(float(b) for b in cfg.betas), eps=float(cfg.adam_eps))
-    if device.type == "cuda":
-        adam["fused"] = True
+    # Fused Adam (CUDA and CPU) updates in place without parameter-sized temporaries.
+    adam["fused"] = device.type in ("cuda", "cpu")
     opt: dict[str, torch.optim.Optimizer] = {
         "G": torch.optim.Adam(G.parameters(), lr=cfg.lr_g, **adam),
         "D": torch.optim.Adam(D.parameters(), lr=cfg.lr_d, **adam),
@@ -446,6 +446,13 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
     f = model_cfg.lowres_factor
     rng = torch.Generator()
 
+    def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+        """Backward, update, and free the gradients at once (they would otherwise stay allocated
+        until this network's next update, while the other networks build their graphs)."""
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def check_finite() -> None:
         bad = dist_utils.any_rank(bool((first_bad_iter >= 0).any()), info)
         if not bad:
@@ -518,18 +525,14 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
                 cls[:local_batch] if conditional else None,
                 labels,
             )
-            opt["D"].zero_grad(set_to_none=True)
-            loss_D.backward()
-            opt["D"].step()
+            step(opt["D"], loss_D)
 
             # ---- G step through the updated, frozen D
             D.requires_grad_(False)
             with amp:
                 logits_g, cls_g = D(fake_slab, slab_pos, fake_low)
             loss_G, loss_G_cls = generator_loss(logits_g, cls_g, fake_labels, cfg.class_weight)
-            opt["G"].zero_grad(set_to_none=True)
-            loss_G.backward()
-            opt["G"].step()
+            step(opt["G"], loss_G)
             D.requires_grad_(True)
             del fake_low, fake_slab, logits, cls, logits_g, cls_g
 
@@ -540,9 +543,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
                 with amp:
                     rec_slab = G.high(EH_step(x_slab))
                 loss_EH = high_res_encoder_loss(rec_slab, x_slab)
-                opt["EH"].zero_grad(set_to_none=True)
-                loss_EH.backward()
-                opt["EH"].step()
+                step(opt["EH"], loss_EH)
                 del rec_slab
 
                 # ---- E^G step: E^H (frozen, no graph) on all slabs → E^G → G (frozen)
@@ -551,9 +552,7 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
                 with amp:
                     rec_low, rec_slab = G(EG_step(feats), starts, labels)
                 loss_EG = ground_encoder_loss(rec_slab, x_slab, rec_low, x_low)
-                opt["EG"].zero_grad(set_to_none=True)
-                loss_EG.backward()
-                opt["EG"].step()
+                step(opt["EG"], loss_EG)
                 G.requires_grad_(True)
                 del feats, rec_low, rec_slab
                 losses += [loss_EH, loss_EG]
