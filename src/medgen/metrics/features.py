@@ -305,7 +305,6 @@ def make_extractor(
     ``input_size``: voxels per side fed to the network (``None``: native size).
     ``seed``: seeds the ``random`` network's weights (same seed → same features).
     """
-    import torch
 
     if intensity not in INTENSITY_MODES:
         raise UsageError(f"intensity mode must be one of {INTENSITY_MODES}, got {intensity!r}")
