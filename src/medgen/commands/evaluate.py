@@ -13,6 +13,9 @@ Examples::
     medgen evaluate --real data/heldout --train data/train --fake samples/ct64 \\
         --features random --metrics fid,memorisation --out metrics.json
 
+    # Inception Score through a classifier of real labels (medgen train-classifier)
+    medgen evaluate --real data/ct64 --fake samples/ct64 --metrics is --classifier classifiers/severity --out is.json
+
 Writes OUT (JSON: every number with its settings, extractor and sample sizes), a figures
 folder next to it, and prints a table. Real-data features are cached in
 ``<folder>/.medgen-cache`` keyed by a hash of files, extractor and settings.
@@ -78,6 +81,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ms-ssim-pairs", type=int, default=50, metavar="N", help="random pairs for MS-SSIM diversity (default 50)")
     p.add_argument("--is-probs", default=None, metavar="FILE.npy",
                    help="class probabilities [n_fake, K] of the generated volumes from your classifier, for IS")
+    p.add_argument("--classifier", default=None, metavar="DIR",
+                   help="classifier folder from `medgen train-classifier`: IS of the generated volumes through it, "
+                        "with the real volumes' IS and predicted classes as reference (instead of --is-probs)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of the feature network (default auto)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="feature cache folder (default DIR/.medgen-cache of each set)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
@@ -118,6 +124,8 @@ def _metric_names(args, real, fake) -> list[str]:
         names.append("anatomy")
     if args.train is not None:
         names.append("memorisation")
+    if args.classifier is not None or args.is_probs is not None:
+        names.append("is")
     return names
 
 
@@ -160,10 +168,18 @@ def format_table(report: dict) -> str:
         if d:
             lines.append(f"{role}: {d['path']} ({d['kind']}, {d['n']} volumes, modality {d['modality'] or 'unknown'})")
     rows = [("metric", "value", "std", "n_real", "n_fake")]
+    notes = []  # lines printed under the table: failures and explanations
     for name, r in report["metrics"].items():
         if "error" in r:
-            rows.append((name, "FAILED: " + r["error"], "", str(r.get("n_real", "")), str(r.get("n_fake", ""))))
+            notes.append(f"FAILED {name}: {r['error']}")
             continue
+        if name == "memorisation":
+            d = r.get("details") or {}
+            notes.append(
+                "memorisation: median distance generated→nearest training volume / held-out→nearest training "
+                f"(≈ 1 healthy, ≪ 1 suggests copies); {d.get('n_likely_copy', '?')} generated volume(s) flagged as likely copies"
+            )
+            name = "memorisation ratio"
         value = r["value"]
         if isinstance(value, dict):
             for key, v in value.items():
@@ -171,12 +187,14 @@ def format_table(report: dict) -> str:
                 rows.append((label, _fmt(v), "-", str(r["n_real"]), str(r["n_fake"])))
         else:
             rows.append((name, _fmt(value), _fmt(r.get("std")), str(r["n_real"]), str(r["n_fake"])))
-        real_ref = (r.get("details") or {}).get("real") if name == "ms_ssim" else None
+        reference = {"ms_ssim": "ms_ssim (real pairs, reference)", "is": "is (real volumes, reference)"}
+        real_ref = (r.get("details") or {}).get("real") if name in reference else None
         if real_ref:
-            rows.append(("ms_ssim (real pairs, reference)", _fmt(real_ref["mean"]), _fmt(real_ref["std"]), str(r["n_real"]), "-"))
+            rows.append((reference[name], _fmt(real_ref["mean"]), _fmt(real_ref["std"]), str(r["n_real"]), "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    lines += notes
     for note in report.get("notes", []):
         lines.append(f"note: {note}")
     for fig in report.get("figures", []):
@@ -283,6 +301,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--weights is not used by --features random; drop one of them")
     if "memorisation" in names and train is None:
         raise UsageError("metric 'memorisation' needs --train (the model's training data)")
+    if args.classifier is not None:
+        from medgen.models.classifier import read_classifier_info
+
+        if args.is_probs is not None:
+            raise UsageError("give either --classifier DIR or --is-probs FILE.npy for IS, not both")
+        if "is" not in names:
+            raise UsageError("--classifier is used by the is metric only: add is to --metrics")
+        read_classifier_info(args.classifier)  # fail early on a wrong folder, before any volume is read
 
     if needs_features and input_size is None and features != "encoder":
         shapes = {vs.native_shape(i) for vs in (real, fake, train) if vs is not None for i in range(len(vs))}
@@ -303,7 +329,8 @@ def run(args: argparse.Namespace) -> int:
     figures_dir = None if args.no_figures else out_path.with_name(out_path.stem + "-figures")
     options = EvalOptions(
         seed=args.seed, bootstrap=args.bootstrap, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-        prdc_k=args.prdc_k, ms_ssim_pairs=args.ms_ssim_pairs, is_probs=args.is_probs, batch_size=args.batch_size,
+        prdc_k=args.prdc_k, ms_ssim_pairs=args.ms_ssim_pairs, is_probs=args.is_probs, classifier=args.classifier,
+        device=args.device, batch_size=args.batch_size,
         progress=not args.no_progress, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         figures_dir=str(figures_dir) if figures_dir is not None else None,
     )
