@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "phantoms",
     "preprocess",
     "train",
+    "train_classifier",
     "model_info",
     "generate",
     "encode",

@@ -84,6 +84,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", default=None, metavar="DIR",
                    help="classifier folder from `medgen train-classifier`: IS of the generated volumes through it, "
                         "with the real volumes' IS and predicted classes as reference (instead of --is-probs)")
+    p.add_argument("--is-splits", type=int, default=10, metavar="N",
+                   help="IS: mean and std over N parts of the generated set (default 10; each part needs several volumes)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of the feature network (default auto)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="feature cache folder (default DIR/.medgen-cache of each set)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
@@ -250,7 +252,7 @@ def run(args: argparse.Namespace) -> int:
     out_path = Path(args.out)
     if out_path.suffix.lower() != ".json":
         raise UsageError(f"--out {args.out}: the metrics file must end in .json")
-    for name in ("batch_size", "kid_subsets", "kid_subset_size", "prdc_k", "ms_ssim_pairs"):
+    for name in ("batch_size", "kid_subsets", "kid_subset_size", "prdc_k", "ms_ssim_pairs", "is_splits"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: need at least 1")
     if args.bootstrap < 0:
@@ -330,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(
         seed=args.seed, bootstrap=args.bootstrap, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
         prdc_k=args.prdc_k, ms_ssim_pairs=args.ms_ssim_pairs, is_probs=args.is_probs, classifier=args.classifier,
-        device=args.device, batch_size=args.batch_size,
+        is_splits=args.is_splits, device=args.device, batch_size=args.batch_size,
         progress=not args.no_progress, cache_dir=args.cache_dir, use_cache=not args.no_cache,
         figures_dir=str(figures_dir) if figures_dir is not None else None,
     )

@@ -55,7 +55,9 @@ class EvalOptions:
     of FID and MMD (0: none). ``kid_subsets``/``kid_subset_size``: KID subsets. ``prdc_k``:
     neighbours for precision/recall/density/coverage. ``ms_ssim_pairs``: random pairs for
     MS-SSIM. ``is_probs``: ``.npy`` file of class probabilities ``[n_fake, K]`` from a
-    classifier, for IS; ``is_splits``: IS splits. ``figures_dir``: where figures go (None: none)."""
+    classifier, for IS; ``classifier``: or a folder written by ``medgen train-classifier``
+    whose classifier gives them; ``is_splits``: IS splits. ``device``: where that classifier
+    runs. ``figures_dir``: where figures go (None: none)."""
 
     seed: int = 0
     bootstrap: int = 0
@@ -64,7 +66,9 @@ class EvalOptions:
     prdc_k: int = 5
     ms_ssim_pairs: int = 50
     is_probs: str | None = None
+    classifier: str | None = None
     is_splits: int = 10
+    device: str = "auto"
     batch_size: int = 2
     progress: bool = True
     cache_dir: str | None = None
@@ -278,11 +282,15 @@ def metric_is(ctx: EvalContext) -> dict:
     from medgen.errors import InputError
     from medgen.metrics.inception_score import inception_score
 
+    if ctx.options.classifier is not None:
+        if ctx.options.is_probs is not None:
+            raise UsageError("IS: give either --classifier DIR or --is-probs FILE.npy, not both")
+        return _is_from_classifier(ctx)
     path = ctx.options.is_probs
     if path is None:
         raise UsageError(
-            "IS needs a classifier trained on labelled real data: pass --is-probs FILE.npy, "
-            "the class probabilities [n_fake, K] it gives the generated volumes"
+            "IS needs a classifier trained on labelled real data: pass --classifier DIR (medgen train-classifier) "
+            "or --is-probs FILE.npy, the class probabilities [n_fake, K] it gives the generated volumes"
         )
     try:
         probs = np.load(path)
@@ -303,6 +311,52 @@ def metric_is(ctx: EvalContext) -> dict:
         "n_real": 0,
         "settings": {"probabilities": str(path), "classes": int(probs.shape[1]), "splits": ctx.options.is_splits, "uncertainty": "std over splits (ddof=0)"},
     }
+
+
+def _is_from_classifier(ctx: EvalContext) -> dict:
+    """IS of the generated volumes through a ``medgen train-classifier`` classifier, with the
+    real volumes' IS and both sets' predicted-class counts as reference."""
+    from medgen.metrics.features import file_sha256, resolve_device
+    from medgen.metrics.inception_score import inception_score
+    from medgen.models.classifier import WEIGHTS_FILE, class_probabilities, load_classifier
+
+    folder = Path(ctx.options.classifier)
+    device = resolve_device(ctx.options.device)
+    model, info = load_classifier(folder, device=device)
+    classes = [str(c) for c in info.get("classes") or range(model.num_classes)]
+
+    def probabilities(which: str) -> np.ndarray:
+        vs = ctx.volume_set(which)
+        volumes = (vs.read_native(i) for i in range(len(vs)))  # resized to the classifier's input size
+        return class_probabilities(model, volumes, batch_size=ctx.options.batch_size, device=device,
+                                   progress=ctx.options.progress, total=len(vs), desc=f"classifier {which}")
+
+    fake, real = probabilities("fake"), probabilities("real")
+    splits = ctx.options.is_splits
+    mean, std = inception_score(fake, splits=splits)
+    real_mean, real_std = inception_score(real, splits=splits)
+    counts = {which: np.bincount(p.argmax(axis=1), minlength=len(classes)).tolist() for which, p in (("fake", fake), ("real", real))}
+    acc = info.get("test_accuracy")
+    ctx.notes.append(
+        f"IS through the classifier {folder} ({info.get('label_column')}, test accuracy "
+        f"{'unknown' if acc is None else f'{100 * acc:.1f} %'}): comparable only with IS from this same classifier"
+    )
+    ctx.notes.append("IS predicted classes, generated / real: " + ", ".join(
+        f"{c}: {f} / {r}" for c, f, r in zip(classes, counts["fake"], counts["real"])))
+    settings = {
+        "classifier": str(folder),
+        "classifier_sha256": file_sha256(folder / WEIGHTS_FILE),
+        "label_column": info.get("label_column"),
+        "classes": classes,
+        "in_size": model.in_size,
+        "classifier_val_accuracy": info.get("val_accuracy"),
+        "classifier_test_accuracy": acc,
+        "splits": splits,
+        "uncertainty": "std over splits (ddof=0)",
+        "note": "comparable only with IS computed through the same classifier (same sha256)",
+    }
+    details = {"real": {"mean": real_mean, "std": real_std}, "predicted_classes": {"classes": classes, **counts}}
+    return {"value": mean, "std": std, "settings": settings, "details": details}
 
 
 def metric_ms_ssim(ctx: EvalContext) -> dict:
