@@ -146,6 +146,30 @@ def test_volumes_of_another_size_are_area_resized_to_the_input():
     np.testing.assert_allclose(got.sum(1), 1.0)
 
 
+def test_augmentation_flips_only_left_right_and_shifts_little():
+    from medgen.training.classifier import INTENSITY_OFFSET_JITTER, INTENSITY_SCALE_JITTER, _augment
+
+    x = torch.rand(16, 1, 16, 16, 16) * 2 - 1
+    # flip_lr alone: each volume is itself or its mirror along x (RAS+ left-right), both occur.
+    out = _augment(x, torch.Generator().manual_seed(0), flip_lr=True, jitter=False)
+    same = [torch.equal(o, v) for o, v in zip(out, x)]
+    mirrored = [torch.equal(o, v.flip(1)) for o, v in zip(out, x)]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(same) and any(mirrored)
+    # Shift + intensity jitter: one bright voxel on a -1 background lands at most 16 // 16 = 1
+    # voxel away per axis, and background and peak change by the jitter bounds at most.
+    spot = torch.full((8, 1, 16, 16, 16), -1.0)
+    spot[:, :, 7, 8, 9] = 1.0
+    out = _augment(spot, torch.Generator().manual_seed(1), flip_lr=False, jitter=True)
+    bound = INTENSITY_SCALE_JITTER + INTENSITY_OFFSET_JITTER + 1e-6
+    moved = set()
+    for o in out[:, 0]:
+        peak = np.unravel_index(int(o.argmax()), o.shape)
+        assert all(abs(int(p) - q) <= 1 for p, q in zip(peak, (7, 8, 9)))
+        moved.add(tuple(int(p) for p in peak))
+        assert abs(float(o.max()) - 1) <= bound and abs(float(o.min()) + 1) <= bound
+    assert len(moved) > 1
+
+
 def _evaluate_is(trained, name: str, labels: list[int], seed: int) -> tuple[dict, np.ndarray]:
     folder = trained["base"] / name
     folder.mkdir()
