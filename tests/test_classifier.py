@@ -129,6 +129,13 @@ def test_save_load_round_trip_gives_identical_logits(tmp_path):
     (tmp_path / INFO_FILE).write_text(json.dumps({**meta, "width": 8}))
     with pytest.raises(InputError, match="do not match"):
         load_classifier(tmp_path)
+    # Same architecture, weights of another run: caught by the recorded SHA-256.
+    (tmp_path / INFO_FILE).write_text(json.dumps(meta))
+    other = VolumeClassifier(num_classes=4, in_size=16, width=4)
+    save_classifier(tmp_path / "other", other, {})
+    (tmp_path / "other" / WEIGHTS_FILE).replace(tmp_path / WEIGHTS_FILE)
+    with pytest.raises(InputError, match="SHA-256 differs"):
+        load_classifier(tmp_path)
     (tmp_path / WEIGHTS_FILE).unlink()
     with pytest.raises(InputError, match="not a classifier folder"):
         load_classifier(tmp_path)

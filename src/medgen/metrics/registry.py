@@ -345,7 +345,7 @@ def _is_from_classifier(ctx: EvalContext) -> dict:
         f"{c}: {f} / {r}" for c, f, r in zip(classes, counts["fake"], counts["real"])))
     settings = {
         "classifier": str(folder),
-        "classifier_sha256": file_sha256(folder / WEIGHTS_FILE),
+        "classifier_sha256": info.get("weights_sha256") or file_sha256(folder / WEIGHTS_FILE),
         "label_column": info.get("label_column"),
         "classes": classes,
         "in_size": model.in_size,

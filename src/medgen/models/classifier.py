@@ -150,19 +150,21 @@ def save_classifier(folder: str | os.PathLike, model: VolumeClassifier, info: di
     """Write ``folder/classifier.safetensors`` and ``folder/classifier.json`` atomically.
 
     ``info``: what the JSON should record besides the architecture (classes, label column,
-    split, accuracies, ...). The architecture is also stored in the weight file's metadata,
-    so :func:`load_classifier` can tell a weight file and a JSON of different runs apart.
+    split, accuracies, ...). The JSON records the weight file's SHA-256 (and the weight file
+    the architecture), so :func:`load_classifier` can tell files of different runs apart.
     """
     from safetensors.torch import save_file
 
     from medgen.fileio import atomic_path, atomic_write_json
+    from medgen.metrics.features import file_sha256
 
     folder = Path(folder)
     arch = model.architecture()
     weights = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
         save_file(weights, str(tmp), metadata={"format": FORMAT, "architecture": json.dumps(arch, sort_keys=True)})
-    atomic_write_json(folder / INFO_FILE, {"format": FORMAT, **arch, **{k: v for k, v in info.items() if k not in arch}})
+    extra = {k: v for k, v in info.items() if k not in arch and k != "weights_sha256"}
+    atomic_write_json(folder / INFO_FILE, {"format": FORMAT, **arch, "weights_sha256": file_sha256(folder / WEIGHTS_FILE), **extra})
     return folder
 
 
@@ -201,6 +203,11 @@ def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu
         raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
     if meta.get("format") != FORMAT or json.loads(meta.get("architecture", "{}")) != arch:
         raise InputError(f"{path}: weights do not match {INFO_FILE} (architecture {meta.get('architecture')} vs {arch})")
+    if "weights_sha256" in info:
+        from medgen.metrics.features import file_sha256
+
+        if file_sha256(path) != info["weights_sha256"]:
+            raise InputError(f"{path}: weights do not match {INFO_FILE} (SHA-256 differs: files of different runs)")
     model = VolumeClassifier(**arch)
     try:
         model.load_state_dict(state)
