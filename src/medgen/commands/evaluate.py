@@ -86,7 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "with the real volumes' IS and predicted classes as reference (instead of --is-probs)")
     p.add_argument("--is-splits", type=int, default=10, metavar="N",
                    help="IS: mean and std over N parts of the generated set (default 10; each part needs several volumes)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of the feature network (default auto)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="device of the feature network and the IS classifier (default auto)")
     p.add_argument("--cache-dir", default=None, metavar="DIR", help="feature cache folder (default DIR/.medgen-cache of each set)")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write cached features")
     p.add_argument("--no-figures", action="store_true", help="write no figures")
