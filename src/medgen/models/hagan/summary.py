@@ -6,6 +6,7 @@ so even the 512³ model is summarised instantly.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from unittest import mock
 
@@ -42,7 +43,12 @@ def build_meta(cfg: HAGANConfig) -> dict[str, nn.Module]:
     buffers (no parameters, no shapes); on meta tensors it is meaningless and
     slow (Python reference kernels), so it is skipped here.
     """
-    no_power_iteration = mock.patch.object(parametrizations._SpectralNorm, "_power_method", lambda *a, **k: None)
+    # A private torch method: patched only where it exists, so a future torch costs time, not a crash.
+    sn = getattr(parametrizations, "_SpectralNorm", None)
+    if sn is not None and hasattr(sn, "_power_method"):
+        no_power_iteration = mock.patch.object(sn, "_power_method", lambda *a, **k: None)
+    else:
+        no_power_iteration = contextlib.nullcontext()
     with torch.device("meta"), no_power_iteration:
         return {"generator": Generator(cfg), "discriminator": Discriminator(cfg), "encoder": Encoder(cfg)}
 
