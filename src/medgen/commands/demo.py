@@ -100,13 +100,19 @@ def run(args: argparse.Namespace) -> int:
             return code
         print(f"[{i}/{len(plan)}] {name}: done in {time.monotonic() - t:.0f} s", flush=True)
     out = args.out
+    width = len(str(out / "run" / "samples"))
     print(
         f"\nmedgen demo: finished in {(time.monotonic() - t0) / 60:.1f} min. Look at:\n"
-        f"  {out / 'run' / 'samples'}/      sample mosaics during training\n"
-        f"  {out / 'samples'}/          generated volumes (NIfTI, HU) and their mosaics\n"
-        f"  {out / 'metrics.json'}       metrics (figures in {out / 'metrics-figures'}/)\n"
-        f"  {out / 'latents.csv'}        latent vectors of the held-out volumes\n"
-        f"  tensorboard --logdir {out / 'run' / 'tensorboard'}",
+        + "\n".join(
+            f"  {str(path):<{width}}  {what}"
+            for path, what in [
+                (out / "run" / "samples", "sample mosaics during training"),
+                (out / "samples", "generated volumes (NIfTI, HU) and their mosaics"),
+                (out / "metrics.json", f"metrics (figures in {out / 'metrics-figures'})"),
+                (out / "latents.csv", "latent vectors of the held-out volumes"),
+            ]
+        )
+        + f"\n  training curves: tensorboard --logdir {out / 'run' / 'tensorboard'}",
         flush=True,
     )
     return 0

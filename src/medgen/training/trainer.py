@@ -487,7 +487,9 @@ def _train(cfg: RunConfig, run_dir: Path, resume: bool, progress: bool, info: di
     if main and progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.iters, initial=start, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
+        # Under a time limit the iteration count is not the end point: show counts and rate, no ETA.
+        total, desc = (None, f"train (≤ {cfg.max_minutes:g} min)") if cfg.max_minutes else (cfg.iters, "train")
+        bar = tqdm(total=total, initial=start, desc=desc, unit="it", dynamic_ncols=True, file=sys.stderr)
 
     interrupted = timed_out = False
     done = start
