@@ -16,24 +16,14 @@ from medgen.metrics.features import RANDOM_WARNING, make_extractor
 from medgen.metrics.fid import fid
 from medgen.metrics.registry import EvalContext, EvalOptions
 from medgen.metrics.volumes import align_shapes, open_volume_set
+from toy_volumes import toy_body
 
 HU_LO, HU_HI = -1024.0, 600.0
 SIZE = 16
 
 
 def phantom(rng: np.random.Generator, n: int = SIZE) -> np.ndarray:
-    """[-1, 1] volume: a body ellipsoid (about -200 HU) with two lungs (about -900 HU)."""
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n)] * 3, indexing="ij"))
-    vol = np.full((n, n, n), -1.0, np.float32)
-    c, r = rng.uniform(-0.1, 0.1, 3), rng.uniform(0.6, 0.85, 3)
-    body = (((g - c[:, None, None, None]) / r[:, None, None, None]) ** 2).sum(0) < 1
-    vol[body] = rng.uniform(-0.1, 0.1)
-    for side in (-1, 1):
-        cl = c + np.array([side * 0.3, 0, 0]) + rng.uniform(-0.05, 0.05, 3)
-        rl = r * rng.uniform(0.3, 0.4)
-        vol[body & ((((g - cl[:, None, None, None]) / rl[:, None, None, None]) ** 2).sum(0) < 1)] = -0.85
-    vol[body & (np.abs(g[0] - c[0]) < 0.08) & (g[1] < c[1] - 0.4)] = 0.9  # a spine (about +500 HU)
-    return vol
+    return toy_body(rng, n, spine=True)
 
 
 def to_hu(x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from medgen.metrics.fid import fid
 from medgen.metrics.kid import kid
 from medgen.metrics.mmd import mmd2_gaussian
 from medgen.metrics.prdc import prdc
+from toy_volumes import toy_body
 
 
 def medicalnet_resnet50_schema() -> dict[str, tuple[int, ...]]:
@@ -43,17 +44,7 @@ def medicalnet_resnet50_schema() -> dict[str, tuple[int, ...]]:
 
 
 def phantom(rng: np.random.Generator, n: int = 24) -> np.ndarray:
-    """A body ellipsoid with two darker 'lungs', background -1 ([-1, 1] convention)."""
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n)] * 3, indexing="ij"))
-    vol = np.full((n, n, n), -1.0, np.float32)
-    c, r = rng.uniform(-0.1, 0.1, 3), rng.uniform(0.6, 0.85, 3)
-    body = (((g - c[:, None, None, None]) / r[:, None, None, None]) ** 2).sum(0) < 1
-    vol[body] = rng.uniform(-0.1, 0.1)
-    for side in (-1, 1):
-        cl = c + np.array([side * 0.3, 0, 0]) + rng.uniform(-0.05, 0.05, 3)
-        rl = r * rng.uniform(0.3, 0.4)
-        vol[body & ((((g - cl[:, None, None, None]) / rl[:, None, None, None]) ** 2).sum(0) < 1)] = -0.85
-    return vol
+    return toy_body(rng, n, spine=False)
 
 
 @pytest.fixture(scope="module")
