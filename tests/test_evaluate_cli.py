@@ -138,6 +138,8 @@ def test_evaluate_folder_against_itself_hits_the_cache(folders, tmp_path, capsys
     assert m["fid"]["value"] == pytest.approx(0.0, abs=1e-6)
     assert m["prdc"]["value"] == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
     assert m["mmd"]["value"] <= 0.0  # unbiased estimate for identical samples
+    if m["mmd"]["value"] < 0:  # ... and the table explains the sign
+        assert "mmd: unbiased estimate; below 0 means" in stdout
     assert all(v == pytest.approx(0.0, abs=1e-12) for v in m["anatomy"]["value"].values())
     # Real features computed once; the same folder as --fake is read back from the cache.
     assert report["feature_cache"]["real"]["from_cache"] is False

@@ -189,6 +189,8 @@ def format_table(report: dict) -> str:
                 rows.append((label, _fmt(v), "-", str(r["n_real"]), str(r["n_fake"])))
         else:
             rows.append((name, _fmt(value), _fmt(r.get("std")), str(r["n_real"]), str(r["n_fake"])))
+            if name in ("kid", "mmd") and isinstance(value, (int, float)) and value < 0:
+                notes.append(f"{name}: unbiased estimate; below 0 means the two sets are indistinguishable at this sample size")
         reference = {"ms_ssim": "ms_ssim (real pairs, reference)", "is": "is (real volumes, reference)"}
         real_ref = (r.get("details") or {}).get("real") if name in reference else None
         if real_ref:
