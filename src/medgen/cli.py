@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "generate",
     "encode",
     "evaluate",
+    "report",
     "bench",
 )
 
