@@ -167,6 +167,13 @@ def test_report_defaults_and_missing_data(run_dir, tmp_path):
     mosaic = _read_png(base64.b64decode(parser.srcs[1].split(",", 1)[1]))
     assert mosaic.shape[0] < 2 * 128 * 2  # one generated row only (panels are 128-255 px)
 
+    # the demo layout: RUN/../metrics.json is used when --metrics is not given
+    _metrics_json(tmp_path / "metrics.json")
+    assert main(["report", str(run), "--no-samples", "--out", str(tmp_path / "b.html")]) == 0
+    page = (tmp_path / "b.html").read_text(encoding="utf-8")
+    assert "123.5" in page and "pass --metrics" not in page
+    assert "no generated volumes (--no-samples)" in page
+
 
 def test_report_rejects_non_run(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
