@@ -15,7 +15,7 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), *ARGS]) == 0
     printed = capsys.readouterr().out
-    for stage in ("phantoms", "preprocess", "train", "generate", "encode", "evaluate"):
+    for stage in ("phantoms", "preprocess", "train", "generate", "encode", "evaluate", "report"):
         assert f"medgen {stage}" in printed  # each stage is shown as the command to repeat it
 
     # generated volumes: NIfTI in HU with the training data's spacing
@@ -43,6 +43,9 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     assert 0 < m["ms_ssim"]["value"] <= 1
     assert m["memorisation"]["value"] > 0
     assert (out / "metrics-figures" / "anatomy_histograms.png").is_file()
+    page = (out / "report.html").read_text()
+    assert "random features: not comparable with published values" in page
+    assert page.count("<img") >= 4 and "data:image/png;base64," in page
 
     # a rerun resumes training from its checkpoint and regenerates the samples
     first = (out / "run" / "checkpoints" / "latest").read_text().strip()

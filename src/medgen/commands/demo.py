@@ -11,6 +11,7 @@ step can be repeated by hand on one's own data):
 6. ``evaluate``   samples vs held-out volumes: random-feature FID/KID/MMD/PRDC
                   (labelled as not comparable with published values), MS-SSIM
                   diversity, CT anatomy statistics, memorisation vs the training set
+7. ``report``     one self-contained HTML page of all of it
 
 A rerun with the same ``--out`` continues where the last one stopped: finished
 phantoms, preprocessed volumes and samples are skipped and training resumes
@@ -76,6 +77,9 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("evaluate",
          ["evaluate", "--real", str(data / "heldout"), "--train", str(data / "train"), "--fake", str(out / "samples"),
           "--features", "random", "--out", str(out / "metrics.json"), "--seed", str(seed)]),
+        ("report",
+         ["report", str(run), "--metrics", str(out / "metrics.json"), "--out", str(out / "report.html"),
+          "--seed", str(seed)]),
     ]
 
 
@@ -106,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         + "\n".join(
             f"  {str(path):<{width}}  {what}"
             for path, what in [
+                (out / "report.html", "the report: open it in a browser"),
                 (out / "run" / "samples", "sample mosaics during training"),
                 (out / "samples", "generated volumes (NIfTI, HU) and their mosaics"),
                 (out / "metrics.json", f"metrics (figures in {out / 'metrics-figures'})"),
