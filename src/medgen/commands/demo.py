@@ -104,19 +104,17 @@ def run(args: argparse.Namespace) -> int:
             return code
         print(f"[{i}/{len(plan)}] {name}: done in {time.monotonic() - t:.0f} s", flush=True)
     out = args.out
-    width = len(str(out / "run" / "samples"))
+    results = [
+        (out / "report.html", "the report: open it in a browser"),
+        (out / "run" / "samples", "sample mosaics during training"),
+        (out / "samples", "generated volumes (NIfTI, HU) and their mosaics"),
+        (out / "metrics.json", f"metrics (figures in {out / 'metrics-figures'})"),
+        (out / "latents.csv", "latent vectors of the held-out volumes"),
+    ]
+    width = max(len(str(path)) for path, _ in results)
     print(
         f"\nmedgen demo: finished in {(time.monotonic() - t0) / 60:.1f} min. Look at:\n"
-        + "\n".join(
-            f"  {str(path):<{width}}  {what}"
-            for path, what in [
-                (out / "report.html", "the report: open it in a browser"),
-                (out / "run" / "samples", "sample mosaics during training"),
-                (out / "samples", "generated volumes (NIfTI, HU) and their mosaics"),
-                (out / "metrics.json", f"metrics (figures in {out / 'metrics-figures'})"),
-                (out / "latents.csv", "latent vectors of the held-out volumes"),
-            ]
-        )
+        + "\n".join(f"  {str(path):<{width}}  {what}" for path, what in results)
         + f"\n  training curves: tensorboard --logdir {out / 'run' / 'tensorboard'}",
         flush=True,
     )
