@@ -20,6 +20,7 @@ from medgen.cli import main
 from medgen.config import RunConfig
 from medgen.models.hagan import get_preset
 from medgen.training.trainer import train
+from toy_volumes import make_dataset
 
 S = 32
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -45,28 +46,13 @@ def _read_png(data: bytes) -> np.ndarray:
     return matplotlib.image.imread(io.BytesIO(data), format="png")
 
 
-def _make_dataset(root: Path, n: int = 4) -> Path:
-    """Preprocessed folder: n noisy elliptic cylinders in [-1, 1]."""
-    (root / "volumes").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    g = np.linspace(-1, 1, S)
-    X, Y, _ = np.meshgrid(g, g, g, indexing="ij")
-    rows = ["id,source,orig_shape,orig_spacing,spacing,file"]
-    for i in range(n):
-        a, b = rng.uniform(0.5, 0.9, 2)
-        v = np.where((X / a) ** 2 + (Y / b) ** 2 <= 1, 0.2, -1.0) + rng.normal(0, 0.05, X.shape)
-        np.save(root / "volumes" / f"v{i}.npy", np.clip(v, -1, 1).astype(np.float16))
-        rows.append(f"v{i},src{i}.nii.gz,{S}x{S}x{S},1x1x1,1,volumes/v{i}.npy")
-    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
-    (root / "preprocess.json").write_text(json.dumps({"modality": "ct", "size": S, "hu_min": -1024.0, "hu_max": 600.0}))
-    return root
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A 2-iteration tiny run in a folder whose name needs HTML escaping."""
     base = tmp_path_factory.mktemp("report")
-    data = _make_dataset(base / "data")
+    data = make_dataset(base / "data", n=4)
     cfg = RunConfig(
         data=str(data), model=get_preset("tiny", S).to_dict(), preset="tiny", iters=2, batch=2, device="cpu",
         log_every=1, sample_every=1, ckpt_every=1000, num_samples=2, split_fractions=(1.0, 0.0, 0.0),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 
@@ -20,3 +23,20 @@ def toy_body(rng: np.random.Generator, n: int = 24, spine: bool = False) -> np.n
     if spine:
         vol[body & (np.abs(g[0] - c[0]) < 0.08) & (g[1] < c[1] - 0.4)] = 0.9
     return vol
+
+
+def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0) -> Path:
+    """A tiny preprocessed data set: n noisy elliptic cylinders, labels alternating 0/1."""
+    (root / "volumes").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    g = np.linspace(-1, 1, size)
+    X, Y, _ = np.meshgrid(g, g, g, indexing="ij")
+    rows = ["id,source,orig_shape,orig_spacing,spacing,file,label"]
+    for i in range(n):
+        a, b = rng.uniform(0.5, 0.9, 2)
+        v = np.where((X / a) ** 2 + (Y / b) ** 2 <= 1, 0.2, -1.0) + rng.normal(0, 0.05, X.shape)
+        np.save(root / "volumes" / f"v{i}.npy", np.clip(v, -1, 1).astype(np.float16))
+        rows.append(f"v{i},src{i}.nii.gz,{size}x{size}x{size},1x1x1,1,volumes/v{i}.npy,{i % 2}")
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    (root / "preprocess.json").write_text(json.dumps({"modality": "ct", "size": size, "hu_min": -1024.0, "hu_max": 600.0}))
+    return root
