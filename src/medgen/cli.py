@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "encode",
     "evaluate",
     "report",
+    "experiment",
     "bench",
 )
 

@@ -41,9 +41,21 @@ _RUN_OPTIONS = {
     "slab_selection": "slab_selection",
     "label_column": "label_column",
     "split_seed": "split_seed",
+    "split_fractions": "split_fractions",
 }
 # Options that change the model (HAGANConfig field names).
 _MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes")
+
+
+def _fractions(text: str) -> tuple[float, float, float]:
+    """``"0.8,0.1,0.1"`` → (0.8, 0.1, 0.1); three non-negative numbers summing to 1."""
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6 or parts[0] <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need TRAIN,VAL,TEST, three non-negative numbers summing to 1, TRAIN > 0")
+    return parts  # type: ignore[return-value]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -83,6 +95,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="decay of the generator EMA used for sampling; 0 disables it (default 0.999)")
     t.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     t.add_argument("--split-seed", type=int, default=None, help="seed of the train/val/test split (default 0)")
+    t.add_argument("--split-fractions", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
+                   help="shares of the train/val/test split; training uses the train share "
+                        "(default 0.8,0.1,0.1; 1,0,0 trains on every volume of the folder)")
     a = p.add_argument_group("ablations (paper §IV)")
     a.add_argument("--no-lowres", action="store_true", help="without the low-resolution branch (no G^L, no D^L)")
     a.add_argument("--no-encoder", action="store_true", help="without the encoder (E^H, E^G not built or trained)")

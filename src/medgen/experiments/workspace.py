@@ -1,0 +1,433 @@
+"""What every experiment shares: its scale, its data, its trained models, its tables.
+
+An experiment (``medgen experiment NAME``) works in two folders:
+
+* the **workspace** (``--work``, default ``experiments-out/work``), shared by all
+  experiments: phantoms, preprocessed data sets, trained runs and sample folders.
+  Whatever is already there is reused, so the second experiment does not train the
+  model the first one trained, and an interrupted experiment continues where it
+  stopped (training resumes from its checkpoint, sample folders resume).
+* the **output folder** (``--out``): the experiment's table (``NAME.csv`` and
+  ``NAME.md``), figures and ``experiment.json`` (command, scale, versions, machine,
+  wall time), written atomically.
+
+Data come from the built-in thorax-CT phantoms (default) or from the user's
+preprocessed folders (``--data`` training set, ``--heldout`` held-out set, both
+written by ``medgen preprocess`` at the model's size).
+
+Every step is an ordinary ``medgen`` command (``phantoms``, ``preprocess``,
+``train``, ``generate``, ``evaluate``), printed before it runs, so each can be
+repeated by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from medgen.errors import InputError, UsageError
+from medgen.fileio import atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big an experiment runs.
+
+    ``preset``/``size``: the HA-GAN preset and edge length (voxels) of the main model;
+    ``sizes``: the resolutions of the synthesis table; ``small_size``: the edge length
+    of the models an experiment trains several of (ablation variants, the
+    class-conditional model); ``iters``/``batch``: training iterations and batch of
+    every trained model; ``n_train``/``n_heldout``: phantoms in the training and
+    held-out sets; ``n_samples``: generated volumes per evaluation; ``seeds``:
+    repetitions of the classifier experiments.
+    """
+
+    name: str
+    preset: str
+    size: int
+    sizes: tuple[int, ...]
+    small_size: int
+    iters: int
+    batch: int
+    n_train: int
+    n_heldout: int
+    n_samples: int
+    seeds: int
+    classifier_iters: int
+
+
+SCALES: dict[str, Scale] = {
+    # About 40 minutes for all experiments on 2 CPU cores.
+    "demo": Scale("demo", preset="tiny", size=64, sizes=(32, 64), small_size=32, iters=2000, batch=4,
+                  n_train=64, n_heldout=32, n_samples=32, seeds=3, classifier_iters=300),
+    # Seconds: checks that an experiment runs end to end (the tests use it); its numbers mean nothing.
+    "smoke": Scale("smoke", preset="tiny", size=32, sizes=(32,), small_size=32, iters=2, batch=2,
+                   n_train=6, n_heldout=6, n_samples=6, seeds=2, classifier_iters=2),
+    # The paper's settings: days on a GPU per trained model.
+    "full": Scale("full", preset="paper", size=128, sizes=(128, 256), small_size=128, iters=80_000, batch=4,
+                  n_train=1024, n_heldout=128, n_samples=256, seeds=5, classifier_iters=3000),
+}
+
+
+def get_scale(name: str) -> Scale:
+    try:
+        return SCALES[name]
+    except KeyError:
+        raise UsageError(f"--scale {name!r}: choose one of {', '.join(SCALES)}") from None
+
+
+def run_medgen(argv: Sequence[str], what: str | None = None) -> None:
+    """Run ``medgen ARGV`` in this process, printing the command first; raise if it fails."""
+    from medgen.cli import main
+
+    print(f"\n$ medgen {shlex.join(argv)}", flush=True)
+    code = main(list(argv))
+    if code != 0:
+        raise InputError(f"step '{what or argv[0]}' failed (exit code {code}): medgen {shlex.join(argv)}")
+
+
+def checkpoint_iteration(run_dir: Path) -> int:
+    """Iteration of the run's latest complete checkpoint (0 if none)."""
+    from medgen.training.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    if ckpt is None:
+        return 0
+    digits = "".join(ch for ch in ckpt.name if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+@dataclass
+class Workspace:
+    """Data, trained runs and samples shared by the experiments (see the module docstring).
+
+    ``root``: the workspace folder; ``scale``: a :class:`Scale`; ``data``/``heldout``:
+    the user's preprocessed training / held-out folders (None = phantoms);
+    ``device``: training and sampling device; ``seed``: seed of phantoms, training,
+    sampling and metrics; ``iters``: training iterations (default: the scale's).
+    """
+
+    root: Path
+    scale: Scale
+    data: Path | None = None
+    heldout: Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    iters: int | None = None
+    progress: bool = True
+    log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if self.heldout is not None and self.data is None:
+            raise UsageError("--heldout needs --data (the training set it is held out from)")
+        if self.iters is not None and self.iters < 1:
+            raise UsageError(f"--iters {self.iters}: need at least 1")
+
+    @property
+    def train_iters(self) -> int:
+        return self.iters or self.scale.iters
+
+    @property
+    def uses_phantoms(self) -> bool:
+        return self.data is None
+
+    @property
+    def main_size(self) -> int:
+        """Edge length of the main model: the user's data size, else the scale's."""
+        if self.data is not None:
+            from medgen.data.dataset import load_preprocess_info
+
+            return int(load_preprocess_info(self.data).get("size", 0) or self.scale.size)
+        return self.scale.size
+
+    def main_model(self, run: str | Path | None = None) -> Path:
+        """The main model: ``run`` when given (a trained run folder), else ``WORK/runs/hagan-S`` (trained if needed)."""
+        if run is not None:
+            return Path(run)
+        return self.model(f"hagan-{self.main_size}", self.main_size)
+
+    @staticmethod
+    def run_size(run_dir: Path) -> int:
+        from medgen.config import RunConfig
+
+        return int(RunConfig.load(run_dir).model["size"])
+
+    # ------------------------------------------------------------------ data
+    def _phantoms(self) -> tuple[Path, Path]:
+        """Raw thorax-CT phantoms (NIfTI, HU) at the largest size any experiment needs."""
+        s = self.scale
+        size = max(s.sizes + (s.size, s.small_size))
+        raw = self.root / "phantoms"
+        for name, n, seed in (("train", s.n_train, self.seed), ("heldout", s.n_heldout, self.seed + 1)):
+            if not (raw / name / "manifest.csv").is_file():
+                run_medgen(["phantoms", "--kind", "thorax-ct", "--n", str(n), "--size", str(size), "--seed", str(seed),
+                            "--out", str(raw / name), "--workers", "2"], f"phantoms ({name})")
+        return raw / "train", raw / "heldout"
+
+    def datasets(self, size: int) -> tuple[Path, Path]:
+        """(training, held-out) preprocessed folders at ``size``³."""
+        if not self.uses_phantoms:
+            train = self._check_user_data(self.data, size, "--data")
+            if self.heldout is None:
+                raise UsageError("this experiment needs a held-out set: pass --heldout DIR (preprocessed like --data)")
+            return train, self._check_user_data(self.heldout, size, "--heldout")
+        raw_train, raw_heldout = self._phantoms()
+        out = []
+        for name, raw in (("train", raw_train), ("heldout", raw_heldout)):
+            folder = self.root / "data" / f"{name}-{size}"
+            if not (folder / "preprocess.json").is_file():
+                run_medgen(["preprocess", str(raw), str(folder), "--modality", "ct", "--size", str(size),
+                            "--workers", "2"], f"preprocess ({name}, {size}³)")
+            out.append(folder)
+        return out[0], out[1]
+
+    @staticmethod
+    def _check_user_data(folder: Path, size: int, option: str) -> Path:
+        from medgen.data.dataset import load_preprocess_info
+
+        info = load_preprocess_info(folder)
+        got = int(info.get("size", 0) or 0)
+        if got != size:
+            raise UsageError(
+                f"{option} {folder}: holds {got}³ volumes, this experiment needs {size}³ "
+                f"(run medgen preprocess --size {size}, or choose --scale)"
+            )
+        return Path(folder)
+
+    # ------------------------------------------------------------------ models
+    def model(self, name: str, size: int, *, preset: str | None = None, extra: Sequence[str] = (),
+              data: Path | None = None) -> Path:
+        """A run folder ``WORK/runs/NAME`` trained for :attr:`train_iters` iterations.
+
+        Trains (or resumes) only when the run's latest checkpoint is short of the
+        iterations. ``extra``: further ``medgen train`` options (``--no-lowres``,
+        ``--num-classes 4`` ...). ``data``: training folder (default: the training set at ``size``).
+        """
+        run_dir = self.root / "runs" / name
+        iters = self.train_iters
+        if checkpoint_iteration(run_dir) >= iters:
+            print(f"\n{run_dir}: trained for {iters} iterations already, reused", flush=True)
+            return run_dir
+        train_dir = data if data is not None else self.datasets(size)[0]
+        s = self.scale
+        argv = ["train", str(train_dir), "--out", str(run_dir), "--preset", preset or s.preset,
+                "--iters", str(iters), "--batch", str(s.batch), "--seed", str(self.seed), "--device", self.device,
+                "--split-fractions", "1,0,0", "--sample-every", str(max(iters // 4, 1)),
+                "--ckpt-every", str(max(iters // 4, 1)), "--log-every", "25", *extra]
+        if (run_dir / "config.yaml").exists():
+            argv.append("--resume")
+        if not self.progress:
+            argv.append("--no-progress")
+        run_medgen(argv, f"train {name}")
+        return run_dir
+
+    def samples(self, run_dir: Path, name: str, n: int | None = None, label: int | None = None) -> Path:
+        """``n`` volumes (default the scale's) generated by the run into ``WORK/samples/NAME``."""
+        out = self.root / "samples" / name
+        n = n or self.scale.n_samples
+        argv = ["generate", str(run_dir), "--n", str(n), "--out", str(out), "--seed", str(self.seed),
+                "--device", self.device, "--format", "npy", "--no-mosaic"]
+        if label is not None:
+            argv += ["--label", str(label)]
+        if not self.progress:
+            argv.append("--no-progress")
+        if out.is_dir() and (out / "generate.json").is_file():
+            stored = json.loads((out / "generate.json").read_text(encoding="utf-8")).get("source", {})
+            from medgen.training.checkpoint import latest_checkpoint
+
+            latest = latest_checkpoint(run_dir)
+            if latest is not None and stored.get("checkpoint") not in (None, str(latest.resolve())):
+                import shutil
+
+                shutil.rmtree(out)  # samples of an older checkpoint
+        run_medgen(argv, f"generate {name}")
+        return out
+
+    def untrained_samples(self, size: int, name: str, *, preset: str | None = None, n: int | None = None) -> Path:
+        """Samples of a freshly initialised generator (the baseline every trained model must beat)."""
+        import medgen
+        from medgen.inference.generate import generate_to_folder
+
+        out = self.root / "samples" / name
+        preset = preset or self.scale.preset
+        print(f"\n{out}: {n or self.scale.n_samples} samples of an untrained {preset} generator at {size}³", flush=True)
+        model = medgen.build(preset=preset, size=size, seed=self.seed, encoder=False, device=self._device())
+        model.run_config = _PreprocessOnly(self._preprocess_info(size))
+        generate_to_folder(model, out, n or self.scale.n_samples, seed=self.seed, fmt="npy", mosaic=False,
+                           progress=self.progress, source={"untrained": preset, "size": size, "seed": self.seed})
+        return out
+
+    def _preprocess_info(self, size: int) -> dict[str, Any]:
+        from medgen.data.dataset import load_preprocess_info
+
+        return load_preprocess_info(self.datasets(size)[0])
+
+    def _device(self) -> str:
+        from medgen.metrics.features import resolve_device
+
+        return resolve_device(self.device)
+
+    # ------------------------------------------------------------------ metrics
+    def evaluate(self, real: Path, fake: Path, out_json: Path, *, train: Path | None = None,
+                 metrics: str | None = None, features: str = "random", weights: str | None = None,
+                 n: int | None = None, figures: bool = False) -> dict[str, Any]:
+        """``medgen evaluate`` of ``fake`` against ``real``; returns the ``metrics`` part of its JSON."""
+        argv = ["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(out_json),
+                "--seed", str(self.seed), "--device", self.device]
+        if weights is not None:
+            argv += ["--weights", str(weights)]
+            if features != "med3d":
+                argv += ["--features", features]
+        else:
+            argv += ["--features", features]
+        if train is not None:
+            argv += ["--train", str(train)]
+        if metrics:
+            argv += ["--metrics", metrics]
+        if n is not None:
+            argv += ["--n", str(n)]
+        if not figures:
+            argv.append("--no-figures")
+        if not self.progress:
+            argv.append("--no-progress")
+        run_medgen(argv, "evaluate")
+        return json.loads(Path(out_json).read_text(encoding="utf-8"))
+
+
+@dataclass
+class _PreprocessOnly:
+    """Stands in for a run configuration where only the data's preprocessing record is known."""
+
+    preprocess: dict[str, Any]
+
+
+# ---------------------------------------------------------------------- outputs
+def metric_value(metrics: dict[str, Any], name: str, key: str = "value") -> float | None:
+    """One number out of ``medgen evaluate``'s ``metrics`` mapping (None when missing or failed)."""
+    entry = metrics.get(name) or {}
+    value = entry.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+# The columns of the synthesis and ablation tables, from one ``medgen evaluate`` report.
+METRIC_COLUMNS: tuple[str, ...] = (
+    "fid", "mmd", "precision", "recall", "coverage", "ms_ssim",
+    "lung_fraction_w1", "emphysema_pct_w1", "bone_fraction_w1",
+)
+METRIC_NOTES: tuple[str, ...] = (
+    "fid, mmd: lower is better; computed on features of a 3D ResNet-50 with seeded random weights "
+    "unless the table says med3d: NOT comparable with published values, only between rows of this table.",
+    "mmd: unbiased estimate, so it can be slightly negative when the sets are indistinguishable.",
+    "precision (fidelity), recall (diversity), coverage: k-NN manifold estimates on the same features, higher is better.",
+    "ms_ssim: mean MS-SSIM between pairs of generated volumes; lower = more diverse (compare with the real row).",
+    "*_w1: Wasserstein-1 distance between the real and generated distributions of the HU-based anatomy statistic "
+    "(lung fraction of the body, emphysema % of the lung, bone fraction of the body); lower is better.",
+)
+
+
+def metric_row(report: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`METRIC_COLUMNS` of one ``medgen evaluate`` report (None where not computed)."""
+    m = report.get("metrics", report)
+    prdc = (m.get("prdc") or {}).get("value") or {}
+    anatomy = (m.get("anatomy") or {}).get("value") or {}
+    row: dict[str, Any] = {
+        "fid": metric_value(m, "fid"),
+        "mmd": metric_value(m, "mmd"),
+        "precision": prdc.get("precision"),
+        "recall": prdc.get("recall"),
+        "coverage": prdc.get("coverage"),
+        "ms_ssim": metric_value(m, "ms_ssim"),
+    }
+    for key in ("lung_fraction", "emphysema_pct", "bone_fraction"):
+        row[f"{key}_w1"] = anatomy.get(key) if isinstance(anatomy, dict) else None
+    return row
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table of ``rows`` (dicts) in ``columns`` order."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c), digits).replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ExperimentOutput:
+    """The output folder of one experiment: table, figures, record.
+
+    ``command``: the exact command line that makes this folder (written next to
+    every table so a reader can regenerate it).
+    """
+
+    out: Path
+    name: str
+    command: str
+    scale: Scale
+    started: float = field(default_factory=time.monotonic)
+    figures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def path(self, filename: str) -> Path:
+        return self.out / filename
+
+    def write_table(self, rows: list[dict[str, Any]], columns: Sequence[str], *, title: str, notes: Sequence[str] = (),
+                    stem: str | None = None, digits: int = 4) -> tuple[Path, Path]:
+        """``STEM.csv`` (full precision) and ``STEM.md`` (title, table, notes, the command)."""
+        stem = stem or self.name
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+        csv_path, md_path = self.out / f"{stem}.csv", self.out / f"{stem}.md"
+        atomic_write_text(csv_path, buf.getvalue())
+        md = [f"# {title}", "", markdown_table(rows, columns, digits)]
+        if notes:
+            md += ["", *[f"- {n}" for n in notes]]
+        md += ["", "Made by:", "", "```", self.command, "```", ""]
+        atomic_write_text(md_path, "\n".join(md))
+        print(f"\n{title}\n\n{markdown_table(rows, columns, digits)}", flush=True)
+        return csv_path, md_path
+
+    def add_figure(self, path: Path) -> None:
+        self.figures.append(Path(path).name)
+
+    def finish(self, results: dict[str, Any], device: str = "cpu") -> Path:
+        """``experiment.json``: the command, the scale, versions and machine, wall time, results."""
+        from medgen.bench import machine_info
+
+        record = {
+            "experiment": self.name,
+            "command": self.command,
+            "scale": asdict(self.scale),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wall_minutes": round((time.monotonic() - self.started) / 60, 2),
+            "machine": machine_info(device),
+            "figures": self.figures,
+            "results": results,
+        }
+        path = self.out / "experiment.json"
+        atomic_write_json(path, record)
+        print(f"\nmedgen experiment {self.name}: wrote {self.out} in {record['wall_minutes']:.1f} min", flush=True)
+        return path
