@@ -45,6 +45,10 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     assert (out / "metrics-figures" / "anatomy_histograms.png").is_file()
     page = (out / "report.html").read_text()
     assert "random features: not comparable with published values" in page
+    # the untrained-generator baseline, evaluated the same way and compared in the report
+    baseline = json.loads((out / "metrics-untrained.json").read_text())
+    assert baseline["fake"]["path"].endswith("samples-untrained") and baseline["metrics"]["fid"]["n_fake"] == 6
+    assert "Trained vs untrained generator" in page and "better than untrained on" in printed
     assert page.count("<img") >= 4 and "data:image/png;base64," in page
 
     # a rerun resumes training from its checkpoint and regenerates the samples

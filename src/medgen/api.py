@@ -209,3 +209,24 @@ def build(
         generator = Generator(cfg)
         enc = Encoder(cfg) if encoder else None
     return HAGANModel(cfg, _eval(generator, dev), _eval(enc, dev), None, dev, None)
+
+
+def build_untrained(run_dir: str | os.PathLike, seed: int = 0, device: str | torch.device = "cpu") -> HAGANModel:
+    """The architecture of training run ``run_dir`` at a random initialisation drawn from ``seed``.
+
+    Carries the run's configuration (preprocessing record, spacing) but none of
+    its weights: the baseline every trained model must clearly beat.
+    """
+    from medgen.config import RunConfig
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: no such run folder")
+    run_cfg = RunConfig.load(run_dir)
+    cfg = run_cfg.hagan_config()
+    dev = resolve_device(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = Generator(cfg)
+    return HAGANModel(cfg, _eval(generator, dev), None, run_cfg, dev, None)
+

@@ -11,7 +11,9 @@ step can be repeated by hand on one's own data):
 6. ``evaluate``   samples vs held-out volumes: random-feature FID/KID/MMD/PRDC
                   (labelled as not comparable with published values), MS-SSIM
                   diversity, CT anatomy statistics, memorisation vs the training set
-7. ``report``     one self-contained HTML page of all of it
+7. the same for the untrained generator (``generate --untrained``), the baseline
+   the trained model must clearly beat
+8. ``report``     one self-contained HTML page of all of it
 
 A rerun with the same ``--out`` continues where the last one stopped: finished
 phantoms, preprocessed volumes and samples are skipped and training resumes
@@ -77,9 +79,16 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         ("evaluate",
          ["evaluate", "--real", str(data / "heldout"), "--train", str(data / "train"), "--fake", str(out / "samples"),
           "--features", "random", "--out", str(out / "metrics.json"), "--seed", str(seed)]),
+        ("generate (untrained baseline)",
+         ["generate", str(run), "--untrained", "--n", str(args.n_samples), "--out", str(out / "samples-untrained"),
+          "--seed", str(seed), "--no-mosaic"]),
+        ("evaluate (untrained baseline)",
+         ["evaluate", "--real", str(data / "heldout"), "--fake", str(out / "samples-untrained"), "--features", "random",
+          "--metrics", "fid,kid,mmd,prdc,ms_ssim,anatomy", "--out", str(out / "metrics-untrained.json"),
+          "--seed", str(seed), "--no-figures"]),
         ("report",
-         ["report", str(run), "--metrics", str(out / "metrics.json"), "--out", str(out / "report.html"),
-          "--seed", str(seed)]),
+         ["report", str(run), "--metrics", str(out / "metrics.json"), "--baseline", str(out / "metrics-untrained.json"),
+          "--out", str(out / "report.html"), "--seed", str(seed)]),
     ]
 
 
@@ -112,10 +121,26 @@ def run(args: argparse.Namespace) -> int:
         (out / "latents.csv", "latent vectors of the held-out volumes"),
     ]
     width = max(len(str(path)) for path, _ in results)
+    comparison = _comparison(out)
     print(
         f"\nmedgen demo: finished in {(time.monotonic() - t0) / 60:.1f} min. Look at:\n"
         + "\n".join(f"  {str(path):<{width}}  {what}" for path, what in results)
-        + f"\n  training curves: tensorboard --logdir {out / 'run' / 'tensorboard'}",
+        + f"\n  training curves: tensorboard --logdir {out / 'run' / 'tensorboard'}"
+        + (f"\n\nmedgen demo: {comparison}" if comparison else ""),
         flush=True,
     )
     return 0
+
+
+def _comparison(out: Path) -> str | None:
+    """One line: the trained generator against the untrained one, from the two metrics files."""
+    import json
+
+    from medgen.metrics.compare import compare_reports, summary_line
+
+    try:
+        trained = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+        untrained = json.loads((out / "metrics-untrained.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary_line(compare_reports(trained, untrained))

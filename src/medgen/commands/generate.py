@@ -5,6 +5,7 @@ Examples::
     medgen generate runs/t64 --n 16 --out samples/t64
     medgen generate runs/ct256 --n 100 --out samples/ct256 --chunk 16 --seed 1
     medgen generate runs/cond --n 8 --label 2 --out samples/class2
+    medgen generate runs/t64 --n 16 --out samples/untrained --untrained   # baseline
 
 Writes OUT/sample-0000.nii.gz ... (CT in Hounsfield units as int16, MRI in
 [-1, 1] as float32; voxel spacing = the training data's), OUT/sample-0000.png
@@ -47,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="checkpoint folder RUN/checkpoints/iter-NNNNNN (default: the latest)")
     p.add_argument("--no-ema", action="store_true", help="sample with the trained generator instead of its EMA copy")
+    p.add_argument("--untrained", action="store_true",
+                   help="sample the run's architecture at its random initialisation (drawn from --seed) instead of "
+                        "its weights: the baseline a trained model must clearly beat")
     p.add_argument("--format", choices=("nifti", "npy"), default="nifti",
                    help="nifti: .nii.gz in physical units (default); npy: raw float32 output in [-1, 1]")
     p.add_argument("--no-mosaic", action="store_true", help="do not write a PNG mosaic per volume")
@@ -55,11 +59,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from medgen.api import load
+    from medgen.errors import UsageError
     from medgen.inference.generate import generate_to_folder
 
-    model = load(args.run, checkpoint=args.checkpoint, device=args.device, use_ema=not args.no_ema)
-    source = {"checkpoint": str(model.checkpoint.resolve()), "ema": not args.no_ema}
+    if args.untrained:
+        from medgen.api import build_untrained
+
+        if args.checkpoint is not None or args.no_ema:
+            raise UsageError("--untrained uses no weights: drop --checkpoint / --no-ema")
+        model = build_untrained(args.run, seed=args.seed, device=args.device)
+        source = {"untrained": str(Path(args.run).resolve()), "init_seed": args.seed}
+    else:
+        model = load(args.run, checkpoint=args.checkpoint, device=args.device, use_ema=not args.no_ema)
+        source = {"checkpoint": str(model.checkpoint.resolve()), "ema": not args.no_ema}
     rows = generate_to_folder(
         model,
         args.out,

@@ -27,6 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="FILE", help="HTML file to write (default RUN/report.html)")
     p.add_argument("--metrics", default=None, metavar="METRICS_JSON",
                    help="JSON written by `medgen evaluate --out` (default RUN/../metrics.json if it exists)")
+    p.add_argument("--baseline", default=None, metavar="METRICS_JSON",
+                   help="`medgen evaluate` JSON of a baseline, e.g. the untrained generator "
+                        "(`medgen generate RUN --untrained`): shown side by side with --metrics")
+    p.add_argument("--traversals", default=None, metavar="PNG",
+                   help="latent traversal figure (`medgen experiment latent`; default: RUN/latent_traversals.png "
+                        "if it exists)")
     p.add_argument("--n-samples", type=int, default=4, metavar="N",
                    help="volumes to generate (and real volumes to show) in the mosaic (default 4)")
     p.add_argument("--seed", type=int, default=0, help="latent seed of the generated volumes (default 0)")
@@ -46,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else Path(args.run) / "report.html"
     metrics = args.metrics if args.metrics is not None else default_metrics_path(args.run)
     write_report(args.run, out, metrics=metrics, n_samples=args.n_samples, seed=args.seed,
-                 samples=not args.no_samples, device=args.device)
+                 samples=not args.no_samples, device=args.device, baseline=args.baseline,
+                 traversals=args.traversals)
     print(f"wrote {out}")
     return 0

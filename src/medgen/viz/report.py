@@ -261,6 +261,37 @@ def metrics_section(report: dict[str, Any] | None, source: Path | None) -> str:
     return "\n".join(parts)
 
 
+def baseline_section(report: dict[str, Any] | None, baseline: dict[str, Any] | None, source: Path | None) -> str:
+    """Trained generator vs a baseline (usually the same network untrained), metric by metric."""
+    from medgen.metrics.compare import compare_reports, summary_line
+
+    parts = ["<h2>Trained vs untrained generator</h2>"]
+    if baseline is None or report is None:
+        return "\n".join(parts + [_note(
+            "no baseline: `medgen generate RUN --untrained --n N --out U`, `medgen evaluate --fake U ... --out "
+            "baseline.json`, then pass --baseline baseline.json")])
+    rows = compare_reports(report, baseline)
+    parts.append(_note(f"baseline from {source}"))
+    table = [(r["metric"], fmt_number(r["a"]), fmt_number(r["b"]),
+              {"lower": "lower", "higher": "higher", "closer_to_real": "closer to real"}[r["direction"]],
+              "trained" if r["a_better"] else "untrained") for r in rows]
+    parts.append(_table(table, ("quantity", "trained", "untrained", "better when", "better"), 1))
+    parts.append(f"<p><b>{esc(summary_line(rows))}</b></p>")
+    return "\n".join(parts)
+
+
+def _read_metrics_json(path: Path, what: str = "metrics") -> dict[str, Any]:
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such {what} file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{path}: not a JSON file written by `medgen evaluate`") from None
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
+        raise InputError(f"{path}: no 'metrics' mapping (expected the JSON of `medgen evaluate`)")
+    return report
+
+
 def figures_section(figures_dir: Path | None) -> str:
     parts = ["<h2>Evaluation figures</h2>"]
     for name, heading, caption in EVAL_FIGURES:
@@ -272,8 +303,15 @@ def figures_section(figures_dir: Path | None) -> str:
     return "\n".join(parts)
 
 
-def traversals_section(run_dir: Path, figures_dir: Path | None) -> str:
+def traversals_section(run_dir: Path, figures_dir: Path | None, traversals: Path | None = None) -> str:
     parts = ["<h2>Latent traversals</h2>"]
+    if traversals is not None:
+        if not traversals.is_file():
+            raise InputError(f"{traversals}: no such traversal figure")
+        caption = ("Samples along the latent directions that change lung and bone volume (found by linear "
+                   "regression of the measured fractions on z); the measured fraction is printed under each slice. "
+                   f"From {traversals}")
+        return "\n".join(parts + [img_tag(traversals.read_bytes(), "latent traversals"), _note(caption)])
     folders = [run_dir] + ([figures_dir] if figures_dir is not None else [])
     for folder in folders:
         for name in TRAVERSAL_NAMES:
@@ -295,11 +333,15 @@ def build_report(
     samples: bool = True,
     device: str = "cpu",
     progress: bool = True,
+    baseline: str | os.PathLike | None = None,
+    traversals: str | os.PathLike | None = None,
 ) -> str:
     """The HTML text of the report of training run ``run_dir``.
 
     metrics: a JSON written by ``medgen evaluate`` (its figures are read from
-    ``<stem>-figures/`` beside it). n_samples: volumes generated (and real
+    ``<stem>-figures/`` beside it). baseline: the same evaluation of a baseline
+    (e.g. the untrained generator), shown side by side. traversals: a latent
+    traversal figure (``medgen experiment latent``). n_samples: volumes generated (and real
     volumes shown) for the mosaic; seed: their latent seed; samples=False skips
     loading the model. Raises InputError if ``run_dir`` is not a run folder.
     """
@@ -316,14 +358,12 @@ def build_report(
     report = None
     metrics_path = Path(metrics) if metrics is not None else None
     if metrics_path is not None:
-        try:
-            report = json.loads(metrics_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{metrics_path}: no such metrics file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(f"{metrics_path}: not a JSON file written by `medgen evaluate`") from None
-        if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
-            raise InputError(f"{metrics_path}: no 'metrics' mapping (expected the JSON of `medgen evaluate`)")
+        report = _read_metrics_json(metrics_path)
+    baseline_path = Path(baseline) if baseline is not None else None
+    baseline_report = _read_metrics_json(baseline_path, "baseline metrics") if baseline_path is not None else None
+    traversals_path = Path(traversals) if traversals is not None else None
+    if traversals_path is not None and not traversals_path.is_file():
+        raise InputError(f"{traversals_path}: no such traversal figure")
     figures_dir = metrics_path.with_name(metrics_path.stem + "-figures") if metrics_path is not None else None
 
     iteration = _checkpoint_iteration(run_dir)
@@ -347,8 +387,9 @@ def build_report(
     steps += [
         lambda: training_samples_section(run_dir),
         lambda: metrics_section(report, metrics_path),
+        lambda: baseline_section(report, baseline_report, baseline_path),
         lambda: figures_section(figures_dir),
-        lambda: traversals_section(run_dir, figures_dir),
+        lambda: traversals_section(run_dir, figures_dir, traversals_path),
     ]
     body = list(header)
     for step in tqdm(steps, desc="report", unit="section", disable=not progress):
