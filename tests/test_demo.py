@@ -8,7 +8,7 @@ import numpy as np
 from medgen.cli import main
 from medgen.data.io import read_volume
 
-ARGS = ["--minutes", "0.02", "--n-train", "6", "--n-heldout", "6", "--n-samples", "6", "--size", "32", "--device", "cpu"]
+ARGS = ["--minutes", "0.02", "--latent-codes", "16", "--n-train", "6", "--n-heldout", "6", "--n-samples", "6", "--size", "32", "--device", "cpu"]
 
 
 def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
@@ -49,6 +49,7 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     baseline = json.loads((out / "metrics-untrained.json").read_text())
     assert baseline["fake"]["path"].endswith("samples-untrained") and baseline["metrics"]["fid"]["n_fake"] == 6
     assert "Trained vs untrained generator" in page and "better than untrained on" in printed
+    assert (out / "latent" / "latent_traversals.png").is_file() and "no latent traversal figure" not in page
     assert page.count("<img") >= 4 and "data:image/png;base64," in page
 
     # a rerun resumes training from its checkpoint and regenerates the samples

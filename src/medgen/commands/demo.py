@@ -13,7 +13,9 @@ step can be repeated by hand on one's own data):
                   diversity, CT anatomy statistics, memorisation vs the training set
 7. the same for the untrained generator (``generate --untrained``), the baseline
    the trained model must clearly beat
-8. ``report``     one self-contained HTML page of all of it
+8. ``experiment latent``  latent directions that change lung and bone volume,
+                  and samples along them (the paper's Figure 5)
+9. ``report``     one self-contained HTML page of all of it
 
 A rerun with the same ``--out`` continues where the last one stopped: finished
 phantoms, preprocessed volumes and samples are skipped and training resumes
@@ -44,6 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-samples", type=int, default=16, help="volumes to generate (default: 16)")
     p.add_argument("--size", type=int, default=64, help="volume edge length in voxels (default: 64)")
     p.add_argument("--preset", default="tiny", help="HA-GAN preset (default: tiny)")
+    p.add_argument("--latent-codes", type=int, default=256,
+                   help="generated volumes from which the latent directions are fitted (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="training device (default: auto)")
     p.set_defaults(func=run)
@@ -86,9 +90,13 @@ def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
          ["evaluate", "--real", str(data / "heldout"), "--fake", str(out / "samples-untrained"), "--features", "random",
           "--metrics", "fid,kid,mmd,prdc,ms_ssim,anatomy", "--out", str(out / "metrics-untrained.json"),
           "--seed", str(seed), "--no-figures"]),
+        ("latent traversals",
+         ["experiment", "latent", "--run", str(run), "--out", str(out / "latent"), "--work", str(out / "work"),
+          "--n-codes", str(args.latent_codes), "--seed", str(seed), "--device", args.device]),
         ("report",
          ["report", str(run), "--metrics", str(out / "metrics.json"), "--baseline", str(out / "metrics-untrained.json"),
-          "--out", str(out / "report.html"), "--seed", str(seed)]),
+          "--traversals", str(out / "latent" / "latent_traversals.png"), "--out", str(out / "report.html"),
+          "--seed", str(seed)]),
     ]
 
 
@@ -119,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         (out / "samples", "generated volumes (NIfTI, HU) and their mosaics"),
         (out / "metrics.json", f"metrics (figures in {out / 'metrics-figures'})"),
         (out / "latents.csv", "latent vectors of the held-out volumes"),
+        (out / "latent", "latent directions for lung and bone volume, with traversals"),
     ]
     width = max(len(str(path)) for path, _ in results)
     comparison = _comparison(out)
