@@ -207,25 +207,22 @@ def format_table(report: dict) -> str:
 
 
 def save_feature_figure(real, fake, path) -> None:
-    """Two panels: real and generated features projected on their first two principal
-    axes (classical MDS for Euclidean distances, as the HA-GAN paper's embedding plot), and
-    histograms of each sample's distance to its nearest real sample."""
+    """Two panels: real and generated features embedded together in 2D by classical MDS of
+    their Euclidean distances (their first two principal axes, as the HA-GAN paper's embedding
+    plot), each group with its 95 % covariance ellipse; and histograms of each sample's
+    distance to its nearest real sample."""
     import numpy as np
     from matplotlib.figure import Figure
 
+    from medgen.experiments.embedding import draw_groups_with_ellipses, mds_embedding, n_std_for_coverage
     from medgen.fileio import atomic_path
     from medgen.metrics.mmd import pairwise_distances
 
-    pooled = np.concatenate([real, fake])
-    centred = pooled - pooled.mean(axis=0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    emb = centred @ vt[:2].T
+    emb_real, emb_fake = mds_embedding([real, fake], method="classical")
     fig = Figure(figsize=(9, 4))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.scatter(emb[: len(real), 0], emb[: len(real), 1], s=12, label=f"real (n={len(real)})", alpha=0.7)
-    ax1.scatter(emb[len(real):, 0], emb[len(real):, 1], s=12, label=f"generated (n={len(fake)})", alpha=0.7, marker="^")
-    ax1.set_title("features, first two principal axes")
-    ax1.legend(fontsize=8)
+    draw_groups_with_ellipses(ax1, {"real": emb_real, "generated": emb_fake}, n_std_for_coverage(0.95))
+    ax1.set_title("features, classical MDS (95% ellipses)")
     d_rr = pairwise_distances(real, real)
     np.fill_diagonal(d_rr, np.inf)
     d_fr = pairwise_distances(fake, real).min(axis=1)
