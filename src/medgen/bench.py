@@ -211,8 +211,14 @@ def measure_train(
     warmup: int = 1,
     repeats: int = 3,
     precision: str = "auto",
+    slab_fraction: float | None = None,
 ) -> dict[str, Any]:
-    """Seconds per training iteration and peak memory of the real training loop, in this process."""
+    """Seconds per training iteration and peak memory of the real training loop, in this process.
+
+    ``slab_fraction``: depth share of the training slab, replacing the preset's
+    (paper 1/8); 1.0 trains G^H, D^H and E^H on the whole volume, i.e. without
+    the amortisation (None: the preset's).
+    """
     import csv
 
     from medgen.config import RunConfig
@@ -221,7 +227,7 @@ def measure_train(
     from medgen.training.trainer import train
 
     check_request("train", preset, size, batch, warmup, repeats, device)
-    cfg = get_preset(preset, size)
+    cfg = get_preset(preset, size, slab_fraction=slab_fraction)
     # Checkpoints are not part of an iteration: switched off in this (throw-away) process.
     ckpt_io.save_checkpoint = lambda *args, **kwargs: None
     with tempfile.TemporaryDirectory(prefix="medgen-bench-") as tmp:
@@ -244,7 +250,8 @@ def measure_train(
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = peak_rss_mb()
-    return _result("train", cfg, preset, device, times, warmup, batch=batch, precision=used, peak_memory_mb=peak)
+    return _result("train", cfg, preset, device, times, warmup, batch=batch, precision=used, peak_memory_mb=peak,
+                   slab_fraction=cfg.slab_fraction)
 
 
 def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
@@ -263,23 +270,65 @@ def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
     raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
 
 
-def run_isolated(kind: str, timeout: float | None = None, **kwargs: Any) -> dict[str, Any]:
+def _rss_mb(pid: int) -> float | None:
+    """Current resident set size of process ``pid`` in MiB (None where /proc does not tell)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _run_watched(cmd: list[str], timeout: float | None, max_rss_mb: float, what: str) -> subprocess.CompletedProcess:
+    """``subprocess.run`` that also stops the process once its resident memory passes ``max_rss_mb``."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        t0 = time.monotonic()
+        try:
+            while proc.poll() is None:
+                rss = _rss_mb(proc.pid)
+                if rss is not None and rss > max_rss_mb:
+                    raise RunFailed(f"{what}: stopped at {rss:.0f} MiB resident memory, over the limit of "
+                                    f"{max_rss_mb:.0f} MiB")
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    raise RunFailed(f"{what}: took longer than {timeout:.0f} s")
+                time.sleep(0.1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+
+
+def run_isolated(kind: str, timeout: float | None = None, max_rss_mb: float | None = None,
+                 **kwargs: Any) -> dict[str, Any]:
     """Run :func:`measure` in a fresh Python process and return its result.
 
+    ``timeout``: seconds before the process is stopped. ``max_rss_mb``: stop it as
+    soon as its resident memory passes this many MiB (checked every 0.1 s, Linux;
+    None: no limit), so a configuration too large for a shared machine fails alone.
     Raises RunFailed (one line) if the process fails, e.g. runs out of memory.
     """
     spec = json.dumps({"kind": kind, **kwargs})
     cmd = [sys.executable, "-m", "medgen.bench", spec]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RunFailed(f"benchmark {kind} {kwargs}: took longer than {timeout:.0f} s") from None
+    what = f"benchmark {kind} {kwargs}"
+    if max_rss_mb is not None:
+        proc = _run_watched(cmd, timeout, max_rss_mb, what)
+    else:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise RunFailed(f"{what}: took longer than {timeout:.0f} s") from None
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         why = lines[-1] if lines else f"exit code {proc.returncode}"
         if proc.returncode < 0:
             why = f"killed by signal {-proc.returncode} (out of memory?)"
-        raise RunFailed(f"benchmark {kind} {kwargs}: {why}")
+        raise RunFailed(f"{what}: {why}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -1,0 +1,164 @@
+"""medgen experiment memory: parameter counts, measured memory/time, limits, and the bench options it adds."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from medgen.cli import main
+from medgen.errors import RunFailed
+from medgen.experiments import memory
+from medgen.models.hagan import count_parameters, get_preset
+
+
+def read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_table_figure_and_record(tmp_path):
+    out = tmp_path / "out"
+    assert main(["experiment", "memory", "--scale", "smoke", "--work", str(tmp_path / "work"), "--out", str(out),
+                 "--no-progress"]) == 0
+    rows = read_csv(out / "memory.csv")
+    assert [int(r["size"]) for r in rows] == [32]
+    row = rows[0]
+    counts = count_parameters(get_preset("tiny", 32))
+    for col, key in (("G", "G"), ("D", "D"), ("E^H", "E^H"), ("E^G", "E^G"), ("params_total", "all")):
+        assert int(row[col]) == counts[key]
+    assert int(row["params_total"]) == int(row["G"]) + int(row["D"]) + int(row["E^H"]) + int(row["E^G"])
+    whole = count_parameters(get_preset("tiny", 32, slab_fraction=1.0))["all"]
+    assert float(row["params_whole_M"]) == round(whole / 1e6, 2) and whole > counts["all"]  # D^H on the whole depth
+    assert float(row["paper_params_M"]) == 74.7 and float(row["paper_memory_mb"]) == 2573
+    for config in ("train_slab", "train_whole", "generate"):
+        assert 50 < float(row[f"{config}_mb"]) < 8 * 1024  # a fresh process holds at least torch
+        assert float(row[f"{config}_s"]) > 0
+    assert row["generate_chunked_mb"] == "" and row["skipped"] == ""  # chunked from 128³ on; nothing skipped
+
+    record = json.loads((out / "experiment.json").read_text())
+    res = record["results"]
+    assert res["preset"] == "tiny" and res["batch"] == 1 and res["device"] == "cpu"
+    assert record["figures"] == ["memory.png"]
+    by = {m["config"]: m for m in res["measurements"]}
+    # the bench's slab_fraction option reached the measuring process: whole volume vs the paper's 1/8
+    assert by["train_slab"]["slab_fraction"] == 0.125 and by["train_whole"]["slab_fraction"] == 1.0
+    assert by["train_whole"]["params_total"] == whole and by["train_slab"]["params_total"] == counts["all"]
+    assert by["train_slab"]["peak_memory_mb"] == pytest.approx(float(row["train_slab_mb"]), abs=0.05)
+    assert by["generate"]["seconds_per_volume"] == pytest.approx(float(row["generate_s"]))
+
+    png = (out / "memory.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib.image import imread
+
+    assert imread(out / "memory.png").shape[0] > 200
+    md = (out / "memory.md").read_text()
+    assert "medgen experiment memory --scale smoke" in md and "peak RSS" in md and "compare the trends" in md
+
+
+def test_paper_preset_parameters_match_the_published_totals(tmp_path):
+    out = tmp_path / "out"
+    assert main(["experiment", "memory", "--scale", "smoke", "--preset", "paper", "--sizes", "256,32,128,64",
+                 "--params-only", "--work", str(tmp_path / "work"), "--out", str(out), "--no-progress"]) == 0
+    rows = read_csv(out / "memory.csv")
+    assert [int(r["size"]) for r in rows] == [32, 64, 128, 256]
+    published = {32: 74.7, 64: 78.7, 128: 79.6, 256: 79.7}
+    for r in rows:
+        size = int(r["size"])
+        assert abs(int(r["params_total"]) / 1e6 - published[size]) <= 0.1
+        assert float(r["paper_params_M"]) == published[size]
+        assert int(r["params_total"]) == count_parameters(get_preset("paper", size))["all"]
+    # the authors' code: G 52.52M at every size, 79.74M in all at 256³
+    assert {round(int(r["G"]) / 1e6, 2) for r in rows} == {52.52}
+    assert round(int(rows[-1]["params_total"]) / 1e6, 2) == 79.74
+    assert "train_slab_mb" not in rows[0] and not (out / "memory.png").exists()
+
+
+def test_predict_extrapolates_the_line_through_the_two_largest_sizes():
+    # planted cost = 100 + 2 * voxels/1000 (fixed part + per-voxel part)
+    cost = lambda v: 100 + 2 * v / 1000
+    hist = [(float(s) ** 3, cost(s**3)) for s in (16, 32, 64)]
+    assert memory.predict(hist, 128.0**3) == pytest.approx(cost(128**3))
+    assert memory.predict(hist[::-1], 128.0**3) == pytest.approx(cost(128**3))  # order does not matter
+    assert memory.predict([(1000.0, 50.0)], 8000.0) == pytest.approx(400.0)  # one point: proportional
+    assert memory.predict([], 8000.0) is None
+    assert memory.predict([(1000.0, 50.0)], 8000.0, min_points=2) is None
+    assert memory.predict([(1000.0, 50.0), (8000.0, 40.0)], 64000.0) == pytest.approx(40.0)  # never predicts a drop
+
+
+class FakeRunner:
+    """Stands in for run_isolated: planted peak memory per size, records what it was asked."""
+
+    def __init__(self, mb_by_size, fail_at=None):
+        self.mb_by_size, self.fail_at, self.calls = mb_by_size, fail_at, []
+
+    def __call__(self, kind, timeout=None, max_rss_mb=None, **kw):
+        self.calls.append((kind, kw["size"], timeout, max_rss_mb))
+        if kw["size"] == self.fail_at:
+            raise RunFailed(f"benchmark {kind} {kw}: stopped at 1030 MiB resident memory, over the limit of 1000 MiB")
+        return {"benchmark": kind, "peak_memory_mb": self.mb_by_size[kw["size"]], "seconds_median": 0.5,
+                "seconds_per_volume": 0.25, "chunk": kw.get("chunk")}
+
+
+def test_planner_skips_what_the_smaller_sizes_predict_to_pass_the_memory_limit():
+    fake = FakeRunner({32: 300.0, 64: 400.0, 128: 9999.0})
+    planner = memory.Planner(memory_limit_mb=1000.0, time_limit_s=600.0, runner=fake)
+    r32 = planner.run("train_whole", "train", size=32, batch=1)
+    planner.run("train_whole", "train", size=64, batch=1)
+    r128 = planner.run("train_whole", "train", size=128, batch=1)
+    # 400 + (400 - 300) / (64³ - 32³) * (128³ - 64³) = 1200 MiB > 1000 MiB: not run
+    assert r128 == {"skipped": "predicted 1.2 GB > limit 1.0 GB"}
+    assert [c[1] for c in fake.calls] == [32, 64] and fake.calls[0][2:] == (600.0, 1000.0)
+    assert r32["wall_seconds"] > 0
+    # other configurations keep their own history
+    assert planner.skip_reason("train_slab", 128) is None
+    planner.wall["generate"] = [(32.0**3, 10.0), (64.0**3, 80.0)]
+    assert planner.skip_reason("generate", 128) == "predicted 10.7 min > limit 10.0 min"
+
+
+def test_a_configuration_stopped_while_running_is_recorded_not_fatal():
+    fake = FakeRunner({32: 300.0}, fail_at=128)
+    planner = memory.Planner(memory_limit_mb=1000.0, time_limit_s=600.0, runner=fake)
+    measured = memory.measure_size(planner, "tiny", 128, device="cpu", batch=1, repeats=1, chunk=None, seed=0)
+    assert set(measured) == {"train_slab", "train_whole", "generate", "generate_chunked"}
+    stopped = "stopped at 1030 MiB resident memory, over the limit of 1000 MiB"
+    assert measured["train_slab"]["skipped"] == f"failed: {stopped}"
+    assert [c[1] for c in fake.calls] == [128] * 4
+    assert fake.calls[-1][0] == "generate"
+    row = memory.table_row(memory.parameter_row("tiny", 128), measured)
+    assert row.get("train_slab_mb") is None and row["skipped"].count("failed: stopped at 1030 MiB") == 4
+
+
+def test_table_row_takes_seconds_per_volume_for_generation():
+    fake = FakeRunner({128: 700.0})
+    planner = memory.Planner(memory_limit_mb=None, time_limit_s=600.0, runner=fake)
+    measured = memory.measure_size(planner, "tiny", 128, device="cpu", batch=1, repeats=1, chunk=3, seed=0)
+    row = memory.table_row(memory.parameter_row("tiny", 128), measured)
+    assert row["train_slab_s"] == 0.5 and row["train_whole_s"] == 0.5
+    assert row["generate_s"] == 0.25 and row["generate_chunked_s"] == 0.25 and row["chunk"] == 3
+    assert row["generate_chunked_mb"] == 700.0 and row["skipped"] is None
+    assert memory.default_chunk(128, "paper") == 8 and memory.default_chunk(256, "paper") == 16
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--sizes", "32,abc"], "--sizes"),
+    (["--sizes", "48", "--params-only"], "power of two"),
+    (["--run", "nowhere"], "--run"),
+    (["--iters", "5"], "--iters"),
+    (["--batch", "0"], "--batch"),
+])
+def test_bad_options_are_one_line_usage_errors(tmp_path, capsys, argv, words):
+    code = main(["experiment", "memory", "--scale", "smoke", "--work", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[0]
+
+
+def test_run_isolated_stops_a_process_over_its_memory_limit():
+    from medgen.bench import run_isolated
+
+    # a fresh process passes 100 MiB while importing torch, long before it could finish
+    with pytest.raises(RunFailed, match="over the limit of 100 MiB"):
+        run_isolated("generate", preset="tiny", size=32, warmup=0, repeats=1, max_rss_mb=100)
