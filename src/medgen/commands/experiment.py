@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import shlex
 
 from medgen.experiments import EXPERIMENTS
@@ -42,8 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="experiment", metavar="NAME")
     sub.required = True
     for name in EXPERIMENTS:
-        if importlib.util.find_spec(f"medgen.experiments.{name}") is None:
-            continue  # not written yet
         module = _module(name)
         e = sub.add_parser(name, help=module.HELP, description=module.DESCRIPTION,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
