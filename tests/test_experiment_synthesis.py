@@ -1,0 +1,93 @@
+"""`medgen experiment`: the shared workspace, tables and command line, and the synthesis experiment."""
+
+import argparse
+import csv
+import json
+
+import pytest
+
+from medgen.cli import main
+from medgen.errors import UsageError
+from medgen.experiments.workspace import SCALES, ExperimentOutput, Workspace, markdown_table, metric_row
+
+
+def test_markdown_and_csv_tables(tmp_path):
+    out = ExperimentOutput(tmp_path / "o", "demo-table", "medgen experiment x --out o", SCALES["smoke"])
+    rows = [{"a": 1, "b": 0.123456789, "c": None}, {"a": 2, "b": float("nan"), "c": "x|y"}]
+    csv_path, md_path = out.write_table(rows, ("a", "b", "c"), title="T", notes=["n1"])
+    with open(csv_path, newline="") as fh:
+        back = list(csv.DictReader(fh))
+    assert back[0] == {"a": "1", "b": "0.123456789", "c": ""}  # full precision in the CSV
+    md = md_path.read_text()
+    assert "| 1 | 0.1235 |  |" in md and "| 2 | nan | x\\|y |" in md  # 4 significant digits, escaped pipe
+    assert md.index("- n1") < md.index("medgen experiment x --out o")
+    assert markdown_table([], ("a",)) == "| a |\n|---|\n"
+
+
+def test_metric_row_reads_an_evaluate_report():
+    report = {"metrics": {
+        "fid": {"value": 12.5}, "mmd": {"value": -0.01},
+        "prdc": {"value": {"precision": 0.5, "recall": 0.25, "coverage": 0.75, "density": 1.0}},
+        "ms_ssim": {"value": 0.6},
+        "anatomy": {"value": {"lung_fraction": 0.02, "bone_fraction": 0.003}},
+        "kid": {"error": "failed"},
+    }}
+    row = metric_row(report)
+    assert row == {"fid": 12.5, "mmd": -0.01, "precision": 0.5, "recall": 0.25, "coverage": 0.75, "ms_ssim": 0.6,
+                   "lung_fraction_w1": 0.02, "emphysema_pct_w1": None, "bone_fraction_w1": 0.003}
+
+
+def test_user_data_of_the_wrong_size_is_refused(tmp_path):
+    from toy_volumes import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=4, size=32)
+    ws = Workspace(tmp_path / "w", SCALES["demo"], data=data, heldout=data)
+    assert ws.main_size == 32
+    with pytest.raises(UsageError, match="holds 32³ volumes, this experiment needs 64³"):
+        ws.datasets(64)
+    with pytest.raises(UsageError, match="--heldout needs --data"):
+        Workspace(tmp_path / "w", SCALES["demo"], heldout=data)
+    with pytest.raises(UsageError, match="needs a held-out set"):
+        Workspace(tmp_path / "w", SCALES["demo"], data=data).datasets(32)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--weights", "w.pth"], "--weights is for --features med3d"),
+    (["--features", "med3d"], "needs --weights"),
+    (["--run", "no-such-run"], "not a training run folder"),
+    (["--sizes", "32,x"], "comma-separated integers"),
+])
+def test_bad_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    code = main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_canonical_command_lists_only_what_differs_from_the_defaults():
+    from medgen.commands.experiment import canonical_command
+
+    args = argparse.Namespace(experiment="synthesis", scale="demo", out="docs/results/synthesis", work="experiments-out/work",
+                              data=None, heldout=None, run=None, iters=500, features="random", weights=None,
+                              device="auto", seed=0, no_progress=True, sizes="32")
+    assert canonical_command(args) == "medgen experiment synthesis --out docs/results/synthesis --iters 500 --sizes 32"
+
+
+@pytest.mark.slow
+def test_synthesis_smoke_run(tmp_path):
+    out = tmp_path / "out"
+    assert main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--no-progress"]) == 0
+    with open(out / "synthesis.csv", newline="") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"HA-GAN (trained)", "untrained generator", "real (training set)"}
+    assert rows["HA-GAN (trained)"]["iterations"] == "2" and rows["untrained generator"]["iterations"] == "0"
+    # real phantoms are far closer to the held-out phantoms than noise from an untrained generator
+    assert float(rows["real (training set)"]["fid"]) < 0.2 * float(rows["untrained generator"]["fid"])
+    assert float(rows["real (training set)"]["precision"]) > float(rows["untrained generator"]["precision"])
+    assert "medgen experiment synthesis --scale smoke --out" in (out / "synthesis.md").read_text()
+    record = json.loads((out / "experiment.json").read_text())
+    assert record["scale"]["name"] == "smoke" and len(record["results"]["rows"]) == 3
+    # a rerun reuses the trained model and the samples
+    assert main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--no-progress"]) == 0
