@@ -19,7 +19,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medgen.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, ExperimentOutput, Workspace, metric_row
+from medgen.experiments.workspace import (
+    METRIC_COLUMNS,
+    METRIC_NOTES,
+    ExperimentOutput,
+    Workspace,
+    checkpoint_iteration,
+    metric_row,
+)
 
 HELP = "metrics of generated volumes across resolutions, against untrained and real references"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -56,8 +63,6 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     for size in _sizes(ws, args):
         train_dir, heldout_dir = ws.datasets(size)
         run_dir = Path(args.run) if args.run is not None else ws.model(f"hagan-{size}", size)
-        from medgen.experiments.workspace import checkpoint_iteration
-
         cases = [
             ("HA-GAN (trained)", checkpoint_iteration(run_dir), lambda: ws.samples(run_dir, f"synthesis-{size}")),
             ("untrained generator", 0, lambda: ws.untrained_samples(size, f"untrained-{size}")),

@@ -95,13 +95,11 @@ def run_medgen(argv: Sequence[str], what: str | None = None) -> None:
 
 def checkpoint_iteration(run_dir: Path) -> int:
     """Iteration of the run's latest complete checkpoint (0 if none)."""
+    from medgen.training.checkpoint import checkpoint_iteration as parse_iteration
     from medgen.training.checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
-    if ckpt is None:
-        return 0
-    digits = "".join(ch for ch in ckpt.name if ch.isdigit())
-    return int(digits) if digits else 0
+    return parse_iteration(ckpt) if ckpt is not None else 0
 
 
 @dataclass
