@@ -78,7 +78,7 @@ def _peak(device: str) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    from medgen.bench import peak_rss_mb
+    from medgen.families.hagan.bench import peak_rss_mb
 
     return peak_rss_mb()
 
@@ -231,7 +231,7 @@ def main() -> int:
         return 2
 
     sys.path.insert(0, str(ROOT / "src"))
-    from medgen.bench import machine_info, run_isolated
+    from medgen.families.hagan.bench import machine_info, run_isolated
 
     common = dict(device=args.device, warmup=args.warmup, repeats=args.repeats, threads=args.threads)
     plan = [

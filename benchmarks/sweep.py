@@ -3,7 +3,7 @@
 
 For each size: one training iteration (batch 2 on CPU, 4 on CUDA) and the
 generation of one volume, unchunked and with G^H in depth chunks. Each
-configuration runs in a fresh process via ``medgen.bench`` (see that module
+configuration runs in a fresh process via ``medgen.families.hagan.bench`` (see that module
 for what is timed and how memory is measured).
 
 Usage::
@@ -121,8 +121,8 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
-    from medgen.bench import machine_info, run_isolated
-    from medgen.errors import MedgenError
+    from medgen.families.hagan.bench import machine_info, run_isolated
+    from medgen.core.errors import MedgenError
 
     rows, loads = [], []
     for spec in plan(args.device, args.sizes, args.train_256, args.repeats):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import medgen
-from medgen.errors import InputError, UsageError
+from medgen.core.errors import InputError, UsageError
 from medgen.training.checkpoint import load_weights
 from test_generate import WINDOW, trained_run
 

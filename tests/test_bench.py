@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from medgen.bench import cpu_model, run_isolated
+from medgen.families.hagan.bench import cpu_model, run_isolated
 from medgen.cli import main
-from medgen.models.hagan import count_parameters, get_preset
+from medgen.families.hagan import count_parameters, get_preset
 
 
 def check_common(r: dict, kind: str, size: int, repeats: int) -> None:
@@ -54,7 +54,7 @@ def test_bad_request_is_a_usage_error(capsys):
 
 def test_peak_rss_counts_this_process_allocations():
     code = (
-        "import numpy as np; from medgen.bench import peak_rss_mb\n"
+        "import numpy as np; from medgen.families.hagan.bench import peak_rss_mb\n"
         "before = peak_rss_mb(); a = np.ones(300 * 2**20 // 8); print(before, peak_rss_mb())"
     )
     before, after = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

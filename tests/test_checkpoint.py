@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from medgen.errors import InputError
+from medgen.core.errors import InputError
 from medgen.training import checkpoint as ck
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import medgen.inference.chunked as chunked
-from medgen.inference.chunked import halo_slices, high_res_chunked, iter_high_res_chunks
-from medgen.models.hagan import Generator, get_preset
-from medgen.models.layers import upsample2, upsample2_conv3
+import medgen.families.hagan.chunked as chunked
+from medgen.families.hagan.chunked import halo_slices, high_res_chunked, iter_high_res_chunks
+from medgen.families.hagan import Generator, get_preset
+from medgen.families.layers import upsample2, upsample2_conv3
 
 
 def _generator(size: int, f: int, groups: int = 2, seed: int = 0) -> Generator:

@@ -13,9 +13,9 @@ import torch
 
 from medgen.cli import main
 from medgen.data.dataset import split_ids
-from medgen.errors import InputError
+from medgen.core.errors import InputError
 from medgen.metrics.inception_score import inception_score
-from medgen.models.classifier import (
+from medgen.families.classifier.network import (
     INFO_FILE,
     WEIGHTS_FILE,
     VolumeClassifier,
@@ -154,7 +154,8 @@ def test_volumes_of_another_size_are_area_resized_to_the_input():
 
 
 def test_augmentation_flips_only_left_right_and_shifts_little():
-    from medgen.training.classifier import INTENSITY_OFFSET_JITTER, INTENSITY_SCALE_JITTER, _augment
+    from medgen.families.classifier.augment import INTENSITY_OFFSET_JITTER, INTENSITY_SCALE_JITTER
+    from medgen.families.classifier.augment import augment_batch as _augment
 
     x = torch.rand(16, 1, 16, 16, 16) * 2 - 1
     # flip_lr alone: each volume is itself or its mirror along x (RAS+ left-right), both occur.

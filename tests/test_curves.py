@@ -5,7 +5,7 @@ import math
 import pytest
 from matplotlib.image import imread
 
-from medgen.errors import InputError
+from medgen.core.errors import InputError
 from medgen.viz.curves import read_metrics, save_training_curves
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medgen.data.dataset import VolumeDataset, load_manifest, split_ids
-from medgen.errors import InputError, UsageError
+from medgen.core.errors import InputError, UsageError
 
 SIZE = 16
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medgen.errors import UsageError
+from medgen.core.errors import UsageError
 from medgen.training import checkpoint as ck
 from medgen.training.distributed import InfiniteBatchSampler, local_batch_size
 
@@ -55,9 +55,9 @@ WORKER = textwrap.dedent(
     """
     import os, sys
     from safetensors.torch import save_file
-    from medgen.config import RunConfig
-    from medgen.models.hagan import get_preset
-    from medgen.training.trainer import train
+    from medgen.training.runconfig import RunConfig
+    from medgen.families.hagan import get_preset
+    from medgen.families.registry import train
 
     data, run, out = sys.argv[1:4]
     cfg = RunConfig(data=data, model=get_preset("tiny", 32, num_classes=2).to_dict(), preset="tiny", iters=3,
@@ -103,7 +103,7 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
     for module in ("G", "D", "E"):
         for k, v in saved[module].items():
             assert torch.equal(v, r0[f"{module}.{k}"])
-    from medgen.models.hagan import Generator, get_preset
+    from medgen.families.hagan import Generator, get_preset
 
     torch.manual_seed(0)
     init = Generator(get_preset("tiny", 32, num_classes=2)).state_dict()

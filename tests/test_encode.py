@@ -77,7 +77,7 @@ def test_latents_csv_joins_manifest_and_matches_the_encoder(run_and_data, tmp_pa
 
 
 def test_split_selects_the_runs_split(run_and_data, tmp_path):
-    from medgen.config import RunConfig
+    from medgen.training.runconfig import RunConfig
 
     run, data = run_and_data
     cfg = RunConfig.load(run)

@@ -305,11 +305,13 @@ def test_encoder_features_and_sampling_a_run(tmp_path_factory, tmp_path, capsys)
     report = json.loads(out.read_text())
     assert report["extractor"]["name"] == "encoder" and report["metrics"]["fid"]["comparable_with_published"] is False
     assert "WARNING: encoder features" in stdout
-    samples = tmp_path / "enc-samples"
+    # Samples go to a folder keyed by the run's checkpoint and the seed.
+    model = load(run, device="cpu")
+    samples = tmp_path / "enc-samples" / f"{model.checkpoint.name}-seed0"
     assert report["fake"]["path"] == str(samples) and report["metrics"]["fid"]["n_fake"] == 4
+    assert report["extractor"]["checkpoint"] == model.checkpoint.name
     # Independent computation: the same model's encoder on the chosen real volumes and on
     # the samples (regenerated here from the same seed).
-    model = load(run, device="cpu")
     assert report["real"]["n"] == 4
     vs = open_volume_set(data)
     idx = np.sort(np.random.default_rng(0).choice(len(vs), 4, replace=False))  # documented: seeded subset

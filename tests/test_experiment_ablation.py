@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.experiments.ablation import (
+from medgen.families.hagan.experiments.ablation import (
     VARIANTS,
     ablation_size,
     check_full_run,
@@ -21,7 +21,7 @@ from medgen.experiments.ablation import (
     reconstruction_mae,
     seconds_per_iteration,
 )
-from medgen.experiments.workspace import SCALES, Workspace
+from medgen.families.hagan.experiments.workspace import SCALES, Workspace
 from toy_volumes import make_dataset
 
 EXPECTED_VARIANTS = ["full", "no low-res branch", "no encoder", "deterministic slabs", "untrained generator"]
@@ -83,16 +83,16 @@ def test_smoke_table(smoke):
 
 @pytest.mark.slow
 def test_smoke_runs_outputs_and_command(smoke):
-    from medgen.config import RunConfig
+    from medgen.training.runconfig import RunConfig
 
     runs = smoke["work"] / "runs"
     # The full model is the synthesis experiment's run, so it is shared, not retrained.
     assert (runs / "hagan-32" / "config.yaml").is_file()
-    assert RunConfig.load(runs / "ablation-nolowres-32").hagan_config().use_lowres is False
-    assert RunConfig.load(runs / "ablation-noencoder-32").use_encoder is False
-    assert RunConfig.load(runs / "ablation-deterministic-32").slab_selection == "deterministic"
+    assert RunConfig.load(runs / "ablation-nolowres-32").model["use_lowres"] is False
+    assert RunConfig.load(runs / "ablation-noencoder-32").hparams["use_encoder"] is False
+    assert RunConfig.load(runs / "ablation-deterministic-32").hparams["slab_selection"] == "deterministic"
     full = RunConfig.load(runs / "hagan-32")
-    assert full.use_encoder and full.slab_selection == "random" and full.hagan_config().use_lowres
+    assert full.hparams["use_encoder"] and full.hparams["slab_selection"] == "random" and full.model["use_lowres"]
 
     out = smoke["out"]
     md = (out / "ablation.md").read_text()
@@ -114,7 +114,7 @@ def test_smoke_runs_outputs_and_command(smoke):
 
 @pytest.mark.slow
 def test_run_option_is_checked(smoke, tmp_path, capsys):
-    from medgen.config import RunConfig
+    from medgen.training.runconfig import RunConfig
 
     runs = smoke["work"] / "runs"
     check_full_run(runs / "hagan-32", 32, "tiny")  # the full model itself is accepted

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from medgen.cli import main
-from medgen.errors import UsageError
-from medgen.experiments.augmentation import (
+from medgen.core.errors import UsageError
+from medgen.families.hagan.experiments.augmentation import (
     balanced_accuracy,
     emphysema_percentages,
     stratified_counts,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from medgen.cli import main
-from medgen.errors import InputError, UsageError
-from medgen.experiments import embedding as em
+from medgen.core.errors import InputError, UsageError
+from medgen.families.hagan.experiments import embedding as em
 
 
 # ---------------------------------------------------------------------- ellipses

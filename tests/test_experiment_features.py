@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from medgen.cli import main
-from medgen.errors import InputError, UsageError
-from medgen.experiments import features as fx
+from medgen.core.errors import InputError, UsageError
+from medgen.families.hagan.experiments import features as fx
 
 
 def _r2_by_hand(y: np.ndarray, pred: np.ndarray) -> float:
@@ -171,7 +171,7 @@ def test_features_smoke(smoke_work: Path, tmp_path: Path, capsys):
 @pytest.mark.slow
 def test_features_needs_an_encoder(smoke_work: Path, tmp_path: Path, capsys):
     # A run trained without encoder (one iteration on the smoke training set).
-    from medgen.experiments.workspace import SCALES, Workspace
+    from medgen.families.hagan.experiments.workspace import SCALES, Workspace
 
     train_dir, _ = Workspace(smoke_work, SCALES["smoke"], progress=False).datasets(32)
     run = tmp_path / "run"
@@ -182,3 +182,24 @@ def test_features_needs_an_encoder(smoke_work: Path, tmp_path: Path, capsys):
                  "--out", str(tmp_path / "out"), "--no-progress", "--device", "cpu"])
     assert code == 2
     assert "no encoder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_workspace_evaluates_with_a_runs_encoder_as_medgen_evaluate_does(smoke_work: Path, tmp_path: Path):
+    import json
+
+    from medgen.families.hagan.experiments.workspace import SCALES, Workspace
+
+    ws = Workspace(smoke_work, SCALES["smoke"], device="cpu", progress=False)
+    run = ws.main_model()
+    _, heldout = ws.datasets(32)
+    samples = ws.samples(run, "synthesis-32")
+    report = ws.evaluate(heldout, samples, tmp_path / "ws.json", metrics="fid,mmd", features="encoder", weights=str(run))
+    assert report == json.loads((tmp_path / "ws.json").read_text())
+    assert report["extractor"]["name"] == "encoder" and report["metrics"]["fid"]["n_fake"] == 6
+    assert main(["evaluate", "--real", str(heldout), "--fake", str(samples), "--out", str(tmp_path / "cli.json"),
+                 "--features", "encoder", "--weights", str(run), "--metrics", "fid,mmd", "--device", "cpu",
+                 "--no-figures", "--no-progress"]) == 0
+    cli = json.loads((tmp_path / "cli.json").read_text())
+    assert cli["extractor"] == report["extractor"]  # the same description, so the same feature-cache entries
+    assert cli["metrics"]["fid"]["value"] == pytest.approx(report["metrics"]["fid"]["value"])

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from medgen.api import HAGANModel
-from medgen.errors import UsageError
-from medgen.experiments import latent
-from medgen.models.hagan import HAGANConfig
+from medgen.core.errors import UsageError
+from medgen.families.hagan.experiments import latent
+from medgen.families.hagan import HAGANConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 WINDOW = (-1024.0, 600.0)
@@ -141,6 +141,15 @@ class PlantedThorax(torch.nn.Module):
         lung = lung2d[..., None] & span(scores[0])[None, None, :]
         bone = bone2d[..., None] & span(scores[1])[None, None, :]
         return body, lung, bone
+
+    def generate(self, z: torch.Tensor, labels: torch.Tensor | None = None, chunk: int | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+        """As :meth:`Generator.generate` (the one generation path the model calls), unchunked."""
+        x = self.high(self.features(z, labels))
+        if out is None:
+            return x
+        out.copy_(x)
+        return out
 
     def hu(self, scores: np.ndarray) -> np.ndarray:
         body, lung, bone = self.masks(scores)

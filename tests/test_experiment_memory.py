@@ -8,9 +8,9 @@ import json
 import pytest
 
 from medgen.cli import main
-from medgen.errors import RunFailed
-from medgen.experiments import memory
-from medgen.models.hagan import count_parameters, get_preset
+from medgen.core.errors import RunFailed
+from medgen.families.hagan.experiments import memory
+from medgen.families.hagan import count_parameters, get_preset
 
 
 def read_csv(path):
@@ -157,7 +157,7 @@ def test_bad_options_are_one_line_usage_errors(tmp_path, capsys, argv, words):
 
 
 def test_run_isolated_stops_a_process_over_its_memory_limit():
-    from medgen.bench import run_isolated
+    from medgen.families.hagan.bench import run_isolated
 
     # a fresh process passes 100 MiB while importing torch, long before it could finish
     with pytest.raises(RunFailed, match="over the limit of 100 MiB"):

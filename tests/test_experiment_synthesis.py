@@ -7,8 +7,8 @@ import json
 import pytest
 
 from medgen.cli import main
-from medgen.errors import UsageError
-from medgen.experiments.workspace import SCALES, ExperimentOutput, Workspace, markdown_table, metric_row
+from medgen.core.errors import UsageError
+from medgen.families.hagan.experiments.workspace import SCALES, ExperimentOutput, Workspace, markdown_table, metric_row
 
 
 def test_markdown_and_csv_tables(tmp_path):
@@ -73,11 +73,50 @@ def test_canonical_command_lists_only_what_differs_from_the_defaults():
     assert canonical_command(args) == "medgen experiment synthesis --out docs/results/synthesis --iters 500 --sizes 32"
 
 
+def test_workspace_phantoms_are_what_medgen_phantoms_writes(tmp_path):
+    import numpy as np
+
+    from medgen.data.io import read_volume
+    from medgen.families.hagan.experiments.workspace import write_phantoms
+
+    rows = write_phantoms("thorax-ct", 2, 16, 5, tmp_path / "ws", progress=False)
+    assert main(["phantoms", "--kind", "thorax-ct", "--n", "2", "--size", "16", "--seed", "5",
+                 "--out", str(tmp_path / "cli")]) == 0
+    for name in ("manifest.csv", "phantoms.json"):
+        assert (tmp_path / "ws" / name).read_text() == (tmp_path / "cli" / name).read_text(), name
+    assert [r["file"] for r in rows] == ["thorax-ct-0000.nii.gz", "thorax-ct-0001.nii.gz"]
+    for row in rows:
+        a, b = read_volume(tmp_path / "ws" / row["file"]), read_volume(tmp_path / "cli" / row["file"])
+        assert np.array_equal(a.array, b.array) and np.allclose(a.spacing, b.spacing)
+    assert (tmp_path / "ws" / "mosaic.png").stat().st_size > 0
+
+
+def test_a_step_prints_its_command_and_names_itself_in_errors(capsys):
+    from medgen.core.errors import InputError, RunFailed
+    from medgen.families.hagan.experiments.workspace import step
+
+    with step(["train", "data dir", "--out", "r"], "train x"):
+        print("working")
+    assert capsys.readouterr().out == "\n$ medgen train 'data dir' --out r\nworking\n"
+    with pytest.raises(UsageError, match=r"^step 'train x' failed: bad option \(medgen train d --out r\)$"):
+        with step(["train", "d", "--out", "r"], "train x"):
+            raise UsageError("bad option")
+    with pytest.raises(InputError, match="^step 'generate' failed: diverged") as info:
+        with step(["generate", "r"]):
+            raise RunFailed("diverged")
+    assert info.value.exit_code == 1  # the original exit code
+
+
 @pytest.mark.slow
-def test_synthesis_smoke_run(tmp_path):
+def test_synthesis_smoke_run(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
                  "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    for command in ("phantoms", "preprocess", "train", "generate", "evaluate"):  # every step shown as its command
+        assert f"\n$ medgen {command} " in printed, command
+    train_line = next(line for line in printed.splitlines() if line.startswith("$ medgen train "))
+    assert "--preset tiny" in train_line and "--split-fractions 1,0,0" in train_line and "--resume" not in train_line
     with open(out / "synthesis.csv", newline="") as fh:
         rows = {r["model"]: r for r in csv.DictReader(fh)}
     assert set(rows) == {"HA-GAN (trained)", "untrained generator", "real (training set)"}
@@ -91,3 +130,12 @@ def test_synthesis_smoke_run(tmp_path):
     # a rerun reuses the trained model and the samples
     assert main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
                  "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "trained for 2 iterations already, reused" in printed and "$ medgen train" not in printed
+    # more iterations: training resumes, and the samples of the older checkpoint are made anew
+    assert main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--no-progress", "--iters", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "--iters 3" in printed and "--resume" in printed
+    source = json.loads((tmp_path / "w" / "samples" / "synthesis-32" / "generate.json").read_text())["source"]
+    assert source["checkpoint"].endswith("iter-000003") and source["ema"] is True

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medgen.errors import InputError, UsageError
+from medgen.core.errors import InputError, UsageError
 from medgen.metrics.features import RANDOM_WARNING, load_medicalnet_weights, make_extractor, prepare_volume
 from medgen.metrics.fid import fid
 from medgen.metrics.kid import kid

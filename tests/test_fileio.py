@@ -6,7 +6,7 @@ import stat
 import numpy as np
 import pytest
 
-from medgen.fileio import atomic_path, atomic_save_npy, atomic_write_json, atomic_write_text
+from medgen.core.fileio import atomic_path, atomic_save_npy, atomic_write_json, atomic_write_text
 
 
 def test_failed_write_leaves_previous_file(tmp_path):

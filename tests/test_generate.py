@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.errors import UsageError
+from medgen.core.errors import UsageError
 from medgen.inference.generate import check_labels, latent_codes, to_hounsfield
 
 S = 32
@@ -45,9 +45,9 @@ def make_data(root: Path, n: int = 6, size: int = S) -> Path:
 
 def trained_run(base: Path) -> tuple[Path, Path]:
     """A 2-iteration tiny run (shared by the test modules through pytest's base temp folder)."""
-    from medgen.config import RunConfig
-    from medgen.models.hagan import get_preset
-    from medgen.training.trainer import train
+    from medgen.training.runconfig import RunConfig
+    from medgen.families.hagan import get_preset
+    from medgen.families.registry import train
 
     data, run = base / "h7-data", base / "h7-run"
     if not (run / "checkpoints" / "latest").is_file():

@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medgen.errors import UsageError
-from medgen.models.hagan import (
+from medgen.core.errors import UsageError
+from medgen.families.hagan import (
     Discriminator,
     Encoder,
     Generator,

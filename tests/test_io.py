@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from medgen.data.io import Volume, read_volume, reorient_to_ras, write_nifti, write_volume
-from medgen.errors import InputError
+from medgen.core.errors import InputError
 
 
 def _rotation(angle_deg: float) -> np.ndarray:

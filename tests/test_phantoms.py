@@ -14,7 +14,7 @@ import pytest
 from scipy import ndimage
 
 from medgen.data.phantoms import KINDS, generate, volume_seed
-from medgen.errors import UsageError
+from medgen.core.errors import UsageError
 
 THORAX_SEEDS = range(10)
 THORAX_SIZE = 48  # at 32³ (12.5 mm voxels) partial volume caps the measurable emphysema near 15 %

@@ -20,7 +20,7 @@ from medgen.data.preprocess import (
     preprocess_volume,
     trim_blank_slices,
 )
-from medgen.errors import InputError, UsageError
+from medgen.core.errors import InputError, UsageError
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.config import RunConfig
-from medgen.models.hagan import get_preset
-from medgen.training.trainer import train
+from medgen.training.runconfig import RunConfig
+from medgen.families.hagan import get_preset
+from medgen.families.registry import train
 from toy_volumes import make_dataset
 
 S = 32
@@ -56,7 +56,7 @@ def run_dir(tmp_path_factory) -> Path:
     cfg = RunConfig(
         data=str(data), model=get_preset("tiny", S).to_dict(), preset="tiny", iters=2, batch=2, device="cpu",
         log_every=1, sample_every=1, ckpt_every=1000, num_samples=2, split_fractions=(1.0, 0.0, 0.0),
-        lr_d=0.000321,
+        hparams=dict(lr_d=0.000321),
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

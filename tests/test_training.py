@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 import torch
 
-from medgen.config import RunConfig
-from medgen.errors import RunFailed, UsageError
-from medgen.models.hagan import Discriminator, Encoder, Generator, get_preset
+from medgen.training.runconfig import RunConfig
+from medgen.core.errors import RunFailed, UsageError
+from medgen.families.hagan import Discriminator, Encoder, Generator, get_preset
 from medgen.training import checkpoint as ckpt_io
-from medgen.training import losses
+from medgen.families.hagan import losses
+from medgen.families.hagan.config import HAGANConfig
 from medgen.training.distributed import InfiniteBatchSampler
-from medgen.training.trainer import _iteration_seed, train
+from medgen.families.registry import train
+from medgen.training.loop import _iteration_seed
 from toy_volumes import make_dataset
 
 S = 32
@@ -53,7 +55,7 @@ def tiny_cfg(data: Path, iters: int = 2, num_classes: int = 0, **kw) -> RunConfi
         label_column="label" if num_classes else None,
     )
     base.update(kw)
-    return RunConfig(**base)
+    return RunConfig.from_dict(base)  # HA-GAN hyper-parameters given at the top level, as old config files hold them
 
 
 def read_metrics(run: Path) -> list[dict[str, str]]:
@@ -302,7 +304,7 @@ def test_each_update_changes_only_its_own_network(data, tmp_path, monkeypatch):
 def test_ablation_no_encoder(data, tmp_path, monkeypatch):
     rec = _StepRecorder(monkeypatch)
     result = train(tiny_cfg(data, iters=1, use_encoder=False), tmp_path / "run", progress=False)
-    assert result.models.E is None
+    assert "E" not in result.models.nets
     assert len(rec.optimizers) == 2 and [e["opt"] for e in rec.events] == [1, 0]
     assert "E" not in ckpt_io.load_weights(tmp_path / "run")
     assert set(read_metrics(tmp_path / "run")[0]) >= {"loss_D", "loss_G"}
@@ -323,7 +325,7 @@ def test_ablation_no_lowres_and_deterministic_slabs(data, tmp_path, monkeypatch)
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.models.G.low is None and result.models.D.low is None
     assert not any("low." in k for k in result.models.G.state_dict())
-    mcfg = cfg.hagan_config()
+    mcfg = HAGANConfig.from_dict(cfg.model)
     adversarial = [s for trainable, s, _ in seen if trainable]  # one G pass per iteration for D and G steps
     assert len(adversarial) == 5
     expected = [[(i % mcfg.num_slabs) * mcfg.slab_len_lowres] * 2 for i in range(5)]
@@ -361,7 +363,7 @@ def test_config_yaml_round_trip_rebuilds_the_model(data, tmp_path):
     assert loaded.preprocess["hu_min"] == -1024.0
     assert json.loads((tmp_path / "run" / "preprocess.json").read_text())["size"] == S
     weights = ckpt_io.load_weights(tmp_path / "run")
-    mcfg = loaded.hagan_config()
+    mcfg = HAGANConfig.from_dict(loaded.model)
     for name, module in (("G", Generator(mcfg)), ("G_ema", Generator(mcfg)), ("D", Discriminator(mcfg)), ("E", Encoder(mcfg))):
         ref = module.state_dict()
         assert {k: tuple(v.shape) for k, v in ref.items()} == {k: tuple(v.shape) for k, v in weights[name].items()}
@@ -382,7 +384,8 @@ def test_command_options_build_the_config(data, tmp_path):
                               "--label-column", "label", "--lr-e", "2e-4", "--no-lowres", "--iters", "7"])
     cfg = build_config(args)
     assert cfg.model["size"] == S and cfg.model["num_classes"] == 2 and cfg.model["use_lowres"] is False
-    assert (cfg.lr_eh, cfg.lr_eg, cfg.lr_g, cfg.iters, cfg.preset) == (2e-4, 2e-4, 1e-4, 7, "tiny")
+    assert (cfg.hparams["lr_eh"], cfg.hparams["lr_eg"], cfg.hparams["lr_g"], cfg.iters, cfg.preset) == (2e-4, 2e-4, 1e-4, 7, "tiny")
+    assert cfg.family == "hagan"
     with pytest.raises(UsageError, match="holds 32"):
         build_config(parser.parse_args(["train", str(data), "--out", str(tmp_path / "r"), "--size", "64"]))
     # --resume keeps saved settings, allows a longer run, refuses a different model

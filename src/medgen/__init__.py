@@ -7,15 +7,15 @@ convention), so ``z`` — the last axis — runs inferior→superior and
 HA-GAN's high-resolution slabs are runs of consecutive axial slices.
 """
 
-__version__ = "0.1.0"
+from medgen.core.version import __version__
 
-__all__ = ["__version__", "load", "build"]
+__all__ = ["__version__", "load", "build", "evaluate"]
 
 
 def __getattr__(name: str):
-    """``medgen.load`` / ``medgen.build`` (see :mod:`medgen.api`), imported on first use so
+    """``medgen.load`` / ``medgen.build`` / ``medgen.evaluate`` (see :mod:`medgen.api`), imported on first use so
     that ``import medgen`` (and ``medgen --help``) does not import torch."""
-    if name in ("load", "build"):
+    if name in ("load", "build", "evaluate"):
         from medgen import api
 
         return getattr(api, name)

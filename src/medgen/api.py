@@ -4,7 +4,7 @@ Example::
 
     import medgen
 
-    model = medgen.load("runs/thorax64")              # latest checkpoint, EMA generator
+    model = medgen.load("runs/thorax64")              # latest checkpoint; the run's family decides the class
     x = model.generate(4, seed=0)                      # float32 [4, 64, 64, 64] in [-1, 1]
     hu = model.generate(4, seed=0, hu=True)            # CT: the same volumes in HU
     z = model.encode(x)                                # float32 [4, latent_dim]
@@ -13,140 +13,25 @@ Example::
     untrained = medgen.build("paper", size=256)        # random weights, no training
     big = untrained.generate(1, chunk=16)              # 256³ in bounded memory
 
-Volume ``i`` of ``generate(n, seed)`` depends only on (seed, i) (see
-:mod:`medgen.inference.generate`). Weights are read from safetensors files
-only (never unpickled).
+Volume ``i`` of ``generate(n, seed)`` depends only on (seed, i). Weights are
+read from safetensors files only (never unpickled). A run folder names its
+family in ``config.yaml`` (``family``; runs without the key are HA-GAN), and
+:func:`load` returns that family's model class (HA-GAN:
+:class:`medgen.families.hagan.model.HAGANModel`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
-from medgen.errors import InputError, UsageError
-from medgen.models.hagan import Encoder, Generator, HAGANConfig, get_preset
+from medgen.core.device import resolve_device
+from medgen.families import registry
+from medgen.families.hagan.model import HAGANModel
 
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → cuda if available, else cpu; ``"cuda"`` without a GPU → UsageError."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available (use --device cpu)")
-    return dev
-
-
-@dataclass
-class HAGANModel:
-    """A (trained or freshly built) HA-GAN ready for sampling and encoding.
-
-    ``generator``: G (G^A, G^L, G^H), in eval mode; ``encoder``: E (E^H, E^G)
-    or None; ``run_config``: the :class:`medgen.config.RunConfig` of the
-    training run (None for :func:`build`); ``checkpoint``: the folder the
-    weights came from.
-    """
-
-    config: HAGANConfig
-    generator: Generator
-    encoder: Encoder | None = None
-    run_config: Any = None
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    checkpoint: Path | None = None
-
-    @property
-    def preprocess(self) -> dict[str, Any]:
-        """The training data's preprocessing record (modality, CT window, size, ...); {} if unknown."""
-        return dict(getattr(self.run_config, "preprocess", None) or {})
-
-    def sample_latents(self, n: int, seed: int = 0, start: int = 0) -> np.ndarray:
-        """Latent codes of volumes start … start+n-1 for ``seed``: float32 [n, latent_dim]."""
-        from medgen.inference.generate import latent_codes
-
-        return latent_codes(n, self.config.latent_dim, seed, start)
-
-    def generate(
-        self,
-        n: int,
-        seed: int = 0,
-        labels: int | Sequence[int] | None = None,
-        chunk: int | None = None,
-        batch_size: int = 1,
-        hu: bool = False,
-        z: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """``n`` full-resolution volumes, float32 [n, S, S, S] in [-1, 1] (or HU with ``hu=True``, CT only).
-
-        ``labels``: class of every volume (one int) or of each volume, for a
-        conditional model (default: volume i gets class i mod K). ``chunk``: run
-        G^H on depth chunks of this many feature-map slices (bounded memory,
-        same result up to float rounding). ``z``: latent codes [n, latent_dim]
-        to use instead of those drawn from ``seed``.
-        """
-        from medgen.inference.generate import check_chunk, check_labels, generate_batch, latent_codes
-
-        if hu:
-            self._check_ct()
-        codes = latent_codes(n, self.config.latent_dim, seed) if z is None else np.asarray(z, dtype=np.float32)
-        if codes.shape != (n, self.config.latent_dim):
-            raise UsageError(f"z has shape {codes.shape}, expected ({n}, {self.config.latent_dim})")
-        lab = check_labels(labels, n, self.config.num_classes)
-        chunk = check_chunk(chunk, self.config.lowres_size)
-        s = self.config.size
-        out = np.empty((n, s, s, s), dtype=np.float32)
-        for k in range(0, n, max(1, batch_size)):
-            sl = slice(k, min(n, k + max(1, batch_size)))
-            zt = torch.from_numpy(codes[sl]).to(self.device)
-            lt = torch.from_numpy(lab[sl]).to(self.device) if lab is not None else None
-            generate_batch(self.generator, zt, lt, chunk, out=out[sl])
-        return self.to_hu(out) if hu else out
-
-    def encode(self, volumes: Any, batch_size: int = 1) -> np.ndarray:
-        """Latent codes of real volumes in [-1, 1] ([S, S, S] or [n, S, S, S]): float32 [n, latent_dim]."""
-        from medgen.inference.encode import as_volume_batch, encode_batch
-
-        if self.encoder is None:
-            raise UsageError("this model has no encoder (trained with --no-encoder)")
-        x = as_volume_batch(volumes, self.config.size)
-        parts = [encode_batch(self.encoder, x[k : k + batch_size].to(self.device)) for k in range(0, len(x), batch_size)]
-        return np.concatenate(parts)
-
-    def reconstruct(
-        self, volumes: Any, labels: int | Sequence[int] | None = None, chunk: int | None = None, batch_size: int = 1
-    ) -> np.ndarray:
-        """G(E(x)) for real volumes in [-1, 1]: float32 [n, S, S, S] in [-1, 1].
-
-        A class-conditional model needs the volumes' ``labels``.
-        """
-        z = self.encode(volumes, batch_size)
-        if self.config.num_classes > 0 and labels is None:
-            raise UsageError("this model is class-conditional: pass the volumes' labels to reconstruct them")
-        return self.generate(len(z), labels=labels, chunk=chunk, batch_size=batch_size, z=z)
-
-    def to_hu(self, x: np.ndarray) -> np.ndarray:
-        """Map [-1, 1] back to Hounsfield units with the training data's CT window (float32)."""
-        from medgen.inference.generate import ct_window, to_hounsfield
-
-        self._check_ct()
-        return to_hounsfield(x, ct_window(self.preprocess))
-
-    def _check_ct(self) -> None:
-        from medgen.inference.generate import is_ct
-
-        if not is_ct(self.preprocess):
-            modality = self.preprocess.get("modality", "unknown")
-            raise UsageError(f"HU output needs a model trained on CT; this one's training data is {modality}")
-
-
-def _eval(module: torch.nn.Module | None, device: torch.device):
-    if module is None:
-        return None
-    return module.to(device).eval().requires_grad_(False)
+__all__ = ["load", "build", "build_untrained", "evaluate", "resolve_device", "HAGANModel"]
 
 
 def load(
@@ -154,39 +39,15 @@ def load(
     checkpoint: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     use_ema: bool = True,
-) -> HAGANModel:
+) -> Any:
     """Load a trained model from a run folder written by ``medgen train``.
 
     ``checkpoint``: a checkpoint folder (``RUN/checkpoints/iter-NNNNNN``); default
-    the run's latest. ``use_ema``: sample with the EMA generator when the
-    checkpoint has one. ``device``: cpu, cuda or auto. Raises InputError if
-    ``run_dir`` is not a run folder or holds no checkpoint.
+    the run's latest. ``use_ema``: sample with the EMA copy when the checkpoint
+    has one. ``device``: cpu, cuda or auto. Raises InputError if ``run_dir`` is
+    not a run folder or holds no checkpoint.
     """
-    from medgen.config import RunConfig
-    from medgen.training.checkpoint import load_weights, resolve_checkpoint
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: no such run folder")
-    run_cfg = RunConfig.load(run_dir)
-    cfg = run_cfg.hagan_config()
-    ckpt = resolve_checkpoint(checkpoint if checkpoint is not None else run_dir)
-    weights = load_weights(ckpt, device="cpu")
-    dev = resolve_device(device)
-    g_key = "G_ema" if use_ema and "G_ema" in weights else "G"
-    if g_key not in weights:
-        raise InputError(f"{ckpt}: the checkpoint holds no generator weights")
-    with torch.device("meta"):
-        generator = Generator(cfg)
-        encoder = Encoder(cfg) if "E" in weights else None
-    try:
-        generator.load_state_dict(weights[g_key], assign=True)
-        if encoder is not None:
-            encoder.load_state_dict(weights["E"], assign=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{ckpt}: weights do not fit the model in {run_dir / 'config.yaml'} ({first})") from None
-    return HAGANModel(cfg, _eval(generator, dev), _eval(encoder, dev), run_cfg, dev, ckpt)
+    return registry.load(run_dir, checkpoint=checkpoint, device=resolve_device(device), use_ema=use_ema)
 
 
 def build(
@@ -195,38 +56,171 @@ def build(
     seed: int = 0,
     device: str | torch.device = "cpu",
     encoder: bool = True,
+    family: str = "hagan",
     **overrides: Any,
-) -> HAGANModel:
+) -> Any:
     """An untrained model (random initialisation drawn from ``seed``) of ``preset`` at ``size``³.
 
     ``overrides`` replace preset fields (width, latent_dim, num_classes, ...).
     Useful to check shapes, memory and speed before training.
     """
-    cfg = get_preset(preset, size, **overrides)
-    dev = resolve_device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = Generator(cfg)
-        enc = Encoder(cfg) if encoder else None
-    return HAGANModel(cfg, _eval(generator, dev), _eval(enc, dev), None, dev, None)
+    return registry.get(family).build_model(
+        preset, size, seed=seed, device=resolve_device(device), encoder=encoder, **overrides
+    )
 
 
-def build_untrained(run_dir: str | os.PathLike, seed: int = 0, device: str | torch.device = "cpu") -> HAGANModel:
+def build_untrained(run_dir: str | os.PathLike, seed: int = 0, device: str | torch.device = "cpu") -> Any:
     """The architecture of training run ``run_dir`` at a random initialisation drawn from ``seed``.
 
     Carries the run's configuration (preprocessing record, spacing) but none of
     its weights: the baseline every trained model must clearly beat.
     """
-    from medgen.config import RunConfig
+    return registry.build_untrained(run_dir, seed=seed, device=resolve_device(device))
 
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise InputError(f"{run_dir}: no such run folder")
-    run_cfg = RunConfig.load(run_dir)
-    cfg = run_cfg.hagan_config()
-    dev = resolve_device(device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = Generator(cfg)
-    return HAGANModel(cfg, _eval(generator, dev), None, run_cfg, dev, None)
 
+def evaluate(
+    real: Any,
+    fake: Any,
+    train: Any = None,
+    metrics: Any = None,
+    features: str | None = None,
+    weights: Any = None,
+    classifier: Any = None,
+    n: int | None = None,
+    device: str | torch.device = "auto",
+    *,
+    seed: int = 0,
+    samples_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> Any:
+    """Compare generated volumes with real ones (the work of ``medgen evaluate``); returns a
+    :class:`medgen.metrics.evaluate.Evaluation` (``.metrics``, ``.report``, ``.save(path)``, ``.table()``).
+
+    Example::
+
+        ev = medgen.evaluate("data/heldout", "runs/thorax64", n=64, features="random", metrics="fid,kid")
+        print(ev.table()); ev.save("metrics.json")
+
+    Takes what :func:`medgen.metrics.evaluate.evaluate` takes (folders, VolumeSets or
+    arrays ``[n, X, Y, Z]``; ``options`` are its keyword options, e.g. ``input_size``,
+    ``bootstrap``, ``figures_dir``, ``is_probs``), and loads what needs a trained model:
+
+    ``fake``: may be a training run folder (it has ``config.yaml``): ``n`` volumes are
+    sampled from its latest checkpoint with ``seed`` into
+    ``<samples_dir>/<checkpoint>-seed<seed>`` (default ``samples_dir``: ``RUN/evaluate-samples``),
+    so samples of another checkpoint are never reused. ``features="encoder"``: ``weights``
+    is a run folder (or one of its checkpoint folders) whose encoder gives the features.
+    A loaded model may be given instead as ``encoder=`` (with ``encoder_info=``).
+    ``classifier``: a folder written by ``medgen train-classifier`` (or a ready
+    :class:`medgen.metrics.registry.ClassifierProbs`), for the Inception Score.
+    ``device``: where models, the feature network and the classifier run.
+    """
+    import inspect
+    from pathlib import Path
+
+    from medgen.core.errors import UsageError
+    from medgen.metrics import evaluate as ev
+
+    unknown = sorted(set(options) - set(inspect.signature(ev.evaluate).parameters))
+    if unknown:
+        raise TypeError(f"evaluate() got an unexpected keyword argument {unknown[0]!r}")
+    plan = ev.check_options(metrics=metrics, features=features, weights=weights, classifier=classifier, **options)
+    device = str(resolve_device(device))
+    loaded: dict[tuple[str, str | None], Any] = {}
+
+    def load_run(run_dir: Path, checkpoint: Path | None = None) -> Any:
+        key = (str(Path(run_dir).resolve()), None if checkpoint is None else str(Path(checkpoint).resolve()))
+        if key not in loaded:
+            loaded[key] = load(run_dir, checkpoint=checkpoint, device=device)
+        return loaded[key]
+
+    if classifier is not None and not hasattr(classifier, "probs_fn"):
+        classifier = _classifier_probs(classifier, device)
+    encoder, encoder_info = options.pop("encoder", None), options.pop("encoder_info", None)  # a model given ready
+    if plan.features == "encoder" and plan.needs_features and encoder is None:
+        encoder, encoder_info = _run_encoder(weights, load_run)
+        weights = None
+    if isinstance(fake, (str, os.PathLike)) and (Path(fake) / "config.yaml").is_file():
+        if n is None:
+            raise UsageError(f"{fake}: is a training run; pass --n N to sample N volumes from it")
+        fake = _sample_run(load_run(Path(fake)), Path(fake), n, seed, samples_dir, progress)
+    return ev.evaluate(real, fake, train, metrics, plan.features, weights, encoder=encoder, encoder_info=encoder_info,
+                       classifier=classifier, n=n, seed=seed, device=device, progress=progress, **options)
+
+
+def _samples_folder(root: str | os.PathLike, checkpoint: str | os.PathLike | None, seed: int) -> Any:
+    """Where :func:`evaluate` samples a run: ``root/<checkpoint name>-seed<seed>`` (one folder per
+    checkpoint and seed, so a later checkpoint never reuses an earlier one's samples)."""
+    from pathlib import Path
+
+    name = Path(checkpoint).name if checkpoint is not None else "untrained"
+    return Path(root) / f"{name}-seed{seed}"
+
+
+def _sample_run(model: Any, run: Any, n: int, seed: int, samples_dir: Any, progress: bool) -> Any:
+    """Generate ``n`` volumes of ``model`` (loaded from ``run``) into its samples folder; the opened set of them."""
+    from pathlib import Path
+
+    from medgen.inference.generate import generate_to_folder
+    from medgen.metrics.volumes import open_volume_set
+
+    checkpoint = getattr(model, "checkpoint", None)
+    folder = _samples_folder(samples_dir if samples_dir is not None else Path(run) / "evaluate-samples", checkpoint, seed)
+    source = {"run": str(run), "checkpoint": None if checkpoint is None else Path(checkpoint).name}
+    rows = generate_to_folder(model, folder, n, seed=seed, fmt="npy", mosaic=False, progress=progress, source=source)
+    vs = open_volume_set(folder, what="--fake")
+    wanted = {r["id"] for r in rows}  # the folder may hold more volumes from an earlier, larger --n
+    return vs.subset([i for i, v in enumerate(vs.ids) if v in wanted])
+
+
+def _run_encoder(weights: Any, load_run: Any) -> tuple[Any, dict[str, Any]]:
+    """The model of run (or checkpoint) folder ``weights`` for encoder features, and what identifies it."""
+    from pathlib import Path
+
+    from medgen.core.errors import UsageError
+    from medgen.metrics.features import file_sha256
+    from medgen.training.checkpoint import WEIGHTS_NAME, resolve_checkpoint
+
+    if weights is None:
+        raise UsageError("--features encoder needs --weights RUN: a training run folder (or checkpoint folder) of HA-GAN")
+    run = Path(weights)
+    run_dir = run if (run / "config.yaml").is_file() else run.parent.parent
+    model = load_run(run_dir, None if run_dir == run else run)
+    if getattr(model, "encoder", None) is None:
+        raise UsageError(f"{run}: this model has no encoder (trained with --no-encoder); use --features med3d or random")
+    from medgen.families.hagan.model import HAGANModel
+
+    ckpt = Path(model.checkpoint) if getattr(model, "checkpoint", None) is not None else resolve_checkpoint(run)
+    architecture = ("HA-GAN encoder E^H -> E^G latent code" if isinstance(model, HAGANModel)
+                    else f"{type(model).__name__} encoder latent code")
+    info = {"architecture": architecture, "run": str(run_dir), "checkpoint": ckpt.name,
+            "weights_sha256": file_sha256(ckpt / WEIGHTS_NAME)}
+    return model, info
+
+
+def _classifier_probs(folder: Any, device: str) -> Any:
+    """The classifier in ``folder`` (written by ``medgen train-classifier``), ready for the IS metric."""
+    from pathlib import Path
+
+    from medgen.families.classifier.network import WEIGHTS_FILE, class_probabilities, load_classifier
+    from medgen.metrics.features import file_sha256
+    from medgen.metrics.registry import ClassifierProbs
+
+    folder = Path(folder)
+    model, info = load_classifier(folder, device=device)
+
+    def probs_fn(volumes, *, batch_size=2, progress=False, total=None, desc="classifier"):
+        return class_probabilities(model, volumes, batch_size=batch_size, device=device, progress=progress,
+                                   total=total, desc=desc)
+
+    described = {
+        "path": str(folder),
+        "weights_sha256": info.get("weights_sha256") or file_sha256(folder / WEIGHTS_FILE),
+        "label_column": info.get("label_column"),
+        "classes": [str(c) for c in info.get("classes") or range(model.num_classes)],
+        "in_size": model.in_size,
+        "val_accuracy": info.get("val_accuracy"),
+        "test_accuracy": info.get("test_accuracy"),
+    }
+    return ClassifierProbs(probs_fn, described)

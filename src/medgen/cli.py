@@ -4,7 +4,7 @@ Each command module defines ``add_parser(subparsers)`` (which registers its
 options and sets ``func``) and a ``run(args) -> int`` returning the exit code.
 Command modules import heavy libraries (torch, SimpleITK, ...) inside ``run`` so
 that ``medgen --help`` stays fast. Exit codes are documented in
-:mod:`medgen.errors`.
+:mod:`medgen.core.errors`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import importlib
 import sys
 from typing import Sequence
 
-from medgen import __version__
-from medgen.errors import EXIT_INTERRUPTED, MedgenError
+from medgen.core.version import __version__
+from medgen.core.errors import EXIT_INTERRUPTED, MedgenError
 
 # Order is the order shown by ``medgen --help``.
 COMMAND_MODULES: tuple[str, ...] = (

@@ -8,7 +8,7 @@ Examples::
 
 Each measurement runs in a fresh Python process, so the peak memory is that of
 the configuration alone (CPU: peak resident set size; CUDA: peak allocated
-tensor memory). See :mod:`medgen.bench` for exactly what is timed.
+tensor memory). See :mod:`medgen.families.hagan.bench` for exactly what is timed.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog="Exit codes: 0 success, 1 the measurement failed (e.g. out of memory), 2 usage error.",
     )
     p.add_argument("kind", choices=("train", "generate"), help="what to time")
+    p.add_argument("--family", default="hagan", help="model family (default hagan)")
     p.add_argument("--preset", default="paper", help="model preset: paper, small, tiny (default paper)")
     p.add_argument("--size", type=int, default=128, metavar="S", help="volume edge length (default 128)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
@@ -47,8 +48,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from medgen.bench import check_request, describe, run_isolated
+    from medgen.core.errors import UsageError
+    from medgen.families import registry
 
+    family = registry.get(args.family)
+    if family.bench is None:
+        raise UsageError(f"family {family.name!r} has no benchmark (families with one: "
+                         f"{', '.join(n for n, f in registry.FAMILIES.items() if f.bench is not None)})")
+    check_request, describe, run_isolated = family.bench.check_request, family.bench.describe, family.bench.run_isolated
     batch = args.batch or (1 if args.kind == "generate" else (4 if args.device == "cuda" else 2))
     check_request(args.kind, args.preset, args.size, batch, args.warmup, args.repeats, args.device)
     result = run_isolated(

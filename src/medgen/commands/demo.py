@@ -1,7 +1,8 @@
 """``medgen demo``: the main job end to end on built-in thorax-CT phantoms.
 
-Stages, each an ordinary ``medgen`` command (printed before it runs, so every
-step can be repeated by hand on one's own data):
+Stages, each the work of an ordinary ``medgen`` command, done by the library
+call behind it; the command is printed before the stage runs, so every step can
+be repeated by hand on one's own data:
 
 1. ``phantoms``   a training set and a held-out set of thorax-CT phantoms (NIfTI, HU)
 2. ``preprocess`` both sets → training-ready folders (HU window → [-1, 1])
@@ -26,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from medgen.errors import UsageError
+from medgen.core.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, MedgenError, UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,73 +57,198 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """The demo's commands, in order (``medgen`` argv lists)."""
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the demo: ``name``; ``argv``, the ``medgen`` command that does the same (printed
+    before the stage runs); ``run``, the work itself, returning that command's exit code."""
+
+    name: str
+    argv: list[str]
+    run: Callable[[], int]
+
+
+def stages(args: argparse.Namespace) -> list[Stage]:
+    """The demo's stages, in order."""
+    from medgen.families.run_config import train_command
+
     out = args.out
     raw, data, run = out / "phantoms", out / "data", out / "run"
     size, seed = str(args.size), args.seed
+    train = dict(preset=args.preset, resume=(run / "config.yaml").exists(),
+                 options={"iters": 100_000, "max_minutes": args.minutes, "batch": 4, "seed": seed,
+                          "device": args.device, "sample_every": 250, "ckpt_every": 500, "log_every": 25})
+    phantoms = [
+        ["phantoms", "--kind", "thorax-ct", "--n", str(args.n_train), "--size", size, "--seed", str(seed),
+         "--out", str(raw / "train"), "--workers", "2"],
+        ["phantoms", "--kind", "thorax-ct", "--n", str(args.n_heldout), "--size", size, "--seed", str(seed + 1),
+         "--out", str(raw / "heldout"), "--workers", "2"],
+    ]
+    latent = ["experiment", "latent", "--run", str(run), "--out", str(out / "latent"), "--work", str(out / "work"),
+              "--n-codes", str(args.latent_codes), "--seed", str(seed), "--device", args.device]
     return [
-        ("phantoms (training set)",
-         ["phantoms", "--kind", "thorax-ct", "--n", str(args.n_train), "--size", size, "--seed", str(seed),
-          "--out", str(raw / "train"), "--workers", "2"]),
-        ("phantoms (held-out set)",
-         ["phantoms", "--kind", "thorax-ct", "--n", str(args.n_heldout), "--size", size, "--seed", str(seed + 1),
-          "--out", str(raw / "heldout"), "--workers", "2"]),
-        ("preprocess (training set)",
-         ["preprocess", str(raw / "train"), str(data / "train"), "--modality", "ct", "--size", size, "--workers", "2"]),
-        ("preprocess (held-out set)",
-         ["preprocess", str(raw / "heldout"), str(data / "heldout"), "--modality", "ct", "--size", size,
-          "--workers", "2"]),
-        ("train",
-         ["train", str(data / "train"), "--out", str(run), "--preset", args.preset, "--iters", "100000",
-          "--max-minutes", f"{args.minutes:g}", "--batch", "4", "--seed", str(seed), "--device", args.device,
-          "--sample-every", "250", "--ckpt-every", "500", "--log-every", "25"]
-         + (["--resume"] if (run / "config.yaml").exists() else [])),
-        ("generate",
-         ["generate", str(run), "--n", str(args.n_samples), "--out", str(out / "samples"), "--seed", str(seed)]),
-        ("encode",
-         ["encode", str(run), str(data / "heldout"), "--out", str(out / "latents.csv"),
-          "--reconstruct", str(out / "reconstructions")]),
-        ("evaluate",
-         ["evaluate", "--real", str(data / "heldout"), "--train", str(data / "train"), "--fake", str(out / "samples"),
-          "--features", "random", "--out", str(out / "metrics.json"), "--seed", str(seed)]),
-        ("generate (untrained baseline)",
-         ["generate", str(run), "--untrained", "--n", str(args.n_samples), "--out", str(out / "samples-untrained"),
-          "--seed", str(seed), "--no-mosaic"]),
-        ("evaluate (untrained baseline)",
-         ["evaluate", "--real", str(data / "heldout"), "--fake", str(out / "samples-untrained"), "--features", "random",
-          "--metrics", "fid,kid,mmd,prdc,ms_ssim,anatomy", "--out", str(out / "metrics-untrained.json"),
-          "--seed", str(seed), "--no-figures"]),
-        ("latent traversals",
-         ["experiment", "latent", "--run", str(run), "--out", str(out / "latent"), "--work", str(out / "work"),
-          "--n-codes", str(args.latent_codes), "--seed", str(seed), "--device", args.device]),
-        ("report",
-         ["report", str(run), "--metrics", str(out / "metrics.json"), "--baseline", str(out / "metrics-untrained.json"),
-          "--traversals", str(out / "latent" / "latent_traversals.png"), "--out", str(out / "report.html"),
-          "--seed", str(seed)]),
+        Stage("phantoms (training set)", phantoms[0], lambda: _phantoms(args.n_train, args.size, seed, raw / "train")),
+        Stage("phantoms (held-out set)", phantoms[1],
+              lambda: _phantoms(args.n_heldout, args.size, seed + 1, raw / "heldout")),
+        Stage("preprocess (training set)",
+              ["preprocess", str(raw / "train"), str(data / "train"), "--modality", "ct", "--size", size,
+               "--workers", "2"],
+              lambda: _preprocess(raw / "train", data / "train", args.size)),
+        Stage("preprocess (held-out set)",
+              ["preprocess", str(raw / "heldout"), str(data / "heldout"), "--modality", "ct", "--size", size,
+               "--workers", "2"],
+              lambda: _preprocess(raw / "heldout", data / "heldout", args.size)),
+        Stage("train", train_command(data / "train", run, **train), lambda: _train(data / "train", run, train)),
+        Stage("generate",
+              ["generate", str(run), "--n", str(args.n_samples), "--out", str(out / "samples"), "--seed", str(seed)],
+              lambda: _generate(run, out / "samples", args.n_samples, seed)),
+        Stage("encode",
+              ["encode", str(run), str(data / "heldout"), "--out", str(out / "latents.csv"),
+               "--reconstruct", str(out / "reconstructions")],
+              lambda: _encode(run, data / "heldout", out / "latents.csv", out / "reconstructions")),
+        Stage("evaluate",
+              ["evaluate", "--real", str(data / "heldout"), "--train", str(data / "train"), "--fake",
+               str(out / "samples"), "--features", "random", "--out", str(out / "metrics.json"), "--seed", str(seed)],
+              lambda: _evaluate(data / "heldout", out / "samples", out / "metrics.json", seed, train=data / "train")),
+        Stage("generate (untrained baseline)",
+              ["generate", str(run), "--untrained", "--n", str(args.n_samples), "--out", str(out / "samples-untrained"),
+               "--seed", str(seed), "--no-mosaic"],
+              lambda: _generate(run, out / "samples-untrained", args.n_samples, seed, untrained=True)),
+        Stage("evaluate (untrained baseline)",
+              ["evaluate", "--real", str(data / "heldout"), "--fake", str(out / "samples-untrained"), "--features",
+               "random", "--metrics", BASELINE_METRICS, "--out", str(out / "metrics-untrained.json"),
+               "--seed", str(seed), "--no-figures"],
+              lambda: _evaluate(data / "heldout", out / "samples-untrained", out / "metrics-untrained.json", seed,
+                                metrics=BASELINE_METRICS, figures=False)),
+        Stage("latent traversals", latent, lambda: _command("experiment", latent)),
+        Stage("report",
+              ["report", str(run), "--metrics", str(out / "metrics.json"), "--baseline",
+               str(out / "metrics-untrained.json"), "--traversals", str(out / "latent" / "latent_traversals.png"),
+               "--out", str(out / "report.html"), "--seed", str(seed)],
+              lambda: _report(run, out, seed)),
     ]
 
 
-def run(args: argparse.Namespace) -> int:
-    from medgen.cli import main
+BASELINE_METRICS = "fid,kid,mmd,prdc,ms_ssim,anatomy"
 
+
+# ---------------------------------------------------------------------- the stages' work
+def _command(name: str, argv: list[str]) -> int:
+    """``medgen ARGV`` through its command module's own parser and ``run`` (for the latent experiment, whose
+    entry point takes the experiment options as parsed)."""
+    import importlib
+
+    module = importlib.import_module(f"medgen.commands.{name}")
+    parser = argparse.ArgumentParser(prog="medgen")
+    module.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+def _phantoms(n: int, size: int, seed: int, out: Path) -> int:
+    from medgen.data.phantoms.phantom_set import spacing_mm, write_phantom_set
+    from medgen.viz.mosaic import save_phantom_set_mosaic
+
+    rows = write_phantom_set("thorax-ct", n, size, seed, out, workers=2)
+    save_phantom_set_mosaic(out, rows, "thorax-ct")
+    print(f"wrote {n} thorax-ct phantoms ({size}^3, {spacing_mm('thorax-ct', size):g} mm) to {out}")
+    return 0
+
+
+def _preprocess(raw: Path, folder: Path, size: int) -> int:
+    from medgen.core.errors import InputError
+    from medgen.data.preprocess import PreprocessSettings, preprocess_folder
+
+    summary = preprocess_folder(raw, folder, PreprocessSettings(modality="ct", size=size), workers=2)
+    print(summary.format(), file=sys.stderr)
+    if summary.manifest is None:
+        raise InputError(f"{raw}: no readable input volumes ({len(summary.failed)} failed, listed above)")
+    print(f"wrote {summary.manifest} ({len(summary.written) + len(summary.skipped)} volumes)")
+    return EXIT_PARTIAL if summary.failed else 0
+
+
+def _train(data: Path, run: Path, train: dict) -> int:
+    from medgen.families import registry
+    from medgen.families.run_config import new_run_config
+
+    cfg = new_run_config(data, run, **train)
+    result = registry.train(cfg, run, resume=train["resume"])
+    return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def _generate(run: Path, out: Path, n: int, seed: int, untrained: bool = False) -> int:
+    from medgen.api import build_untrained, load
+    from medgen.inference.generate import generate_to_folder
+
+    if untrained:
+        model = build_untrained(run, seed=seed, device="auto")
+        source = {"untrained": str(run.resolve()), "init_seed": seed}
+    else:
+        model = load(run, device="auto")
+        source = {"checkpoint": str(model.checkpoint.resolve()), "ema": True}
+    rows = generate_to_folder(model, out, n, seed=seed, mosaic=not untrained, source=source)
+    print(f"medgen generate: {len(rows)} volumes in {out}")
+    return 0
+
+
+def _encode(run: Path, data: Path, out: Path, reconstructions: Path) -> int:
+    from medgen.api import load
+    from medgen.inference.encode import encode_folder
+
+    model = load(run, device="auto", use_ema=False)  # the generator the encoder was trained to invert
+    rows = encode_folder(model, data, out, reconstruct_dir=reconstructions)
+    print(f"medgen encode: {len(rows)} volumes encoded into {out}")
+    return 0
+
+
+def _evaluate(real: Path, fake: Path, out: Path, seed: int, *, train: Path | None = None, metrics: str | None = None,
+              figures: bool = True) -> int:
+    from medgen.api import evaluate
+
+    result = evaluate(real, fake, train, metrics=metrics, features="random", seed=seed,
+                      figures_dir=out.with_name(out.stem + "-figures") if figures else None)
+    result.save(out)
+    print(result.table())
+    print(f"wrote {out}")
+    if result.failed:
+        print(f"medgen evaluate: {len(result.failed)} metric(s) failed: {', '.join(result.failed)}", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
+
+
+def _report(run: Path, out: Path, seed: int) -> int:
+    from medgen.report import write_report
+
+    path = write_report(run, out / "report.html", metrics=out / "metrics.json", seed=seed,
+                        baseline=out / "metrics-untrained.json", traversals=out / "latent" / "latent_traversals.png")
+    print(f"wrote {path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
     if args.minutes <= 0:
         raise UsageError(f"--minutes must be positive, got {args.minutes:g}")
     if min(args.n_train, args.n_heldout, args.n_samples) < 2:
         raise UsageError("--n-train, --n-heldout and --n-samples must each be at least 2")
     plan = stages(args)
     t0 = time.monotonic()
-    for i, (name, argv) in enumerate(plan, 1):
-        if name == "generate" and (args.out / "samples" / "generate.json").exists():
+    for i, stage in enumerate(plan, 1):
+        if stage.name == "generate" and (args.out / "samples" / "generate.json").exists():
             # samples of an earlier demo run come from an older checkpoint: make them anew
             shutil.rmtree(args.out / "samples")
-        print(f"\n[{i}/{len(plan)}] {name}: medgen {' '.join(argv)}", flush=True)
+        print(f"\n[{i}/{len(plan)}] {stage.name}: medgen {' '.join(stage.argv)}", flush=True)
         t = time.monotonic()
-        code = main(argv)
+        try:
+            code = stage.run()
+        except MedgenError as exc:
+            print(f"medgen {stage.argv[0]}: error: {exc}", file=sys.stderr)
+            code = exc.exit_code
+        except KeyboardInterrupt:
+            print(f"medgen {stage.argv[0]}: interrupted", file=sys.stderr)
+            code = EXIT_INTERRUPTED
         if code != 0:
-            print(f"medgen demo: stage '{name}' failed (exit code {code}); fix it and rerun to continue", flush=True)
+            print(f"medgen demo: stage '{stage.name}' failed (exit code {code}); fix it and rerun to continue", flush=True)
             return code
-        print(f"[{i}/{len(plan)}] {name}: done in {time.monotonic() - t:.0f} s", flush=True)
+        print(f"[{i}/{len(plan)}] {stage.name}: done in {time.monotonic() - t:.0f} s", flush=True)
     out = args.out
     results = [
         (out / "report.html", "the report: open it in a browser"),

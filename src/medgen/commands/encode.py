@@ -57,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     from medgen.inference.encode import encode_folder
 
     model = load(args.run, checkpoint=args.checkpoint, device=args.device, use_ema=args.ema)
+    if not callable(getattr(model, "encode", None)):
+        from medgen.core.errors import UsageError
+
+        family = getattr(model.run_config, "family", "?")
+        raise UsageError(f"{args.run}: a run of family {family!r}, which has no encoder")
     rows = encode_folder(
         model,
         args.data,

@@ -18,7 +18,7 @@ import argparse
 import importlib
 import shlex
 
-from medgen.experiments import EXPERIMENTS
+from medgen.families.hagan.experiments import EXPERIMENTS
 
 # Options every experiment takes (dest → default), in the order of the canonical command line.
 _COMMON_DEFAULTS = {"scale": "demo", "work": "experiments-out/work", "data": None, "heldout": None, "run": None,
@@ -26,7 +26,7 @@ _COMMON_DEFAULTS = {"scale": "demo", "work": "experiments-out/work", "data": Non
 
 
 def _module(name: str):
-    return importlib.import_module(f"medgen.experiments.{name}")
+    return importlib.import_module(f"medgen.families.hagan.experiments.{name}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -98,8 +98,8 @@ def canonical_command(args: argparse.Namespace, parser_defaults: dict | None = N
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medgen.errors import UsageError
-    from medgen.experiments.workspace import ExperimentOutput, Workspace, get_scale
+    from medgen.core.errors import UsageError
+    from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace, get_scale
 
     module = _module(args.experiment)
     if args.weights is not None and args.features != "med3d":
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     out = ExperimentOutput(out_dir, args.experiment, canonical_command(args, defaults), scale)
     print(f"medgen experiment {args.experiment} ({scale.name} scale): {out.command}", flush=True)
     results = module.run(ws, out, args)
-    from medgen.metrics.features import resolve_device
+    from medgen.core.device import resolve_device
 
-    out.finish(results, device=resolve_device(args.device))
+    out.finish(results, device=str(resolve_device(args.device)))
     return 0

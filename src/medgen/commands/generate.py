@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medgen.api import load
-    from medgen.errors import UsageError
+    from medgen.core.errors import UsageError
     from medgen.inference.generate import generate_to_folder
 
     if args.untrained:
@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = load(args.run, checkpoint=args.checkpoint, device=args.device, use_ema=not args.no_ema)
         source = {"checkpoint": str(model.checkpoint.resolve()), "ema": not args.no_ema}
+    if not callable(getattr(model, "generate", None)):
+        family = getattr(model.run_config, "family", "?")
+        raise UsageError(f"{args.run}: a run of family {family!r}, which does not generate volumes")
     rows = generate_to_folder(
         model,
         args.out,

@@ -1,7 +1,9 @@
-"""``medgen model-info``: parameter counts and tensor shapes of every HA-GAN block.
+"""``medgen model-info``: what a model family has; for HA-GAN, parameters and shapes of every block.
 
     medgen model-info --preset paper --size 256
     medgen model-info --preset tiny --size 64 --json
+    medgen model-info --family classifier --preset tiny --size 32
+    medgen model-info --list
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-HELP = "show the HA-GAN blocks of a model preset: parameters and tensor shapes"
+HELP = "show a model family (default HA-GAN): its presets, networks, hyper-parameters, parameters and shapes"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,6 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 success, 2 invalid configuration.",
     )
+    p.add_argument("--family", default="hagan", help="model family from the registry (default hagan)")
+    p.add_argument("--list", action="store_true", help="list the registered families and exit")
     p.add_argument("--preset", default="paper", help="model preset: paper (published architecture), small, tiny")
     p.add_argument("--size", type=int, default=256, metavar="S", help="output edge length, power of two 32-512 (default 256)")
     p.add_argument("--width", type=float, default=None, help="channel-width multiplier (overrides the preset)")
@@ -43,9 +47,59 @@ def _shape(shape: list[int], num_classes: int = 0) -> str:
     return f"logit + {num_classes} class logits" if num_classes else "logit"
 
 
+def _family_info(family, cfg) -> dict:
+    """Family-agnostic description: presets, networks (parameters), losses, hyper-parameters, abilities."""
+    import torch
+
+    hp = family.hparams_from_dict({})
+    with torch.device("meta"):
+        nets = family.build(cfg, hp, torch.device("meta"))
+    return {
+        "family": family.name,
+        "summary": family.summary,
+        "presets": list(family.presets),
+        "config": cfg.to_dict(),
+        "networks": {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()},
+        "losses": [f"loss_{n}" for n in family.loss_names(cfg, hp)],
+        "hyper_parameters": hp.to_dict(),
+        "ema_of": family.ema,
+        "data_keys": list(family.data_keys),
+        "uses_labels": bool(family.uses_labels(cfg)),
+        "benchmark": family.bench is not None,
+    }
+
+
+def _print_family(info: dict) -> None:
+    print(f"family {info['family']}: {info['summary']}")
+    print(f"  presets: {', '.join(info['presets'])}")
+    print(f"  config: {', '.join(f'{k}={v}' for k, v in info['config'].items())}")
+    nets = ", ".join(f"{k} {v / 1e6:.3f}M" for k, v in info["networks"].items())
+    print(f"  networks (parameters): {nets}")
+    print(f"  logged losses: {', '.join(info['losses'])}")
+    print(f"  hyper-parameters (defaults): {', '.join(f'{k}={v}' for k, v in info['hyper_parameters'].items())}")
+    print(f"  EMA of: {info['ema_of'] or '-'}; data keys: {', '.join(info['data_keys'])}; "
+          f"labels: {'yes' if info['uses_labels'] else 'no'}; medgen bench: {'yes' if info['benchmark'] else 'no'}")
+
+
 def run(args: argparse.Namespace) -> int:
-    from medgen.models.hagan import get_preset
-    from medgen.models.hagan.summary import summary
+    from medgen.families import registry
+
+    if args.list:
+        for name, fam in registry.FAMILIES.items():
+            print(f"{name:<12} {fam.summary}")
+        return 0
+    family = registry.get(args.family)
+    if family.name != "hagan":
+        cfg = family.model_config(args.preset if args.preset in family.presets else "tiny", args.size,
+                                  width=args.width, num_classes=args.num_classes)
+        info = _family_info(family, cfg)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            _print_family(info)
+        return 0
+    from medgen.families.hagan import get_preset
+    from medgen.families.hagan.summary import summary
 
     cfg = get_preset(
         args.preset,

@@ -56,7 +56,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medgen.data.preprocess import PreprocessSettings, preprocess_folder
-    from medgen.errors import EXIT_OK, EXIT_PARTIAL, InputError
+    from medgen.core.errors import EXIT_OK, EXIT_PARTIAL, InputError
 
     settings = PreprocessSettings(
         modality=args.modality,

@@ -44,8 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from medgen.errors import UsageError
-    from medgen.viz.report import default_metrics_path, write_report
+    from medgen.core.errors import UsageError
+    from medgen.report import default_metrics_path, write_report
 
     if args.n_samples < 1:
         raise UsageError(f"--n-samples {args.n_samples}: need at least 1")

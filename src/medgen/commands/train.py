@@ -14,13 +14,11 @@ checkpoint (continue with ``--resume``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
-from medgen.errors import EXIT_INTERRUPTED, UsageError
+from medgen.core.errors import EXIT_INTERRUPTED
 
-# Options that map 1:1 onto RunConfig fields (dest → field). None means "not given".
-_RUN_OPTIONS = {
-    "preset": "preset",
+# Options that map 1:1 onto options of medgen.families.run_config.new_run_config (dest → option name).
+_OPTIONS = {
     "iters": "iters",
     "max_minutes": "max_minutes",
     "batch": "batch",
@@ -43,7 +41,7 @@ _RUN_OPTIONS = {
     "split_seed": "split_seed",
     "split_fractions": "split_fractions",
 }
-# Options that change the model (HAGANConfig field names).
+# Options that change the model (the family's architecture fields).
 _MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes")
 
 
@@ -61,10 +59,10 @@ def _fractions(text: str) -> tuple[float, float, float]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
-        help="train HA-GAN on a preprocessed data set",
+        help="train a generative model (default HA-GAN) on a preprocessed data set",
         description=(
-            "Train HA-GAN (generator, discriminator and hierarchical encoder) on a folder written by "
-            "`medgen preprocess`. Writes RUN/config.yaml, checkpoints, TensorBoard logs, "
+            "Train a model family (--family; default hagan: generator, discriminator and hierarchical encoder) "
+            "on a folder written by `medgen preprocess`. Writes RUN/config.yaml, checkpoints, TensorBoard logs, "
             "RUN/metrics.csv and sample mosaics. Launch with torchrun for several GPUs/nodes; "
             "--batch is the global batch. Ctrl-C or SIGTERM saves a checkpoint and exits with code 130."
         ),
@@ -74,6 +72,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in RUN from its latest checkpoint; options not given keep their saved values")
     m = p.add_argument_group("model")
+    m.add_argument("--family", default=None,
+                   help="model family from the registry (default hagan; `medgen model-info --family NAME` describes one)")
     m.add_argument("--preset", default=None, help="model preset: paper (published architecture), small, tiny (default paper)")
     m.add_argument("--size", type=int, default=None, help="volume edge length S in voxels (default: the data set's)")
     m.add_argument("--width", type=float, default=None, help="channel-width multiplier (overrides the preset)")
@@ -117,76 +117,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _given(args: argparse.Namespace) -> dict:
-    """RunConfig fields set explicitly on the command line."""
-    out = {}
-    for dest, field in _RUN_OPTIONS.items():
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        for f in field if isinstance(field, tuple) else (field,):
-            out[f] = value
-    if args.no_encoder:
-        out["use_encoder"] = False
-    return out
-
-
 def build_config(args: argparse.Namespace):
     """The RunConfig for this invocation (saved settings + options given, when resuming)."""
-    from pathlib import Path
+    from medgen.families.run_config import new_run_config
 
-    from medgen import __version__
-    from medgen.config import CONFIG_NAME, RunConfig
-    from medgen.data.dataset import VolumeDataset, load_preprocess_info
-    from medgen.models.hagan import get_preset
-
-    given = _given(args)
-    model_given = {k: getattr(args, k) for k in _MODEL_OPTIONS if getattr(args, k) is not None}
+    options: dict = {}
+    for dest, names in _OPTIONS.items():
+        for name in names if isinstance(names, tuple) else (names,):
+            options[name] = getattr(args, dest)
+    if args.no_encoder:
+        options["use_encoder"] = False
+    model_options = {k: getattr(args, k) for k in _MODEL_OPTIONS}
     if args.no_lowres:
-        model_given["use_lowres"] = False
-    run_dir = Path(args.out)
-
-    if args.resume and (run_dir / CONFIG_NAME).exists():
-        saved = RunConfig.load(run_dir)
-        model = dict(saved.model)
-        changed_model = [f"model.{k}" for k, v in model_given.items() if model.get(k) != v]
-        fields = dataclasses.asdict(saved)
-        fields.update(given)
-        fields["data"] = args.data
-        fields["medgen_version"] = __version__
-        cfg = RunConfig.from_dict(fields)
-        differing = saved.differing_keys(cfg) + changed_model
-        if differing:
-            raise UsageError(
-                f"{run_dir / CONFIG_NAME}: --resume with settings that differ from the saved run: {', '.join(differing)}"
-            )
-        return cfg
-
-    info = load_preprocess_info(args.data)
-    data_size = int(info.get("size", 0))
-    size = model_given.pop("size", None) or data_size
-    if not size:
-        raise UsageError(f"{args.data}/preprocess.json: no size recorded; pass --size")
-    if data_size and size != data_size:
-        raise UsageError(f"--size {size}: the data set {args.data} holds {data_size}³ volumes (preprocess again to change it)")
-    label_column = given.get("label_column")
-    num_classes = model_given.get("num_classes")
-    if label_column is None and num_classes:
-        label_column = given["label_column"] = "label"
-    if label_column is not None and num_classes is None:
-        split_seed = given.get("split_seed", 0)
-        ds = VolumeDataset(args.data, split="train", seed=split_seed, label_column=label_column)
-        if ds.label_column is None:
-            raise UsageError(f"{args.data}/manifest.csv: no column {label_column!r} for --label-column")
-        model_given["num_classes"] = ds.num_classes
-    preset = given.get("preset", "paper")
-    model_cfg = get_preset(preset, size, **model_given)
-    return RunConfig(data=args.data, model=model_cfg.to_dict(), preprocess=info, medgen_version=__version__, **given)
+        model_options["use_lowres"] = False
+    return new_run_config(args.data, args.out, family=args.family, preset=args.preset, resume=args.resume,
+                          model_options=model_options, options=options)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medgen.training.trainer import train
+    from medgen.families import registry
 
     cfg = build_config(args)
-    result = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    result = registry.train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     return EXIT_INTERRUPTED if result.interrupted else 0

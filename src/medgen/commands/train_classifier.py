@@ -10,7 +10,10 @@ Example::
 Trains on the train split of a preprocessed data set (the same split as ``medgen train``
 with the same ``--split-seed``), keeps the epoch with the best validation accuracy, reports
 accuracy on the test split, and writes ``DIR/classifier.safetensors`` and
-``DIR/classifier.json`` (an existing classifier in DIR is replaced).
+``DIR/classifier.json`` (an existing classifier in DIR is replaced). Training runs on
+medgen's shared training loop, so DIR is also a run folder of the ``classifier`` family:
+``config.yaml``, ``metrics.csv`` (loss_CE and training accuracy per epoch), TensorBoard
+logs, and the checkpoints of the best and the last epoch.
 
 Exit codes: 0 done, 2 usage or input error (e.g. no label column, fewer than 2 classes),
 130 interrupted.
@@ -65,13 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
     from torch.utils.data import Subset
 
-    from medgen import __version__
-    from medgen.api import resolve_device
-    from medgen.config import RunConfig
+    from medgen.core.version import __version__
+    from medgen.core.device import resolve_device
+    from medgen.training.runconfig import RunConfig
     from medgen.data.dataset import VolumeDataset, load_manifest
-    from medgen.errors import UsageError
-    from medgen.models.classifier import INFO_FILE, WEIGHTS_FILE, save_classifier
-    from medgen.training.classifier import evaluate_classifier, train_classifier
+    from medgen.core.errors import UsageError
+    from medgen.families.classifier.network import INFO_FILE, WEIGHTS_FILE, save_classifier
+    from medgen.families.classifier.train import evaluate_classifier, train_classifier
 
     for name in ("epochs", "batch", "width"):
         if getattr(args, name) < 1:
@@ -113,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"note: {note}")
 
+    _replace_classifier_run(Path(args.out))
     result = train_classifier(
         splits["train"], splits["val"], num_classes, size, width=args.width, dropout=args.dropout, epochs=args.epochs,
         batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
         flip_lr=args.flip_lr, device=device, workers=args.workers, progress=not args.no_progress,
+        run_dir=Path(args.out), data=str(args.data),
     )
     test = evaluate_classifier(result.model, splits["test"], batch_size=args.batch, device=device, workers=args.workers)
     info = {
@@ -145,3 +150,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"accuracy: validation {pct(result.val_accuracy)} (n={len(splits['val'])}), test {pct(test['accuracy'])} (n={test['n']})")
     print(f"wrote {out / WEIGHTS_FILE} and {out / INFO_FILE}")
     return 0
+
+
+def _replace_classifier_run(out) -> None:
+    """Remove the training run of an earlier classifier in ``out`` (its folder is being replaced);
+    refuse a folder that holds another family's run."""
+    import shutil
+
+    from medgen.core.errors import UsageError
+    from medgen.training.runconfig import CONFIG_NAME, RunConfig
+
+    if not (out / CONFIG_NAME).is_file():
+        return
+    family = RunConfig.load(out).family
+    if family != "classifier":
+        raise UsageError(f"{out}: holds a training run of family {family!r}; choose another --out")
+    for name in (CONFIG_NAME, "metrics.csv"):
+        (out / name).unlink(missing_ok=True)
+    for name in ("checkpoints", "tensorboard"):
+        shutil.rmtree(out / name, ignore_errors=True)

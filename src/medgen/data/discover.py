@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medgen.data.io import medical_suffix, strip_medical_suffix
-from medgen.errors import InputError, UsageError
+from medgen.core.errors import InputError, UsageError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ voxel indices to RAS+ world coordinates in millimetres. SimpleITK images
 ``(k, j, i)`` and uses LPS+ world coordinates, so x and y of the direction and
 origin change sign.
 
-Every problem with an input raises :class:`medgen.errors.InputError` with the
+Every problem with an input raises :class:`medgen.core.errors.InputError` with the
 message ``"<path>: <reason>"``, so a batch job can record it and go on.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medgen.errors import InputError
-from medgen.fileio import atomic_path, atomic_save_npy
+from medgen.core.errors import InputError
+from medgen.core.fileio import atomic_path, atomic_save_npy
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")

@@ -16,7 +16,10 @@ Per folder (:func:`preprocess_folder`): the output is ``OUT/volumes/<id>.npy``
 volume's manifest row, ``OUT/preprocess.json`` with the settings and
 ``OUT/manifest.csv``. Sidecars make the job resumable: a rerun skips volumes
 already done with the same settings and the same source file, and the manifest
-is rebuilt from them.
+is rebuilt from them. Volumes added to the data set later
+(:func:`medgen.data.dataset.add_volume`, e.g. a degraded copy) survive a rerun for
+the skipped subjects; a subject preprocessed again loses them (they were computed
+from its old image) and needs them added again.
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medgen import __version__
+from medgen.core.version import __version__
 from medgen.data.discover import InputItem, discover_inputs
 from medgen.data.io import VOLUME_SUFFIXES, Volume, read_volume, reorient_to_ras
-from medgen.errors import InputError, MedgenError, UsageError
-from medgen.fileio import atomic_save_npy, atomic_write_json, atomic_write_text
+from medgen.core.volume import denormalize_ct, normalize_ct  # noqa: F401  (the CT window rule, re-exported)
+from medgen.core.errors import InputError, MedgenError, UsageError
+from medgen.core.fileio import atomic_save_npy, atomic_write_json, atomic_write_text
 
 MODALITIES = ("ct", "mri")
 FIT_MODES = ("resize-keep-aspect", "resize", "crop-pad")
@@ -126,27 +130,6 @@ class PreprocessSettings:
 
 
 # --------------------------------------------------------------------------- intensity
-
-
-def normalize_ct(array: np.ndarray, hu_min: float = -1024.0, hu_max: float = 600.0) -> np.ndarray:
-    """Map CT in HU to [-1, 1]: NaN → ``hu_min``, clip to [hu_min, hu_max], then linear.
-
-    ``hu_min`` maps to exactly -1 and ``hu_max`` to exactly 1 (float32).
-    """
-    out = np.nan_to_num(np.asarray(array, dtype=np.float32), nan=hu_min)
-    np.clip(out, hu_min, hu_max, out=out)
-    half_width = np.float32((hu_max - hu_min) / 2.0)
-    # (x - lo) / half_width - 1 is exact at both ends: 0 - 1 and 2 - 1.
-    out -= np.float32(hu_min)
-    out /= half_width
-    out -= np.float32(1.0)
-    return out
-
-
-def denormalize_ct(array: np.ndarray, hu_min: float = -1024.0, hu_max: float = 600.0) -> np.ndarray:
-    """Inverse of :func:`normalize_ct` on [-1, 1]: back to HU (float32)."""
-    x = np.asarray(array, dtype=np.float32)
-    return (x + np.float32(1.0)) * np.float32((hu_max - hu_min) / 2.0) + np.float32(hu_min)
 
 
 def normalize_mri(array: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
@@ -409,6 +392,25 @@ def _is_done(item: InputItem, out_dir: Path, settings_json: dict, stamp: list[in
     return data.get("settings") == settings_json and data.get("source_stamp") == stamp
 
 
+def _added_volumes(out_dir: Path) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
+    """Volumes other than the image recorded in an earlier run's output (name → spec), and their
+    manifest cells by id; nothing if there is no readable earlier output."""
+    try:
+        info = json.loads((out_dir / INFO_NAME).read_text(encoding="utf-8"))
+        volumes = {k: v for k, v in (info.get("volumes") or {}).items() if k != "image"}
+    except (OSError, ValueError, AttributeError):
+        return {}, {}
+    cells: dict[str, dict[str, str]] = {}
+    if volumes:
+        try:
+            with open(out_dir / MANIFEST_NAME, newline="", encoding="utf-8-sig") as fh:
+                for row in csv.DictReader(fh):
+                    cells[row.get("id") or ""] = {k: row.get(k) or "" for k in volumes}
+        except (OSError, UnicodeDecodeError, csv.Error):
+            pass
+    return volumes, cells
+
+
 def _prepare_out_dir(in_dir: Path, out_dir: Path, settings: PreprocessSettings, overwrite: bool) -> None:
     if out_dir.resolve() == in_dir.resolve():
         raise UsageError(f"{out_dir}: output folder must differ from the input folder")
@@ -481,7 +483,8 @@ def preprocess_folder(
             f"{in_dir}: no input volumes found (looked for {', '.join(VOLUME_SUFFIXES)} "
             "files and DICOM sub-folders)"
         )
-    reserved = list(MANIFEST_COLUMNS)
+    added_volumes, added_cells = ({}, {}) if overwrite else _added_volumes(out_dir)
+    reserved = list(MANIFEST_COLUMNS) + list(added_volumes)
     label_columns: list[str] = []
     label_rows: dict[str, dict[str, str]] = {}
     if labels is not None:
@@ -507,6 +510,8 @@ def preprocess_folder(
                 else "x = 2 * (v - p_low) / (p_high - p_low) - 1 per volume (percentiles of nonzero voxels), clipped"
             ),
             "medgen_version": __version__,
+            # The named volumes of each subject (medgen.data.dataset): the image, plus any added later.
+            "volumes": {"image": {"kind": "intensity", "dtype": "float16"}, **added_volumes},
         }
     )
     (out_dir / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
@@ -556,16 +561,25 @@ def preprocess_folder(
 
     done = set(summary.written) | set(summary.skipped)
     rows = []
+    skipped = set(summary.skipped)
     for item in items:
         if item.id in done:
             sidecar = json.loads((out_dir / VOLUMES_DIR / f"{item.id}.json").read_text(encoding="utf-8"))
-            rows.append({**sidecar["row"], **label_rows.get(item.id, {})})
+            row = {**sidecar["row"], **label_rows.get(item.id, {})}
+            if item.id in skipped:
+                row.update(added_cells.get(item.id, {}))
+            rows.append(row)
     if label_columns:
         missing = [r["id"] for r in rows if r["id"] not in label_rows]
         if missing:
             log(f"labels: {len(missing)} of {len(rows)} volumes have no row in the labels CSV (e.g. {missing[0]})")
+    if added_volumes and summary.written:
+        log(
+            f"{len(summary.written)} subjects written in this run have no {', '.join(added_volumes)} volume "
+            f"(e.g. {summary.written[0]}); add them again before using those volumes"
+        )
     summary.failed.sort()
     if rows:
         summary.manifest = out_dir / MANIFEST_NAME
-        write_manifest(summary.manifest, rows, label_columns)
+        write_manifest(summary.manifest, rows, label_columns + list(added_volumes))
     return summary

@@ -4,7 +4,7 @@ A volume x [S, S, S] in [-1, 1] is encoded hierarchically, as in training:
 E^H maps each of the 1/slab_fraction non-overlapping full-resolution slabs
 to its slab of the feature map, the slabs are concatenated along the depth
 axis, and E^G maps the whole feature map to z [latent_dim]
-(:meth:`medgen.models.hagan.Encoder.encode`). The reconstruction is
+(:meth:`medgen.families.hagan.Encoder.encode`). The reconstruction is
 G(z) on the whole volume (G^A then G^H on all of A, optionally chunked).
 
 ``medgen encode`` (:func:`encode_folder`) does this for every volume of a
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medgen.errors import InputError, UsageError
+from medgen.core.errors import InputError, UsageError
 
 # Manifest columns that describe the file, not the patient (not copied to latents.csv).
 FILE_COLUMNS = ("source", "orig_shape", "orig_spacing", "spacing", "file")
@@ -50,12 +50,6 @@ def as_volume_batch(volumes: Any, size: int) -> torch.Tensor:
     return x.float()
 
 
-@torch.inference_mode()
-def encode_batch(encoder: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """z = E^G(E^H slabs of x) for x [B, 1, S, S, S] in [-1, 1]: float32 [B, latent_dim]."""
-    return encoder.encode(x).float().cpu().numpy()
-
-
 def _manifest_columns(root: Path) -> list[str]:
     with open(root / "manifest.csv", newline="", encoding="utf-8-sig") as fh:
         return list(csv.DictReader(fh).fieldnames or [])
@@ -73,7 +67,7 @@ def encode_folder(
 ) -> list[dict[str, str]]:
     """Encode every volume of the preprocessed folder ``data_dir`` (the work of ``medgen encode``).
 
-    ``model``: a :class:`medgen.api.HAGANModel` with an encoder. ``split``: all,
+    ``model``: a loaded model with an encoder (``medgen.load``; ``encode`` and ``generate``). ``split``: all,
     or the train/val/test split of the run's own split settings. Writes
     ``out_csv`` (id, manifest covariates, z_*, and recon_l1[, recon_l1_hu] with
     ``reconstruct_dir``) and, with ``reconstruct_dir``, ``<id>.nii.gz``
@@ -83,11 +77,9 @@ def encode_folder(
     from tqdm import tqdm
 
     from medgen.data.dataset import VolumeDataset, load_manifest, load_preprocess_info
-    from medgen.fileio import atomic_write_text
+    from medgen.core.fileio import atomic_write_text
     from medgen.inference.generate import (
-        check_chunk,
         ct_window,
-        generate_batch,
         is_ct,
         parse_spacing,
         write_sample,
@@ -125,7 +117,6 @@ def encode_folder(
                 f"{root / 'manifest.csv'}: {missing[0]!r} has no class 0..{cfg.num_classes - 1} in column "
                 f"{label_column!r}, needed to reconstruct with a class-conditional model"
             )
-    chunk = check_chunk(chunk, cfg.lowres_size)
     covariates = [c for c in _manifest_columns(root) if c != "id" and c not in FILE_COLUMNS]
     zcols = [f"z_{k}" for k in range(cfg.latent_dim)]
     columns = ["id"] + covariates + zcols
@@ -141,12 +132,12 @@ def encode_folder(
     try:
         for start in range(0, len(ds), batch_size):
             items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
-            x = torch.stack([it["image"] for it in items]).to(model.device)
-            z = encode_batch(model.encoder, x)
+            x = torch.stack([it["image"] for it in items])
+            z = model.encode(x, batch_size=len(items))
             recon = None
             if reconstruct_dir is not None:
-                lab = torch.stack([it["label"] for it in items]).to(model.device) if conditional else None
-                recon = generate_batch(model.generator, torch.from_numpy(z).to(model.device), lab, chunk)
+                lab = [int(it["label"]) for it in items] if conditional else None
+                recon = model.generate(len(items), labels=lab, chunk=chunk, batch_size=len(items), z=z)
                 real = x[:, 0].cpu().numpy()
             for j, it in enumerate(items):
                 row = {"id": it["id"]}

@@ -7,7 +7,7 @@ only on ``(s, i)``: generating 4 volumes gives the first 4 of 8, and the batch
 size does not change which volume gets which code.
 
 Memory: with ``chunk`` = D, G^H runs on depth chunks of D slices of the
-feature map A (:func:`medgen.inference.chunked.iter_high_res_chunks`, exact
+feature map A (:func:`medgen.families.hagan.chunked.iter_high_res_chunks`, exact
 GroupNorm statistics and halo) and each chunk's output is copied straight into
 the preallocated result, so the full-resolution activations of G^H are never
 held for the whole volume. Without ``chunk``, G^H runs on all of A at once
@@ -32,9 +32,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from medgen.errors import UsageError
+from medgen.core.errors import UsageError
+from medgen.core.volume import (  # noqa: F401  (re-exported: the CT window and spacing rules)
+    CT_WINDOW_DEFAULT,
+    ct_window,
+    hounsfield_int16,
+    is_ct,
+    parse_spacing,
+    to_hounsfield,
+)
 
-CT_WINDOW_DEFAULT = (-1024.0, 600.0)
 
 
 def latent_codes(n: int, latent_dim: int, seed: int = 0, start: int = 0) -> np.ndarray:
@@ -76,35 +83,6 @@ def check_labels(labels: Sequence[int] | int | None, n: int, num_classes: int) -
     return arr
 
 
-@torch.inference_mode()
-def generate_batch(
-    generator: torch.nn.Module,
-    z: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    chunk: int | None = None,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """Full-resolution volumes for the codes ``z`` [B, latent_dim]: float32 [B, S, S, S] in [-1, 1].
-
-    ``generator``: a :class:`medgen.models.hagan.Generator` (eval mode);
-    ``labels``: class indices [B] for a conditional model; ``chunk``: depth of
-    the G^H chunks in A-slices (None = all of A at once); ``out``: a
-    preallocated [B, S, S, S] array (e.g. float16 or a memory map) to write into.
-    """
-    a = generator.features(z, labels)
-    b, s = a.shape[0], generator.cfg.size
-    if out is None:
-        out = np.empty((b, s, s, s), dtype=np.float32)
-    if chunk is None:
-        out[...] = generator.high(a)[:, 0].float().cpu().numpy()
-        return out
-    from medgen.inference.chunked import iter_high_res_chunks
-
-    for first, slab in iter_high_res_chunks(generator.high, a, int(chunk)):
-        out[..., first : first + slab.shape[-1]] = slab[:, 0].float().cpu().numpy()
-    return out
-
-
 def check_chunk(chunk: int | None, lowres_size: int) -> int | None:
     """Validate a chunk depth in A-slices (None or 0 → unchunked)."""
     if chunk is None or chunk == 0:
@@ -115,46 +93,6 @@ def check_chunk(chunk: int | None, lowres_size: int) -> int | None:
 
 
 # --------------------------------------------------------------------------- physical units
-
-
-def ct_window(preprocess: dict[str, Any]) -> tuple[float, float]:
-    """The CT window [lo, hi] in HU that preprocessing mapped to [-1, 1]."""
-    if "hu_window" in preprocess:
-        lo, hi = preprocess["hu_window"]
-    else:
-        lo = preprocess.get("hu_min", CT_WINDOW_DEFAULT[0])
-        hi = preprocess.get("hu_max", CT_WINDOW_DEFAULT[1])
-    return float(lo), float(hi)
-
-
-def is_ct(preprocess: dict[str, Any] | None) -> bool:
-    return bool(preprocess) and str(preprocess.get("modality", "")).lower() == "ct"
-
-
-def to_hounsfield(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """[-1, 1] → HU, float32: ``lo + (x + 1) · (hi − lo) / 2`` (exactly lo at -1 and hi at 1)."""
-    from medgen.data.preprocess import denormalize_ct
-
-    return denormalize_ct(x, *window)
-
-
-def hounsfield_int16(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    """[-1, 1] → HU rounded to the nearest integer, int16 (how CT scanners store HU)."""
-    hu = to_hounsfield(x, window)
-    return np.rint(hu, out=hu).astype(np.int16)
-
-
-def parse_spacing(text: str) -> tuple[float, float, float] | None:
-    """Manifest spacing cell ``"1.5x1.5x2"`` (or one number) → (1.5, 1.5, 2.0); None if unparsable."""
-    try:
-        parts = [float(p) for p in str(text).lower().replace(" ", "").split("x") if p]
-    except ValueError:
-        return None
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3 or not all(np.isfinite(parts)) or min(parts) <= 0:
-        return None
-    return tuple(parts)  # type: ignore[return-value]
 
 
 def training_spacing(run_config) -> tuple[tuple[float, float, float], str]:
@@ -205,7 +143,7 @@ def write_sample(
     MRI in [-1, 1] as float32. ``npy``: ``<stem>.npy``, the raw float32 output in [-1, 1].
     """
     from medgen.data.io import write_nifti
-    from medgen.fileio import atomic_save_npy
+    from medgen.core.fileio import atomic_save_npy
 
     if fmt == "npy":
         path = path_stem.with_name(path_stem.name + ".npy")
@@ -251,7 +189,9 @@ def generate_to_folder(
 ) -> list[dict[str, Any]]:
     """Generate ``n`` volumes into ``out_dir`` (the work of ``medgen generate``).
 
-    ``model``: a :class:`medgen.api.HAGANModel`. Writes ``sample-<i:04d>`` volumes
+    ``model``: a loaded model (``medgen.load``) with ``generate(n, seed, labels, chunk,
+    batch_size, indices)``, ``sample_latents``, ``config.size``/``num_classes``,
+    ``preprocess`` and ``run_config``. Writes ``sample-<i:04d>`` volumes
     (see :func:`write_sample`), their mosaics ``sample-<i:04d>.png``,
     ``samples.csv`` (id, file, seed, label, z_norm) and ``generate.json`` (the
     settings). Volumes whose files already exist are skipped, so an interrupted
@@ -262,7 +202,7 @@ def generate_to_folder(
 
     from tqdm import tqdm
 
-    from medgen.fileio import atomic_write_json, atomic_write_text
+    from medgen.core.fileio import atomic_write_json, atomic_write_text
 
     if n < 1:
         raise UsageError(f"--n {n}: need at least one volume")
@@ -271,7 +211,6 @@ def generate_to_folder(
     out = Path(out_dir)
     cfg = model.config
     labels = check_labels(label, n, cfg.num_classes)
-    chunk = check_chunk(chunk, cfg.lowres_size)
     pre = model.preprocess
     spacing, spacing_source = training_spacing(model.run_config) if model.run_config is not None else ((1.0,) * 3, "unknown (1 mm assumed)")
 
@@ -301,7 +240,7 @@ def generate_to_folder(
     atomic_write_json(settings_path, settings)
 
     suffix = ".npy" if fmt == "npy" else ".nii.gz"
-    z_all = latent_codes(n, cfg.latent_dim, seed)
+    z_all = model.sample_latents(n, seed)
     rows: list[dict[str, Any]] = []
     todo = []
     for i in range(n):
@@ -323,9 +262,8 @@ def generate_to_folder(
     try:
         for k in range(0, len(todo), batch_size):
             idx = todo[k : k + batch_size]
-            z = torch.from_numpy(z_all[idx]).to(model.device)
-            lab = torch.from_numpy(labels[idx]).to(model.device) if labels is not None else None
-            vols = generate_batch(model.generator, z, lab, chunk)
+            lab = labels[idx] if labels is not None else None
+            vols = model.generate(len(idx), seed=seed, labels=lab, chunk=chunk, batch_size=len(idx), indices=idx)
             for j, i in enumerate(idx):
                 stem = out / rows[i]["id"]
                 write_sample(stem, vols[j], fmt, pre, spacing)

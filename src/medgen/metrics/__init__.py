@@ -17,8 +17,16 @@ Weight-free metrics work on the voxels: :mod:`~medgen.metrics.diversity` (MS-SSI
 generated pairs), :mod:`~medgen.metrics.anatomy` (Hounsfield-unit anatomy statistics for CT,
 tissue fractions for MRI) and :mod:`~medgen.metrics.memorisation` (distance of each sample to
 its nearest training volume, against held-out patients). :mod:`~medgen.metrics.registry`
-names them all for ``medgen evaluate``; :mod:`~medgen.metrics.volumes` reads the folders and
-:mod:`~medgen.metrics.cache` keeps real-data features on disk.
+names them all for ``medgen evaluate``; :mod:`~medgen.metrics.volumes` reads the folders (or
+takes arrays) and :mod:`~medgen.metrics.cache` keeps real-data features on disk.
+:func:`medgen.metrics.evaluate.evaluate` is the whole evaluation as a library call (what needs
+a trained model, an encoder or a classifier, is given to it ready to use; :func:`medgen.api.evaluate`
+loads them from folders).
+
+Beyond unpaired sets, the registry holds paired metrics (:mod:`~medgen.metrics.paired`: PSNR,
+SSIM, NMSE of an output volume against its target, :func:`~medgen.metrics.evaluate.evaluate_paired`)
+and score metrics (:mod:`~medgen.metrics.scores`: AUROC, AUPRC of anomaly scores or maps against
+labels or masks, :func:`~medgen.metrics.evaluate.evaluate_scores`).
 
 The paper's numbers
 -------------------

@@ -284,7 +284,7 @@ def save_anatomy_histograms(
 
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
-    from medgen.fileio import atomic_path
+    from medgen.core.fileio import atomic_path
 
     stats = compare_distributions(real, fake)
     keys = [k for k, s in stats.items() if s["n_real"] and s["n_fake"]]

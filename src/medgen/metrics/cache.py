@@ -24,8 +24,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medgen import __version__
-from medgen.fileio import atomic_save_npy, atomic_write_json
+from medgen.core.version import __version__
+from medgen.core.fileio import atomic_save_npy, atomic_write_json
 
 CACHE_DIRNAME = ".medgen-cache"
 FORMAT_VERSION = 1
@@ -84,9 +84,10 @@ def cached_features(
 
     Returns ``(features [N, d] float64, info)`` with ``info = {"cache_file", "from_cache"}``.
     A corrupt or mismatched cache file is recomputed and overwritten; a cache that cannot
-    be written is skipped silently (the features are still returned).
+    be written is skipped silently (the features are still returned). Sets whose
+    ``cacheable`` is False (volumes in memory) are never cached.
     """
-    if not use_cache:
+    if not use_cache or not getattr(volume_set, "cacheable", True):
         return np.asarray(compute(), dtype=np.float64), {"cache_file": None, "from_cache": False}
     key = feature_cache_key(volume_set, extractor_description)
     path = cache_file(volume_set, key, cache_dir)

@@ -12,9 +12,10 @@ Extractors
     (model A vs model B on the same data) and tests; its numbers are NOT comparable with
     published values, and every output says so (:data:`RANDOM_WARNING`).
 ``encoder``
-    A trained HA-GAN run's encoder (E^H → E^G latent code, latent_dim-d), at the model's
-    size, volumes in [-1, 1]. Specific to that model: not comparable across runs or with
-    published values.
+    A trained model's encoder (for HA-GAN: E^H → E^G latent code, latent_dim-d), at the
+    model's size, volumes in [-1, 1]. The loaded model is given to :func:`make_extractor`
+    (``encoder=``; :func:`medgen.api.evaluate` loads it from a run folder). Specific to that
+    model: not comparable across runs or with published values.
 
 Input convention
 ----------------
@@ -50,7 +51,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from medgen.errors import InputError, UsageError
+from medgen.core.volume import resize_volume
+from medgen.core.errors import InputError, UsageError
 
 RANDOM_WARNING = "random features: not comparable with published values"
 EXTRACTORS = ("med3d", "random", "encoder")
@@ -196,12 +198,7 @@ def prepare_volume(
         raise InputError(f"expected a 3D volume, got shape {tuple(vol.shape[1:])}")
     size = _size3(input_size)
     if size is not None and tuple(vol.shape[1:]) != size:
-        # Shrinking: area averaging (box filter, exact cell means for integer factors) as
-        # the anti-aliasing step. MONAI's Resize(anti_aliasing=True) zero-pads its Gaussian,
-        # which pulls the -1 background toward 0 along the borders, so we do not use it.
-        shrink = all(s <= v for s, v in zip(size, vol.shape[1:]))
-        mode = {"mode": "area"} if shrink else {"mode": "trilinear", "align_corners": False}
-        vol = torch.nn.functional.interpolate(vol[None], size=size, **mode)[0]
+        vol = resize_volume(vol[None], size)[0]  # area when shrinking, else trilinear (medgen.core.volume)
     if axis_order == "zyx":
         vol = vol.permute(0, 3, 2, 1)
     elif axis_order != "xyz":
@@ -281,14 +278,6 @@ class FeatureExtractor:
         return np.concatenate(rows).reshape(-1, self.dim)
 
 
-def resolve_device(device: str = "auto") -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def make_extractor(
     name: str,
     *,
@@ -298,13 +287,21 @@ def make_extractor(
     axis_order: str = "xyz",
     device: str = "auto",
     seed: int = 0,
+    encoder: Any = None,
+    encoder_info: dict[str, Any] | None = None,
 ) -> FeatureExtractor:
     """Build the extractor ``name`` (one of :data:`EXTRACTORS`).
 
     ``weights``: MedicalNet ResNet-50 file, required for ``med3d`` (no download happens).
     ``input_size``: voxels per side fed to the network (``None``: native size).
     ``seed``: seeds the ``random`` network's weights (same seed → same features).
+    ``encoder``: for ``encoder``, a loaded model with ``encode(volumes [n, S, S, S]) ->
+    [n, d]``, ``config.size``, ``config.latent_dim`` and ``device``; ``encoder_info``: what
+    identifies it (e.g. run folder, checkpoint name, weights SHA-256), written into the
+    extractor's settings and so into the feature-cache key. ``input_size``,
+    ``intensity`` and ``axis_order`` do not apply to it (the model's size, raw [-1, 1], xyz).
     """
+    from medgen.core.device import resolve_device
 
     if intensity not in INTENSITY_MODES:
         raise UsageError(f"intensity mode must be one of {INTENSITY_MODES}, got {intensity!r}")
@@ -313,7 +310,9 @@ def make_extractor(
     size = _size3(input_size)
     if size is not None and min(size) < 8:
         raise UsageError(f"input size {size} is too small for a ResNet-50 (at least 8 voxels per side)")
-    device = resolve_device(device)
+    if name == "encoder":
+        return _encoder_extractor(encoder, encoder_info or {})
+    device = str(resolve_device(device))
     common = {
         "architecture": "MedicalNet 3D ResNet-50 (shortcut B, dilated layer3/4), global average pool",
         "input_size": list(size) if size is not None else "native",
@@ -338,45 +337,31 @@ def make_extractor(
         return FeatureExtractor(
             "random", network.to(device), False, size, intensity, axis_order, device, settings=settings, warning=RANDOM_WARNING
         )
-    if name == "encoder":
-        return _encoder_extractor(weights, device)
     raise UsageError(f"unknown feature extractor {name!r}; choose one of {', '.join(EXTRACTORS)}")
 
 
 ENCODER_WARNING = "encoder features: specific to this trained model, not comparable with published values or other runs"
 
 
-def _encoder_extractor(run: str | os.PathLike | None, device: str) -> FeatureExtractor:
-    """HA-GAN encoder features: z = E^G(E^H slabs of x), latent_dim-d, at the model's size.
-
-    ``run``: a training run folder or one of its checkpoint folders. Volumes are fed in
-    [-1, 1] as the encoder was trained (no z-score, nibabel axis order).
-    """
-    if run is None:
+def _encoder_extractor(model: Any, info: dict[str, Any]) -> FeatureExtractor:
+    """Features from a trained model's encoder: ``model.encode`` of each volume, latent_dim-d,
+    at the model's size. Volumes are fed in [-1, 1] as the encoder was trained (no z-score,
+    nibabel axis order)."""
+    if model is None:
         raise UsageError("--features encoder needs --weights RUN: a training run folder (or checkpoint folder) of HA-GAN")
-    from medgen.api import load
-    from medgen.training.checkpoint import WEIGHTS_NAME, resolve_checkpoint
-
-    run = Path(run)
-    run_dir = run if (run / "config.yaml").is_file() else run.parent.parent
-    model = load(run_dir, checkpoint=None if run_dir == run else run, device=device)
-    if model.encoder is None:
-        raise UsageError(f"{run}: this model has no encoder (trained with --no-encoder); use --features med3d or random")
-    ckpt = resolve_checkpoint(run)
-    encoder = model.encoder
+    import torch
 
     def network(x):
-        return encoder.encode(x)
+        z = model.encode(x[:, 0].cpu().numpy())
+        return torch.as_tensor(np.asarray(z))
 
     size = int(model.config.size)
     settings = {
-        "architecture": "HA-GAN encoder E^H -> E^G latent code",
+        "architecture": "trained model's encoder: latent code",
         "input_size": [size] * 3,
         "intensity": "raw",
         "axis_order": "xyz",
-        "run": str(run_dir),
-        "checkpoint": ckpt.name,
-        "weights_sha256": file_sha256(ckpt / WEIGHTS_NAME),
+        **info,
     }
     return FeatureExtractor(
         "encoder", network, False, (size,) * 3, "raw", "xyz", str(model.device), int(model.config.latent_dim),

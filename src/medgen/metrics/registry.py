@@ -1,16 +1,27 @@
 """The metrics registry: names → functions of an :class:`EvalContext` (cf. StyleGAN2-ADA's
 ``metric_main.py``).
 
-A metric is registered with :func:`register` and computed with :func:`compute`. Its
-function takes the context and returns a dict with at least ``value`` (a number or a dict
-of numbers) and optionally ``std``, ``settings`` and ``details``. :func:`compute` adds what
-every reported number carries: sample sizes and, for feature metrics, the extractor and
-whether the value is comparable with published numbers.
-
+A metric is registered with :func:`register`. What its function takes depends on its
 ``kind``:
-    ``"features"`` — computed on extractor features (needs an extractor);
-    ``"volumes"`` — computed on the voxels (MS-SSIM, anatomy statistics);
-    ``"probabilities"`` — computed on a classifier's class probabilities (IS).
+
+``"features"``, ``"volumes"``, ``"probabilities"`` — metrics of unpaired sets (real vs
+    generated), computed with :func:`compute`. The function takes an :class:`EvalContext`
+    and returns a dict with at least ``value`` (a number or a dict of numbers) and
+    optionally ``std``, ``settings`` and ``details``; :func:`compute` adds what every
+    reported number carries: sample sizes and, for feature metrics, the extractor and
+    whether the value is comparable with published numbers.
+
+    * ``"features"`` — computed on extractor features (needs an extractor);
+    * ``"volumes"`` — computed on the voxels (MS-SSIM, anatomy statistics);
+    * ``"probabilities"`` — computed on a classifier's class probabilities (IS).
+``"paired"``
+    One output volume against its target (:mod:`medgen.metrics.paired`: PSNR, SSIM,
+    NMSE): ``fn(output, target, mask=None, data_range=2.0) -> float``, volume by volume
+    (:func:`medgen.metrics.evaluate.evaluate_paired`).
+``"scores"``
+    Anomaly scores against binary labels (:mod:`medgen.metrics.scores`: AUROC, AUPRC, per
+    volume or per voxel): ``fn(scores, labels) -> float``
+    (:func:`medgen.metrics.evaluate.evaluate_scores`).
 """
 
 from __future__ import annotations
@@ -23,15 +34,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medgen.errors import UsageError
+from medgen.core.errors import UsageError
 
-KINDS = ("features", "volumes", "probabilities")
+KINDS = ("features", "volumes", "probabilities", "paired", "scores")
+SET_KINDS = ("features", "volumes", "probabilities")  # kinds computed on unpaired sets by compute()
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    fn: Callable[["EvalContext"], dict]
+    fn: Callable[..., Any]
     kind: str
     description: str
     needs_train: bool = False
@@ -41,7 +53,7 @@ METRICS: dict[str, Metric] = {}
 
 
 def register(
-    name: str, fn: Callable[["EvalContext"], dict], kind: str = "features", description: str = "", needs_train: bool = False
+    name: str, fn: Callable[..., Any], kind: str = "features", description: str = "", needs_train: bool = False
 ) -> None:
     """Add a metric (replacing one of the same name)."""
     if kind not in KINDS:
@@ -49,15 +61,35 @@ def register(
     METRICS[name] = Metric(name, fn, kind, description, needs_train)
 
 
+@dataclass(frozen=True)
+class ClassifierProbs:
+    """A classifier of volumes for the Inception Score, given to the metrics ready to use.
+
+    ``probs_fn(volumes, *, batch_size, progress, total, desc) -> [N, K]``: class
+    probabilities of an iterable of ``(x, y, z)`` volumes in [-1, 1] (of any size; the
+    classifier resizes them). ``info``: what the classifier is, reported with the score:
+    ``path``, ``weights_sha256``, ``label_column``, ``classes`` (names of the K classes),
+    ``in_size``, ``val_accuracy``, ``test_accuracy`` (missing keys are reported as None).
+    """
+
+    probs_fn: Callable[..., np.ndarray]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def probabilities(self, volumes, *, batch_size: int = 2, progress: bool = False, total: int | None = None,
+                      desc: str = "classifier") -> np.ndarray:
+        probs = self.probs_fn(volumes, batch_size=batch_size, progress=progress, total=total, desc=desc)
+        return np.asarray(probs, dtype=np.float64)
+
+
 @dataclass
 class EvalOptions:
     """Settings of an evaluation. ``bootstrap``: number of bootstrap replicates for the std
     of FID and MMD (0: none). ``kid_subsets``/``kid_subset_size``: KID subsets. ``prdc_k``:
     neighbours for precision/recall/density/coverage. ``ms_ssim_pairs``: random pairs for
-    MS-SSIM. ``is_probs``: ``.npy`` file of class probabilities ``[n_fake, K]`` from a
-    classifier, for IS; ``classifier``: or a folder written by ``medgen train-classifier``
-    whose classifier gives them; ``is_splits``: IS splits. ``device``: where that classifier
-    runs. ``figures_dir``: where figures go (None: none)."""
+    MS-SSIM. ``is_probs``: ``.npy`` file (or array) of class probabilities ``[n_fake, K]``
+    from a classifier, for IS; ``classifier``: or the classifier itself, a
+    :class:`ClassifierProbs`; ``is_splits``: IS splits. ``device``: where the feature
+    network runs. ``figures_dir``: where figures go (None: none)."""
 
     seed: int = 0
     bootstrap: int = 0
@@ -65,8 +97,8 @@ class EvalOptions:
     kid_subset_size: int = 1000
     prdc_k: int = 5
     ms_ssim_pairs: int = 50
-    is_probs: str | None = None
-    classifier: str | None = None
+    is_probs: Any = None
+    classifier: Any = None
     is_splits: int = 10
     device: str = "auto"
     batch_size: int = 2
@@ -138,13 +170,25 @@ class EvalContext:
 
     @property
     def train_is_real(self) -> bool:
-        return self.train is not None and os.path.realpath(self.train.root) == os.path.realpath(self.real.root)
+        return self.train is not None and self.train.source_key() == self.real.source_key()
 
 
-def check_names(names: list[str]) -> None:
-    unknown = [n for n in names if n not in METRICS]
-    if unknown:
-        raise UsageError(f"unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
+_KIND_USE = {
+    "paired": "compares output volumes with their targets one by one: use medgen.metrics.evaluate.evaluate_paired",
+    "scores": "rates anomaly scores against labels: use medgen.metrics.evaluate.evaluate_scores",
+}
+
+
+def check_names(names: list[str], kinds: tuple[str, ...] | None = None) -> None:
+    """UsageError for an unknown metric name, or one not of ``kinds`` (default: any kind)."""
+    allowed = [n for n, m in METRICS.items() if kinds is None or m.kind in kinds]
+    for name in names:
+        if name not in METRICS:
+            raise UsageError(f"unknown metric {name!r}; choose from {', '.join(allowed)}")
+        kind = METRICS[name].kind
+        if kinds is not None and kind not in kinds:
+            use = _KIND_USE.get(kind, f"is a {kind} metric")
+            raise UsageError(f"metric {name!r} {use}; here choose from {', '.join(allowed)}")
 
 
 def _json_number(x: Any) -> Any:
@@ -168,9 +212,10 @@ def compute(names: list[str], context: EvalContext) -> dict[str, dict]:
     Each result has ``value``, ``std`` (None if not estimated), ``n_real``, ``n_fake``,
     ``extractor``, ``comparable_with_published``, ``settings`` and, where given,
     ``details``. A metric that fails on the data (e.g. too few volumes) gives
-    ``{"error": message}`` instead; usage errors propagate.
+    ``{"error": message}`` instead; usage errors propagate. Only metrics of
+    :data:`SET_KINDS`.
     """
-    check_names(names)
+    check_names(names, SET_KINDS)
     results: dict[str, dict] = {}
     for name in names:
         metric = METRICS[name]
@@ -279,7 +324,7 @@ def metric_prdc(ctx: EvalContext) -> dict:
 
 
 def metric_is(ctx: EvalContext) -> dict:
-    from medgen.errors import InputError
+    from medgen.core.errors import InputError
     from medgen.metrics.inception_score import inception_score
 
     if ctx.options.classifier is not None:
@@ -292,10 +337,13 @@ def metric_is(ctx: EvalContext) -> dict:
             "IS needs a classifier trained on labelled real data: pass --classifier DIR (medgen train-classifier) "
             "or --is-probs FILE.npy, the class probabilities [n_fake, K] it gives the generated volumes"
         )
-    try:
-        probs = np.load(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read class probabilities ({exc})") from None
+    if isinstance(path, (str, os.PathLike)):
+        try:
+            probs = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read class probabilities ({exc})") from None
+    else:  # probabilities given as an array
+        probs, path = np.asarray(path, dtype=np.float64), "array"
     if probs.ndim != 2:
         raise InputError(f"{path}: expected an [n, K] array of class probabilities, got shape {probs.shape}")
     if len(probs) != len(ctx.fake):
@@ -314,24 +362,24 @@ def metric_is(ctx: EvalContext) -> dict:
 
 
 def _is_from_classifier(ctx: EvalContext) -> dict:
-    """IS of the generated volumes through a ``medgen train-classifier`` classifier, with the
-    real volumes' IS and both sets' predicted-class counts as reference."""
-    from medgen.metrics.features import file_sha256, resolve_device
+    """IS of the generated volumes through a classifier (a :class:`ClassifierProbs`, e.g. one
+    written by ``medgen train-classifier``), with the real volumes' IS and both sets'
+    predicted-class counts as reference."""
     from medgen.metrics.inception_score import inception_score
-    from medgen.models.classifier import WEIGHTS_FILE, class_probabilities, load_classifier
 
-    folder = Path(ctx.options.classifier)
-    device = resolve_device(ctx.options.device)
-    model, info = load_classifier(folder, device=device)
-    classes = [str(c) for c in info.get("classes") or range(model.num_classes)]
+    classifier = ctx.options.classifier
+    info = dict(getattr(classifier, "info", None) or {})
 
     def probabilities(which: str) -> np.ndarray:
         vs = ctx.volume_set(which)
         volumes = (vs.read_native(i) for i in range(len(vs)))  # resized to the classifier's input size
-        return class_probabilities(model, volumes, batch_size=ctx.options.batch_size, device=device,
-                                   progress=ctx.options.progress, total=len(vs), desc=f"classifier {which}")
+        probs = classifier.probs_fn(volumes, batch_size=ctx.options.batch_size, progress=ctx.options.progress,
+                                    total=len(vs), desc=f"classifier {which}")
+        return np.asarray(probs, dtype=np.float64)
 
     fake, real = probabilities("fake"), probabilities("real")
+    classes = [str(c) for c in info.get("classes") or range(fake.shape[1])]
+    folder = info.get("path")
     splits = ctx.options.is_splits
     mean, std = inception_score(fake, splits=splits)
     real_mean, real_std = inception_score(real, splits=splits)
@@ -344,11 +392,11 @@ def _is_from_classifier(ctx: EvalContext) -> dict:
     ctx.notes.append("IS predicted classes, generated / real: " + ", ".join(
         f"{c}: {f} / {r}" for c, f, r in zip(classes, counts["fake"], counts["real"])))
     settings = {
-        "classifier": str(folder),
-        "classifier_sha256": info.get("weights_sha256") or file_sha256(folder / WEIGHTS_FILE),
+        "classifier": None if folder is None else str(folder),
+        "classifier_sha256": info.get("weights_sha256"),
         "label_column": info.get("label_column"),
         "classes": classes,
-        "in_size": model.in_size,
+        "in_size": info.get("in_size"),
         "classifier_val_accuracy": info.get("val_accuracy"),
         "classifier_test_accuracy": acc,
         "splits": splits,
@@ -448,3 +496,18 @@ register(
     "memorisation", metric_memorisation, "features",
     "nearest-training-volume distance ratio and likely copies (privacy)", needs_train=True,
 )
+
+
+def _register_paired_and_scores() -> None:
+    from medgen.metrics import paired, scores
+
+    register("psnr", paired.psnr, "paired", "peak signal-to-noise ratio 10 log10(range^2 / MSE) in dB (higher is better)")
+    register("ssim", paired.ssim, "paired", "3D structural similarity, 11-voxel Gaussian window (higher is better, 1 = identical)")
+    register("nmse", paired.nmse, "paired", "normalised mean squared error ||output - target||^2 / ||target||^2 (lower is better)")
+    register("auroc", scores.auroc, "scores", "area under the ROC curve of per-volume anomaly scores (0.5 = chance)")
+    register("auprc", scores.auprc, "scores", "average precision of per-volume anomaly scores (chance = share of positives)")
+    register("voxel_auroc", scores.voxel_auroc, "scores", "area under the ROC curve over all voxels of anomaly maps vs masks")
+    register("voxel_auprc", scores.voxel_auprc, "scores", "average precision over all voxels of anomaly maps vs masks")
+
+
+_register_paired_and_scores()

@@ -19,6 +19,12 @@ files
     (:meth:`VolumeSet.inherit`), from ``generate.json``, or is guessed (values below -200
     look like HU: CT), and the guess is reported.
 
+In memory
+    :class:`ArrayVolumeSet`: volumes already loaded, an array ``[n, X, Y, Z]`` (or a list of
+    ``(X, Y, Z)`` arrays) in [-1, 1] (or HU / MRI intensities with a modality), 1 mm voxels
+    unless a spacing is given. Its features are never cached on disk.
+    :func:`as_volume_set` accepts a folder, a set or an array.
+
 When two sets differ in shape, volume-based metrics (MS-SSIM, anatomy, voxel memorisation)
 need one shape: :func:`align_shapes` sets the element-wise smallest shape as target for all
 sets (area averaging, trilinear when enlarging) and scales the spacing so physical volumes
@@ -36,34 +42,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medgen.errors import InputError, UsageError
+from medgen.core.errors import InputError, UsageError
+from medgen.core.volume import CT_WINDOW_DEFAULT, parse_spacing, resize_volume
 
-CT_WINDOW_DEFAULT = (-1024.0, 600.0)
 MODALITIES = ("ct", "mri")
 NORMALISED_TOLERANCE = 1e-3  # values within [-1-tol, 1+tol] count as already in [-1, 1]
-
-
-def _parse_triple(text: str) -> tuple[float, float, float] | None:
-    parts = re.split(r"[x, ]+", str(text).strip().strip("[]()"))
-    try:
-        values = tuple(float(p) for p in parts if p)
-    except ValueError:
-        return None
-    return values if len(values) == 3 and min(values) > 0 else None  # type: ignore[return-value]
-
-
-def _resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Area averaging when shrinking every axis, trilinear otherwise (torch.interpolate)."""
-    import torch
-
-    if tuple(array.shape) == tuple(shape):
-        return array
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    if all(s <= a for s, a in zip(shape, array.shape)):
-        y = torch.nn.functional.interpolate(x, size=tuple(shape), mode="area")
-    else:
-        y = torch.nn.functional.interpolate(x, size=tuple(shape), mode="trilinear", align_corners=False)
-    return y[0, 0].numpy()
 
 
 @dataclass
@@ -88,6 +71,8 @@ class VolumeSet(Sequence[np.ndarray]):
     modality_source: str = ""
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+
+    cacheable = True  # features of the set may be cached on disk (metrics.cache)
 
     # ------------------------------------------------------------------ sequence
     def __len__(self) -> int:
@@ -194,6 +179,10 @@ class VolumeSet(Sequence[np.ndarray]):
         if self.modality == "ct" and self.hu_window is None:
             self.hu_window = other.hu_window
 
+    def source_key(self) -> str:
+        """What the set reads from (two sets with the same key hold the same volumes): its folder."""
+        return os.path.realpath(self.root)
+
     def fingerprint(self) -> list[list]:
         """(file relative to root, size in bytes, modification time in ns) of every volume."""
         out = []
@@ -232,6 +221,111 @@ class VolumeSet(Sequence[np.ndarray]):
             "evaluated_shape": "x".join(map(str, self.target_shape)) if self.target_shape else None,
             "notes": self.notes,
         }
+
+
+@dataclass
+class ArrayVolumeSet(VolumeSet):
+    """Volumes held in memory: ``arrays`` is ``[n, X, Y, Z]`` or a list of ``(X, Y, Z)`` arrays.
+
+    Read like a folder of raw files: values within [-1, 1] are taken as normalised,
+    others are mapped by the modality (CT from HU with the CT window, MRI by percentiles).
+    ``spacings`` default to 1 mm. Features of such a set are not cached on disk
+    (:attr:`cacheable` is False).
+    """
+
+    arrays: Any = None
+    cacheable = False
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def read_stored(self, i: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+        return np.asarray(self.arrays[i], dtype=np.float32), self.spacings[i] or (1.0, 1.0, 1.0)
+
+    def _geometry(self, i: int) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+        return self.shapes[i], self.spacings[i] or (1.0, 1.0, 1.0)  # type: ignore[return-value]
+
+    def subset(self, indices: Sequence[int]) -> "ArrayVolumeSet":
+        idx = list(indices)
+        return replace(
+            self,
+            arrays=[self.arrays[i] for i in idx],
+            ids=[self.ids[i] for i in idx],
+            spacings=[self.spacings[i] for i in idx],
+            shapes=[self.shapes[i] for i in idx],
+            notes=list(self.notes),
+        )
+
+    def source_key(self) -> str:
+        return f"array:{id(self.arrays)}"
+
+    def fingerprint(self) -> list[list]:
+        raise TypeError("volumes in memory have no file fingerprint (their features are not cached)")
+
+
+def array_volume_set(
+    volumes: Any,
+    *,
+    name: str = "array",
+    modality: str | None = None,
+    spacing: Sequence[float] | None = None,
+    ids: Sequence[str] | None = None,
+) -> ArrayVolumeSet:
+    """A set of volumes already in memory: ``[n, X, Y, Z]`` (or ``[n, 1, X, Y, Z]``) array or
+    tensor, or a sequence of ``(X, Y, Z)`` arrays. ``name`` names the set in reports
+    (``<name>``); ``spacing``: voxel size in mm of every volume (default 1 mm)."""
+    if modality is not None and modality not in MODALITIES:
+        raise UsageError(f"--modality must be one of {', '.join(MODALITIES)}, not {modality!r}")
+    if hasattr(volumes, "detach"):  # a torch tensor
+        volumes = volumes.detach().cpu().numpy()
+    if isinstance(volumes, np.ndarray):
+        if volumes.ndim == 5 and volumes.shape[1] == 1:
+            volumes = volumes[:, 0]
+        if volumes.ndim != 4:
+            raise UsageError(f"{name}: volumes of shape {volumes.shape}: expected [n, X, Y, Z]")
+        arrays: Any = volumes
+    else:
+        arrays = [np.asarray(v) for v in volumes]
+        bad = [i for i, v in enumerate(arrays) if v.ndim != 3]
+        if bad:
+            raise UsageError(f"{name}: volume {bad[0]} has shape {arrays[bad[0]].shape}: expected (X, Y, Z)")
+    n = len(arrays)
+    if n == 0:
+        raise InputError(f"{name}: no volumes")
+    if ids is not None and len(ids) != n:
+        raise UsageError(f"{name}: {len(ids)} ids for {n} volumes")
+    sp = None if spacing is None else tuple(float(s) for s in spacing)
+    vs = ArrayVolumeSet(
+        root=Path(f"<{name}>"),
+        kind="array",
+        ids=[str(i) for i in ids] if ids is not None else [f"{name}-{i:04d}" for i in range(n)],
+        files=[],
+        spacings=[sp] * n,  # type: ignore[list-item]
+        shapes=[tuple(int(s) for s in np.shape(arrays[i])) for i in range(n)],  # type: ignore[misc]
+        arrays=arrays,
+    )
+    if modality is not None:
+        vs.modality, vs.modality_source = modality, "given"
+        if modality == "ct":
+            vs.hu_window = CT_WINDOW_DEFAULT
+    return vs
+
+
+def as_volume_set(volumes: Any, *, modality: str | None = None, what: str = "volumes") -> VolumeSet:
+    """A :class:`VolumeSet` from a folder (:func:`open_volume_set`), an opened set (a copy, so
+    evaluating does not change the caller's) or volumes in memory (:func:`array_volume_set`)."""
+    if isinstance(volumes, VolumeSet):
+        vs = replace(volumes, notes=list(volumes.notes), spacings=list(volumes.spacings), shapes=list(volumes.shapes))
+        if modality is not None and vs.modality is None:
+            if modality not in MODALITIES:
+                raise UsageError(f"--modality must be one of {', '.join(MODALITIES)}, not {modality!r}")
+            vs.modality, vs.modality_source = modality, "--modality"
+            if modality == "ct" and vs.hu_window is None:
+                vs.hu_window = CT_WINDOW_DEFAULT
+        return vs
+    if isinstance(volumes, (str, os.PathLike)):
+        return open_volume_set(volumes, modality=modality, what=what)
+    return array_volume_set(volumes, name=what.lstrip("-"), modality=modality)
 
 
 def _is_normalised(array: np.ndarray) -> bool:
@@ -327,7 +421,7 @@ def _open_preprocessed(root: Path, what: str) -> VolumeSet:
     iso = info.get("spacing")
     spacings = []
     for row in rows:
-        sp = _parse_triple(row.get("spacing", "")) if row.get("spacing") else None
+        sp = parse_spacing(row.get("spacing", "")) if row.get("spacing") else None
         if sp is None and iso:
             sp = (float(iso),) * 3
         spacings.append(sp)
@@ -412,3 +506,13 @@ def align_shapes(*sets: VolumeSet | None) -> tuple[int, int, int] | None:
         s.target_shape = target  # type: ignore[assignment]
         s.notes.append(f"volumes resized to {text} for volume-based metrics (the sets' shapes differ)")
     return target  # type: ignore[return-value]
+
+
+def _resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """``array`` resized to ``shape`` by medgen's resizing rule (:func:`medgen.core.volume.resize_volume`)."""
+    import torch
+
+    if tuple(array.shape) == tuple(shape):
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    return resize_volume(x, shape)[0, 0].numpy()

@@ -1,20 +1,13 @@
-"""HA-GAN training.
+"""The family-agnostic training machinery.
 
-* :mod:`.trainer` — the training loop (:func:`~medgen.training.trainer.train`), used by ``medgen train``;
-* :mod:`.losses` — the paper's D, G, E^H and E^G losses;
+* :mod:`.loop` — the training loop every family runs on (:func:`~medgen.training.loop.train`);
+* :mod:`.family` — what a family gives the loop (:class:`~medgen.training.family.Family`, :class:`~medgen.training.family.Step`);
+* :mod:`.runconfig` — ``RUN/config.yaml`` (:class:`~medgen.training.runconfig.RunConfig`);
 * :mod:`.checkpoint` — safetensors checkpoints, atomic and safe to load
-  (:func:`~medgen.training.checkpoint.load_weights` gives ``{"G", "G_ema", "D", "E"}`` state dicts);
+  (:func:`~medgen.training.checkpoint.load_weights` gives ``{network name: state_dict}``);
 * :mod:`.distributed` — ``torchrun`` set-up and the resumable data sampler;
-* :mod:`.ema` — the EMA copy of the generator used for sampling.
+* :mod:`.ema` — the EMA copy of the network a family samples from.
 
-To rebuild a trained generator::
-
-    from medgen.config import RunConfig
-    from medgen.models.hagan import Generator
-    from medgen.training.checkpoint import load_weights
-
-    cfg = RunConfig.load(run_dir)
-    G = Generator(cfg.hagan_config())
-    weights = load_weights(run_dir)           # latest checkpoint of the run
-    G.load_state_dict(weights.get("G_ema", weights["G"]))
+The families themselves (HA-GAN's networks, losses and step) live in
+:mod:`medgen.families`, which imports this package, never the reverse.
 """

@@ -16,7 +16,7 @@ Atomicity: a checkpoint is written into a hidden temporary folder next to the
 others and renamed to ``iter-NNNNNN`` when complete (a rename within one file
 system is atomic), then ``latest`` is rewritten atomically. A crash at any
 point leaves the previous checkpoints and ``latest`` untouched; leftover
-temporary folders are removed by the next save. (``medgen.fileio`` does the
+temporary folders are removed by the next save. (``medgen.core.fileio`` does the
 same for single files; a checkpoint is a folder, hence this module.)
 """
 
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from medgen.errors import InputError
-from medgen.fileio import atomic_write_text
+from medgen.core.errors import InputError
+from medgen.core.fileio import atomic_write_text
 
 CHECKPOINT_DIR = "checkpoints"
 WEIGHTS_NAME = "weights.safetensors"

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from medgen.errors import UsageError
+from medgen.core.device import resolve_device
+from medgen.core.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -44,17 +45,6 @@ class DistInfo:
     def is_main(self) -> bool:
         """Rank 0 writes logs, samples and checkpoints and shows the progress bar."""
         return self.rank == 0
-
-
-def resolve_device(request: str) -> torch.device:
-    """``auto`` → CUDA if available else CPU; ``cuda`` without a GPU is a usage error."""
-    if request == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if request == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available (use --device cpu)")
-    if request not in ("cpu", "cuda"):
-        raise UsageError(f"--device {request}: expected auto, cpu or cuda")
-    return torch.device(request)
 
 
 def setup(device_request: str = "auto") -> DistInfo:

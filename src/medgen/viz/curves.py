@@ -18,8 +18,8 @@ import math
 import os
 from pathlib import Path
 
-from medgen.errors import InputError
-from medgen.fileio import atomic_path
+from medgen.core.errors import InputError
+from medgen.core.fileio import atomic_path
 
 ADVERSARIAL = ("loss_D", "loss_G")
 RECONSTRUCTION = ("loss_EH", "loss_EG")

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from medgen.fileio import atomic_path
+from medgen.core.fileio import atomic_path
 
 PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
 _AXIS = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -154,3 +155,27 @@ def save_mosaic(
             ax.text(x0, y0, label, **style)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
+
+
+PHANTOM_MOSAIC_VOLUMES = 4
+
+
+def save_phantom_set_mosaic(folder: str | os.PathLike, rows: list[dict], kind: str, n: int = PHANTOM_MOSAIC_VOLUMES) -> Path:
+    """``folder/mosaic.png``: the first ``n`` volumes of a phantom set (manifest ``rows``) in three planes.
+
+    Thorax CT in a lung window, with the sagittal plane through the left lung rather than the
+    midline; brain MRI from 0 upwards.
+    """
+    import nibabel as nib
+
+    folder = Path(folder)
+    rows = rows[:n]
+    volumes = [np.asarray(nib.load(str(folder / row["file"])).dataobj, dtype=np.float32) for row in rows]
+    titles = [f"{row['id']} (label {row['label']})" for row in rows]
+    path = folder / "mosaic.png"
+    if kind == "thorax-ct":
+        sagittal = int(0.36 * volumes[0].shape[0])
+        save_mosaic(volumes, path, titles=titles, vmin=-1000.0, vmax=250.0, slice_index=[None, None, sagittal])
+    else:
+        save_mosaic(volumes, path, titles=titles, vmin=0.0)
+    return path

@@ -1,0 +1,1 @@
+"""The 3D volume classifier (severity labels, Inception Score, augmentation experiments)."""

@@ -1,0 +1,225 @@
+"""HA-GAN architecture configuration (:class:`HAGANConfig`) and named presets.
+
+The configuration fixes every layer shape of G^A, G^L, G^H, D^H, D^L, E^H and
+E^G. The architecture rules below reproduce the authors' published networks
+exactly at 256³ and 128³ (and the paper's parameter totals at 64³ and 32³),
+and extend them to any power-of-two size from 32 to 512:
+
+* G^A starts from a 4³ grid and upsamples ``log2(S / (4 f))`` times to reach
+  the low-resolution grid S/f. Its conv widths are 512, 512, 256, 128, 64
+  (× ``width``); at sizes needing more than four upsamplings extra 64-wide
+  convs are appended.
+* Down-sampling stacks (D^H in-plane, D^L, E^G) halve their width backwards
+  from their widest layer (512 for D^H, 256 for D^L and E^G) and reduce the
+  grid to 4 before a final 4-wide "valid" convolution.
+
+Widths are multiplied by ``width`` and rounded; every GroupNorm layer needs its
+channel count divisible by ``norm_groups``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from medgen.core.errors import UsageError
+
+MIN_SIZE = 32
+MAX_SIZE = 512
+BASE_GRID = 4  # G^A starts from, and the down-sampling stacks end at, a 4³ grid
+
+
+def _is_power_of_two(n: int) -> bool:
+    return isinstance(n, int) and n > 0 and (n & (n - 1)) == 0
+
+
+@dataclass
+class HAGANConfig:
+    """Shapes of an HA-GAN.
+
+    Parameters
+    ----------
+    size : edge length S of the generated cube, in voxels (power of two, 32-512).
+    latent_dim : length of the latent vector z ~ N(0, I) (paper: 1024).
+    width : channel-width multiplier applied to every layer (paper: 1.0).
+    num_classes : number of classes for the AC-GAN conditional variant; 0 = unconditional.
+    lowres_factor : f, ratio of the full resolution to the low-resolution grid of
+        G^A's feature map A and of G^L's output (paper: 4).
+    slab_fraction : fraction of the depth (last, inferior-superior axis) covered
+        by the training slab (paper: 1/8); 1/slab_fraction slabs tile the volume.
+    norm_groups : number of groups of every GroupNorm layer (paper: 8).
+    use_lowres : False for the "no low-resolution branch" ablation: G^L and D^L
+        are not built and D is D^H alone.
+    """
+
+    size: int = 256
+    latent_dim: int = 1024
+    width: float = 1.0
+    num_classes: int = 0
+    lowres_factor: int = 4
+    slab_fraction: float = 0.125
+    norm_groups: int = 8
+    use_lowres: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def lowres_size(self) -> int:
+        """Edge length S/f of the low-resolution grid (feature map A and G^L output)."""
+        return self.size // self.lowres_factor
+
+    @property
+    def slab_len_lowres(self) -> int:
+        """Slab depth in low-resolution (A) slices."""
+        return round(self.slab_fraction * self.lowres_size)
+
+    @property
+    def slab_len(self) -> int:
+        """Slab depth in full-resolution slices (= f × slab_len_lowres)."""
+        return self.slab_len_lowres * self.lowres_factor
+
+    @property
+    def num_slabs(self) -> int:
+        """Number of non-overlapping slabs tiling the depth (1/slab_fraction)."""
+        return self.lowres_size // self.slab_len_lowres
+
+    @property
+    def max_slab_start_lowres(self) -> int:
+        """Largest slab start index in A coordinates (S/f - slab_len_lowres)."""
+        return self.lowres_size - self.slab_len_lowres
+
+    @property
+    def feature_channels(self) -> int:
+        """Channels of G^A's feature map A (paper: 64)."""
+        return self.channels(64)
+
+    @property
+    def generator_input_dim(self) -> int:
+        """Length of G^A's input: z with the one-hot class appended."""
+        return self.latent_dim + self.num_classes
+
+    def channels(self, paper_channels: int) -> int:
+        """Channel count of a layer that has ``paper_channels`` in the published network."""
+        return max(1, int(round(paper_channels * self.width)))
+
+    # ---------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Raise :class:`UsageError` (one line) if the shapes are inconsistent."""
+        s, f = self.size, self.lowres_factor
+        if not _is_power_of_two(s) or not MIN_SIZE <= s <= MAX_SIZE:
+            raise UsageError(f"size must be a power of two from {MIN_SIZE} to {MAX_SIZE}, got {s!r}")
+        if not _is_power_of_two(f) or f < 2:
+            raise UsageError(f"lowres_factor must be a power of two >= 2, got {f!r}")
+        if s // f < BASE_GRID:
+            raise UsageError(
+                f"lowres_factor {f} is too large for size {s}: the low-resolution grid S/f must be >= {BASE_GRID}"
+            )
+        if not isinstance(self.latent_dim, int) or self.latent_dim < 1:
+            raise UsageError(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0 or self.num_classes == 1:
+            raise UsageError(f"num_classes must be 0 (unconditional) or >= 2, got {self.num_classes!r}")
+        if not self.width > 0:
+            raise UsageError(f"width must be > 0, got {self.width!r}")
+        if not isinstance(self.norm_groups, int) or self.norm_groups < 1:
+            raise UsageError(f"norm_groups must be a positive integer, got {self.norm_groups!r}")
+        sf = self.slab_fraction
+        n_lowres = sf * (s // f) if isinstance(sf, (int, float)) else float("nan")
+        if not 0 < sf <= 1 or abs(n_lowres - round(n_lowres)) > 1e-9 or round(n_lowres) < 1:
+            raise UsageError(
+                f"slab_fraction {sf!r} must cover a whole number (>= 1) of the {s // f} low-resolution slices"
+            )
+        if (s // f) % round(n_lowres) != 0:
+            raise UsageError(f"slab_fraction {sf!r} must be 1/n with n dividing the {s // f} low-resolution slices")
+        for name, c in self.norm_channels().items():
+            if c % self.norm_groups != 0:
+                raise UsageError(
+                    f"width {self.width} gives {c} channels in {name}, not divisible by norm_groups {self.norm_groups}"
+                )
+
+    # ------------------------------------------------------------ layer widths
+    def num_upsamplings_common(self) -> int:
+        """Nearest ×2 upsamplings inside G^A (4³ → (S/f)³)."""
+        return int(math.log2(self.lowres_size // BASE_GRID))
+
+    def common_widths(self) -> list[int]:
+        """Output channels of G^A's convolutions (the first runs at 4³)."""
+        paper = [512, 512, 256, 128, 64]
+        paper += [64] * max(0, self.num_upsamplings_common() + 1 - len(paper))
+        return [self.channels(c) for c in paper]
+
+    def high_widths(self) -> list[int]:
+        """Output channels of G^H's up-convolutions (last one is the 1-channel image)."""
+        m = int(math.log2(self.lowres_factor))
+        return [self.channels(64 >> i) for i in range(1, m)] + [1]
+
+    def low_widths(self) -> list[int]:
+        """Output channels of G^L's convolutions (last one is the 1-channel image)."""
+        return [self.channels(32), self.channels(16), 1]
+
+    def high_encoder_widths(self) -> list[int]:
+        """Output channels of E^H's strided convolutions (a 3³ conv follows the first)."""
+        m = int(math.log2(self.lowres_factor))
+        return [self.channels(64 >> (m - 1 - i)) for i in range(m)]
+
+    def downsampling_widths(self, widest: int, in_size: int) -> list[int]:
+        """Widths of a stride-2 stack reducing ``in_size`` to 4, halving backwards from ``widest``."""
+        n = int(math.log2(in_size // BASE_GRID))
+        return [self.channels(widest >> (n - 1 - i)) for i in range(n)]
+
+    def norm_channels(self) -> dict[str, int]:
+        """Channel count of every GroupNorm layer, by block (for validation)."""
+        out: dict[str, int] = {}
+        for i, c in enumerate(self.common_widths()):
+            out[f"G^A conv {i + 1}"] = c
+        for i, c in enumerate(self.high_widths()[:-1]):
+            out[f"G^H conv {i + 1}"] = c
+        if self.use_lowres:
+            for i, c in enumerate(self.low_widths()[:-1]):
+                out[f"G^L conv {i + 1}"] = c
+        enc = self.high_encoder_widths()
+        out["E^H conv 1"] = enc[0]
+        for i, c in enumerate(enc):
+            out[f"E^H conv {i + 2}"] = c
+        for i, c in enumerate(self.downsampling_widths(256, self.lowres_size)):
+            out[f"E^G conv {i + 1}"] = c
+        return out
+
+    # --------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (YAML/JSON friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HAGANConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`UsageError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown HA-GAN model setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The published architecture (Sun et al. 2022; authors' code).
+    "paper": dict(latent_dim=1024, width=1.0, norm_groups=8),
+    # About a quarter of the paper's parameters; fits one small GPU at 128³-256³.
+    "small": dict(latent_dim=256, width=0.5, norm_groups=8),
+    # For CPU training on 32³-64³ phantoms in minutes.
+    "tiny": dict(latent_dim=128, width=0.125, norm_groups=2),
+}
+
+
+def get_preset(name: str, size: int, **overrides: Any) -> HAGANConfig:
+    """Configuration of preset ``name`` at output size ``size``; ``overrides`` replace fields.
+
+    Overrides whose value is None are ignored (convenient for CLI options left unset).
+    """
+    if name not in PRESETS:
+        raise UsageError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})")
+    fields = dict(PRESETS[name], size=size)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return HAGANConfig.from_dict(fields)

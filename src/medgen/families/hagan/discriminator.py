@@ -1,0 +1,119 @@
+"""The HA-GAN discriminators: D^H (full-resolution slab + slab position) and
+D^L (whole low-resolution volume). Spectral normalisation on every layer,
+LeakyReLU(0.2). Tensors are [B, C, X, Y, Z], slab depth on the last axis.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medgen.families.hagan.config import BASE_GRID, HAGANConfig
+from medgen.families.layers import down_conv, leaky, sn
+
+
+def _depth_step(depth: int) -> tuple[int, int, int]:
+    """(kernel, stride, padding) along the slab depth for D^H's next stride-2 layer.
+
+    Deep slabs are halved with kernel 4 (as in-plane), depths 4 and 2 with a
+    2-wide kernel without padding, a depth of 1 is kept (kernel 1); this is the
+    published network's rule at 128³ and 256³.
+    """
+    if depth >= 8:
+        return 4, 2, 1
+    if depth >= 2:
+        return 2, 2, 0
+    return 1, 1, 0
+
+
+class HighResDiscriminator(nn.Module):
+    """D^H: full-resolution slab [B, 1, S, S, L] and its position in [0, 1] → logit.
+
+    log2(S/4) stride-2 convolutions (in-plane kernel 4, widths halving backwards
+    from 512: 16, 32, ..., 512 at S=256) bring the slab to 4×4×d, a final
+    4×4×d convolution to 128 features; the normalised slab start is appended
+    and two linear layers (129 → 64 → 1) give the logit. With classes, a
+    linear class head (64 → K) shares the 64 features.
+    """
+
+    def __init__(self, cfg: HAGANConfig) -> None:
+        super().__init__()
+        depth, cin = cfg.slab_len, 1
+        convs = []
+        for cout in cfg.downsampling_widths(512, cfg.size):
+            kd, sd, pd = _depth_step(depth)
+            convs.append(sn(nn.Conv3d(cin, cout, kernel_size=(4, 4, kd), stride=(2, 2, sd), padding=(1, 1, pd))))
+            depth, cin = depth // sd, cout
+        self.convs = nn.ModuleList(convs)
+        features, hidden = cfg.channels(128), cfg.channels(64)
+        self.final_conv = sn(nn.Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth)))
+        self.fc = sn(nn.Linear(features + 1, hidden))
+        self.out = sn(nn.Linear(hidden, 1))
+        self.class_head = sn(nn.Linear(hidden, cfg.num_classes)) if cfg.num_classes > 0 else None
+
+    def forward(self, x: torch.Tensor, slab_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (logit [B], class logits [B, K] or None)."""
+        h = x
+        for conv in self.convs:
+            h = leaky(conv(h))
+        h = leaky(self.final_conv(h)).flatten(1)
+        pos = torch.as_tensor(slab_pos, dtype=h.dtype, device=h.device).reshape(-1, 1).expand(h.shape[0], 1)
+        h = leaky(self.fc(torch.cat([h, pos], dim=1)))
+        cls = self.class_head(h) if self.class_head is not None else None
+        return self.out(h).squeeze(1), cls
+
+
+class LowResDiscriminator(nn.Module):
+    """D^L: whole low-resolution volume [B, 1, S/f, S/f, S/f] → logit.
+
+    Stride-2 4³ convolutions (widths halving backwards from 256: 32, 64, 128,
+    256 at S=256) down to 4³, then a 4³ convolution to 1 + K outputs (logit,
+    class logits).
+    """
+
+    def __init__(self, cfg: HAGANConfig) -> None:
+        super().__init__()
+        widths = cfg.downsampling_widths(256, cfg.lowres_size)
+        self.num_classes = cfg.num_classes
+        self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([1] + widths[:-1], widths))
+        cin = widths[-1] if widths else 1
+        self.final_conv = sn(nn.Conv3d(cin, 1 + cfg.num_classes, kernel_size=BASE_GRID))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (logit [B], class logits [B, K] or None)."""
+        h = x
+        for conv in self.convs:
+            h = leaky(conv(h))
+        h = self.final_conv(h).flatten(1)
+        return h[:, 0], (h[:, 1:] if self.num_classes > 0 else None)
+
+
+class Discriminator(nn.Module):
+    """The HA-GAN discriminator: ``.high`` = D^H, ``.low`` = D^L (None without the low-res branch).
+
+    The real/fake logit is the mean of D^H's and D^L's logits; with classes the
+    class logits are likewise the mean of the two heads' class logits (as in
+    the authors' code). Without the low-resolution branch D is D^H alone.
+    """
+
+    def __init__(self, cfg: HAGANConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.high = HighResDiscriminator(cfg)
+        self.low = LowResDiscriminator(cfg) if cfg.use_lowres else None
+
+    def forward(
+        self, x_high_slab: torch.Tensor, slab_pos: torch.Tensor, x_low: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(slab [B,1,S,S,L], position [B] in [0,1], low-res volume [B,1,S/f,S/f,S/f]) →
+        (logit [B], class logits [B, K] or None)."""
+        logit, cls = self.high(x_high_slab, slab_pos)
+        if self.low is None:
+            return logit, cls
+        if x_low is None:
+            raise ValueError("x_low is required: this discriminator has a low-resolution branch (D^L)")
+        logit_low, cls_low = self.low(x_low)
+        logit = (logit + logit_low) / 2
+        if cls is not None:
+            cls = (cls + cls_low) / 2
+        return logit, cls

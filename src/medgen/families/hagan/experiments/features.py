@@ -1,0 +1,392 @@
+"""``medgen experiment features``: clinical measurements predicted from encoder features (the paper's R² table).
+
+Every real volume of the training and held-out sets is encoded by the main
+model's encoder, z = E^G(E^H slabs of x), and continuous clinical measurements
+are predicted from z with ridge regression. Two baselines run under the same
+cross-validation, so the table shows what training added:
+
+* ``voxel PCA``: the volumes averaged down to 16³ voxels, projected on their
+  principal axes (fitted on the training folds only);
+* ``untrained encoder``: the same encoder architecture at its random
+  initialisation (``medgen.build`` with the run's preset, size and seed).
+
+Evaluation: an outer K-fold cross-validation (shuffled with ``--seed``, the
+same folds for every feature set); inside each training fold the features are
+standardised and ridge's penalty is chosen by leave-one-out (RidgeCV over a
+log-spaced grid), so the held-out fold never informs any fitted step. R² is
+reported as mean ± std over the outer folds.
+
+Targets (``--targets``): on the thorax-CT phantoms lung volume (ml),
+emphysema (% of lung below -950 HU) and bone volume (ml), measured on each
+phantom when it was made; on your data, numeric columns of the manifest.
+
+Writes ``features.csv``/``features.md`` (target, features, dim, r2_mean,
+r2_std, r2_oof, n) and ``features.png`` (out-of-fold predicted vs true value of
+every target, trained-encoder latents).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from medgen.core.errors import InputError, UsageError
+from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace
+
+HELP = "R² of clinical measurements predicted from encoder latents, against voxel-PCA and untrained-encoder baselines"
+DESCRIPTION = __doc__.split("\n\n", 1)[1]
+
+PHANTOM_TARGETS: tuple[str, ...] = ("lung_volume_ml", "emphysema_pct", "bone_volume_ml")
+VOXEL_GRID = 16  # voxels per side of the volumes the PCA baseline sees
+ALPHA_GRID = (-3.0, 6.0, 19)  # ridge penalties: logspace(-3, 6, 19)
+FEATURE_SETS = ("trained encoder", "untrained encoder", "voxel PCA")
+# Manifest columns that describe the file or its split, never a measurement of the patient.
+NON_TARGET_COLUMNS = ("id", "file", "source", "orig_shape", "orig_spacing", "spacing", "split")
+DEFAULTS = {"folds": 5}  # options left out of the canonical command line when at their default
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--targets", default=None, metavar="COL,COL",
+                   help="manifest columns to predict (default on phantoms: " + ",".join(PHANTOM_TARGETS)
+                        + "; on --data: every numeric manifest column)")
+    p.add_argument("--folds", type=int, default=DEFAULTS["folds"], metavar="K",
+                   help="outer cross-validation folds (default 5)")
+
+
+# ---------------------------------------------------------------------- regression
+def alphas() -> np.ndarray:
+    """The ridge penalties RidgeCV chooses from (on standardised features: 1e-3 … 1e6)."""
+    lo, hi, n = ALPHA_GRID
+    return np.logspace(lo, hi, int(n))
+
+
+def ridge_pipeline():
+    """Standardise each feature (training-fold mean and std) → RidgeCV (leave-one-out choice of the penalty)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([("scale", StandardScaler()), ("ridge", RidgeCV(alphas=alphas()))])
+
+
+def pca_ridge_pipeline(n_components: int):
+    """PCA to ``n_components`` axes → RidgeCV, for voxel intensities.
+
+    The PCA scores are not standardised: the voxels share one intensity unit, and
+    whitening would give noise directions of tiny variance the same weight as the
+    anatomy's main modes. Unwhitened, ridge shrinks low-variance directions most, and
+    with as many components as the training fold's rank it equals ridge regression on
+    the voxels themselves.
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import Pipeline
+
+    return Pipeline([("pca", PCA(n_components=int(n_components), svd_solver="full")),
+                     ("ridge", RidgeCV(alphas=alphas()))])
+
+
+@dataclass
+class CVResult:
+    """Outcome of :func:`cross_validated_r2`.
+
+    ``r2``: R² on each outer test fold; ``predictions``: out-of-fold prediction of every
+    sample; ``folds``: (train indices, test indices) per fold; ``estimators``: the pipeline
+    fitted on each training fold; ``alphas``: the ridge penalty each fold chose.
+    """
+
+    r2: np.ndarray
+    predictions: np.ndarray
+    folds: list[tuple[np.ndarray, np.ndarray]]
+    estimators: list[Any] = field(default_factory=list)
+    alphas: list[float] = field(default_factory=list)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.r2))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.r2))
+
+    def pooled_r2(self, y: np.ndarray) -> float:
+        """R² of all out-of-fold predictions together (one number over every sample)."""
+        from sklearn.metrics import r2_score
+
+        return float(r2_score(y, self.predictions))
+
+
+def kfold_splits(n: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled K-fold (train, test) index pairs for ``n`` samples, seeded (identical for every feature set)."""
+    from sklearn.model_selection import KFold
+
+    if folds < 2:
+        raise UsageError(f"--folds {folds}: need at least 2")
+    if n < 2 * folds:
+        raise InputError(f"{n} volumes are too few for {folds}-fold cross-validation (need at least {2 * folds})")
+    return [(tr, te) for tr, te in KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros((n, 1)))]
+
+
+def cross_validated_r2(x: np.ndarray, y: np.ndarray, make_pipeline: Callable[[], Any],
+                       folds: int | list[tuple[np.ndarray, np.ndarray]] = 5, seed: int = 0) -> CVResult:
+    """R² of predicting ``y`` [n] from ``x`` [n, d] under outer K-fold cross-validation.
+
+    ``make_pipeline()`` returns a fresh unfitted scikit-learn pipeline; one is fitted on
+    each training fold only (every step: scaling, PCA, the inner choice of the penalty)
+    and scored on its test fold. ``folds``: K, or explicit (train, test) index pairs.
+    """
+    from sklearn.metrics import r2_score
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(y):
+        raise UsageError(f"features {x.shape} and targets {y.shape} do not match")
+    splits = kfold_splits(len(y), folds, seed) if isinstance(folds, int) else list(folds)
+    predictions = np.full(len(y), np.nan)
+    scores, estimators, chosen = [], [], []
+    for train, test in splits:
+        model = make_pipeline()
+        model.fit(x[train], y[train])
+        pred = model.predict(x[test])
+        predictions[test] = pred
+        scores.append(r2_score(y[test], pred))
+        estimators.append(model)
+        ridge = model[-1] if hasattr(model, "__getitem__") else model
+        if hasattr(ridge, "alpha_"):
+            chosen.append(float(ridge.alpha_))
+    return CVResult(np.asarray(scores, dtype=np.float64), predictions, splits, estimators, chosen)
+
+
+def pca_components(latent_dim: int, folds: list[tuple[np.ndarray, np.ndarray]], n_voxels: int) -> int:
+    """Components of the voxel-PCA baseline: the latent code's dimension, where the data allow.
+
+    At most the smallest training fold's rank (its size − 1) and the voxel count, so the
+    baseline gets as many features as the encoder whenever there are enough volumes.
+    """
+    smallest = min(len(train) for train, _ in folds)
+    return int(max(1, min(latent_dim, smallest - 1, n_voxels)))
+
+
+# ---------------------------------------------------------------------- features
+def downsample(volume: np.ndarray, grid: int = VOXEL_GRID) -> np.ndarray:
+    """A volume averaged down to ``grid``³ voxels (box means; exact cell means for integer factors), flattened."""
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None, None]
+    return torch.nn.functional.adaptive_avg_pool3d(x, grid)[0, 0].numpy().reshape(-1).astype(np.float64)
+
+
+@dataclass
+class RealSet:
+    """The real volumes of the training and held-out sets, with their manifest rows."""
+
+    ids: list[str]
+    files: list[Path]
+    rows: list[dict[str, str]]
+    origin: list[str]
+    folders: list[Path]
+
+
+def real_volumes(folders: Sequence[tuple[str, Path]]) -> RealSet:
+    """Every volume listed in the manifests of the preprocessed ``(name, folder)`` pairs."""
+    from medgen.data.dataset import load_manifest
+
+    out = RealSet([], [], [], [], [])
+    for name, folder in folders:
+        for row in load_manifest(folder):
+            path = Path(folder) / row["file"]
+            if not path.is_file():
+                raise InputError(f"{path}: listed in {Path(folder) / 'manifest.csv'} but missing")
+            out.ids.append(row["id"])
+            out.files.append(path)
+            out.rows.append(row)
+            out.origin.append(name)
+            out.folders.append(Path(folder))
+    return out
+
+
+def extract_features(files: Sequence[Path], encoders: dict[str, Any], grid: int = VOXEL_GRID,
+                     progress: bool = True) -> dict[str, np.ndarray]:
+    """One pass over the volumes: the latent code of each encoder, and the ``grid``³ voxels.
+
+    ``encoders``: name → :class:`medgen.families.hagan.model.HAGANModel` with an encoder. Returns name →
+    [n, latent_dim] and ``"voxels"`` → [n, grid³] (float64).
+    """
+    from tqdm import tqdm
+
+    feats: dict[str, list[np.ndarray]] = {name: [] for name in encoders}
+    feats["voxels"] = []
+    for path in tqdm(files, desc="encode", unit="vol", disable=not progress, leave=False):
+        try:
+            volume = np.load(path).astype(np.float32)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+        for name, model in encoders.items():
+            feats[name].append(model.encode(volume)[0].astype(np.float64))
+        feats["voxels"].append(downsample(volume, grid))
+    return {name: np.stack(rows) for name, rows in feats.items()}
+
+
+# ---------------------------------------------------------------------- targets
+def _number(text: str) -> float | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if np.isfinite(value) else None
+
+
+def choose_targets(rows: list[dict[str, str]], requested: str | None, phantoms: bool) -> list[str]:
+    """The target columns: ``--targets``, else the phantom defaults or every numeric, non-constant column."""
+    columns = [c for c in rows[0] if c not in NON_TARGET_COLUMNS]
+    numeric = [c for c in columns
+               if all(_number(r.get(c, "")) is not None or not (r.get(c) or "").strip() for r in rows)
+               and any(_number(r.get(c, "")) is not None for r in rows)]
+    if requested:
+        targets = [t.strip() for t in requested.split(",") if t.strip()]
+        missing = [t for t in targets if t not in rows[0]]
+        if missing:
+            raise UsageError(f"--targets: no column {', '.join(map(repr, missing))} in the manifest "
+                             f"(numeric columns: {', '.join(numeric) or 'none'})")
+        return targets
+    if phantoms:
+        return list(PHANTOM_TARGETS)
+    varying = [c for c in numeric if len({_number(r.get(c, "")) for r in rows} - {None}) > 1]
+    if not varying:
+        raise UsageError("the manifest has no numeric column that varies between volumes: pass --targets COL,COL")
+    return varying
+
+
+def target_values(real: RealSet, column: str) -> np.ndarray:
+    """Float values of ``column`` for every volume (NaN where blank); InputError on text."""
+    values = np.full(len(real.rows), np.nan)
+    for i, row in enumerate(real.rows):
+        text = (row.get(column) or "").strip()
+        if not text:
+            continue
+        value = _number(text)
+        if value is None:
+            raise InputError(f"{real.folders[i] / 'manifest.csv'}: {real.ids[i]!r} has {column}={text!r}, "
+                             "not a number")
+        values[i] = value
+    return values
+
+
+# ---------------------------------------------------------------------- figure
+def save_prediction_figure(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, CVResult]]) -> None:
+    """Out-of-fold predicted vs true value, one panel per (target, y, prediction, result)."""
+    from matplotlib.figure import Figure
+
+    from medgen.core.fileio import atomic_path
+
+    n = len(panels)
+    fig = Figure(figsize=(3.6 * n, 3.8))
+    axes = np.atleast_1d(fig.subplots(1, n))
+    for ax, (target, y, pred, res) in zip(axes, panels):
+        ax.scatter(y, pred, s=14, alpha=0.75)
+        lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.4", lw=1, ls="--")
+        ax.set_xlim(lo - pad, hi + pad)
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.set_xlabel(f"true {target}")
+        ax.set_ylabel("predicted (out of fold)")
+        ax.set_title(f"{target}\nR² = {res.mean:.2f} ± {res.std:.2f} over {len(res.r2)} folds; "
+                     f"pooled {res.pooled_r2(y):.2f}", fontsize=9)
+    fig.suptitle("Ridge regression on trained-encoder latents", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+# ---------------------------------------------------------------------- experiment
+def _untrained_encoder(run_dir: Path, seed: int, device: str):
+    """The run's encoder architecture at its random initialisation (``medgen.build``, seeded)."""
+    import torch
+
+    from medgen.families.hagan.model import build
+    from medgen.training.runconfig import RunConfig
+
+    run_cfg = RunConfig.load(run_dir)
+    model_fields = {k: v for k, v in dict(run_cfg.model).items() if k != "size"}
+    return build(run_cfg.preset, int(run_cfg.model["size"]), seed=seed, device=torch.device(device), encoder=True,
+                 **model_fields)
+
+
+def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
+    from medgen.core.device import resolve_device
+    from medgen.families import registry
+
+    run_dir = ws.main_model(args.run)
+    size = ws.run_size(run_dir)
+    device = str(resolve_device(ws.device))
+    trained = registry.load(run_dir, device=resolve_device(device))
+    if trained.encoder is None:
+        raise UsageError(f"{run_dir}: this model has no encoder (trained with --no-encoder); "
+                         "the features experiment needs one")
+    untrained = _untrained_encoder(run_dir, ws.seed, device)
+    train_dir, heldout_dir = ws.datasets(size)
+    real = real_volumes([("train", train_dir), ("heldout", heldout_dir)])
+    targets = choose_targets(real.rows, args.targets, ws.uses_phantoms)
+    values = {t: target_values(real, t) for t in targets}
+
+    print(f"\nencoding {len(real.files)} real volumes ({size}³) with the trained and the untrained encoder", flush=True)
+    feats = extract_features(real.files, {"trained encoder": trained, "untrained encoder": untrained},
+                             progress=ws.progress)
+    latent_dim = int(trained.config.latent_dim)
+
+    rows: list[dict[str, Any]] = []
+    panels = []
+    details: dict[str, Any] = {}
+    for target in targets:
+        y_all = values[target]
+        keep = np.flatnonzero(np.isfinite(y_all))
+        y = y_all[keep]
+        if len(keep) < 2 * args.folds:
+            raise InputError(f"target {target!r}: {len(keep)} volumes have a value, too few for "
+                             f"{args.folds}-fold cross-validation (need {2 * args.folds})")
+        if np.ptp(y) == 0:
+            raise InputError(f"target {target!r}: every volume has the same value ({y[0]:g}); nothing to predict")
+        folds = kfold_splits(len(y), args.folds, ws.seed)
+        k = pca_components(latent_dim, folds, VOXEL_GRID ** 3)
+        cases = [
+            ("trained encoder", feats["trained encoder"][keep], ridge_pipeline, latent_dim),
+            ("untrained encoder", feats["untrained encoder"][keep], ridge_pipeline, latent_dim),
+            (f"voxel PCA ({VOXEL_GRID}³)", feats["voxels"][keep], lambda k=k: pca_ridge_pipeline(k), k),
+        ]
+        for name, x, make, dim in cases:
+            res = cross_validated_r2(x, y, make, folds)
+            rows.append({"target": target, "features": name, "dim": dim, "r2_mean": res.mean, "r2_std": res.std,
+                         "r2_oof": res.pooled_r2(y), "n": len(y)})
+            details[f"{target}/{name}"] = {"r2_folds": res.r2.tolist(), "alphas": res.alphas}
+            if name == "trained encoder":
+                panels.append((target, y, res.predictions, res))
+
+    columns = ("target", "features", "dim", "r2_mean", "r2_std", "r2_oof", "n")
+    n_train = sum(o == "train" for o in real.origin)
+    notes = [
+        f"{args.folds}-fold cross-validation (shuffled, seed {ws.seed}; the same folds for every feature set) over "
+        f"{len(real.files)} real volumes ({n_train} training, {len(real.files) - n_train} held-out); "
+        "r2_mean ± r2_std: R² over the test folds; r2_oof: R² of all out-of-fold predictions pooled.",
+        "Ridge regression; in each training fold the encoder features are standardised and the penalty is chosen by "
+        f"leave-one-out from 10^{ALPHA_GRID[0]:g} … 10^{ALPHA_GRID[1]:g}; nothing is fitted on the test fold.",
+        f"trained encoder: z = E^G(E^H(x)) of {run_dir.name}; untrained encoder: the same architecture at its "
+        f"random initialisation (seed {ws.seed}).",
+        f"voxel PCA: volumes averaged to {VOXEL_GRID}³, PCA fitted on the training fold, as many components as the "
+        "latent code (at most the training fold's rank), scores not whitened.",
+        "R² = 1 − residual / total sum of squares: 1 is perfect, 0 is predicting the mean, below 0 is worse than that.",
+        "The encoder was trained on the training volumes (without their measurements); held-out volumes are "
+        "encoded by the same model.",
+    ]
+    out.write_table(rows, columns, title="Clinical measurements predicted from encoder features (R²)", notes=notes)
+    fig_path = out.path("features.png")
+    save_prediction_figure(fig_path, panels)
+    out.add_figure(fig_path)
+    return {"rows": rows, "folds": details, "run": str(run_dir), "targets": targets}

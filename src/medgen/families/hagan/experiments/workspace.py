@@ -1,0 +1,541 @@
+"""What every experiment shares: its scale, its data, its trained models, its tables.
+
+An experiment (``medgen experiment NAME``) works in two folders:
+
+* the **workspace** (``--work``, default ``experiments-out/work``), shared by all
+  experiments: phantoms, preprocessed data sets, trained runs and sample folders.
+  Whatever is already there is reused, so the second experiment does not train the
+  model the first one trained, and an interrupted experiment continues where it
+  stopped (training resumes from its checkpoint, sample folders resume).
+* the **output folder** (``--out``): the experiment's table (``NAME.csv`` and
+  ``NAME.md``), figures and ``experiment.json`` (command, scale, versions, machine,
+  wall time), written atomically.
+
+Data come from the built-in thorax-CT phantoms (default) or from the user's
+preprocessed folders (``--data`` training set, ``--heldout`` held-out set, both
+written by ``medgen preprocess`` at the model's size).
+
+Every step is the library call behind an ordinary ``medgen`` command
+(``phantoms``, ``preprocess``, ``train``, ``generate``, ``evaluate``), and that
+command is printed before the step runs, so each can be repeated by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from medgen.core.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, InputError, MedgenError, UsageError
+from medgen.core.fileio import atomic_write_json, atomic_write_text
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How big an experiment runs.
+
+    ``preset``/``size``: the HA-GAN preset and edge length (voxels) of the main model;
+    ``sizes``: the resolutions of the synthesis table; ``small_size``: the edge length
+    of the models an experiment trains several of (ablation variants, the
+    class-conditional model); ``iters``/``batch``: training iterations and batch of
+    every trained model; ``n_train``/``n_heldout``: phantoms in the training and
+    held-out sets; ``n_samples``: generated volumes per evaluation; ``seeds``:
+    repetitions of the classifier experiments.
+    """
+
+    name: str
+    preset: str
+    size: int
+    sizes: tuple[int, ...]
+    small_size: int
+    iters: int
+    batch: int
+    n_train: int
+    n_heldout: int
+    n_samples: int
+    seeds: int
+    classifier_iters: int
+
+
+SCALES: dict[str, Scale] = {
+    # About 40 minutes for all experiments on 2 CPU cores.
+    "demo": Scale("demo", preset="tiny", size=64, sizes=(32, 64), small_size=32, iters=2000, batch=4,
+                  n_train=64, n_heldout=32, n_samples=32, seeds=3, classifier_iters=300),
+    # Seconds: checks that an experiment runs end to end (the tests use it); its numbers mean nothing.
+    "smoke": Scale("smoke", preset="tiny", size=32, sizes=(32,), small_size=32, iters=2, batch=2,
+                   n_train=6, n_heldout=6, n_samples=6, seeds=2, classifier_iters=2),
+    # The paper's settings: days on a GPU per trained model.
+    "full": Scale("full", preset="paper", size=128, sizes=(128, 256), small_size=128, iters=80_000, batch=4,
+                  n_train=1024, n_heldout=128, n_samples=256, seeds=5, classifier_iters=3000),
+}
+
+
+def get_scale(name: str) -> Scale:
+    try:
+        return SCALES[name]
+    except KeyError:
+        raise UsageError(f"--scale {name!r}: choose one of {', '.join(SCALES)}") from None
+
+
+@contextmanager
+def step(argv: Sequence[str], what: str | None = None) -> Iterator[None]:
+    """Run one step: print ``$ medgen ARGV`` (the command that repeats it by hand), then the body.
+
+    A :class:`~medgen.core.errors.MedgenError` of the body comes out as one line that
+    names the step and its command: UsageError stays a UsageError, any other becomes an
+    InputError with the original exit code.
+    """
+    command = f"medgen {shlex.join(argv)}"
+    what = what or argv[0]
+    print(f"\n$ {command}", flush=True)
+    try:
+        yield
+    except UsageError as exc:
+        raise UsageError(f"step '{what}' failed: {exc} ({command})") from exc
+    except MedgenError as exc:
+        raise InputError(f"step '{what}' failed: {exc} ({command})", exit_code=exc.exit_code) from exc
+
+
+def checkpoint_iteration(run_dir: Path) -> int:
+    """Iteration of the run's latest complete checkpoint (0 if none)."""
+    from medgen.training.checkpoint import checkpoint_iteration as parse_iteration
+    from medgen.training.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    return parse_iteration(ckpt) if ckpt is not None else 0
+
+
+@dataclass
+class Workspace:
+    """Data, trained runs and samples shared by the experiments (see the module docstring).
+
+    ``root``: the workspace folder; ``scale``: a :class:`Scale`; ``data``/``heldout``:
+    the user's preprocessed training / held-out folders (None = phantoms);
+    ``device``: training and sampling device; ``seed``: seed of phantoms, training,
+    sampling and metrics; ``iters``: training iterations (default: the scale's).
+    """
+
+    root: Path
+    scale: Scale
+    data: Path | None = None
+    heldout: Path | None = None
+    device: str = "auto"
+    seed: int = 0
+    iters: int | None = None
+    progress: bool = True
+    log: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if self.heldout is not None and self.data is None:
+            raise UsageError("--heldout needs --data (the training set it is held out from)")
+        if self.iters is not None and self.iters < 1:
+            raise UsageError(f"--iters {self.iters}: need at least 1")
+
+    @property
+    def train_iters(self) -> int:
+        return self.iters or self.scale.iters
+
+    @property
+    def uses_phantoms(self) -> bool:
+        return self.data is None
+
+    @property
+    def main_size(self) -> int:
+        """Edge length of the main model: the user's data size, else the scale's."""
+        if self.data is not None:
+            from medgen.data.dataset import load_preprocess_info
+
+            return int(load_preprocess_info(self.data).get("size", 0) or self.scale.size)
+        return self.scale.size
+
+    def main_model(self, run: str | Path | None = None) -> Path:
+        """The main model: ``run`` when given (a trained run folder), else ``WORK/runs/hagan-S`` (trained if needed)."""
+        if run is not None:
+            return Path(run)
+        return self.model(f"hagan-{self.main_size}", self.main_size)
+
+    @staticmethod
+    def run_size(run_dir: Path) -> int:
+        from medgen.training.runconfig import RunConfig
+
+        return int(RunConfig.load(run_dir).model["size"])
+
+    # ------------------------------------------------------------------ data
+    def _phantoms(self) -> tuple[Path, Path]:
+        """Raw thorax-CT phantoms (NIfTI, HU) at the largest size any experiment needs."""
+        s = self.scale
+        size = max(s.sizes + (s.size, s.small_size))
+        raw = self.root / "phantoms"
+        for name, n, seed in (("train", s.n_train, self.seed), ("heldout", s.n_heldout, self.seed + 1)):
+            if not (raw / name / "manifest.csv").is_file():
+                argv = ["phantoms", "--kind", PHANTOM_KIND, "--n", str(n), "--size", str(size), "--seed", str(seed),
+                        "--out", str(raw / name), "--workers", "2"]
+                with step(argv, f"phantoms ({name})"):
+                    write_phantoms(PHANTOM_KIND, n, size, seed, raw / name, workers=2, progress=self.progress)
+        return raw / "train", raw / "heldout"
+
+    def datasets(self, size: int) -> tuple[Path, Path]:
+        """(training, held-out) preprocessed folders at ``size``³."""
+        if not self.uses_phantoms:
+            train = self._check_user_data(self.data, size, "--data")
+            if self.heldout is None:
+                raise UsageError("this experiment needs a held-out set: pass --heldout DIR (preprocessed like --data)")
+            return train, self._check_user_data(self.heldout, size, "--heldout")
+        raw_train, raw_heldout = self._phantoms()
+        out = []
+        for name, raw in (("train", raw_train), ("heldout", raw_heldout)):
+            folder = self.root / "data" / f"{name}-{size}"
+            if not (folder / "preprocess.json").is_file():
+                argv = ["preprocess", str(raw), str(folder), "--modality", "ct", "--size", str(size), "--workers", "2"]
+                if not self.progress:
+                    argv.append("--no-progress")
+                with step(argv, f"preprocess ({name}, {size}³)"):
+                    _preprocess(raw, folder, size, progress=self.progress)
+            out.append(folder)
+        return out[0], out[1]
+
+    @staticmethod
+    def _check_user_data(folder: Path, size: int, option: str) -> Path:
+        from medgen.data.dataset import load_preprocess_info
+
+        info = load_preprocess_info(folder)
+        got = int(info.get("size", 0) or 0)
+        if got != size:
+            raise UsageError(
+                f"{option} {folder}: holds {got}³ volumes, this experiment needs {size}³ "
+                f"(run medgen preprocess --size {size}, or choose --scale)"
+            )
+        return Path(folder)
+
+    # ------------------------------------------------------------------ models
+    def model(self, name: str, size: int, *, preset: str | None = None, data: Path | None = None,
+              use_lowres: bool = True, use_encoder: bool = True, slab_selection: str | None = None,
+              num_classes: int | None = None, label_column: str | None = None) -> Path:
+        """A run folder ``WORK/runs/NAME`` trained for :attr:`train_iters` iterations.
+
+        Trains (or resumes) only when the run's latest checkpoint is short of the
+        iterations. The keyword options are those of ``medgen train``: ``use_lowres=False``
+        (``--no-lowres``), ``use_encoder=False`` (``--no-encoder``), ``slab_selection``
+        (``--slab-selection``), ``num_classes`` and ``label_column`` (the class-conditional
+        model). ``data``: training folder (default: the training set at ``size``).
+        """
+        from medgen.families import registry
+        from medgen.families.run_config import new_run_config, train_command
+
+        run_dir = self.root / "runs" / name
+        iters = self.train_iters
+        if checkpoint_iteration(run_dir) >= iters:
+            print(f"\n{run_dir}: trained for {iters} iterations already, reused", flush=True)
+            return run_dir
+        train_dir = data if data is not None else self.datasets(size)[0]
+        s = self.scale
+        every = max(iters // 4, 1)
+        options = {"iters": iters, "batch": s.batch, "seed": self.seed, "device": self.device,
+                   "split_fractions": (1.0, 0.0, 0.0), "sample_every": every, "ckpt_every": every, "log_every": 25,
+                   "label_column": label_column, "slab_selection": slab_selection,
+                   "use_encoder": None if use_encoder else False}
+        model_options = {"num_classes": num_classes, "use_lowres": None if use_lowres else False}
+        config = dict(preset=preset or s.preset, resume=(run_dir / "config.yaml").exists(),
+                      model_options=model_options, options=options)
+        argv = train_command(train_dir, run_dir, progress=self.progress, **config)
+        with step(argv, f"train {name}"):
+            cfg = new_run_config(train_dir, run_dir, **config)
+            result = registry.train(cfg, run_dir, resume=config["resume"], progress=self.progress)
+            if result.interrupted:
+                raise InputError(f"stopped at iteration {result.iteration} of {iters}; rerun to continue",
+                                 exit_code=EXIT_INTERRUPTED)
+        return run_dir
+
+    def samples(self, run_dir: Path, name: str, n: int | None = None, label: int | None = None) -> Path:
+        """``n`` volumes (default the scale's) generated by the run into ``WORK/samples/NAME``."""
+        from medgen.families import registry
+        from medgen.inference.generate import generate_to_folder
+
+        out = self.root / "samples" / name
+        n = n or self.scale.n_samples
+        argv = ["generate", str(run_dir), "--n", str(n), "--out", str(out), "--seed", str(self.seed),
+                "--device", self.device, "--format", "npy", "--no-mosaic"]
+        if label is not None:
+            argv += ["--label", str(label)]
+        if not self.progress:
+            argv.append("--no-progress")
+        if out.is_dir() and (out / "generate.json").is_file():
+            stored = json.loads((out / "generate.json").read_text(encoding="utf-8")).get("source", {})
+            from medgen.training.checkpoint import latest_checkpoint
+
+            latest = latest_checkpoint(run_dir)
+            if latest is not None and stored.get("checkpoint") not in (None, str(latest.resolve())):
+                import shutil
+
+                shutil.rmtree(out)  # samples of an older checkpoint
+        with step(argv, f"generate {name}"):
+            model = registry.load(run_dir, device=self.torch_device())
+            # The source record of `medgen generate` (EMA weights): a later checkpoint makes these samples stale.
+            source = {"checkpoint": str(model.checkpoint.resolve()), "ema": True}
+            rows = generate_to_folder(model, out, n, seed=self.seed, label=label, fmt="npy", mosaic=False,
+                                      progress=self.progress, source=source)
+            print(f"medgen generate: {len(rows)} volumes in {out}", flush=True)
+        return out
+
+    def untrained_samples(self, size: int, name: str, *, preset: str | None = None, n: int | None = None) -> Path:
+        """Samples of a freshly initialised generator (the baseline every trained model must beat)."""
+        from medgen.families.hagan.model import build
+        from medgen.inference.generate import generate_to_folder
+
+        out = self.root / "samples" / name
+        preset = preset or self.scale.preset
+        print(f"\n{out}: {n or self.scale.n_samples} samples of an untrained {preset} generator at {size}³", flush=True)
+        model = build(preset, size, seed=self.seed, device=self.torch_device(), encoder=False)
+        model.run_config = _PreprocessOnly(self._preprocess_info(size))
+        generate_to_folder(model, out, n or self.scale.n_samples, seed=self.seed, fmt="npy", mosaic=False,
+                           progress=self.progress, source={"untrained": preset, "size": size, "seed": self.seed})
+        return out
+
+    def _preprocess_info(self, size: int) -> dict[str, Any]:
+        from medgen.data.dataset import load_preprocess_info
+
+        return load_preprocess_info(self.datasets(size)[0])
+
+    def torch_device(self):
+        """The workspace's device (``auto`` resolved) as a ``torch.device``."""
+        from medgen.core.device import resolve_device
+
+        return resolve_device(self.device)
+
+    # ------------------------------------------------------------------ metrics
+    def evaluate(self, real: Path, fake: Path, out_json: Path, *, train: Path | None = None,
+                 metrics: str | None = None, features: str = "random", weights: str | None = None,
+                 n: int | None = None, figures: bool = False) -> dict[str, Any]:
+        """``medgen evaluate`` of ``fake`` against ``real``, written to ``out_json``; returns that JSON report.
+
+        ``features="encoder"``: ``weights`` is a run (or checkpoint) folder whose encoder gives the
+        features. Metrics that fail on the data raise InputError naming them (the others are written).
+        """
+        argv = ["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(out_json),
+                "--seed", str(self.seed), "--device", self.device]
+        if weights is not None:
+            argv += ["--weights", str(weights)]
+            if features != "med3d":
+                argv += ["--features", features]
+        else:
+            argv += ["--features", features]
+        if train is not None:
+            argv += ["--train", str(train)]
+        if metrics:
+            argv += ["--metrics", metrics]
+        if n is not None:
+            argv += ["--n", str(n)]
+        if not figures:
+            argv.append("--no-figures")
+        if not self.progress:
+            argv.append("--no-progress")
+        with step(argv, "evaluate"):
+            from medgen.metrics.evaluate import evaluate
+
+            out_json = Path(out_json)
+            encoder, encoder_info = (None, None)
+            if features == "encoder":
+                encoder, encoder_info = self._encoder(weights)
+                weights = None
+            ev = evaluate(real, fake, train, metrics, features, weights, encoder=encoder, encoder_info=encoder_info,
+                          n=n, seed=self.seed, device=self.device, progress=self.progress,
+                          figures_dir=out_json.with_name(out_json.stem + "-figures") if figures else None)
+            ev.save(out_json)
+            print(ev.table(), flush=True)
+            print(f"wrote {out_json}", flush=True)
+            if ev.failed:
+                raise InputError(f"{len(ev.failed)} metric(s) failed: {', '.join(ev.failed)} (the others are in {out_json})",
+                                 exit_code=EXIT_PARTIAL)
+        return json.loads(out_json.read_text(encoding="utf-8"))
+
+    def _encoder(self, run: str | Path | None) -> tuple[Any, dict[str, Any]]:
+        """The trained model whose encoder gives ``features="encoder"`` (``run``: a run or checkpoint folder),
+        with what identifies it (run, checkpoint, weights hash: part of the feature-cache key)."""
+        from medgen.families import registry
+        from medgen.metrics.features import file_sha256
+        from medgen.training.checkpoint import WEIGHTS_NAME, resolve_checkpoint
+
+        if run is None:
+            raise UsageError("--features encoder needs --weights RUN: a training run folder (or checkpoint folder) of HA-GAN")
+        run = Path(run)
+        run_dir = run if (run / "config.yaml").is_file() else run.parent.parent
+        model = registry.load(run_dir, checkpoint=None if run_dir == run else run, device=self.torch_device())
+        if model.encoder is None:
+            raise UsageError(f"{run}: this model has no encoder (trained with --no-encoder); use --features med3d or random")
+        ckpt = Path(model.checkpoint) if model.checkpoint is not None else resolve_checkpoint(run)
+        # As medgen.evaluate describes a run's encoder, so that both share cached features.
+        return model, {"architecture": "HA-GAN encoder E^H -> E^G latent code", "run": str(run_dir),
+                       "checkpoint": ckpt.name, "weights_sha256": file_sha256(ckpt / WEIGHTS_NAME)}
+
+
+# ---------------------------------------------------------------------- data steps
+PHANTOM_KIND = "thorax-ct"
+
+
+def write_phantoms(kind: str, n: int, size: int, seed: int, out: Path, *, workers: int = 1,
+                   progress: bool = True) -> list[dict[str, Any]]:
+    """The phantom set ``medgen phantoms --kind KIND --n N --size S --seed SEED --out OUT`` writes
+    (:func:`medgen.data.phantoms.phantom_set.write_phantom_set` and its mosaic). Returns the manifest rows."""
+    from medgen.data.phantoms.phantom_set import spacing_mm, write_phantom_set
+    from medgen.viz.mosaic import save_phantom_set_mosaic
+
+    rows = write_phantom_set(kind, n, size, seed, out, workers=workers, progress=progress)
+    save_phantom_set_mosaic(out, rows, kind)
+    print(f"wrote {n} {kind} phantoms ({size}^3, {spacing_mm(kind, size):g} mm) to {out}", flush=True)
+    return rows
+
+
+def _preprocess(raw: Path, folder: Path, size: int, *, progress: bool = True) -> None:
+    """``medgen preprocess RAW FOLDER --modality ct --size SIZE --workers 2`` (the CLI's defaults otherwise)."""
+    from medgen.data.preprocess import PreprocessSettings, preprocess_folder
+
+    summary = preprocess_folder(raw, folder, PreprocessSettings(modality="ct", size=size), workers=2,
+                                progress=progress)
+    print(summary.format(), file=sys.stderr, flush=True)
+    if summary.manifest is None:
+        raise InputError(f"{raw}: no readable input volumes ({len(summary.failed)} failed, listed above)")
+    if summary.failed:
+        raise InputError(f"{len(summary.failed)} input volume(s) could not be read (listed above)",
+                         exit_code=EXIT_PARTIAL)
+    print(f"wrote {summary.manifest} ({len(summary.written) + len(summary.skipped)} volumes)", flush=True)
+
+
+@dataclass
+class _PreprocessOnly:
+    """Stands in for a run configuration where only the data's preprocessing record is known."""
+
+    preprocess: dict[str, Any]
+
+
+# ---------------------------------------------------------------------- outputs
+def metric_value(metrics: dict[str, Any], name: str, key: str = "value") -> float | None:
+    """One number out of ``medgen evaluate``'s ``metrics`` mapping (None when missing or failed)."""
+    entry = metrics.get(name) or {}
+    value = entry.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+# The columns of the synthesis and ablation tables, from one ``medgen evaluate`` report.
+METRIC_COLUMNS: tuple[str, ...] = (
+    "fid", "mmd", "precision", "recall", "coverage", "ms_ssim",
+    "lung_fraction_w1", "emphysema_pct_w1", "bone_fraction_w1",
+)
+METRIC_NOTES: tuple[str, ...] = (
+    "fid, mmd: lower is better; computed on features of a 3D ResNet-50 with seeded random weights "
+    "unless the table says med3d: NOT comparable with published values, only between rows of this table.",
+    "mmd: unbiased estimate, so it can be slightly negative when the sets are indistinguishable.",
+    "precision (fidelity), recall (diversity), coverage: k-NN manifold estimates on the same features, higher is better.",
+    "ms_ssim: mean MS-SSIM between pairs of generated volumes; lower = more diverse (compare with the real row).",
+    "*_w1: Wasserstein-1 distance between the real and generated distributions of the HU-based anatomy statistic "
+    "(lung fraction of the body, emphysema % of the lung, bone fraction of the body); lower is better.",
+)
+
+
+def metric_row(report: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`METRIC_COLUMNS` of one ``medgen evaluate`` report (None where not computed)."""
+    m = report.get("metrics", report)
+    prdc = (m.get("prdc") or {}).get("value") or {}
+    anatomy = (m.get("anatomy") or {}).get("value") or {}
+    row: dict[str, Any] = {
+        "fid": metric_value(m, "fid"),
+        "mmd": metric_value(m, "mmd"),
+        "precision": prdc.get("precision"),
+        "recall": prdc.get("recall"),
+        "coverage": prdc.get("coverage"),
+        "ms_ssim": metric_value(m, "ms_ssim"),
+    }
+    for key in ("lung_fraction", "emphysema_pct", "bone_fraction"):
+        row[f"{key}_w1"] = anatomy.get(key) if isinstance(anatomy, dict) else None
+    return row
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "nan"
+        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table of ``rows`` (dicts) in ``columns`` order."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c), digits).replace("|", "\\|") for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class ExperimentOutput:
+    """The output folder of one experiment: table, figures, record.
+
+    ``command``: the exact command line that makes this folder (written next to
+    every table so a reader can regenerate it).
+    """
+
+    out: Path
+    name: str
+    command: str
+    scale: Scale
+    started: float = field(default_factory=time.monotonic)
+    figures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def path(self, filename: str) -> Path:
+        return self.out / filename
+
+    def write_table(self, rows: list[dict[str, Any]], columns: Sequence[str], *, title: str, notes: Sequence[str] = (),
+                    stem: str | None = None, digits: int = 4) -> tuple[Path, Path]:
+        """``STEM.csv`` (full precision) and ``STEM.md`` (title, table, notes, the command)."""
+        stem = stem or self.name
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
+        csv_path, md_path = self.out / f"{stem}.csv", self.out / f"{stem}.md"
+        atomic_write_text(csv_path, buf.getvalue())
+        md = [f"# {title}", "", markdown_table(rows, columns, digits)]
+        if notes:
+            md += ["", *[f"- {n}" for n in notes]]
+        md += ["", "Made by:", "", "```", self.command, "```", ""]
+        atomic_write_text(md_path, "\n".join(md))
+        print(f"\n{title}\n\n{markdown_table(rows, columns, digits)}", flush=True)
+        return csv_path, md_path
+
+    def add_figure(self, path: Path) -> None:
+        self.figures.append(Path(path).name)
+
+    def finish(self, results: dict[str, Any], device: str = "cpu") -> Path:
+        """``experiment.json``: the command, the scale, versions and machine, wall time, results."""
+        from medgen.families.hagan.bench import machine_info
+
+        record = {
+            "experiment": self.name,
+            "command": self.command,
+            "scale": asdict(self.scale),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "wall_minutes": round((time.monotonic() - self.started) / 60, 2),
+            "machine": machine_info(device),
+            "figures": self.figures,
+            "results": results,
+        }
+        path = self.out / "experiment.json"
+        atomic_write_json(path, record)
+        print(f"\nmedgen experiment {self.name}: wrote {self.out} in {record['wall_minutes']:.1f} min", flush=True)
+        return path

@@ -1,0 +1,230 @@
+"""HA-GAN's training: hyper-parameters, networks, optimisers and the step the shared loop runs.
+
+One iteration (:func:`train_step`)::
+
+    draw z, class labels and the slab position
+    D step    BCE(D(real), 1) + BCE(D(fake), 0)           updates D only
+    G step    BCE(D(fake), 1)  (non-saturating)            updates G only
+    E^H step  L1(G^H(E^H(x_slab)), x_slab)                  updates E^H only
+    E^G step  ½[L1(slab) + L1(low-res)], z = E^G(E^H(x))   updates E^G only
+
+(the EMA of G, logging, checkpoints, resume and DDP are the loop's:
+:mod:`medgen.training.loop`).
+
+Work that is shared ("no wasted work"):
+
+* The generator runs once per iteration for the adversarial steps. Its output
+  (with its autograd graph kept) feeds the D step *detached* and, after D has
+  been updated, the G step through the *updated* D. This is exactly the
+  gradient of re-running G on the same z, because G's weights do not change
+  between the two steps; it differs from the authors' code only in that their
+  G step draws a fresh z (an equally valid stochastic estimate, at the cost of
+  a second generator forward pass).
+* Real and fake go through D in one concatenated batch (D has no batch
+  statistics, so this equals two separate calls).
+* Networks that are not being updated are frozen (``requires_grad=False``):
+  backward then computes no gradients for their weights (D in the G step, G
+  in both encoder steps, E^H in the E^G step, which runs it under no_grad).
+* The real low-resolution volume (trilinear downsampling by f) and the real
+  slab are computed once per iteration and used by D, E^H and E^G.
+
+Random draws, in this order from the loop's per-iteration generator: z, the
+fake classes (conditional models), the slab starts.
+
+DDP: G, D, E^H and E^G are each wrapped (``ddp_modules``) and each wrapper is
+called exactly once per iteration, by the step that updates it. Under bf16
+autocast the spectral-norm power iteration of D uses bf16 matrix-vector
+products too; for a 512×13824 weight σ then differs from the float32 value by
+about 1e-4 (relative), far below what matters for the Lipschitz bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen.core.errors import UsageError
+from medgen.families.hagan.config import HAGANConfig
+from medgen.families.hagan.discriminator import Discriminator
+from medgen.families.hagan.encoder import Encoder
+from medgen.families.hagan.generator import Generator
+from medgen.families.hagan.losses import (
+    discriminator_loss,
+    generator_loss,
+    ground_encoder_loss,
+    high_res_encoder_loss,
+)
+from medgen.training.family import Step
+
+
+@dataclass
+class HAGANHParams:
+    """HA-GAN's training hyper-parameters. Defaults are the paper's.
+
+    Learning rates are Adam step sizes; ``betas`` are Adam's (β1, β2).
+    ``class_weight``: λ of the AC-GAN class loss. ``use_encoder``: False for the
+    "no encoder" ablation (E^H, E^G not built). ``slab_selection``: random, or
+    deterministic (the ablation that visits the slab positions in order).
+    """
+
+    lr_g: float = 1e-4
+    lr_d: float = 4e-4
+    lr_eh: float = 1e-4
+    lr_eg: float = 1e-4
+    betas: tuple[float, float] = (0.0, 0.999)
+    adam_eps: float = 1e-8
+    class_weight: float = 0.1
+    use_encoder: bool = True
+    slab_selection: str = "random"
+
+    def validate(self) -> None:
+        checks = [
+            (all(v > 0 for v in (self.lr_g, self.lr_d, self.lr_eh, self.lr_eg)), "learning rates must be > 0"),
+            (len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas {self.betas}: need two values in [0, 1)"),
+            (self.adam_eps > 0, f"adam_eps {self.adam_eps}: must be > 0"),
+            (self.class_weight >= 0, f"class_weight {self.class_weight}: must be >= 0"),
+            (self.slab_selection in ("random", "deterministic"), f"slab_selection {self.slab_selection!r}: random or deterministic"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "HAGANHParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UsageError(f"unknown HA-GAN training setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(float(b) for b in d["betas"])
+        hp = cls(**d)
+        hp.validate()
+        return hp
+
+
+def build(cfg: HAGANConfig, hp: HAGANHParams, device: torch.device) -> dict[str, nn.Module]:
+    """G, D and (unless ablated) E = (E^H, E^G), on ``device``; the checkpoint keys are these names."""
+    nets: dict[str, nn.Module] = {"G": Generator(cfg).to(device), "D": Discriminator(cfg).to(device)}
+    if hp.use_encoder:
+        nets["E"] = Encoder(cfg).to(device)
+    return nets
+
+
+def optimizers(nets: dict[str, nn.Module], hp: HAGANHParams, device: torch.device) -> dict[str, torch.optim.Optimizer]:
+    """Adam for G, D, E^H and E^G (fused on CPU and CUDA: in place, no parameter-sized temporaries)."""
+    adam = dict(betas=tuple(float(b) for b in hp.betas), eps=float(hp.adam_eps), fused=device.type in ("cuda", "cpu"))
+    opt = {
+        "G": torch.optim.Adam(nets["G"].parameters(), lr=hp.lr_g, **adam),
+        "D": torch.optim.Adam(nets["D"].parameters(), lr=hp.lr_d, **adam),
+    }
+    if "E" in nets:
+        opt["EH"] = torch.optim.Adam(nets["E"].high.parameters(), lr=hp.lr_eh, **adam)
+        opt["EG"] = torch.optim.Adam(nets["E"].ground.parameters(), lr=hp.lr_eg, **adam)
+    return opt
+
+
+def ddp_modules(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """G, D, E^H and E^G: the encoder's two blocks are updated by separate steps, so wrapped separately."""
+    out = {"G": nets["G"], "D": nets["D"]}
+    if "E" in nets:
+        out["EH"], out["EG"] = nets["E"].high, nets["E"].ground
+    return out
+
+
+def loss_names(cfg: HAGANConfig, hp: HAGANHParams) -> list[str]:
+    names = ["D", "G"] + (["EH", "EG"] if hp.use_encoder else [])
+    return names + (["D_class", "G_class"] if cfg.num_classes > 0 else [])
+
+
+def train_step(s: Step) -> dict[str, torch.Tensor]:
+    """One HA-GAN iteration: the D, G, E^H and E^G updates (module docstring)."""
+    cfg: HAGANConfig = s.model
+    hp: HAGANHParams = s.hp
+    G, D, E = s.nets["G"], s.nets["D"], s.nets.get("E")
+    b, f, rng, device = s.local_batch, cfg.lowres_factor, s.rng, s.device
+    conditional = cfg.num_classes > 0
+
+    # ---- this iteration's data and random draws
+    x = s.batch["image"]  # [b, 1, S, S, S] in [-1, 1]
+    labels = s.batch["label"] if conditional else None
+    z = torch.randn(b, cfg.latent_dim, generator=rng).to(device)
+    fake_labels = torch.randint(cfg.num_classes, (b,), generator=rng).to(device) if conditional else None
+    if hp.slab_selection == "random":
+        starts = G.selector.random_starts(b, generator=rng)
+    else:
+        starts = G.selector.deterministic_starts(s.iteration, b)
+    slab_pos = G.selector.position(starts).to(device)  # starts stay on the CPU: no device sync
+    x_slab = G.selector.select_real(x, starts)  # real slab, aligned with the generated one
+    x_low = F.interpolate(x, scale_factor=1 / f, mode="trilinear", align_corners=False) if cfg.use_lowres else None
+
+    # ---- D step (G's forward pass is kept for the G step)
+    with s.amp():
+        fake_low, fake_slab = s.ddp["G"](z, starts, fake_labels)
+        logits, cls = s.ddp["D"](
+            torch.cat([x_slab, fake_slab.detach()]),
+            torch.cat([slab_pos, slab_pos]),
+            torch.cat([x_low, fake_low.detach()]) if cfg.use_lowres else None,
+        )
+    loss_D, loss_D_cls = discriminator_loss(logits[:b], logits[b:], cls[:b] if conditional else None, labels)
+    s.update("D", loss_D)
+
+    # ---- G step through the updated, frozen D
+    D.requires_grad_(False)
+    with s.amp():
+        logits_g, cls_g = D(fake_slab, slab_pos, fake_low)
+    loss_G, loss_G_cls = generator_loss(logits_g, cls_g, fake_labels, hp.class_weight)
+    s.update("G", loss_G)
+    D.requires_grad_(True)
+    del fake_low, fake_slab, logits, cls, logits_g, cls_g
+
+    losses = {"D": loss_D, "G": loss_G}
+    if E is not None:
+        G.requires_grad_(False)
+        # ---- E^H step: real slab → E^H → G^H (frozen) ≈ real slab
+        with s.amp():
+            rec_slab = G.high(s.ddp["EH"](x_slab))
+        loss_EH = high_res_encoder_loss(rec_slab, x_slab)
+        s.update("EH", loss_EH)
+        del rec_slab
+
+        # ---- E^G step: E^H (frozen, no graph) on all slabs → E^G → G (frozen)
+        with torch.no_grad(), s.amp():
+            feats = E.features(x)
+        with s.amp():
+            rec_low, rec_slab = G(s.ddp["EG"](feats), starts, labels)
+        loss_EG = ground_encoder_loss(rec_slab, x_slab, rec_low, x_low)
+        s.update("EG", loss_EG)
+        G.requires_grad_(True)
+        del feats, rec_low, rec_slab
+        losses.update(EH=loss_EH, EG=loss_EG)
+    if conditional:
+        losses.update(D_class=loss_D_cls, G_class=loss_G_cls)
+    return losses
+
+
+@torch.no_grad()
+def preview(nets: dict[str, nn.Module], n: int, seed: int, device: torch.device, amp) -> tuple[list[Any], list[str]]:
+    """``n`` volumes of the (EMA) generator for fixed z (drawn from ``seed``), for the training mosaics."""
+    G = nets["G"]
+    cfg = G.cfg
+    z = torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
+    labels = torch.arange(n) % cfg.num_classes if cfg.num_classes > 0 else None
+    vols = []
+    for i in range(n):  # one at a time: peak memory of a single full-resolution volume
+        lab = labels[i : i + 1].to(device) if labels is not None else None
+        with amp():
+            v = G.generate(z[i : i + 1].to(device), lab)
+        vols.append(v[0, 0].float().cpu().numpy())
+    titles = [f"{i}" + (f" class {int(labels[i])}" if labels is not None else "") for i in range(n)]
+    return vols, titles

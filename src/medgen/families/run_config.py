@@ -1,0 +1,214 @@
+"""The configuration of a new (or resumed) training run, from options: what ``medgen train`` builds.
+
+:func:`new_run_config` turns options into a :class:`~medgen.training.runconfig.RunConfig`
+that :func:`medgen.families.registry.train` trains; ``medgen train`` maps its
+command-line options onto it, and every library caller (the paper's experiments, the
+demo) uses it too, so a run configured in Python is the run the command line would
+configure. :func:`train_command` is the inverse: the ``medgen train`` command line
+that builds the same configuration (printed before a step runs, so it can be repeated
+by hand).
+
+Example::
+
+    from medgen.families import registry
+    from medgen.families.run_config import new_run_config
+
+    cfg = new_run_config("data/thorax64", "runs/t64", preset="tiny",
+                         model_options={"use_lowres": False}, options={"iters": 500, "slab_selection": "deterministic"})
+    registry.train(cfg, "runs/t64")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from medgen.core.errors import UsageError
+from medgen.training.runconfig import CONFIG_NAME, RunConfig
+
+DEFAULT_FAMILY = "hagan"
+DEFAULT_PRESET = "paper"
+
+# RunConfig fields an option may set (the loop's settings); every other option is a hyper-parameter of the family.
+_RESERVED = frozenset({"data", "model", "family", "hparams", "preset", "train_ids", "preprocess", "medgen_version"})
+LOOP_OPTIONS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(RunConfig)) - _RESERVED
+
+
+def _given(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The entries of ``mapping`` that are set (None = not given)."""
+    return {k: v for k, v in (mapping or {}).items() if v is not None}
+
+
+def split_options(options: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` → (RunConfig fields, family hyper-parameters); None values are dropped.
+
+    Raises UsageError for a name that is set through its own argument of :func:`new_run_config`
+    (``family``, ``preset``) or never set by hand (``data``, ``train_ids``, ...).
+    """
+    loop, hparams = {}, {}
+    for key, value in _given(options).items():
+        if key in _RESERVED:
+            raise UsageError(f"training option {key!r}: not an option (family and preset have their own arguments)")
+        (loop if key in LOOP_OPTIONS else hparams)[key] = value
+    return loop, hparams
+
+
+def new_run_config(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    family: str | None = None,
+    preset: str | None = None,
+    resume: bool = False,
+    model_options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """The RunConfig that trains a model of ``family`` on the preprocessed folder ``data`` into run folder ``out``.
+
+    ``model_options``: fields of the family's architecture configuration (HA-GAN:
+    ``size``, ``width``, ``latent_dim``, ``num_classes``, ``use_lowres``), over the
+    preset's. ``options``: RunConfig fields (``iters``, ``batch``, ``seed``,
+    ``device``, ``split_fractions``, ``label_column``, ``sample_every``, ...) and the
+    family's hyper-parameters, which go to ``hparams`` (HA-GAN: ``lr_g``, ``lr_d``,
+    ``lr_eh``, ``lr_eg``, ``betas``, ``adam_eps``, ``class_weight``,
+    ``use_encoder``, ``slab_selection``). A value of None counts as not given.
+    Defaults are the paper's (family ``hagan``, preset ``paper``).
+
+    ``size`` defaults to the data set's (and must equal it). With ``label_column`` and
+    no ``num_classes``, the classes are counted over the whole data set, so a class
+    absent from the training split still gets its output; ``num_classes`` without
+    ``label_column`` reads the ``label`` column.
+
+    ``resume`` with a saved ``out/config.yaml``: the saved settings, overridden by
+    the options given; raises UsageError (one line, naming the keys) when a given
+    option changes what the run learns (only the length, device, intervals and the
+    like may change, see :data:`medgen.training.runconfig.RESUMABLE_KEYS`).
+    """
+    from medgen.core.version import __version__
+    from medgen.data.dataset import VolumeDataset, load_preprocess_info
+    from medgen.families import registry
+
+    data = str(data)
+    run_dir = Path(out)
+    given, hparams_given = split_options(options)
+    model_given = _given(model_options)
+    if family is not None:
+        given["family"] = family
+    if preset is not None:
+        given["preset"] = preset
+
+    if resume and (run_dir / CONFIG_NAME).exists():
+        saved = RunConfig.load(run_dir)
+        changed_model = [f"model.{k}" for k, v in model_given.items() if saved.model.get(k) != v]
+        fields = saved.to_dict()
+        fields["hparams"] = {**saved.hparams, **hparams_given}
+        fields.update(given)
+        fields["data"] = data
+        fields["medgen_version"] = __version__
+        cfg = RunConfig.from_dict(fields)
+        differing = saved.differing_keys(cfg) + changed_model
+        if differing:
+            raise UsageError(
+                f"{run_dir / CONFIG_NAME}: --resume with settings that differ from the saved run: {', '.join(differing)}"
+            )
+        registry.get(cfg.family).hparams_from_dict(dict(cfg.hparams))  # unknown or impossible values: one line
+        return cfg
+
+    info = load_preprocess_info(data)
+    data_size = int(info.get("size", 0))
+    size = model_given.pop("size", None) or data_size
+    if not size:
+        raise UsageError(f"{data}/preprocess.json: no size recorded; pass --size")
+    if data_size and size != data_size:
+        raise UsageError(f"--size {size}: the data set {data} holds {data_size}³ volumes (preprocess again to change it)")
+    label_column = given.get("label_column")
+    num_classes = model_given.get("num_classes")
+    if label_column is None and num_classes:
+        label_column = given["label_column"] = "label"
+    if label_column is not None and num_classes is None:
+        # Classes are counted over the whole data set: a class missing from the training split
+        # (small data, any split_fractions) must still get its own output.
+        ds = VolumeDataset(data, split="all", label_column=label_column)
+        if ds.label_column is None:
+            raise UsageError(f"{data}/manifest.csv: no column {label_column!r} for --label-column")
+        model_given["num_classes"] = ds.num_classes
+    fam = registry.get(given.pop("family", DEFAULT_FAMILY))
+    preset_name = given.pop("preset", DEFAULT_PRESET)
+    if preset_name not in fam.presets:
+        raise UsageError(f"--preset {preset_name}: family {fam.name!r} has presets {', '.join(fam.presets)}")
+    model_cfg = fam.model_config(preset_name, size, **model_given)
+    hparams = fam.hparams_from_dict(hparams_given).to_dict()
+    return RunConfig(data=data, model=model_cfg.to_dict(), family=fam.name, hparams=hparams, preset=preset_name,
+                     preprocess=info, medgen_version=__version__, **given)
+
+
+# ---------------------------------------------------------------------- the equivalent command line
+# Options whose ``medgen train`` flag is not ``--`` + the name with dashes.
+_FLAG_NAMES = {"keep_checkpoints": "--keep"}
+# Boolean options that are on by default and have a --no-X flag.
+_SWITCHES = {"use_lowres": "--no-lowres", "use_encoder": "--no-encoder"}
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def train_flags(options: Mapping[str, Any] | None) -> list[str]:
+    """The ``medgen train`` flags of ``options`` (model options and options alike; None values are left out).
+
+    ``{"use_lowres": False, "slab_selection": "deterministic"}`` → ``["--no-lowres", "--slab-selection",
+    "deterministic"]``. Raises UsageError for an option ``medgen train`` has no flag for.
+    """
+    opts = _given(options)
+    if "lr_eh" in opts or "lr_eg" in opts:
+        if opts.get("lr_eh") != opts.get("lr_eg"):
+            raise UsageError("lr_eh and lr_eg: medgen train sets both with --lr-e; give them the same value")
+        opts = {("lr_e" if k == "lr_eh" else k): v for k, v in opts.items() if k != "lr_eg"}
+    argv: list[str] = []
+    for key, value in opts.items():
+        if key in _SWITCHES:
+            if value is False:
+                argv.append(_SWITCHES[key])
+            elif value is not True:
+                raise UsageError(f"training option {key}={value!r}: True or False")
+            continue
+        if key in ("betas", "adam_eps"):
+            raise UsageError(f"training option {key!r}: medgen train has no option for it")
+        argv += [_FLAG_NAMES.get(key, "--" + key.replace("_", "-")), _flag_value(value)]
+    return argv
+
+
+def train_command(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    family: str | None = None,
+    preset: str | None = None,
+    resume: bool = False,
+    model_options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """The ``medgen train`` arguments (without ``medgen``) that configure what :func:`new_run_config` does.
+
+    Takes :func:`new_run_config`'s arguments (and ``progress``: False adds
+    ``--no-progress``). Raises UsageError for an option ``medgen train`` has no flag for.
+    """
+    argv = ["train", str(data), "--out", str(out)]
+    if family is not None:
+        argv += ["--family", family]
+    if preset is not None:
+        argv += ["--preset", preset]
+    argv += train_flags({**_given(model_options), **_given(options)})
+    if resume:
+        argv.append("--resume")
+    if not progress:
+        argv.append("--no-progress")
+    return argv

@@ -1,0 +1,191 @@
+"""The guarantees of the shared training loop, checked for every registered family.
+
+A new family gets these tests by being listed in :data:`medgen.families.registry.FAMILIES`
+(with a ``tiny`` preset): exact resume (N + N iterations == 2N, bitwise, optimisers and EMA
+included), two gloo processes under ``torchrun`` ending with identical weights, a NaN/inf
+loss stopping the run with the last good checkpoint kept, and SIGTERM saving a checkpoint
+and exiting with code 130.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medgen.core.errors import RunFailed
+from medgen.families import registry
+from medgen.training import checkpoint as ckpt_io
+from medgen.training.runconfig import RunConfig
+from toy_volumes import make_dataset
+
+S = 32
+FAMILIES = sorted(registry.FAMILIES)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cfg(family: str, data: Path, iters: int, **kw) -> RunConfig:
+    """The family's ``tiny`` preset at 32³, with two classes where the family takes a label."""
+    fam = registry.get(family)
+    model = fam.model_config("tiny", S, num_classes=2).to_dict()
+    labelled = fam.uses_labels(fam.model_from_dict(model))
+    base = dict(
+        data=str(data), model=model, family=family, hparams=fam.hparams_from_dict({}).to_dict(), preset="tiny",
+        iters=iters, batch=2, device="cpu", log_every=1, sample_every=0, ckpt_every=1000, ema_decay=0.9,
+        split_fractions=(1.0, 0.0, 0.0), label_column="label" if labelled else None,
+    )
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def read_metrics(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_resume_after_n_plus_n_equals_2n(family, tmp_path):
+    data = make_dataset(tmp_path / "data", n=4)
+    full = registry.train(tiny_cfg(family, data, 4), tmp_path / "full", progress=False)
+    registry.train(tiny_cfg(family, data, 2), tmp_path / "split", progress=False)
+    resumed = registry.train(tiny_cfg(family, data, 4), tmp_path / "split", resume=True, progress=False)
+    assert full.iteration == resumed.iteration == 4
+    a, b = full.models.weights(), resumed.models.weights()
+    assert set(a) == set(b) and a  # the same networks (and EMA copies)
+    for module in a:
+        for key in a[module]:
+            assert torch.equal(a[module][key], b[module][key]), f"{family}: {module}.{key} differs after resume"
+    sa, sb = ckpt_io.load_state(tmp_path / "full"), ckpt_io.load_state(tmp_path / "split")
+    assert sa["iteration"] == sb["iteration"] == 4
+    assert set(sa["optimizers"]) == set(sb["optimizers"]) and sa["optimizers"]
+    for name in sa["optimizers"]:
+        for pid, st in sa["optimizers"][name]["state"].items():
+            for k, v in st.items():
+                assert torch.equal(v, sb["optimizers"][name]["state"][pid][k]), f"{family}: optimiser {name} differs"
+    # the resumed metrics continue without duplicates, and training changed the weights
+    assert [int(r["iteration"]) for r in read_metrics(tmp_path / "split")] == [1, 2, 3, 4]
+    torch.manual_seed(0)
+    fam = registry.get(family)
+    cfg = tiny_cfg(family, data, 1)
+    fresh = fam.build(fam.model_from_dict(cfg.model), fam.hparams_from_dict(cfg.hparams), torch.device("cpu"))
+    moved = [k for name, net in fresh.items() for k, v in net.state_dict().items()
+             if v.is_floating_point() and not torch.equal(v, a[name][k])]
+    assert moved, f"{family}: training left every weight at its initialisation"
+    # the run loads through the registry as its family's model
+    model = registry.load(tmp_path / "split")
+    assert type(model).__module__.startswith(f"medgen.families.{family}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(family, tmp_path):
+    data = make_dataset(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    registry.train(tiny_cfg(family, data, 2, ckpt_every=2), run, progress=False)
+    good = ckpt_io.latest_checkpoint(run)
+    before = ckpt_io.load_weights(good)
+    for p in (data / "volumes").glob("*.npy"):  # every volume NaN: the next batch's losses are NaN
+        v = np.load(p)
+        v[...] = np.nan
+        np.save(p, v)
+    with pytest.raises(RunFailed) as err:
+        registry.train(tiny_cfg(family, data, 5, ckpt_every=1), run, resume=True, progress=False)
+    assert "became nan at iteration 3" in str(err.value) and str(good) in str(err.value)
+    assert err.value.exit_code == 1
+    assert ckpt_io.list_checkpoints(run) == [good] and ckpt_io.latest_checkpoint(run) == good
+    after = ckpt_io.load_weights(good)
+    for module in before:
+        for key in before[module]:
+            assert torch.equal(before[module][key], after[module][key])
+
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from safetensors.torch import save_file
+    from medgen.families import registry
+    from medgen.training.runconfig import RunConfig
+
+    family, data, run, out = sys.argv[1:5]
+    fam = registry.get(family)
+    model = fam.model_config("tiny", 32, num_classes=2).to_dict()
+    cfg = RunConfig(data=data, model=model, family=family, preset="tiny", iters=3, batch=4, device="cpu",
+                    log_every=1, sample_every=0, ckpt_every=1000, split_fractions=(1.0, 0.0, 0.0),
+                    label_column="label" if fam.uses_labels(fam.model_from_dict(model)) else None)
+    result = registry.train(cfg, run, progress=False)
+    # Parameters: DDP keeps them identical. (Buffers such as BatchNorm running statistics are each rank's own;
+    # DDP broadcasts rank 0's at every forward pass and only rank 0 saves them.)
+    flat = {f"{m}.{k}": v.detach().contiguous() for m, net in result.models.nets.items() for k, v in net.named_parameters()}
+    save_file(flat, os.path.join(out, f"rank{os.environ['RANK']}.safetensors"))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_gloo_processes_end_with_identical_weights(family, tmp_path):
+    data = make_dataset(tmp_path / "data", n=8)
+    (tmp_path / "out").mkdir()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), family, str(data), str(tmp_path / "run"), str(tmp_path / "out")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0 = load_file(str(tmp_path / "out" / "rank0.safetensors"))
+    r1 = load_file(str(tmp_path / "out" / "rank1.safetensors"))
+    assert set(r0) == set(r1) and r0
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{family}: ranks differ in {k}"
+    saved = ckpt_io.load_weights(tmp_path / "run")  # rank 0's checkpoint holds the same weights
+    for key, value in r0.items():
+        module, _, name = key.partition(".")
+        assert torch.equal(saved[module][name], value)
+    assert len(read_metrics(tmp_path / "run")) == 3  # only rank 0 logged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sigterm_saves_a_checkpoint_and_exits_130(family, tmp_path):
+    data = make_dataset(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "medgen", "train", str(data), "--family", family, "--out", str(run),
+           "--preset", "tiny", "--iters", "100000", "--batch", "2", "--device", "cpu", "--log-every", "1",
+           "--sample-every", "0", "--ckpt-every", "100000", "--no-progress", "--label-column", "label"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (run / "metrics.csv").exists() and len(read_metrics(run)) >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    ckpt = ckpt_io.latest_checkpoint(run)
+    assert ckpt is not None
+    done = max(int(r["iteration"]) for r in read_metrics(run))
+    assert ckpt_io.load_state(ckpt)["iteration"] == done >= 2
+    assert RunConfig.load(run).family == family

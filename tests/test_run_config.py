@@ -1,0 +1,156 @@
+"""new_run_config: the configuration of a training run from options (what `medgen train` builds), and the
+`medgen train` command line that repeats it."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import pytest
+
+from medgen.core.errors import UsageError
+from medgen.data.dataset import split_ids
+from medgen.families.hagan.config import get_preset
+from medgen.families.hagan.train import HAGANHParams
+from medgen.families.run_config import new_run_config, split_options, train_command, train_flags
+from toy_volumes import make_dataset
+
+S = 32
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("data"), n=10)
+
+
+def _parse_train(argv: list[str]) -> argparse.Namespace:
+    from medgen.commands import train as train_command_module
+
+    parser = argparse.ArgumentParser(prog="medgen")
+    train_command_module.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(argv)
+
+
+def test_defaults_are_the_papers(data, tmp_path):
+    cfg = new_run_config(data, tmp_path / "run")
+    assert (cfg.family, cfg.preset, cfg.iters, cfg.batch, cfg.seed) == ("hagan", "paper", 80_000, 4, 0)
+    assert cfg.model == get_preset("paper", S).to_dict()  # the size is the data set's
+    assert cfg.hparams == HAGANHParams().to_dict()
+    assert (cfg.hparams["lr_g"], cfg.hparams["lr_d"], cfg.hparams["lr_eh"], cfg.hparams["betas"]) == (1e-4, 4e-4, 1e-4, [0.0, 0.999])
+    assert cfg.split_fractions == (0.8, 0.1, 0.1) and cfg.label_column is None and cfg.model["num_classes"] == 0
+    assert cfg.data == str(data) and cfg.preprocess["size"] == S and cfg.medgen_version
+
+
+def test_options_land_in_hparams_model_and_loop_settings(data, tmp_path):
+    cfg = new_run_config(
+        data, tmp_path / "run", preset="tiny",
+        model_options={"use_lowres": False, "width": 0.5, "latent_dim": None},
+        options={"iters": 7, "batch": 2, "split_fractions": (1.0, 0.0, 0.0), "keep_checkpoints": 1, "lr_g": 2e-4,
+                 "lr_eh": 3e-4, "lr_eg": 3e-4, "slab_selection": "deterministic", "use_encoder": False,
+                 "class_weight": None},
+    )
+    assert cfg.model["use_lowres"] is False and cfg.model["width"] == 0.5
+    assert cfg.model["latent_dim"] == get_preset("tiny", S).latent_dim  # None: not given
+    assert (cfg.iters, cfg.batch, cfg.split_fractions, cfg.keep_checkpoints) == (7, 2, (1.0, 0.0, 0.0), 1)
+    hp = cfg.hparams
+    assert (hp["lr_g"], hp["lr_eh"], hp["lr_eg"], hp["slab_selection"], hp["use_encoder"]) == (2e-4, 3e-4, 3e-4, "deterministic", False)
+    assert hp["class_weight"] == 0.1 and hp["lr_d"] == 4e-4  # defaults kept
+    assert not {"iters", "batch", "keep_checkpoints"} & set(hp)
+    assert split_options({"iters": 3, "lr_d": 1e-3, "seed": None}) == ({"iters": 3}, {"lr_d": 1e-3})
+
+
+def test_wrong_options_are_refused_in_one_line(data, tmp_path):
+    cases = [
+        (dict(options={"lr_q": 1.0}), "lr_q"),  # not a loop setting, so a hyper-parameter the family does not know
+        (dict(options={"family": "hagan"}), "family"),
+        (dict(options={"slab_selection": "sideways"}), "slab_selection"),
+        (dict(preset="huge"), "--preset huge"),
+        (dict(family="vae"), "vae"),
+        (dict(model_options={"size": 64}), "holds 32"),
+        (dict(options={"label_column": "stage"}), "stage"),
+    ]
+    for kwargs, words in cases:
+        with pytest.raises(UsageError, match=words) as info:
+            new_run_config(data, tmp_path / "run", **kwargs)
+        assert "\n" not in str(info.value)
+
+
+def test_resume_keeps_the_saved_settings_and_refuses_a_differing_one(data, tmp_path):
+    run = tmp_path / "run"
+    saved = new_run_config(data, run, preset="tiny", model_options={"use_lowres": False},
+                           options={"iters": 5, "slab_selection": "deterministic"})
+    saved.save(run)
+    # only what the run's length, device or intervals depend on may change
+    resumed = new_run_config(data, run, resume=True, options={"iters": 9, "device": "cpu", "log_every": 3})
+    assert (resumed.iters, resumed.device, resumed.log_every) == (9, "cpu", 3)
+    assert resumed.model == saved.model and resumed.hparams == saved.hparams and resumed.preset == "tiny"
+    # the same values given again are no change
+    new_run_config(data, run, resume=True, preset="tiny", model_options={"use_lowres": False},
+                   options={"slab_selection": "deterministic"})
+    for kwargs, key in [
+        (dict(options={"lr_d": 1e-3}), "hparams.lr_d"),
+        (dict(options={"use_encoder": False}), "hparams.use_encoder"),
+        (dict(model_options={"width": 0.25}), "model.width"),
+        (dict(model_options={"use_lowres": True}), "model.use_lowres"),
+        (dict(preset="small"), "preset"),
+        (dict(options={"batch": 8}), "batch"),
+    ]:
+        with pytest.raises(UsageError, match=f"differ from the saved run: {key}$") as info:
+            new_run_config(data, run, resume=True, **kwargs)
+        assert "\n" not in str(info.value)
+    # resume without a saved run starts a new one
+    fresh = new_run_config(data, tmp_path / "other", resume=True, preset="tiny")
+    assert fresh.preset == "tiny" and fresh.iters == 80_000
+
+
+def test_label_column_counts_classes_over_the_whole_data_set(tmp_path):
+    data = make_dataset(tmp_path / "data", n=10)
+    fractions = (0.6, 0.2, 0.2)
+    heldout = split_ids([f"v{i}" for i in range(10)], seed=0, fractions=fractions)["test"][0]
+    manifest = data / "manifest.csv"
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:  # classes 0 and 1 everywhere; class 2 only on one volume outside the training split
+        row["label"] = "2" if row["id"] == heldout else str(int(row["id"][1:]) % 2)
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    cfg = new_run_config(data, tmp_path / "run", preset="tiny", options={"label_column": "label", "split_fractions": fractions})
+    assert cfg.model["num_classes"] == 3 and cfg.label_column == "label"
+    # num_classes alone reads the `label` column; given explicitly, it is not recounted
+    cfg = new_run_config(data, tmp_path / "run", preset="tiny", model_options={"num_classes": 5})
+    assert cfg.model["num_classes"] == 5 and cfg.label_column == "label"
+
+
+def test_train_command_builds_the_same_config_on_the_command_line(data, tmp_path):
+    kwargs = dict(
+        preset="tiny", resume=False,
+        model_options={"use_lowres": False, "num_classes": 2},
+        options={"iters": 12, "batch": 2, "seed": 3, "device": "cpu", "split_fractions": (1.0, 0.0, 0.0),
+                 "sample_every": 3, "ckpt_every": 3, "log_every": 25, "max_minutes": 0.5, "keep_checkpoints": 2,
+                 "lr_eh": 2e-4, "lr_eg": 2e-4, "use_encoder": False, "slab_selection": "deterministic",
+                 "label_column": "label", "ema_decay": None},
+    )
+    argv = train_command(data, tmp_path / "run", progress=False, **kwargs)
+    assert argv[:4] == ["train", str(data), "--out", str(tmp_path / "run")] and argv[-1] == "--no-progress"
+    assert "--no-lowres" in argv and "--no-encoder" in argv and "--ema-decay" not in argv
+    assert argv[argv.index("--split-fractions") + 1] == "1,0,0" and argv[argv.index("--keep") + 1] == "2"
+    assert argv[argv.index("--lr-e") + 1] == "0.0002"
+
+    from medgen.commands.train import build_config
+
+    by_cli = build_config(_parse_train(argv)).to_dict()
+    by_library = new_run_config(data, tmp_path / "run", **kwargs).to_dict()
+    assert by_cli == by_library
+
+    assert train_flags({"use_lowres": False}) == ["--no-lowres"]
+    assert train_flags({"slab_selection": "deterministic", "use_encoder": True}) == ["--slab-selection", "deterministic"]
+    with pytest.raises(UsageError, match="betas"):
+        train_flags({"betas": (0.5, 0.9)})
+    with pytest.raises(UsageError, match="lr_eh and lr_eg"):
+        train_flags({"lr_eh": 1e-4})
+    resumed = train_command(data, tmp_path / "run", resume=True)
+    assert resumed == ["train", str(data), "--out", str(tmp_path / "run"), "--resume"]
