@@ -189,3 +189,23 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(family, tmp_path):
     done = max(int(r["iteration"]) for r in read_metrics(run))
     assert ckpt_io.load_state(ckpt)["iteration"] == done >= 2
     assert RunConfig.load(run).family == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_run_has_curves_a_report_and_model_info(family, tmp_path):
+    from medgen.report import write_report
+    from medgen.viz.curves import save_training_curves
+
+    data = make_dataset(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    registry.train(tiny_cfg(family, data, 2), run, progress=False)
+    png = save_training_curves(run, tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = write_report(run, tmp_path / "report.html", n_samples=1, progress=False).read_text()
+    assert "Training curves" in html and f"<td>family</td><td>{family}</td>" in html.replace(" class=\"num\"", "")
+    fam = registry.get(family)
+    if callable(getattr(registry.load(run), "generate", None)):
+        assert "1 volume(s) of the EMA generator" in html
+    else:
+        assert "does not generate volumes" in html
+    assert fam.describe is not None and fam.describe(fam.model_config("tiny", S, num_classes=2))

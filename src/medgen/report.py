@@ -174,6 +174,8 @@ def samples_section(run_dir: Path, cfg: Any, n: int, seed: int, device: str) -> 
 
     parts = ["<h2>Real vs generated volumes</h2>"]
     model = registry.load(run_dir, device=resolve_device(device))
+    if not callable(getattr(model, "generate", None)):
+        return "\n".join(parts + [_note(f"the run's family ({cfg.family}) does not generate volumes")])
     fake = list(model.generate(n, seed=seed))
     real, titles, note = real_volumes(cfg, n)
     vols = real + fake

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import math
 import os
@@ -38,7 +37,8 @@ import torch
 from torch.utils.data import Dataset
 
 from medgen.core.errors import InputError, UsageError
-from medgen.core.fileio import atomic_save_npy, atomic_write_json, atomic_write_text
+from medgen.core.fileio import atomic_save_npy, atomic_write_json
+from medgen.core.tables import write_csv
 
 SPLITS = ("train", "val", "test")
 _REQUIRED_COLUMNS = ("id", "file")
@@ -398,11 +398,7 @@ def add_volume(
         for r in rows:
             if r["id"] == id:
                 r[name] = relative
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows({c: r.get(c) or "" for c in columns} for r in rows)
-        atomic_write_text(root / "manifest.csv", buf.getvalue())
+        write_csv(root / "manifest.csv", [{c: r.get(c) or "" for c in columns} for r in rows], columns)
         volumes = dict(info.get("volumes") or DEFAULT_VOLUMES)
         if volumes.get(name) != {"kind": kind, "dtype": STORAGE_DTYPES[kind]}:
             volumes[name] = {"kind": kind, "dtype": STORAGE_DTYPES[kind]}

@@ -25,7 +25,6 @@ from its old image) and needs them added again.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import sys
@@ -42,7 +41,8 @@ from medgen.data.discover import InputItem, discover_inputs
 from medgen.data.io import VOLUME_SUFFIXES, Volume, read_volume, reorient_to_ras
 from medgen.core.volume import denormalize_ct, normalize_ct  # noqa: F401  (the CT window rule, re-exported)
 from medgen.core.errors import InputError, MedgenError, UsageError
-from medgen.core.fileio import atomic_save_npy, atomic_write_json, atomic_write_text
+from medgen.core.tables import write_csv
+from medgen.core.fileio import atomic_save_npy, atomic_write_json
 
 MODALITIES = ("ct", "mri")
 FIT_MODES = ("resize-keep-aspect", "resize", "crop-pad")
@@ -445,12 +445,7 @@ def _prepare_out_dir(in_dir: Path, out_dir: Path, settings: PreprocessSettings, 
 
 def write_manifest(path: Path, rows: list[dict[str, str]], extra_columns: Sequence[str]) -> None:
     """Write the manifest CSV atomically (columns: :data:`MANIFEST_COLUMNS` then ``extra_columns``)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(MANIFEST_COLUMNS) + list(extra_columns), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in writer.fieldnames})
-    atomic_write_text(path, buf.getvalue())
+    write_csv(path, rows, list(MANIFEST_COLUMNS) + list(extra_columns))
 
 
 def preprocess_folder(

@@ -17,7 +17,6 @@ and covariate/label columns, z_0 … z_{d-1} and, with reconstructions,
 from __future__ import annotations
 
 import csv
-import io
 import os
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from medgen.core.errors import InputError, UsageError
+from medgen.core.tables import write_csv
 
 # Manifest columns that describe the file, not the patient (not copied to latents.csv).
 FILE_COLUMNS = ("source", "orig_shape", "orig_spacing", "spacing", "file")
@@ -77,7 +77,7 @@ def encode_folder(
     from tqdm import tqdm
 
     from medgen.data.dataset import VolumeDataset, load_manifest, load_preprocess_info
-    from medgen.core.fileio import atomic_write_text
+
     from medgen.inference.generate import (
         ct_window,
         is_ct,
@@ -155,11 +155,7 @@ def encode_folder(
     finally:
         bar.close()
 
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(out_rows)
-    atomic_write_text(out_csv, buf.getvalue())
+    write_csv(out_csv, out_rows, columns)
     return out_rows
 
 

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 from medgen.core.errors import UsageError
+from medgen.core.tables import csv_text
 from medgen.core.volume import (  # noqa: F401  (re-exported: the CT window and spacing rules)
     CT_WINDOW_DEFAULT,
     ct_window,
@@ -280,7 +280,6 @@ def generate_to_folder(
 
 def _write_rows(path: Path, new_rows: list[dict[str, Any]], write_text) -> None:
     """Write ``samples.csv``, keeping rows of volumes beyond ``new_rows`` from an earlier, longer run."""
-    import io
 
     columns = ["id", "file", "seed", "label", "z_norm"]
     rows = {r["id"]: r for r in new_rows}
@@ -289,8 +288,4 @@ def _write_rows(path: Path, new_rows: list[dict[str, Any]], write_text) -> None:
             for r in csv.DictReader(fh):
                 rows.setdefault(r["id"], r)
     present = [r for _, r in sorted(rows.items()) if (path.parent / r["file"]).is_file()]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(present)
-    write_text(path, buf.getvalue())
+    write_text(path, csv_text(present, columns))

@@ -63,12 +63,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medgen.core.errors import InputError, RunFailed, UsageError
 from medgen.core.fileio import atomic_write_text
 from medgen.core.measure import peak_rss_mb
+from medgen.core.tables import csv_row_text, write_csv
 from medgen.training import checkpoint as ckpt_io
 from medgen.training import distributed as dist_utils
 from medgen.training.ema import EMA
@@ -273,17 +273,11 @@ class _MetricsLog:
             self._rewrite([])
 
     def _rewrite(self, rows: list[dict[str, str]]) -> None:
-        import io
-
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=self.columns, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(self.path, buf.getvalue())
+        write_csv(self.path, rows, self.columns)
 
     def append(self, row: dict[str, float]) -> None:
         with open(self.path, "a", newline="", encoding="utf-8") as fh:
-            csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore").writerow(row)
+            fh.write(csv_row_text(row, self.columns))
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -1,9 +1,10 @@
-"""Training curves of an HA-GAN run, from ``RUN/metrics.csv`` (no TensorBoard needed).
+"""Training curves of a run, from ``RUN/metrics.csv`` (no TensorBoard needed).
 
-Two panels: the adversarial losses (D and G, BCE in nats; at the
+For HA-GAN, two panels: the adversarial losses (D and G, BCE in nats; at the
 discriminator's chance level loss_D = 2·ln 2 ≈ 1.39 and loss_G = ln 2 ≈ 0.69)
 and the encoder reconstruction losses (E^H and E^G, mean absolute error in
-[-1, 1] intensity units, i.e. half the HU window per unit for CT).
+[-1, 1] intensity units, i.e. half the HU window per unit for CT). Other families:
+one panel with every logged ``loss_*`` column.
 
 Example::
 
@@ -56,12 +57,17 @@ def save_training_curves(run_dir: str | os.PathLike, path: str | os.PathLike, *,
     it = m["iteration"]
     panels = [(ADVERSARIAL, "adversarial losses"), (RECONSTRUCTION, "encoder reconstruction (L1, [-1, 1] units)")]
     panels = [(keys, title) for keys, title in panels if any(k in m for k in keys)]
+    if not panels:  # another family: its own named losses
+        logged = tuple(k for k in m if k.startswith("loss_"))
+        if not logged:
+            raise InputError(f"{Path(run_dir) / 'metrics.csv'}: no loss columns")
+        panels = [(logged, "logged losses")]
     fig = Figure(figsize=(5.0 * len(panels), 3.6))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (keys, title) in zip(axes, panels):
         for k in keys:
             if k in m:
-                ax.plot(it, m[k], label=_LABELS[k], linewidth=1.2)
+                ax.plot(it, m[k], label=_LABELS.get(k, k.removeprefix("loss_")), linewidth=1.2)
         if keys == ADVERSARIAL:
             ax.axhline(2 * math.log(2), color="grey", linestyle=":", linewidth=0.8, label="chance: D 2 ln 2, G ln 2")
             ax.axhline(math.log(2), color="grey", linestyle=":", linewidth=0.8)

@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 import sys
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from medgen.core.errors import RunFailed, UsageError
-from medgen.core.fileio import atomic_write_json, atomic_write_text
+from medgen.core.fileio import atomic_write_json
+from medgen.core.tables import write_csv
 from medgen.core.version import __version__
 
 KIND_NAMES = ("thorax-ct", "brain-mri")
@@ -86,17 +86,6 @@ def _make_one(kind: str, size: int, seed: int, index: int, nodules: bool, out: s
     return row
 
 
-def _manifest_text(rows: list[dict[str, Any]]) -> str:
-    fields = list(rows[0].keys())
-    for row in rows[1:]:
-        fields += [k for k in row if k not in fields]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def write_phantom_set(
     kind: str,
     n: int,
@@ -153,7 +142,7 @@ def write_phantom_set(
         if kind == "thorax-ct"
         else f"atrophy class from atrophy, class boundaries {list(brain_mri.ATROPHY_THRESHOLDS)}"
     )
-    atomic_write_text(out / "manifest.csv", _manifest_text(rows))
+    write_csv(out / "manifest.csv", rows)
     atomic_write_json(
         out / MARKER,
         {

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from medgen.core.errors import InputError, UsageError
+from medgen.core.settings import from_dict
 from medgen.families.classifier.augment import augment_batch
 from medgen.families.classifier.network import VolumeClassifier, class_probabilities, fit_to_input
 from medgen.training.family import Family, Step
@@ -53,11 +54,7 @@ class ClassifierConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClassifierConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UsageError(f"unknown classifier setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+        return from_dict(cls, d, "classifier setting")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -95,11 +92,7 @@ class ClassifierHParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ClassifierHParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UsageError(f"unknown classifier training setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        hp = cls(**d)
+        hp = from_dict(cls, d, "classifier training setting")
         if not hp.lr > 0 or hp.weight_decay < 0 or hp.decay_iters < 0:
             raise UsageError(f"lr {hp.lr} must be > 0, weight_decay {hp.weight_decay} >= 0 and decay_iters {hp.decay_iters} >= 0")
         return hp

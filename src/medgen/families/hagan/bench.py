@@ -25,9 +25,6 @@ Times are the median over ``repeats`` runs after ``warmup`` runs.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys

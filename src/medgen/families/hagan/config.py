@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medgen.core.errors import UsageError
+from medgen.core.settings import from_dict
 
 MIN_SIZE = 32
 MAX_SIZE = 512
@@ -196,11 +197,7 @@ class HAGANConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HAGANConfig":
         """Inverse of :meth:`to_dict`; unknown keys raise :class:`UsageError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UsageError(f"unknown HA-GAN model setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+        return from_dict(cls, d, "HA-GAN model setting")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgen.core.errors import UsageError
+from medgen.core.settings import from_dict
 from medgen.families.hagan.config import HAGANConfig
 from medgen.families.hagan.discriminator import Discriminator
 from medgen.families.hagan.encoder import Encoder
@@ -101,14 +102,10 @@ class HAGANHParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HAGANHParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UsageError(f"unknown HA-GAN training setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(float(b) for b in d["betas"])
-        hp = cls(**d)
+        hp = from_dict(cls, d, "HA-GAN training setting")
         hp.validate()
         return hp
 

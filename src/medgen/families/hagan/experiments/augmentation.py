@@ -28,8 +28,6 @@ chance levels) and ``conditional-samples.png`` (synthetic volumes per class).
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import itertools
 import json
 import math
@@ -39,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medgen.core.tables import write_csv
 from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace, checkpoint_iteration
 
 HELP = "class-conditional synthetic volumes as extra training data for a disease-stage classifier"
@@ -152,7 +151,7 @@ def write_subset_folder(source: Path, dest: Path, indices: Sequence[int], seed: 
     ``seed``: recorded in ``dest/subset.json`` with the source and the ids.
     """
     from medgen.data.dataset import load_manifest
-    from medgen.core.fileio import atomic_write_json, atomic_write_text
+    from medgen.core.fileio import atomic_write_json
 
     rows = load_manifest(source)
     chosen = [rows[i] for i in indices]
@@ -166,11 +165,7 @@ def write_subset_folder(source: Path, dest: Path, indices: Sequence[int], seed: 
         target = dest / row["file"]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / row["file"], target)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(chosen)
-    atomic_write_text(dest / "manifest.csv", buf.getvalue())
+    write_csv(dest / "manifest.csv", chosen, list(rows[0]))
     shutil.copyfile(source / "preprocess.json", dest / "preprocess.json")
     atomic_write_json(marker, record)  # written last: marks the folder complete
     print(f"\n{dest}: {len(chosen)} of {len(rows)} volumes of {source} (class-stratified, seed {seed})", flush=True)

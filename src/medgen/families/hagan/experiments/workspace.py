@@ -22,9 +22,7 @@ command is printed before the step runs, so each can be repeated by hand.
 
 from __future__ import annotations
 
-import csv
 import datetime
-import io
 import json
 import shlex
 import sys
@@ -37,6 +35,7 @@ from typing import Any, Sequence
 
 from medgen.core.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, InputError, MedgenError, UsageError
 from medgen.core.fileio import atomic_write_json, atomic_write_text
+from medgen.core.tables import markdown_table, write_csv  # noqa: F401  (markdown_table re-exported)
 
 
 @dataclass(frozen=True)
@@ -459,24 +458,6 @@ def metric_row(report: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _cell(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if value != value:  # NaN
-            return "nan"
-        return f"{value:.{digits}g}" if abs(value) < 1e5 else f"{value:.4g}"
-    return str(value)
-
-
-def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table of ``rows`` (dicts) in ``columns`` order."""
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c), digits).replace("|", "\\|") for c in columns) + " |")
-    return "\n".join(lines) + "\n"
-
-
 @dataclass
 class ExperimentOutput:
     """The output folder of one experiment: table, figures, record.
@@ -503,13 +484,8 @@ class ExperimentOutput:
                     stem: str | None = None, digits: int = 4) -> tuple[Path, Path]:
         """``STEM.csv`` (full precision) and ``STEM.md`` (title, table, notes, the command)."""
         stem = stem or self.name
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: ("" if row.get(c) is None else row.get(c)) for c in columns})
         csv_path, md_path = self.out / f"{stem}.csv", self.out / f"{stem}.md"
-        atomic_write_text(csv_path, buf.getvalue())
+        write_csv(csv_path, rows, columns)
         md = [f"# {title}", "", markdown_table(rows, columns, digits)]
         if notes:
             md += ["", *[f"- {n}" for n in notes]]

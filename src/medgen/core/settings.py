@@ -1,0 +1,32 @@
+"""Settings dataclasses read from dictionaries (``config.yaml``, presets, command-line options), one rule.
+
+Unknown keys are a usage error naming them and the known ones, so a misspelt setting never
+passes silently.
+
+Example::
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class Opt:
+    ...     lr: float = 1e-3
+    >>> from_dict(Opt, {"lr": 0.01}, "training setting")
+    Opt(lr=0.01)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from medgen.core.errors import UsageError
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], d: dict[str, Any], what: str) -> T:
+    """``cls(**d)`` for a dataclass ``cls``; UsageError naming unknown keys (``what``: e.g. "HA-GAN model setting")."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise UsageError(f"unknown {what}(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return cls(**d)
