@@ -1,4 +1,4 @@
-"""``medgen generate``: sample full-resolution volumes from a trained HA-GAN.
+"""``medgen generate``: sample full-resolution volumes from a trained model (HA-GAN, DDPM, ...).
 
 Examples::
 
@@ -6,6 +6,8 @@ Examples::
     medgen generate runs/ct256 --n 100 --out samples/ct256 --chunk 16 --seed 1
     medgen generate runs/cond --n 8 --label 2 --out samples/class2
     medgen generate runs/t64 --n 16 --out samples/untrained --untrained   # baseline
+    medgen generate runs/ddpm32 --n 8 --out samples/ddpm --steps 50         # DDIM, 50 steps
+    medgen generate runs/ddpm-cond --n 8 --label 3 --guidance 2 --out samples/c3
 
 Writes OUT/sample-0000.nii.gz ... (CT in Hounsfield units as int16, MRI in
 [-1, 1] as float32; voxel spacing = the training data's), OUT/sample-0000.png
@@ -25,10 +27,11 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "generate",
-        help="sample synthetic volumes from a trained HA-GAN run",
+        help="sample synthetic volumes from a trained run (HA-GAN, DDPM, ...)",
         description=(
-            "Generate full-resolution volumes with a trained HA-GAN: G^A on z, then G^H on the whole "
-            "feature map (or in depth chunks with --chunk, which bounds memory and gives the same volumes). "
+            "Generate full-resolution volumes with a trained model. HA-GAN: G^A on z, then G^H on the whole "
+            "feature map (or in depth chunks with --chunk, which bounds memory and gives the same volumes); "
+            "diffusion families: the reverse process from noise (--sampler, --steps, --guidance). "
             "Writes NIfTI volumes (CT in HU, int16; spacing of the training data), PNG mosaics and samples.csv."
         ),
         epilog="Exit codes: 0 success, 2 usage or input error, 130 interrupted (rerun to resume).",
@@ -54,6 +57,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("nifti", "npy"), default="nifti",
                    help="nifti: .nii.gz in physical units (default); npy: raw float32 output in [-1, 1]")
     p.add_argument("--no-mosaic", action="store_true", help="do not write a PNG mosaic per volume")
+    d = p.add_argument_group("diffusion families (ddpm)")
+    d.add_argument("--sampler", choices=("ddim", "ddpm"), default=None,
+                   help="ddim (default; --steps strided steps) or ddpm (all training timesteps)")
+    d.add_argument("--steps", type=int, default=None, metavar="N", help="DDIM steps (default 50)")
+    d.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="classifier-free guidance weight for a conditional model: 0 unconditional, 1 conditional "
+                        "(default), > 1 a stronger class")
+    d.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default) to 1 (DDPM-like)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -78,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     if not callable(getattr(model, "generate", None)):
         family = getattr(model.run_config, "family", "?")
         raise UsageError(f"{args.run}: a run of family {family!r}, which does not generate volumes")
+    sampling = {k: getattr(args, k) for k in ("sampler", "steps", "guidance", "eta") if getattr(args, k) is not None}
+    if sampling and getattr(model, "unet", None) is None:
+        raise UsageError(f"--{next(iter(sampling))} applies to diffusion families; {args.run} is a "
+                         f"{getattr(model.run_config, 'family', 'hagan')} run")
     rows = generate_to_folder(
         model,
         args.out,
@@ -90,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         mosaic=not args.no_mosaic,
         progress=not args.no_progress,
         source=source,
+        sampling=sampling,
     )
     print(f"medgen generate: {len(rows)} volumes in {args.out}")
     return 0

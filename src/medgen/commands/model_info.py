@@ -28,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--family", default="hagan", help="model family from the registry (default hagan)")
     p.add_argument("--list", action="store_true", help="list the registered families and exit")
-    p.add_argument("--preset", default="paper", help="model preset: paper (published architecture), small, tiny")
+    p.add_argument("--preset", default=None,
+                   help="model preset (default: the family's; HA-GAN: paper = the published architecture, small, tiny)")
     p.add_argument("--size", type=int, default=256, metavar="S", help="output edge length, power of two 32-512 (default 256)")
     p.add_argument("--width", type=float, default=None, help="channel-width multiplier (overrides the preset)")
     p.add_argument("--latent-dim", type=int, default=None, metavar="N", help="length of z (overrides the preset)")
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     family = registry.get(args.family)
     if family.name != "hagan":
-        cfg = family.model_config(args.preset if args.preset in family.presets else "tiny", args.size,
+        cfg = family.model_config(args.preset or family.default_preset, args.size,
                                   width=args.width, num_classes=args.num_classes)
         info = _family_info(family, cfg)
         if args.json:
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from medgen.families.hagan import get_preset
     from medgen.families.hagan.summary import summary
 
+    args.preset = args.preset or family.default_preset
     cfg = get_preset(
         args.preset,
         args.size,

@@ -81,6 +81,16 @@ def hounsfield_int16(x: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.rint(hu, out=hu).astype(np.int16)
 
 
+def hounsfield_of(x: np.ndarray, preprocess: dict[str, Any] | None) -> np.ndarray:
+    """[-1, 1] volumes of a model trained on CT back in HU (the training data's window); UsageError otherwise."""
+    from medgen.core.errors import UsageError
+
+    if not is_ct(preprocess):
+        modality = (preprocess or {}).get("modality", "unknown")
+        raise UsageError(f"HU output needs a model trained on CT; this one's training data is {modality}")
+    return to_hounsfield(x, ct_window(preprocess or {}))
+
+
 def parse_spacing(text: Any) -> tuple[float, float, float] | None:
     """``"1.5x1.5x2"``, ``"[1.5, 1.5, 2]"``, ``"1.5,1.5,2"`` or one number (isotropic) → (1.5, 1.5, 2.0).
 

@@ -23,6 +23,7 @@ import torch
 
 from medgen.core.errors import InputError, UsageError
 from medgen.families.classifier.family import FAMILY as CLASSIFIER
+from medgen.families.ddpm.family import FAMILY as DDPM
 from medgen.families.hagan.family import FAMILY as HAGAN
 from medgen.training.checkpoint import load_weights, resolve_checkpoint
 from medgen.training import loop
@@ -33,6 +34,7 @@ from medgen.training.runconfig import RunConfig
 FAMILIES: dict[str, Family] = {
     "hagan": HAGAN,
     "classifier": CLASSIFIER,
+    "ddpm": DDPM,
 }
 
 

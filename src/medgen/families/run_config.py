@@ -30,7 +30,6 @@ from medgen.core.errors import UsageError
 from medgen.training.runconfig import CONFIG_NAME, RunConfig
 
 DEFAULT_FAMILY = "hagan"
-DEFAULT_PRESET = "paper"
 
 # RunConfig fields an option may set (the loop's settings); every other option is a hyper-parameter of the family.
 _RESERVED = frozenset({"data", "model", "family", "hparams", "preset", "train_ids", "preprocess", "medgen_version"})
@@ -75,7 +74,7 @@ def new_run_config(
     family's hyper-parameters, which go to ``hparams`` (HA-GAN: ``lr_g``, ``lr_d``,
     ``lr_eh``, ``lr_eg``, ``betas``, ``adam_eps``, ``class_weight``,
     ``use_encoder``, ``slab_selection``). A value of None counts as not given.
-    Defaults are the paper's (family ``hagan``, preset ``paper``).
+    Defaults: family ``hagan``, the family's default preset (HA-GAN: ``paper``).
 
     ``size`` defaults to the data set's (and must equal it). With ``label_column`` and
     no ``num_classes``, the classes are counted over the whole data set, so a class
@@ -136,7 +135,7 @@ def new_run_config(
             raise UsageError(f"{data}/manifest.csv: no column {label_column!r} for --label-column")
         model_given["num_classes"] = ds.num_classes
     fam = registry.get(given.pop("family", DEFAULT_FAMILY))
-    preset_name = given.pop("preset", DEFAULT_PRESET)
+    preset_name = given.pop("preset", fam.default_preset)
     if preset_name not in fam.presets:
         raise UsageError(f"--preset {preset_name}: family {fam.name!r} has presets {', '.join(fam.presets)}")
     model_cfg = fam.model_config(preset_name, size, **model_given)

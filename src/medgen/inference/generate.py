@@ -186,8 +186,13 @@ def generate_to_folder(
     mosaic: bool = True,
     progress: bool = True,
     source: dict[str, Any] | None = None,
+    sampling: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Generate ``n`` volumes into ``out_dir`` (the work of ``medgen generate``).
+
+    ``sampling``: options of the model's own sampler, passed to its ``generate`` and
+    recorded in ``generate.json`` (diffusion families: ``sampler``, ``steps``,
+    ``guidance``, ``eta``); a folder made with other sampling options is refused.
 
     ``model``: a loaded model (``medgen.load``) with ``generate(n, seed, labels, chunk,
     batch_size, indices)``, ``sample_latents``, ``config.size``/``num_classes``,
@@ -219,6 +224,7 @@ def generate_to_folder(
         "seed": seed,
         "label": label,
         "format": fmt,
+        "sampling": dict(sampling or {}),
         "size": cfg.size,
         "spacing_mm": list(spacing),
         "spacing_source": spacing_source,
@@ -230,7 +236,8 @@ def generate_to_folder(
             old = json.loads(settings_path.read_text(encoding="utf-8"))
         except ValueError:
             old = {}
-        keys = ("source", "seed", "label", "format", "size")
+        old.setdefault("sampling", {})  # written before sampling options existed
+        keys = ("source", "seed", "label", "format", "sampling", "size")
         differ = [k for k in keys if old.get(k) != json.loads(json.dumps(settings[k]))]
         if differ:
             raise UsageError(
@@ -240,7 +247,8 @@ def generate_to_folder(
     atomic_write_json(settings_path, settings)
 
     suffix = ".npy" if fmt == "npy" else ".nii.gz"
-    z_all = model.sample_latents(n, seed)
+    # Families with a latent code record its norm (HA-GAN's z); a diffusion model's input is noise.
+    z_all = model.sample_latents(n, seed) if hasattr(model, "sample_latents") else None
     rows: list[dict[str, Any]] = []
     todo = []
     for i in range(n):
@@ -251,7 +259,7 @@ def generate_to_folder(
                 "file": name + suffix,
                 "seed": seed,
                 "label": "" if labels is None else int(labels[i]),
-                "z_norm": f"{float(np.linalg.norm(z_all[i].astype(np.float64))):.6f}",
+                "z_norm": f"{float(np.linalg.norm(z_all[i].astype(np.float64))):.6f}" if z_all is not None else "",
             }
         )
         done = (out / (name + suffix)).is_file() and (not mosaic or (out / (name + ".png")).is_file())
@@ -263,7 +271,8 @@ def generate_to_folder(
         for k in range(0, len(todo), batch_size):
             idx = todo[k : k + batch_size]
             lab = labels[idx] if labels is not None else None
-            vols = model.generate(len(idx), seed=seed, labels=lab, chunk=chunk, batch_size=len(idx), indices=idx)
+            vols = model.generate(len(idx), seed=seed, labels=lab, chunk=chunk, batch_size=len(idx), indices=idx,
+                                  **(sampling or {}))
             for j, i in enumerate(idx):
                 stem = out / rows[i]["id"]
                 write_sample(stem, vols[j], fmt, pre, spacing)

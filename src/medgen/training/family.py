@@ -74,6 +74,7 @@ class Family:
     """A registered model family (see the module docstring).
 
     name, summary: registry key and one line for ``medgen model-info --family``.
+    default_preset: the preset ``medgen train`` uses when ``--preset`` is not given.
     presets: preset name → architecture overrides; model_config(preset, size, **overrides)
         → the family's architecture config (a dataclass with ``to_dict``);
         model_from_dict(d) → the same from ``config.yaml``'s ``model``.
@@ -90,8 +91,8 @@ class Family:
         updates it, followed by one backward.
     ema: name of the network an exponential moving average follows (saved as
         ``<name>_ema``), or None.
-    preview(nets, n, seed, device, amp) → (volumes [S, S, S] in [-1, 1], titles) for
-        the training sample mosaics; None: no mosaics.
+    preview(nets, model_cfg, hp, n, seed, device, amp) → (volumes [S, S, S] in [-1, 1],
+        titles) for the training sample mosaics; None: no mosaics.
     load_model(run_cfg, weights, checkpoint, device, use_ema) → the loaded model
         ``medgen.load`` returns; build_model(preset, size, seed, device, **overrides)
         → an untrained one; build_untrained(run_cfg, seed, device) → the run's
@@ -123,4 +124,5 @@ class Family:
     uses_labels: Callable[[Any], bool] = field(default=lambda cfg: False)
     data_keys: tuple[str, ...] = ("image",)
     bench: Any = None
+    default_preset: str = "paper"
     describe: Callable[[Any], dict[str, Any]] | None = None

@@ -521,7 +521,7 @@ def _train(
                     if bar is not None:
                         bar.set_postfix({n: f"{row[f'loss_{n}']:.3f}" for n in loss_names[:4]}, refresh=False)
             if is_sample and main and family.preview is not None:
-                _write_samples(family, models, cfg, device, amp, run_dir, done, writer)
+                _write_samples(family, models, model_cfg, hp, cfg, device, amp, run_dir, done, writer)
             if bar is not None:
                 bar.update(1)
             if is_ckpt:
@@ -546,11 +546,13 @@ def _train(
 
 
 @torch.no_grad()
-def _write_samples(family: Family, models: Models, cfg: RunConfig, device, amp, run_dir: Path, iteration: int, writer) -> None:
+def _write_samples(
+    family: Family, models: Models, model_cfg: Any, hp: Any, cfg: RunConfig, device, amp, run_dir: Path, iteration: int, writer
+) -> None:
     """The family's preview volumes (EMA networks, fixed seed) → ``RUN/samples/iter-NNNNNN.png`` and TensorBoard."""
     from medgen.viz.mosaic import mosaic_array, save_mosaic
 
-    vols, titles = family.preview(models.for_sampling(), cfg.num_samples, cfg.seed + 7919, device, amp)
+    vols, titles = family.preview(models.for_sampling(), model_cfg, hp, cfg.num_samples, cfg.seed + 7919, device, amp)
     if not vols:
         return
     save_mosaic(vols, run_dir / SAMPLES_DIR / f"{ckpt_io.checkpoint_name(iteration)}.png", titles=titles, vmin=-1.0, vmax=1.0)

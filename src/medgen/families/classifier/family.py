@@ -69,7 +69,7 @@ def model_config(preset: str, size: int, **overrides: Any) -> ClassifierConfig:
     if preset not in PRESETS:
         raise UsageError(f"unknown classifier preset {preset!r} (choose from {', '.join(PRESETS)})")
     fields = dict(PRESETS[preset], size=size)
-    fields.update({k: v for k, v in overrides.items() if v is not None and k in ("num_classes", "width", "dropout")})
+    fields.update({k: v for k, v in overrides.items() if v is not None})
     return ClassifierConfig.from_dict(fields)
 
 

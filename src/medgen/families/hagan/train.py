@@ -211,10 +211,10 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def preview(nets: dict[str, nn.Module], n: int, seed: int, device: torch.device, amp) -> tuple[list[Any], list[str]]:
+def preview(nets: dict[str, nn.Module], cfg: HAGANConfig, hp: HAGANHParams, n: int, seed: int, device: torch.device,
+            amp) -> tuple[list[Any], list[str]]:
     """``n`` volumes of the (EMA) generator for fixed z (drawn from ``seed``), for the training mosaics."""
     G = nets["G"]
-    cfg = G.cfg
     z = torch.randn(n, cfg.latent_dim, generator=torch.Generator().manual_seed(seed))
     labels = torch.arange(n) % cfg.num_classes if cfg.num_classes > 0 else None
     vols = []
