@@ -181,3 +181,17 @@ def test_cli_trains_and_samples_a_conditional_ddpm_with_guidance(tmp_path):
                                    "--out", str(out), "--format", "npy", "--no-progress"],
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "other settings (sampling)" in again.stderr
+
+
+def test_bench_reports_time_per_volume_and_step_and_refuses_hagan_options():
+    from medgen.families.ddpm.bench import run_isolated
+
+    r = run_isolated("generate", preset="tiny", size=16, batch=1, warmup=0, repeats=1, steps=3, threads=1)
+    assert r["family"] == "ddpm" and r["steps"] == 3 and r["sampler"] == "ddim"
+    assert r["seconds_per_volume"] > 0 and r["seconds_per_step"] == pytest.approx(r["seconds_per_volume"] / 3)
+    assert r["params_total"] == sum(p.numel() for p in build_unet(model_config("tiny", 16)).parameters())
+    assert r["peak_memory_mb"] > 100 and r["machine"]["torch"] == torch.__version__
+    from medgen.core.errors import RunFailed
+
+    with pytest.raises(RunFailed, match="--chunk applies to HA-GAN"):
+        run_isolated("generate", preset="tiny", size=16, chunk=4, repeats=1, warmup=0)

@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("kind", choices=("train", "generate"), help="what to time")
     p.add_argument("--family", default="hagan", help="model family (default hagan)")
-    p.add_argument("--preset", default="paper", help="model preset: paper, small, tiny (default paper)")
+    p.add_argument("--preset", default=None, help="model preset (default: the family's; HA-GAN: paper, small, tiny)")
     p.add_argument("--size", type=int, default=128, metavar="S", help="volume edge length (default 128)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
                    help="batch size (default: train 2 on CPU / 4 on CUDA; generate 1)")
@@ -41,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=1, metavar="W", help="untimed runs first (default 1)")
     p.add_argument("--repeats", type=int, default=3, metavar="R", help="timed runs; the median is reported (default 3)")
     p.add_argument("--threads", type=int, default=None, metavar="T", help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="diffusion families, generate: denoising steps per volume (default 50 DDIM steps)")
+    p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="diffusion families, generate: the sampler")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=run)
 
@@ -56,11 +59,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"family {family.name!r} has no benchmark (families with one: "
                          f"{', '.join(n for n, f in registry.FAMILIES.items() if f.bench is not None)})")
     check_request, describe, run_isolated = family.bench.check_request, family.bench.describe, family.bench.run_isolated
+    preset = args.preset or family.default_preset
+    extra = {k: getattr(args, k) for k in ("steps", "sampler") if getattr(args, k) is not None}
+    unknown = [k for k in extra if k not in getattr(family.bench, "SAMPLING_OPTIONS", ())]
+    if unknown:
+        raise UsageError(f"--{unknown[0]} does not apply to family {family.name!r} (diffusion families only)")
     batch = args.batch or (1 if args.kind == "generate" else (4 if args.device == "cuda" else 2))
-    check_request(args.kind, args.preset, args.size, batch, args.warmup, args.repeats, args.device)
+    check_request(args.kind, preset, args.size, batch, args.warmup, args.repeats, args.device)
     result = run_isolated(
         args.kind,
-        preset=args.preset,
+        preset=preset,
         size=args.size,
         batch=batch,
         chunk=args.chunk,
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         repeats=args.repeats,
         threads=args.threads,
+        **extra,
     )
     print(json.dumps(result, indent=2) if args.json else describe(result))
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from medgen.families.ddpm import model, train
+from medgen.families.ddpm import bench, model, train
 from medgen.families.ddpm.config import DEFAULT_PRESET, PRESETS, DDPMConfig, model_config
 from medgen.training.family import Family
 
@@ -34,4 +34,5 @@ FAMILY = Family(
     build_untrained=model.build_untrained,
     uses_labels=lambda cfg: cfg.num_classes > 0,
     describe=describe,
+    bench=bench,
 )

@@ -26,25 +26,14 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from medgen.core.version import __version__
-from medgen.core.errors import RunFailed, UsageError
-from medgen.core.measure import cpu_model, machine_info, peak_rss_mb  # noqa: F401  (re-exported)
+from medgen.core.errors import UsageError
+from medgen.core.measure import cpu_model, machine_info, peak_rss_mb, run_module, sync  # noqa: F401  (re-exported)
 
 KINDS = ("train", "generate")
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def check_request(
@@ -113,18 +102,18 @@ def measure_generate(
     out_view = torch.from_numpy(out).unsqueeze(1)  # the host array medgen generate writes into
     times = []
     for r in range(warmup + repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with torch.inference_mode():
             g.generate(z, None, chunk, out=out_view)
-        _sync(device)
+        sync(device)
         if r >= warmup:
             times.append(time.perf_counter() - t0)
     with torch.inference_mode():  # the G^A share, timed once
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         g.features(z)
-        _sync(device)
+        sync(device)
         t_common = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_rss_mb()
     return _result(
@@ -132,24 +121,6 @@ def measure_generate(
         batch=batch, chunk=chunk, precision="fp32", stage_seconds={"G^A": t_common},
         seconds_per_volume=statistics.median(times) / batch, peak_memory_mb=peak,
     )
-
-
-def _synthetic_dataset(root: Path, size: int, n: int, seed: int = 0) -> Path:
-    """A preprocessed data set of ``n`` random volumes (float16 in [-1, 1]) for timing only."""
-    import numpy as np
-
-    from medgen.core.fileio import atomic_write_json
-
-    (root / "volumes").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    lines = ["id,source,orig_shape,orig_spacing,spacing,file"]
-    for i in range(n):
-        v = rng.uniform(-1.0, 1.0, (size, size, size)).astype(np.float16)
-        np.save(root / "volumes" / f"r{i}.npy", v)
-        lines.append(f"r{i},random,{size}x{size}x{size},1x1x1,1x1x1,volumes/r{i}.npy")
-    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
-    atomic_write_json(root / "preprocess.json", {"modality": "ct", "size": size, "hu_window": [-1024.0, 600.0]})
-    return root
 
 
 def measure_train(
@@ -168,37 +139,12 @@ def measure_train(
     (paper 1/8); 1.0 trains G^H, D^H and E^H on the whole volume, i.e. without
     the amortisation (None: the preset's).
     """
-    import csv
-
-    from medgen.training.runconfig import RunConfig
+    from medgen.families.bench import train_iteration_seconds
     from medgen.families.hagan import get_preset
-    from medgen.training import checkpoint as ckpt_io
-    from medgen.families.registry import train
 
     check_request("train", preset, size, batch, warmup, repeats, device)
     cfg = get_preset(preset, size, slab_fraction=slab_fraction)
-    # Checkpoints are not part of an iteration: switched off in this (throw-away) process.
-    ckpt_io.save_checkpoint = lambda *args, **kwargs: None
-    with tempfile.TemporaryDirectory(prefix="medgen-bench-") as tmp:
-        data = _synthetic_dataset(Path(tmp) / "data", size, batch)
-        run_cfg = RunConfig(
-            data=str(data), model=cfg.to_dict(), preset=preset, iters=warmup + repeats, batch=batch,
-            device=device, precision=precision, log_every=1, sample_every=0, ckpt_every=10**9,
-            split_fractions=(1.0, 0.0, 0.0), medgen_version=__version__,
-        )
-        train(run_cfg, Path(tmp) / "run", progress=False)
-        with open(Path(tmp) / "run" / "metrics.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    if len(rows) != warmup + repeats:
-        raise RunFailed(f"training benchmark logged {len(rows)} iterations, expected {warmup + repeats}")
-    times = [1.0 / float(r["it_per_s"]) for r in rows[warmup:]]
-    used = precision if precision != "auto" else ("bf16" if device.startswith("cuda") else "fp32")
-    if device.startswith("cuda"):
-        import torch
-
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = peak_rss_mb()
+    times, peak, used = train_iteration_seconds("hagan", cfg.to_dict(), preset, batch, device, warmup, repeats, precision)
     return _result("train", cfg, preset, device, times, warmup, batch=batch, precision=used, peak_memory_mb=peak,
                    slab_fraction=cfg.slab_fraction)
 
@@ -219,66 +165,12 @@ def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
     raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
 
 
-def _rss_mb(pid: int) -> float | None:
-    """Current resident set size of process ``pid`` in MiB (None where /proc does not tell)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _run_watched(cmd: list[str], timeout: float | None, max_rss_mb: float, what: str) -> subprocess.CompletedProcess:
-    """``subprocess.run`` that also stops the process once its resident memory passes ``max_rss_mb``."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
-        t0 = time.monotonic()
-        try:
-            while proc.poll() is None:
-                rss = _rss_mb(proc.pid)
-                if rss is not None and rss > max_rss_mb:
-                    raise RunFailed(f"{what}: stopped at {rss:.0f} MiB resident memory, over the limit of "
-                                    f"{max_rss_mb:.0f} MiB")
-                if timeout is not None and time.monotonic() - t0 > timeout:
-                    raise RunFailed(f"{what}: took longer than {timeout:.0f} s")
-                time.sleep(0.1)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
-
-
 def run_isolated(kind: str, timeout: float | None = None, max_rss_mb: float | None = None,
                  **kwargs: Any) -> dict[str, Any]:
-    """Run :func:`measure` in a fresh Python process and return its result.
-
-    ``timeout``: seconds before the process is stopped. ``max_rss_mb``: stop it as
-    soon as its resident memory passes this many MiB (checked every 0.1 s, Linux;
-    None: no limit), so a configuration too large for a shared machine fails alone.
-    Raises RunFailed (one line) if the process fails, e.g. runs out of memory.
-    """
-    spec = json.dumps({"kind": kind, **kwargs})
-    cmd = [sys.executable, "-m", "medgen.families.hagan.bench", spec]
-    what = f"benchmark {kind} {kwargs}"
-    if max_rss_mb is not None:
-        proc = _run_watched(cmd, timeout, max_rss_mb, what)
-    else:
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise RunFailed(f"{what}: took longer than {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        why = lines[-1] if lines else f"exit code {proc.returncode}"
-        if proc.returncode < 0:
-            why = f"killed by signal {-proc.returncode} (out of memory?)"
-        raise RunFailed(f"{what}: {why}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """Run :func:`measure` in a fresh Python process and return its result
+    (:func:`medgen.core.measure.run_module`: ``timeout``, ``max_rss_mb``, RunFailed on failure)."""
+    return run_module("medgen.families.hagan.bench", {"kind": kind, **kwargs}, f"benchmark {kind} {kwargs}",
+                      timeout=timeout, max_rss_mb=max_rss_mb)
 
 
 def describe(r: dict[str, Any]) -> str:

@@ -1,0 +1,85 @@
+"""What every family's benchmark shares: a throw-away data set and the timing of real training iterations.
+
+A training iteration is timed inside the shared loop (:mod:`medgen.training.loop`), on a
+synthetic data set of random volumes in a temporary folder, from the per-iteration rates the
+loop itself logs to ``metrics.csv`` (``log_every=1``): the family's updates, the EMA update and
+data loading. Writing checkpoints is not part of an iteration and is switched off in the
+measuring process. Peak memory: CUDA ``max_memory_allocated``; CPU the process's peak
+resident set size (:func:`medgen.core.measure.peak_rss_mb`).
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from medgen.core.errors import RunFailed
+from medgen.core.fileio import atomic_write_json
+from medgen.core.measure import peak_rss_mb
+from medgen.core.version import __version__
+
+
+def synthetic_dataset(root: Path, size: int, n: int, seed: int = 0, labels: int = 0) -> Path:
+    """A preprocessed data set of ``n`` random volumes (float16 in [-1, 1]) for timing only;
+    with ``labels`` K > 0 a ``label`` column cycling through 0..K-1."""
+    import numpy as np
+
+    (root / "volumes").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    lines = ["id,source,orig_shape,orig_spacing,spacing,file" + (",label" if labels else "")]
+    for i in range(n):
+        v = rng.uniform(-1.0, 1.0, (size, size, size)).astype(np.float16)
+        np.save(root / "volumes" / f"r{i}.npy", v)
+        lines.append(f"r{i},random,{size}x{size}x{size},1x1x1,1x1x1,volumes/r{i}.npy" + (f",{i % labels}" if labels else ""))
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    atomic_write_json(root / "preprocess.json", {"modality": "ct", "size": size, "hu_window": [-1024.0, 600.0]})
+    return root
+
+
+def peak_memory_mb(device: str) -> float:
+    """CUDA: peak allocated tensor memory; CPU: this process's peak resident set size."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return peak_rss_mb()
+
+
+def train_iteration_seconds(
+    family: str,
+    model: dict[str, Any],
+    preset: str,
+    batch: int,
+    device: str,
+    warmup: int,
+    repeats: int,
+    precision: str = "auto",
+    hparams: dict[str, Any] | None = None,
+) -> tuple[list[float], float, str]:
+    """(seconds of each timed iteration, peak memory in MiB, precision used) of ``family`` with
+    architecture ``model`` (a config dict), in this process (module docstring)."""
+    from medgen.families import registry
+    from medgen.training import checkpoint as ckpt_io
+    from medgen.training.runconfig import RunConfig
+
+    num_classes = int(model.get("num_classes", 0) or 0)
+    # Checkpoints are not part of an iteration: switched off in this (throw-away) process.
+    ckpt_io.save_checkpoint = lambda *args, **kwargs: None
+    with tempfile.TemporaryDirectory(prefix="medgen-bench-") as tmp:
+        data = synthetic_dataset(Path(tmp) / "data", int(model["size"]), batch, labels=num_classes)
+        run_cfg = RunConfig(
+            data=str(data), model=dict(model), family=family, hparams=dict(hparams or {}), preset=preset,
+            iters=warmup + repeats, batch=batch, device=device, precision=precision, log_every=1, sample_every=0,
+            ckpt_every=10**9, split_fractions=(1.0, 0.0, 0.0), medgen_version=__version__,
+            label_column="label" if num_classes else None,
+        )
+        registry.train(run_cfg, Path(tmp) / "run", progress=False)
+        with open(Path(tmp) / "run" / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    if len(rows) != warmup + repeats:
+        raise RunFailed(f"training benchmark logged {len(rows)} iterations, expected {warmup + repeats}")
+    times = [1.0 / float(r["it_per_s"]) for r in rows[warmup:]]
+    used = precision if precision != "auto" else ("bf16" if str(device).startswith("cuda") else "fp32")
+    return times, peak_memory_mb(device), used
