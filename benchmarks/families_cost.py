@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""What each generator family costs: seconds per training iteration, per generated volume, and peak memory.
+
+For HA-GAN and DDPM at several sizes, with random weights (speed does not depend on training):
+one training iteration (batch 1) and one generated volume. DDPM sampling time is measured per
+denoising step (``--steps``, default 2, timed and divided) and reported for 50 DDIM steps, the
+default of ``medgen generate``, and for the 1000 ancestral DDPM steps. Each configuration runs in a
+fresh process through the families' ``medgen bench`` modules, stopped past ``--max-rss-mb`` (a
+configuration that does not fit says so in the table instead of taking the machine down).
+
+Usage::
+
+    python benchmarks/families_cost.py --device cpu                       # ~15 min on 2 cores
+    python benchmarks/families_cost.py --device cuda --sizes 64 128 256   # on a GPU
+
+Writes ``benchmarks/results/families-cost-<device>-<date>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CASES = [  # (family, preset): HA-GAN as published, and the DDPM UNet of MONAI's 3D tutorials and a smaller one
+    ("hagan", "paper"),
+    ("ddpm", "small"),
+    ("ddpm", "base"),
+]
+
+
+def measure(family: str, kind: str, preset: str, size: int, device: str, steps: int, timeout: float,
+            max_rss_mb: float) -> dict:
+    from medgen.core.errors import RunFailed
+    from medgen.families import registry
+
+    bench = registry.get(family).bench
+    spec = dict(preset=preset, size=size, batch=1, device=device, warmup=1, repeats=1)
+    if kind == "generate" and family == "ddpm":
+        spec["steps"] = steps
+    try:
+        return bench.run_isolated(kind, timeout=timeout, max_rss_mb=max_rss_mb if device == "cpu" else None, **spec)
+    except RunFailed as exc:
+        return {"error": str(exc).split(": ", 1)[-1]}
+
+
+def markdown(rows: list[dict], machine: dict, args: argparse.Namespace, date: str) -> str:
+    mem = "peak CUDA allocated" if args.device.startswith("cuda") else "peak RSS of a fresh process"
+    lines = [
+        f"# Cost of the generator families, {args.device} ({date})",
+        "",
+        f"- Machine: {machine.get('device_name')}; {machine.get('cpu_count')} CPUs, {machine.get('threads')} torch "
+        f"threads; {machine.get('platform')}",
+        f"- Versions: medgen {machine.get('medgen')}, torch {machine.get('torch')}, Python {machine.get('python')}",
+        f"- Command: `python benchmarks/families_cost.py --device {args.device} --sizes "
+        f"{' '.join(map(str, args.sizes))} --steps {args.steps} --max-rss-mb {args.max_rss_mb:g}`",
+        f"- Random weights; batch 1; one timed run after one warm-up; memory: {mem}. DDPM volumes: the time "
+        f"of {args.steps} DDIM steps, per step × 50 (DDIM, `medgen generate`'s default) and × 1000 (DDPM).",
+        "",
+        "| family | preset | size | params (M) | train s/it | train MiB | generate s/volume | generate MiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        t, g = r["train"], r["generate"]
+
+        def cell(res: dict, key: str, fmt: str) -> str:
+            return ("— (" + res["error"] + ")") if "error" in res else format(res[key], fmt)
+
+        params = next((x["params_total"] / 1e6 for x in (t, g) if "params_total" in x), float("nan"))
+        if "error" in g:
+            gen = cell(g, "", "")
+        elif r["family"] == "ddpm":
+            per_step = g["seconds_per_step"]
+            gen = f"{50 * per_step:.2f} (50 DDIM) / {1000 * per_step:.0f} (1000 DDPM)"
+        else:
+            gen = f"{g['seconds_per_volume']:.2f}"
+        lines.append(
+            f"| {r['family']} | {r['preset']} | {r['size']}³ | {params:.2f} | {cell(t, 'seconds_median', '.2f')} | "
+            f"{cell(t, 'peak_memory_mb', '.0f')} | {gen} | {cell(g, 'peak_memory_mb', '.0f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--steps", type=int, default=2, help="DDPM denoising steps timed per volume (default 2)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds per configuration (default 900)")
+    p.add_argument("--max-rss-mb", type=float, default=16000, help="CPU: stop a configuration past this (default 16000)")
+    args = p.parse_args(argv)
+    from medgen.core.measure import machine_info
+
+    date = datetime.date.today().isoformat()
+    rows = []
+    for size in args.sizes:
+        for family, preset in CASES:
+            row = {"family": family, "preset": preset, "size": size}
+            for kind in ("train", "generate"):
+                row[kind] = measure(family, kind, preset, size, args.device, args.steps, args.timeout, args.max_rss_mb)
+                print(json.dumps({k: row[k] for k in ("family", "preset", "size")} | {kind: {
+                    k: v for k, v in row[kind].items() if k in ("seconds_median", "peak_memory_mb", "error")}}), flush=True)
+            rows.append(row)
+    machine = machine_info(args.device)
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"families-cost-{args.device}-{date}"
+    stem.with_suffix(".json").write_text(json.dumps({"date": date, "machine": machine, "rows": rows}, indent=1) + "\n")
+    stem.with_suffix(".md").write_text(markdown(rows, machine, args, date))
+    print(f"wrote {stem}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    sys.exit(main())
