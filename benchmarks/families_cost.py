@@ -44,8 +44,8 @@ def measure(family: str, kind: str, preset: str, size: int, device: str, steps: 
         spec["steps"] = steps
     try:
         return bench.run_isolated(kind, timeout=timeout, max_rss_mb=max_rss_mb if device == "cpu" else None, **spec)
-    except RunFailed as exc:
-        return {"error": str(exc).split(": ", 1)[-1]}
+    except RunFailed as exc:  # the message is "benchmark ... {options}: why"
+        return {"error": str(exc).rsplit("}: ", 1)[-1]}
 
 
 def markdown(rows: list[dict], machine: dict, args: argparse.Namespace, date: str) -> str:
@@ -60,6 +60,7 @@ def markdown(rows: list[dict], machine: dict, args: argparse.Namespace, date: st
         f"{' '.join(map(str, args.sizes))} --steps {args.steps} --max-rss-mb {args.max_rss_mb:g}`",
         f"- Random weights; batch 1; one timed run after one warm-up; memory: {mem}. DDPM volumes: the time "
         f"of {args.steps} DDIM steps, per step × 50 (DDIM, `medgen generate`'s default) and × 1000 (DDPM).",
+        *([f"- {args.note}"] if args.note else []),
         "",
         "| family | preset | size | params (M) | train s/it | train MiB | generate s/volume | generate MiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -68,7 +69,7 @@ def markdown(rows: list[dict], machine: dict, args: argparse.Namespace, date: st
         t, g = r["train"], r["generate"]
 
         def cell(res: dict, key: str, fmt: str) -> str:
-            return ("— (" + res["error"] + ")") if "error" in res else format(res[key], fmt)
+            return ("— (" + res["error"].rsplit("}: ", 1)[-1] + ")") if "error" in res else format(res[key], fmt)
 
         params = next((x["params_total"] / 1e6 for x in (t, g) if "params_total" in x), float("nan"))
         if "error" in g:
@@ -92,7 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="DDPM denoising steps timed per volume (default 2)")
     p.add_argument("--timeout", type=float, default=900, help="seconds per configuration (default 900)")
     p.add_argument("--max-rss-mb", type=float, default=16000, help="CPU: stop a configuration past this (default 16000)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the .json/.md (default benchmarks/results)")
+    p.add_argument("--note", default="", help="a line about the conditions of the run, written under the settings")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="only write the Markdown of an earlier run's JSON (next to it)")
     args = p.parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        args.render.with_suffix(".md").write_text(markdown(saved["rows"], saved["machine"], args, saved["date"]))
+        return 0
     from medgen.core.measure import machine_info
 
     date = datetime.date.today().isoformat()
@@ -106,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                     k: v for k, v in row[kind].items() if k in ("seconds_median", "peak_memory_mb", "error")}}), flush=True)
             rows.append(row)
     machine = machine_info(args.device)
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"families-cost-{args.device}-{date}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"families-cost-{args.device}-{date}"
     stem.with_suffix(".json").write_text(json.dumps({"date": date, "machine": machine, "rows": rows}, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(rows, machine, args, date))
     print(f"wrote {stem}.md and .json")

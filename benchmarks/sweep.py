@@ -32,18 +32,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_MEMORY_MB = {32: 2573, 64: 2665, 128: 3167, 256: 5961}
 
 
-def plan(device: str, sizes: list[int], train_256: bool, repeats: int) -> list[dict]:
-    """The configurations to measure, cheapest first."""
+def plan(device: str, sizes: list[int], train_256: bool, repeats: int, train: bool = True,
+         generate: bool = True) -> list[dict]:
+    """The configurations to measure, cheapest first (512³ and beyond: chunked generation only)."""
     batch = 4 if device == "cuda" else 2
     out = []
     for s in sizes:
         # fewer repeats where one run is long on a CPU
         r = repeats if (device == "cuda" or s <= 64) else max(1, repeats - 1)
         chunk = max(1, s // 4 // 2)  # half the feature map's depth per chunk (32 at 256³)
-        if s != 256 or device == "cuda" or train_256:
+        if train and s < 512 and (s != 256 or device == "cuda" or train_256):
             out.append(dict(kind="train", size=s, batch=batch, warmup=1, repeats=r))
-        out.append(dict(kind="generate", size=s, batch=1, chunk=None, warmup=1, repeats=r))
-        out.append(dict(kind="generate", size=s, batch=1, chunk=chunk, warmup=1, repeats=r))
+        if generate and s < 512:
+            out.append(dict(kind="generate", size=s, batch=1, chunk=None, warmup=1, repeats=r))
+        if generate:
+            out.append(dict(kind="generate", size=s, batch=1, chunk=chunk, warmup=1, repeats=r))
     return out
 
 
@@ -118,18 +121,25 @@ def main() -> int:
     ap.add_argument("--train-256", action="store_true", help="also time training at 256³ on CPU")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="training precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    ap.add_argument("--train-only", action="store_true", help="time training only")
+    ap.add_argument("--generate-only", action="store_true", help="time generation only")
+    ap.add_argument("--tag", default="", help="added to the output file names (e.g. fp32)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(ROOT / "src"))
-    from medgen.families.hagan.bench import machine_info, run_isolated
+    from medgen.families.hagan.bench import machine_info, run_isolated  # noqa: E402
     from medgen.core.errors import MedgenError
 
     rows, loads = [], []
-    for spec in plan(args.device, args.sizes, args.train_256, args.repeats):
+    for spec in plan(args.device, args.sizes, args.train_256, args.repeats, train=not args.generate_only,
+                     generate=not args.train_only):
         print(f"sweep: {spec}", file=sys.stderr, flush=True)
         kind = spec.pop("kind")
         try:
-            r = run_isolated(kind, preset="paper", device=args.device, threads=args.threads, **spec)
+            extra = {"precision": args.precision} if kind == "train" else {}
+            r = run_isolated(kind, preset="paper", device=args.device, threads=args.threads, **extra, **spec)
         except MedgenError as exc:  # e.g. out of memory: record it and go on
             r = {"benchmark": kind, "size": spec["size"], "chunk": spec.get("chunk"), "error": str(exc)}
         r["kind"] = kind
@@ -147,7 +157,7 @@ def main() -> int:
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"{args.device}-{date}"
+    stem = args.out / (f"{args.device}-{date}" + (f"-{args.tag}" if args.tag else ""))
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))

@@ -7,7 +7,7 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-import SimpleITK as sitk
+sitk = pytest.importorskip("SimpleITK")  # DICOM/NRRD/MHA I/O; absent on the bare GPU image (benchmarks/gpu)
 
 from medgen.data.io import Volume, read_volume, reorient_to_ras, write_nifti, write_volume
 from medgen.core.errors import InputError
