@@ -24,9 +24,21 @@ T = TypeVar("T")
 
 
 def from_dict(cls: type[T], d: dict[str, Any], what: str) -> T:
-    """``cls(**d)`` for a dataclass ``cls``; UsageError naming unknown keys (``what``: e.g. "HA-GAN model setting")."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+    """``cls(**d)`` for a dataclass ``cls``; UsageError naming unknown keys (``what``: e.g. "HA-GAN model setting").
+
+    Lists (as YAML stores them) become tuples for fields whose default is a tuple (e.g. Adam's betas).
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise UsageError(f"unknown {what}(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    return cls(**d)
+        raise UsageError(f"unknown {what}(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+    values = dict(d)
+    for name, value in values.items():
+        if isinstance(fields[name].default, tuple) and isinstance(value, list):
+            values[name] = tuple(value)
+    return cls(**values)
+
+
+def tuples_as_lists(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with tuple values as lists (how YAML and JSON store them)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

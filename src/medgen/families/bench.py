@@ -38,6 +38,18 @@ def synthetic_dataset(root: Path, size: int, n: int, seed: int = 0, labels: int 
     return root
 
 
+def check_common(kind: str, kinds: tuple[str, ...], batch: int, warmup: int, repeats: int, device: str) -> None:
+    """UsageError (one line) for benchmark settings no family can measure."""
+    from medgen.core.errors import UsageError
+
+    if kind not in kinds:
+        raise UsageError(f"benchmark {kind!r}: choose {' or '.join(kinds)}")
+    if batch < 1 or repeats < 1 or warmup < 0:
+        raise UsageError(f"--batch {batch}, --repeats {repeats}: both must be >= 1, and --warmup {warmup} >= 0")
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise UsageError(f"--device {device}: choose cpu or cuda")
+
+
 def peak_memory_mb(device: str) -> float:
     """CUDA: peak allocated tensor memory; CPU: this process's peak resident set size."""
     if str(device).startswith("cuda"):

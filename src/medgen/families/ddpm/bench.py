@@ -24,7 +24,7 @@ from typing import Any
 
 from medgen.core.errors import UsageError
 from medgen.core.measure import machine_info, run_module, sync
-from medgen.families.bench import peak_memory_mb, train_iteration_seconds
+from medgen.families.bench import check_common, peak_memory_mb, train_iteration_seconds
 
 KINDS = ("train", "generate")
 SAMPLING_OPTIONS = ("steps", "sampler")  # options of medgen bench generate for this family
@@ -35,12 +35,7 @@ def check_request(kind: str, preset: str, size: int, batch: int = 1, warmup: int
     """Raise UsageError (one line) for a request that cannot be measured."""
     from medgen.families.ddpm.config import model_config
 
-    if kind not in KINDS:
-        raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
-    if batch < 1 or repeats < 1 or warmup < 0:
-        raise UsageError(f"--batch {batch}, --repeats {repeats}: both must be >= 1, and --warmup {warmup} >= 0")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"--device {device}: choose cpu or cuda")
+    check_common(kind, KINDS, batch, warmup, repeats, device)
     model_config(preset, size)
 
 

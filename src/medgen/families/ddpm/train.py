@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgen.core.errors import UsageError
-from medgen.core.settings import from_dict
+from medgen.core.settings import from_dict, tuples_as_lists
 from medgen.families.ddpm.config import DDPMConfig
 from medgen.families.ddpm.sample import make_scheduler, sample_volumes
 from medgen.training.family import Step
@@ -42,15 +42,10 @@ class DDPMHParams:
     preview_steps: int = 25
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+        return tuples_as_lists(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DDPMHParams":
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(float(b) for b in d["betas"])
         hp = from_dict(cls, d, "DDPM training setting")
         if not hp.lr > 0 or hp.weight_decay < 0 or not 0 <= hp.class_dropout < 1 or hp.preview_steps < 1:
             raise UsageError("lr must be > 0, weight_decay >= 0, class_dropout in [0, 1) and preview_steps >= 1")

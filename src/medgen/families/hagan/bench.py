@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from medgen.core.errors import UsageError
+from medgen.families.bench import check_common
 from medgen.core.measure import cpu_model, machine_info, peak_rss_mb, run_module, sync  # noqa: F401  (re-exported)
 
 KINDS = ("train", "generate")
@@ -42,12 +43,7 @@ def check_request(
     """Raise UsageError (one line) for a request that cannot be measured."""
     from medgen.families.hagan import get_preset
 
-    if kind not in KINDS:
-        raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
-    if batch < 1 or repeats < 1 or warmup < 0:
-        raise UsageError(f"--batch {batch}, --repeats {repeats}: both must be >= 1, and --warmup {warmup} >= 0")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"--device {device}: choose cpu or cuda")
+    check_common(kind, KINDS, batch, warmup, repeats, device)
     get_preset(preset, size)
 
 

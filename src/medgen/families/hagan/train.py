@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgen.core.errors import UsageError
-from medgen.core.settings import from_dict
+from medgen.core.settings import from_dict, tuples_as_lists
 from medgen.families.hagan.config import HAGANConfig
 from medgen.families.hagan.discriminator import Discriminator
 from medgen.families.hagan.encoder import Encoder
@@ -96,15 +96,10 @@ class HAGANHParams:
                 raise UsageError(message)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
+        return tuples_as_lists(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HAGANHParams":
-        d = dict(d)
-        if "betas" in d:
-            d["betas"] = tuple(float(b) for b in d["betas"])
         hp = from_dict(cls, d, "HA-GAN training setting")
         hp.validate()
         return hp
