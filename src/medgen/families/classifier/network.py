@@ -52,11 +52,12 @@ class VolumeClassifier(nn.Module):
 
     Layout: a stem (Conv3d 3³ → ReLU, no normalisation, so that absolute intensities
     still count) at the input resolution, then stages of
-    [Conv3d 3³ stride 2 → GN → ReLU → Conv3d 3³ → GN → ReLU], each halving the resolution,
+    [Conv3d 3³ stride 2 → BN → ReLU → Conv3d 3³ → BN → ReLU], each halving the resolution,
     until the feature map is 4³ (two stages at 16³, four at 64³); channels double per stage
     from ``width`` up to ``8 * width``. Then global average pooling, dropout and a linear
-    layer give the logits. GroupNorm (8 groups where the width allows) rather than
-    BatchNorm, so small batches of large volumes train the same as big ones.
+    layer give the logits. The normalisation is BatchNorm (running statistics are used in
+    eval mode); under ``torchrun`` each process keeps its own running statistics and rank 0's
+    are the ones saved.
 
     num_classes: K, number of classes (≥ 2).
     in_size: S, voxels per side of the (cubic) input; other sizes are resized to it with
