@@ -154,3 +154,25 @@ def test_train_command_builds_the_same_config_on_the_command_line(data, tmp_path
         train_flags({"lr_eh": 1e-4})
     resumed = train_command(data, tmp_path / "run", resume=True)
     assert resumed == ["train", str(data), "--out", str(tmp_path / "run"), "--resume"]
+
+
+def test_any_family_hyper_parameter_from_the_command_line(tmp_path):
+    import argparse
+
+    from medgen.commands import train as train_command
+    from medgen.core.errors import UsageError
+    from toy_volumes import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=4, size=16)
+    parser = argparse.ArgumentParser()
+    train_command.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", str(data), "--out", str(tmp_path / "r"), "--family", "ddpm", "--preset", "tiny",
+                              "--hparam", "lr=5e-4", "--hparam", "betas=[0.5, 0.9]", "--hparam", "class_dropout=0.2"])
+    cfg = train_command.build_config(args)
+    assert cfg.family == "ddpm" and cfg.hparams["lr"] == 5e-4 and cfg.hparams["betas"] == [0.5, 0.9]
+    assert cfg.hparams["class_dropout"] == 0.2 and cfg.model["channels"] == [8, 16, 16]
+    with pytest.raises(UsageError, match="unknown DDPM training setting.*lr_g"):
+        train_command.build_config(parser.parse_args(["train", str(data), "--out", str(tmp_path / "r"), "--family",
+                                                      "ddpm", "--preset", "tiny", "--lr-g", "1e-3"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", str(data), "--out", "x", "--hparam", "novalue"])

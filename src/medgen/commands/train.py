@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from medgen.core.errors import EXIT_INTERRUPTED
+from medgen.core.errors import EXIT_INTERRUPTED, UsageError
 
 # Options that map 1:1 onto options of medgen.families.run_config.new_run_config (dest → option name).
 _OPTIONS = {
@@ -43,6 +43,19 @@ _OPTIONS = {
 }
 # Options that change the model (the family's architecture fields).
 _MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes")
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    """``"lr=2e-4"`` → ("lr", 0.0002): a family hyper-parameter, its value read as YAML (numbers, true/false, lists)."""
+    import yaml
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: need NAME=VALUE (e.g. lr=2e-4)")
+    try:
+        return name.strip(), yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not a number, word or list") from None
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -115,6 +128,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--keep", type=int, default=None, help="number of checkpoints to keep (default 3)")
     r.add_argument("--num-samples", type=int, default=None, help="volumes in each sample mosaic (default 4)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="NAME=VALUE",
+                   help="any hyper-parameter of the family, repeatable (e.g. ddpm: --hparam lr=2e-4 "
+                        "--hparam class_dropout=0.2; `medgen model-info --family NAME` lists them)")
     p.set_defaults(func=run)
 
 
@@ -128,6 +144,10 @@ def build_config(args: argparse.Namespace):
             options[name] = getattr(args, dest)
     if args.no_encoder:
         options["use_encoder"] = False
+    for name, value in args.hparam:
+        if options.get(name) is not None and options[name] != value:
+            raise UsageError(f"--hparam {name}={value} contradicts --{name.replace('_', '-')} {options[name]}")
+        options[name] = value
     model_options = {k: getattr(args, k) for k in _MODEL_OPTIONS}
     if args.no_lowres:
         model_options["use_lowres"] = False

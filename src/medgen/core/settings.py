@@ -26,7 +26,8 @@ T = TypeVar("T")
 def from_dict(cls: type[T], d: dict[str, Any], what: str) -> T:
     """``cls(**d)`` for a dataclass ``cls``; UsageError naming unknown keys (``what``: e.g. "HA-GAN model setting").
 
-    Lists (as YAML stores them) become tuples for fields whose default is a tuple (e.g. Adam's betas).
+    Lists (as YAML stores them) become tuples for fields whose default is a tuple (e.g. Adam's betas),
+    and numbers written as text (YAML reads ``5e-4`` as a string) become numbers for numeric fields.
     """
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - set(fields))
@@ -34,8 +35,14 @@ def from_dict(cls: type[T], d: dict[str, Any], what: str) -> T:
         raise UsageError(f"unknown {what}(s): {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
     values = dict(d)
     for name, value in values.items():
-        if isinstance(fields[name].default, tuple) and isinstance(value, list):
+        default = fields[name].default
+        if isinstance(default, tuple) and isinstance(value, list):
             values[name] = tuple(value)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
+            try:  # YAML reads 5e-4 (no dot) as a string
+                values[name] = type(default)(float(value)) if isinstance(default, float) else int(value)
+            except ValueError:
+                raise UsageError(f"{what} {name}={value!r}: expected a number") from None
     return cls(**values)
 
 
