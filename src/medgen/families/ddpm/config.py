@@ -10,9 +10,9 @@ classifier-free guidance trains and samples with.
 The forward process adds Gaussian noise over ``num_train_timesteps`` steps with the
 ``schedule`` of MONAI's schedulers (``linear_beta``: β from ``beta_start`` to ``beta_end``;
 ``scaled_linear_beta``: linear in sqrt(β), as latent-diffusion models use; ``cosine``:
-Nichol & Dhariwal 2021). ``prediction_type``: the UNet predicts the noise ε (``epsilon``,
-Ho et al. 2020) or the velocity v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x₀ (``v_prediction``,
-Salimans & Ho 2022).
+Nichol & Dhariwal 2021). ``prediction_type``: the UNet predicts the velocity
+v = sqrt(ᾱ)·ε − sqrt(1 − ᾱ)·x₀ (``v_prediction``, Salimans & Ho 2022; the default, see
+:class:`DDPMConfig`) or the noise ε (``epsilon``, Ho et al. 2020).
 """
 
 from __future__ import annotations
@@ -44,7 +44,11 @@ class DDPMConfig:
     schedule: str = "linear_beta"
     beta_start: float = 1e-4
     beta_end: float = 2e-2
-    prediction_type: str = "epsilon"
+    # v, not ε: ε-prediction fails at high noise on small CPU budgets (x̂₀ = (x_t − sqrt(1−ᾱ)·ε̂)/sqrt(ᾱ)
+    # multiplies its errors by up to 1/sqrt(ᾱ_T) ≈ 160). Tiny preset, 32³ thorax phantoms, 6-7 CPU minutes
+    # (one seed each): ε gave noise (FID 36150 with random features, MS-SSIM 0.18), v the thorax anatomy
+    # (FID 2984, MS-SSIM 0.55 against 0.58 among real pairs).
+    prediction_type: str = "v_prediction"
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
