@@ -175,6 +175,8 @@ def samples_section(run_dir: Path, cfg: Any, n: int, seed: int, device: str) -> 
     parts = ["<h2>Real vs generated volumes</h2>"]
     model = registry.load(run_dir, device=resolve_device(device))
     if not callable(getattr(model, "generate", None)):
+        if callable(getattr(model, "reconstruct", None)):
+            return reconstructions_section(model, cfg, n)
         return "\n".join(parts + [_note(f"the run's family ({cfg.family}) does not generate volumes")])
     fake = list(model.generate(n, seed=seed))
     real, titles, note = real_volumes(cfg, n)
@@ -189,6 +191,28 @@ def samples_section(run_dir: Path, cfg: Any, n: int, seed: int, device: str) -> 
     parts.append(_note(text))
     if note:
         parts.append(_note(note))
+    return "\n".join(parts)
+
+
+def reconstructions_section(model: Any, cfg: Any, n: int) -> str:
+    """Real training volumes above their reconstructions, for a model that encodes and decodes but does not sample."""
+    import numpy as np
+
+    from medgen.viz.mosaic import save_mosaic
+
+    parts = ["<h2>Real vs reconstructed volumes</h2>",
+             _note(f"the run's family ({cfg.family}) does not generate volumes; it encodes and decodes them")]
+    real, titles, note = real_volumes(cfg, n)
+    if not real:
+        return "\n".join(parts + [_note(note or "no training volumes to reconstruct")])
+    rec = list(model.reconstruct(np.stack(real)))
+    l1 = [float(np.abs(a - b).mean()) for a, b in zip(real, rec)]
+    vols = real + rec
+    titles = titles + [f"reconstructed (L1 {e:.3f})" for e in l1]
+    png = _render_png(lambda p: save_mosaic(vols, p, titles=titles, vmin=-1.0, vmax=1.0, min_panel_px=128))
+    parts.append(img_tag(png, "real and reconstructed volumes in three planes"))
+    parts.append(_note(f"Rows: {len(real)} real training volume(s), then their reconstructions; mean absolute "
+                       f"error in [-1, 1] units: {np.mean(l1):.4f}."))
     return "\n".join(parts)
 
 

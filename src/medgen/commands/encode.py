@@ -12,6 +12,12 @@ recon_l1: the mean absolute voxel error of G(E(x)) in the preprocessed [-1, 1]
 units (plus recon_l1_hu in Hounsfield units for CT). Reconstructions are
 written as DIR/<id>.nii.gz.
 
+An ``ldm-autoencoder`` or ``ldm`` run encodes with its KL autoencoder: each
+volume's spatial latent (the means μ, [C, S/4, S/4, S/4]) is written to
+``<CSV stem>-latents/<id>.npy`` and latents.csv names the file (latent_file,
+latent_mean, latent_std); --reconstruct decodes them (--chunk: that many latent
+slices at a time).
+
 Exit codes: 0 done, 2 usage/input error (not a run folder, no encoder, volume
 size differs from the model's).
 """
@@ -24,11 +30,13 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "encode",
-        help="encode real volumes into the latent space of a trained HA-GAN",
+        help="encode real volumes into the latent space of a trained model (HA-GAN, ldm, ldm-autoencoder)",
         description=(
             "Encode every volume of a preprocessed data set with the trained hierarchical encoder "
             "(E^H over all slabs, then E^G) and write one CSV row per volume: id, the manifest's "
-            "covariates, z_0..z_{d-1}; optionally reconstruct the volumes and report their error."
+            "covariates, z_0..z_{d-1}; optionally reconstruct the volumes and report their error. "
+            "ldm and ldm-autoencoder runs: the KL autoencoder's spatial latents, one .npy file per volume "
+            "next to the CSV."
         ),
         epilog="Exit codes: 0 success, 2 usage or input error, 130 interrupted.",
     )
@@ -41,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="which volumes: all (default) or a split as defined by the run's split settings")
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="volumes per forward pass (default 1)")
     p.add_argument("--chunk", type=int, default=None, metavar="D",
-                   help="reconstruct with G^H in depth chunks of D feature-map slices (bounded memory)")
+                   help="reconstruct in depth chunks (bounded memory): HA-GAN G^H D feature-map slices at a time, "
+                        "an autoencoder D latent slices at a time")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available (default)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="checkpoint folder RUN/checkpoints/iter-NNNNNN (default: the latest)")

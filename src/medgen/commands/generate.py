@@ -45,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=None, metavar="D",
                    help="run G^H on depth chunks of D feature-map slices (= 4·D output slices at the paper's "
                         "factor 4): peak memory scales with D, output equal to unchunked (e.g. 16 at 256³); "
-                        "default: the whole feature map at once")
+                        "default: the whole feature map at once. ldm: decode D latent slices at a time (4·D output "
+                        "slices), equal to whole-volume decoding")
     p.add_argument("--batch-size", type=int, default=1, metavar="B", help="volumes per forward pass (default 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if available (default)")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
@@ -88,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
         source = {"checkpoint": str(model.checkpoint.resolve()), "ema": not args.no_ema}
     if not callable(getattr(model, "generate", None)):
         family = getattr(model.run_config, "family", "?")
-        raise UsageError(f"{args.run}: a run of family {family!r}, which does not generate volumes")
+        hint = (f"; it encodes and decodes: train `medgen train --family ldm --autoencoder {args.run}` to sample its "
+                "latents" if callable(getattr(model, "decode", None)) else "")
+        raise UsageError(f"{args.run}: a run of family {family!r}, which does not generate volumes{hint}")
     sampling = {k: getattr(args, k) for k in ("sampler", "steps", "guidance", "eta") if getattr(args, k) is not None}
     if sampling and getattr(model, "unet", None) is None:
         raise UsageError(f"--{next(iter(sampling))} applies to diffusion families; {args.run} is a "

@@ -42,7 +42,7 @@ _OPTIONS = {
     "split_fractions": "split_fractions",
 }
 # Options that change the model (the family's architecture fields).
-_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes")
+_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run")
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -95,6 +95,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--num-classes", type=int, default=None,
                    help="classes for the AC-GAN conditional variant (default: 0, or inferred from --label-column)")
     m.add_argument("--label-column", default=None, help="manifest column with the class labels (conditional training)")
+    m.add_argument("--autoencoder", dest="autoencoder_run", default=None, metavar="RUN",
+                   help="ldm: the trained `--family ldm-autoencoder` run whose latents the model diffuses")
     t = p.add_argument_group("optimisation (defaults: the paper's)")
     t.add_argument("--iters", type=int, default=None, help="total training iterations (default 80000)")
     t.add_argument("--max-minutes", type=float, default=None,

@@ -25,6 +25,8 @@ from medgen.core.errors import InputError, UsageError
 from medgen.families.classifier.family import FAMILY as CLASSIFIER
 from medgen.families.ddpm.family import FAMILY as DDPM
 from medgen.families.hagan.family import FAMILY as HAGAN
+from medgen.families.ldm.family import FAMILY as LDM
+from medgen.families.ldm_autoencoder.family import FAMILY as LDM_AUTOENCODER
 from medgen.training.checkpoint import load_weights, resolve_checkpoint
 from medgen.training import loop
 from medgen.training.loop import TrainResult
@@ -35,6 +37,8 @@ FAMILIES: dict[str, Family] = {
     "hagan": HAGAN,
     "classifier": CLASSIFIER,
     "ddpm": DDPM,
+    "ldm-autoencoder": LDM_AUTOENCODER,
+    "ldm": LDM,
 }
 
 

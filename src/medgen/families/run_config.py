@@ -146,7 +146,7 @@ def new_run_config(
 
 # ---------------------------------------------------------------------- the equivalent command line
 # Options whose ``medgen train`` flag is not ``--`` + the name with dashes.
-_FLAG_NAMES = {"keep_checkpoints": "--keep"}
+_FLAG_NAMES = {"keep_checkpoints": "--keep", "autoencoder_run": "--autoencoder"}
 # Boolean options that are on by default and have a --no-X flag.
 _SWITCHES = {"use_lowres": "--no-lowres", "use_encoder": "--no-encoder"}
 

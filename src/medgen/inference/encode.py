@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medgen.core.errors import InputError, UsageError
+from medgen.core.fileio import atomic_save_npy
 from medgen.core.tables import write_csv
 
 # Manifest columns that describe the file, not the patient (not copied to latents.csv).
@@ -72,6 +73,9 @@ def encode_folder(
     ``out_csv`` (id, manifest covariates, z_*, and recon_l1[, recon_l1_hu] with
     ``reconstruct_dir``) and, with ``reconstruct_dir``, ``<id>.nii.gz``
     reconstructions (spacing of the volume from the manifest; CT in HU, int16).
+    A model with spatial latents (an autoencoder: ``encode`` returns [n, C, s, s, s]) writes
+    each volume's latent to ``<out_csv stem>-latents/<id>.npy`` and the table names the file
+    (``latent_file``, with ``latent_mean`` and ``latent_std``) instead of z_* columns.
     Returns the CSV rows.
     """
     from tqdm import tqdm
@@ -118,7 +122,13 @@ def encode_folder(
                 f"{label_column!r}, needed to reconstruct with a class-conditional model"
             )
     covariates = [c for c in _manifest_columns(root) if c != "id" and c not in FILE_COLUMNS]
-    zcols = [f"z_{k}" for k in range(cfg.latent_dim)]
+    # Latent vectors (HA-GAN's z) go into the table; spatial latents (an autoencoder's [C, s, s, s]) into
+    # one .npy file per volume next to it, the table naming the file.
+    latent_dim = getattr(cfg, "latent_dim", None)
+    zcols = [f"z_{k}" for k in range(latent_dim)] if latent_dim else ["latent_file", "latent_mean", "latent_std"]
+    latent_dir = None if latent_dim else Path(out_csv).with_name(Path(out_csv).stem + "-latents")
+    if latent_dir is not None:
+        latent_dir.mkdir(parents=True, exist_ok=True)
     columns = ["id"] + covariates + zcols
     ct = is_ct(info)
     if reconstruct_dir is not None:
@@ -137,12 +147,21 @@ def encode_folder(
             recon = None
             if reconstruct_dir is not None:
                 lab = [int(it["label"]) for it in items] if conditional else None
-                recon = model.generate(len(items), labels=lab, chunk=chunk, batch_size=len(items), z=z)
+                if callable(getattr(model, "decode", None)):  # an autoencoder: decode its latents
+                    recon = model.decode(z, chunk=chunk)
+                else:  # HA-GAN: G(z)
+                    recon = model.generate(len(items), labels=lab, chunk=chunk, batch_size=len(items), z=z)
                 real = x[:, 0].cpu().numpy()
             for j, it in enumerate(items):
                 row = {"id": it["id"]}
                 row.update({c: rows_by_id[it["id"]].get(c, "") for c in covariates})
-                row.update({c: f"{v:.7g}" for c, v in zip(zcols, z[j].tolist())})
+                if latent_dir is None:
+                    row.update({c: f"{v:.7g}" for c, v in zip(zcols, z[j].tolist())})
+                else:
+                    name = _safe_name(it["id"]) + ".npy"
+                    atomic_save_npy(latent_dir / name, z[j].astype(np.float32))
+                    row.update(latent_file=f"{latent_dir.name}/{name}", latent_mean=f"{float(z[j].mean()):.7g}",
+                               latent_std=f"{float(z[j].std()):.7g}")
                 if recon is not None:
                     l1 = float(np.mean(np.abs(recon[j].astype(np.float64) - real[j].astype(np.float64))))
                     row["recon_l1"] = f"{l1:.7g}"

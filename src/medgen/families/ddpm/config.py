@@ -49,6 +49,11 @@ class DDPMConfig:
     # (one seed each): ε gave noise (FID 36150 with random features, MS-SSIM 0.18), v the thorax anatomy
     # (FID 2984, MS-SSIM 0.55 against 0.58 among real pairs).
     prediction_type: str = "v_prediction"
+    # Channels of the diffused tensor (1: a volume; a latent diffusion model diffuses its autoencoder's latent
+    # channels) and whether predicted x₀ is clipped to [-1, 1] at each sampling step (the range of volumes,
+    # not of latents).
+    in_channels: int = 1
+    clip_sample: bool = True
 
     def __post_init__(self) -> None:
         self.channels = [int(c) for c in self.channels]
@@ -68,6 +73,8 @@ class DDPMConfig:
             raise UsageError(f"attention_levels has {len(self.attention_levels)} entries for {self.levels} channel levels")
         if any(c % self.norm_groups for c in self.channels):
             raise UsageError(f"channels {self.channels}: each must be divisible by norm_groups {self.norm_groups}")
+        if not isinstance(self.in_channels, int) or self.in_channels < 1:
+            raise UsageError(f"in_channels {self.in_channels!r}: need a positive integer")
         if self.num_res_blocks < 1 or self.num_head_channels < 1:
             raise UsageError("num_res_blocks and num_head_channels must be at least 1")
         if not isinstance(self.num_classes, int) or self.num_classes < 0 or self.num_classes == 1:

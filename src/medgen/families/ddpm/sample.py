@@ -37,7 +37,7 @@ def make_scheduler(cfg: DDPMConfig, sampler: str = "ddpm", eta: float = 0.0):
     from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
     common = dict(num_train_timesteps=cfg.num_train_timesteps, schedule=cfg.schedule, prediction_type=cfg.prediction_type,
-                  clip_sample=True)
+                  clip_sample=cfg.clip_sample)
     if cfg.schedule != "cosine":
         common.update(beta_start=cfg.beta_start, beta_end=cfg.beta_end)
     if sampler == "ddpm":
@@ -89,6 +89,53 @@ def guided_prediction(unet: nn.Module, x: torch.Tensor, t: torch.Tensor, labels:
     return uncond + guidance * (cond - uncond)
 
 
+def check_labels(cfg: DDPMConfig, indices: Sequence[int], labels: Sequence[int] | None) -> None:
+    """UsageError unless ``labels`` gives one class per volume of a conditional model (and none otherwise)."""
+    if cfg.num_classes > 0:
+        if labels is None:
+            raise UsageError(f"this model is class-conditional ({cfg.num_classes} classes): labels are required")
+        if len(labels) != len(indices) or any(not 0 <= int(c) < cfg.num_classes for c in labels):
+            raise UsageError(f"need one class in 0..{cfg.num_classes - 1} per volume")
+    elif labels is not None:
+        raise UsageError("this model is unconditional (trained without classes): a label cannot be given")
+
+
+@torch.no_grad()
+def reverse_process(
+    unet: nn.Module,
+    cfg: DDPMConfig,
+    index: int,
+    seed: int,
+    *,
+    label: int | None = None,
+    sampler: str = DEFAULT_SAMPLER,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = 1.0,
+    eta: float = 0.0,
+    device: torch.device = torch.device("cpu"),
+) -> torch.Tensor:
+    """Sample ``index`` of ``seed``'s sequence: the reverse process from its own noise, [1, C, S, S, S] on ``device``.
+
+    ``steps`` must have passed :func:`check_sampling`. C is ``cfg.in_channels`` (1 for a
+    volume, the latent channels for latent diffusion); predicted x₀ is clipped to [-1, 1]
+    at each step when ``cfg.clip_sample``.
+    """
+    s = cfg.size
+    scheduler = make_scheduler(cfg, sampler)
+    scheduler.set_timesteps(steps, device=device)
+    gen = volume_generator(seed, int(index), device)
+    x = torch.randn((1, cfg.in_channels, s, s, s), generator=gen, device=device)
+    lab = torch.tensor([int(label)], device=device) if label is not None else None
+    for t in scheduler.timesteps:
+        tt = torch.full((1,), int(t), device=device, dtype=torch.long)
+        pred = guided_prediction(unet, x, tt, lab, cfg.num_classes, guidance)
+        if sampler == "ddim":
+            x, _ = scheduler.step(pred.float(), int(t), x, eta=eta, generator=gen)
+        else:
+            x, _ = scheduler.step(pred.float(), int(t), x, generator=gen)
+    return x
+
+
 @torch.no_grad()
 def sample_volumes(
     unet: nn.Module,
@@ -111,28 +158,12 @@ def sample_volumes(
     updated once per volume.
     """
     steps = check_sampling(cfg, sampler, steps, guidance, eta)
-    if cfg.num_classes > 0:
-        if labels is None:
-            raise UsageError(f"this model is class-conditional ({cfg.num_classes} classes): labels are required")
-        if len(labels) != len(indices) or any(not 0 <= int(c) < cfg.num_classes for c in labels):
-            raise UsageError(f"need one class in 0..{cfg.num_classes - 1} per volume")
-    elif labels is not None:
-        raise UsageError("this model is unconditional (trained without classes): a label cannot be given")
+    check_labels(cfg, indices, labels)
     s = cfg.size
     out = np.empty((len(indices), s, s, s), dtype=np.float32)
     for j, i in enumerate(indices):
-        scheduler = make_scheduler(cfg, sampler)
-        scheduler.set_timesteps(steps, device=device)
-        gen = volume_generator(seed, int(i), device)
-        x = torch.randn((1, 1, s, s, s), generator=gen, device=device)
-        lab = torch.tensor([int(labels[j])], device=device) if labels is not None else None
-        for t in scheduler.timesteps:
-            tt = torch.full((1,), int(t), device=device, dtype=torch.long)
-            pred = guided_prediction(unet, x, tt, lab, cfg.num_classes, guidance)
-            if sampler == "ddim":
-                x, _ = scheduler.step(pred.float(), int(t), x, eta=eta, generator=gen)
-            else:
-                x, _ = scheduler.step(pred.float(), int(t), x, generator=gen)
+        x = reverse_process(unet, cfg, int(i), seed, label=None if labels is None else int(labels[j]),
+                            sampler=sampler, steps=steps, guidance=guidance, eta=eta, device=device)
         out[j] = x[0, 0].clamp(-1.0, 1.0).float().cpu().numpy()
         if progress is not None:
             progress.update(1)

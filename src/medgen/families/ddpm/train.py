@@ -63,8 +63,8 @@ def build_unet(cfg: DDPMConfig) -> nn.Module:
 
     return DiffusionModelUNet(
         spatial_dims=3,
-        in_channels=1,
-        out_channels=1,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.in_channels,
         num_res_blocks=cfg.num_res_blocks,
         channels=tuple(cfg.channels),
         attention_levels=tuple(cfg.attention_levels),
@@ -100,11 +100,9 @@ def noisy_batch(cfg: DDPMConfig, x0: torch.Tensor, generator: torch.Generator) -
     return x_t, t, target
 
 
-def train_step(s: Step) -> dict[str, torch.Tensor]:
-    """One denoising update (module docstring). Random draws, in order: ε, t, then the class dropout."""
-    cfg: DDPMConfig = s.model
-    hp: DDPMHParams = s.hp
-    x0 = s.batch["image"].float()
+def denoising_update(s: Step, cfg: DDPMConfig, hp: DDPMHParams, x0: torch.Tensor) -> torch.Tensor:
+    """One denoising update of ``s``'s ``unet`` on clean samples ``x0`` (volumes, or latents for latent
+    diffusion); returns the loss. Random draws, in order: ε, t, then the class dropout."""
     x_t, t, target = noisy_batch(cfg, x0, s.rng)
     labels = None
     if cfg.num_classes > 0:
@@ -115,7 +113,12 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
         pred = s.ddp["unet"](x_t, t, class_labels=labels)
     loss = F.mse_loss(pred.float(), target)
     s.update("unet", loss)
-    return {"mse": loss}
+    return loss
+
+
+def train_step(s: Step) -> dict[str, torch.Tensor]:
+    """One denoising update on the batch's volumes (module docstring)."""
+    return {"mse": denoising_update(s, s.model, s.hp, s.batch["image"].float())}
 
 
 @torch.no_grad()
