@@ -70,8 +70,9 @@ class AutoencoderConfig:
             raise UsageError(f"channels {self.channels}: each must be divisible by norm_groups {self.norm_groups}")
         if self.latent_channels < 1 or self.num_res_blocks < 1 or self.disc_channels < 1 or self.disc_layers < 1:
             raise UsageError("latent_channels, num_res_blocks, disc_channels and disc_layers must be at least 1")
-        if s // 2 ** self.disc_layers < 1:
-            raise UsageError(f"disc_layers {self.disc_layers}: too many for {s}³ volumes")
+        if s // 2 ** self.disc_layers < 4:  # the patch discriminator's last normalised layer needs > 1 voxel
+            raise UsageError(f"disc_layers {self.disc_layers}: too many for {s}³ volumes (at most "
+                             f"{max(0, (s // 4).bit_length() - 1)})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -219,20 +219,24 @@ class Workspace:
     # ------------------------------------------------------------------ models
     def model(self, name: str, size: int, *, preset: str | None = None, data: Path | None = None,
               use_lowres: bool = True, use_encoder: bool = True, slab_selection: str | None = None,
-              num_classes: int | None = None, label_column: str | None = None) -> Path:
-        """A run folder ``WORK/runs/NAME`` trained for :attr:`train_iters` iterations.
+              num_classes: int | None = None, label_column: str | None = None, family: str | None = None,
+              iters: int | None = None, autoencoder_run: Path | None = None) -> Path:
+        """A run folder ``WORK/runs/NAME`` trained for ``iters`` iterations (default :attr:`train_iters`).
 
         Trains (or resumes) only when the run's latest checkpoint is short of the
-        iterations. The keyword options are those of ``medgen train``: ``use_lowres=False``
-        (``--no-lowres``), ``use_encoder=False`` (``--no-encoder``), ``slab_selection``
-        (``--slab-selection``), ``num_classes`` and ``label_column`` (the class-conditional
-        model). ``data``: training folder (default: the training set at ``size``).
+        iterations. The keyword options are those of ``medgen train``: ``family`` (default
+        hagan), ``use_lowres=False`` (``--no-lowres``), ``use_encoder=False``
+        (``--no-encoder``), ``slab_selection`` (``--slab-selection``), ``num_classes`` and
+        ``label_column`` (the class-conditional model), ``autoencoder_run``
+        (``--autoencoder``, the ldm family). ``data``: training folder (default: the
+        training set at ``size``). ``preset``: default the scale's, or the family's default
+        preset when the family has no preset of that name.
         """
         from medgen.families import registry
         from medgen.families.run_config import new_run_config, train_command
 
         run_dir = self.root / "runs" / name
-        iters = self.train_iters
+        iters = iters or self.train_iters
         if checkpoint_iteration(run_dir) >= iters:
             print(f"\n{run_dir}: trained for {iters} iterations already, reused", flush=True)
             return run_dir
@@ -243,8 +247,11 @@ class Workspace:
                    "split_fractions": (1.0, 0.0, 0.0), "sample_every": every, "ckpt_every": every, "log_every": 25,
                    "label_column": label_column, "slab_selection": slab_selection,
                    "use_encoder": None if use_encoder else False}
-        model_options = {"num_classes": num_classes, "use_lowres": None if use_lowres else False}
-        config = dict(preset=preset or s.preset, resume=(run_dir / "config.yaml").exists(),
+        model_options = {"num_classes": num_classes, "use_lowres": None if use_lowres else False,
+                         "autoencoder_run": None if autoencoder_run is None else str(autoencoder_run)}
+        fam = registry.get(family or "hagan")
+        preset = preset or (s.preset if s.preset in fam.presets else fam.default_preset)
+        config = dict(family=family, preset=preset, resume=(run_dir / "config.yaml").exists(),
                       model_options=model_options, options=options)
         argv = train_command(train_dir, run_dir, progress=self.progress, **config)
         with step(argv, f"train {name}"):
