@@ -5,9 +5,11 @@
 * ``generate``: one volume: ``steps`` DDIM steps in latent space, then decoding (``chunk``
   latent slices at a time when given; see :mod:`medgen.families.ldm_autoencoder.decode`).
 
-Random weights (UNet and autoencoder, presets ``preset`` and tiny); each configuration runs
-in a fresh Python process, so the peak memory is its own. Medians over ``repeats`` runs
-after ``warmup`` runs.
+Random weights (the UNet of ``preset`` on an autoencoder of the preset of the same name);
+each configuration runs in a fresh Python process, so the peak memory is its own. Medians
+over ``repeats`` runs after ``warmup`` runs; the latent steps and the decoding are also
+timed apart (``seconds_per_step``, ``seconds_decode``), so that the time of another number
+of steps follows.
 
     medgen bench generate --family ldm --preset tiny --size 256 --steps 50 --chunk 8
     medgen bench train --family ldm --preset tiny --size 64 --batch 2
@@ -28,7 +30,6 @@ from medgen.families.ldm_autoencoder.bench import describe, main, result
 KINDS = ("train", "generate")
 SAMPLING_OPTIONS = ("steps", "sampler")  # options of medgen bench generate for this family
 NAME = "ldm"
-AUTOENCODER_PRESET = "tiny"
 
 __all__ = ["check_request", "describe", "measure", "run_isolated"]
 
@@ -37,7 +38,7 @@ def _config(preset: str, size: int):
     from medgen.families.ldm.config import model_config
     from medgen.families.ldm_autoencoder.config import model_config as autoencoder_config
 
-    return model_config(preset, size, autoencoder=autoencoder_config(AUTOENCODER_PRESET, size).to_dict())
+    return model_config(preset, size, autoencoder=autoencoder_config(preset, size).to_dict())
 
 
 def check_request(kind: str, preset: str, size: int, batch: int = 1, warmup: int = 1, repeats: int = 1,
@@ -68,28 +69,40 @@ def measure_train(preset: str = "tiny", size: int = 32, batch: int = 2, device: 
 def measure_generate(preset: str = "tiny", size: int = 32, batch: int = 1, device: str = "cpu", warmup: int = 1,
                      repeats: int = 3, steps: int | None = None, sampler: str = "ddim", chunk: int | None = None,
                      seed: int = 0) -> dict[str, Any]:
-    """Seconds per generated volume (latent steps plus decoding) and peak memory, in this process."""
+    """Seconds per generated volume (latent steps, then decoding) and peak memory, in this process."""
     import torch
 
-    from medgen.families.ddpm.sample import check_sampling
+    from medgen.families.ddpm.sample import check_sampling, reverse_process
     from medgen.families.ldm.model import build
 
     check_request("generate", preset, size, batch, warmup, repeats, device)
-    model = build(preset, size, seed=seed, device=torch.device(device), autoencoder_preset=AUTOENCODER_PRESET)
-    steps = check_sampling(model.config.diffusion(), sampler, steps, 1.0, 0.0)
+    dev = torch.device(device)
+    model = build(preset, size, seed=seed, device=dev, autoencoder_preset=preset)
+    dcfg = model.config.diffusion()
+    steps = check_sampling(dcfg, sampler, steps, 1.0, 0.0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
+    sample_s, decode_s = [], []
     for r in range(warmup + repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        model.generate(batch, seed=seed, sampler=sampler, steps=steps, chunk=chunk)
-        sync(device)
+        t_sample = t_decode = 0.0
+        for i in range(batch):  # what LDMModel.generate does per volume, with its two halves timed apart
+            sync(device)
+            t0 = time.perf_counter()
+            z = reverse_process(model.unet, dcfg, i, seed, sampler=sampler, steps=steps, device=dev)
+            sync(device)
+            t1 = time.perf_counter()
+            model.decode(model.codec.unscale(z).cpu(), chunk=chunk)
+            sync(device)
+            t_sample, t_decode = t_sample + t1 - t0, t_decode + time.perf_counter() - t1
         if r >= warmup:
-            times.append(time.perf_counter() - t0)
+            sample_s.append(t_sample)
+            decode_s.append(t_decode)
+    times = [a + b for a, b in zip(sample_s, decode_s)]
     return result(NAME, "generate", model.config, preset, device, times, warmup, _params(model.config), batch=batch,
                   sampler=sampler, steps=steps, chunk=chunk, precision="fp32",
-                  seconds_per_volume=statistics.median(times) / batch, peak_memory_mb=peak_memory_mb(device))
+                  seconds_per_volume=statistics.median(times) / batch,
+                  seconds_per_step=statistics.median(sample_s) / batch / steps,
+                  seconds_decode=statistics.median(decode_s) / batch, peak_memory_mb=peak_memory_mb(device))
 
 
 def measure(kind: str, **kwargs: Any) -> dict[str, Any]:

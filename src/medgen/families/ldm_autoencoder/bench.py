@@ -127,8 +127,10 @@ def describe(r: dict[str, Any]) -> str:
     mem = "peak CUDA allocated" if r["memory_measure"] == "cuda_max_allocated" else "peak RSS"
     what = f"{r['family']} {r['benchmark']} {r['preset']} {r['size']}³ batch {r['batch']}"
     if r["benchmark"] == "generate":
-        how = f"{r['steps']} {r['sampler']} steps, " if r.get("steps") else ""
-        speed = (f"{r['seconds_per_volume']:.3f} s/volume ({how}decoded "
+        how = (f"{r['steps']} {r['sampler']} steps of {r['seconds_per_step'] * 1e3:.1f} ms, then "
+               if r.get("steps") else "")
+        decode = f"{r['seconds_decode']:.3f} s decoding " if r.get("seconds_decode") is not None else "decoding "
+        speed = (f"{r['seconds_per_volume']:.3f} s/volume ({how}{decode}"
                  + (f"{r['chunk']} latent slices at a time)" if r.get("chunk") else "whole)"))
     else:
         speed = f"{r['seconds_median']:.3f} s/iteration ({r['precision']})"
