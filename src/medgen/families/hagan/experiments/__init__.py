@@ -23,4 +23,5 @@ EXPERIMENTS: tuple[str, ...] = (
     "latent",
     "embedding",
     "memory",
+    "guidance",
 )

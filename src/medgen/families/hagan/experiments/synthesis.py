@@ -42,6 +42,7 @@ DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
 FAMILY_LABELS = {"hagan": "HA-GAN", "ddpm": "DDPM", "ldm": "LDM"}
+DEFAULTS = {"families": "hagan"}  # left out of the canonical command line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
