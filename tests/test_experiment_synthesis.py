@@ -139,3 +139,30 @@ def test_synthesis_smoke_run(tmp_path, capsys):
     assert "--iters 3" in printed and "--resume" in printed
     source = json.loads((tmp_path / "w" / "samples" / "synthesis-32" / "generate.json").read_text())["source"]
     assert source["checkpoint"].endswith("iter-000003") and source["ema"] is True
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--families", "hagan,vae"], "--families 'hagan,vae': choose from hagan, ddpm, ldm"),
+    (["--families", "ddpm", "--minutes", "0"], "--minutes 0.0: need a positive budget"),
+])
+def test_bad_family_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
+    code = main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "o"), "--no-progress", *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_synthesis_smoke_run_with_the_diffusion_families(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--families", "ddpm,ldm", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "--family ldm-autoencoder" in printed and "--autoencoder" in printed
+    with open(out / "synthesis.csv", newline="") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    assert set(rows) == {"DDPM (trained)", "LDM (trained)", "untrained generator", "real (training set)"}
+    assert rows["DDPM (trained)"]["iterations"] == rows["LDM (trained)"]["iterations"] == "2"
+    md = (out / "synthesis.md").read_text()
+    assert "LDM at 32³: its autoencoder trained 2 iterations" in md
+    assert "--families ddpm,ldm" in md
