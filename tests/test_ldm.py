@@ -197,3 +197,38 @@ def test_ldm_configuration_checks_its_autoencoder(tmp_path):
         model_config("tiny", 16, autoencoder_run=str(tmp_path / "ddpm"))
     with pytest.raises(InputError, match="no such run folder"):
         model_config("tiny", 16, autoencoder_run=str(tmp_path / "missing"))
+
+
+def test_ldm_training_lowers_the_denoising_loss_on_held_out_latents(tmp_path):
+    from medgen.families import registry
+    from medgen.families.ddpm.train import build_unet, noisy_batch
+    from medgen.families.ldm.config import model_config
+    from medgen.training.runconfig import RunConfig
+
+    data = make_dataset(tmp_path / "data", n=8, size=32, seed=0)
+    held = make_dataset(tmp_path / "held", n=4, size=32, seed=9)
+    cfg_model = model_config("tiny", 32, autoencoder=ae_config("tiny", 32).to_dict())  # a random, frozen autoencoder
+    cfg = RunConfig(data=str(data), model=cfg_model.to_dict(), family="ldm", hparams={"lr": 2e-3}, preset="tiny",
+                    iters=120, batch=4, device="cpu", log_every=40, sample_every=0, ckpt_every=1000,
+                    split_fractions=(1.0, 0.0, 0.0))
+    result = registry.train(cfg, tmp_path / "run", progress=False)
+    codec = result.models.nets["autoencoder"]
+    assert codec.has_scale
+    trained = result.models.nets["unet"].eval()
+    torch.manual_seed(0)
+    untrained = build_unet(cfg_model.diffusion()).eval()
+    x = torch.from_numpy(np.stack([np.load(p).astype(np.float32) for p in sorted((held / "volumes").glob("*.npy"))]))
+    with torch.no_grad():
+        z0 = codec.encode(x[:, None])
+    assert 0.5 < float(z0.std()) < 2.0  # the scale brings latents near unit variance
+
+    def held_out_mse(unet) -> float:
+        gen, losses = torch.Generator().manual_seed(123), []
+        with torch.no_grad():
+            for _ in range(8):  # the same (t, ε) draws for both networks
+                z_t, t, target = noisy_batch(cfg_model.diffusion(), z0, gen)
+                losses.append(float(torch.mean((unet(z_t, t) - target) ** 2)))
+        return float(np.mean(losses))
+
+    before, after = held_out_mse(untrained), held_out_mse(trained)
+    assert after < 0.5 * before, (before, after)
