@@ -95,3 +95,63 @@ def train_iteration_seconds(
     times = [1.0 / float(r["it_per_s"]) for r in rows[warmup:]]
     used = precision if precision != "auto" else ("bf16" if str(device).startswith("cuda") else "fp32")
     return times, peak_memory_mb(device), used
+
+
+def result_record(family: str, kind: str, size: int, preset: str, device: str, seconds: list[float], warmup: int,
+                  params: dict[str, int], params_total: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The JSON-ready record of one measurement: settings, times (median and each), ``extra``, parameters,
+    the memory measure used and the machine. ``params_total`` defaults to the sum of ``params``."""
+    import statistics
+
+    from medgen.core.measure import machine_info
+
+    out: dict[str, Any] = {
+        "family": family, "benchmark": kind, "preset": preset, "size": size, "device": device,
+        "seconds_median": statistics.median(seconds), "seconds": seconds, "warmup": warmup, "repeats": len(seconds),
+    }
+    out.update(extra)
+    out["params"] = params
+    out["params_total"] = sum(params.values()) if params_total is None else params_total
+    out["memory_measure"] = "cuda_max_allocated" if str(device).startswith("cuda") else "cpu_peak_rss"
+    out["machine"] = machine_info(device)
+    return out
+
+
+def dispatch(kind: str, kwargs: dict[str, Any], measure_train, measure_generate,
+             generate_only: tuple[str, ...] = (), refused: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run benchmark ``kind`` in this process: set ``threads``, then ``measure_train(**kwargs)`` or
+    ``measure_generate(**kwargs)``.
+
+    ``generate_only``: options that apply to ``generate`` alone (UsageError when set for ``train``);
+    ``refused``: option → message, for options this family has no use for (UsageError when set).
+    """
+    from medgen.core.errors import UsageError
+
+    threads = kwargs.pop("threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    for name, message in (refused or {}).items():
+        if kwargs.pop(name, None):
+            raise UsageError(message)
+    if kind == "generate":
+        kwargs.pop("precision", None)
+        return measure_generate(**kwargs)
+    if kind == "train":
+        given = [name for name in generate_only if kwargs.pop(name, None) is not None]
+        if given:
+            raise UsageError(f"--{given[0]} applies to bench generate")
+        return measure_train(**kwargs)
+    raise UsageError(f"benchmark {kind!r}: choose train or generate")
+
+
+def child_main(measure, argv: list[str]) -> int:
+    """Entry point of a benchmark module run as ``python -m MODULE '<json spec>'``: prints one JSON line."""
+    import json
+    import sys
+
+    spec = json.loads(argv[0])
+    kind = spec.pop("kind")
+    sys.stdout.write(json.dumps(measure(kind, **spec)) + "\n")
+    return 0

@@ -16,15 +16,20 @@ reported is that configuration's alone. Times are medians over ``repeats`` runs 
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
 from typing import Any
 
-from medgen.core.errors import UsageError
-from medgen.core.measure import machine_info, run_module, sync
-from medgen.families.bench import check_common, peak_memory_mb, train_iteration_seconds
+from medgen.core.measure import run_module, sync
+from medgen.families.bench import (
+    check_common,
+    child_main,
+    dispatch,
+    peak_memory_mb,
+    result_record,
+    train_iteration_seconds,
+)
 
 KINDS = ("train", "generate")
 SAMPLING_OPTIONS = ("steps", "sampler")  # options of medgen bench generate for this family
@@ -42,17 +47,8 @@ def check_request(kind: str, preset: str, size: int, batch: int = 1, warmup: int
 def _result(kind: str, cfg, preset: str, device: str, seconds: list[float], warmup: int, **extra: Any) -> dict[str, Any]:
     from medgen.families.ddpm.train import build_unet
 
-    params = sum(p.numel() for p in build_unet(cfg).parameters())
-    out: dict[str, Any] = {
-        "family": "ddpm", "benchmark": kind, "preset": preset, "size": cfg.size, "device": device,
-        "seconds_median": statistics.median(seconds), "seconds": seconds, "warmup": warmup, "repeats": len(seconds),
-    }
-    out.update(extra)
-    out["params"] = {"unet": params}
-    out["params_total"] = params
-    out["memory_measure"] = "cuda_max_allocated" if device.startswith("cuda") else "cpu_peak_rss"
-    out["machine"] = machine_info(device)
-    return out
+    params = {"unet": sum(p.numel() for p in build_unet(cfg).parameters())}
+    return result_record("ddpm", kind, cfg.size, preset, device, seconds, warmup, params, **extra)
 
 
 def measure_train(preset: str = "small", size: int = 32, batch: int = 2, device: str = "cpu", warmup: int = 1,
@@ -94,21 +90,8 @@ def measure_generate(preset: str = "small", size: int = 32, batch: int = 1, devi
 
 def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
     """Run benchmark ``kind`` (train or generate) in this process."""
-    threads = kwargs.pop("threads", None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    if kwargs.pop("chunk", None):
-        raise UsageError("--chunk applies to HA-GAN's G^H; the DDPM UNet runs on whole volumes")
-    if kind == "generate":
-        kwargs.pop("precision", None)
-        return measure_generate(**kwargs)
-    if kind == "train":
-        if kwargs.pop("steps", None) is not None or kwargs.pop("sampler", None) is not None:
-            raise UsageError("--steps and --sampler apply to bench generate")
-        return measure_train(**kwargs)
-    raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
+    return dispatch(kind, kwargs, measure_train, measure_generate, generate_only=SAMPLING_OPTIONS,
+                    refused={"chunk": "--chunk applies to HA-GAN's G^H; the DDPM UNet runs on whole volumes"})
 
 
 def run_isolated(kind: str, timeout: float | None = None, max_rss_mb: float | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -131,13 +114,5 @@ def describe(r: dict[str, Any]) -> str:
             f"{r['params_total'] / 1e6:.2f}M parameters; {m['device_name']}, {m['threads']} threads, torch {m['torch']}")
 
 
-def _main(argv: list[str]) -> int:
-    """Child entry point: ``python -m medgen.families.ddpm.bench '<json spec>'`` prints one JSON line."""
-    spec = json.loads(argv[0])
-    kind = spec.pop("kind")
-    sys.stdout.write(json.dumps(measure(kind, **spec)) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(child_main(measure, sys.argv[1:]))

@@ -24,14 +24,12 @@ Times are the median over ``repeats`` runs after ``warmup`` runs.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
 from typing import Any
 
-from medgen.core.errors import UsageError
-from medgen.families.bench import check_common
+from medgen.families.bench import check_common, child_main, dispatch
 from medgen.core.measure import cpu_model, machine_info, peak_rss_mb, run_module, sync  # noqa: F401  (re-exported)
 
 KINDS = ("train", "generate")
@@ -147,18 +145,7 @@ def measure_train(
 
 def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
     """Run benchmark ``kind`` (train or generate) in this process."""
-    threads = kwargs.pop("threads", None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    if kind == "generate":
-        kwargs.pop("precision", None)
-        return measure_generate(**kwargs)
-    if kind == "train":
-        kwargs.pop("chunk", None)
-        return measure_train(**kwargs)
-    raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
+    return dispatch(kind, kwargs, measure_train, measure_generate, generate_only=("chunk",))
 
 
 def run_isolated(kind: str, timeout: float | None = None, max_rss_mb: float | None = None,
@@ -186,14 +173,5 @@ def describe(r: dict[str, Any]) -> str:
     )
 
 
-def _main(argv: list[str]) -> int:
-    """Child entry point: ``python -m medgen.families.hagan.bench '<json spec>'`` prints one JSON line."""
-    spec = json.loads(argv[0])
-    kind = spec.pop("kind")
-    result = measure(kind, **spec)
-    sys.stdout.write(json.dumps(result) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(child_main(measure, sys.argv[1:]))

@@ -22,10 +22,16 @@ import sys
 import time
 from typing import Any
 
-from medgen.core.errors import UsageError
 from medgen.core.measure import run_module, sync
-from medgen.families.bench import check_common, peak_memory_mb, train_iteration_seconds
-from medgen.families.ldm_autoencoder.bench import describe, main, result
+from medgen.families.bench import (
+    check_common,
+    child_main,
+    dispatch,
+    peak_memory_mb,
+    result_record,
+    train_iteration_seconds,
+)
+from medgen.families.ldm_autoencoder.bench import describe
 
 KINDS = ("train", "generate")
 SAMPLING_OPTIONS = ("steps", "sampler")  # options of medgen bench generate for this family
@@ -62,8 +68,8 @@ def measure_train(preset: str = "tiny", size: int = 32, batch: int = 2, device: 
     check_request("train", preset, size, batch, warmup, repeats, device)
     cfg = _config(preset, size)
     times, peak, used = train_iteration_seconds(NAME, cfg.to_dict(), preset, batch, device, warmup, repeats, precision)
-    return result(NAME, "train", cfg, preset, device, times, warmup, _params(cfg), batch=batch, precision=used,
-                  peak_memory_mb=peak)
+    return result_record(NAME, "train", size, preset, device, times, warmup, _params(cfg), batch=batch,
+                         precision=used, peak_memory_mb=peak)
 
 
 def measure_generate(preset: str = "tiny", size: int = 32, batch: int = 1, device: str = "cpu", warmup: int = 1,
@@ -98,7 +104,7 @@ def measure_generate(preset: str = "tiny", size: int = 32, batch: int = 1, devic
             sample_s.append(t_sample)
             decode_s.append(t_decode)
     times = [a + b for a, b in zip(sample_s, decode_s)]
-    return result(NAME, "generate", model.config, preset, device, times, warmup, _params(model.config), batch=batch,
+    return result_record(NAME, "generate", size, preset, device, times, warmup, _params(model.config), batch=batch,
                   sampler=sampler, steps=steps, chunk=chunk, precision="fp32",
                   seconds_per_volume=statistics.median(times) / batch,
                   seconds_per_step=statistics.median(sample_s) / batch / steps,
@@ -107,19 +113,7 @@ def measure_generate(preset: str = "tiny", size: int = 32, batch: int = 1, devic
 
 def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
     """Run benchmark ``kind`` (train or generate) in this process."""
-    threads = kwargs.pop("threads", None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    if kind == "generate":
-        kwargs.pop("precision", None)
-        return measure_generate(**kwargs)
-    if kind == "train":
-        if kwargs.pop("chunk", None) or kwargs.pop("steps", None) is not None or kwargs.pop("sampler", None) is not None:
-            raise UsageError("--chunk, --steps and --sampler apply to bench generate")
-        return measure_train(**kwargs)
-    raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
+    return dispatch(kind, kwargs, measure_train, measure_generate, generate_only=("chunk", *SAMPLING_OPTIONS))
 
 
 def run_isolated(kind: str, timeout: float | None = None, max_rss_mb: float | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -129,4 +123,4 @@ def run_isolated(kind: str, timeout: float | None = None, max_rss_mb: float | No
 
 
 if __name__ == "__main__":
-    sys.exit(main(measure, sys.argv[1:]))
+    sys.exit(child_main(measure, sys.argv[1:]))

@@ -15,15 +15,20 @@ is its own. Times are medians over ``repeats`` runs after ``warmup`` runs.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
 from typing import Any
 
-from medgen.core.errors import UsageError
-from medgen.core.measure import machine_info, run_module, sync
-from medgen.families.bench import check_common, peak_memory_mb, train_iteration_seconds
+from medgen.core.measure import run_module, sync
+from medgen.families.bench import (
+    check_common,
+    child_main,
+    dispatch,
+    peak_memory_mb,
+    result_record,
+    train_iteration_seconds,
+)
 
 KINDS = ("train", "generate")
 NAME = "ldm-autoencoder"
@@ -45,21 +50,6 @@ def params(cfg) -> dict[str, int]:
             "discriminator": sum(p.numel() for p in build_discriminator(cfg).parameters())}
 
 
-def result(family: str, kind: str, cfg, preset: str, device: str, seconds: list[float], warmup: int,
-           parameters: dict[str, int], **extra: Any) -> dict[str, Any]:
-    """The JSON-ready record of one measurement (shared with the ``ldm`` family's benchmark)."""
-    out: dict[str, Any] = {
-        "family": family, "benchmark": kind, "preset": preset, "size": cfg.size, "device": device,
-        "seconds_median": statistics.median(seconds), "seconds": seconds, "warmup": warmup, "repeats": len(seconds),
-    }
-    out.update(extra)
-    out["params"] = parameters
-    out["params_total"] = sum(parameters.values())
-    out["memory_measure"] = "cuda_max_allocated" if device.startswith("cuda") else "cpu_peak_rss"
-    out["machine"] = machine_info(device)
-    return out
-
-
 def measure_train(preset: str = "tiny", size: int = 32, batch: int = 2, device: str = "cpu", warmup: int = 1,
                   repeats: int = 3, precision: str = "auto") -> dict[str, Any]:
     """Seconds per training iteration (adversarial terms on) and peak memory, in this process."""
@@ -69,8 +59,8 @@ def measure_train(preset: str = "tiny", size: int = 32, batch: int = 2, device: 
     cfg = model_config(preset, size)
     times, peak, used = train_iteration_seconds(NAME, cfg.to_dict(), preset, batch, device, warmup, repeats, precision,
                                                 hparams={"adv_start": 0})
-    return result(NAME, "train", cfg, preset, device, times, warmup, params(cfg), batch=batch, precision=used,
-                  peak_memory_mb=peak)
+    return result_record(NAME, "train", cfg.size, preset, device, times, warmup, params(cfg), batch=batch,
+                         precision=used, peak_memory_mb=peak)
 
 
 def measure_generate(preset: str = "tiny", size: int = 32, batch: int = 1, device: str = "cpu", warmup: int = 1,
@@ -93,26 +83,14 @@ def measure_generate(preset: str = "tiny", size: int = 32, batch: int = 1, devic
         sync(device)
         if r >= warmup:
             times.append(time.perf_counter() - t0)
-    return result(NAME, "generate", model.config, preset, device, times, warmup, params(model.config), batch=batch,
-                  chunk=chunk, precision="fp32", seconds_per_volume=statistics.median(times) / batch,
-                  peak_memory_mb=peak_memory_mb(device))
+    return result_record(NAME, "generate", size, preset, device, times, warmup, params(model.config), batch=batch,
+                         chunk=chunk, precision="fp32", seconds_per_volume=statistics.median(times) / batch,
+                         peak_memory_mb=peak_memory_mb(device))
 
 
 def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
     """Run benchmark ``kind`` (train or generate) in this process."""
-    threads = kwargs.pop("threads", None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
-    if kind == "generate":
-        kwargs.pop("precision", None)
-        return measure_generate(**kwargs)
-    if kind == "train":
-        if kwargs.pop("chunk", None):
-            raise UsageError("--chunk applies to bench generate (chunked decoding)")
-        return measure_train(**kwargs)
-    raise UsageError(f"benchmark {kind!r}: choose {' or '.join(KINDS)}")
+    return dispatch(kind, kwargs, measure_train, measure_generate, generate_only=("chunk",))
 
 
 def run_isolated(kind: str, timeout: float | None = None, max_rss_mb: float | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -138,13 +116,5 @@ def describe(r: dict[str, Any]) -> str:
             f"{r['params_total'] / 1e6:.2f}M parameters; {m['device_name']}, {m['threads']} threads, torch {m['torch']}")
 
 
-def main(measure_fn, argv: list[str]) -> int:
-    """Child entry point of a benchmark module: ``python -m MODULE '<json spec>'`` prints one JSON line."""
-    spec = json.loads(argv[0])
-    kind = spec.pop("kind")
-    sys.stdout.write(json.dumps(measure_fn(kind, **spec)) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(measure, sys.argv[1:]))
+    sys.exit(child_main(measure, sys.argv[1:]))
