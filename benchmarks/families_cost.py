@@ -43,12 +43,12 @@ DIFFUSION = ("ddpm", "ldm")
 
 
 def measure(family: str, kind: str, preset: str, size: int, device: str, steps: int, timeout: float,
-            max_rss_mb: float, chunk: int | None = None) -> dict:
+            max_rss_mb: float, chunk: int | None = None, warmup: int = 1) -> dict:
     from medgen.core.errors import RunFailed
     from medgen.families import registry
 
     bench = registry.get(family).bench
-    spec = dict(preset=preset, size=size, batch=1, device=device, warmup=1, repeats=1)
+    spec = dict(preset=preset, size=size, batch=1, device=device, warmup=warmup, repeats=1)
     if kind == "generate" and family in DIFFUSION:
         spec["steps"] = steps
     if kind == "generate" and family in ("ldm", "ldm-autoencoder") and chunk:
@@ -69,12 +69,16 @@ def markdown(rows: list[dict], machine: dict, args: argparse.Namespace, date: st
         f"- Versions: medgen {machine.get('medgen')}, torch {machine.get('torch')}, Python {machine.get('python')}",
         f"- Command: `python benchmarks/families_cost.py --device {args.device} --sizes "
         f"{' '.join(map(str, args.sizes))} --steps {args.steps} --max-rss-mb {args.max_rss_mb:g}"
-        + (f" --cases {args.cases}" if args.cases else "") + (f" --merge {args.merge.name}" if args.merge else "")
-        + f" --chunk {args.chunk} --chunk-from {args.chunk_from}`",
-        f"- Random weights; batch 1; one timed run after one warm-up; memory: {mem}. Diffusion volumes: the time "
+        + (f" --cases {args.cases}" if args.cases else "") + (f" --stem {args.stem}" if args.stem else "")
+        + f" --chunk {args.chunk} --chunk-from {args.chunk_from}"
+        + (f" --kinds {args.kinds}" if args.kinds != "train,generate" else "")
+        + (f" --warmup {args.warmup}" if args.warmup != 1 else "") + "`",
+        f"- Random weights; batch 1; one timed run after {args.warmup} warm-up run(s); memory: {mem}. Diffusion volumes: the time "
         f"of {args.steps} DDIM steps, per step × 50 (DDIM, `medgen generate`'s default) and × 1000 (DDPM); "
         f"ldm adds decoding, ldm-autoencoder rows are decoding alone (from {args.chunk_from}³ on in chunks of "
         f"{args.chunk} latent slices, exact).",
+        *([f"- Rows not measured by this command come from `{args.merge.name}` (its own command and conditions "
+            f"are in `{args.merge.with_suffix('.md').name}`)."] if args.merge else []),
         *([f"- {args.note}"] if args.note else []),
         "",
         "| family | preset | size | params (M) | train s/it | train MiB | generate s/volume | generate MiB |",
@@ -112,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="diffusion denoising steps timed per volume (default 2)")
     p.add_argument("--chunk", type=int, default=4, help="latent slices decoded at a time from --chunk-from on (default 4)")
     p.add_argument("--chunk-from", type=int, default=256, help="size from which decoding is chunked (default 256)")
+    p.add_argument("--stem", default=None, help="file name without suffix (default families-cost-<device>-<date>)")
+    p.add_argument("--kinds", default="train,generate", help="what to measure (default train,generate)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before the timed one (default 1)")
     p.add_argument("--cases", default=None, metavar="F:P,F:P",
                    help="family:preset pairs to measure (default: all of CASES)")
     p.add_argument("--merge", type=Path, default=None, metavar="JSON",
@@ -137,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             row = {"family": family, "preset": preset, "size": size}
             chunk = args.chunk if size >= args.chunk_from else None
             for kind in ("train", "generate"):
+                if kind not in args.kinds.split(","):
+                    row[kind] = {"error": "not measured"}
+                    continue
                 row[kind] = measure(family, kind, preset, size, args.device, args.steps, args.timeout, args.max_rss_mb,
-                                    chunk)
+                                    chunk, args.warmup)
                 print(json.dumps({k: row[k] for k in ("family", "preset", "size")} | {kind: {
                     k: v for k, v in row[kind].items() if k in ("seconds_median", "peak_memory_mb", "error")}}), flush=True)
             rows.append(row)
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = sorted(earlier + rows, key=lambda r: (r["size"], order.get((r["family"], r["preset"]), 99)))
     machine = machine_info(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"families-cost-{args.device}-{date}"
+    stem = args.out / (args.stem or f"families-cost-{args.device}-{date}")
     stem.with_suffix(".json").write_text(json.dumps({"date": date, "machine": machine, "rows": rows}, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(rows, machine, args, date))
     print(f"wrote {stem}.md and .json")
