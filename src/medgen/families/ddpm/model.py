@@ -24,7 +24,7 @@ from medgen.families.ddpm.sample import DEFAULT_SAMPLER, sample_volumes
 from medgen.families.ddpm.train import build_unet
 
 
-def _labels(labels: int | Sequence[int] | None, n: int, num_classes: int) -> list[int] | None:
+def volume_labels(labels: int | Sequence[int] | None, n: int, num_classes: int) -> list[int] | None:
     """One class per volume: as given, one for all, or (conditional models) volume i gets i mod K."""
     if num_classes == 0:
         if labels is not None:
@@ -90,7 +90,7 @@ class DDPMModel:
         if chunk:
             raise UsageError("--chunk applies to HA-GAN's G^H; the DDPM UNet runs on whole volumes")
         idx = list(range(n)) if indices is None else [int(i) for i in indices]
-        lab = _labels(labels, len(idx), self.config.num_classes)
+        lab = volume_labels(labels, len(idx), self.config.num_classes)
         out = sample_volumes(self.unet, self.config, idx, seed, labels=lab, sampler=sampler, steps=steps,
                              guidance=guidance, eta=eta, device=self.device, progress=progress)
         return hounsfield_of(out, self.preprocess) if hu else out

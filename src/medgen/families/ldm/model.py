@@ -20,7 +20,7 @@ import torch
 
 from medgen.core.errors import InputError, UsageError
 from medgen.core.volume import hounsfield_of
-from medgen.families.ddpm.model import _labels
+from medgen.families.ddpm.model import volume_labels
 from medgen.families.ddpm.sample import DEFAULT_SAMPLER, check_sampling
 from medgen.families.ddpm.train import build_unet
 from medgen.families.ldm.config import LDMConfig, model_config
@@ -94,7 +94,7 @@ class LDMModel:
         if chunk is not None and chunk < 1:
             raise UsageError(f"--chunk {chunk}: need at least 1 latent slice")
         idx = list(range(n)) if indices is None else [int(i) for i in indices]
-        lab = _labels(labels, len(idx), self.config.num_classes)
+        lab = volume_labels(labels, len(idx), self.config.num_classes)
         s = self.config.size
         out = np.empty((len(idx), s, s, s), dtype=np.float32)
         for j, i in enumerate(idx):
