@@ -94,6 +94,25 @@ def budget_iterations(ws: Workspace, family: str, name: str, size: int, minutes:
     return iterations
 
 
+def write_budgets(ws: Workspace, out: ExperimentOutput, families: list[str], sizes: list[int], minutes: float) -> Path:
+    """``budgets.csv``: the measured seconds per iteration and the iterations of every budgeted run."""
+    import json
+
+    from medgen.core.tables import write_csv
+
+    rows = []
+    for size in sizes:
+        for family in families:
+            stages = [("ldm-autoencoder", f"ldm-autoencoder-{size}"), ("ldm", f"ldm-{size}")] if family == "ldm" \
+                else [(family, f"{family}-{size}")]
+            for fam, name in stages:
+                record = ws.root / "runs" / f"{name}-{minutes:g}min.budget.json"
+                if record.is_file():
+                    rows.append(json.loads(record.read_text(encoding="utf-8")))
+    return write_csv(out.path("budgets.csv"), rows,
+                     ("family", "preset", "size", "batch", "minutes", "seconds_per_iteration", "iterations"))
+
+
 def _family_run(ws: Workspace, family: str, size: int, minutes: float | None, calibrate_only: bool = False) -> Path | None:
     """The trained run of ``family`` at ``size``³ (within the budget of ``minutes`` when given).
 
@@ -176,7 +195,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
              if ws.uses_phantoms else f"{ws.scale.n_samples} volumes per set at most; --heldout is the reference set.",
              *notes_extra]
     if args.minutes:
-        notes.append(f"budget_minutes: every family trained for the iterations its measured speed fits into "
-                     f"{args.minutes:g} minutes (WORK/runs/*.budget.json); diffusion models sampled with 50 DDIM steps.")
+        if args.run is None:
+            write_budgets(ws, out, families, sizes, args.minutes)
+        notes.append(f"budget_minutes: every family trained for the iterations its measured speed (`medgen bench train`, "
+                     f"budgets.csv) fits into {args.minutes:g} minutes; diffusion models sampled with 50 DDIM steps.")
     out.write_table(rows, columns, title="Synthesis quality across resolutions", notes=notes)
     return {"rows": rows}
