@@ -139,7 +139,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
                     for c in classes)
     notes = [
         f"{family} trained {checkpoint_iteration(run_dir)} iterations on the {size}³ phantoms with classes from "
-        f"column {LABEL_COLUMN!r}" + (f" (budget {args.minutes:g} min)" if args.minutes else "") + ".",
+        f"column {LABEL_COLUMN!r}" + (f" (budget {args.minutes:g} min)" if args.minutes else "")
+        + (f", on an autoencoder trained {checkpoint_iteration(autoencoder)} iterations (half the budget)"
+           if autoencoder is not None else "") + ".",
         f"{args.per_class} volumes per class and weight, {STEPS} DDIM steps; the same seeds for every weight and class.",
         "spearman: between requested class and measured emphysema % (LAA-950 of the lung) over all volumes of a weight; "
         "the last row is the real training set (its classes against its own emphysema %).",
