@@ -86,11 +86,13 @@ def _norm_forward(state: _NormState, k: int, norm: nn.GroupNorm):
         if stats is None:
             return F.group_norm(x, norm.num_groups, norm.weight, norm.bias, norm.eps)
         mean, inv = stats
-        y = (_grouped(x, norm.num_groups) - mean[..., None].to(x.dtype)) * inv[..., None].to(x.dtype)
+        # in place after the first subtraction: one full-size temporary, not four (this runs under no_grad)
+        y = _grouped(x, norm.num_groups) - mean[..., None].to(x.dtype)
+        y.mul_(inv[..., None].to(x.dtype))
         y = y.reshape(x.shape)
         if norm.affine:
             shape = (1, -1) + (1,) * (x.dim() - 2)
-            y = y * norm.weight.reshape(shape) + norm.bias.reshape(shape)
+            y.mul_(norm.weight.reshape(shape)).add_(norm.bias.reshape(shape))
         return y
 
     return forward
