@@ -9,6 +9,10 @@ decoding, and both are removed here:
   latent slices away (the receptive field of its convolutions). Each chunk is decoded
   with that many extra latent slices on each side (fewer at the volume's own borders,
   where whole-volume decoding pads with zeros too) and the extra output is cropped.
+  The context is cropped block by block as well, to what the rest of the decoder still
+  needs (:func:`block_reaches`: 6 latent slices at the input of the ``tiny`` decoder, 1 at
+  its full-resolution blocks), so the expensive full-resolution blocks run on little more
+  than the chunk itself.
 * **GroupNorm statistics.** Every GroupNorm of the decoder normalises with the mean and
   variance of its whole input, which no single chunk sees. They are computed layer by
   layer: pass k runs the chunks up to GroupNorm k (the earlier ones already use their
@@ -46,11 +50,12 @@ class _Stop(Exception):
 
 @dataclass
 class _Chunk:
-    """The part of the decoded latent slab [lo, hi) (in latent slices of the slab) that is kept."""
+    """Latent slices [keep_lo, keep_hi) of the volume are kept; the tensor at hand covers [lo, hi)."""
 
+    keep_lo: int = 0
+    keep_hi: int = 0
     lo: int = 0
-    hi: int = 0
-    depth: int = 1  # latent slices in the slab, halo included
+    hi: int = 1
 
 
 @dataclass
@@ -75,8 +80,9 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
 def _norm_forward(state: _NormState, k: int, norm: nn.GroupNorm):
     def forward(x: torch.Tensor) -> torch.Tensor:
         if k == state.collect:
-            scale = x.shape[2] // state.chunk.depth  # this layer's voxels per latent slice
-            part = _grouped(x[:, :, state.chunk.lo * scale: state.chunk.hi * scale].double(), norm.num_groups)
+            c = state.chunk
+            scale = x.shape[2] // (c.hi - c.lo)  # this layer's voxels per latent slice
+            part = _grouped(x[:, :, (c.keep_lo - c.lo) * scale:(c.keep_hi - c.lo) * scale].double(), norm.num_groups)
             s, q = part.sum(-1), part.pow(2).sum(-1)
             state.sums[k] = s if state.sums[k] is None else state.sums[k] + s
             state.squares[k] = q if state.squares[k] is None else state.squares[k] + q
@@ -120,16 +126,23 @@ def _check_decoder(autoencoder: nn.Module) -> None:
                          "on nearby latents only)")
 
 
-@torch.no_grad()
-def decoder_halo(autoencoder: nn.Module, latent_channels: int, factor: int) -> int:
-    """Latent slices on each side that a decoder output slice depends on (its receptive field in depth).
+def _blocks(autoencoder: nn.Module) -> list[nn.Module]:
+    """The decoding chain of MONAI's ``AutoencoderKL.decode``: ``post_quant_conv``, then the decoder's blocks."""
+    return [autoencoder.post_quant_conv, *autoencoder.decoder.blocks]
 
-    Measured rather than derived: a latent slab of zeros and one with its middle slice
-    perturbed are decoded with every GroupNorm replaced by a fixed affine map (so that no
-    voxel sees global statistics); the output slices that differ give the reach, in
-    latent slices, in both directions.
+
+@torch.no_grad()
+def block_reaches(autoencoder: nn.Module, latent_channels: int, factor: int) -> list[int]:
+    """For each block of the decoding chain: latent slices on each side that the decoder output depends on,
+    counted from that block's input (the first entry is the whole decoder's receptive field in depth).
+
+    Measured rather than derived: the chain runs on a latent slab of zeros with every GroupNorm
+    replaced by a fixed affine map (so that no voxel sees global statistics); then, block by
+    block, the input slices of the middle latent slice are perturbed and the output slices
+    that change give the reach, in latent slices, in both directions.
     """
     _check_decoder(autoencoder)
+    blocks = _blocks(autoencoder)
     with _patched_norms(autoencoder.decoder) as state:
         for k, norm in enumerate(state.norms):
             g = norm.num_groups
@@ -137,15 +150,34 @@ def decoder_halo(autoencoder: nn.Module, latent_channels: int, factor: int) -> i
         depth = 3 + 2 * sum(1 for m in autoencoder.decoder.modules() if isinstance(m, nn.Conv3d))
         middle = depth // 2
         param = next(autoencoder.parameters())
-        base = torch.zeros((1, latent_channels, depth, 2, 2), dtype=param.dtype, device=param.device)
-        poked = base.clone()
-        poked[:, :, middle] = torch.randn(poked[:, :, middle].shape, generator=torch.Generator().manual_seed(0)).to(base)
-        diff = (autoencoder.decode(poked) - autoencoder.decode(base)).abs().amax(dim=(0, 1, 3, 4))
-    changed = torch.nonzero(diff > 0).flatten()
-    if changed.numel() == 0:
-        return 0
-    first, last = int(changed.min()) // factor, int(changed.max()) // factor
-    return max(middle - first, last - middle)
+        x = torch.zeros((1, latent_channels, depth, 2, 2), dtype=param.dtype, device=param.device)
+        inputs = []
+        for block in blocks:
+            inputs.append(x)
+            x = block(x)
+        base = x
+        reaches = []
+        gen = torch.Generator().manual_seed(0)
+        for i, inp in enumerate(inputs):
+            scale = inp.shape[2] // depth
+            poked = inp.clone()
+            part = poked[:, :, middle * scale:(middle + 1) * scale]
+            part += torch.randn(part.shape, generator=gen).to(part)
+            y = poked
+            for block in blocks[i:]:
+                y = block(y)
+            changed = torch.nonzero((y - base).abs().amax(dim=(0, 1, 3, 4)) > 0).flatten()
+            if changed.numel() == 0:
+                reaches.append(0)
+                continue
+            first, last = int(changed.min()) // factor, int(changed.max()) // factor
+            reaches.append(max(middle - first, last - middle))
+    return reaches
+
+
+def decoder_halo(autoencoder: nn.Module, latent_channels: int, factor: int) -> int:
+    """Latent slices on each side that a decoder output slice depends on (its receptive field in depth)."""
+    return block_reaches(autoencoder, latent_channels, factor)[0]
 
 
 def _slabs(depth: int, chunk: int, halo: int) -> list[tuple[int, int, int, int]]:
@@ -157,29 +189,50 @@ def _slabs(depth: int, chunk: int, halo: int) -> list[tuple[int, int, int, int]]
     return out
 
 
+def _decode_slab(blocks: list[nn.Module], reaches: list[int], z: torch.Tensor, state: _NormState, s0: int, s1: int,
+                 a: int, b: int) -> torch.Tensor:
+    """Decode latent slices [s0, s1) to keep [a, b), cropping before each block to what the rest of the chain needs
+    (``reaches``), so that the full-resolution blocks run on little more than the kept slices."""
+    x, lo, hi = z[:, :, s0:s1], s0, s1
+    for block, reach in zip(blocks, reaches):
+        new_lo, new_hi = max(lo, a - reach), min(hi, b + reach)
+        if (new_lo, new_hi) != (lo, hi):
+            scale = x.shape[2] // (hi - lo)
+            x = x[:, :, (new_lo - lo) * scale:(new_hi - lo) * scale].contiguous()  # the uncropped tensor is freed
+            lo, hi = new_lo, new_hi
+        state.chunk = _Chunk(a, b, lo, hi)
+        x = block(x)
+    scale = x.shape[2] // (hi - lo)
+    return x[:, :, (a - lo) * scale:(b - lo) * scale]
+
+
 @torch.no_grad()
 def decode_chunked(autoencoder: nn.Module, z: torch.Tensor, chunk: int, factor: int, halo: int | None = None,
                    out_device: torch.device | str = "cpu") -> torch.Tensor:
     """``autoencoder.decode(z)`` computed ``chunk`` latent slices (in depth) at a time: [B, 1, D·f, H·f, W·f].
 
-    ``z``: latents [B, C, D, H, W]; ``factor`` f: output voxels per latent voxel; ``halo``:
-    latent slices of context per side (default :func:`decoder_halo`). The result is
-    assembled on ``out_device`` (the CPU by default: only the output volume is held whole).
+    ``z``: latents [B, C, D, H, W]; ``factor`` f: output voxels per latent voxel. ``halo``: at
+    most this many latent slices of context per side (default: the decoder's receptive field,
+    :func:`block_reaches`; a smaller one gives another volume and exists for testing). The
+    result is assembled on ``out_device`` (the CPU by default: only the output volume is held
+    whole).
     """
     if chunk < 1:
         raise UsageError(f"--chunk {chunk}: need at least 1 latent slice")
-    halo = decoder_halo(autoencoder, z.shape[1], factor) if halo is None else halo
+    reaches = block_reaches(autoencoder, z.shape[1], factor)
+    if halo is not None:
+        reaches = [min(r, halo) for r in reaches]
+    blocks = _blocks(autoencoder)
     depth = z.shape[2]
-    slabs = _slabs(depth, chunk, halo)
+    slabs = _slabs(depth, chunk, reaches[0])
     out: torch.Tensor | None = None
     with _patched_norms(autoencoder.decoder) as state:
         # passes 0..K-1: the whole-volume statistics of GroupNorm k, from the kept part of every slab
         for k in range(len(state.norms)):
             state.collect = k
             for s0, s1, a, b in slabs:
-                state.chunk = _Chunk(a - s0, b - s0, s1 - s0)
                 try:
-                    autoencoder.decode(z[:, :, s0:s1])
+                    _decode_slab(blocks, reaches, z, state, s0, s1, a, b)
                 except _Stop:
                     pass
             mean = state.sums[k] / state.counts[k]
@@ -189,12 +242,12 @@ def decode_chunked(autoencoder: nn.Module, z: torch.Tensor, chunk: int, factor: 
         # last pass: decode every slab with the whole-volume statistics and keep its own part
         state.collect = -1
         for s0, s1, a, b in slabs:
-            y = autoencoder.decode(z[:, :, s0:s1])
-            f = y.shape[2] // (s1 - s0)
-            kept = y[:, :, (a - s0) * f:(b - s0) * f].to(out_device)
+            kept = _decode_slab(blocks, reaches, z, state, s0, s1, a, b).to(out_device)
+            f = kept.shape[2] // (b - a)
             if out is None:
-                out = torch.empty((y.shape[0], y.shape[1], depth * f, *y.shape[3:]), dtype=y.dtype, device=out_device)
+                out = torch.empty((kept.shape[0], kept.shape[1], depth * f, *kept.shape[3:]), dtype=kept.dtype,
+                                  device=out_device)
             out[:, :, a * f:b * f] = kept
-            del y
+            del kept
     assert out is not None
     return out
