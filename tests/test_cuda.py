@@ -23,6 +23,7 @@ import torch
 from medgen.families import registry
 from medgen.training import checkpoint as ckpt_io
 from medgen.training.runconfig import RunConfig
+from tiny_families import tiny_model
 from toy_volumes import make_dataset
 
 DEVICE = os.environ.get("MEDGEN_TEST_DEVICE", "cuda")
@@ -41,10 +42,11 @@ def data(tmp_path_factory):
 
 def cfg(family: str, data, iters: int, precision: str = "auto", **kw) -> RunConfig:
     fam = registry.get(family)
-    model = fam.model_config("tiny", S, num_classes=2).to_dict()
+    model = tiny_model(family)
+    labelled = fam.uses_labels(fam.model_from_dict(model))
     base = dict(data=str(data), model=model, family=family, preset="tiny", iters=iters, batch=2, device=DEVICE,
                 precision=precision, log_every=1, sample_every=0, ckpt_every=1000, ema_decay=0.9,
-                split_fractions=(1.0, 0.0, 0.0), label_column="label")
+                split_fractions=(1.0, 0.0, 0.0), label_column="label" if labelled else None)
     base.update(kw)
     return RunConfig(**base)
 

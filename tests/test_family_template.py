@@ -24,10 +24,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medgen.core.errors import RunFailed, UsageError
+from medgen.core.errors import RunFailed
 from medgen.families import registry
 from medgen.training import checkpoint as ckpt_io
 from medgen.training.runconfig import RunConfig
+from tiny_families import tiny_model
 from toy_volumes import make_dataset
 
 S = 32
@@ -40,21 +41,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def tiny_model(family: str) -> dict:
-    """The family's ``tiny`` preset at 32³, with two classes where the family takes classes.
-
-    ``ldm`` is trained on another run's autoencoder; here it gets a tiny one at random weights.
-    """
-    fam = registry.get(family)
-    extra = {}
-    if family == "ldm":
-        extra["autoencoder"] = registry.get("ldm-autoencoder").model_config("tiny", S).to_dict()
-    try:
-        return fam.model_config("tiny", S, num_classes=2, **extra).to_dict()
-    except UsageError:  # a family without classes
-        return fam.model_config("tiny", S, **extra).to_dict()
 
 
 def tiny_cfg(family: str, data: Path, iters: int, **kw) -> RunConfig:

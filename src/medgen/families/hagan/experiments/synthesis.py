@@ -169,7 +169,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         cases = []
         for family in families:
             run_dir = Path(args.run) if args.run is not None else _family_run(ws, family, size, args.minutes)
-            sample_name = run_dir.name if args.run is None else f"synthesis-{size}"
+            sample_name = f"synthesis-{size}" if family == "hagan" and not args.minutes else f"synthesis-{run_dir.name}"
             if family == "ldm":
                 ae_iters = checkpoint_iteration(run_dir.with_name(run_dir.name.replace("ldm-", "ldm-autoencoder-", 1)))
                 notes_extra.append(f"LDM at {size}³: its autoencoder trained {ae_iters} iterations, then the latent "
