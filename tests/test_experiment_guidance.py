@@ -60,3 +60,12 @@ def test_guidance_smoke_run(tmp_path):
         volumes = list(csv.DictReader(fh))
     assert len(volumes) == 2 * 2 * len(means)
     assert "medgen experiment guidance --scale smoke --out" in (out / "guidance.md").read_text()
+
+
+@pytest.mark.parametrize("argv", [["experiment", "--help"], ["experiment", "guidance", "--help"],
+                                  ["experiment", "synthesis", "--help"]])
+def test_help_lists_the_experiment(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 0
+    assert "guidance" in capsys.readouterr().out

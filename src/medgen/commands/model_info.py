@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.list:
         for name, fam in registry.FAMILIES.items():
-            print(f"{name:<12} {fam.summary}")
+            print(f"{name:<16} {fam.summary}")
         return 0
     family = registry.get(args.family)
     if family.name != "hagan":

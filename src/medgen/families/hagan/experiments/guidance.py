@@ -29,7 +29,7 @@ import numpy as np
 from medgen.core.tables import write_csv
 from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace, checkpoint_iteration
 
-HELP = "class-conditional diffusion: measured emphysema % of generated volumes per requested class and guidance weight"
+HELP = "class-conditional diffusion: measured emphysema of generated volumes per requested class and guidance weight"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 LABEL_COLUMN = "label"
 STEPS = 50
