@@ -62,10 +62,13 @@ def test_guidance_smoke_run(tmp_path):
     assert "medgen experiment guidance --scale smoke --out" in (out / "guidance.md").read_text()
 
 
-@pytest.mark.parametrize("argv", [["experiment", "--help"], ["experiment", "guidance", "--help"],
-                                  ["experiment", "synthesis", "--help"]])
-def test_help_lists_the_experiment(argv, capsys):
+@pytest.mark.parametrize("argv, expected", [
+    (["experiment", "--help"], "guidance"),
+    (["experiment", "guidance", "--help"], "--per-class"),
+    (["experiment", "synthesis", "--help"], "--families"),
+])
+def test_help_lists_the_experiment_and_its_options(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 0
-    assert "guidance" in capsys.readouterr().out
+    assert expected in capsys.readouterr().out
