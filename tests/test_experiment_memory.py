@@ -46,7 +46,7 @@ def test_smoke_run_writes_table_figure_and_record(tmp_path):
     # the bench's slab_fraction option reached the measuring process: whole volume vs the paper's 1/8
     assert by["train_slab"]["slab_fraction"] == 0.125 and by["train_whole"]["slab_fraction"] == 1.0
     assert by["train_whole"]["params_total"] == whole and by["train_slab"]["params_total"] == counts["all"]
-    assert by["train_slab"]["peak_memory_mb"] == pytest.approx(float(row["train_slab_mb"]), abs=0.05)
+    assert round(by["train_slab"]["peak_memory_mb"], 1) == float(row["train_slab_mb"])  # the table rounds to 0.1 MB
     assert by["generate"]["seconds_per_volume"] == pytest.approx(float(row["generate_s"]))
 
     png = (out / "memory.png").read_bytes()
