@@ -18,8 +18,15 @@ from medgen.families.hagan import (
     Generator,
     HAGANConfig,
     count_parameters,
-    get_preset,
 )
+from medgen.families.hagan import get_preset as _get_preset
+from medgen.families.hagan.config import PAPER_MODEL
+
+
+def get_preset(name: str, size: int, **overrides):
+    """The paper's architecture (no minibatch-std channel) unless a test asks otherwise: these tests
+    check layer shapes and parameter counts against the published networks."""
+    return _get_preset(name, size, **{**PAPER_MODEL, **overrides})
 
 
 def conv_params(k: tuple[int, int, int] | int, cin: int, cout: int, bias: bool = True) -> int:
@@ -190,9 +197,9 @@ def test_discriminator_combines_high_and_low_logits_and_classes():
         ll, cl = d.low(low)
         # the slab position is an input of D^H
         assert not torch.allclose(d.high(slab, pos.flip(0))[0], lh)
-    assert cls.shape == (2, 3)
+    assert len(cls) == 2 and cls[0].shape == cls[1].shape == (2, 3)  # D^H's class logits, then D^L's
     assert torch.allclose(logit, (lh + ll) / 2)
-    assert torch.allclose(cls, (ch + cl) / 2)
+    assert torch.equal(cls[0], ch) and torch.equal(cls[1], cl)
 
 
 def test_discriminator_without_lowres_is_dh_only():
@@ -246,7 +253,7 @@ def test_gradients_flow_through_all_parameters():
     starts = torch.tensor([0, 3])
     x_low, x_slab = g(z, starts, labels)
     logit, cls = d(x_slab, g.selector.position(starts), x_low)
-    loss = F.binary_cross_entropy_with_logits(logit, torch.ones(2)) + F.cross_entropy(cls, labels)
+    loss = F.binary_cross_entropy_with_logits(logit, torch.ones(2)) + sum(F.cross_entropy(c, labels) for c in cls)
     x_full = torch.rand(2, 1, 32, 32, 32) * 2 - 1
     loss = loss + e.encode(x_full).square().mean()
     loss.backward()
@@ -314,7 +321,7 @@ def test_model_info_json(capsys):
 def test_model_info_table_and_errors(capsys):
     assert _model_info(["--preset", "tiny", "--size", "64", "--num-classes", "2"]) == 0
     out = capsys.readouterr().out
-    total = count_parameters(get_preset("tiny", 64, num_classes=2))["all"]
+    total = count_parameters(_get_preset("tiny", 64, num_classes=2))["all"]  # medgen's defaults, as model-info
     assert f"{total:,} parameters" in out and "HighResDiscriminator" in out
     with pytest.raises(UsageError, match="size"):
         _model_info(["--size", "100"])

@@ -32,11 +32,16 @@ def _parse_train(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_defaults_are_the_papers(data, tmp_path):
+def test_defaults_are_the_papers_but_for_the_recipe(data, tmp_path):
     cfg = new_run_config(data, tmp_path / "run")
     assert (cfg.family, cfg.preset, cfg.iters, cfg.batch, cfg.seed) == ("hagan", "paper", 80_000, 4, 0)
     assert cfg.model == get_preset("paper", S).to_dict()  # the size is the data set's
     assert cfg.hparams == HAGANHParams().to_dict()
+    # medgen's defaults differ from the paper's method in these settings only (README: "How medgen differs")
+    paper = new_run_config(data, tmp_path / "run", recipe="paper")
+    differs = {k for k in cfg.model if cfg.model[k] != paper.model[k]} | {k for k in cfg.hparams if cfg.hparams[k] != paper.hparams[k]}
+    assert differs == {"slab_context", "minibatch_std", "class_loss"}
+    assert (cfg.model["slab_context"], cfg.model["minibatch_std"], cfg.hparams["class_loss"]) == ("exact", 4, "per-head")
     assert (cfg.hparams["lr_g"], cfg.hparams["lr_d"], cfg.hparams["lr_eh"], cfg.hparams["betas"]) == (1e-4, 4e-4, 1e-4, [0.0, 0.999])
     assert cfg.split_fractions == (0.8, 0.1, 0.1) and cfg.label_column is None and cfg.model["num_classes"] == 0
     assert cfg.data == str(data) and cfg.preprocess["size"] == S and cfg.medgen_version
@@ -154,6 +159,51 @@ def test_train_command_builds_the_same_config_on_the_command_line(data, tmp_path
         train_flags({"lr_eh": 1e-4})
     resumed = train_command(data, tmp_path / "run", resume=True)
     assert resumed == ["train", str(data), "--out", str(tmp_path / "run"), "--resume"]
+
+
+def test_paper_recipe_is_the_previous_method(data, tmp_path):
+    import torch
+
+    from medgen.families.hagan import Discriminator, Generator, count_parameters
+    from medgen.families.hagan.config import HAGANConfig
+
+    cfg = new_run_config(data, tmp_path / "run", preset="tiny", recipe="paper")
+    assert (cfg.model["slab_context"], cfg.model["minibatch_std"]) == ("zero-padded", 0)
+    assert (cfg.hparams["class_loss"], cfg.hparams["fake_labels"], cfg.hparams["class_weight"]) == ("mean", "uniform", 0.1)
+    model = HAGANConfig.from_dict(cfg.model)
+    # the networks of before: no minibatch-std channel (the published parameter counts)...
+    assert abs(count_parameters(HAGANConfig.from_dict({**get_preset("paper", 256).to_dict(), **cfg.model,
+                                                     "size": 256, "latent_dim": 1024, "width": 1.0,
+                                                     "norm_groups": 8}))["all"] - 79.74e6) <= 0.1e6
+    d = Discriminator(model).eval()
+    x = torch.randn(2, 1, S, S, model.slab_len)
+    low = torch.randn(2, 1, S // 4, S // 4, S // 4)
+    with torch.no_grad():  # ...so a sample's logit does not depend on the rest of its batch
+        assert torch.allclose(d(x, torch.zeros(2), low)[0][:1], d(x[:1], torch.zeros(1), low[:1])[0], atol=1e-6)
+    # ...and the zero-padded slab
+    g = Generator(model).eval()
+    z = torch.randn(1, model.latent_dim)
+    with torch.no_grad():
+        gap = (g(z, 3)[1] - g.selector.select_real(g.generate(z), 3)).abs().mean()
+    assert float(gap) > 0.05
+    # a configuration saved before these settings existed loads as what it was trained as
+    legacy = {k: v for k, v in cfg.model.items() if k not in ("slab_context", "minibatch_std")}
+    assert HAGANConfig.from_dict(legacy) == model
+    # options given explicitly win over the recipe; the command line says the same
+    mixed = new_run_config(data, tmp_path / "run", preset="tiny", recipe="paper", model_options={"minibatch_std": 2})
+    assert (mixed.model["minibatch_std"], mixed.model["slab_context"]) == (2, "zero-padded")
+    from medgen.commands.train import build_config
+
+    argv = train_command(data, tmp_path / "run", preset="tiny", recipe="paper", model_options={"minibatch_std": 2},
+                         options={"class_loss": "per-head"})
+    assert argv[argv.index("--recipe") + 1] == "paper"
+    by_cli = build_config(_parse_train(argv))
+    assert by_cli.model["minibatch_std"] == 2 and by_cli.hparams["class_loss"] == "per-head"
+    assert by_cli.model["slab_context"] == "zero-padded"
+    with pytest.raises(UsageError, match="--recipe fast: family 'hagan' has recipes: paper"):
+        new_run_config(data, tmp_path / "run", recipe="fast")
+    with pytest.raises(UsageError, match="recipes: none"):
+        new_run_config(data, tmp_path / "run", family="ddpm", preset="tiny", recipe="paper")
 
 
 def test_any_family_hyper_parameter_from_the_command_line(tmp_path):

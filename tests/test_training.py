@@ -144,13 +144,22 @@ def test_losses_match_their_definitions():
     yr, yf = torch.tensor([0, 2, 1, 1, 0]), torch.tensor([2, 2, 0, 1, 0])
     nr, nf = lr.double().numpy(), lf.double().numpy()
     # -log σ(x) = softplus(-x); -log(1 - σ(x)) = softplus(x)
-    d, d_cls = losses.discriminator_loss(lr, lf, cr, yr)
+    d, d_cls = losses.discriminator_loss(lr, lf, [cr], yr)
     ref_cls = _ce(cr.double().numpy(), yr.numpy())
     assert d.item() == pytest.approx(_softplus(-nr).mean() + _softplus(nf).mean() + ref_cls, rel=1e-5)
     assert d_cls.item() == pytest.approx(ref_cls, rel=1e-5)
-    gl, g_cls = losses.generator_loss(lf, cf, yf, class_weight=0.1)
+    gl, g_cls = losses.generator_loss(lf, [cf], yf, class_weight=0.1)
     ref_g = _ce(cf.double().numpy(), yf.numpy())
     assert gl.item() == pytest.approx(_softplus(-nf).mean() + 0.1 * ref_g, rel=1e-5)
+    # two heads (D^H, D^L): "mean" = one CE of the averaged logits (the paper's code),
+    # "per-head" = the mean of each head's CE; they differ
+    ch, cl = cr, torch.randn(5, 3, generator=g) * 2
+    mean_ref = _ce(((ch + cl) / 2).double().numpy(), yr.numpy())
+    per_head_ref = (_ce(ch.double().numpy(), yr.numpy()) + _ce(cl.double().numpy(), yr.numpy())) / 2
+    assert losses.discriminator_loss(lr, lf, [ch, cl], yr, "mean")[1].item() == pytest.approx(mean_ref, rel=1e-5)
+    assert losses.discriminator_loss(lr, lf, [ch, cl], yr, "per-head")[1].item() == pytest.approx(per_head_ref, rel=1e-5)
+    assert losses.generator_loss(lf, [ch, cl], yr, 1.0, "per-head")[1].item() == pytest.approx(per_head_ref, rel=1e-5)
+    assert abs(mean_ref - per_head_ref) > 0.05
     d0, none = losses.discriminator_loss(lr, lf)
     assert none is None and d0.item() == pytest.approx(_softplus(-nr).mean() + _softplus(nf).mean(), rel=1e-5)
     a, b = torch.rand(2, 1, 4, 4, 2, generator=g), torch.rand(2, 1, 4, 4, 2, generator=g)

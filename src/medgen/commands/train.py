@@ -37,12 +37,14 @@ _OPTIONS = {
     "ema_decay": "ema_decay",
     "class_weight": "class_weight",
     "slab_selection": "slab_selection",
+    "class_loss": "class_loss",
+    "fake_labels": "fake_labels",
     "label_column": "label_column",
     "split_seed": "split_seed",
     "split_fractions": "split_fractions",
 }
 # Options that change the model (the family's architecture fields).
-_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run")
+_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run", "slab_context", "minibatch_std")
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -114,6 +116,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--split-fractions", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
                    help="shares of the train/val/test split; training uses the train share "
                         "(default 0.8,0.1,0.1; 1,0,0 trains on every volume of the folder)")
+    h = p.add_argument_group("HA-GAN method (defaults: medgen's; --recipe paper for the paper's exact method)")
+    h.add_argument("--recipe", default=None, metavar="NAME",
+                   help="a family's named settings; hagan: paper = zero-padded slabs, no minibatch std, class loss "
+                        "on the heads' mean logits (options given explicitly still win)")
+    h.add_argument("--slab-context", choices=("exact", "halo", "zero-padded"), default=None,
+                   help="how G^H sees the training slab: exact = with its real neighbours and the whole volume's "
+                        "GroupNorm statistics, so it equals the inference slab (default); halo = neighbours only; "
+                        "zero-padded = the paper")
+    h.add_argument("--minibatch-std", type=int, default=None, metavar="G",
+                   help="group size of the minibatch standard-deviation feature in D^H and D^L; 0 = none, the paper "
+                        "(default 4)")
+    h.add_argument("--class-loss", choices=("per-head", "mean"), default=None,
+                   help="conditional models: a cross-entropy per class head of D^H and D^L (default), or one on "
+                        "their mean logits (the paper's code)")
+    h.add_argument("--fake-labels", choices=("uniform", "real"), default=None,
+                   help="conditional models: classes asked of G in training, uniform (default, the paper) or the "
+                        "real batch's labels")
     a = p.add_argument_group("ablations (paper §IV)")
     a.add_argument("--no-lowres", action="store_true", help="without the low-resolution branch (no G^L, no D^L)")
     a.add_argument("--no-encoder", action="store_true", help="without the encoder (E^H, E^G not built or trained)")
@@ -154,7 +173,7 @@ def build_config(args: argparse.Namespace):
     if args.no_lowres:
         model_options["use_lowres"] = False
     return new_run_config(args.data, args.out, family=args.family, preset=args.preset, resume=args.resume,
-                          model_options=model_options, options=options)
+                          model_options=model_options, options=options, recipe=args.recipe)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -64,6 +64,7 @@ def new_run_config(
     resume: bool = False,
     model_options: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    recipe: str | None = None,
 ) -> RunConfig:
     """The RunConfig that trains a model of ``family`` on the preprocessed folder ``data`` into run folder ``out``.
 
@@ -80,6 +81,9 @@ def new_run_config(
     no ``num_classes``, the classes are counted over the whole data set, so a class
     absent from the training split still gets its output; ``num_classes`` without
     ``label_column`` reads the ``label`` column.
+
+    ``recipe``: one of the family's named sets of settings (HA-GAN: ``paper``, the
+    paper's exact method where medgen's defaults differ), under the options given.
 
     ``resume`` with a saved ``out/config.yaml``: the saved settings, overridden by
     the options given; raises UsageError (one line, naming the keys) when a given
@@ -101,6 +105,8 @@ def new_run_config(
 
     if resume and (run_dir / CONFIG_NAME).exists():
         saved = RunConfig.load(run_dir)
+        model_given, hparams_given = _with_recipe(registry.get(given.get("family", saved.family)), recipe,
+                                                  model_given, hparams_given)
         changed_model = [f"model.{k}" for k, v in model_given.items() if saved.model.get(k) != v]
         fields = saved.to_dict()
         fields["hparams"] = {**saved.hparams, **hparams_given}
@@ -135,6 +141,7 @@ def new_run_config(
             raise UsageError(f"{data}/manifest.csv: no column {label_column!r} for --label-column")
         model_given["num_classes"] = ds.num_classes
     fam = registry.get(given.pop("family", DEFAULT_FAMILY))
+    model_given, hparams_given = _with_recipe(fam, recipe, model_given, hparams_given)
     preset_name = given.pop("preset", fam.default_preset)
     if preset_name not in fam.presets:
         raise UsageError(f"--preset {preset_name}: family {fam.name!r} has presets {', '.join(fam.presets)}")
@@ -142,6 +149,18 @@ def new_run_config(
     hparams = fam.hparams_from_dict(hparams_given).to_dict()
     return RunConfig(data=data, model=model_cfg.to_dict(), family=fam.name, hparams=hparams, preset=preset_name,
                      preprocess=info, medgen_version=__version__, **given)
+
+
+def _with_recipe(fam: Any, recipe: str | None, model_given: dict[str, Any],
+                 hparams_given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The options given over the settings of ``fam``'s recipe ``recipe`` (None: the defaults)."""
+    if recipe is None:
+        return model_given, hparams_given
+    if recipe not in fam.recipes:
+        known = ", ".join(fam.recipes) or "none"
+        raise UsageError(f"--recipe {recipe}: family {fam.name!r} has recipes: {known}")
+    settings = fam.recipes[recipe]
+    return {**settings.get("model", {}), **model_given}, {**settings.get("hparams", {}), **hparams_given}
 
 
 # ---------------------------------------------------------------------- the equivalent command line
@@ -193,6 +212,7 @@ def train_command(
     resume: bool = False,
     model_options: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    recipe: str | None = None,
     progress: bool = True,
 ) -> list[str]:
     """The ``medgen train`` arguments (without ``medgen``) that configure what :func:`new_run_config` does.
@@ -205,6 +225,8 @@ def train_command(
         argv += ["--family", family]
     if preset is not None:
         argv += ["--preset", preset]
+    if recipe is not None:
+        argv += ["--recipe", recipe]
     argv += train_flags({**_given(model_options), **_given(options)})
     if resume:
         argv.append("--resume")

@@ -103,6 +103,9 @@ class Family:
     bench: the family's benchmark module for ``medgen bench`` (``check_request``,
         ``run_isolated``, ``describe``), or None.
     describe(model_cfg) → a JSON-ready description for ``medgen model-info``.
+    recipes: named sets of settings other than the defaults (``medgen train --recipe NAME``):
+        ``{"paper": {"model": {field: value}, "hparams": {name: value}}}``; options given
+        explicitly override the recipe's.
     """
 
     name: str
@@ -126,3 +129,4 @@ class Family:
     bench: Any = None
     default_preset: str = "paper"
     describe: Callable[[Any], dict[str, Any]] | None = None
+    recipes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)

@@ -115,6 +115,47 @@ def _chunks(depth: int, chunk: int, halo: int) -> Iterator[tuple[int, int, int, 
 
 
 @torch.no_grad()
+def volume_norm_stats(high_block: nn.Module, a: torch.Tensor, chunk: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Whole-volume statistics of every GroupNorm layer of G^H on ``a``: [(mean, 1/std) [B, G], ...].
+
+    Computed in depth chunks of ``chunk`` A-slices (None: one chunk), pass by pass,
+    without gradients. With them :func:`high_res_with_stats` turns any depth window
+    of ``a`` into exactly the window's part of ``high_block(a)``.
+    """
+    depth = a.shape[-1]
+    chunk = depth if chunk is None else chunk
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 A-slice, got {chunk}")
+    halo = halo_slices(high_block)
+    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for j, norm in enumerate(high_block.norms):
+        level = 2 ** (j + 1)  # resolution of layer j relative to A
+        counts, means, variances = [], [], []  # per chunk, per (sample, channel)
+        for lo, hi, lo_h, hi_h in _chunks(depth, chunk, halo):
+            h = _run(high_block, a[..., lo_h:hi_h], stats, stop=j)
+            h = h[..., (lo - lo_h) * level : (hi - lo_h) * level]
+            var, mean = torch.var_mean(h.float(), dim=(2, 3, 4), correction=0)
+            counts.append(h[0, 0].numel())
+            means.append(mean.double())
+            variances.append(var.double())
+            del h
+        stats.append(_group_stats(counts, means, variances, norm))
+    return stats
+
+
+def high_res_with_stats(
+    high_block: nn.Module, a: torch.Tensor, stats: list[tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """G^H on ``a`` (a depth window of A) normalising with the given statistics (:func:`volume_norm_stats`).
+
+    Differentiable with respect to ``a`` and G^H's weights; the statistics are
+    constants. The output slices whose receptive field lies inside the window
+    equal those of G^H on the whole volume.
+    """
+    return _run(high_block, a, stats)
+
+
+@torch.no_grad()
 def iter_high_res_chunks(high_block: nn.Module, a: torch.Tensor, chunk: int) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (first output slice, output slab [B, 1, S, S, f·n]) for successive depth chunks.
 
@@ -130,19 +171,7 @@ def iter_high_res_chunks(high_block: nn.Module, a: torch.Tensor, chunk: int) -> 
     halo = halo_slices(high_block)
 
     # Passes 1..n_norms: global statistics of each GroupNorm layer's input, in order.
-    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for j, norm in enumerate(high_block.norms):
-        level = 2 ** (j + 1)  # resolution of layer j relative to A
-        counts, means, variances = [], [], []  # per chunk, per (sample, channel)
-        for lo, hi, lo_h, hi_h in _chunks(depth, chunk, halo):
-            h = _run(high_block, a[..., lo_h:hi_h], stats, stop=j)
-            h = h[..., (lo - lo_h) * level : (hi - lo_h) * level]
-            var, mean = torch.var_mean(h, dim=(2, 3, 4), correction=0)
-            counts.append(h[0, 0].numel())
-            means.append(mean.double())
-            variances.append(var.double())
-            del h
-        stats.append(_group_stats(counts, means, variances, norm))
+    stats = volume_norm_stats(high_block, a, chunk)
 
     # Final pass: the output, chunk by chunk.
     for lo, hi, lo_h, hi_h in _chunks(depth, chunk, halo):

@@ -30,6 +30,7 @@ from medgen.core.settings import from_dict
 MIN_SIZE = 32
 MAX_SIZE = 512
 BASE_GRID = 4  # G^A starts from, and the down-sampling stacks end at, a 4³ grid
+SLAB_CONTEXTS = ("exact", "halo", "zero-padded")  # see HAGANConfig.slab_context
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -53,6 +54,15 @@ class HAGANConfig:
     norm_groups : number of groups of every GroupNorm layer (paper: 8).
     use_lowres : False for the "no low-resolution branch" ablation: G^L and D^L
         are not built and D is D^H alone.
+    slab_context : how G^H sees the training slab. ``"exact"`` (default): the slab
+        plus its receptive field of real A-slices, whole-volume GroupNorm
+        statistics, cropped back, so the slab D^H judges is the slab inference
+        produces. ``"halo"``: the same with the window's own statistics.
+        ``"zero-padded"``: the paper, whose f − 1 border slices on each side of
+        the slab differ from inference.
+    minibatch_std : group size of a minibatch standard-deviation feature
+        (Karras et al. 2018) appended before the last convolution of D^H and
+        D^L; groups never mix real and generated volumes. 0: none (the paper).
     """
 
     size: int = 256
@@ -63,6 +73,8 @@ class HAGANConfig:
     slab_fraction: float = 0.125
     norm_groups: int = 8
     use_lowres: bool = True
+    slab_context: str = "exact"
+    minibatch_std: int = 4
 
     def __post_init__(self) -> None:
         self.validate()
@@ -125,6 +137,10 @@ class HAGANConfig:
             raise UsageError(f"num_classes must be 0 (unconditional) or >= 2, got {self.num_classes!r}")
         if not self.width > 0:
             raise UsageError(f"width must be > 0, got {self.width!r}")
+        if not isinstance(self.minibatch_std, int) or isinstance(self.minibatch_std, bool) or self.minibatch_std < 0:
+            raise UsageError(f"minibatch_std must be a group size >= 0 (0 = none), got {self.minibatch_std!r}")
+        if self.slab_context not in SLAB_CONTEXTS:
+            raise UsageError(f"slab_context must be one of {', '.join(SLAB_CONTEXTS)}, got {self.slab_context!r}")
         if not isinstance(self.norm_groups, int) or self.norm_groups < 1:
             raise UsageError(f"norm_groups must be a positive integer, got {self.norm_groups!r}")
         sf = self.slab_fraction
@@ -196,8 +212,22 @@ class HAGANConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HAGANConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise :class:`UsageError`."""
-        return from_dict(cls, d, "HA-GAN model setting")
+        """Inverse of :meth:`to_dict`; unknown keys raise :class:`UsageError`.
+
+        A setting saved before a field existed gets the value that reproduces what
+        it was trained as (:data:`SAVED_BEFORE`), not today's default.
+        """
+        return from_dict(cls, {**SAVED_BEFORE, **d}, "HA-GAN model setting")
+
+
+# Fields added after the first release, with the value a configuration saved without them means
+# (the paper's behaviour, which was the only one then). New configurations get the dataclass defaults.
+SAVED_BEFORE: dict[str, Any] = {"slab_context": "zero-padded", "minibatch_std": 0}
+
+# How medgen's defaults differ from the paper's recipe (``medgen train --recipe paper``), in the
+# architecture; the training side is :data:`medgen.families.hagan.train.PAPER_HPARAMS`.
+PAPER_MODEL: dict[str, Any] = {"slab_context": "zero-padded", "minibatch_std": 0}
+DEFAULT_MODEL: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(HAGANConfig) if f.name in PAPER_MODEL}
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -217,6 +247,6 @@ def get_preset(name: str, size: int, **overrides: Any) -> HAGANConfig:
     """
     if name not in PRESETS:
         raise UsageError(f"unknown model preset {name!r} (choose from {', '.join(PRESETS)})")
-    fields = dict(PRESETS[name], size=size)
+    fields = dict(DEFAULT_MODEL, **PRESETS[name], size=size)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return HAGANConfig.from_dict(fields)

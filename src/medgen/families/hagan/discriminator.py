@@ -1,6 +1,14 @@
 """The HA-GAN discriminators: D^H (full-resolution slab + slab position) and
 D^L (whole low-resolution volume). Spectral normalisation on every layer,
 LeakyReLU(0.2). Tensors are [B, C, X, Y, Z], slab depth on the last axis.
+
+With ``minibatch_std`` > 0 (medgen's default; the paper has none) both append a
+minibatch standard-deviation channel before their last convolution, so a batch
+of generated volumes that are all alike is told apart from a batch of real ones
+(the remedy against mode collapse that measured best on the phantoms; see
+``docs/results/recipes``). ``parts`` in the forward passes says how many equal
+parts of the batch must not be mixed: 2 when real and generated volumes are
+concatenated into one batch.
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ import torch
 from torch import nn
 
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
-from medgen.families.layers import down_conv, leaky, sn
+from medgen.families.layers import down_conv, leaky, minibatch_stddev, sn
 
 
 def _depth_step(depth: int) -> tuple[int, int, int]:
@@ -45,17 +53,21 @@ class HighResDiscriminator(nn.Module):
             convs.append(sn(nn.Conv3d(cin, cout, kernel_size=(4, 4, kd), stride=(2, 2, sd), padding=(1, 1, pd))))
             depth, cin = depth // sd, cout
         self.convs = nn.ModuleList(convs)
+        self.minibatch_std = cfg.minibatch_std
         features, hidden = cfg.channels(128), cfg.channels(64)
+        cin += 1 if cfg.minibatch_std else 0
         self.final_conv = sn(nn.Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth)))
         self.fc = sn(nn.Linear(features + 1, hidden))
         self.out = sn(nn.Linear(hidden, 1))
         self.class_head = sn(nn.Linear(hidden, cfg.num_classes)) if cfg.num_classes > 0 else None
 
-    def forward(self, x: torch.Tensor, slab_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, slab_pos: torch.Tensor, parts: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logit [B], class logits [B, K] or None)."""
         h = x
         for conv in self.convs:
             h = leaky(conv(h))
+        if self.minibatch_std:
+            h = minibatch_stddev(h, self.minibatch_std, parts)
         h = leaky(self.final_conv(h)).flatten(1)
         pos = torch.as_tensor(slab_pos, dtype=h.dtype, device=h.device).reshape(-1, 1).expand(h.shape[0], 1)
         h = leaky(self.fc(torch.cat([h, pos], dim=1)))
@@ -75,15 +87,18 @@ class LowResDiscriminator(nn.Module):
         super().__init__()
         widths = cfg.downsampling_widths(256, cfg.lowres_size)
         self.num_classes = cfg.num_classes
+        self.minibatch_std = cfg.minibatch_std
         self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([1] + widths[:-1], widths))
-        cin = widths[-1] if widths else 1
+        cin = (widths[-1] if widths else 1) + (1 if cfg.minibatch_std else 0)
         self.final_conv = sn(nn.Conv3d(cin, 1 + cfg.num_classes, kernel_size=BASE_GRID))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, parts: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logit [B], class logits [B, K] or None)."""
         h = x
         for conv in self.convs:
             h = leaky(conv(h))
+        if self.minibatch_std:
+            h = minibatch_stddev(h, self.minibatch_std, parts)
         h = self.final_conv(h).flatten(1)
         return h[:, 0], (h[:, 1:] if self.num_classes > 0 else None)
 
@@ -91,9 +106,11 @@ class LowResDiscriminator(nn.Module):
 class Discriminator(nn.Module):
     """The HA-GAN discriminator: ``.high`` = D^H, ``.low`` = D^L (None without the low-res branch).
 
-    The real/fake logit is the mean of D^H's and D^L's logits; with classes the
-    class logits are likewise the mean of the two heads' class logits (as in
-    the authors' code). Without the low-resolution branch D is D^H alone.
+    The real/fake logit is the mean of D^H's and D^L's logits. With classes the
+    class logits of each head are returned separately (D^H's first): the loss
+    decides whether to average them (the authors' code, ``class_loss="mean"``)
+    or to give each head its own cross-entropy (``"per-head"``). Without the
+    low-resolution branch D is D^H alone.
     """
 
     def __init__(self, cfg: HAGANConfig) -> None:
@@ -103,17 +120,16 @@ class Discriminator(nn.Module):
         self.low = LowResDiscriminator(cfg) if cfg.use_lowres else None
 
     def forward(
-        self, x_high_slab: torch.Tensor, slab_pos: torch.Tensor, x_low: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self, x_high_slab: torch.Tensor, slab_pos: torch.Tensor, x_low: torch.Tensor | None = None, parts: int = 1
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """(slab [B,1,S,S,L], position [B] in [0,1], low-res volume [B,1,S/f,S/f,S/f]) →
-        (logit [B], class logits [B, K] or None)."""
-        logit, cls = self.high(x_high_slab, slab_pos)
+        (logit [B], per-head class logits [[B, K], ...] or None). ``parts``: equal
+        parts of the batch the minibatch standard deviation must not mix."""
+        logit, cls = self.high(x_high_slab, slab_pos, parts)
         if self.low is None:
-            return logit, cls
+            return logit, ([cls] if cls is not None else None)
         if x_low is None:
             raise ValueError("x_low is required: this discriminator has a low-resolution branch (D^L)")
-        logit_low, cls_low = self.low(x_low)
+        logit_low, cls_low = self.low(x_low, parts)
         logit = (logit + logit_low) / 2
-        if cls is not None:
-            cls = (cls + cls_low) / 2
-        return logit, cls
+        return logit, ([cls, cls_low] if cls is not None else None)

@@ -8,6 +8,10 @@ L = slab depth in full-resolution slices, L_A = L / f. Tensors are
 Training (:meth:`Generator.forward_train`): z → G^A → A [B, C_A, S/f, S/f, S/f];
 G^L turns all of A into the low-resolution volume, S^H cuts a slab of L_A
 slices of A and G^H turns only that slab into L full-resolution slices.
+With ``slab_context`` (the default) the slab is cut with G^H's receptive field
+of real A-slices around it and G^H's output is cropped back to the slab, so the
+training slab equals the same slab of the inference volume (below); the paper
+zero-pads the slab instead.
 Inference (:meth:`Generator.generate`): G^H runs on the whole of A (optionally
 in depth chunks, see :mod:`medgen.families.hagan.chunked`).
 """
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.families.hagan.chunked import high_res_chunked
+from medgen.families.hagan.chunked import halo_slices, high_res_chunked, high_res_with_stats, volume_norm_stats
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.layers import conv3, one_hot_labels, upsample2_conv3
 
@@ -80,11 +84,13 @@ class HighResBlock(nn.Module):
     output [B, 1, S, S, f·d]. Upsampling + conv run in sub-pixel form
     (:func:`medgen.families.layers.upsample2_conv3`).
 
-    Note on GroupNorm: during training G^H only sees a slab of A, so its
-    GroupNorm statistics are those of the slab; at inference (whole A) they
-    are those of the whole volume. This is faithful to the paper.
-    :func:`medgen.families.hagan.chunked.high_res_chunked` reproduces the
-    whole-volume statistics exactly while processing depth chunks.
+    Note on GroupNorm: during training G^H only sees a slab of A (with its
+    context, see :meth:`Generator.high_slab`), so its GroupNorm statistics are
+    those of the slab; at inference (whole A) they are those of the whole
+    volume. The difference is measured by ``tests/test_hagan_consistency.py``
+    and ``medgen experiment recipes`` (small next to the zero-padded borders it
+    replaced). :func:`medgen.families.hagan.chunked.high_res_chunked` reproduces
+    the whole-volume statistics exactly while processing depth chunks.
     """
 
     def __init__(self, cfg: HAGANConfig) -> None:
@@ -169,6 +175,20 @@ class SubVolumeSelector:
         """Slab of the feature map A: [B, C_A, S/f, S/f, L_A]."""
         return _take_slabs(a, self._check(starts, a.shape[0]), self.slab_len_lowres)
 
+    def context_window(self, starts: torch.Tensor | int, batch_size: int, halo: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """The slab with ``halo`` A-slices of context on each side, kept inside the volume.
+
+        Returns (window starts [B], window length, slab offset inside the window [B]),
+        in A slices. The window is ``L_A + 2·halo`` long (at most the depth S/f) and
+        slides inward at the volume's ends, where the volume boundary itself (zero
+        padding, as at inference) is the slab's neighbour: so every slab slice sees
+        what it sees when G^H runs on the whole of A.
+        """
+        starts = self._check(starts, batch_size)
+        length = min(self.slab_len_lowres + 2 * halo, self.max_start + self.slab_len_lowres)
+        window = (starts - halo).clamp(0, self.max_start + self.slab_len_lowres - length)
+        return window, length, starts - window
+
     def select_real(self, x: torch.Tensor, starts: torch.Tensor | int) -> torch.Tensor:
         """Matching slab of a full-resolution volume [B, C, S, S, S]: [B, C, S, S, L] from f·start."""
         return _take_slabs(x, self._check(starts, x.shape[0]) * self.lowres_factor, self.slab_len)
@@ -215,8 +235,34 @@ class Generator(nn.Module):
         """
         a = self.features(z, labels)
         x_low = self.low(a) if self.low is not None else None
-        x_high = self.high(self.selector.select_features(a, slab_start_lowres))
-        return x_low, x_high
+        return x_low, self.high_slab(a, slab_start_lowres)
+
+    def high_slab(self, a: torch.Tensor, slab_start_lowres: torch.Tensor | int) -> torch.Tensor:
+        """G^H on the training slab of A: [B, 1, S, S, L] from full-resolution slice ``f · start``.
+
+        ``cfg.slab_context``:
+
+        * ``"zero-padded"`` (the paper): G^H on the slab alone; the f − 1 output
+          slices next to each slab border see zeros where inference sees the
+          neighbouring anatomy.
+        * ``"halo"``: G^H on the slab plus its receptive field in A
+          (:func:`~medgen.families.hagan.chunked.halo_slices`: 1 A-slice at every
+          factor), cropped to the slab; GroupNorm statistics are the window's.
+        * ``"exact"``: as ``"halo"``, normalised with the whole volume's GroupNorm
+          statistics (:func:`~medgen.families.hagan.chunked.volume_norm_stats`, one
+          gradient-free pass of G^H's first stages over A), so the slab equals the
+          same slab of :meth:`generate` up to float rounding.
+        """
+        mode = self.cfg.slab_context
+        if mode == "zero-padded":
+            return self.high(self.selector.select_features(a, slab_start_lowres))
+        window, length, offset = self.selector.context_window(slab_start_lowres, a.shape[0], halo_slices(self.high))
+        a_window = _take_slabs(a, window, length)
+        if mode == "exact":
+            out = high_res_with_stats(self.high, a_window, volume_norm_stats(self.high, a.detach()))
+        else:
+            out = self.high(a_window)
+        return _take_slabs(out, offset * self.cfg.lowres_factor, self.cfg.slab_len)
 
     forward = forward_train  # so that DistributedDataParallel wraps the training pass
 

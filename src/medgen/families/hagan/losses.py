@@ -7,11 +7,17 @@ over the batch (and over voxels for the L1 reconstruction losses), computed in
 float32 even when the forward pass ran under bf16 autocast.
 
 Class-conditional (AC-GAN) terms use cross-entropy on the discriminator's class
-logits; ``class_weight`` is the paper's λ = 0.1 for the generator. The
-discriminator adds the cross-entropy on *real* volumes only (with weight 1).
+logits; ``class_weight`` is λ for the generator (paper: 0.1). The discriminator
+adds the cross-entropy on *real* volumes only (with weight 1). D^H and D^L each
+have a class head; :func:`class_loss` either averages their logits and takes one
+cross-entropy (``"mean"``, the authors' code: D^H can leave the class to D^L) or
+takes the mean of one cross-entropy per head (``"per-head"``: each head must
+learn the class, and G must render it at full resolution as well).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,38 +30,55 @@ def _bce(logits: Tensor, target: float) -> Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
+CLASS_LOSSES = ("mean", "per-head")
+
+
+def class_loss(class_logits: Sequence[Tensor], labels: Tensor, mode: str = "mean") -> Tensor:
+    """Cross-entropy of the class heads' logits (one [B, K] tensor per head) against ``labels`` [B].
+
+    ``"mean"``: CE of the heads' averaged logits. ``"per-head"``: mean over heads of each head's CE.
+    """
+    if mode == "mean":
+        return F.cross_entropy(torch.stack([c.float() for c in class_logits]).mean(0), labels)
+    if mode == "per-head":
+        return torch.stack([F.cross_entropy(c.float(), labels) for c in class_logits]).mean()
+    raise ValueError(f"class loss {mode!r}: one of {', '.join(CLASS_LOSSES)}")
+
+
 def discriminator_loss(
     logit_real: Tensor,
     logit_fake: Tensor,
-    class_logits_real: Tensor | None = None,
+    class_logits_real: Sequence[Tensor] | None = None,
     labels_real: Tensor | None = None,
+    class_mode: str = "mean",
 ) -> tuple[Tensor, Tensor | None]:
-    """D loss: BCE(D(real), 1) + BCE(D(fake), 0) [+ CE(class head on real, true class)].
+    """D loss: BCE(D(real), 1) + BCE(D(fake), 0) [+ CE(class heads on real, true class)].
 
     Returns ``(total, class_term)``; ``class_term`` is None when unconditional.
     """
     loss = _bce(logit_real, 1.0) + _bce(logit_fake, 0.0)
     class_term = None
     if class_logits_real is not None:
-        class_term = F.cross_entropy(class_logits_real.float(), labels_real)
+        class_term = class_loss(class_logits_real, labels_real, class_mode)
         loss = loss + class_term
     return loss, class_term
 
 
 def generator_loss(
     logit_fake: Tensor,
-    class_logits_fake: Tensor | None = None,
+    class_logits_fake: Sequence[Tensor] | None = None,
     labels_fake: Tensor | None = None,
     class_weight: float = 0.1,
+    class_mode: str = "mean",
 ) -> tuple[Tensor, Tensor | None]:
-    """Non-saturating G loss: BCE(D(fake), 1) [+ λ · CE(class head on fake, sampled class)].
+    """Non-saturating G loss: BCE(D(fake), 1) [+ λ · CE(class heads on fake, sampled class)].
 
     Returns ``(total, class_term)`` where ``class_term`` is the unweighted CE.
     """
     loss = _bce(logit_fake, 1.0)
     class_term = None
     if class_logits_fake is not None:
-        class_term = F.cross_entropy(class_logits_fake.float(), labels_fake)
+        class_term = class_loss(class_logits_fake, labels_fake, class_mode)
         loss = loss + class_weight * class_term
     return loss, class_term
 

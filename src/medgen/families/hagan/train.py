@@ -55,6 +55,7 @@ from medgen.families.hagan.discriminator import Discriminator
 from medgen.families.hagan.encoder import Encoder
 from medgen.families.hagan.generator import Generator
 from medgen.families.hagan.losses import (
+    CLASS_LOSSES,
     discriminator_loss,
     generator_loss,
     ground_encoder_loss,
@@ -65,12 +66,18 @@ from medgen.training.family import Step
 
 @dataclass
 class HAGANHParams:
-    """HA-GAN's training hyper-parameters. Defaults are the paper's.
+    """HA-GAN's training hyper-parameters. Defaults are the paper's except where
+    :data:`PAPER_HPARAMS` says otherwise (``medgen train --recipe paper``).
 
     Learning rates are Adam step sizes; ``betas`` are Adam's (β1, β2).
-    ``class_weight``: λ of the AC-GAN class loss. ``use_encoder``: False for the
-    "no encoder" ablation (E^H, E^G not built). ``slab_selection``: random, or
-    deterministic (the ablation that visits the slab positions in order).
+    ``class_weight``: λ of the AC-GAN class loss. ``class_loss``: ``per-head``
+    (each of D^H's and D^L's class heads gets its own cross-entropy) or ``mean``
+    (one cross-entropy on their averaged logits, the authors' code).
+    ``fake_labels``: the classes asked of G in training, ``uniform`` (the paper)
+    or ``real`` (the real batch's labels, the authors' code: the class prior of the
+    data). ``use_encoder``: False for the "no encoder" ablation (E^H, E^G not
+    built). ``slab_selection``: random, or deterministic (the ablation that
+    visits the slab positions in order).
     """
 
     lr_g: float = 1e-4
@@ -80,6 +87,8 @@ class HAGANHParams:
     betas: tuple[float, float] = (0.0, 0.999)
     adam_eps: float = 1e-8
     class_weight: float = 0.1
+    class_loss: str = "per-head"
+    fake_labels: str = "uniform"
     use_encoder: bool = True
     slab_selection: str = "random"
 
@@ -90,6 +99,8 @@ class HAGANHParams:
             (self.adam_eps > 0, f"adam_eps {self.adam_eps}: must be > 0"),
             (self.class_weight >= 0, f"class_weight {self.class_weight}: must be >= 0"),
             (self.slab_selection in ("random", "deterministic"), f"slab_selection {self.slab_selection!r}: random or deterministic"),
+            (self.class_loss in CLASS_LOSSES, f"class_loss {self.class_loss!r}: {' or '.join(CLASS_LOSSES)}"),
+            (self.fake_labels in ("uniform", "real"), f"fake_labels {self.fake_labels!r}: uniform or real"),
         ]
         for ok, message in checks:
             if not ok:
@@ -103,6 +114,11 @@ class HAGANHParams:
         hp = from_dict(cls, d, "HA-GAN training setting")
         hp.validate()
         return hp
+
+
+# How medgen's training defaults differ from the paper's recipe (``medgen train --recipe paper``);
+# the architecture side is :data:`medgen.families.hagan.config.PAPER_MODEL`.
+PAPER_HPARAMS: dict[str, Any] = {"class_loss": "mean"}
 
 
 def build(cfg: HAGANConfig, hp: HAGANHParams, device: torch.device) -> dict[str, nn.Module]:
@@ -151,7 +167,10 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
     x = s.batch["image"]  # [b, 1, S, S, S] in [-1, 1]
     labels = s.batch["label"] if conditional else None
     z = torch.randn(b, cfg.latent_dim, generator=rng).to(device)
-    fake_labels = torch.randint(cfg.num_classes, (b,), generator=rng).to(device) if conditional else None
+    fake_labels = None
+    if conditional:
+        drawn = torch.randint(cfg.num_classes, (b,), generator=rng).to(device)  # drawn either way: same stream
+        fake_labels = labels if hp.fake_labels == "real" else drawn
     if hp.slab_selection == "random":
         starts = G.selector.random_starts(b, generator=rng)
     else:
@@ -167,15 +186,17 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
             torch.cat([x_slab, fake_slab.detach()]),
             torch.cat([slab_pos, slab_pos]),
             torch.cat([x_low, fake_low.detach()]) if cfg.use_lowres else None,
+            parts=2,  # real half, fake half: the minibatch standard deviation never mixes them
         )
-    loss_D, loss_D_cls = discriminator_loss(logits[:b], logits[b:], cls[:b] if conditional else None, labels)
+    cls_real = [c[:b] for c in cls] if conditional else None
+    loss_D, loss_D_cls = discriminator_loss(logits[:b], logits[b:], cls_real, labels, hp.class_loss)
     s.update("D", loss_D)
 
     # ---- G step through the updated, frozen D
     D.requires_grad_(False)
     with s.amp():
         logits_g, cls_g = D(fake_slab, slab_pos, fake_low)
-    loss_G, loss_G_cls = generator_loss(logits_g, cls_g, fake_labels, hp.class_weight)
+    loss_G, loss_G_cls = generator_loss(logits_g, cls_g, fake_labels, hp.class_weight, hp.class_loss)
     s.update("G", loss_G)
     D.requires_grad_(True)
     del fake_low, fake_slab, logits, cls, logits_g, cls_g

@@ -24,4 +24,5 @@ EXPERIMENTS: tuple[str, ...] = (
     "embedding",
     "memory",
     "guidance",
+    "recipes",
 )

@@ -220,7 +220,9 @@ class Workspace:
     def model(self, name: str, size: int, *, preset: str | None = None, data: Path | None = None,
               use_lowres: bool = True, use_encoder: bool = True, slab_selection: str | None = None,
               num_classes: int | None = None, label_column: str | None = None, family: str | None = None,
-              iters: int | None = None, autoencoder_run: Path | None = None) -> Path:
+              iters: int | None = None, autoencoder_run: Path | None = None, recipe: str | None = None,
+              model_settings: dict[str, Any] | None = None, hparams: dict[str, Any] | None = None,
+              seed: int | None = None) -> Path:
         """A run folder ``WORK/runs/NAME`` trained for ``iters`` iterations (default :attr:`train_iters`).
 
         Trains (or resumes) only when the run's latest checkpoint is short of the
@@ -228,9 +230,12 @@ class Workspace:
         hagan), ``use_lowres=False`` (``--no-lowres``), ``use_encoder=False``
         (``--no-encoder``), ``slab_selection`` (``--slab-selection``), ``num_classes`` and
         ``label_column`` (the class-conditional model), ``autoencoder_run``
-        (``--autoencoder``, the ldm family). ``data``: training folder (default: the
-        training set at ``size``). ``preset``: default the scale's, or the family's default
-        preset when the family has no preset of that name.
+        (``--autoencoder``, the ldm family), ``recipe`` (``--recipe``), ``model_settings``
+        (more architecture fields, e.g. ``{"minibatch_std": 0}``), ``hparams`` (more training
+        settings, e.g. ``{"class_weight": 1.0}``), ``seed`` (default the workspace's).
+        ``data``: training folder (default: the training set at ``size``). ``preset``:
+        default the scale's, or the family's default preset when the family has no preset
+        of that name.
         """
         from medgen.families import registry
         from medgen.families.run_config import new_run_config, train_command
@@ -243,16 +248,17 @@ class Workspace:
         train_dir = data if data is not None else self.datasets(size)[0]
         s = self.scale
         every = max(iters // 4, 1)
-        options = {"iters": iters, "batch": s.batch, "seed": self.seed, "device": self.device,
-                   "split_fractions": (1.0, 0.0, 0.0), "sample_every": every, "ckpt_every": every, "log_every": 25,
-                   "label_column": label_column, "slab_selection": slab_selection,
-                   "use_encoder": None if use_encoder else False}
+        options = {"iters": iters, "batch": s.batch, "seed": self.seed if seed is None else seed,
+                   "device": self.device, "split_fractions": (1.0, 0.0, 0.0), "sample_every": every,
+                   "ckpt_every": every, "log_every": 25, "label_column": label_column,
+                   "slab_selection": slab_selection, "use_encoder": None if use_encoder else False, **(hparams or {})}
         model_options = {"num_classes": num_classes, "use_lowres": None if use_lowres else False,
-                         "autoencoder_run": None if autoencoder_run is None else str(autoencoder_run)}
+                         "autoencoder_run": None if autoencoder_run is None else str(autoencoder_run),
+                         **(model_settings or {})}
         fam = registry.get(family or "hagan")
         preset = preset or (s.preset if s.preset in fam.presets else fam.default_preset)
         config = dict(family=family, preset=preset, resume=(run_dir / "config.yaml").exists(),
-                      model_options=model_options, options=options)
+                      model_options=model_options, options=options, recipe=recipe)
         argv = train_command(train_dir, run_dir, progress=self.progress, **config)
         with step(argv, f"train {name}"):
             cfg = new_run_config(train_dir, run_dir, **config)
