@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -172,6 +173,8 @@ def test_report_rejects_non_run(tmp_path, capsys):
 def test_report_renders_in_chromium(run_dir, tmp_path):
     chromium = shutil.which("chromium")
     if chromium is None:
+        if os.environ.get("MEDGEN_REQUIRE_CHROMIUM"):
+            pytest.fail("MEDGEN_REQUIRE_CHROMIUM is set but chromium is not on PATH")
         pytest.skip("Debian chromium not installed: apt-get install chromium")
     out = tmp_path / "r.html"
     assert main(["report", str(run_dir), "--out", str(out), "--n-samples", "1"]) == 0
