@@ -307,9 +307,14 @@ def _model_info(argv: list[str]) -> int:
 
 
 def test_model_info_json(capsys):
-    assert _model_info(["--preset", "paper", "--size", "256", "--json"]) == 0
+    assert _model_info(["--preset", "paper", "--size", "256", "--json", "--recipe", "paper"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert abs(info["totals"]["all"] - 79.74e6) <= 0.1e6
+    assert info["totals"]["all"] == 79_744_884  # the authors' code: 79.74M
+    assert _model_info(["--preset", "paper", "--size", "256", "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert default["totals"]["all"] - info["totals"]["all"] == 4 * 4 * 128 + 4**3  # the minibatch-std channels
+    with pytest.raises(UsageError, match="recipes: paper"):
+        _model_info(["--recipe", "fast"])
     assert set(info["blocks"]) == {"G^A", "G^L", "G^H", "D^H", "D^L", "E^H", "E^G"}
     assert sum(b["params"] for b in info["blocks"].values()) == info["totals"]["all"]
     assert info["blocks"]["G^A"]["output_shape"] == [64, 64, 64, 64]

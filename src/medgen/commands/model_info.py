@@ -1,6 +1,7 @@
 """``medgen model-info``: what a model family has; for HA-GAN, parameters and shapes of every block.
 
     medgen model-info --preset paper --size 256
+    medgen model-info --preset paper --size 256 --recipe paper   # the published networks exactly
     medgen model-info --preset tiny --size 64 --json
     medgen model-info --family classifier --preset tiny --size 32
     medgen model-info --list
@@ -40,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--slab-fraction", type=float, default=None, metavar="FRAC", help="training slab depth / volume depth (paper 0.125)")
     p.add_argument("--norm-groups", type=int, default=None, metavar="G", help="GroupNorm groups (overrides the preset)")
     p.add_argument("--no-lowres", action="store_true", help="ablation without the low-resolution branch (no G^L, D^L)")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="the family's named settings (hagan: paper = the published networks exactly, without "
+                        "medgen's minibatch-std channel)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -101,10 +105,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_family(info)
         return 0
+    from medgen.core.errors import UsageError
     from medgen.families.hagan import get_preset
     from medgen.families.hagan.summary import summary
 
     args.preset = args.preset or family.default_preset
+    if args.recipe is not None and args.recipe not in family.recipes:
+        raise UsageError(f"--recipe {args.recipe}: family {family.name!r} has recipes: {', '.join(family.recipes)}")
+    recipe = family.recipes[args.recipe]["model"] if args.recipe else {}
     cfg = get_preset(
         args.preset,
         args.size,
@@ -115,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         slab_fraction=args.slab_fraction,
         norm_groups=args.norm_groups,
         use_lowres=False if args.no_lowres else None,
+        **recipe,
     )
     info = summary(cfg)
     if args.json:
@@ -125,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"HA-GAN preset {args.preset}: size {c['size']}³, latent {c['latent_dim']}, width {c['width']:g}, "
         f"classes {c['num_classes']}, low-res factor {c['lowres_factor']}, slab {cfg.slab_len} slices "
-        f"({cfg.slab_len_lowres} of A)"
+        f"({cfg.slab_len_lowres} of A), slab context {cfg.slab_context}, minibatch std {cfg.minibatch_std or 'none'}"
     )
     rows = [("block", "class", "params (M)", "input", "output")]
     for sym, b in info["blocks"].items():
