@@ -45,6 +45,20 @@ def test_train_benchmark_through_the_cli(capsys):
     assert r["batch"] == 2 and r["precision"] == "fp32" and r["warmup"] == 1
 
 
+def test_train_benchmark_of_the_papers_recipe(capsys):
+    from medgen.families.hagan.config import PAPER_MODEL
+
+    assert main(["bench", "train", "--preset", "tiny", "--size", "32", "--warmup", "0", "--repeats", "1", "--json",
+                 "--recipe", "paper"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["recipe"], r["slab_context"], r["minibatch_std"]) == ("paper", "zero-padded", 0)
+    assert r["params"] == count_parameters(get_preset("tiny", 32, **PAPER_MODEL))  # no minibatch-std channel
+    assert main(["bench", "generate", "--preset", "tiny", "--size", "32", "--recipe", "paper"]) == 2
+    assert main(["bench", "train", "--family", "ddpm", "--preset", "tiny", "--size", "32", "--recipe", "paper"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "applies to bench train" in err[0] and "has recipes: none" in err[1]
+
+
 def test_bad_request_is_a_usage_error(capsys):
     assert main(["bench", "generate", "--preset", "tiny", "--size", "32", "--repeats", "0"]) == 2
     assert main(["bench", "generate", "--preset", "nope", "--size", "32"]) == 2

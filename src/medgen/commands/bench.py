@@ -44,6 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="diffusion families, generate: denoising steps per volume (default 50 DDIM steps)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="diffusion families, generate: the sampler")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="train: the family's named settings instead of medgen's defaults (hagan: paper)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=run)
 
@@ -64,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
     unknown = [k for k in extra if k not in getattr(family.bench, "SAMPLING_OPTIONS", ())]
     if unknown:
         raise UsageError(f"--{unknown[0]} does not apply to family {family.name!r} (diffusion families only)")
+    if args.recipe is not None:
+        if args.kind != "train":
+            raise UsageError("--recipe applies to bench train (generation is the same under every recipe)")
+        if args.recipe not in family.recipes:
+            raise UsageError(f"--recipe {args.recipe}: family {family.name!r} has recipes: "
+                             f"{', '.join(family.recipes) or 'none'}")
+        extra["recipe"] = args.recipe
     batch = args.batch or (1 if args.kind == "generate" else (4 if args.device == "cuda" else 2))
     check_request(args.kind, preset, args.size, batch, args.warmup, args.repeats, args.device)
     result = run_isolated(

@@ -126,25 +126,36 @@ def measure_train(
     repeats: int = 3,
     precision: str = "auto",
     slab_fraction: float | None = None,
+    recipe: str | None = None,
 ) -> dict[str, Any]:
     """Seconds per training iteration and peak memory of the real training loop, in this process.
 
     ``slab_fraction``: depth share of the training slab, replacing the preset's
     (paper 1/8); 1.0 trains G^H, D^H and E^H on the whole volume, i.e. without
-    the amortisation (None: the preset's).
+    the amortisation (None: the preset's). ``recipe``: ``"paper"`` for the paper's
+    method (zero-padded slab, no minibatch std), None for medgen's defaults.
     """
+    from medgen.core.errors import UsageError
     from medgen.families.bench import train_iteration_seconds
     from medgen.families.hagan import get_preset
+    from medgen.families.hagan.config import PAPER_MODEL
 
     check_request("train", preset, size, batch, warmup, repeats, device)
-    cfg = get_preset(preset, size, slab_fraction=slab_fraction)
+    if recipe not in (None, "paper"):
+        raise UsageError(f"--recipe {recipe}: family 'hagan' has recipes: paper")
+    cfg = get_preset(preset, size, slab_fraction=slab_fraction, **(PAPER_MODEL if recipe == "paper" else {}))
     times, peak, used = train_iteration_seconds("hagan", cfg.to_dict(), preset, batch, device, warmup, repeats, precision)
     return _result("train", cfg, preset, device, times, warmup, batch=batch, precision=used, peak_memory_mb=peak,
-                   slab_fraction=cfg.slab_fraction)
+                   slab_fraction=cfg.slab_fraction, recipe=recipe or "default", slab_context=cfg.slab_context,
+                   minibatch_std=cfg.minibatch_std)
 
 
 def measure(kind: str, **kwargs: Any) -> dict[str, Any]:
     """Run benchmark ``kind`` (train or generate) in this process."""
+    if kind == "generate" and kwargs.pop("recipe", None) is not None:
+        from medgen.core.errors import UsageError
+
+        raise UsageError("--recipe applies to bench train (generation is the same under every recipe)")
     return dispatch(kind, kwargs, measure_train, measure_generate, generate_only=("chunk",))
 
 
@@ -166,6 +177,8 @@ def describe(r: dict[str, Any]) -> str:
         speed = f"{r['seconds_per_volume']:.3f} s/volume (G^A {r['stage_seconds']['G^A']:.3f} s)"
     else:
         speed = f"{r['seconds_median']:.3f} s/iteration ({r['precision']})"
+        if r.get("recipe") == "paper":
+            what += ", paper recipe"
     return (
         f"{what}: {speed}, median of {r['repeats']} after {r['warmup']} warm-up; "
         f"{mem} {r['peak_memory_mb']:.0f} MiB; {r['params_total'] / 1e6:.2f}M parameters "
