@@ -63,6 +63,9 @@ class HAGANConfig:
     minibatch_std : group size of a minibatch standard-deviation feature
         (Karras et al. 2018) appended before the last convolution of D^H and
         D^L; groups never mix real and generated volumes. 0: none (the paper).
+        It works on each process's share of the batch: with one volume per
+        process (``torchrun``, batch = number of GPUs) every group has one member
+        and the feature is 0.
     """
 
     size: int = 256
