@@ -69,7 +69,7 @@ class Variant:
         from medgen.families.run_config import train_flags
 
         flags = (["--recipe", self.recipe] if self.recipe else []) + train_flags({**self.model, **self.hparams})
-        return " ".join(flags) or "(defaults)"
+        return " ".join(flags) or "no options"
 
 
 VARIANTS: tuple[Variant, ...] = (
