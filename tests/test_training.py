@@ -170,6 +170,39 @@ def test_losses_match_their_definitions():
     assert losses.ground_encoder_loss(a, b, None, None).item() == pytest.approx(l1(a, b), rel=1e-6)
 
 
+@pytest.mark.parametrize("class_loss", ["per-head", "mean"])
+def test_first_iteration_class_loss_matches_independent_recomputation(data, tmp_path, class_loss):
+    """loss_D_class of iteration 1 == the cross-entropy of D's class heads on the real batch, recomputed by hand:
+    per head and averaged (medgen's default), or on the heads' averaged logits (the paper's code)."""
+    from medgen.data.dataset import VolumeDataset
+
+    cfg = tiny_cfg(data, iters=1, num_classes=2, hparams={"class_loss": class_loss})
+    train(cfg, tmp_path / "run", progress=False)
+    logged = float(read_metrics(tmp_path / "run")[0]["loss_D_class"])
+
+    mcfg = get_preset("tiny", S, num_classes=2)
+    torch.manual_seed(cfg.seed)  # the trainer's initialisation order: G, D, E
+    Generator(mcfg)
+    D = Discriminator(mcfg)
+    ds = VolumeDataset(data, split="train", seed=0, fractions=(1.0, 0.0, 0.0), label_column="label")
+    idx = InfiniteBatchSampler(len(ds), 2, seed=0).global_batch_indices(0)
+    x = torch.from_numpy(np.stack([np.load(data / "volumes" / f"{ds.ids[i]}.npy").astype(np.float32) for i in idx])[:, None])
+    y = torch.tensor([int(ds[i]["label"]) for i in idx])
+    rng = torch.Generator().manual_seed(_iteration_seed(cfg.seed, 0, 0))
+    torch.randn(2, mcfg.latent_dim, generator=rng)  # z
+    torch.randint(2, (2,), generator=rng)  # the fake classes
+    starts = torch.randint(0, mcfg.max_slab_start_lowres + 1, (2,), generator=rng)
+    f, L = mcfg.lowres_factor, mcfg.slab_len
+    real_slab = torch.stack([x[i, :, :, :, f * a : f * a + L] for i, a in enumerate(starts.tolist())])
+    low = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="trilinear", align_corners=False)
+    with torch.no_grad():
+        _, (c_high, c_low) = D(real_slab, starts.float() / mcfg.max_slab_start_lowres, low)
+    ce = lambda logits: _ce(logits.double().numpy(), y.numpy())  # noqa: E731
+    per_head, mean = (ce(c_high) + ce(c_low)) / 2, ce((c_high + c_low) / 2)
+    assert abs(per_head - mean) > 1e-3 * per_head  # the two modes are told apart at this tolerance
+    assert logged == pytest.approx(per_head if class_loss == "per-head" else mean, rel=2e-5)
+
+
 def test_first_iteration_loss_D_matches_independent_recomputation(data, tmp_path):
     """loss_D logged for iteration 1 == the paper's D loss recomputed by hand from the same draws.
 
