@@ -58,6 +58,9 @@ def test_recipes_smoke_run(tmp_path):
     assert (default.model["slab_context"], default.model["minibatch_std"]) == ("exact", 4)
     with open(out / "recipes-conditional.csv", newline="") as fh:
         cond = list(csv.DictReader(fh))
-    assert [r["variant"] for r in cond] == ["paper", "medgen defaults", "defaults, λ 1", "real (training set)"]
+    assert [r["variant"] for r in cond] == ["paper", "medgen defaults", "+ per-head class loss", "+ per-head, λ 1",
+                                            "real (training set)"]
+    perhead = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-perhead-32-seed0")
+    assert perhead.hparams["class_loss"] == "per-head" and perhead.model["minibatch_std"] == 4
     assert float(cond[-1]["spearman"]) > 0.7  # the phantoms' classes are emphysema stages
     assert (out / "recipes.png").is_file() and (out / "recipes-conditional.md").is_file()

@@ -40,8 +40,8 @@ def test_defaults_are_the_papers_but_for_the_recipe(data, tmp_path):
     # medgen's defaults differ from the paper's method in these settings only (README: "How medgen differs")
     paper = new_run_config(data, tmp_path / "run", recipe="paper")
     differs = {k for k in cfg.model if cfg.model[k] != paper.model[k]} | {k for k in cfg.hparams if cfg.hparams[k] != paper.hparams[k]}
-    assert differs == {"slab_context", "minibatch_std", "class_loss"}
-    assert (cfg.model["slab_context"], cfg.model["minibatch_std"], cfg.hparams["class_loss"]) == ("exact", 4, "per-head")
+    assert differs == {"slab_context", "minibatch_std"}
+    assert (cfg.model["slab_context"], cfg.model["minibatch_std"], cfg.hparams["class_loss"]) == ("exact", 4, "mean")
     assert (cfg.hparams["lr_g"], cfg.hparams["lr_d"], cfg.hparams["lr_eh"], cfg.hparams["betas"]) == (1e-4, 4e-4, 1e-4, [0.0, 0.999])
     assert cfg.split_fractions == (0.8, 0.1, 0.1) and cfg.label_column is None and cfg.model["num_classes"] == 0
     assert cfg.data == str(data) and cfg.preprocess["size"] == S and cfg.medgen_version

@@ -118,8 +118,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(default 0.8,0.1,0.1; 1,0,0 trains on every volume of the folder)")
     h = p.add_argument_group("HA-GAN method (defaults: medgen's; --recipe paper for the paper's exact method)")
     h.add_argument("--recipe", default=None, metavar="NAME",
-                   help="a family's named settings; hagan: paper = zero-padded slabs, no minibatch std, class loss "
-                        "on the heads' mean logits (options given explicitly still win)")
+                   help="a family's named settings; hagan: paper = zero-padded training slabs, no minibatch std "
+                        "(options given explicitly still win)")
     h.add_argument("--slab-context", choices=("exact", "halo", "zero-padded"), default=None,
                    help="how G^H sees the training slab: exact = with its real neighbours and the whole volume's "
                         "GroupNorm statistics, so it equals the inference slab (default); halo = neighbours only; "
@@ -127,9 +127,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--minibatch-std", type=int, default=None, metavar="G",
                    help="group size of the minibatch standard-deviation feature in D^H and D^L; 0 = none, the paper "
                         "(default 4)")
-    h.add_argument("--class-loss", choices=("per-head", "mean"), default=None,
-                   help="conditional models: a cross-entropy per class head of D^H and D^L (default), or one on "
-                        "their mean logits (the paper's code)")
+    h.add_argument("--class-loss", choices=("mean", "per-head"), default=None,
+                   help="conditional models: one cross-entropy on the mean class logits of D^H and D^L (default, "
+                        "the paper's code), or one per head")
     h.add_argument("--fake-labels", choices=("uniform", "real"), default=None,
                    help="conditional models: classes asked of G in training, uniform (default, the paper) or the "
                         "real batch's labels")

@@ -108,8 +108,8 @@ class Discriminator(nn.Module):
 
     The real/fake logit is the mean of D^H's and D^L's logits. With classes the
     class logits of each head are returned separately (D^H's first): the loss
-    decides whether to average them (the authors' code, ``class_loss="mean"``)
-    or to give each head its own cross-entropy (``"per-head"``). Without the
+    decides whether to average them (the authors' code and the default,
+    ``class_loss="mean"``) or to give each head its own cross-entropy (``"per-head"``). Without the
     low-resolution branch D is D^H alone.
     """
 

@@ -10,9 +10,10 @@ Class-conditional (AC-GAN) terms use cross-entropy on the discriminator's class
 logits; ``class_weight`` is λ for the generator (paper: 0.1). The discriminator
 adds the cross-entropy on *real* volumes only (with weight 1). D^H and D^L each
 have a class head; :func:`class_loss` either averages their logits and takes one
-cross-entropy (``"mean"``, the authors' code: D^H can leave the class to D^L) or
-takes the mean of one cross-entropy per head (``"per-head"``: each head must
-learn the class, and G must render it at full resolution as well).
+cross-entropy (``"mean"``, the authors' code and the default: D^H can leave the
+class to D^L) or takes the mean of one cross-entropy per head (``"per-head"``:
+each head must learn the class; it measured no better on the phantoms, see
+``docs/results/recipes``).
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ fraction, FID/MMD on seeded random features, and the train/inference gap
 
 With ``--conditional`` the same is done for the class-conditional model on the
 phantoms' emphysema classes: the paper's recipe (one class loss on the heads'
-mean logits, λ 0.1), medgen's defaults (a class loss per head) and medgen's
-defaults with λ 1; per requested class, the generated volumes' emphysema %
+mean logits, λ 0.1), medgen's defaults, medgen's defaults with a class loss per
+head, and that with λ 1; per requested class, the generated volumes' emphysema %
 (Spearman correlation with the class, class means against the real classes'
 interquartile ranges) and the MS-SSIM within each class.
 
@@ -45,7 +45,7 @@ import numpy as np
 from medgen.core.tables import write_csv
 from medgen.families.hagan.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, ExperimentOutput, Workspace, metric_row
 
-HELP = "HA-GAN: the paper's recipe vs slab context, minibatch std and per-head class losses (mode collapse)"
+HELP = "HA-GAN: the paper's recipe vs slab context, minibatch std and class-loss options (mode collapse, classes)"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 DEFAULTS = {"seeds": 2, "conditional": False, "per_class": 8}  # left out of the canonical command line
 
@@ -82,10 +82,14 @@ VARIANTS: tuple[Variant, ...] = (
 )
 
 CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
-    Variant("paper", "paper", "paper", note="one class loss on the mean of D^H's and D^L's class logits, λ 0.1"),
-    Variant("default", "medgen defaults", None, note="a class loss per head (D^H must learn the class), λ 0.1"),
-    Variant("lambda1", "defaults, λ 1", None, hparams={"class_weight": 1.0},
-            note="medgen's defaults with the generator's class loss weighted 1 instead of 0.1"),
+    Variant("paper", "paper", "paper",
+            note="the paper's method: one class loss on the mean of D^H's and D^L's class logits, λ 0.1"),
+    Variant("default", "medgen defaults", None,
+            note="slab context and minibatch std; the paper's class loss (mean logits, λ 0.1)"),
+    Variant("perhead", "+ per-head class loss", None, hparams={"class_loss": "per-head"},
+            note="medgen's defaults with one class loss per head, so D^H must learn the class itself"),
+    Variant("lambda1", "+ per-head, λ 1", None, hparams={"class_loss": "per-head", "class_weight": 1.0},
+            note="per-head class losses and the generator's class loss weighted 1 instead of 0.1"),
 )
 
 COLUMNS: tuple[str, ...] = ("variant", "seed", "iterations", "gap", "gap_border", *METRIC_COLUMNS)
