@@ -59,3 +59,18 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     assert "--resume" in printed.out and "resuming from" in printed.err
     assert len(sorted((out / "samples").glob("sample-*.nii.gz"))) == 6
     assert (out / "run" / "checkpoints" / "latest").read_text().strip() != first  # trained further
+
+
+def test_demo_recipe_reaches_the_training_stage(tmp_path):
+    import argparse
+
+    from medgen.commands import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_parser(parser.add_subparsers(dest="command"))
+    for extra, recipe in (([], None), (["--recipe", "paper"], "paper")):
+        args = parser.parse_args(["demo", "--out", str(tmp_path / "d"), *ARGS, *extra])
+        train = next(s for s in demo.stages(args) if s.name == "train")
+        assert ("--recipe" in train.argv) == (recipe is not None)
+        if recipe:
+            assert train.argv[train.argv.index("--recipe") + 1] == "paper"

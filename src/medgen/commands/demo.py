@@ -50,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-samples", type=int, default=16, help="volumes to generate (default: 16)")
     p.add_argument("--size", type=int, default=64, help="volume edge length in voxels (default: 64)")
     p.add_argument("--preset", default="tiny", help="HA-GAN preset (default: tiny)")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="train with the paper's method (paper) instead of medgen's defaults, to see the difference")
     p.add_argument("--latent-codes", type=int, default=256,
                    help="generated volumes from which the latent directions are fitted (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -74,7 +76,7 @@ def stages(args: argparse.Namespace) -> list[Stage]:
     out = args.out
     raw, data, run = out / "phantoms", out / "data", out / "run"
     size, seed = str(args.size), args.seed
-    train = dict(preset=args.preset, resume=(run / "config.yaml").exists(),
+    train = dict(preset=args.preset, recipe=args.recipe, resume=(run / "config.yaml").exists(),
                  options={"iters": 100_000, "max_minutes": args.minutes, "batch": 4, "seed": seed,
                           "device": args.device, "sample_every": 250, "ckpt_every": 500, "log_every": 25})
     phantoms = [
