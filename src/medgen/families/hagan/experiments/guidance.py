@@ -57,6 +57,29 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x[ok], y[ok]).statistic)
 
 
+def real_class_emphysema(train_dir, progress: bool = False):
+    """The real training set's classes and emphysema: (volume set, label per volume (-1: none), classes,
+    emphysema % per volume, per class {"mean", "q1", "q3", "n"}). UsageError with fewer than two classes."""
+    from medgen.core.errors import UsageError
+    from medgen.data.dataset import load_manifest
+    from medgen.families.hagan.experiments.augmentation import emphysema_percentages
+    from medgen.metrics.volumes import open_volume_set
+
+    real_vs = open_volume_set(train_dir, what="--data")
+    by_id = {r["id"]: r for r in load_manifest(train_dir)}
+    labels = np.array([int(float(by_id[i].get(LABEL_COLUMN) or -1)) for i in real_vs.ids])
+    classes = sorted(int(c) for c in np.unique(labels[labels >= 0]))
+    if len(classes) < 2:
+        raise UsageError(f"{train_dir}/manifest.csv: column {LABEL_COLUMN!r} needs at least two classes")
+    emph = emphysema_percentages(real_vs, progress=progress, desc="emphysema (real)")
+    stats = {}
+    for c in classes:
+        v = emph[(labels == c) & np.isfinite(emph)]
+        stats[c] = {"mean": float(v.mean()), "q1": float(np.percentile(v, 25)), "q3": float(np.percentile(v, 75)),
+                    "n": int(v.size)}
+    return real_vs, labels, classes, emph, stats
+
+
 def _weights(text: str) -> list[float]:
     from medgen.core.errors import UsageError
 
@@ -73,7 +96,6 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     from medgen.core.errors import UsageError
     from medgen.families.hagan.experiments.augmentation import emphysema_percentages
     from medgen.families.hagan.experiments.synthesis import budget_iterations
-    from medgen.data.dataset import load_manifest
     from medgen.metrics.volumes import open_volume_set
 
     weights = _weights(args.guidance)
@@ -82,12 +104,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     family = args.family
     size = ws.scale.small_size
     train_dir, _ = ws.datasets(size)
-    real_vs = open_volume_set(train_dir, what="--data")
-    by_id = {r["id"]: r for r in load_manifest(train_dir)}
-    real_labels = np.array([int(float(by_id[i].get(LABEL_COLUMN) or -1)) for i in real_vs.ids])
-    classes = sorted(int(c) for c in np.unique(real_labels[real_labels >= 0]))
-    if len(classes) < 2:
-        raise UsageError(f"{train_dir}/manifest.csv: column {LABEL_COLUMN!r} needs at least two classes")
+    real_vs, real_labels, classes, real_emph, real_stats = real_class_emphysema(train_dir, ws.progress)
 
     # ---- the class-conditional model
     tag = f"guidance-{family}-{size}" + (f"-{args.minutes:g}min" if args.minutes else "")
@@ -99,14 +116,6 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         autoencoder = ws.model(ae_name, size, family="ldm-autoencoder", iters=ae_iters)
     iters = budget_iterations(ws, family, tag, size, half) if half else None
     run_dir = ws.model(tag, size, family=family, iters=iters, label_column=LABEL_COLUMN, autoencoder_run=autoencoder)
-
-    # ---- real reference per class
-    real_emph = emphysema_percentages(real_vs, progress=ws.progress, desc="emphysema (real)")
-    real_stats = {}
-    for c in classes:
-        v = real_emph[(real_labels == c) & np.isfinite(real_emph)]
-        real_stats[c] = {"mean": float(v.mean()), "q1": float(np.percentile(v, 25)), "q3": float(np.percentile(v, 75)),
-                         "n": int(v.size)}
 
     # ---- generated volumes per weight and class
     rows, volume_rows = [], []

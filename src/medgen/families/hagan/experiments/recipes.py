@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from medgen.core.tables import write_csv
+from medgen.families.hagan.experiments.guidance import LABEL_COLUMN  # the phantoms' emphysema classes
 from medgen.families.hagan.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, ExperimentOutput, Workspace, metric_row
 
 HELP = "HA-GAN: the paper's recipe vs slab context, minibatch std and class-loss options (mode collapse, classes)"
@@ -50,7 +50,6 @@ DESCRIPTION = __doc__.split("\n\n", 1)[1]
 DEFAULTS = {"seeds": 2, "conditional": False, "per_class": 8}  # left out of the canonical command line
 
 FIGURE_VOLUMES = 4
-LABEL_COLUMN = "label"
 
 
 @dataclass(frozen=True)
@@ -117,6 +116,12 @@ def gap_of_run(run_dir, n: int, seed: int) -> dict[str, float]:
     return train_inference_gap(model.generator, z, labels)
 
 
+def _train(ws: Workspace, variant: Variant, name: str, size: int, seed: int, **options: Any):
+    """The run ``WORK/runs/NAME`` of ``variant`` for training seed ``seed`` (trained if needed)."""
+    return ws.model(name, size, recipe=variant.recipe, model_settings=variant.model, hparams=variant.hparams,
+                    seed=seed, **options)
+
+
 def _mean_row(label: str, rows: list[dict[str, Any]], columns) -> dict[str, Any]:
     """The mean over seeds of every numeric column (NaN and None left out)."""
     out: dict[str, Any] = {"variant": label, "seed": "mean"}
@@ -148,8 +153,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         for k in range(args.seeds):
             seed = ws.seed + k
             name = f"recipes-{variant.key}-{size}-seed{seed}"
-            run_dir = ws.model(name, size, recipe=variant.recipe, model_settings=variant.model,
-                               hparams=variant.hparams, seed=seed)
+            run_dir = _train(ws, variant, name, size, seed)
             fake = ws.samples(run_dir, name)
             report = ws.evaluate(heldout_dir, fake, eval_dir / f"{name}.json", metrics="fid,mmd,prdc,ms_ssim,anatomy", n=n)
             gap = gap_of_run(run_dir, min(n, 8), ws.seed)
@@ -187,9 +191,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
 def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace, size: int) -> list[dict[str, Any]]:
     """The class-conditional table (``recipes-conditional.csv``/``.md``)."""
     from medgen.core.errors import UsageError
-    from medgen.data.dataset import load_manifest
     from medgen.families.hagan.experiments.augmentation import emphysema_percentages
-    from medgen.families.hagan.experiments.guidance import spearman
+    from medgen.families.hagan.experiments.guidance import real_class_emphysema, spearman
     from medgen.families.hagan.experiments.workspace import checkpoint_iteration
     from medgen.metrics.diversity import ms_ssim_diversity
     from medgen.metrics.volumes import open_volume_set
@@ -197,17 +200,7 @@ def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace,
     if args.per_class < 2:
         raise UsageError(f"--per-class {args.per_class}: need at least 2")
     train_dir, _ = ws.datasets(size)
-    real_vs = open_volume_set(train_dir, what="--data")
-    by_id = {r["id"]: r for r in load_manifest(train_dir)}
-    real_labels = np.array([int(float(by_id[i].get(LABEL_COLUMN) or -1)) for i in real_vs.ids])
-    classes = sorted(int(c) for c in np.unique(real_labels[real_labels >= 0]))
-    if len(classes) < 2:
-        raise UsageError(f"{train_dir}/manifest.csv: column {LABEL_COLUMN!r} needs at least two classes")
-    real_emph = emphysema_percentages(real_vs, progress=ws.progress, desc="emphysema (real)")
-    real_stats = {}
-    for c in classes:
-        v = real_emph[(real_labels == c) & np.isfinite(real_emph)]
-        real_stats[c] = {"mean": float(v.mean()), "q1": float(np.percentile(v, 25)), "q3": float(np.percentile(v, 75))}
+    real_vs, real_labels, classes, real_emph, real_stats = real_class_emphysema(train_dir, ws.progress)
 
     rows: list[dict[str, Any]] = []
     for variant in CONDITIONAL_VARIANTS:
@@ -215,8 +208,7 @@ def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace,
         for k in range(args.seeds):
             seed = ws.seed + k
             name = f"recipes-cond-{variant.key}-{size}-seed{seed}"
-            run_dir = ws.model(name, size, recipe=variant.recipe, model_settings=variant.model,
-                               hparams=variant.hparams, seed=seed, label_column=LABEL_COLUMN)
+            run_dir = _train(ws, variant, name, size, seed, label_column=LABEL_COLUMN)
             cls, emph, within = [], [], []
             for c in classes:
                 folder = ws.samples(run_dir, f"{name}-class{c}", n=args.per_class, label=c)
