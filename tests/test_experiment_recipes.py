@@ -63,3 +63,28 @@ def test_recipes_smoke_run(tmp_path):
     assert perhead.hparams["class_loss"] == "per-head" and perhead.model["minibatch_std"] == 4
     assert float(cond[-1]["spearman"]) > 0.7  # the phantoms' classes are emphysema stages
     assert (out / "recipes.png").is_file() and (out / "recipes-conditional.md").is_file()
+
+
+def test_workspace_refuses_a_run_trained_with_other_settings(tmp_path):
+    import yaml
+
+    from medgen.core.errors import UsageError
+    from medgen.families.hagan.experiments.workspace import SCALES, Workspace
+    from toy_volumes import make_dataset
+
+    data = make_dataset(tmp_path / "d", n=4, size=32)
+    ws = Workspace(tmp_path / "w", SCALES["smoke"], data=data, heldout=data, device="cpu", progress=False)
+    run = ws.model("r", 32)
+    assert ws.model("r", 32) == run  # the same settings: reused
+    with pytest.raises(UsageError, match=r"model\.minibatch_std 4 \(wanted 0\)"):
+        ws.model("r", 32, model_settings={"minibatch_std": 0})
+    with pytest.raises(UsageError, match=r"seed 0 \(wanted 3\)"):
+        ws.model("r", 32, seed=3)
+    assert ws.model("r", 32, iters=3) == run  # longer: continued, not refused
+    # a run saved before slab_context existed was trained zero-padded: not today's default
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg["model"]["slab_context"]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UsageError, match=r"model\.slab_context 'zero-padded' \(wanted 'exact'\)"):
+        ws.model("r", 32)
+    assert ws.model("r", 32, recipe="paper", model_settings={"minibatch_std": 4}) == run

@@ -113,6 +113,39 @@ def checkpoint_iteration(run_dir: Path) -> int:
     return parse_iteration(ckpt) if ckpt is not None else 0
 
 
+# Settings a reused or continued run may differ in from the one asked for: how long and where it ran,
+# and what its training wrote down about its data.
+_REUSE_IGNORES = frozenset({"train_ids", "preprocess"})
+
+
+def check_same_settings(run_dir: Path, wanted) -> None:
+    """Raise UsageError unless the run in ``run_dir`` was configured as ``wanted`` (a RunConfig) would be.
+
+    A workspace finds its runs by name; a run trained before a default changed (or by other options)
+    must not stand in silently for the one an experiment asks for. Both sides are compared after the
+    family fills in its defaults, so a setting saved before it existed counts with the value it was
+    trained with.
+    """
+    from medgen.families import registry
+    from medgen.training.runconfig import RESUMABLE_KEYS, RunConfig
+
+    saved = RunConfig.load(run_dir)
+    fam = registry.get(saved.family)
+    normalised = RunConfig.from_dict({**saved.to_dict(), "model": fam.model_from_dict(dict(saved.model)).to_dict(),
+                                      "hparams": fam.hparams_from_dict(dict(saved.hparams)).to_dict()})
+    differing = normalised.differing_keys(wanted, ignore=RESUMABLE_KEYS | _REUSE_IGNORES)
+    if differing:
+        a, b = normalised.to_dict(), wanted.to_dict()
+
+        def value(d: dict, key: str):
+            head, _, tail = key.partition(".")
+            return d[head].get(tail) if tail else d.get(head)
+
+        shown = "; ".join(f"{k} {value(a, k)!r} (wanted {value(b, k)!r})" for k in differing[:4])
+        raise UsageError(f"{run_dir} was trained with other settings: {shown}. Delete it to retrain it, "
+                         "or use another --work folder")
+
+
 @dataclass
 class Workspace:
     """Data, trained runs and samples shared by the experiments (see the module docstring).
@@ -242,9 +275,6 @@ class Workspace:
 
         run_dir = self.root / "runs" / name
         iters = iters or self.train_iters
-        if checkpoint_iteration(run_dir) >= iters:
-            print(f"\n{run_dir}: trained for {iters} iterations already, reused", flush=True)
-            return run_dir
         train_dir = data if data is not None else self.datasets(size)[0]
         s = self.scale
         every = max(iters // 4, 1)
@@ -259,6 +289,11 @@ class Workspace:
         preset = preset or (s.preset if s.preset in fam.presets else fam.default_preset)
         config = dict(family=family, preset=preset, resume=(run_dir / "config.yaml").exists(),
                       model_options=model_options, options=options, recipe=recipe)
+        if config["resume"]:
+            check_same_settings(run_dir, new_run_config(train_dir, run_dir, **{**config, "resume": False}))
+        if checkpoint_iteration(run_dir) >= iters:
+            print(f"\n{run_dir}: trained for {iters} iterations already, reused", flush=True)
+            return run_dir
         argv = train_command(train_dir, run_dir, progress=self.progress, **config)
         with step(argv, f"train {name}"):
             cfg = new_run_config(train_dir, run_dir, **config)
