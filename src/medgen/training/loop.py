@@ -25,7 +25,8 @@ well (the loop does not use them).
 Precision: on CUDA the forward passes run under bf16 autocast by default
 (``step.amp()``: convolutions and linear layers in bf16; normalisation, the
 losses and Adam in float32). ``--precision fp32`` turns autocast off; CPU runs
-use float32.
+use float32 unless ``--precision bf16`` asks for bf16 autocast there (with torch's
+native convolutions rather than oneDNN's, see :func:`train`).
 
 Multi-process (``torchrun``): the modules named by ``family.ddp_modules`` are
 each wrapped in ``DistributedDataParallel``; the family's step calls each
@@ -304,10 +305,22 @@ def train(
     if cfg.family != family.name:
         raise UsageError(f"the run configuration is for family {cfg.family!r}, not {family.name!r}")
     info = dist_utils.setup(cfg.device)
+    onednn = torch.backends.mkldnn.enabled
     try:
+        if info.device.type == "cpu" and _precision(cfg, info.device) == "bf16":
+            # oneDNN's bf16 Conv3d weight gradient on the CPU (torch 2.13) intermittently returns NaN: it
+            # reads uninitialised memory for 32 channels at 2³ voxels (a diffusion UNet's middle block at
+            # 32³). CPU bf16 only rehearses the GPU's precision, so it runs torch's native kernels instead.
+            torch.backends.mkldnn.enabled = False
         return _train(family, cfg, Path(run_dir), resume, progress, info, dataset)
     finally:
+        torch.backends.mkldnn.enabled = onednn
         dist_utils.cleanup()
+
+
+def _precision(cfg: RunConfig, device: torch.device) -> str:
+    """``cfg.precision`` with ``auto`` resolved: bf16 on CUDA, fp32 elsewhere."""
+    return cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
 
 
 def _train(
@@ -330,7 +343,7 @@ def _train(
     uses_labels = family.uses_labels(model_cfg)
     num_classes = int(getattr(model_cfg, "num_classes", 0) or 0)
     local_batch = dist_utils.local_batch_size(cfg.batch, info.world_size)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = _precision(cfg, device)
 
     def amp():
         return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
