@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "demo",
     "phantoms",
     "preprocess",
+    "degrade",
     "train",
     "train_classifier",
     "model_info",

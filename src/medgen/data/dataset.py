@@ -79,6 +79,14 @@ def _read_manifest(root: str | os.PathLike) -> tuple[list[str], list[dict[str, s
     return columns, rows
 
 
+def read_manifest(root: str | os.PathLike) -> tuple[list[str], list[dict[str, str]]]:
+    """``root/manifest.csv`` as (columns in file order, rows as dicts of strings).
+
+    Raises InputError if ``root`` is not a preprocessed data set.
+    """
+    return _read_manifest(root)
+
+
 def load_manifest(root: str | os.PathLike) -> list[dict[str, str]]:
     """Rows of ``root/manifest.csv`` as dicts of strings (in file order).
 
