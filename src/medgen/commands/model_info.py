@@ -70,7 +70,7 @@ def _family_info(family, cfg) -> dict:
         "losses": [f"loss_{n}" for n in family.loss_names(cfg, hp)],
         "hyper_parameters": hp.to_dict(),
         "ema_of": family.ema,
-        "data_keys": list(family.data_keys),
+        "data_keys": list(family.data_keys(cfg)),
         "uses_labels": bool(family.uses_labels(cfg)),
         "benchmark": family.bench is not None,
     }

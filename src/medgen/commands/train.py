@@ -44,7 +44,8 @@ _OPTIONS = {
     "split_fractions": "split_fractions",
 }
 # Options that change the model (the family's architecture fields).
-_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run", "slab_context", "minibatch_std")
+_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run", "slab_context", "minibatch_std",
+                  "task", "inputs", "target")
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -99,6 +100,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--label-column", default=None, help="manifest column with the class labels (conditional training)")
     m.add_argument("--autoencoder", dest="autoencoder_run", default=None, metavar="RUN",
                    help="ldm: the trained `--family ldm-autoencoder` run whose latents the model diffuses")
+    i = p.add_argument_group("image-to-image families (unet) on a paired data set (`medgen degrade`)")
+    i.add_argument("--task", default=None, choices=("sr", "denoise", "kspace", "restore", "inpaint", "outpaint", "xray2ct"),
+                   help="what the model learns; sets the input volumes and the residual mode (default denoise)")
+    i.add_argument("--inputs", default=None, metavar="NAMES",
+                   help="comma-separated input volumes, stacked as channels (default: the task's, e.g. degraded)")
+    i.add_argument("--target", default=None, metavar="NAME", help="the volume to predict (default image)")
     t = p.add_argument_group("optimisation (defaults: the paper's)")
     t.add_argument("--iters", type=int, default=None, help="total training iterations (default 80000)")
     t.add_argument("--max-minutes", type=float, default=None,

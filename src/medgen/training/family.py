@@ -98,8 +98,8 @@ class Family:
         → an untrained one; build_untrained(run_cfg, seed, device) → the run's
         architecture at random weights.
     uses_labels(model_cfg) → True when the data's label column is needed.
-    data_keys: the named volumes of a data item the step reads (``image``; paired
-        families add e.g. ``target``, ``mask``).
+    data_keys(model_cfg) → the named volumes of a data item the step reads (``("image",)``;
+        image-to-image families: their target and input volumes, e.g. ``("image", "degraded", "mask")``).
     bench: the family's benchmark module for ``medgen bench`` (``check_request``,
         ``run_isolated``, ``describe``), or None.
     describe(model_cfg) → a JSON-ready description for ``medgen model-info``.
@@ -125,7 +125,7 @@ class Family:
     build_model: Callable[..., Any] | None = None
     build_untrained: Callable[..., Any] | None = None
     uses_labels: Callable[[Any], bool] = field(default=lambda cfg: False)
-    data_keys: tuple[str, ...] = ("image",)
+    data_keys: Callable[[Any], tuple[str, ...]] = field(default=lambda cfg: ("image",))
     bench: Any = None
     default_preset: str = "paper"
     describe: Callable[[Any], dict[str, Any]] | None = None

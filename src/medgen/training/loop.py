@@ -355,7 +355,7 @@ def _train(
     if dataset is None:
         if resume and not cfg.train_ids and (run_dir / CONFIG_NAME).exists():
             cfg.train_ids = RunConfig.load(run_dir).train_ids  # keep the run's split even if files were added
-        dataset = _load_dataset(cfg, uses_labels, family.data_keys)
+        dataset = _load_dataset(cfg, uses_labels, tuple(family.data_keys(model_cfg)))
         cfg.train_ids = list(dataset.ids)
         if not cfg.preprocess:
             cfg.preprocess = dict(getattr(dataset, "info", {}))

@@ -1,0 +1,52 @@
+"""Image-to-image tasks: which named volumes of a paired data set a model reads and which one it predicts.
+
+A paired data set (``medgen degrade``, or one's own with :func:`medgen.data.dataset.add_volume`) holds the
+clean ``image`` and voxel-aligned condition volumes. A task fixes the defaults of an image-to-image family
+(``medgen train --family unet --task denoise``): the input volumes, stacked as channels; the target; and
+whether the network predicts a correction added to the first input (``residual``: the input is already
+the target up to a degradation) or the target itself (the input is another kind of image).
+
+======== ============================ =================================== ========
+task     input volumes                made by                             residual
+======== ============================ =================================== ========
+sr       degraded                     ``medgen degrade --kind slices``    yes
+denoise  degraded                     ``--kind lowdose`` / ``noise``      yes
+kspace   degraded                     ``--kind kspace``                   yes
+restore  degraded                     ``--kind motion|bias|ghosting``     yes
+inpaint  degraded, mask               ``--kind inpaint``                  yes
+outpaint degraded, mask               ``--kind outpaint``                 yes
+xray2ct  drr_pa, drr_lateral          ``--kind drr``                      no
+======== ============================ =================================== ========
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medgen.core.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Task:
+    inputs: tuple[str, ...]
+    target: str = "image"
+    residual: bool = True
+    made_by: str = ""
+
+
+TASKS: dict[str, Task] = {
+    "sr": Task(("degraded",), made_by="slices"),
+    "denoise": Task(("degraded",), made_by="lowdose, noise"),
+    "kspace": Task(("degraded",), made_by="kspace"),
+    "restore": Task(("degraded",), made_by="motion, bias, ghosting"),
+    "inpaint": Task(("degraded", "mask"), made_by="inpaint"),
+    "outpaint": Task(("degraded", "mask"), made_by="outpaint"),
+    "xray2ct": Task(("drr_pa", "drr_lateral"), residual=False, made_by="drr"),
+}
+
+
+def get(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UsageError(f"--task {name}: choose one of {', '.join(TASKS)}") from None

@@ -1,0 +1,107 @@
+"""The ``unet`` family's architecture (:class:`UNetConfig`), presets and hyper-parameters (:class:`UNetHParams`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from medgen.core.errors import UsageError
+from medgen.core.settings import from_dict
+from medgen.families import image_tasks
+
+LOSSES = ("l1", "l2")
+
+
+@dataclass
+class UNetConfig:
+    """A MONAI residual ``UNet`` mapping the ``inputs`` volumes (channels, in order) to ``target``.
+
+    task: the image-to-image task these defaults came from (:mod:`medgen.families.image_tasks`).
+    residual: the network predicts target − first input (the input is the target up to a degradation).
+    channels, strides, num_res_units: MONAI ``UNet``'s; the volume (or patch) edge must be a multiple of
+        the product of the strides.
+    """
+
+    size: int = 32
+    task: str = "denoise"
+    inputs: tuple[str, ...] = ("degraded",)
+    target: str = "image"
+    residual: bool = True
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 2
+
+    def __post_init__(self) -> None:
+        if self.task not in image_tasks.TASKS:
+            raise UsageError(f"task {self.task!r}: choose one of {', '.join(image_tasks.TASKS)}")
+        if not self.inputs or len(set(self.inputs)) != len(self.inputs):
+            raise UsageError(f"inputs {list(self.inputs)}: need one or more distinct volume names")
+        if self.target in self.inputs:
+            raise UsageError(f"target {self.target!r} is also an input")
+        if len(self.channels) != len(self.strides) + 1 or min(self.channels) < 1 or min(self.strides) < 1:
+            raise UsageError(f"channels {self.channels} and strides {self.strides}: need one more channel count than strides")
+        if self.size % self.divisor:
+            raise UsageError(f"size {self.size}: a multiple of {self.divisor} (the product of the strides)")
+
+    @property
+    def divisor(self) -> int:
+        d = 1
+        for s in self.strides:
+            d *= s
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UNetConfig":
+        return from_dict(cls, d, "unet model setting")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": dict(channels=(32, 64, 128, 256), strides=(2, 2, 2), num_res_units=2),
+    "small": dict(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2),
+    "tiny": dict(channels=(8, 16, 32), strides=(2, 2), num_res_units=1),
+}
+DEFAULT_PRESET = "small"
+
+
+def model_config(preset: str, size: int, task: str | None = None, inputs: Any = None, target: str | None = None,
+                 residual: bool | None = None, **overrides: Any) -> UNetConfig:
+    """Preset ``preset`` at ``size``³ for ``task`` (default ``denoise``); ``inputs``/``target``/``residual``
+    given explicitly override the task's. Overrides whose value is None are ignored."""
+    if preset not in PRESETS:
+        raise UsageError(f"unknown unet preset {preset!r} (choose from {', '.join(PRESETS)})")
+    spec = image_tasks.get(task or "denoise")
+    fields: dict[str, Any] = dict(PRESETS[preset], size=size, task=task or "denoise", inputs=spec.inputs,
+                                  target=spec.target, residual=spec.residual)
+    if inputs is not None:
+        fields["inputs"] = tuple(inputs.split(",")) if isinstance(inputs, str) else tuple(inputs)
+    if target is not None:
+        fields["target"] = target
+    if residual is not None:
+        fields["residual"] = residual
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return UNetConfig.from_dict(fields)
+
+
+@dataclass
+class UNetHParams:
+    """Adam ``lr``; ``loss``: ``l1`` or ``l2`` between output and target; ``patch``: edge of the random cubic
+    patches trained on (0: whole volumes), also the sliding window's at inference."""
+
+    lr: float = 1e-3
+    loss: str = "l1"
+    patch: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "UNetHParams":
+        hp = from_dict(cls, d, "unet training setting")
+        if not hp.lr > 0 or hp.loss not in LOSSES or hp.patch < 0:
+            raise UsageError(f"lr {hp.lr} must be > 0, loss one of {', '.join(LOSSES)}, patch {hp.patch} >= 0")
+        return hp

@@ -1,0 +1,112 @@
+"""A trained ``unet`` ready to translate volumes: what ``medgen.load`` returns for a ``unet`` run.
+
+Example::
+
+    model = medgen.load("runs/denoise64")
+    clean = model.translate(noisy)                                 # (X, Y, Z) in [-1, 1] → same shape
+    filled = model.translate({"degraded": x, "mask": m})           # several inputs, by name
+    big = model.translate(ct256, window=64)                        # overlapping 64³ windows (bounded memory)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from medgen.core.errors import InputError, UsageError
+from medgen.families.unet.config import UNetConfig, UNetHParams, model_config
+from medgen.families.unet.network import build_unet, predict
+
+
+@dataclass
+class ImageToImageModel:
+    """``network`` (EMA weights when the run has them, eval mode) mapping ``config.inputs`` to ``config.target``;
+    ``window``: the sliding window's edge by default (the training patch; 0: whole volumes)."""
+
+    config: UNetConfig
+    network: torch.nn.Module
+    run_config: Any = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoint: Path | None = None
+    window: int = 0
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return dict(getattr(self.run_config, "preprocess", None) or {})
+
+    def input_channels(self, inputs: Any) -> np.ndarray:
+        """``inputs`` as ``[len(config.inputs), X, Y, Z]`` float32: a dict by volume name, one ``(X, Y, Z)``
+        array for a one-input model, or an array/sequence of channels in ``config.inputs`` order."""
+        names = self.config.inputs
+        if isinstance(inputs, Mapping):
+            missing = [n for n in names if n not in inputs]
+            if missing:
+                raise UsageError(f"this model reads volumes {', '.join(names)}; missing {', '.join(missing)}")
+            arrays = [np.asarray(inputs[n], dtype=np.float32) for n in names]
+        else:
+            arr = np.asarray(inputs, dtype=np.float32)
+            arrays = [arr] if arr.ndim == 3 else list(arr)
+        if len(arrays) != len(names) or any(a.ndim != 3 or a.shape != arrays[0].shape for a in arrays):
+            shapes = [a.shape for a in arrays]
+            raise UsageError(f"need {len(names)} volume(s) ({', '.join(names)}) of one (X, Y, Z) shape, got {shapes}")
+        return np.stack(arrays)
+
+    @torch.no_grad()
+    def translate(self, inputs: Any, window: int | None = None, overlap: float = 0.25) -> np.ndarray:
+        """The predicted target ``(X, Y, Z)`` float32, clipped to [-1, 1] (see :meth:`input_channels`).
+
+        window: edge of the overlapping cubic windows (a multiple of ``config.divisor``; default the
+        training patch, 0 for whole volumes); overlap: their overlap fraction.
+        """
+        x = torch.from_numpy(self.input_channels(inputs))[None].to(self.device)
+        w = self.window if window is None else int(window)
+        if w and w % self.config.divisor:
+            raise UsageError(f"window {w}: a multiple of {self.config.divisor}")
+        if w and w >= max(x.shape[2:]):
+            w = 0
+        out = predict(self.network, x, self.config, window=w, overlap=overlap)
+        return out[0, 0].clamp(-1.0, 1.0).float().cpu().numpy()
+
+
+def _eval(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    return net.to(device).eval().requires_grad_(False)
+
+
+def load_model(run_cfg: Any, weights: dict[str, dict[str, torch.Tensor]], checkpoint: Path, device: torch.device,
+               use_ema: bool = True) -> ImageToImageModel:
+    """The network of a ``unet`` run (its EMA copy unless ``use_ema`` is False)."""
+    cfg = UNetConfig.from_dict(run_cfg.model)
+    hp = UNetHParams.from_dict(dict(run_cfg.hparams or {}))
+    key = "unet_ema" if use_ema and "unet_ema" in weights else "unet"
+    if key not in weights:
+        raise InputError(f"{checkpoint}: the checkpoint holds no UNet weights")
+    net = build_unet(cfg)
+    try:
+        net.load_state_dict(weights[key])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{checkpoint}: weights do not fit the UNet in the run's config.yaml ({first})") from None
+    return ImageToImageModel(cfg, _eval(net, device), run_cfg, device, checkpoint, window=hp.patch)
+
+
+def build(preset: str = "tiny", size: int = 32, seed: int = 0, device: torch.device = torch.device("cpu"),
+          encoder: bool = False, **overrides: Any) -> ImageToImageModel:
+    """An untrained network (random initialisation drawn from ``seed``) of ``preset`` at ``size``³."""
+    cfg = model_config(preset, size, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_unet(cfg)
+    return ImageToImageModel(cfg, _eval(net, device))
+
+
+def build_untrained(run_cfg: Any, seed: int = 0, device: torch.device = torch.device("cpu")) -> ImageToImageModel:
+    """The architecture of a ``unet`` run at a random initialisation drawn from ``seed``."""
+    cfg = UNetConfig.from_dict(run_cfg.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_unet(cfg)
+    return ImageToImageModel(cfg, _eval(net, device), run_cfg, device, None)

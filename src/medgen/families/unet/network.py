@@ -1,0 +1,51 @@
+"""The network (MONAI's residual ``UNet``) and how it maps input volumes to the target, whole or by windows.
+
+``UNet`` (Kerfoot et al. 2018, MONAI) with residual units is the 3D form of the supervised denoisers of
+low-dose CT (RED-CNN, Chen et al. 2017: an encoder-decoder with shortcuts, trained on pairs with a pixel
+loss). With ``residual`` the output is the first input plus the network's correction, so an untrained
+network starts near the identity, the trivial baseline. Volumes larger than memory are processed by
+MONAI's ``SlidingWindowInferer`` (Gaussian-weighted overlapping windows), so a 256³ volume runs on a CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medgen.families.unet.config import UNetConfig
+
+
+def build_unet(cfg: UNetConfig) -> nn.Module:
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=len(cfg.inputs), out_channels=1, channels=tuple(cfg.channels),
+                strides=tuple(cfg.strides), num_res_units=cfg.num_res_units, norm="instance")
+
+
+def stack_inputs(batch: dict[str, torch.Tensor], cfg: UNetConfig) -> torch.Tensor:
+    """The input volumes of a data batch as channels ``[b, len(inputs), S, S, S]`` (label maps as floats)."""
+    return torch.cat([batch[name].float() for name in cfg.inputs], dim=1)
+
+
+def forward(net: nn.Module, x: torch.Tensor, cfg: UNetConfig) -> torch.Tensor:
+    """The predicted target ``[b, 1, ...]`` of inputs ``x`` (any edge that is a multiple of ``cfg.divisor``)."""
+    out = net(x)
+    return x[:, :1] + out if cfg.residual else out
+
+
+def predict(net: nn.Module, x: torch.Tensor, cfg: UNetConfig, window: int = 0, overlap: float = 0.25) -> torch.Tensor:
+    """:func:`forward` on whole volumes of any shape (padded to a multiple of ``cfg.divisor`` and cropped back),
+    or by overlapping cubic windows of edge ``window`` (> 0) blended with Gaussian weights."""
+    if window:
+        from monai.inferers import SlidingWindowInferer
+
+        inferer = SlidingWindowInferer(roi_size=(window,) * 3, sw_batch_size=1, overlap=overlap, mode="gaussian",
+                                       padding_mode="replicate")
+        return inferer(x, lambda patch: forward(net, patch, cfg))
+    shape = x.shape[2:]
+    pads = [(-n) % cfg.divisor for n in shape]
+    if any(pads):
+        x = F.pad(x, [p for pad in reversed(pads) for p in (0, pad)], mode="replicate")
+    out = forward(net, x, cfg)
+    return out[:, :, : shape[0], : shape[1], : shape[2]]

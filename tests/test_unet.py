@@ -1,0 +1,132 @@
+"""The supervised image-to-image ``unet`` family: residual output, windows, patches, tasks, and that training
+beats the trivial baseline (the degraded input itself) on held-out pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medgen.cli import main
+from medgen.core.errors import UsageError
+from medgen.families import registry
+from medgen.families.unet.config import model_config
+from medgen.families.unet.network import build_unet, forward, predict
+from medgen.families.unet.train import random_patches
+from medgen.metrics import paired
+from medgen.training.runconfig import RunConfig
+from toy_volumes import make_dataset
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tasks_set_inputs_and_residual_and_options_override_them():
+    cfg = model_config("tiny", 32, task="inpaint")
+    assert cfg.inputs == ("degraded", "mask") and cfg.target == "image" and cfg.residual
+    cfg = model_config("tiny", 32, task="xray2ct")
+    assert cfg.inputs == ("drr_pa", "drr_lateral") and not cfg.residual
+    cfg = model_config("tiny", 32, task="denoise", inputs="t1,t2", target="flair", residual=False)
+    assert cfg.inputs == ("t1", "t2") and cfg.target == "flair" and not cfg.residual
+    assert registry.get("unet").data_keys(cfg) == ("flair", "t1", "t2")
+    with pytest.raises(UsageError, match="--task colour"):
+        model_config("tiny", 32, task="colour")
+    with pytest.raises(UsageError, match="target 'image' is also an input"):
+        model_config("tiny", 32, inputs="image")
+    with pytest.raises(UsageError, match="size 18: a multiple of 4"):
+        model_config("tiny", 18)
+
+
+def test_residual_output_is_the_first_input_plus_the_network():
+    torch.manual_seed(0)
+    cfg = model_config("tiny", 16, task="inpaint")
+    net = build_unet(cfg).eval()
+    x = torch.randn(2, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(net, x, cfg), x[:, :1] + net(x))
+        cfg_direct = model_config("tiny", 16, task="inpaint", residual=False)
+        torch.testing.assert_close(forward(net, x, cfg_direct), net(x))
+
+
+def test_whole_volumes_of_any_shape_and_one_window_agree():
+    torch.manual_seed(0)
+    cfg = model_config("tiny", 16)
+    net = build_unet(cfg).eval()
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        whole = predict(net, x, cfg)
+        one_window = predict(net, x, cfg, window=16)
+        torch.testing.assert_close(one_window, whole, rtol=1e-5, atol=1e-5)
+        odd = predict(net, torch.randn(1, 1, 13, 16, 10), cfg)  # padded to multiples of 4, cropped back
+        assert odd.shape == (1, 1, 13, 16, 10)
+        windows = predict(net, torch.randn(1, 1, 24, 24, 24), cfg, window=8)
+        assert windows.shape == (1, 1, 24, 24, 24) and torch.isfinite(windows).all()
+
+
+def test_random_patches_cut_the_same_window_from_inputs_and_target():
+    g = torch.Generator().manual_seed(0)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(12.0)] * 3, indexing="ij"))  # [3, 12, 12, 12]
+    x = torch.stack([coords[:2], coords[:2] + 100])  # [2, 2, ...]
+    y = torch.stack([coords[2:], coords[2:] + 100])  # [2, 1, ...]
+    px, py = random_patches([x, y], 4, g)
+    assert px.shape == (2, 2, 4, 4, 4) and py.shape == (2, 1, 4, 4, 4)
+    for i in range(2):
+        x0, y0, z0 = (int(px[i, 0, 0, 0, 0]) - 100 * i, int(px[i, 1, 0, 0, 0]) - 100 * i, int(py[i, 0, 0, 0, 0]) - 100 * i)
+        torch.testing.assert_close(px[i], x[i, :, x0:x0 + 4, y0:y0 + 4, z0:z0 + 4])
+        torch.testing.assert_close(py[i], y[i, :, x0:x0 + 4, y0:y0 + 4, z0:z0 + 4])
+
+
+def test_trained_unet_beats_the_noisy_input_on_held_out_pairs(tmp_path):
+    """Denoising toy pairs (noise σ 0.2 on [-1, 1]): the model's PSNR on volumes it never saw exceeds the
+    input's by 2 dB (measured: 21.5 → 24.3 dB), through `medgen train` and `medgen.load(...).translate`."""
+    import medgen
+
+    data = make_dataset(tmp_path / "data", n=16, size=16, degraded=True)
+    held = make_dataset(tmp_path / "held", n=3, size=16, seed=5, degraded=True)
+    code = main(["train", str(data), "--family", "unet", "--preset", "tiny", "--task", "denoise", "--out",
+                 str(tmp_path / "run"), "--iters", "400", "--batch", "2", "--split-fractions", "1,0,0",
+                 "--hparam", "lr=3e-3", "--ema-decay", "0", "--log-every", "50", "--sample-every", "0", "--no-progress"])
+    assert code == 0
+    model = medgen.load(tmp_path / "run")
+    before, after = [], []
+    for i in range(3):
+        clean = np.load(held / "volumes" / f"v{i}.npy").astype(np.float32)
+        noisy = np.load(held / "degradeds" / f"v{i}.npy").astype(np.float32)
+        out = model.translate({"degraded": noisy})
+        assert out.shape == clean.shape and np.abs(out).max() <= 1
+        before.append(paired.psnr(noisy, clean))
+        after.append(paired.psnr(out, clean))
+    assert np.mean(after) > np.mean(before) + 2.0, (before, after)
+
+
+def test_a_paired_data_set_without_the_task_volumes_is_refused(tmp_path, capsys):
+    data = make_dataset(tmp_path / "data", n=2, size=16, degraded=True)
+    code = main(["train", str(data), "--family", "unet", "--preset", "tiny", "--task", "inpaint", "--out",
+                 str(tmp_path / "run"), "--iters", "1", "--no-progress"])
+    assert code == 2
+    assert "mask" in capsys.readouterr().err
+
+
+def test_translate_checks_its_inputs():
+    model = registry.get("unet").build_model("tiny", 16, task="inpaint")
+    vol = np.zeros((16, 16, 16), np.float32)
+    assert model.translate({"degraded": vol, "mask": vol}).shape == (16, 16, 16)
+    assert model.translate(np.stack([vol, vol])).shape == (16, 16, 16)
+    with pytest.raises(UsageError, match="missing mask"):
+        model.translate({"degraded": vol})
+    with pytest.raises(UsageError, match="need 2 volume"):
+        model.translate(vol)
+
+
+def test_run_config_round_trip_keeps_the_task(tmp_path):
+    from medgen.families.run_config import new_run_config
+
+    data = make_dataset(tmp_path / "data", n=2, size=16, degraded=True)
+    cfg = new_run_config(data, tmp_path / "run", family="unet", preset="tiny", model_options={"task": "sr"})
+    again = RunConfig.from_dict(cfg.to_dict())
+    assert registry.get("unet").model_from_dict(again.model).task == "sr"
