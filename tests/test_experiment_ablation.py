@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medgen.cli import main
-from medgen.families.hagan.experiments.ablation import (
+from medgen.experiments.ablation import (
     VARIANTS,
     ablation_size,
     check_full_run,
@@ -21,7 +21,7 @@ from medgen.families.hagan.experiments.ablation import (
     reconstruction_mae,
     seconds_per_iteration,
 )
-from medgen.families.hagan.experiments.workspace import SCALES, Workspace
+from medgen.experiments.workspace import SCALES, Workspace
 from toy_volumes import make_dataset
 
 EXPECTED_VARIANTS = ["full", "no low-res branch", "no encoder", "deterministic slabs", "untrained generator"]

@@ -11,7 +11,7 @@ import pytest
 
 from medgen.cli import main
 from medgen.core.errors import UsageError
-from medgen.families.hagan.experiments.augmentation import (
+from medgen.experiments.augmentation import (
     balanced_accuracy,
     emphysema_percentages,
     stratified_counts,

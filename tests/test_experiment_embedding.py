@@ -11,7 +11,7 @@ import pytest
 
 from medgen.cli import main
 from medgen.core.errors import InputError, UsageError
-from medgen.families.hagan.experiments import embedding as em
+from medgen.experiments import embedding as em
 
 
 # ---------------------------------------------------------------------- ellipses

@@ -11,7 +11,7 @@ import pytest
 
 from medgen.cli import main
 from medgen.core.errors import InputError, UsageError
-from medgen.families.hagan.experiments import features as fx
+from medgen.experiments import features as fx
 
 
 def _r2_by_hand(y: np.ndarray, pred: np.ndarray) -> float:
@@ -171,7 +171,7 @@ def test_features_smoke(smoke_work: Path, tmp_path: Path, capsys):
 @pytest.mark.slow
 def test_features_needs_an_encoder(smoke_work: Path, tmp_path: Path, capsys):
     # A run trained without encoder (one iteration on the smoke training set).
-    from medgen.families.hagan.experiments.workspace import SCALES, Workspace
+    from medgen.experiments.workspace import SCALES, Workspace
 
     train_dir, _ = Workspace(smoke_work, SCALES["smoke"], progress=False).datasets(32)
     run = tmp_path / "run"
@@ -188,7 +188,7 @@ def test_features_needs_an_encoder(smoke_work: Path, tmp_path: Path, capsys):
 def test_workspace_evaluates_with_a_runs_encoder_as_medgen_evaluate_does(smoke_work: Path, tmp_path: Path):
     import json
 
-    from medgen.families.hagan.experiments.workspace import SCALES, Workspace
+    from medgen.experiments.workspace import SCALES, Workspace
 
     ws = Workspace(smoke_work, SCALES["smoke"], device="cpu", progress=False)
     run = ws.main_model()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medgen.cli import main
-from medgen.families.hagan.experiments.guidance import spearman
+from medgen.experiments.guidance import spearman
 
 
 def ranks(v: np.ndarray) -> np.ndarray:

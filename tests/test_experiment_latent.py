@@ -13,7 +13,7 @@ import torch
 
 from medgen.api import HAGANModel
 from medgen.core.errors import UsageError
-from medgen.families.hagan.experiments import latent
+from medgen.experiments import latent
 from medgen.families.hagan import HAGANConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

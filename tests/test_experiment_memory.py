@@ -9,7 +9,7 @@ import pytest
 
 from medgen.cli import main
 from medgen.core.errors import RunFailed
-from medgen.families.hagan.experiments import memory
+from medgen.experiments import memory
 from medgen.families.hagan import count_parameters, get_preset
 
 

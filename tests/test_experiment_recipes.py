@@ -69,7 +69,7 @@ def test_workspace_refuses_a_run_trained_with_other_settings(tmp_path):
     import yaml
 
     from medgen.core.errors import UsageError
-    from medgen.families.hagan.experiments.workspace import SCALES, Workspace
+    from medgen.experiments.workspace import SCALES, Workspace
     from toy_volumes import make_dataset
 
     data = make_dataset(tmp_path / "d", n=4, size=32)

@@ -8,7 +8,7 @@ import pytest
 
 from medgen.cli import main
 from medgen.core.errors import UsageError
-from medgen.families.hagan.experiments.workspace import SCALES, ExperimentOutput, Workspace, markdown_table, metric_row
+from medgen.experiments.workspace import SCALES, ExperimentOutput, Workspace, markdown_table, metric_row
 
 
 def test_markdown_and_csv_tables(tmp_path):
@@ -77,7 +77,7 @@ def test_workspace_phantoms_are_what_medgen_phantoms_writes(tmp_path):
     import numpy as np
 
     from medgen.data.io import read_volume
-    from medgen.families.hagan.experiments.workspace import write_phantoms
+    from medgen.experiments.workspace import write_phantoms
 
     rows = write_phantoms("thorax-ct", 2, 16, 5, tmp_path / "ws", progress=False)
     assert main(["phantoms", "--kind", "thorax-ct", "--n", "2", "--size", "16", "--seed", "5",
@@ -93,7 +93,7 @@ def test_workspace_phantoms_are_what_medgen_phantoms_writes(tmp_path):
 
 def test_a_step_prints_its_command_and_names_itself_in_errors(capsys):
     from medgen.core.errors import InputError, RunFailed
-    from medgen.families.hagan.experiments.workspace import step
+    from medgen.experiments.workspace import step
 
     with step(["train", "data dir", "--out", "r"], "train x"):
         print("working")

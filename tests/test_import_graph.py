@@ -28,6 +28,7 @@ LAYERS = [
     "inference",
     "families",
     "report",
+    "experiments",
     "api",
     "commands",
     "cli",

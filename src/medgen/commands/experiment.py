@@ -18,7 +18,7 @@ import argparse
 import importlib
 import shlex
 
-from medgen.families.hagan.experiments import EXPERIMENTS
+from medgen.experiments import EXPERIMENTS
 
 # Options every experiment takes (dest → default), in the order of the canonical command line.
 _COMMON_DEFAULTS = {"scale": "demo", "work": "experiments-out/work", "data": None, "heldout": None, "run": None,
@@ -26,7 +26,7 @@ _COMMON_DEFAULTS = {"scale": "demo", "work": "experiments-out/work", "data": Non
 
 
 def _module(name: str):
-    return importlib.import_module(f"medgen.families.hagan.experiments.{name}")
+    return importlib.import_module(f"medgen.experiments.{name}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from medgen.core.errors import UsageError
-    from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace, get_scale
+    from medgen.experiments.workspace import ExperimentOutput, Workspace, get_scale
 
     module = _module(args.experiment)
     if args.weights is not None and args.features != "med3d":

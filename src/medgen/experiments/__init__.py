@@ -6,8 +6,8 @@ One module per experiment. Each defines
 * ``DESCRIPTION``: what it measures and what it writes;
 * ``add_arguments(parser)``: its own options (may be absent);
 * ``run(ws, out, args) -> dict``: the work, given a
-  :class:`~medgen.families.hagan.experiments.workspace.Workspace` (data, trained runs, samples)
-  and an :class:`~medgen.families.hagan.experiments.workspace.ExperimentOutput` (tables, figures);
+  :class:`~medgen.experiments.workspace.Workspace` (data, trained runs, samples)
+  and an :class:`~medgen.experiments.workspace.ExperimentOutput` (tables, figures);
   returns the results recorded in ``experiment.json``.
 
 :data:`EXPERIMENTS` is the registry, in the order of the paper.

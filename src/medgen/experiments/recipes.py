@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from medgen.families.hagan.experiments.guidance import LABEL_COLUMN  # the phantoms' emphysema classes
-from medgen.families.hagan.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, ExperimentOutput, Workspace, metric_row
+from medgen.experiments.guidance import LABEL_COLUMN  # the phantoms' emphysema classes
+from medgen.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, ExperimentOutput, Workspace, metric_row
 
 HELP = "HA-GAN: the paper's recipe vs slab context, minibatch std and class-loss options (mode collapse, classes)"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -137,8 +137,8 @@ def _mean_row(label: str, rows: list[dict[str, Any]], columns) -> dict[str, Any]
 
 def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
     from medgen.core.errors import UsageError
-    from medgen.families.hagan.experiments.ablation import heldout_volumes, sample_volumes, save_ablation_figure
-    from medgen.families.hagan.experiments.workspace import checkpoint_iteration
+    from medgen.experiments.ablation import heldout_volumes, sample_volumes, save_ablation_figure
+    from medgen.experiments.workspace import checkpoint_iteration
 
     if args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: need at least 1")
@@ -191,9 +191,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
 def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace, size: int) -> list[dict[str, Any]]:
     """The class-conditional table (``recipes-conditional.csv``/``.md``)."""
     from medgen.core.errors import UsageError
-    from medgen.families.hagan.experiments.augmentation import emphysema_percentages
-    from medgen.families.hagan.experiments.guidance import real_class_emphysema, spearman
-    from medgen.families.hagan.experiments.workspace import checkpoint_iteration
+    from medgen.experiments.augmentation import emphysema_percentages
+    from medgen.experiments.guidance import real_class_emphysema, spearman
+    from medgen.experiments.workspace import checkpoint_iteration
     from medgen.metrics.diversity import ms_ssim_diversity
     from medgen.metrics.volumes import open_volume_set
 

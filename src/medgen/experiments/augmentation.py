@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medgen.core.tables import write_csv
-from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace, checkpoint_iteration
+from medgen.experiments.workspace import ExperimentOutput, Workspace, checkpoint_iteration
 
 HELP = "class-conditional synthetic volumes as extra training data for a disease-stage classifier"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]

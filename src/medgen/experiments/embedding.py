@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from medgen.core.errors import InputError
-from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace
+from medgen.experiments.workspace import ExperimentOutput, Workspace
 from medgen.viz.embedding import (  # noqa: F401  (the geometry, shared with medgen evaluate's figure)
     MDS_METHODS,
     CovarianceEllipse,

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from medgen.core.tables import write_csv
-from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace, checkpoint_iteration
+from medgen.experiments.workspace import ExperimentOutput, Workspace, checkpoint_iteration
 
 HELP = "class-conditional diffusion: measured emphysema of generated volumes per requested class and guidance weight"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -62,7 +62,7 @@ def real_class_emphysema(train_dir, progress: bool = False):
     emphysema % per volume, per class {"mean", "q1", "q3", "n"}). UsageError with fewer than two classes."""
     from medgen.core.errors import UsageError
     from medgen.data.dataset import load_manifest
-    from medgen.families.hagan.experiments.augmentation import emphysema_percentages
+    from medgen.experiments.augmentation import emphysema_percentages
     from medgen.metrics.volumes import open_volume_set
 
     real_vs = open_volume_set(train_dir, what="--data")
@@ -94,8 +94,8 @@ def _weights(text: str) -> list[float]:
 
 def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
     from medgen.core.errors import UsageError
-    from medgen.families.hagan.experiments.augmentation import emphysema_percentages
-    from medgen.families.hagan.experiments.synthesis import budget_iterations
+    from medgen.experiments.augmentation import emphysema_percentages
+    from medgen.experiments.synthesis import budget_iterations
     from medgen.metrics.volumes import open_volume_set
 
     weights = _weights(args.guidance)

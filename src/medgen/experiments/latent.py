@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medgen.core.errors import UsageError
-from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace
+from medgen.experiments.workspace import ExperimentOutput, Workspace
 
 if TYPE_CHECKING:  # pragma: no cover
     from medgen.families.hagan.model import HAGANModel
@@ -72,7 +72,7 @@ COLUMNS: tuple[str, ...] = (
 
 
 def default_n_codes(scale) -> int:
-    """Latent codes drawn for the fit at a :class:`~medgen.families.hagan.experiments.workspace.Scale`."""
+    """Latent codes drawn for the fit at a :class:`~medgen.experiments.workspace.Scale`."""
     return N_CODES.get(scale.name, 8 * scale.n_samples)
 
 

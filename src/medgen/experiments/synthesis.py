@@ -28,7 +28,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from medgen.families.hagan.experiments.workspace import (
+from medgen.experiments.workspace import (
     METRIC_COLUMNS,
     METRIC_NOTES,
     ExperimentOutput,

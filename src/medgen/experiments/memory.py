@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from medgen.core.errors import UsageError
-from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace
+from medgen.experiments.workspace import ExperimentOutput, Workspace
 
 HELP = "parameters, peak memory and time of training and generation across resolutions, with and without the slab"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]

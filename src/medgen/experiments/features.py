@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medgen.core.errors import InputError, UsageError
-from medgen.families.hagan.experiments.workspace import ExperimentOutput, Workspace
+from medgen.experiments.workspace import ExperimentOutput, Workspace
 
 HELP = "R² of clinical measurements predicted from encoder latents, against voxel-PCA and untrained-encoder baselines"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]

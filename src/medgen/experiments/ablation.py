@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from medgen.core.errors import UsageError
-from medgen.families.hagan.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, ExperimentOutput, Workspace, metric_row
+from medgen.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, ExperimentOutput, Workspace, metric_row
 
 HELP = "full HA-GAN vs. without the low-resolution branch, without the encoder, with deterministic slabs"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -47,7 +47,7 @@ FIGURE_VOLUMES = 3
 @dataclass(frozen=True)
 class Variant:
     """One ablation variant: ``key`` (file names), ``label`` (table row), ``train`` (keyword
-    options of :meth:`Workspace.model <medgen.families.hagan.experiments.workspace.Workspace.model>`,
+    options of :meth:`Workspace.model <medgen.experiments.workspace.Workspace.model>`,
     i.e. of ``medgen train``) and ``note`` (what it leaves out, for the table)."""
 
     key: str
@@ -289,7 +289,7 @@ def save_ablation_figure(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path:
 
 # ---------------------------------------------------------------------- the experiment
 def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
-    from medgen.families.hagan.experiments.workspace import checkpoint_iteration
+    from medgen.experiments.workspace import checkpoint_iteration
 
     size = ablation_size(ws)
     if args.run is not None:
