@@ -171,3 +171,13 @@ def test_kspace_is_reproducible_per_seed_and_refuses_bad_parameters():
         KSPACE.params(acceleration=0.5)
     with pytest.raises(UsageError, match="kspace: center_fraction=0.5"):
         KSPACE.params(acceleration=4.0, center_fraction=0.5)
+
+
+@pytest.mark.parametrize("name", sorted(degradations.DEGRADATIONS))
+def test_every_degradation_module_has_a_passing_runnable_example(name):
+    import doctest
+    import importlib
+
+    module = importlib.import_module(degradations.DEGRADATIONS[name].apply.__module__)
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0, (module.__name__, result)
