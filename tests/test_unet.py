@@ -130,3 +130,12 @@ def test_run_config_round_trip_keeps_the_task(tmp_path):
     cfg = new_run_config(data, tmp_path / "run", family="unet", preset="tiny", model_options={"task": "sr"})
     again = RunConfig.from_dict(cfg.to_dict())
     assert registry.get("unet").model_from_dict(again.model).task == "sr"
+
+
+def test_the_untrained_residual_model_is_the_identity_and_the_direct_one_is_not():
+    x = torch.randn(1, 2, 16, 16, 16)
+    cfg = model_config("tiny", 16, task="inpaint")
+    with torch.no_grad():
+        torch.testing.assert_close(forward(build_unet(cfg), x, cfg), x[:, :1], rtol=0, atol=0)
+        direct = model_config("tiny", 16, task="inpaint", residual=False)
+        assert forward(build_unet(direct), x, direct).abs().max() > 1e-3

@@ -25,4 +25,5 @@ EXPERIMENTS: tuple[str, ...] = (
     "memory",
     "guidance",
     "recipes",
+    "image2image",
 )

@@ -2,8 +2,8 @@
 
 ``UNet`` (Kerfoot et al. 2018, MONAI) with residual units is the 3D form of the supervised denoisers of
 low-dose CT (RED-CNN, Chen et al. 2017: an encoder-decoder with shortcuts, trained on pairs with a pixel
-loss). With ``residual`` the output is the first input plus the network's correction, so an untrained
-network starts near the identity, the trivial baseline. Volumes larger than memory are processed by
+loss). With ``residual`` the output is the first input plus the network's correction, whose last layer
+starts at zero, so an untrained network is the identity: the trivial baseline. Volumes larger than memory are processed by
 MONAI's ``SlidingWindowInferer`` (Gaussian-weighted overlapping windows), so a 256³ volume runs on a CPU.
 """
 
@@ -17,10 +17,19 @@ from medgen.families.unet.config import UNetConfig
 
 
 def build_unet(cfg: UNetConfig) -> nn.Module:
+    """MONAI's ``UNet`` (``channels[0]`` output features) followed by a 1×1×1 convolution to the one output
+    channel. With ``residual`` that head starts at zero, so the untrained model is exactly the identity on its
+    first input (the baseline) and training departs from it; MONAI's own last layer cannot be zeroed to that
+    effect (with residual units it ends in a skip connection)."""
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=3, in_channels=len(cfg.inputs), out_channels=1, channels=tuple(cfg.channels),
+    body = UNet(spatial_dims=3, in_channels=len(cfg.inputs), out_channels=cfg.channels[0], channels=tuple(cfg.channels),
                 strides=tuple(cfg.strides), num_res_units=cfg.num_res_units, norm="instance")
+    head = nn.Conv3d(cfg.channels[0], 1, kernel_size=1)
+    if cfg.residual:
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return nn.Sequential(body, head)
 
 
 def stack_inputs(batch: dict[str, torch.Tensor], cfg: UNetConfig) -> torch.Tensor:
