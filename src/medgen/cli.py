@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_info",
     "generate",
     "encode",
+    "translate",
     "evaluate",
     "report",
     "experiment",

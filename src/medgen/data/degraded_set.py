@@ -33,6 +33,7 @@ from medgen.core.errors import InputError, UsageError
 from medgen.core.fileio import atomic_save_npy, atomic_write_json
 from medgen.core.tables import write_csv
 from medgen.core.version import __version__
+from medgen.core.volume import parse_spacing
 from medgen.data import degradations
 from medgen.data.dataset import (
     IMAGE,
@@ -81,17 +82,6 @@ def _hu_window(info: dict) -> tuple[float, float]:
     if not (isinstance(window, (list, tuple)) and len(window) == 2 and float(window[1]) > float(window[0])):
         raise InputError(f"preprocess.json: a CT data set needs 'hu_window' [low, high], found {window!r}")
     return float(window[0]), float(window[1])
-
-
-def parse_spacing(text: str, where: str) -> tuple[float, float, float]:
-    """The manifest's ``spacing`` cell (``"1.5x1.5x3"`` mm) as three floats."""
-    try:
-        values = tuple(float(v) for v in str(text).lower().split("x"))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(v > 0 and np.isfinite(v) for v in values):
-        raise InputError(f"{where}: spacing {text!r} is not three positive sizes in mm like 1.5x1.5x3")
-    return values  # type: ignore[return-value]
 
 
 def write_degraded_set(
@@ -235,7 +225,10 @@ def _write_pair(in_dir: Path, out_dir: Path, row: dict, info: dict, degradation,
         image = np.load(path, mmap_mode="r")
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read the image of {sid!r} ({exc})") from exc
-    spacing = parse_spacing(row.get("spacing", ""), f"{in_dir / 'manifest.csv'} ({sid})")
+    spacing = parse_spacing(row.get("spacing", ""))
+    if spacing is None:
+        raise InputError(f"{in_dir / 'manifest.csv'}: spacing {row.get('spacing', '')!r} of {sid!r} is not three "
+                         "positive sizes in mm like 1.5x1.5x3")
     rng = degradations.subject_rng(seed, sid)
     params = degradations.sample_params(degradation, parsed, rng)
     scan = degradations.Scan(to_scan_units(image, info), spacing, info["modality"])
