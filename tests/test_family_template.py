@@ -90,9 +90,16 @@ def test_resume_after_n_plus_n_equals_2n(family, tmp_path):
     moved = [k for name, net in fresh.items() for k, v in net.state_dict().items()
              if v.is_floating_point() and not torch.equal(v, a[name][k])]
     assert moved, f"{family}: training left every weight at its initialisation"
-    # the run loads through the registry as its family's model
-    model = registry.load(tmp_path / "split")
-    assert type(model).__module__.startswith(f"medgen.families.{family.replace('-', '_')}.")
+    # the run loads through the registry as its family's model, with the trained weights (EMA or not)
+    model = registry.load(tmp_path / "split", use_ema=False)
+    assert fam.load_model.__module__.startswith(f"medgen.families.{family.replace('-', '_')}.")
+    loaded = {id(t) for t in vars(model).values() if isinstance(t, torch.nn.Module)}
+    assert loaded, f"{family}: the loaded model holds no network"
+    trained = [v for sd in a.values() for v in sd.values()]
+    for net in (t for t in vars(model).values() if isinstance(t, torch.nn.Module)):
+        for k, v in net.state_dict().items():
+            if v.is_floating_point() and v.numel() > 1:
+                assert any(v.shape == w.shape and torch.equal(v.cpu(), w) for w in trained), f"{family}: {k}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -18,7 +18,7 @@ from pathlib import Path
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "translate",
-        help="apply an image-to-image model (unet) to scans or to a paired data set",
+        help="apply an image-to-image model (unet, pix2pix) to scans or to a paired data set",
         description=(
             "Translate IN with the model of training run RUN. IN is a scan (NIfTI, NRRD, MHA, a DICOM folder), a "
             "folder of scans (one-input models: each written to OUT/<id>.nii.gz on its own grid and affine, CT in "
@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 all written, 1 some inputs failed (the others are written), 2 usage or input error.",
     )
-    p.add_argument("run", metavar="RUN", help="training run folder of an image-to-image family (unet)")
+    p.add_argument("run", metavar="RUN", help="training run folder of an image-to-image family (unet, pix2pix)")
     p.add_argument("input", metavar="IN", help="scan file, DICOM folder, folder of scans, or paired data set")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     model = registry.load(args.run, checkpoint=args.checkpoint, device=resolve_device(args.device))
     if not hasattr(model, "translate"):
         raise UsageError(f"{args.run}: a {registry.load_run_config(args.run).family!r} run; translate needs an "
-                         "image-to-image family (unet)")
+                         "image-to-image family (unet, pix2pix)")
     src, out = Path(args.input), Path(args.out)
     if args.window is not None and args.window < 0:
         raise UsageError(f"--window {args.window}: need 0 (whole volumes) or a positive edge")

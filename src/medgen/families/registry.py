@@ -27,6 +27,7 @@ from medgen.families.ddpm.family import FAMILY as DDPM
 from medgen.families.hagan.family import FAMILY as HAGAN
 from medgen.families.ldm.family import FAMILY as LDM
 from medgen.families.ldm_autoencoder.family import FAMILY as LDM_AUTOENCODER
+from medgen.families.pix2pix.family import FAMILY as PIX2PIX
 from medgen.families.unet.family import FAMILY as UNET
 from medgen.training.checkpoint import load_weights, resolve_checkpoint
 from medgen.training import loop
@@ -41,6 +42,7 @@ FAMILIES: dict[str, Family] = {
     "ldm-autoencoder": LDM_AUTOENCODER,
     "ldm": LDM,
     "unet": UNET,
+    "pix2pix": PIX2PIX,
 }
 
 

@@ -1,0 +1,82 @@
+"""pix2pix as a registered family: the record the registry lists under ``"pix2pix"``.
+
+The trained generator is loaded as the ``unet`` family's :class:`~medgen.families.unet.model.ImageToImageModel`,
+so ``medgen translate`` and ``model.translate(...)`` work the same for both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medgen.core.errors import InputError
+from medgen.families.pix2pix import train
+from medgen.families.pix2pix.config import DEFAULT_PRESET, PRESETS, Pix2PixConfig, Pix2PixHParams, model_config
+from medgen.families.unet.model import ImageToImageModel
+from medgen.families.unet.network import build_unet
+from medgen.training.family import Family
+
+
+def describe(cfg: Pix2PixConfig) -> dict[str, Any]:
+    totals = {"G": sum(p.numel() for p in build_unet(cfg.generator).parameters()),
+              "D": sum(p.numel() for p in train.build_discriminator(cfg).parameters())}
+    return {"config": cfg.to_dict(), "totals": totals}
+
+
+def load_model(run_cfg: Any, weights: dict[str, dict[str, torch.Tensor]], checkpoint: Path, device: torch.device,
+               use_ema: bool = True) -> ImageToImageModel:
+    """The generator of a ``pix2pix`` run (its EMA copy unless ``use_ema`` is False)."""
+    cfg = Pix2PixConfig.from_dict(run_cfg.model)
+    hp = Pix2PixHParams.from_dict(dict(run_cfg.hparams or {}))
+    key = "G_ema" if use_ema and "G_ema" in weights else "G"
+    if key not in weights:
+        raise InputError(f"{checkpoint}: the checkpoint holds no generator weights")
+    net = build_unet(cfg.generator)
+    try:
+        net.load_state_dict(weights[key])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{checkpoint}: weights do not fit the generator in the run's config.yaml ({first})") from None
+    return ImageToImageModel(cfg.generator, net.to(device).eval().requires_grad_(False), run_cfg, device, checkpoint,
+                             window=hp.patch)
+
+
+def build_model(preset: str = "tiny", size: int = 32, seed: int = 0, device: torch.device = torch.device("cpu"),
+                encoder: bool = False, **overrides: Any) -> ImageToImageModel:
+    cfg = model_config(preset, size, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_unet(cfg.generator)
+    return ImageToImageModel(cfg.generator, net.to(device).eval().requires_grad_(False))
+
+
+def build_untrained(run_cfg: Any, seed: int = 0, device: torch.device = torch.device("cpu")) -> ImageToImageModel:
+    cfg = Pix2PixConfig.from_dict(run_cfg.model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_unet(cfg.generator)
+    return ImageToImageModel(cfg.generator, net.to(device).eval().requires_grad_(False), run_cfg, device, None)
+
+
+FAMILY = Family(
+    name="pix2pix",
+    summary="pix2pix in 3D (Isola et al. 2017): the unet generator + MONAI PatchDiscriminator on (condition, "
+            "target) + λ·L1; the same --task options as unet",
+    presets=PRESETS,
+    default_preset=DEFAULT_PRESET,
+    model_config=model_config,
+    model_from_dict=Pix2PixConfig.from_dict,
+    hparams_from_dict=Pix2PixHParams.from_dict,
+    build=train.build,
+    optimizers=train.optimizers,
+    train_step=train.train_step,
+    loss_names=train.loss_names,
+    ema="G",
+    load_model=load_model,
+    build_model=build_model,
+    build_untrained=build_untrained,
+    data_keys=lambda cfg: (cfg.generator.target, *cfg.generator.inputs),
+    describe=describe,
+)
