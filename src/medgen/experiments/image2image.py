@@ -2,8 +2,8 @@
 
 For each task, the built-in phantoms (thorax CT; brain MRI for k-space) at the scale's small size
 (demo: 32³) are degraded with ``medgen degrade`` — training and held-out sets alike, each subject with
-its own noise — a ``unet`` (``medgen train --family unet --task T``, preset ``small``) is trained on the
-training pairs, and every held-out pair is translated and compared with its clean target:
+its own noise — a ``unet`` and a ``pix2pix`` (``medgen train --family F --task T``, preset ``small``) are
+trained on the training pairs, and every held-out pair is translated and compared with its clean target:
 
 * ``sr``: slice gap ×4 (``--kind slices``, every 4th axial slice kept); baselines: nearest (the input)
   and linear interpolation between the kept slices;
@@ -16,9 +16,9 @@ training pairs, and every held-out pair is translated and compared with its clea
 
 Metrics (:mod:`medgen.metrics.paired`), per held-out volume, mean ± std: PSNR (dB, over the volume,
 data range 2), SSIM (3D, Gaussian window 11), NMSE, and the mean absolute error inside the task's mask
-(inpainting). Writes ``image2image.csv``/``.md`` (a row per task and method, the model's gain over the
-best baseline) and ``image2image-TASK.png`` (input | output | target | error in three planes, the first
-held-out subject).
+(inpainting). Writes ``image2image.csv``/``.md`` (a row per task and method, each model's gain over the
+best baseline) and ``image2image-TASK.png`` (baselines | models | target | the first model's error, in
+three planes, the first held-out subject).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import numpy as np
 
 from medgen.experiments.workspace import ExperimentOutput, Workspace, step
 
-HELP = "image-to-image tasks (super-resolution, low-dose denoising, k-space, inpainting): unet vs trivial baselines"
+HELP = "image-to-image tasks (super-resolution, low-dose denoising, k-space, inpainting): unet, pix2pix vs trivial baselines"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
-DEFAULTS = {"tasks": "sr,denoise,kspace,inpaint"}
+DEFAULTS = {"tasks": "sr,denoise,kspace,inpaint", "families": "unet,pix2pix"}
+FAMILIES = ("unet", "pix2pix")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ COLUMNS = ("task", "method", "psnr", "psnr_std", "ssim", "ssim_std", "nmse", "ma
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=DEFAULTS["tasks"], metavar="LIST",
                    help=f"comma-separated tasks among {', '.join(TASK_SPECS)} (default all)")
+    p.add_argument("--families", default=DEFAULTS["families"], metavar="LIST",
+                   help=f"comma-separated image-to-image families among {', '.join(FAMILIES)} (default both)")
 
 
 def _mri_datasets(ws: Workspace, size: int) -> tuple[Path, Path]:
@@ -137,6 +140,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     unknown = [t for t in tasks if t not in TASK_SPECS]
     if unknown or not tasks:
         raise UsageError(f"--tasks {args.tasks}: choose among {', '.join(TASK_SPECS)}")
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if not families or any(f not in FAMILIES for f in families):
+        raise UsageError(f"--families {args.families}: choose among {', '.join(FAMILIES)}")
     if not ws.uses_phantoms:
         raise UsageError("image2image runs on the built-in phantoms (it simulates its pairs); --data is not used")
     size = ws.scale.small_size
@@ -147,36 +153,47 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         clean_train, clean_held = ws.datasets(size) if spec.modality == "ct" else _mri_datasets(ws, size)
         train_dir = degraded(ws, spec, clean_train, "train", size)
         held_dir = degraded(ws, spec, clean_held, "heldout", size)
-        run_dir = ws.model(f"unet-{task}-{size}", size, family="unet", preset=preset, data=train_dir,
-                           model_settings={"task": task})
-        model = registry.load(run_dir, device=ws.torch_device())
-        inputs = model.config.inputs
-        pairs = load_pairs(held_dir, ("image", *inputs))
-        targets = [p["image"] for p in pairs]
-        masks = [p["mask"] for p in pairs] if "mask" in inputs else None
-        methods = [(spec.baseline, [p[inputs[0]] for p in pairs])]
-        if task == "sr":
-            linear_dir = degraded(ws, spec, clean_held, "heldout", size, settings=spec.settings + ("upsample=linear",),
-                                  name=f"{task}-linear-heldout-{size}")
-            methods.append(("linear interpolation", [p["degraded"] for p in load_pairs(linear_dir, ("degraded",))]))
-        outputs = [model.translate({n: p[n].astype(np.float32) for n in inputs}) for p in pairs]
+        pairs = None
+        methods: list[tuple[str, list[np.ndarray]]] = []
+        model_rows = []
+        shown: list[tuple[str, np.ndarray]] = []
+        for family in families:
+            run_dir = ws.model(f"{family}-{task}-{size}", size, family=family, preset=preset, data=train_dir,
+                               model_settings={"task": task})
+            model = registry.load(run_dir, device=ws.torch_device())
+            inputs = model.config.inputs
+            if pairs is None:
+                pairs = load_pairs(held_dir, ("image", *inputs))
+                targets = [p["image"] for p in pairs]
+                masks = [p["mask"] for p in pairs] if "mask" in inputs else None
+                methods = [(spec.baseline, [p[inputs[0]] for p in pairs])]
+                if task == "sr":
+                    linear_dir = degraded(ws, spec, clean_held, "heldout", size,
+                                          settings=spec.settings + ("upsample=linear",), name=f"{task}-linear-heldout-{size}")
+                    methods.append(("linear interpolation",
+                                    [p["degraded"] for p in load_pairs(linear_dir, ("degraded",))]))
+            outputs = [model.translate({n: p[n].astype(np.float32) for n in inputs}) for p in pairs]
+            model_rows.append({"task": task, "method": f"{family} ({preset})", **score(outputs, targets, masks)})
+            shown.append((family, outputs[0]))
         task_rows = [{"task": task, "method": m, **score(vols, targets, masks)} for m, vols in methods]
         best = max(r["psnr"] for r in task_rows)
-        model_row = {"task": task, "method": f"unet ({preset})", **score(outputs, targets, masks)}
-        model_row["gain_db"] = model_row["psnr"] - best
-        rows += task_rows + [model_row]
-        figure = save_pair_figure(out.path(f"image2image-{task}.png"),
-                                  [(m, vols[0]) for m, vols in methods] + [("unet", outputs[0])], targets[0],
-                                  f"{task}: held-out {pairs[0]['id']}")
+        for row in model_rows:
+            row["gain_db"] = row["psnr"] - best
+        rows += task_rows + model_rows
+        figure = save_pair_figure(out.path(f"image2image-{task}.png"), [(m, vols[0]) for m, vols in methods] + shown,
+                                  targets[0], f"{task}: held-out {pairs[0]['id']}", error_of=len(methods))
         out.add_figure(figure)
     notes = [
-        (f"{size}³ phantoms ({ws.scale.n_train} training, {ws.scale.n_heldout} held-out subjects per task); unet preset "
-         f"{preset!r}, batch {ws.scale.batch}, {ws.train_iters} iterations, L1 loss, EMA weights."),
+        (f"{size}³ phantoms ({ws.scale.n_train} training, {ws.scale.n_heldout} held-out subjects per task); preset "
+         f"{preset!r} ({', '.join(families)}), batch {ws.scale.batch}, {ws.train_iters} iterations, EMA weights; unet: "
+         "L1 loss; pix2pix: the same generator with a PatchGAN discriminator (LSGAN) + 100·L1. The error map is the "
+         "first model's."),
         *[f"{t}: `medgen degrade --kind {TASK_SPECS[t].kind} "
           f"{' '.join('--param ' + s for s in TASK_SPECS[t].settings)}`." for t in tasks],
         "psnr: dB over the whole volume in [-1, 1] (data range 2); ssim: 3D, Gaussian window 11 (σ 1.5); "
         "nmse: ||output − target||² / ||target||²; mae_mask: mean |output − target| inside the hidden region.",
         "gain_db: the model's PSNR minus the best baseline's (target: ≥ 2 dB for sr, denoise, kspace).",
     ]
-    out.write_table(rows, COLUMNS, title=f"Image-to-image tasks at {size}³: unet vs trivial baselines", notes=notes)
+    out.write_table(rows, COLUMNS, title=f"Image-to-image tasks at {size}³: {' and '.join(families)} vs trivial baselines",
+                    notes=notes)
     return {"size": size, "rows": rows}
