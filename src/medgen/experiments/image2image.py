@@ -14,9 +14,9 @@ trained on the training pairs, and every held-out pair is translated and compare
 * ``inpaint``: boxes hiding 10 % of the body (``--kind inpaint``); baseline: mean-filling (the input).
   The error that matters is inside the mask (``mae_mask``).
 
-Metrics (:mod:`medgen.metrics.paired`), per held-out volume, mean ± std: PSNR (dB, over the volume,
-data range 2), SSIM (3D, Gaussian window 11), NMSE, and the mean absolute error inside the task's mask
-(inpainting). Writes ``image2image.csv``/``.md`` (a row per task and method, each model's gain over the
+Metrics (:mod:`medgen.metrics.paired_regions`), per held-out volume, then averaged: PSNR (dB, data range
+2) over the volume and over the body, SSIM (3D, Gaussian window 11), NMSE, for CT the mean |error| in HU
+inside the body, the lungs and bone, and for inpainting the mean |error| inside the hidden region. Writes ``image2image.csv``/``.md`` (a row per task and method, each model's gain over the
 best baseline) and ``image2image-TASK.png`` (baselines | models | target | the first model's error, in
 three planes, the first held-out subject).
 """
@@ -53,7 +53,8 @@ TASK_SPECS = {
     "kspace": TaskSpec("kspace", "mri", "kspace", ("acceleration=4",), "zero-filled (input)"),
     "inpaint": TaskSpec("inpaint", "ct", "inpaint", ("shape=box", "fraction=0.1"), "mean-filling (input)"),
 }
-COLUMNS = ("task", "method", "psnr", "psnr_std", "ssim", "ssim_std", "nmse", "mae_mask", "gain_db", "n")
+COLUMNS = ("task", "method", "psnr", "psnr_std", "psnr_body", "ssim", "ssim_std", "nmse", "hu_mae_body", "hu_mae_lung",
+           "hu_mae_bone", "mae_mask", "gain_db", "n")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -117,22 +118,24 @@ def load_pairs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndarra
     return pairs
 
 
-def score(outputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray] | None) -> dict[str, Any]:
-    """Mean and std of PSNR and SSIM, mean NMSE and (with masks) the mean |error| inside the masks."""
-    from medgen.metrics import paired
+def score(outputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray] | None,
+          window: tuple[float, float] | None) -> dict[str, Any]:
+    """The region-wise paired metrics (:mod:`medgen.metrics.paired_regions`) per volume, averaged; PSNR and
+    SSIM with their std over volumes."""
+    from medgen.metrics.paired_regions import region_metrics, summarise
 
-    psnr = np.array([paired.psnr(o, t) for o, t in zip(outputs, targets)])
-    ssim = np.array([paired.ssim(o, t) for o, t in zip(outputs, targets)])
-    nmse = np.array([paired.nmse(o, t) for o, t in zip(outputs, targets)])
-    row = {"psnr": float(psnr.mean()), "psnr_std": float(psnr.std()), "ssim": float(ssim.mean()),
-           "ssim_std": float(ssim.std()), "nmse": float(nmse.mean()), "n": len(outputs)}
-    if masks is not None:
-        row["mae_mask"] = float(np.mean([np.abs(o[m] - t[m]).mean() for o, t, m in zip(outputs, targets, masks)]))
+    per = [region_metrics(o, t, window, None if masks is None else m)
+           for o, t, m in zip(outputs, targets, masks or [None] * len(outputs))]
+    s = summarise(per)
+    row = {k: v["value"] for k, v in s.items()}
+    row.update(psnr_std=s["psnr"]["std"], ssim_std=s["ssim"]["std"], n=len(outputs))
     return row
 
 
 def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
     from medgen.core.errors import UsageError
+    from medgen.core.volume import ct_window
+    from medgen.data.dataset import load_preprocess_info
     from medgen.families import registry
     from medgen.viz.pairs import save_pair_figure
 
@@ -151,6 +154,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     for task in tasks:
         spec = TASK_SPECS[task]
         clean_train, clean_held = ws.datasets(size) if spec.modality == "ct" else _mri_datasets(ws, size)
+        window = ct_window(load_preprocess_info(clean_held)) if spec.modality == "ct" else None
         train_dir = degraded(ws, spec, clean_train, "train", size)
         held_dir = degraded(ws, spec, clean_held, "heldout", size)
         pairs = None
@@ -173,9 +177,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
                     methods.append(("linear interpolation",
                                     [p["degraded"] for p in load_pairs(linear_dir, ("degraded",))]))
             outputs = [model.translate({n: p[n].astype(np.float32) for n in inputs}) for p in pairs]
-            model_rows.append({"task": task, "method": f"{family} ({preset})", **score(outputs, targets, masks)})
+            model_rows.append({"task": task, "method": f"{family} ({preset})", **score(outputs, targets, masks, window)})
             shown.append((family, outputs[0]))
-        task_rows = [{"task": task, "method": m, **score(vols, targets, masks)} for m, vols in methods]
+        task_rows = [{"task": task, "method": m, **score(vols, targets, masks, window)} for m, vols in methods]
         best = max(r["psnr"] for r in task_rows)
         for row in model_rows:
             row["gain_db"] = row["psnr"] - best
@@ -190,8 +194,10 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
          "first model's."),
         *[f"{t}: `medgen degrade --kind {TASK_SPECS[t].kind} "
           f"{' '.join('--param ' + s for s in TASK_SPECS[t].settings)}`." for t in tasks],
-        "psnr: dB over the whole volume in [-1, 1] (data range 2); ssim: 3D, Gaussian window 11 (σ 1.5); "
-        "nmse: ||output − target||² / ||target||²; mae_mask: mean |output − target| inside the hidden region.",
+        "psnr: dB over the whole volume in [-1, 1] (data range 2); psnr_body: over the body (CT: HU > -500, "
+        "holes filled; MRI: the head foreground); ssim: 3D, Gaussian window 11 (σ 1.5); nmse: ||output − target||² / "
+        "||target||²; hu_mae_*: mean |output − target| in HU inside the target's body, lungs and bone (> +300 HU); "
+        "mae_mask: mean |output − target| in [-1, 1] units inside the hidden region.",
         "gain_db: the model's PSNR minus the best baseline's (target: ≥ 2 dB for sr, denoise, kspace).",
     ]
     out.write_table(rows, COLUMNS, title=f"Image-to-image tasks at {size}³: {' and '.join(families)} vs trivial baselines",

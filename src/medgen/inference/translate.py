@@ -11,8 +11,10 @@ Two kinds of input:
   spacing differs from the training data's by more than 20 % is translated with a warning.
 * **A paired data set** (``medgen degrade`` output, or any preprocessed folder holding the model's input
   volumes): every subject is translated, written as ``OUT/<id>.nii.gz`` (affine from its spacing), and
-  when the data set holds the target volume, PSNR/SSIM/NMSE per subject are written to
-  ``OUT/metrics.csv`` and their summary to ``OUT/metrics.json``.
+  when the data set holds the target volume, the paired metrics of
+  :mod:`medgen.metrics.paired_regions` per subject (PSNR/SSIM/NMSE over the volume and the body; CT: HU
+  error inside body, lungs and bone; with a ``mask`` volume, the error inside it) are written to
+  ``OUT/metrics.csv`` and their mean ± std to ``OUT/metrics.json``.
 
 Every file is written atomically; a rerun skips outputs that exist (an interrupted run continues).
 """
@@ -116,7 +118,7 @@ def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str =
     from medgen.data.dataset import VolumeDataset, load_manifest, load_preprocess_info, volume_kinds
     from medgen.data.io import write_nifti
     from medgen.inference.generate import spacing_affine
-    from medgen.metrics.evaluate import evaluate_paired
+    from medgen.metrics.paired_regions import region_metrics, summarise
     from medgen.core.volume import parse_spacing
 
     cfg = model.config
@@ -127,12 +129,15 @@ def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str =
         raise InputError(f"{data_dir}: holds volumes {', '.join(kinds)}; this model reads {', '.join(cfg.inputs)} "
                          f"(missing {', '.join(missing)})")
     has_target = cfg.target in kinds
-    keys = tuple(cfg.inputs) + ((cfg.target,) if has_target else ())
+    mask_name = "mask" if kinds.get("mask") == "label" else None  # inpainting's hidden region
+    keys = tuple(cfg.inputs) + ((cfg.target,) if has_target else ()) + ((mask_name,) if mask_name and has_target
+                                                                         and mask_name not in cfg.inputs else ())
     ds = VolumeDataset(data_dir, split=split, label_column=None, keys=keys)
     spacings = {r["id"]: parse_spacing(r.get("spacing", "")) for r in load_manifest(data_dir)}
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = TranslateSummary()
-    outputs, targets, ids = [], [], []
+    rows: list[dict[str, Any]] = []
+    hu_window = ct_window(info) if is_ct(info) else None
     for i in tqdm(range(len(ds)), desc="translate", unit="vol", disable=not progress):
         item = ds[i]
         sid = item["id"]
@@ -148,15 +153,11 @@ def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str =
             atomic_save_npy(raw, y.astype(np.float32))
             summary.written.append(sid)
         if has_target:
-            outputs.append(y)
-            targets.append(item[cfg.target][0].numpy())
-            ids.append(sid)
-    if has_target and outputs:
-        ev = evaluate_paired(np.stack(outputs), np.stack(targets))
-        rows = [{**row, "id": sid} for row, sid in zip(ev.rows, ids)]
-        columns = ["id"] + [c for c in rows[0] if c != "id"]
-        write_csv(out_dir / "metrics.csv", rows, columns)
-        summary.metrics = {k: v for k, v in ev.metrics.items()}
+            mask = item[mask_name][0].numpy().astype(bool) if mask_name else None
+            rows.append({"id": sid, **region_metrics(y, item[cfg.target][0].numpy(), hu_window, mask)})
+    if rows:
+        write_csv(out_dir / "metrics.csv", rows, list(rows[0]))
+        summary.metrics = summarise(rows)
         atomic_write_json(out_dir / "metrics.json", {"data": str(data_dir), "split": split, "target": cfg.target,
                                                      "inputs": list(cfg.inputs), "metrics": summary.metrics})
     return summary
