@@ -100,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--label-column", default=None, help="manifest column with the class labels (conditional training)")
     m.add_argument("--autoencoder", dest="autoencoder_run", default=None, metavar="RUN",
                    help="ldm: the trained `--family ldm-autoencoder` run whose latents the model diffuses")
-    i = p.add_argument_group("image-to-image families (unet, pix2pix) on a paired data set (`medgen degrade`)")
+    i = p.add_argument_group("image-to-image families (unet, pix2pix, cond-ddpm) on a paired data set (`medgen degrade`)")
     i.add_argument("--task", default=None, choices=("sr", "denoise", "kspace", "restore", "inpaint", "outpaint", "xray2ct"),
                    help="what the model learns; sets the input volumes and the residual mode (default denoise)")
     i.add_argument("--inputs", default=None, metavar="NAMES",

@@ -5,6 +5,7 @@ Examples::
     medgen translate runs/denoise64 scans/low-dose/ --out denoised/          # NIfTI in, NIfTI out (HU kept)
     medgen translate runs/denoise64 scan.nii.gz --out denoised/ --window 64  # overlapping 64³ windows
     medgen translate runs/sr32 data/ct32-gap4 --out sr-test/ --split test    # a paired data set: + metrics
+    medgen translate runs/cond-sr32 data/ct32-gap4 --out sr-test/ --steps 20  # cond-ddpm: 20 DDIM steps
 
 The work is :mod:`medgen.inference.translate`.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "translate",
-        help="apply an image-to-image model (unet, pix2pix) to scans or to a paired data set",
+        help="apply an image-to-image model (unet, pix2pix, cond-ddpm) to scans or to a paired data set",
         description=(
             "Translate IN with the model of training run RUN. IN is a scan (NIfTI, NRRD, MHA, a DICOM folder), a "
             "folder of scans (one-input models: each written to OUT/<id>.nii.gz on its own grid and affine, CT in "
@@ -28,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 all written, 1 some inputs failed (the others are written), 2 usage or input error.",
     )
-    p.add_argument("run", metavar="RUN", help="training run folder of an image-to-image family (unet, pix2pix)")
+    p.add_argument("run", metavar="RUN", help="training run folder of an image-to-image family (unet, pix2pix, cond-ddpm)")
     p.add_argument("input", metavar="IN", help="scan file, DICOM folder, folder of scans, or paired data set")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
@@ -36,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=None, metavar="N",
                    help="edge of the overlapping cubic windows (default: the training patch, or the training "
                         "size for larger volumes; 0: whole volumes)")
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="diffusion models (cond-ddpm): DDIM denoising steps per volume (default 50); fewer is faster")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint to load (default: the run's latest)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -43,6 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import inspect
+
     from medgen.core.device import resolve_device
     from medgen.core.errors import EXIT_PARTIAL, InputError, UsageError
     from medgen.data.discover import discover_inputs
@@ -55,12 +60,18 @@ def run(args: argparse.Namespace) -> int:
     model = registry.load(args.run, checkpoint=args.checkpoint, device=resolve_device(args.device))
     if not hasattr(model, "translate"):
         raise UsageError(f"{args.run}: a {registry.load_run_config(args.run).family!r} run; translate needs an "
-                         "image-to-image family (unet, pix2pix)")
+                         "image-to-image family (unet, pix2pix, cond-ddpm)")
+    if args.steps is not None and "steps" not in inspect.signature(model.translate).parameters:
+        raise UsageError(f"--steps: a {registry.load_run_config(args.run).family!r} model translates in one pass "
+                         "(it applies to diffusion models such as cond-ddpm)")
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps {args.steps}: need at least 1")
     src, out = Path(args.input), Path(args.out)
     if args.window is not None and args.window < 0:
         raise UsageError(f"--window {args.window}: need 0 (whole volumes) or a positive edge")
     if src.is_dir() and (src / "manifest.csv").is_file() and (src / "preprocess.json").is_file():
-        summary = translate_dataset(model, src, out, split=args.split, window=args.window, progress=not args.no_progress)
+        summary = translate_dataset(model, src, out, split=args.split, window=args.window, progress=not args.no_progress,
+                                    steps=args.steps)
         if summary.metrics:
             parts = [f"{k} {v.get('value'):.4g}" for k, v in summary.metrics.items() if v.get("value") is not None]
             print(f"{args.split} subjects vs their {model.config.target!r}: {', '.join(parts)} (OUT/metrics.json)")
@@ -79,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{src}: no such file or folder")
         spacing, _ = training_spacing(model.run_config)
         summary = translate_scans(model, items, out, window=args.window, training_spacing=spacing,
-                                  progress=not args.no_progress)
+                                  progress=not args.no_progress, steps=args.steps)
         for path, reason in summary.failed:
             print(f"medgen translate: skipped {path}: {reason}")
     print(f"wrote {len(summary.written)} volume(s) to {out}" + (f", kept {len(summary.skipped)}" if summary.skipped else ""))

@@ -22,6 +22,7 @@ xray2ct  drr_pa, drr_lateral          ``--kind drr``                      no
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from medgen.core.errors import UsageError
 
@@ -50,3 +51,25 @@ def get(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise UsageError(f"--task {name}: choose one of {', '.join(TASKS)}") from None
+
+
+def io_fields(task: str | None = None, inputs: Any = None, target: str | None = None) -> dict[str, Any]:
+    """``task`` (default ``denoise``), its input volumes and target, with ``inputs`` (a sequence or comma-separated
+    names) and ``target`` given explicitly overriding the task's: the fields an image-to-image config stores."""
+    name = task or "denoise"
+    spec = get(name)
+    if inputs is None:
+        names = spec.inputs
+    else:
+        names = tuple(n.strip() for n in inputs.split(",")) if isinstance(inputs, str) else tuple(inputs)
+    return {"task": name, "inputs": names, "target": spec.target if target is None else target}
+
+
+def check_io(task: str, inputs: tuple[str, ...], target: str) -> None:
+    """UsageError (one line) for an unknown task, no or repeated input volumes, or a target that is also an input."""
+    if task not in TASKS:
+        raise UsageError(f"task {task!r}: choose one of {', '.join(TASKS)}")
+    if not inputs or len(set(inputs)) != len(inputs) or not all(isinstance(n, str) and n for n in inputs):
+        raise UsageError(f"inputs {list(inputs)}: need one or more distinct volume names")
+    if target in inputs:
+        raise UsageError(f"target {target!r} is also an input")

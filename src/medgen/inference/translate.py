@@ -71,10 +71,17 @@ def normalise_scan(array: np.ndarray, preprocess: dict[str, Any]) -> tuple[np.nd
     return x, lambda y: ((np.asarray(y, dtype=np.float32) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
 
 
+def _options(steps: int | None) -> dict[str, Any]:
+    """Keyword arguments for ``model.translate`` beyond the window: ``steps`` only when given (diffusion models)."""
+    return {} if steps is None else {"steps": int(steps)}
+
+
 def translate_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int | None = None,
                     training_spacing: tuple[float, float, float] | None = None, progress: bool = True,
-                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> TranslateSummary:
-    """Translate every scan of ``inputs`` (``InputItem``s: id and path) into ``out_dir`` (module docstring)."""
+                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                    steps: int | None = None) -> TranslateSummary:
+    """Translate every scan of ``inputs`` (``InputItem``s: id and path) into ``out_dir`` (module docstring);
+    ``steps``: denoising steps of a diffusion model (None: its default)."""
     from tqdm import tqdm
 
     from medgen.data.io import read_volume, reorient_to_ras, write_nifti
@@ -101,16 +108,17 @@ def translate_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int
                 log(f"{item.path}: voxels of {'x'.join(f'{v:g}' for v in volume.spacing)} mm, the model was trained on "
                     f"{'x'.join(f'{v:g}' for v in training_spacing)} mm; resample the scan for a faithful result")
         w = default_window(model, x.shape) if window is None else window
-        y = model.translate(x, window=w)
+        y = model.translate(x, window=w, **_options(steps))
         write_nifti(target, back(y), volume.affine)
         summary.written.append(item.id)
     return summary
 
 
 def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "all", window: int | None = None,
-                      progress: bool = True) -> TranslateSummary:
+                      progress: bool = True, steps: int | None = None) -> TranslateSummary:
     """Translate every subject of the paired data set ``data_dir`` (module docstring); with its target
-    volume, paired metrics are computed on the model's [-1, 1] outputs."""
+    volume, paired metrics are computed on the model's [-1, 1] outputs. ``steps``: denoising steps of a
+    diffusion model (None: its default)."""
     from tqdm import tqdm
 
     from medgen.core.tables import write_csv
@@ -146,7 +154,8 @@ def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str =
             y = np.load(raw)
             summary.skipped.append(sid)
         else:
-            y = model.translate({n: item[n][0].numpy().astype(np.float32) for n in cfg.inputs}, window=window)
+            y = model.translate({n: item[n][0].numpy().astype(np.float32) for n in cfg.inputs}, window=window,
+                                **_options(steps))
             spacing = spacings.get(sid) or (1.0, 1.0, 1.0)
             data = hounsfield_int16(y, ct_window(info)) if is_ct(info) else y.astype(np.float32)
             write_nifti(out_dir / f"{sid}.nii.gz", data, spacing_affine(spacing))

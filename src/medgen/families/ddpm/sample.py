@@ -32,12 +32,18 @@ SAMPLERS = ("ddim", "ddpm")
 DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 50
 
 
-def make_scheduler(cfg: DDPMConfig, sampler: str = "ddpm", eta: float = 0.0):
-    """MONAI's scheduler for ``cfg``'s noise schedule: ``DDPMScheduler`` (training, ``ddpm`` sampling) or ``DDIMScheduler``."""
+def make_scheduler(cfg: DDPMConfig, sampler: str = "ddpm", eta: float = 0.0,
+                   clip_range: tuple[float, float] = (-1.0, 1.0)):
+    """MONAI's scheduler for ``cfg``'s noise schedule: ``DDPMScheduler`` (training, ``ddpm`` sampling) or ``DDIMScheduler``.
+
+    ``clip_range``: where predicted x₀ is clipped when ``cfg.clip_sample`` (the volumes' [-1, 1] by default).
+    """
     from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
     common = dict(num_train_timesteps=cfg.num_train_timesteps, schedule=cfg.schedule, prediction_type=cfg.prediction_type,
                   clip_sample=cfg.clip_sample)
+    if tuple(clip_range) != (-1.0, 1.0):
+        common.update(clip_sample_min=float(clip_range[0]), clip_sample_max=float(clip_range[1]))
     if cfg.schedule != "cosine":
         common.update(beta_start=cfg.beta_start, beta_end=cfg.beta_end)
     if sampler == "ddpm":
@@ -113,18 +119,21 @@ def reverse_process(
     guidance: float = 1.0,
     eta: float = 0.0,
     device: torch.device = torch.device("cpu"),
+    shape: Sequence[int] | None = None,
+    clip_range: tuple[float, float] = (-1.0, 1.0),
 ) -> torch.Tensor:
     """Sample ``index`` of ``seed``'s sequence: the reverse process from its own noise, [1, C, S, S, S] on ``device``.
 
     ``steps`` must have passed :func:`check_sampling`. C is ``cfg.in_channels`` (1 for a
-    volume, the latent channels for latent diffusion); predicted x₀ is clipped to [-1, 1]
-    at each step when ``cfg.clip_sample``.
+    volume, the latent channels for latent diffusion); predicted x₀ is clipped to ``clip_range``
+    ([-1, 1], the volumes' range) at each step when ``cfg.clip_sample``. ``shape``: the spatial
+    shape (X, Y, Z) to sample instead of S³ (an image-conditioned model follows its condition's).
     """
-    s = cfg.size
-    scheduler = make_scheduler(cfg, sampler)
+    spatial = tuple(int(n) for n in shape) if shape is not None else (cfg.size,) * 3
+    scheduler = make_scheduler(cfg, sampler, clip_range=clip_range)
     scheduler.set_timesteps(steps, device=device)
     gen = volume_generator(seed, int(index), device)
-    x = torch.randn((1, cfg.in_channels, s, s, s), generator=gen, device=device)
+    x = torch.randn((1, cfg.in_channels, *spatial), generator=gen, device=device)
     lab = torch.tensor([int(label)], device=device) if label is not None else None
     for t in scheduler.timesteps:
         tt = torch.full((1,), int(t), device=device, dtype=torch.long)

@@ -54,16 +54,18 @@ class DDPMHParams:
         return hp
 
 
-def build_unet(cfg: DDPMConfig) -> nn.Module:
+def build_unet(cfg: DDPMConfig, cond_channels: int = 0) -> nn.Module:
     """MONAI's 3D ``DiffusionModelUNet`` for ``cfg`` (class embedding of K + 1 entries when conditional).
 
-    Its last convolution starts at zero (MONAI's initialisation), so an untrained UNet predicts 0.
+    ``cond_channels``: condition volumes concatenated to the noisy sample as extra input channels (the
+    image-conditioned ``cond-ddpm`` family); the output keeps ``cfg.in_channels``. Its last convolution
+    starts at zero (MONAI's initialisation), so an untrained UNet predicts 0.
     """
     from monai.networks.nets import DiffusionModelUNet
 
     return DiffusionModelUNet(
         spatial_dims=3,
-        in_channels=cfg.in_channels,
+        in_channels=cfg.in_channels + cond_channels,
         out_channels=cfg.in_channels,
         num_res_blocks=cfg.num_res_blocks,
         channels=tuple(cfg.channels),

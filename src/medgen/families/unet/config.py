@@ -33,12 +33,7 @@ class UNetConfig:
     num_res_units: int = 2
 
     def __post_init__(self) -> None:
-        if self.task not in image_tasks.TASKS:
-            raise UsageError(f"task {self.task!r}: choose one of {', '.join(image_tasks.TASKS)}")
-        if not self.inputs or len(set(self.inputs)) != len(self.inputs):
-            raise UsageError(f"inputs {list(self.inputs)}: need one or more distinct volume names")
-        if self.target in self.inputs:
-            raise UsageError(f"target {self.target!r} is also an input")
+        image_tasks.check_io(self.task, tuple(self.inputs), self.target)
         if len(self.channels) != len(self.strides) + 1 or min(self.channels) < 1 or min(self.strides) < 1:
             raise UsageError(f"channels {self.channels} and strides {self.strides}: need one more channel count than strides")
         if self.size % self.divisor:
@@ -74,13 +69,8 @@ def model_config(preset: str, size: int, task: str | None = None, inputs: Any = 
     given explicitly override the task's. Overrides whose value is None are ignored."""
     if preset not in PRESETS:
         raise UsageError(f"unknown unet preset {preset!r} (choose from {', '.join(PRESETS)})")
-    spec = image_tasks.get(task or "denoise")
-    fields: dict[str, Any] = dict(PRESETS[preset], size=size, task=task or "denoise", inputs=spec.inputs,
-                                  target=spec.target, residual=spec.residual)
-    if inputs is not None:
-        fields["inputs"] = tuple(inputs.split(",")) if isinstance(inputs, str) else tuple(inputs)
-    if target is not None:
-        fields["target"] = target
+    io = image_tasks.io_fields(task, inputs, target)
+    fields: dict[str, Any] = dict(PRESETS[preset], size=size, residual=image_tasks.get(io["task"]).residual, **io)
     if residual is not None:
         fields["residual"] = residual
     fields.update({k: v for k, v in overrides.items() if v is not None})
