@@ -296,3 +296,153 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, make_ct, medgen_main, capsy
     assert len(error_lines) == 1 and message in error_lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "o" / "manifest.csv").exists()
+
+
+# --------------------------------------------------------------------------- extra volumes
+
+
+def test_resize_labels_takes_the_input_voxel_under_each_output_centre():
+    from medgen.data.preprocess import resize_labels
+
+    labels = np.arange(4, dtype=np.int16).reshape(4, 1, 1) * np.ones((1, 2, 3), np.int16)
+    np.testing.assert_array_equal(resize_labels(labels, (8, 2, 3))[:, 0, 0], [0, 0, 1, 1, 2, 2, 3, 3])
+    np.testing.assert_array_equal(resize_labels(labels, (2, 2, 3))[:, 0, 0], [1, 3])  # centres 1 and 3
+    np.testing.assert_array_equal(resize_labels(labels, (3, 2, 3))[:, 0, 0], [0, 2, 3])  # 0.67, 2, 3.33
+    out = resize_labels(labels, (6, 4, 1))
+    assert out.dtype == np.int16 and out.shape == (6, 4, 1)
+
+
+def _subject(make_ct):
+    """A CT with blank slices (2 bottom, 6 top), stored right→left on x, 1.5 x 1.5 x 2 mm, with a label map
+    (0 air, 1 body, 2 lung, 7 a marker block) and a second intensity volume (+100 HU) on its grid."""
+    hu = make_ct((20, 18, 16), seed=3, blank_bottom=2, blank_top=6)
+    labels = np.where(hu > -900, 1, 0).astype(np.int16)
+    labels[(hu < -700) & (hu > -900)] = 2
+    labels[2:6, 3:7, 6:9] = 7
+    affine = np.diag([-1.5, 1.5, 2.0, 1.0])
+    return hu, labels, affine
+
+
+@pytest.mark.parametrize("fit, spacing", [("resize-keep-aspect", None), ("crop-pad", None), ("resize", 2.5)])
+def test_extra_volumes_get_exactly_the_image_geometry(make_ct, fit, spacing):
+    from medgen.data.preprocess import preprocess_subject, resample_isotropic
+
+    hu, labels, affine = _subject(make_ct)
+    settings = PreprocessSettings(modality="ct", size=16, fit=fit, spacing=spacing)
+    out, info = preprocess_subject(
+        Volume(hu, affine), {"tissue": (Volume(labels.astype(np.float32), affine), "label"),
+                             "target": (Volume(hu + 100.0, affine), "intensity")}, settings)
+    image, info_alone = preprocess_volume(Volume(hu, affine), settings)
+    np.testing.assert_array_equal(out["image"], image)  # the image is unchanged by its companions
+    assert info == info_alone
+    tissue, target = out["tissue"], out["target"]
+    assert tissue.dtype == np.int16 and target.dtype == np.float16 and tissue.shape == target.shape == (16,) * 3
+    assert set(np.unique(tissue)) <= {0, 1, 2, 7}
+    # built by hand: flip x to RAS, resample, cut the image's blank slices, fit; labels by nearest neighbour
+    ras_labels, ras_target, sp = labels[::-1], normalize_ct(hu[::-1] + 100.0), (1.5, 1.5, 2.0)
+    if spacing is not None:
+        ras_labels = resample_isotropic(ras_labels, sp, spacing, labels=True)[0]
+        ras_target = normalize_ct(resample_isotropic(np.clip(hu[::-1] + 100.0, -1024, 600), sp, spacing)[0])
+        sp = resample_isotropic(labels, sp, spacing)[1]
+    bottom, top = info["trimmed_slices"]
+    assert bottom >= 1 and top >= 4  # the image's blank slices; the +100 HU volume has none
+    n = ras_labels.shape[2]
+    expected, _ = fit_to_cube(ras_labels[..., bottom : n - top], sp, 16, fit, labels=True)
+    np.testing.assert_array_equal(tissue, expected)
+    expected, _ = fit_to_cube(ras_target[..., bottom : n - top], sp, 16, fit)
+    np.testing.assert_allclose(target.astype(np.float32), np.clip(expected, -1, 1), atol=1e-3)
+    # the padding of a label map is class 0, of an intensity volume the background -1
+    assert (tissue[image == -1.0] == 0).mean() > 0.9
+    if fit != "resize":
+        assert (target[tissue == 0] <= -0.8).mean() > 0.9
+
+
+def test_extra_volumes_must_share_the_image_grid_and_labels_be_integers(make_ct):
+    from medgen.data.preprocess import preprocess_subject
+
+    hu, labels, affine = _subject(make_ct)
+    settings = PreprocessSettings(modality="ct", size=16)
+    shifted = affine.copy()
+    shifted[0, 3] += 1.5
+    for other in (Volume(labels.astype(np.float32), shifted), Volume(labels[:, :, :8].astype(np.float32), affine)):
+        with pytest.raises(InputError, match="tissue volume.*voxel-aligned with the image"):
+            preprocess_subject(Volume(hu, affine), {"tissue": (other, "label")}, settings)
+    with pytest.raises(InputError, match="tissue volume: a label map needs integer classes"):
+        preprocess_subject(Volume(hu, affine), {"tissue": (Volume(labels + 0.5, affine), "label")}, settings)
+
+
+def test_volume_option_carries_columns_of_the_input_manifest(tmp_path, medgen_main, capsys):
+    src, out = tmp_path / "in", tmp_path / "out"
+    (src / "segs").mkdir(parents=True)
+    (src / "t2").mkdir()
+    rng = np.random.default_rng(2)
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    lines = ["id,seg_path,t2,age"]
+    for i in range(3):
+        head = np.zeros((16, 16, 12), np.float32)
+        head[3:13, 3:13, 1:10] = rng.uniform(100.0, 900.0, size=(10, 10, 9))
+        seg = np.where(head > 500, 2, np.where(head > 0, 1, 0)).astype(np.int16)
+        write_nifti(src / f"case{i}.nii.gz", head, affine)
+        write_nifti(src / "segs" / f"case{i}.nii.gz", seg, affine)
+        write_nifti(src / "t2" / f"case{i}.nii.gz", 3.0 * head, affine)  # same anatomy, 3x the scale
+        lines.append(f"case{i},{'segs/case%d.nii.gz' % i if i < 2 else ''},t2/case{i}.nii.gz,{60 + i}")
+    (src / "manifest.csv").write_text("\n".join(lines) + "\n")
+    args = ["preprocess", str(src), str(out), "--modality", "mri", "--size", "16", "--workers", "1", "--no-progress",
+            "--volume", "seg=seg_path:label", "--volume", "t2:intensity"]
+    assert medgen_main(args) == 0
+    err = capsys.readouterr().err
+    assert "seg: 1 of 3 subjects have no seg volume" in err and "(e.g. case2)" in err
+    rows = _manifest(out / "manifest.csv")
+    assert list(rows[0])[6:] == ["age", "seg", "t2"]  # volume paths are not joined as labels
+    assert [r["seg"] for r in rows] == ["segs/case0.npy", "segs/case1.npy", ""]
+    assert [r["t2"] for r in rows] == [f"t2s/case{i}.npy" for i in range(3)]
+    info = json.loads((out / "preprocess.json").read_text())
+    assert info["volumes"]["seg"] == {"kind": "label", "dtype": "int16", "input_column": "seg_path"}
+    assert info["volumes"]["t2"] == {"kind": "intensity", "dtype": "float16", "input_column": "t2"}
+    for i in range(2):
+        image = np.load(out / "volumes" / f"case{i}.npy").astype(np.float32)
+        seg = np.load(out / "segs" / f"case{i}.npy")
+        t2 = np.load(out / "t2s" / f"case{i}.npy").astype(np.float32)
+        assert seg.dtype == np.int16 and set(np.unique(seg)) == {0, 1, 2}
+        # normalised by its own percentiles: 3x the intensities give the same normalised image
+        np.testing.assert_allclose(t2, image, atol=2e-3)
+        assert (image[seg == 0] == -1.0).all() and np.median(image[seg == 2]) > np.median(image[seg == 1]) + 0.6
+
+    # a rerun skips everything; a changed label file redoes its subject only
+    assert medgen_main(args) == 0
+    assert "0 written, 3 skipped" in capsys.readouterr().err
+    seg = np.asarray(read_volume(src / "segs" / "case1.nii.gz").array, dtype=np.int16)
+    write_nifti(src / "segs" / "case1.nii.gz", np.where(seg == 2, 3, seg).astype(np.int16), affine)
+    assert medgen_main(args) == 0
+    assert "1 written, 2 skipped" in capsys.readouterr().err
+    assert 3 in np.load(out / "segs" / "case1.npy")
+
+    # a missing file fails that subject only, naming the volume
+    (src / "t2" / "case0.nii.gz").unlink()
+    assert medgen_main(args[:1] + [str(src), str(tmp_path / "o2")] + args[3:]) == 1
+    err = capsys.readouterr().err
+    assert "2 written, 0 skipped (already done), 1 failed" in err
+    assert any(ln.startswith(f"  {src / 'case0.nii.gz'}: t2 volume: ") and "no such file" in ln
+               for ln in err.splitlines())
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("seg:mask", "volume 'seg' has kind 'mask'; choose intensity or label"),
+        ("seg", "expected NAME:KIND or NAME=COLUMN:KIND"),
+        ("image:label", "volume name 'image'"),
+        ("Seg:label", "volume name 'Seg'"),
+        ("seg=nocolumn:label", "no column 'nocolumn' for volume 'seg'"),
+    ],
+)
+def test_volume_option_errors_are_one_line(tmp_path, make_ct, medgen_main, capsys, option, message):
+    _good_folder(tmp_path / "in", make_ct, n=1)
+    (tmp_path / "in" / "manifest.csv").write_text("id,seg\ngood0,good0.nii.gz\n")
+    code = medgen_main(["preprocess", str(tmp_path / "in"), str(tmp_path / "o"), "--modality", "ct", "--size", "16",
+                        "--no-progress", "--workers", "1", "--volume", option])
+    err = capsys.readouterr().err
+    assert code == 2
+    error_lines = [ln for ln in err.splitlines() if ln.startswith("medgen preprocess: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], err
+    assert not (tmp_path / "o" / "manifest.csv").exists()

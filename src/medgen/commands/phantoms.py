@@ -3,14 +3,17 @@
 Example::
 
     medgen phantoms --kind thorax-ct --n 8 --size 64 --seed 0 --out phantoms/
+    medgen phantoms --kind brain-mri --n 8 --shape 64,64,40 --spacing 0.8,0.8,2.5 --out brains/
     medgen preprocess phantoms/ data/ --modality ct --size 64
 
 The work is :func:`medgen.data.phantoms.phantom_set.write_phantom_set` (and the mosaic
 :func:`medgen.viz.mosaic.save_phantom_set_mosaic`). Writes ``DIR/<kind>-<i:04d>.nii.gz`` (CT as int16 Hounsfield units, MRI as
-float32), ``DIR/manifest.csv`` (id, file, kind, label, then the ground-truth
-factors), ``DIR/phantoms.json`` (how the set was made) and ``DIR/mosaic.png``.
-Volume i depends only on (kind, size, seed, i, nodules), so ``--n 4`` gives the
-first four volumes of ``--n 8``.
+float32), the aligned extra volumes ``DIR/tissue/<id>.nii.gz`` (tissue label map) and,
+for brain MRI, ``DIR/t2/<id>.nii.gz`` (T2-weighted contrast), ``DIR/manifest.csv`` (id,
+file, kind, label, the ground-truth factors, then the extra volumes' paths),
+``DIR/phantoms.json`` (how the set was made, the extra volumes and the label classes)
+and ``DIR/mosaic.png``. Volume i depends only on (kind, grid, seed, i, nodules), so
+``--n 4`` gives the first four volumes of ``--n 8``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write a built-in phantom data set (thorax CT or brain MRI) with known ground truth",
         description=(
             "Write synthetic volumes with known anatomy as NIfTI files plus manifest.csv "
-            "(ground-truth factors and a 0-3 label), ready for `medgen preprocess`."
+            "(ground-truth factors and a 0-3 label), ready for `medgen preprocess`. Each volume comes with "
+            "an aligned tissue label map (DIR/tissue/) and, for brain-mri, a T2-weighted contrast of the "
+            "same anatomy (DIR/t2/); phantoms.json lists them with the label classes."
         ),
     )
     p.add_argument("--kind", required=True, help=f"phantom kind: {' or '.join(_KINDS)}")
     p.add_argument("--n", type=int, default=8, help="number of volumes (default 8)")
-    p.add_argument("--size", type=int, default=64, help="voxels per side, a power of two in 16..512 (default 64)")
+    p.add_argument("--size", type=int, default=None,
+                   help="voxels per side of a cube, any integer in 16..512 (default 64)")
+    p.add_argument("--shape", default=None, metavar="X,Y,Z",
+                   help="a non-cubic grid instead of --size, e.g. 64,64,40 (each 16..512)")
+    p.add_argument("--spacing", default=None, metavar="MM[,MM,MM]",
+                   help="voxel size in mm, one value or one per axis, e.g. 0.8,0.8,2.5 (default: isotropic, the "
+                        "largest axis spanning the kind's field of view, 400 mm thorax, 200 mm brain); the anatomy "
+                        "is defined in mm, so it is sampled on the requested grid")
     p.add_argument("--seed", type=int, default=0, help="data-set seed; volume i is the same for any --n (default 0)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created; must be empty or a phantom set)")
     p.add_argument("--nodules", action="store_true", help="thorax-ct only: insert 0-3 lung nodules and record them")
@@ -41,12 +53,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _numbers(text: str, option: str, what: str, cast: type) -> tuple:
+    """``"64,64,40"`` → (64, 64, 40); UsageError naming ``option`` for anything else."""
+    from medgen.core.errors import UsageError
+
+    try:
+        values = tuple(cast(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 3) or (option == "--shape" and len(values) != 3):
+        raise UsageError(f"{option} must be {what}, got {text!r}")
+    return values if len(values) == 3 else values[0]
+
+
 def run(args: argparse.Namespace) -> int:
-    from medgen.data.phantoms.phantom_set import spacing_mm, write_phantom_set
+    from medgen.core.errors import UsageError
+    from medgen.data.phantoms.phantom_set import describe_grid, write_phantom_set
     from medgen.viz.mosaic import save_phantom_set_mosaic
 
-    rows = write_phantom_set(args.kind, args.n, args.size, args.seed, args.out, nodules=args.nodules,
-                             workers=args.workers, overwrite=args.overwrite)
+    if args.shape is not None and args.size is not None:
+        raise UsageError("--size and --shape both give the grid; pass one of them")
+    size = 64 if args.size is None else args.size
+    if args.shape is not None:
+        size = _numbers(args.shape, "--shape", "three integers X,Y,Z (e.g. 64,64,40)", int)
+    spacing = None
+    if args.spacing is not None:
+        spacing = _numbers(args.spacing, "--spacing", "one or three voxel sizes in mm (e.g. 1.5 or 0.8,0.8,2.5)", float)
+    rows = write_phantom_set(args.kind, args.n, size, args.seed, args.out, nodules=args.nodules,
+                             workers=args.workers, overwrite=args.overwrite, spacing=spacing)
     save_phantom_set_mosaic(args.out, rows, args.kind)
-    print(f"wrote {args.n} {args.kind} phantoms ({args.size}^3, {spacing_mm(args.kind, args.size):g} mm) to {args.out}")
+    print(f"wrote {args.n} {args.kind} phantoms ({describe_grid(args.kind, size, spacing)}) to {args.out}")
     return 0

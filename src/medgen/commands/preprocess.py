@@ -17,8 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Read every volume in IN_DIR (NIfTI .nii/.nii.gz, NRRD, MHA/MHD, .npy, or sub-folders "
             "holding a DICOM series), reorient to RAS+, map intensities to [-1, 1], drop blank axial "
             "slices and fit to SIZE³. Writes OUT_DIR/volumes/<id>.npy (float16), OUT_DIR/manifest.csv "
-            "and OUT_DIR/preprocess.json. A rerun skips finished volumes, so an interrupted run "
-            "resumes. Files that cannot be read are skipped and listed at the end."
+            "and OUT_DIR/preprocess.json. Other voxel-aligned volumes of each subject (label maps, other "
+            "contrasts; see --volume) get exactly the image's geometry. A rerun skips finished volumes, "
+            "so an interrupted run resumes. Files that cannot be read are skipped and listed at the end."
         ),
         epilog="Exit codes: 0 all volumes written, 1 some inputs failed (the others are written), 2 usage error.",
     )
@@ -46,6 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--labels", default=None, metavar="CSV",
                    help="CSV with an 'id' column whose other columns (class label, covariates) are joined "
                         "into the manifest (default: IN_DIR/manifest.csv if it has an 'id' column)")
+    p.add_argument("--volume", action="append", default=[], metavar="NAME[=COLUMN]:KIND",
+                   help="carry another voxel-aligned volume of each subject (KIND intensity or label) whose "
+                        "file is listed in column COLUMN (default NAME) of IN_DIR/manifest.csv, relative to "
+                        "IN_DIR; it gets exactly the image's geometry (labels: nearest neighbour, never "
+                        "normalised) and is stored as OUT_DIR/NAMEs/<id>.npy, manifest column NAME. Volumes "
+                        "declared in IN_DIR/phantoms.json (medgen phantoms: tissue, t2) are carried without "
+                        "this option. Repeatable.")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="parallel processes (default: min(4, CPU count))")
     p.add_argument("--overwrite", action="store_true",
@@ -77,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         labels=args.labels,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        volumes=args.volume,
     )
     print(summary.format(), file=sys.stderr)
     if summary.manifest is None:

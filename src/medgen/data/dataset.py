@@ -18,7 +18,9 @@ volumes is recorded in ``preprocess.json`` under ``volumes``, name →
 ``{"kind": "intensity" | "label", "dtype": storage dtype}``; without that entry
 the data set holds just ``image``. Intensity volumes come back as float32, label
 maps (one integer class per voxel) as int64. :func:`add_volume` adds a volume
-to an existing data set.
+to an existing data set; ``medgen preprocess`` also writes the volumes an input
+folder declares (e.g. the phantoms' ``tissue`` label map and ``t2``), with the
+image's geometry (:func:`medgen.data.preprocess.preprocess_subject`).
 """
 
 from __future__ import annotations

@@ -15,11 +15,22 @@ Per folder (:func:`preprocess_folder`): the output is ``OUT/volumes/<id>.npy``
 (float16, memory-mappable), a sidecar ``OUT/volumes/<id>.json`` with the
 volume's manifest row, ``OUT/preprocess.json`` with the settings and
 ``OUT/manifest.csv``. Sidecars make the job resumable: a rerun skips volumes
-already done with the same settings and the same source file, and the manifest
+already done with the same settings and the same source files, and the manifest
 is rebuilt from them. Volumes added to the data set later
 (:func:`medgen.data.dataset.add_volume`, e.g. a degraded copy) survive a rerun for
 the skipped subjects; a subject preprocessed again loses them (they were computed
 from its old image) and needs them added again.
+
+Extra volumes: an input folder may hold other volumes of each subject on the
+image's grid (a label map, a second contrast), listed by path (relative to the
+folder) in columns of ``IN_DIR/manifest.csv``. Those declared in
+``IN_DIR/phantoms.json`` (``volumes``, as ``medgen phantoms`` writes it) or with
+``volumes=["NAME:KIND", "NAME=COLUMN:KIND"]`` (``--volume``) are preprocessed with
+exactly the image's geometry (:func:`preprocess_subject`: the same reorientation,
+resampling, trimming decided on the image and fit; labels by nearest neighbour and
+never normalised) and stored as named volumes of the data set
+(:mod:`medgen.data.dataset`): ``OUT/<name>s/<id>.npy``, manifest column ``name``,
+and a ``preprocess.json`` ``volumes`` entry recording its ``input_column``.
 """
 
 from __future__ import annotations
@@ -27,12 +38,13 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,6 +65,13 @@ MANIFEST_COLUMNS = ("id", "source", "orig_shape", "orig_spacing", "spacing", "fi
 MANIFEST_NAME = "manifest.csv"
 INFO_NAME = "preprocess.json"
 VOLUMES_DIR = "volumes"
+#: The name of the preprocessed image among a subject's named volumes (see medgen.data.dataset).
+IMAGE = "image"
+VOLUME_KINDS = ("intensity", "label")
+#: Storage dtype of each kind of extra volume (as medgen.data.dataset.add_volume stores them).
+VOLUME_DTYPES = {"intensity": "float16", "label": "int16"}
+#: Where the input folder may declare extra volumes (written by `medgen phantoms`).
+PHANTOMS_INFO = "phantoms.json"
 
 
 @dataclass(frozen=True)
@@ -199,16 +218,36 @@ def resize(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
+def resize_labels(array: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Resize a 3D label map to ``shape`` by nearest neighbour, on the grid :func:`resize` uses.
+
+    Output voxel j takes the input voxel that holds its centre (input index
+    ``floor((j + 0.5) * n_in / n_out)``), so classes are never mixed or invented
+    and the map stays aligned with an image resized by :func:`resize`.
+    """
+    array = np.asarray(array)
+    shape = tuple(int(n) for n in shape)
+    if shape == array.shape:
+        return array
+    index = [
+        np.minimum(((np.arange(new) + 0.5) * (old / new)).astype(np.int64), old - 1)
+        for new, old in zip(shape, array.shape)
+    ]
+    return array[np.ix_(*index)]
+
+
 def resample_isotropic(
-    array: np.ndarray, spacing: Sequence[float], target_mm: float
+    array: np.ndarray, spacing: Sequence[float], target_mm: float, *, labels: bool = False
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Resample to voxels of about ``target_mm`` on each axis, keeping the physical extent.
 
     Returns the array and its exact new spacing (extent / new voxel count per axis).
+    ``labels``: the array is a label map, resampled by nearest neighbour (:func:`resize_labels`).
     """
     extent = np.asarray(array.shape) * np.asarray(spacing, dtype=np.float64)
     shape = np.maximum(1, np.round(extent / target_mm)).astype(int)
-    return resize(array, shape), tuple(float(v) for v in extent / shape)
+    out = resize_labels(array, shape) if labels else resize(array, shape)
+    return out, tuple(float(v) for v in extent / shape)
 
 
 def pad_or_crop(array: np.ndarray, size: int, value: float = BACKGROUND) -> np.ndarray:
@@ -227,7 +266,7 @@ def pad_or_crop(array: np.ndarray, size: int, value: float = BACKGROUND) -> np.n
 
 
 def fit_to_cube(
-    array: np.ndarray, spacing: Sequence[float], size: int, mode: str = "resize-keep-aspect"
+    array: np.ndarray, spacing: Sequence[float], size: int, mode: str = "resize-keep-aspect", *, labels: bool = False
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Bring a 3D array to ``size``³ voxels; returns it and its voxel size in mm per axis.
 
@@ -235,19 +274,22 @@ def fit_to_cube(
     fills ``size`` and the other axes are padded with background, centred.
     ``resize``: each axis resized to ``size`` (aspect ratio not kept).
     ``crop-pad``: no scaling; centre-crop or pad each axis.
+    ``labels``: the array is a label map: nearest-neighbour resizing, padding with class 0.
     """
     spacing = np.asarray(spacing, dtype=np.float64)
     extent = np.asarray(array.shape) * spacing
+    scale = resize_labels if labels else resize
+    pad = 0 if labels else BACKGROUND
     if mode == "resize":
-        out = resize(array, (size, size, size))
+        out = scale(array, (size, size, size))
         new_spacing = extent / size
     elif mode == "crop-pad":
-        out = pad_or_crop(array, size)
+        out = pad_or_crop(array, size, pad)
         new_spacing = spacing
     elif mode == "resize-keep-aspect":
         voxel = extent.max() / size
         shape = np.clip(np.round(extent / voxel), 1, size).astype(int)
-        out = pad_or_crop(resize(array, shape), size)
+        out = pad_or_crop(scale(array, shape), size, pad)
         new_spacing = extent / shape
     else:
         raise UsageError(f"unknown fit mode {mode!r} (choose from {', '.join(FIT_MODES)})")
@@ -266,30 +308,99 @@ def preprocess_volume(volume: Volume, settings: PreprocessSettings) -> tuple[np.
     voxel of the output, per axis) and ``trimmed_slices`` (bottom, top).
     Raises InputError when the volume cannot be preprocessed (e.g. all blank).
     """
-    info: dict = {"orig_shape": list(volume.shape), "orig_spacing": list(volume.spacing)}
-    ras = reorient_to_ras(volume)
+    arrays, info = preprocess_subject(volume, {}, settings)
+    return arrays[IMAGE], info
+
+
+def _check_aligned(image: Volume, other: Volume, name: str) -> None:
+    if other.shape != image.shape or not np.allclose(other.affine, image.affine, rtol=0.0, atol=1e-3):
+        raise InputError(
+            f"{name} volume {other.source or ''}: grid {'x'.join(map(str, other.shape))} at "
+            f"{format_triple(other.spacing)} mm (affine {np.round(other.affine[:3], 3).tolist()}) differs from the "
+            f"image's {'x'.join(map(str, image.shape))} at {format_triple(image.spacing)} mm "
+            f"(affine {np.round(image.affine[:3], 3).tolist()}); extra volumes must be voxel-aligned with the image"
+        )
+
+
+def _label_values(array: np.ndarray, name: str) -> np.ndarray:
+    """A label map as int16 (one integer class per voxel); InputError otherwise."""
+    info = np.iinfo(np.int16)
+    a = np.asarray(array)
+    if a.dtype.kind == "f" and (not np.isfinite(a).all() or (a != np.round(a)).any()):
+        raise InputError(f"{name} volume: a label map needs integer classes (found non-integer or NaN values)")
+    if a.dtype.kind not in "biuf" or (a.size and (a.min() < info.min or a.max() > info.max)):
+        raise InputError(f"{name} volume: a label map needs integer classes in [{info.min}, {info.max}]")
+    return a.astype(np.int16)
+
+
+def preprocess_subject(
+    image: Volume, others: Mapping[str, tuple[Volume, str]], settings: PreprocessSettings
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Preprocess a subject's image and its voxel-aligned volumes with exactly the image's geometry.
+
+    ``others``: name → (volume, kind), each on the image's grid (same shape and affine,
+    else InputError). Every volume gets the image's reorientation, resampling, blank-slice
+    trimming (decided on the image) and fit to S³. ``intensity`` volumes are normalised
+    like the image (CT: the same window; MRI: their own percentiles) and returned as
+    float16 in [-1, 1]; ``label`` volumes (integer classes) are resampled by nearest
+    neighbour, padded with class 0, never normalised, and returned as int16.
+    Returns (name → array, with the image as ``"image"``; facts as :func:`preprocess_volume`).
+    """
+    info: dict = {"orig_shape": list(image.shape), "orig_spacing": list(image.spacing)}
+    ras = reorient_to_ras(image)
     array = np.asarray(ras.array, dtype=np.float32)
     spacing: tuple[float, ...] = ras.spacing
-    if settings.spacing is not None:
+    extras: dict[str, tuple[np.ndarray, str]] = {}
+    for name, (volume, kind) in others.items():
+        _check_aligned(image, volume, name)
+        data = reorient_to_ras(volume).array
+        data = _label_values(data, name) if kind == "label" else np.asarray(data, dtype=np.float32)
+        extras[name] = (data, kind)
+
+    def clean(a: np.ndarray) -> np.ndarray:
         # NaN would spread through the interpolation; give it the background value first.
         # CT is clipped to the window first so that e.g. -3024 HU padding does not bleed inwards.
         if settings.modality == "ct":
-            array = np.clip(np.nan_to_num(array, nan=settings.hu_min), settings.hu_min, settings.hu_max)
-        else:
-            array = np.where(np.isfinite(array), array, np.float32(0.0))
-        array, spacing = resample_isotropic(array, spacing, settings.spacing)
-    if settings.modality == "ct":
-        array = normalize_ct(array, settings.hu_min, settings.hu_max)
-    else:
-        array = normalize_mri(array, settings.percentiles)
+            return np.clip(np.nan_to_num(a, nan=settings.hu_min), settings.hu_min, settings.hu_max)
+        return np.where(np.isfinite(a), a, np.float32(0.0))
+
+    def normalize(a: np.ndarray, name: str) -> np.ndarray:
+        if settings.modality == "ct":
+            return normalize_ct(a, settings.hu_min, settings.hu_max)
+        try:
+            return normalize_mri(a, settings.percentiles)
+        except InputError as exc:
+            if name == IMAGE:
+                raise
+            raise InputError(f"{name} volume: {exc}") from exc
+
+    if settings.spacing is not None:
+        array, new_spacing = resample_isotropic(clean(array), spacing, settings.spacing)
+        for name, (a, kind) in extras.items():
+            labels = kind == "label"
+            extras[name] = (resample_isotropic(a if labels else clean(a), spacing, settings.spacing,
+                                               labels=labels)[0], kind)
+        spacing = new_spacing
+    array = normalize(array, IMAGE)
+    extras = {name: (a if kind == "label" else normalize(a, name), kind) for name, (a, kind) in extras.items()}
     trimmed = (0, 0)
     if settings.drop_blank_slices:
         array, trimmed = trim_blank_slices(array, BACKGROUND, settings.blank_tolerance)
+        keep = slice(trimmed[0], trimmed[0] + array.shape[-1])
+        extras = {name: (a[..., keep], kind) for name, (a, kind) in extras.items()}
     array, out_spacing = fit_to_cube(array, spacing, settings.size, settings.fit)
     np.clip(array, -1.0, 1.0, out=array)
+    out = {IMAGE: array.astype(np.float16)}
+    for name, (a, kind) in extras.items():
+        fitted = fit_to_cube(a, spacing, settings.size, settings.fit, labels=kind == "label")[0]
+        if kind == "label":
+            out[name] = fitted.astype(np.int16)
+        else:
+            np.clip(fitted, -1.0, 1.0, out=fitted)
+            out[name] = fitted.astype(np.float16)
     info["spacing"] = list(out_spacing)
     info["trimmed_slices"] = list(trimmed)
-    return array.astype(np.float16), info
+    return out, info
 
 
 # --------------------------------------------------------------------------- folders
@@ -351,17 +462,152 @@ def _strip_path(message: str, path: str) -> str:
     return message[len(prefix) :] if message.startswith(prefix) else message
 
 
-def _process_one(item_id: str, path: str, out_dir: str, settings_json: dict, stamp: list[int]) -> tuple[str, str | None]:
-    """Worker: read, preprocess and write one volume. Returns (id, failure reason or None)."""
+# --------------------------------------------------------------------------- extra volumes
+
+_VOLUME_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+# Not volume names (as in medgen.data.dataset): manifest columns, item keys, and "volume" (whose folder
+# would be the image's, volumes/).
+_RESERVED_NAMES = (IMAGE, *MANIFEST_COLUMNS, "label", "covariates", "index", "volume")
+
+
+@dataclass(frozen=True)
+class ExtraVolume:
+    """A voxel-aligned volume carried from the input folder into the data set.
+
+    ``name``: the volume's name in the data set (files ``<name>s/<id>.npy``, manifest
+    column ``name``); ``column``: the column of ``IN_DIR/manifest.csv`` holding each
+    subject's file (a path relative to IN_DIR, or absolute); ``kind``: ``intensity`` or
+    ``label``; ``classes``: a label map's class descriptions, if known (recorded in
+    ``preprocess.json``).
+    """
+
+    name: str
+    column: str
+    kind: str
+    classes: dict | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "ExtraVolume":
+        """``NAME:KIND`` (column NAME) or ``NAME=COLUMN:KIND``, as the ``--volume`` option takes it."""
+        head, sep, kind = text.rpartition(":")
+        name, _, column = head.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--volume {text!r}: expected NAME:KIND or NAME=COLUMN:KIND (KIND: intensity or label)")
+        volume = cls(name.strip(), (column or name).strip(), kind.strip())
+        volume.check("--volume")
+        return volume
+
+    def check(self, where: str) -> None:
+        if not _VOLUME_NAME.match(self.name) or self.name in _RESERVED_NAMES:
+            raise UsageError(
+                f"{where}: volume name {self.name!r}: need lower-case letters, digits and '_' (starting with a "
+                f"letter), not one of {', '.join(_RESERVED_NAMES)}"
+            )
+        if self.kind not in VOLUME_KINDS:
+            raise UsageError(f"{where}: volume {self.name!r} has kind {self.kind!r}; choose intensity or label")
+        if not self.column:
+            raise UsageError(f"{where}: volume {self.name!r} needs a manifest column")
+
+    def spec(self) -> dict:
+        """The volume's entry in ``preprocess.json``'s ``volumes``."""
+        out = {"kind": self.kind, "dtype": VOLUME_DTYPES[self.kind], "input_column": self.column}
+        if self.classes:
+            out["classes"] = dict(self.classes)
+        return out
+
+
+def declared_volumes(in_dir: str | os.PathLike, options: Sequence[str | ExtraVolume] = ()) -> dict[str, ExtraVolume]:
+    """The extra volumes to carry from ``in_dir``: those ``in_dir/phantoms.json`` declares under
+    ``volumes`` (name → ``{"kind": ..., "classes": ...}``, column = name), then ``options``
+    (``--volume`` values), which add volumes or replace one of the same name.
+
+    Raises UsageError for a bad option, InputError for an unreadable declaration.
+    """
+    found: dict[str, ExtraVolume] = {}
+    info_path = Path(in_dir) / PHANTOMS_INFO
+    if info_path.is_file():
+        try:
+            declared = json.loads(info_path.read_text(encoding="utf-8")).get("volumes") or {}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise InputError(f"{info_path}: unreadable ({exc})") from exc
+        if not isinstance(declared, dict):
+            raise InputError(f"{info_path}: 'volumes' must map names to {{\"kind\": ...}}")
+        for name, spec in declared.items():
+            spec = spec if isinstance(spec, dict) else {}
+            classes = spec.get("classes") if isinstance(spec.get("classes"), dict) else None
+            volume = ExtraVolume(str(name), str(name), str(spec.get("kind", "intensity")), classes)
+            volume.check(str(info_path))
+            found[volume.name] = volume
+    for option in options:
+        volume = option if isinstance(option, ExtraVolume) else ExtraVolume.parse(option)
+        found[volume.name] = volume
+    return found
+
+
+def _extra_sources(
+    in_dir: Path, extras: dict[str, ExtraVolume]
+) -> dict[str, dict[str, Path]]:
+    """id → volume name → file, from the columns of ``in_dir/manifest.csv`` (empty cells left out)."""
+    if not extras:
+        return {}
+    manifest = in_dir / MANIFEST_NAME
+    names = ", ".join(extras)
+    if not manifest.is_file():
+        raise UsageError(f"{manifest}: missing, but it must list the files of the extra volumes ({names})")
+    columns, rows = read_labels(manifest)
+    for volume in extras.values():
+        if volume.column not in columns:
+            raise UsageError(
+                f"{manifest}: no column {volume.column!r} for volume {volume.name!r} "
+                f"(columns: {', '.join(columns) or 'none'})"
+            )
+    sources: dict[str, dict[str, Path]] = {}
+    for item_id, row in rows.items():
+        for volume in extras.values():
+            cell = (row.get(volume.column) or "").strip()
+            if cell:
+                path = Path(cell)
+                sources.setdefault(item_id, {})[volume.name] = path if path.is_absolute() else in_dir / path
+    return sources
+
+
+def _stamp_or_none(path: Path) -> list[int] | None:
+    try:
+        return source_stamp(path)
+    except OSError:
+        return None
+
+
+def _process_one(
+    item_id: str,
+    path: str,
+    out_dir: str,
+    settings_json: dict,
+    stamp: list[int],
+    extras: dict[str, dict] | None = None,
+) -> tuple[str, str | None]:
+    """Worker: read, preprocess and write one subject. Returns (id, failure reason or None).
+
+    ``extras``: the subject's other volumes, name → {"kind", "source", "source_stamp"}.
+    """
+    extras = extras or {}
     try:
         settings = PreprocessSettings.from_json(settings_json)
         volume = read_volume(path)
+        others = {}
+        for name, record in extras.items():
+            try:
+                others[name] = (read_volume(record["source"]), record["kind"])
+            except InputError as exc:
+                raise InputError(f"{name} volume: {exc}") from exc
         try:
-            array, info = preprocess_volume(volume, settings)
+            arrays, info = preprocess_subject(volume, others, settings)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from exc
-        volumes = Path(out_dir) / VOLUMES_DIR
-        atomic_save_npy(volumes / f"{item_id}.npy", array)
+        out = Path(out_dir)
+        for name in extras:
+            atomic_save_npy(out / f"{name}s" / f"{item_id}.npy", arrays[name])
+        atomic_save_npy(out / VOLUMES_DIR / f"{item_id}.npy", arrays[IMAGE])
         row = {
             "id": item_id,
             "source": str(Path(path).resolve()),
@@ -370,8 +616,11 @@ def _process_one(item_id: str, path: str, out_dir: str, settings_json: dict, sta
             "spacing": format_triple(info["spacing"]),
             "file": f"{VOLUMES_DIR}/{item_id}.npy",
         }
+        row.update({name: f"{name}s/{item_id}.npy" for name in extras})
         sidecar = {"row": row, "trimmed_slices": info["trimmed_slices"], "settings": settings_json, "source_stamp": stamp}
-        atomic_write_json(volumes / f"{item_id}.json", sidecar)
+        if extras:
+            sidecar["volumes"] = extras
+        atomic_write_json(out / VOLUMES_DIR / f"{item_id}.json", sidecar)
         return item_id, None
     except MedgenError as exc:
         return item_id, _strip_path(str(exc), path)
@@ -381,23 +630,32 @@ def _process_one(item_id: str, path: str, out_dir: str, settings_json: dict, sta
         return item_id, f"{type(exc).__name__}: {exc}"
 
 
-def _is_done(item: InputItem, out_dir: Path, settings_json: dict, stamp: list[int]) -> bool:
+def _is_done(item: InputItem, out_dir: Path, settings_json: dict, stamp: list[int], extras: dict[str, dict]) -> bool:
     sidecar = out_dir / VOLUMES_DIR / f"{item.id}.json"
-    if not (sidecar.is_file() and (out_dir / VOLUMES_DIR / f"{item.id}.npy").is_file()):
+    files = [out_dir / VOLUMES_DIR / f"{item.id}.npy"] + [out_dir / f"{name}s" / f"{item.id}.npy" for name in extras]
+    if not (sidecar.is_file() and all(f.is_file() for f in files)):
         return False
     try:
         data = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return data.get("settings") == settings_json and data.get("source_stamp") == stamp
+    return (
+        data.get("settings") == settings_json
+        and data.get("source_stamp") == stamp
+        and (data.get("volumes") or {}) == extras
+    )
 
 
 def _added_volumes(out_dir: Path) -> tuple[dict[str, dict], dict[str, dict[str, str]]]:
-    """Volumes other than the image recorded in an earlier run's output (name → spec), and their
-    manifest cells by id; nothing if there is no readable earlier output."""
+    """Volumes added to an earlier run's output after preprocessing (name → spec; not the image nor
+    volumes carried from the input), and their manifest cells by id; nothing if there is no readable
+    earlier output."""
     try:
         info = json.loads((out_dir / INFO_NAME).read_text(encoding="utf-8"))
-        volumes = {k: v for k, v in (info.get("volumes") or {}).items() if k != "image"}
+        volumes = {
+            k: v for k, v in (info.get("volumes") or {}).items()
+            if k != IMAGE and not (isinstance(v, dict) and "input_column" in v)
+        }
     except (OSError, ValueError, AttributeError):
         return {}, {}
     cells: dict[str, dict[str, str]] = {}
@@ -411,7 +669,9 @@ def _added_volumes(out_dir: Path) -> tuple[dict[str, dict], dict[str, dict[str, 
     return volumes, cells
 
 
-def _prepare_out_dir(in_dir: Path, out_dir: Path, settings: PreprocessSettings, overwrite: bool) -> None:
+def _prepare_out_dir(
+    in_dir: Path, out_dir: Path, settings: PreprocessSettings, overwrite: bool, extra_names: Sequence[str] = ()
+) -> None:
     if out_dir.resolve() == in_dir.resolve():
         raise UsageError(f"{out_dir}: output folder must differ from the input folder")
     info_path = out_dir / INFO_NAME
@@ -435,11 +695,11 @@ def _prepare_out_dir(in_dir: Path, out_dir: Path, settings: PreprocessSettings, 
             "output; choose a new folder"
         )
     if overwrite:
-        volumes = out_dir / VOLUMES_DIR
-        if volumes.is_dir():
-            for p in volumes.iterdir():
-                if p.suffix in (".npy", ".json") and p.is_file():
-                    p.unlink()
+        for folder in [out_dir / VOLUMES_DIR] + [out_dir / f"{name}s" for name in extra_names]:
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if p.suffix in (".npy", ".json") and p.is_file():
+                        p.unlink()
         (out_dir / MANIFEST_NAME).unlink(missing_ok=True)
 
 
@@ -457,14 +717,17 @@ def preprocess_folder(
     overwrite: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr),
+    volumes: Sequence[str | ExtraVolume] = (),
 ) -> PreprocessSummary:
     """Preprocess every input volume of ``in_dir`` into ``out_dir`` (see the module docstring).
 
     ``workers``: processes run in parallel (1 = in this process). ``labels``: CSV
     joined on ``id``; if None and ``in_dir/manifest.csv`` has an ``id`` column, that
-    one is joined. A file that fails is recorded in the summary, never raised.
-    Raises UsageError/InputError for problems with the request itself (missing
-    folder, no inputs, bad settings, output made with other settings).
+    one is joined. ``volumes``: extra voxel-aligned volumes to carry, as ``--volume``
+    takes them (``NAME:KIND`` or ``NAME=COLUMN:KIND``), besides those ``in_dir/phantoms.json``
+    declares (:func:`declared_volumes`). A file that fails is recorded in the summary,
+    never raised. Raises UsageError/InputError for problems with the request itself
+    (missing folder, no inputs, bad settings, output made with other settings).
     """
     from tqdm import tqdm
 
@@ -478,8 +741,11 @@ def preprocess_folder(
             f"{in_dir}: no input volumes found (looked for {', '.join(VOLUME_SUFFIXES)} "
             "files and DICOM sub-folders)"
         )
+    extras = declared_volumes(in_dir, volumes)
+    extra_sources = _extra_sources(in_dir, extras)
     added_volumes, added_cells = ({}, {}) if overwrite else _added_volumes(out_dir)
-    reserved = list(MANIFEST_COLUMNS) + list(added_volumes)
+    added_volumes = {k: v for k, v in added_volumes.items() if k not in extras}
+    reserved = list(MANIFEST_COLUMNS) + list(added_volumes) + list(extras) + [v.column for v in extras.values()]
     label_columns: list[str] = []
     label_rows: dict[str, dict[str, str]] = {}
     if labels is not None:
@@ -491,7 +757,7 @@ def preprocess_folder(
             pass  # no `id` column (or unreadable): not a labels table, so not joined
         else:
             log(f"joining labels from {in_dir / MANIFEST_NAME} (columns: {', '.join(label_columns) or 'none'})")
-    _prepare_out_dir(in_dir, out_dir, settings, overwrite)
+    _prepare_out_dir(in_dir, out_dir, settings, overwrite, list(extras))
     settings_json = settings.to_json()
     info = dict(settings_json)
     info.update(
@@ -505,8 +771,13 @@ def preprocess_folder(
                 else "x = 2 * (v - p_low) / (p_high - p_low) - 1 per volume (percentiles of nonzero voxels), clipped"
             ),
             "medgen_version": __version__,
-            # The named volumes of each subject (medgen.data.dataset): the image, plus any added later.
-            "volumes": {"image": {"kind": "intensity", "dtype": "float16"}, **added_volumes},
+            # The named volumes of each subject (medgen.data.dataset): the image, those carried from the
+            # input folder (with their input_column), and any added later.
+            "volumes": {
+                IMAGE: {"kind": "intensity", "dtype": "float16"},
+                **{name: v.spec() for name, v in extras.items()},
+                **added_volumes,
+            },
         }
     )
     (out_dir / VOLUMES_DIR).mkdir(parents=True, exist_ok=True)
@@ -514,9 +785,16 @@ def preprocess_folder(
 
     summary = PreprocessSummary()
     stamps = {item.id: source_stamp(item.path) for item in items}
+    extra_records = {
+        item.id: {
+            name: {"kind": extras[name].kind, "source": str(path.resolve()), "source_stamp": _stamp_or_none(path)}
+            for name, path in extra_sources.get(item.id, {}).items()
+        }
+        for item in items
+    }
     todo: list[InputItem] = []
     for item in items:
-        if _is_done(item, out_dir, settings_json, stamps[item.id]):
+        if _is_done(item, out_dir, settings_json, stamps[item.id], extra_records[item.id]):
             summary.skipped.append(item.id)
         else:
             todo.append(item)
@@ -530,7 +808,7 @@ def preprocess_folder(
             summary.failed.append((paths[item_id], reason))
         bar.update(1)
 
-    args = [(it.id, str(it.path), str(out_dir), settings_json, stamps[it.id]) for it in todo]
+    args = [(it.id, str(it.path), str(out_dir), settings_json, stamps[it.id], extra_records[it.id]) for it in todo]
     n_procs = min(workers, len(todo))
     try:
         if n_procs <= 1:
@@ -561,6 +839,7 @@ def preprocess_folder(
         if item.id in done:
             sidecar = json.loads((out_dir / VOLUMES_DIR / f"{item.id}.json").read_text(encoding="utf-8"))
             row = {**sidecar["row"], **label_rows.get(item.id, {})}
+            row.update({name: sidecar["row"].get(name, "") for name in extras})
             if item.id in skipped:
                 row.update(added_cells.get(item.id, {}))
             rows.append(row)
@@ -568,6 +847,11 @@ def preprocess_folder(
         missing = [r["id"] for r in rows if r["id"] not in label_rows]
         if missing:
             log(f"labels: {len(missing)} of {len(rows)} volumes have no row in the labels CSV (e.g. {missing[0]})")
+    for name in extras:
+        lacking = [r["id"] for r in rows if not r.get(name)]
+        if lacking:
+            log(f"{name}: {len(lacking)} of {len(rows)} subjects have no {name} volume in "
+                f"{in_dir / MANIFEST_NAME} (e.g. {lacking[0]})")
     if added_volumes and summary.written:
         log(
             f"{len(summary.written)} subjects written in this run have no {', '.join(added_volumes)} volume "
@@ -576,5 +860,5 @@ def preprocess_folder(
     summary.failed.sort()
     if rows:
         summary.manifest = out_dir / MANIFEST_NAME
-        write_manifest(summary.manifest, rows, label_columns + list(added_volumes))
+        write_manifest(summary.manifest, rows, label_columns + list(extras) + list(added_volumes))
     return summary

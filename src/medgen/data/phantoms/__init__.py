@@ -2,16 +2,22 @@
 
 ``generate(kind, size, seed)`` returns one :class:`Phantom`; the i-th volume of a
 data set made with seed ``K`` uses ``volume_seed(K, i)``, so a smaller data set
-is a prefix of a larger one.
+is a prefix of a larger one. ``size`` is S (an S³ cube) or a shape (X, Y, Z), and
+``spacing`` a voxel size in mm (one value or one per axis, e.g. 0.8×0.8×2.5 mm);
+by default the largest axis spans the kind's field of view with isotropic voxels.
+The anatomy is defined in millimetres, so any grid samples the same subject.
 
 Kinds:
 
 * ``thorax-ct`` — raw-like chest CT in Hounsfield units (see :mod:`.thorax_ct`);
   factors: lung, bone and heart volume, emphysema %, body size; ``label`` =
-  emphysema severity 0–3.
+  emphysema severity 0–3. Extra volume: ``tissue`` (label map, classes in
+  ``thorax_ct.TISSUE_CLASSES``).
 * ``brain-mri`` — skull-stripped T1-like MRI built from the MNI152 template
   shipped with nilearn (see :mod:`.brain_mri`); factors: brain, grey/white
-  matter and ventricle volume, atrophy; ``label`` = atrophy class 0–3.
+  matter and ventricle volume, atrophy; ``label`` = atrophy class 0–3. Extra
+  volumes: ``tissue`` (label map, ``brain_mri.TISSUE_CLASSES``) and ``t2`` (a
+  T2-weighted contrast of the same anatomy).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from medgen.data.phantoms.phantom import Phantom
 
 KINDS: tuple[str, ...] = ("thorax-ct", "brain-mri")
 
-__all__ = ["KINDS", "Phantom", "generate", "volume_seed"]
+__all__ = ["KINDS", "Phantom", "generate", "volume_seed", "volume_specs"]
 
 
 def volume_seed(seed: int, index: int) -> int:
@@ -31,19 +37,48 @@ def volume_seed(seed: int, index: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
-def generate(kind: str, size: int, seed: int, *, nodules: bool = False) -> Phantom:
-    """Generate one phantom of ``kind`` with ``size``³ voxels; same seed ⇒ identical array.
+def generate(
+    kind: str,
+    size: int | tuple[int, int, int],
+    seed: int,
+    *,
+    nodules: bool = False,
+    spacing: float | tuple[float, float, float] | None = None,
+) -> Phantom:
+    """Generate one phantom of ``kind`` with ``size``³ (or ``size`` = (X, Y, Z)) voxels of
+    ``spacing`` mm (default: the kind's field of view over the largest axis); same seed ⇒
+    identical arrays.
 
     ``nodules`` (thorax-ct only) inserts 0–3 lung nodules and records them in the factors.
     """
     if kind == "thorax-ct":
         from medgen.data.phantoms import thorax_ct
 
-        return thorax_ct.generate(size, seed, nodules=nodules)
+        return thorax_ct.generate(size, seed, nodules=nodules, spacing=spacing)
     if kind == "brain-mri":
         if nodules:
             raise ValueError("nodules are only available for thorax-ct phantoms")
         from medgen.data.phantoms import brain_mri
 
-        return brain_mri.generate(size, seed)
+        return brain_mri.generate(size, seed, spacing=spacing)
     raise ValueError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
+
+
+def volume_specs(kind: str) -> dict[str, dict]:
+    """The extra volumes of a phantom of ``kind``: name → ``{"kind": "label" | "intensity", ...}``.
+
+    Label maps also give their ``classes`` (value as a string → description), as
+    ``phantoms.json`` records them.
+    """
+    if kind == "thorax-ct":
+        from medgen.data.phantoms import thorax_ct as module
+    elif kind == "brain-mri":
+        from medgen.data.phantoms import brain_mri as module
+    else:
+        raise ValueError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
+    specs: dict[str, dict] = {
+        "tissue": {"kind": "label", "classes": {str(k): v for k, v in module.TISSUE_CLASSES.items()}}
+    }
+    if kind == "brain-mri":
+        specs["t2"] = {"kind": "intensity"}
+    return specs

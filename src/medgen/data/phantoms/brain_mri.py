@@ -21,6 +21,20 @@ Factors (ground truth from the tissue maps, in ml): ``brain_volume_ml``
 (grey + white matter), ``gm_volume_ml``, ``wm_volume_ml``,
 ``ventricle_volume_ml``, ``intracranial_volume_ml``, ``atrophy``, and
 ``label`` = atrophy class 0–3 (thresholds 0.25, 0.5, 0.75).
+
+Extra volumes of the same grid:
+
+* ``tissue``: label map (int16, :data:`TISSUE_CLASSES`) from the tissue masks —
+  0 background (outside the intracranial volume; the phantom is skull-stripped,
+  so there is no skull or scalp class), 1 CSF outside the ventricles, 2 grey
+  matter, 3 white matter, 4 lateral ventricles;
+* ``t2``: a T2-weighted contrast of the same anatomy — the partial-volume
+  tissue fractions times T2-like signals (CSF 1, grey matter 0.30–0.42, white
+  matter 0.62–0.78 of grey), the same bias field, its own gain, and Rician noise
+  of the same relative level (to CSF) drawn independently of the T1's.
+
+The grid is ``size``³ voxels over the 200 mm field of view by default; any shape and
+(anisotropic) spacing samples the same anatomy (the template is low-pass filtered per axis).
 """
 
 from __future__ import annotations
@@ -35,7 +49,7 @@ from scipy import ndimage as ndi
 
 from medgen.data.phantoms.noise import LatticeField
 from medgen.data.phantoms.phantom import Phantom
-from medgen.data.phantoms.shapes import Grid, rotation_matrix
+from medgen.data.phantoms.shapes import request_grid, rotation_matrix
 
 KIND = "brain-mri"
 FOV_MM = 200.0
@@ -45,6 +59,16 @@ FOV_CENTRE_MNI = (0.0, -17.0, 5.0)
 ATROPHY_THRESHOLDS = (0.25, 0.5, 0.75)
 CORTEX_THINNING_MM = 2.5  # at atrophy 1
 VENTRICLE_GROWTH_MM = 5.0  # at atrophy 1
+
+#: Classes of the ``tissue`` label map (the phantom is skull-stripped: no skull or scalp).
+BACKGROUND, CSF, GREY_MATTER, WHITE_MATTER, VENTRICLES = range(5)
+TISSUE_CLASSES = {
+    BACKGROUND: "background (outside the intracranial volume)",
+    CSF: "cerebrospinal fluid outside the ventricles (sulci, cisterns)",
+    GREY_MATTER: "grey matter",
+    WHITE_MATTER: "white matter",
+    VENTRICLES: "lateral ventricles (cerebrospinal fluid; they enlarge with atrophy)",
+}
 
 _TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -139,17 +163,18 @@ def _template() -> _Template:
 
 
 @functools.lru_cache(maxsize=2)
-def _sources(spacing: float) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
-    """Template maps low-pass filtered for sampling at ``spacing`` mm: (maps, origin, map spacing)."""
+def _sources(spacing: tuple[float, float, float]) -> tuple[dict[str, np.ndarray], np.ndarray, float]:
+    """Template maps low-pass filtered for sampling at ``spacing`` mm (per axis): (maps, origin, map spacing)."""
     tpl = _template()
-    if spacing >= 2.5:
+    if min(spacing) >= 2.5:
         maps, origin, step = tpl.coarse, tpl.origin_coarse, 2.0
     else:
         maps, origin, step = tpl.fine, tpl.origin_fine, 1.0
-    sigma = 0.4 * spacing / step  # anti-aliasing, in voxels of the source level
+    # anti-aliasing, in voxels of the source level (the template axes are the grid's, up to 5°)
+    sigma = [0.4 * sp / step if 0.4 * sp / step > 0.45 else 0.0 for sp in spacing]
     out = {}
     for key in ("t1", "gm", "wm", "icv"):
-        out[key] = ndi.gaussian_filter(maps[key], sigma, truncate=3.0) if sigma > 0.45 else maps[key]
+        out[key] = ndi.gaussian_filter(maps[key], sigma, truncate=3.0) if max(sigma) > 0 else maps[key]
     return out, origin, step
 
 
@@ -164,7 +189,10 @@ class _Subject:
     gamma: float
     gain: float
     bias: float
-    noise: float  # Rician noise sigma as a fraction of white matter
+    noise: float  # Rician noise sigma as a fraction of white matter (T1) or CSF (T2)
+    t2_gm: float  # T2 grey-matter signal relative to CSF
+    t2_wm: float  # T2 white-matter signal relative to grey matter
+    t2_gain: float
 
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "_Subject":
@@ -181,6 +209,10 @@ class _Subject:
             gain=u(0.8, 1.25),
             bias=u(0.08, 0.15),
             noise=u(0.02, 0.04),
+            # drawn last, so that the T1 volumes are those of sets made before T2 existed
+            t2_gm=u(0.3, 0.42),
+            t2_wm=u(0.62, 0.78),
+            t2_gain=u(0.8, 1.25),
         )
 
 
@@ -188,23 +220,36 @@ def _sample(maps: dict[str, np.ndarray], coords: np.ndarray) -> np.ndarray:
     return ndi.map_coordinates(maps, coords, order=1, mode="constant", cval=0.0, prefilter=False)
 
 
-def generate(size: int, seed: int) -> Phantom:
+def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Magnitude of ``signal`` plus complex Gaussian noise of ``sigma`` per channel (float32)."""
+    n1 = rng.standard_normal(signal.shape, dtype=np.float32)
+    n2 = rng.standard_normal(signal.shape, dtype=np.float32)
+    return np.sqrt((signal + sigma * n1) ** 2 + (sigma * n2) ** 2).astype(np.float32)
+
+
+def generate(
+    size: int | tuple[int, int, int], seed: int, spacing: float | tuple[float, float, float] | None = None
+) -> Phantom:
     """Generate one brain MRI phantom of ``size``³ voxels over a 200 mm field of view.
 
-    The same ``seed`` gives a bit-identical array; the subject's anatomy does not
-    depend on ``size``. The first call in a process loads the template (~1–2 s).
+    ``size`` may also be a shape (X, Y, Z) and ``spacing`` a voxel size in mm (one value
+    or one per axis; default 200 mm over the largest axis): the grid is centred on the
+    same anatomy. The same ``seed`` gives a bit-identical array; the subject's anatomy
+    does not depend on the grid. The first call in a process loads the template (~1–2 s).
+
+    Volumes: ``tissue`` (label map of :data:`TISSUE_CLASSES`) and ``t2`` (T2-weighted
+    contrast of the same anatomy, bias field and noise model, with its own noise).
     """
     ss = np.random.SeedSequence(seed)
-    s_par, s_lat, s_noise = ss.spawn(3)
+    s_par, s_lat, s_noise, s_noise_t2 = ss.spawn(4)  # the first three as before T2 existed
     s = _Subject.sample(np.random.default_rng(s_par))
     lat_rng = np.random.default_rng(s_lat)
     warp = [LatticeField(lat_rng, FOV_MM + 80.0, 40.0) for _ in range(3)]
     bias = LatticeField(lat_rng, FOV_MM + 80.0, 70.0)
 
     tpl = _template()
-    grid = Grid(size, FOV_MM / size)
-    sp = grid.spacing
-    ax = grid.axis
+    grid = request_grid(size, spacing, FOV_MM)
+    axes = grid.axes
     x, y, z = grid.xyz
     # target → template mapping: q = centre + R (p / scale) + shift + smooth warp
     p = (x / s.scale, y / s.scale, z / s.scale)
@@ -212,10 +257,10 @@ def generate(size: int, seed: int) -> Phantom:
     for i in range(3):
         r = s.rotation[i]
         qi = r[0] * p[0] + r[1] * p[1] + r[2] * p[2]
-        qi = qi + (FOV_CENTRE_MNI[i] + s.shift[i]) + s.warp_mm * warp[i].on_grid(ax, ax, ax)
+        qi = qi + (FOV_CENTRE_MNI[i] + s.shift[i]) + s.warp_mm * warp[i].on_grid(*axes)
         q.append(qi.astype(np.float32))
 
-    src, origin, step = _sources(sp)
+    src, origin, step = _sources(grid.spacing)
     idx = np.stack([(q[i] - origin[i]) / step for i in range(3)])
     t1, gm, wm, icv = (_sample(src[k], idx) for k in ("t1", "gm", "wm", "icv"))
     idx2 = np.stack([(q[i] - tpl.origin_coarse[i]) / 2.0 for i in range(3)])
@@ -233,18 +278,19 @@ def generate(size: int, seed: int) -> Phantom:
     gm2, wm2 = gm1 * (1.0 - vent), wm * (1.0 - vent)
     d_gm, d_wm = gm - gm2, wm - wm2
     t1 = t1 - d_gm * (tpl.i_gm - tpl.i_csf) - d_wm * (tpl.i_wm - tpl.i_csf)
+    csf = np.maximum(icv - gm2 - wm2, 0.0)
 
     # scanner: contrast, bias field, gain, Rician noise
     t1 = np.maximum(t1, 0.0) ** s.gamma
-    t1 *= np.exp(s.bias * bias.on_grid(ax, ax, ax))
+    coil = np.exp(s.bias * bias.on_grid(*axes))
+    t1 *= coil
     signal = (1000.0 * s.gain) * t1
-    sigma = 1000.0 * s.gain * s.noise
-    nrng = np.random.default_rng(s_noise)
-    n1 = nrng.standard_normal(signal.shape, dtype=np.float32)
-    n2 = nrng.standard_normal(signal.shape, dtype=np.float32)
-    img = np.sqrt((signal + sigma * n1) ** 2 + (sigma * n2) ** 2).astype(np.float32)
+    img = _rician(signal, 1000.0 * s.gain * s.noise, np.random.default_rng(s_noise))
+    # T2: tissue fractions times T2-weighted signals (CSF bright, grey > white), same coil and noise model
+    t2 = (csf + s.t2_gm * (gm2 + s.t2_wm * wm2)) * coil
+    img_t2 = _rician((1000.0 * s.t2_gain) * t2, 1000.0 * s.t2_gain * s.noise, np.random.default_rng(s_noise_t2))
 
-    voxel_ml = sp**3 / 1000.0
+    voxel_ml = grid.voxel_ml
     atrophy = round(s.atrophy, 4)
     factors: dict[str, float | int | str] = {
         "brain_volume_ml": float((gm2 + wm2).sum(dtype=np.float64)) * voxel_ml,
@@ -255,7 +301,6 @@ def generate(size: int, seed: int) -> Phantom:
         "atrophy": atrophy,
         "label": atrophy_class(atrophy),
     }
-    csf = np.maximum(icv - gm2 - wm2, 0.0)
     masks = {
         "brain": (gm2 + wm2) >= 0.5,
         "gm": (gm2 >= wm2) & (gm2 >= csf) & (icv >= 0.5),
@@ -263,5 +308,18 @@ def generate(size: int, seed: int) -> Phantom:
         "ventricles": vent >= 0.5,
         "intracranial": icv >= 0.5,
     }
-    origin_world = tuple(float(FOV_CENTRE_MNI[i] + ax[0]) for i in range(3))
-    return Phantom(kind=KIND, array=img, spacing=(sp, sp, sp), factors=factors, masks=masks, origin=origin_world)
+    tissue = np.full(grid.shape, BACKGROUND, dtype=np.int16)
+    tissue[masks["intracranial"]] = CSF
+    tissue[masks["gm"]] = GREY_MATTER
+    tissue[masks["wm"]] = WHITE_MATTER
+    tissue[masks["ventricles"]] = VENTRICLES
+    origin_world = tuple(float(FOV_CENTRE_MNI[i] + axes[i][0]) for i in range(3))
+    return Phantom(
+        kind=KIND,
+        array=img,
+        spacing=grid.spacing,
+        factors=factors,
+        masks=masks,
+        volumes={"tissue": tissue, "t2": img_t2},
+        origin=origin_world,
+    )

@@ -12,6 +12,8 @@ Two kinds:
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -69,21 +71,26 @@ class LatticeField:
         return np.einsum("na,nb,nc,nabc->n", w[:, 0], w[:, 1], w[:, 2], c)
 
 
-def smooth_noise(shape: tuple[int, ...], sigma_vox: float, rng: np.random.Generator) -> np.ndarray:
+def smooth_noise(
+    shape: tuple[int, ...], sigma_vox: float | Sequence[float], rng: np.random.Generator
+) -> np.ndarray:
     """Gaussian-filtered white noise with unit standard deviation (float32).
 
-    ``sigma_vox`` is the correlation length in voxels. Large sigmas are made on
-    a coarser grid and interpolated up, which is much cheaper and looks the same.
+    ``sigma_vox`` is the correlation length in voxels, one for every axis or one per
+    axis (anisotropic voxels). Large sigmas are made on a coarser grid and
+    interpolated up, which is much cheaper and looks the same.
     """
-    if sigma_vox < 0.3:
+    sigma = [float(v) for v in np.broadcast_to(np.asarray(sigma_vox, dtype=np.float64), (len(shape),))]
+    if max(sigma) < 0.3:
         return rng.standard_normal(shape, dtype=np.float32)
-    factor = int(sigma_vox // 2) if sigma_vox >= 4 else 1
-    small = tuple(int(np.ceil(s / factor)) + 1 for s in shape) if factor > 1 else shape
+    factor = [int(v // 2) if v >= 4 else 1 for v in sigma]
+    coarse = any(f > 1 for f in factor)
+    small = tuple(int(np.ceil(n / f)) + 1 if f > 1 else n for n, f in zip(shape, factor)) if coarse else shape
     field = rng.standard_normal(small, dtype=np.float32)
-    field = ndi.gaussian_filter(field, sigma_vox / factor, truncate=3.0, mode="wrap")
-    if factor > 1:
-        zoom = [s / m for s, m in zip(shape, small)]
-        field = ndi.zoom(field, zoom, order=1, grid_mode=False)[tuple(slice(0, s) for s in shape)]
+    field = ndi.gaussian_filter(field, [v / f for v, f in zip(sigma, factor)], truncate=3.0, mode="wrap")
+    if coarse:
+        zoom = [n / m for n, m in zip(shape, small)]
+        field = ndi.zoom(field, zoom, order=1, grid_mode=False)[tuple(slice(0, n) for n in shape)]
     field -= field.mean()
     field /= field.std() + 1e-12
     return field

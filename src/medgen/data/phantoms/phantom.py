@@ -11,11 +11,14 @@ import numpy as np
 class Phantom:
     """One synthetic volume with its ground truth.
 
-    ``array`` is float32 of shape (S, S, S), indexed (x, y, z) in RAS+ (x left→right,
-    y posterior→anterior, z inferior→superior): Hounsfield units for CT,
-    arbitrary T1-like units ≥ 0 for MRI. ``spacing`` is the voxel size in mm.
+    ``array`` is float32 of shape (X, Y, Z) (S³ by default), indexed (x, y, z) in RAS+
+    (x left→right, y posterior→anterior, z inferior→superior): Hounsfield units for CT,
+    arbitrary T1-like units ≥ 0 for MRI. ``spacing`` is the voxel size in mm per axis.
     ``factors`` holds the ground truth (volumes in ml, percentages, ``label``).
     ``masks`` holds boolean tissue masks of the same shape (e.g. ``lung``, ``bone``).
+    ``volumes`` holds further voxel-aligned volumes of the same subject: ``tissue``
+    (int16 label map, classes in the kind's module ``TISSUE_CLASSES``) and, for brain
+    MRI, ``t2`` (a T2-weighted contrast, float32).
     ``origin`` is the world position (mm) of voxel (0, 0, 0); by default the
     volume is centred on the world origin.
     """
@@ -25,6 +28,7 @@ class Phantom:
     spacing: tuple[float, float, float]
     factors: dict[str, float | int | str]
     masks: dict[str, np.ndarray] = field(default_factory=dict)
+    volumes: dict[str, np.ndarray] = field(default_factory=dict)
     origin: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:

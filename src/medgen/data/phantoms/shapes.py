@@ -8,7 +8,7 @@ shape on a whole voxel grid or at a handful of points.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -62,29 +62,53 @@ def rotation_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Grid:
-    """A cubic voxel grid: ``size`` voxels of ``spacing`` mm, voxel centres symmetric about 0."""
+    """A voxel grid: ``shape`` voxels of ``spacing`` mm per axis, voxel centres symmetric about 0.
 
-    size: int
-    spacing: float
+    Axis ``i`` of the array is world axis x, y or z (RAS+); voxels may be anisotropic.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
 
     @property
-    def axis(self) -> np.ndarray:
-        """Voxel-centre coordinates along one axis (mm), float32."""
-        return ((np.arange(self.size) - 0.5 * (self.size - 1)) * self.spacing).astype(np.float32)
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel-centre coordinates along x, y and z (mm), float32."""
+        return tuple(
+            ((np.arange(n) - 0.5 * (n - 1)) * sp).astype(np.float32) for n, sp in zip(self.shape, self.spacing)
+        )
 
     @property
     def xyz(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Open (broadcastable) coordinate arrays X (S,1,1), Y (1,S,1), Z (1,1,S)."""
-        a = self.axis
-        return a[:, None, None], a[None, :, None], a[None, None, :]
+        """Open (broadcastable) coordinate arrays X (X,1,1), Y (1,Y,1), Z (1,1,Z)."""
+        ax, ay, az = self.axes
+        return ax[:, None, None], ay[None, :, None], az[None, None, :]
+
+    @property
+    def voxel_mm(self) -> float:
+        """One length for a voxel (mm): the width of partial-volume ramps across surfaces.
+
+        The spacing itself for isotropic voxels; for anisotropic ones the geometric mean
+        (a surface's normal may point along any axis).
+        """
+        sx, sy, sz = self.spacing
+        return sx if sx == sy == sz else float((sx * sy * sz) ** (1.0 / 3.0))
+
+    @property
+    def voxel_ml(self) -> float:
+        """Volume of one voxel in ml."""
+        sx, sy, sz = self.spacing
+        return sx**3 / 1000.0 if sx == sy == sz else sx * sy * sz / 1000.0
 
     def to_index(self, mm: np.ndarray) -> np.ndarray:
-        return np.asarray(mm) / self.spacing + 0.5 * (self.size - 1)
+        """Fractional voxel index of points (..., 3) in mm."""
+        sp, n = np.asarray(self.spacing), np.asarray(self.shape)
+        return np.asarray(mm) / sp + 0.5 * (n - 1)
 
     def box(self, lo_mm: np.ndarray, hi_mm: np.ndarray) -> tuple[slice, slice, slice]:
         """Index slices of the voxels whose centres lie in the box [lo_mm, hi_mm]."""
-        lo = np.clip(np.ceil(self.to_index(lo_mm)).astype(int), 0, self.size)
-        hi = np.clip(np.floor(self.to_index(hi_mm)).astype(int) + 1, 0, self.size)
+        n = np.asarray(self.shape)
+        lo = np.clip(np.ceil(self.to_index(lo_mm)).astype(int), 0, n)
+        hi = np.clip(np.floor(self.to_index(hi_mm)).astype(int) + 1, 0, n)
         return tuple(slice(int(a), int(max(a, b))) for a, b in zip(lo, hi))
 
 
@@ -114,27 +138,28 @@ def draw_tubes(occ: np.ndarray, grid: Grid, segments: np.ndarray, batch_vox: int
     segs = np.asarray(segments, dtype=np.float64).reshape(-1, 8)
     if len(segs) == 0:
         return
-    sp, n, axis = grid.spacing, grid.size, grid.axis.astype(np.float64)
+    sp, n = grid.voxel_mm, np.asarray(grid.shape)
+    axes = [a.astype(np.float64) for a in grid.axes]
     reach = np.maximum(np.maximum(segs[:, 6], segs[:, 7]), 0.5 * sp)[:, None] + sp
     lo = np.floor(grid.to_index(np.minimum(segs[:, 0:3], segs[:, 3:6]) - reach)).astype(int)
     hi = np.ceil(grid.to_index(np.maximum(segs[:, 0:3], segs[:, 3:6]) + reach)).astype(int) + 1
     lo, hi = np.clip(lo, 0, n), np.clip(hi, 0, n)
     keep = np.all(hi > lo, axis=1)
     segs, lo, hi = segs[keep], lo[keep], hi[keep]
-    k = min(batch_vox, n)
+    k = np.minimum(batch_vox, n)
     small = np.all(hi - lo <= k, axis=1)
     if small.any():
         sg, lo_s = segs[small], np.minimum(lo[small], n - k)
-        idx = lo_s[:, :, None] + np.arange(k)[None, None, :]  # (N, 3, k)
-        c = axis[idx] - sg[:, 0:3, None]
-        x, y, z = c[:, 0, :, None, None], c[:, 1, None, :, None], c[:, 2, None, None, :]
+        idx = [lo_s[:, i, None] + np.arange(k[i])[None, :] for i in range(3)]  # 3 × (N, k_i)
+        c = [axes[i][idx[i]] - sg[:, i, None] for i in range(3)]
+        x, y, z = c[0][:, :, None, None], c[1][:, None, :, None], c[2][:, None, None, :]
         o = _tube_occupancy(x, y, z, sg[:, None, None, None, :], sp)
-        flat = (idx[:, 0, :, None, None] * n + idx[:, 1, None, :, None]) * n + idx[:, 2, None, None, :]
+        flat = (idx[0][:, :, None, None] * n[1] + idx[1][:, None, :, None]) * n[2] + idx[2][:, None, None, :]
         np.maximum.at(occ.reshape(-1), flat.ravel(), o.ravel().astype(occ.dtype))
     for seg, a, b in zip(segs[~small], lo[~small], hi[~small]):
-        x = axis[a[0] : b[0], None, None] - seg[0]
-        y = axis[None, a[1] : b[1], None] - seg[1]
-        z = axis[None, None, a[2] : b[2]] - seg[2]
+        x = axes[0][a[0] : b[0], None, None] - seg[0]
+        y = axes[1][None, a[1] : b[1], None] - seg[1]
+        z = axes[2][None, None, a[2] : b[2]] - seg[2]
         view = occ[a[0] : b[0], a[1] : b[1], a[2] : b[2]]
         np.maximum(view, _tube_occupancy(x, y, z, seg, sp).astype(occ.dtype), out=view)
 
@@ -205,3 +230,21 @@ def grow_tree(
         direc = np.concatenate([c[1] for c in children])
         radius = np.concatenate([c[2] for c in children])
     return np.concatenate(out) if out else np.zeros((0, 8))
+
+
+def request_grid(
+    size: int | Sequence[int], spacing: float | Sequence[float] | None, fov_mm: float
+) -> Grid:
+    """The voxel grid of a phantom request, centred on the anatomy's field of view.
+
+    ``size``: S (an S³ cube) or the shape (X, Y, Z). ``spacing``: voxel size in mm, one
+    value or one per axis; None: ``fov_mm`` over the largest axis (isotropic), so the
+    largest axis spans the kind's standard field of view.
+    """
+    shape = tuple(int(v) for v in np.broadcast_to(np.asarray(size), (3,)))
+    if spacing is None:
+        spacing = fov_mm / max(shape)
+    sp = tuple(float(v) for v in np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)))
+    if min(shape) < 1 or not all(np.isfinite(v) and v > 0 for v in sp):
+        raise ValueError(f"phantom grid {shape} at {sp} mm: need positive sizes and spacings")
+    return Grid(shape, sp)

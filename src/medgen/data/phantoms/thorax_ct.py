@@ -28,6 +28,27 @@ voxels below −500 HU, emphysema % = share of those below −950 HU, bone =
 voxels above +300 HU in the bone mask and its one-voxel partial-volume rim.
 ``label`` is the emphysema severity class (0: <5 %, 1: 5–10 %, 2: 10–20 %,
 3: ≥20 %); over many seeds the classes are about equally frequent.
+
+The ``tissue`` volume is a label map of the same grid (int16, :data:`TISSUE_CLASSES`):
+each voxel gets the structure that covers at least half of it, in painting order,
+then the ground-truth masks override (``bone`` and ``emphysema`` are exactly those
+masks, and ``label > 0`` is exactly the body):
+
+===  ==================================================================
+0    background: air outside the body
+1    soft tissue: muscle, skin, organs, liver, discs, cartilage, cord, airway walls
+2    fat: subcutaneous, mediastinal, pericardial
+3    lung parenchyma (with vessels thinner than half a voxel)
+4    bone (the bone mask: voxels at least a quarter bone)
+5    heart and vessels: heart, great vessels, pulmonary arteries and veins
+6    airway lumen: air in the trachea and bronchi
+7    emphysema: lung whose noise-free value is below −950 HU
+8    lung nodule (only with ``nodules``)
+===  ==================================================================
+
+The grid is ``size``³ voxels over the 400 mm field of view by default; any shape and
+(anisotropic) spacing samples the same millimetre-defined anatomy, and partial-volume
+ramps use the geometric mean of the spacing.
 """
 
 from __future__ import annotations
@@ -41,12 +62,12 @@ from scipy import ndimage as ndi
 from medgen.data.phantoms.noise import LatticeField, smooth_noise
 from medgen.data.phantoms.phantom import Phantom
 from medgen.data.phantoms.shapes import (
-    Grid,
     draw_tubes,
     ellipsoid_sdf,
     grow_tree,
     occupancy,
     polyline_segments,
+    request_grid,
     superellipse_sdf,
 )
 
@@ -62,6 +83,20 @@ _BLUR_VOX = 0.6  # partial-volume blur and noise correlation length (voxels)
 # The bone mask holds voxels at least 25 % bone (signed distance <= 0.25 voxel), so that
 # blur lifts no voxel above +300 HU beyond its one-voxel (face-neighbour) rim.
 _BONE_MASK_SDF = 0.25
+
+#: Classes of the ``tissue`` label map: what each voxel mostly holds.
+BACKGROUND, SOFT_TISSUE, FAT, LUNG, BONE, BLOOD, AIRWAY, EMPHYSEMA, NODULE = range(9)
+TISSUE_CLASSES = {
+    BACKGROUND: "background (air outside the body)",
+    SOFT_TISSUE: "soft tissue (muscle, skin, organs, liver, discs, cartilage, spinal cord, airway walls)",
+    FAT: "fat (subcutaneous, mediastinal, pericardial)",
+    LUNG: "lung parenchyma (with vessels thinner than half a voxel)",
+    BONE: "bone (the bone mask: voxels at least a quarter bone)",
+    BLOOD: "heart and vessels (heart, great vessels, pulmonary arteries and veins)",
+    AIRWAY: "airway lumen (air in the trachea and bronchi)",
+    EMPHYSEMA: "emphysema (lung whose noise-free value is below -950 HU)",
+    NODULE: "lung nodule (with --nodules only)",
+}
 
 # Piecewise-linear quantile function of the target emphysema % (uniform input):
 # roughly a quarter of subjects fall in each severity class.
@@ -426,11 +461,16 @@ class _Canvas:
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
         self.img = np.full(shape, -1000.0, dtype=np.float32)
+        self.labels = np.full(shape, BACKGROUND, dtype=np.int16)
         self.trans: np.ndarray | None = None
 
-    def paint(self, occ: np.ndarray, hu) -> None:
-        """Paint ``hu`` with weight ``occ`` (fraction of each voxel covered)."""
+    def paint(self, occ: np.ndarray, hu, label: int) -> None:
+        """Paint ``hu`` with weight ``occ`` (fraction of each voxel covered).
+
+        Voxels the layer covers at least half (it is then their main content) get ``label``.
+        """
         self.img += occ * (hu - self.img)
+        self.labels[occ >= 0.5] = label
         if self.trans is not None:
             self.trans *= 1.0 - occ
 
@@ -507,26 +547,35 @@ def _calibrate_emphysema(
     return clean
 
 
-def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
+def generate(
+    size: int | tuple[int, int, int],
+    seed: int,
+    nodules: bool = False,
+    spacing: float | tuple[float, float, float] | None = None,
+) -> Phantom:
     """Generate one thorax CT phantom of ``size``³ voxels over a 400 mm field of view.
 
-    The same ``seed`` gives a bit-identical array; anatomy parameters do not
-    depend on ``size``. With ``nodules`` 0–3 solid nodules (4–15 mm radius) are
+    ``size`` may also be a shape (X, Y, Z) and ``spacing`` a voxel size in mm (one value
+    or one per axis; default 400 mm over the largest axis): the grid is centred on the
+    same anatomy. The same ``seed`` gives a bit-identical array; anatomy parameters do
+    not depend on the grid. With ``nodules`` 0–3 solid nodules (4–15 mm radius) are
     inserted into the lungs without changing the rest of the volume.
 
     Masks: ``body``, ``lung`` (parenchyma with its vessels, without airways,
     bone and nodules), ``emphysema`` (lung whose noise-free value is below
     −950 HU), ``bone``, ``heart``, ``airway`` (lumen), ``vessels``.
+    Volumes: ``tissue``, the label map of :data:`TISSUE_CLASSES`.
     """
     ss = np.random.SeedSequence(seed)
     s_par, s_lat, s_tree, s_tex, s_noise, s_nod = ss.spawn(6)
     s = _Subject.sample(np.random.default_rng(s_par))
     an = _Anatomy(s, np.random.default_rng(s_lat))
-    grid = Grid(size, FOV_MM / size)
-    sp = grid.spacing
+    grid = request_grid(size, spacing, FOV_MM)
+    sp = grid.voxel_mm  # partial-volume ramp width (the spacing for isotropic voxels)
+    sp_axes = np.asarray(grid.spacing)
     x, y, z = grid.xyz
-    ax = grid.axis
-    shape = (size, size, size)
+    axes = grid.axes
+    shape = grid.shape
     tex_rng = np.random.default_rng(s_tex)
 
     cv = _Canvas(shape)
@@ -536,41 +585,41 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     sdf_body = sdf_body.astype(np.float32)
     depth = -sdf_body
     body = sdf_body <= 0
-    cv.paint(occupancy(sdf_body, sp), s.hu_muscle)
+    cv.paint(occupancy(sdf_body, sp), s.hu_muscle, SOFT_TISSUE)
     t_fat = an.fat_thickness(theta)
-    cv.paint(occupancy(np.maximum(2.5 - depth, depth - t_fat), sp), s.hu_fat)
+    cv.paint(occupancy(np.maximum(2.5 - depth, depth - t_fat), sp), s.hu_fat, FAT)
     wall = an.wall(theta, z)
     sdf_cav = (wall - depth).astype(np.float32)
-    cv.paint(occupancy(sdf_cav, sp), s.hu_fat + 20.0)  # mediastinal fat
+    cv.paint(occupancy(sdf_cav, sp), s.hu_fat + 20.0, FAT)  # mediastinal fat
 
     # below the diaphragm: diaphragm muscle, liver on the right, other viscera on the left
     z_dia = an.diaphragm(x, y)
-    cv.paint(occupancy(np.maximum(sdf_cav - 8.0, z - z_dia), sp), s.hu_muscle)
+    cv.paint(occupancy(np.maximum(sdf_cav - 8.0, z - z_dia), sp), s.hu_muscle, SOFT_TISSUE)
     liver_hu = s.hu_muscle + (s.hu_liver - s.hu_muscle) / (1.0 + np.exp(-(x - s.cx + 10.0) / 12.0))
-    cv.paint(occupancy(np.maximum(sdf_cav - 8.0, z - (z_dia - 6.0)), sp), liver_hu)
+    cv.paint(occupancy(np.maximum(sdf_cav - 8.0, z - (z_dia - 6.0)), sp), liver_hu, SOFT_TISSUE)
 
     # paravertebral muscle, heart with pericardial fat
-    cv.paint(occupancy(np.maximum(sdf_cav, an.spine_zone_sdf(x, y, z)), sp), s.hu_muscle)
+    cv.paint(occupancy(np.maximum(sdf_cav, an.spine_zone_sdf(x, y, z)), sp), s.hu_muscle, SOFT_TISSUE)
     sdf_heart = np.full(shape, 1e3, dtype=np.float32)
     box = grid.box(*an.heart_box())
     bx, by, bz = x[box[0], :, :], y[:, box[1], :], z[:, :, box[2]]
     sdf_heart[box] = an.heart_sdf(bx, by, bz)
-    cv.paint(occupancy(sdf_heart - 5.0, sp), s.hu_fat + 10.0)
-    cv.paint(occupancy(sdf_heart, sp), s.hu_blood)
+    cv.paint(occupancy(sdf_heart - 5.0, sp), s.hu_fat + 10.0, FAT)
+    cv.paint(occupancy(sdf_heart, sp), s.hu_blood, BLOOD)
     heart = sdf_heart <= 0
 
     # lungs
-    lobes = an.lobes.on_grid(ax, ax, ax)
+    lobes = an.lobes.on_grid(*axes)
     sdf_lung = an.lung_sdf(x, y, z, lobes=lobes, frame=(sdf_body, theta), heart_sdf=sdf_heart).astype(np.float32)
     lung_region = sdf_lung <= 0
     posterior = np.clip(-(y - s.cy) / an.b, 0.0, 1.0) ** 1.5
-    parenchyma = s.hu_lung + s.gravity * posterior + 18.0 * smooth_noise(shape, 2.5 / sp, tex_rng)
-    cv.paint(occupancy(sdf_lung, sp), parenchyma)
+    parenchyma = s.hu_lung + s.gravity * posterior + 18.0 * smooth_noise(shape, 2.5 / sp_axes, tex_rng)
+    cv.paint(occupancy(sdf_lung, sp), parenchyma, LUNG)
 
     # emphysema: a smooth random field, thresholded later (see _calibrate_emphysema) so that
     # the share of lung below -950 HU on the final image matches the subject's target.
     # Clusters are at least a few voxels across; upper lobes are favoured.
-    sig = max(s.emph_sigma / sp, 1.2)
+    sig = np.maximum(s.emph_sigma / sp_axes, 1.2)
     field = smooth_noise(shape, sig, tex_rng) + 0.6 * smooth_noise(shape, 3.0 * sig, tex_rng)
     field += s.emph_upper * np.clip((z - (s.z_dome + s.z_apex) / 2.0) / (s.z_apex - s.z_dome), -1.0, 1.0)
     emph_delta = occupancy(sdf_lung, sp) * ((-1000.0 + 0.2 * (parenchyma - s.hu_lung)) - cv.img)
@@ -581,15 +630,15 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     vessel_segs, airway_segs = _vessel_and_airway_segments(an, tree_rng)
     vessels = np.zeros(shape, dtype=np.float32)
     draw_tubes(vessels, grid, vessel_segs)
-    cv.paint(vessels, s.hu_blood)
+    cv.paint(vessels, s.hu_blood, BLOOD)
     walls = np.zeros(shape, dtype=np.float32)
     wall_segs = airway_segs.copy()
     wall_segs[:, 6:8] += 0.2 * wall_segs[:, 6:8] + 0.8
     draw_tubes(walls, grid, wall_segs)
-    cv.paint(walls, 20.0)
+    cv.paint(walls, 20.0, SOFT_TISSUE)
     lumen = np.zeros(shape, dtype=np.float32)
     draw_tubes(lumen, grid, airway_segs)
-    cv.paint(lumen, -1000.0)
+    cv.paint(lumen, -1000.0, AIRWAY)
 
     # bones
     bone = np.zeros(shape, dtype=bool)
@@ -597,21 +646,23 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     half = 0.5 * s.pitch - 2.5  # half height of a vertebral body; discs are 5 mm
     sdf_vb = an.vb_sdf(x, y, z)
     sdf_body_vb = np.maximum(sdf_vb, np.abs(dz) - half)
-    cv.paint(occupancy(np.maximum(an.vb_sdf(x, y, z, grow=1.0), np.abs(dz) - half - 3.0), sp), 80.0)  # discs
-    cv.paint(occupancy(sdf_body_vb, sp), s.hu_cortical)
-    cv.paint(occupancy(sdf_body_vb + 1.8, sp), s.hu_trabecular)
+    sdf_disc = np.maximum(an.vb_sdf(x, y, z, grow=1.0), np.abs(dz) - half - 3.0)
+    cv.paint(occupancy(sdf_disc, sp), 80.0, SOFT_TISSUE)  # discs
+    del sdf_disc
+    cv.paint(occupancy(sdf_body_vb, sp), s.hu_cortical, BONE)
+    cv.paint(occupancy(sdf_body_vb + 1.8, sp), s.hu_trabecular, BONE)
     bone |= sdf_body_vb <= _BONE_MASK_SDF * sp
     # vertebral arch around the canal, with the cord inside
     rho = np.sqrt((x - s.cx) ** 2 + (y - an.canal_y(z)) ** 2)
     sdf_arch = np.maximum(np.abs(rho - 12.0) - 4.0, np.abs(dz) - half)
     sdf_arch = np.maximum(sdf_arch, (y - an.canal_y(z)) - 6.0)
     post_hu = 0.8 * s.hu_cortical + 0.2 * s.hu_trabecular  # arches and processes: mostly compact bone
-    cv.paint(occupancy(sdf_arch, sp), post_hu)
-    cv.paint(occupancy(rho - 8.0, sp), 30.0)
+    cv.paint(occupancy(sdf_arch, sp), post_hu, BONE)
+    cv.paint(occupancy(rho - 8.0, sp), 30.0, SOFT_TISSUE)
     bone |= sdf_arch <= _BONE_MASK_SDF * sp
     procs = np.zeros(shape, dtype=np.float32)
     draw_tubes(procs, grid, _spine_tubes(an))
-    cv.paint(procs, post_hu)
+    cv.paint(procs, post_hu, BONE)
     bone |= procs >= 0.5 - _BONE_MASK_SDF
 
     # ribs: follow the chest wall, descending from the spine towards the front
@@ -629,10 +680,10 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     rib_bone = valid & (phi <= bone_end)
     cartilage = valid & (phi > bone_end) & (phi <= cart_end)
     sdf_rib = np.where(rib_bone | cartilage, sdf_rib, 1e3).astype(np.float32)
-    cv.paint(occupancy(np.where(cartilage, sdf_rib, 1e3), sp), 120.0)
+    cv.paint(occupancy(np.where(cartilage, sdf_rib, 1e3), sp), 120.0, SOFT_TISSUE)
     sdf_rb = np.where(rib_bone, sdf_rib, 1e3)
-    cv.paint(occupancy(sdf_rb, sp), s.hu_cortical)
-    cv.paint(occupancy(sdf_rb + 1.2, sp), s.hu_trabecular)
+    cv.paint(occupancy(sdf_rb, sp), s.hu_cortical, BONE)
+    cv.paint(occupancy(sdf_rb + 1.2, sp), s.hu_trabecular, BONE)
     bone |= sdf_rb <= _BONE_MASK_SDF * sp
 
     # sternum (anterior midline), scapulae (posterolateral plates), clavicles
@@ -643,8 +694,8 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     sdf_st = np.maximum(np.abs(x - s.cx) - sw, np.abs(depth - d_st) - 5.5)
     sdf_st = np.maximum(sdf_st, np.maximum(z - z_st_top, (hz - 0.4 * haxes[2]) - z))
     sdf_st = np.where(y > s.cy, sdf_st, 1e3)
-    cv.paint(occupancy(sdf_st, sp), s.hu_cortical)
-    cv.paint(occupancy(sdf_st + 1.5, sp), s.hu_trabecular)
+    cv.paint(occupancy(sdf_st, sp), s.hu_cortical, BONE)
+    cv.paint(occupancy(sdf_st + 1.5, sp), s.hu_trabecular, BONE)
     bone |= sdf_st <= _BONE_MASK_SDF * sp
     zs_top, zs_bot = s.z_apex + 20.0, s.z_apex - 135.0
     frac = np.clip((zs_top - z) / (zs_top - zs_bot), 0.0, 1.0)
@@ -653,7 +704,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     sdf_sc = np.abs(depth - (an.fat_thickness(theta) + 8.0)) - 2.5
     sdf_sc = np.maximum(sdf_sc, np.maximum(phi_lo - phi, phi - 0.42 * np.pi) * arc)
     sdf_sc = np.maximum(sdf_sc, np.maximum(z - zs_top, zs_bot - z))
-    cv.paint(occupancy(sdf_sc, sp), post_hu)
+    cv.paint(occupancy(sdf_sc, sp), post_hu, BONE)
     bone |= sdf_sc <= _BONE_MASK_SDF * sp
     clav = np.zeros(shape, dtype=np.float32)
     y_front = s.cy + an.b - an.fat_thickness(np.pi / 2) - 8.0
@@ -664,7 +715,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
             (s.cx + side * 0.4 * s.width, s.cy + 0.1 * s.depth, z_st_top + 24.0),
         ]
         draw_tubes(clav, grid, polyline_segments(pts, [7.0, 6.0, 7.0]))
-    cv.paint(clav, post_hu)
+    cv.paint(clav, post_hu, BONE)
     bone |= clav >= 0.5 - _BONE_MASK_SDF
 
     # the lung mask includes its vessels, as clinical lung segmentations do; the
@@ -681,6 +732,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     clean = ndi.gaussian_filter(cv.img, _BLUR_VOX, truncate=3.0)
     core = lung & (sdf_lung <= -0.5 * sp)
     emph_layer = emph_delta * cv.trans
+    tissue = cv.labels
     del cv, emph_delta
     clean = _calibrate_emphysema(clean, noise, emph_layer, field, lung, core, s.emph_target_pct)
 
@@ -696,7 +748,8 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
             if cand.size == 0:
                 continue
             idx = np.array(np.unravel_index(cand[nod_rng.integers(cand.size)], shape))
-            centre = ax[idx].astype(np.float64) + nod_rng.uniform(-0.5, 0.5, 3) * sp
+            centre = np.array([axes[i][idx[i]] for i in range(3)], dtype=np.float64)
+            centre += nod_rng.uniform(-0.5, 0.5, 3) * sp_axes
             draw_tubes(nod, grid, np.array([[*centre, *centre, r, r]]))
             c_vox = grid.to_index(centre)
             nodule_list.append(
@@ -705,7 +758,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
                     "y": round(float(c_vox[1]), 2),
                     "z": round(float(c_vox[2]), 2),
                     "radius_mm": round(r, 2),
-                    "radius_vox": round(r / sp, 3),
+                    "radius_vox": round(r / min(grid.spacing), 3),  # along the finest axis
                 }
             )
         # partial volume of the nodule edge in the blurred image (blur is linear in occupancy)
@@ -720,7 +773,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
     img = np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.float32)
 
     # ground truth measured on the final image inside the true masks
-    voxel_ml = sp**3 / 1000.0
+    voxel_ml = grid.voxel_ml
     n_lung = int((lung & (img < LUNG_MAX_HU)).sum())
     emph_pct = _emphysema_pct(img, lung)
     cols = np.flatnonzero(body.any(axis=(1, 2)))
@@ -730,7 +783,7 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
         # bone plus its one-voxel partial-volume rim: blur lifts cortical edges above +300 HU
         "bone_volume_ml": int((ndi.binary_dilation(bone) & (img > BONE_MIN_HU)).sum()) * voxel_ml,
         "emphysema_pct": emph_pct,
-        "body_size_mm": float((cols[-1] - cols[0] + 1) * sp) if cols.size else 0.0,
+        "body_size_mm": float((cols[-1] - cols[0] + 1) * grid.spacing[0]) if cols.size else 0.0,
         "heart_volume_ml": int(heart.sum()) * voxel_ml,
         "noise_hu": round(s.noise_hu, 2),
         "label": severity_class(emph_pct),
@@ -747,4 +800,11 @@ def generate(size: int, seed: int, nodules: bool = False) -> Phantom:
         "airway": lumen >= 0.5,
         "vessels": vessels >= 0.5,
     }
-    return Phantom(kind=KIND, array=img, spacing=(sp, sp, sp), factors=factors, masks=masks)
+    # the label map: what each voxel mostly holds, as painted, then the ground-truth masks
+    tissue[masks["emphysema"]] = EMPHYSEMA
+    tissue[bone] = BONE
+    if nodules:
+        tissue[nod >= 0.5] = NODULE
+    return Phantom(
+        kind=KIND, array=img, spacing=grid.spacing, factors=factors, masks=masks, volumes={"tissue": tissue}
+    )
