@@ -160,7 +160,7 @@ def real_volumes(cfg: Any, n: int) -> tuple[list[Any], list[str], str | None]:
         return [], [], f"the run's training data {cfg.data} is not available here: generated volumes only"
     try:
         ids = list(cfg.train_ids) if cfg.train_ids else None
-        ds = VolumeDataset(root, split="all" if ids is None else "train", label_column=None, ids=ids)
+        ds = VolumeDataset(root, split="all" if ids is None else "train", label_column=None, ids=ids, keys=("image",))
         items = [ds[i] for i in range(min(n, len(ds)))]
     except MedgenError as exc:
         return [], [], f"the run's training data could not be read ({exc}): generated volumes only"

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
 
     manifest = Path(args.data) / "manifest.csv"
-    everything = VolumeDataset(args.data, split="all", label_column=args.label_column)
+    everything = VolumeDataset(args.data, split="all", label_column=args.label_column, keys=("image",))
     if everything.label_column is None:
         columns = ", ".join(load_manifest(args.data)[0])
         raise UsageError(f"{manifest}: no column {args.label_column!r} to classify (columns: {columns}); pass --label-column")
@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     fractions = tuple(RunConfig.split_fractions)  # medgen train's split, so both see the same test volumes
     splits, notes = {}, []
     for split in ("train", "val", "test"):
-        ds = VolumeDataset(args.data, split=split, seed=args.split_seed, fractions=fractions, label_column=args.label_column)
+        ds = VolumeDataset(args.data, split=split, seed=args.split_seed, fractions=fractions, label_column=args.label_column,
+                           keys=("image",))
         keep = [i for i, v in enumerate(ds.labels) if v >= 0]
         if len(keep) < len(ds):
             notes.append(f"{split}: {len(ds) - len(keep)} volume(s) without a label left out")

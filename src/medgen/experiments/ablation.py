@@ -180,7 +180,7 @@ def heldout_volumes(heldout_dir: Path, n: int | None = None) -> Iterable[np.ndar
     """The first ``n`` volumes (sorted ids; all when None) of a preprocessed folder, float32 in [-1, 1]."""
     from medgen.data.dataset import VolumeDataset
 
-    ds = VolumeDataset(heldout_dir, split="all", label_column=None)
+    ds = VolumeDataset(heldout_dir, split="all", label_column=None, keys=("image",))
     for i in range(len(ds) if n is None else min(n, len(ds))):
         yield ds[i]["image"][0].numpy()
 

@@ -136,7 +136,7 @@ def new_run_config(
     if label_column is not None and num_classes is None:
         # Classes are counted over the whole data set: a class missing from the training split
         # (small data, any split_fractions) must still get its own output.
-        ds = VolumeDataset(data, split="all", label_column=label_column)
+        ds = VolumeDataset(data, split="all", label_column=label_column, keys=("image",))
         if ds.label_column is None:
             raise UsageError(f"{data}/manifest.csv: no column {label_column!r} for --label-column")
         model_given["num_classes"] = ds.num_classes

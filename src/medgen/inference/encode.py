@@ -111,6 +111,7 @@ def encode_folder(
         seed=run.split_seed if run is not None else 0,
         fractions=tuple(run.split_fractions) if run is not None else (0.8, 0.1, 0.1),
         label_column=label_column if conditional else None,
+        keys=("image",),
     )
     if len(ds) == 0:
         raise InputError(f"{root}: the {split} split holds no volumes")
