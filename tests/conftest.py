@@ -30,3 +30,15 @@ def synthetic_ct(shape=(24, 20, 16), seed=0, blank_bottom=2, blank_top=3) -> np.
 def make_ct():
     """Factory for :func:`synthetic_ct`."""
     return synthetic_ct
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest single-threaded, and the suite runs one worker per core
+    (``pytestmark = pytest.mark.usefixtures("one_thread")`` in a test file)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

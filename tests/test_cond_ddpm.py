@@ -31,12 +31,7 @@ S = 16
 FAST = dict(num_train_timesteps=40, beta_start=2.5e-3, beta_end=0.5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def volumes(folder, kind: str, ids) -> torch.Tensor:

@@ -35,12 +35,7 @@ S = 32
 FAMILIES = sorted(registry.FAMILIES)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(family: str, data: Path, iters: int, **kw) -> RunConfig:

@@ -22,12 +22,7 @@ from medgen.families.ldm_autoencoder.train import build_autoencoder
 from toy_volumes import make_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_autoencoder(size: int = 32, seed: int = 0) -> torch.nn.Module:

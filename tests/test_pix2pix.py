@@ -16,12 +16,7 @@ from medgen.training.distributed import InfiniteBatchSampler
 from toy_volumes import make_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("criterion", ["least_squares", "bce"])

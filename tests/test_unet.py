@@ -18,12 +18,7 @@ from medgen.training.runconfig import RunConfig
 from toy_volumes import make_dataset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_tasks_set_inputs_and_residual_and_options_override_them():
