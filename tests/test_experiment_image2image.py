@@ -42,3 +42,40 @@ def test_image2image_smoke_run_reports_baselines_and_models(tmp_path):
     for task in ("sr", "inpaint"):
         assert (out / f"image2image-{task}.png").stat().st_size > 1000
     assert "medgen experiment image2image" in (out / "image2image.md").read_text()
+
+
+def test_class_mean_baseline_is_the_training_mean_per_label_and_per_intensity_bin():
+    from medgen.experiments.image2image import class_mean_baseline
+
+    rng = np.random.default_rng(0)
+    train = []
+    for _ in range(3):
+        lab = rng.integers(0, 3, (4, 4, 4))
+        train.append({"tissue": lab, "image": np.where(lab == 1, 0.5, -0.5) + rng.normal(0, 0.1, lab.shape)})
+    held = [{"tissue": np.array([[[0, 1], [2, 5]]] * 2)}]  # class 5 never seen in training
+    (out,) = class_mean_baseline(train, held, "tissue", "image")
+    every_lab = np.concatenate([p["tissue"].ravel() for p in train])
+    every_img = np.concatenate([p["image"].ravel() for p in train])
+    for c, v in ((0, out[0, 0, 0]), (1, out[0, 0, 1]), (2, out[0, 1, 0])):
+        assert v == pytest.approx(every_img[every_lab == c].mean(), rel=1e-5)
+    assert out[0, 1, 1] == pytest.approx(every_img.mean(), rel=1e-5)
+    # intensities: bins of [-1, 1]
+    t1 = [{"image": np.array([-0.9, -0.9, 0.9]), "t2": np.array([1.0, 3.0, 5.0])}]
+    (mapped,) = class_mean_baseline(t1, [{"image": np.array([-0.95, 0.95])}], "image", "t2", bins=4)
+    np.testing.assert_allclose(mapped, [2.0, 5.0])
+
+
+def test_anatomy_errors_are_relative_fraction_errors():
+    from medgen.experiments.image2image import anatomy_errors
+
+    window = (-1024.0, 600.0)
+    unit = lambda hu: (np.asarray(hu, float) - window[0]) / (window[1] - window[0]) * 2 - 1  # noqa: E731
+    hu = np.full((24, 24, 24), -1000.0)
+    hu[4:20, 4:20, 2:22] = 40.0
+    hu[6:11, 6:18, 4:20] = -850.0  # a lung
+    hu[14:17, 10:13, 2:22] = 600.0  # bone
+    out = hu.copy()
+    out[6:8, 6:18, 4:20] = 40.0  # 2 of the 5 lung rows filled in: lung fraction 40 % lower
+    errs = anatomy_errors([unit(out)], [unit(hu)], window)
+    assert errs["lung_fraction_err_pct"] == pytest.approx(40.0, rel=1e-6)
+    assert errs["bone_fraction_err_pct"] == pytest.approx(0.0, abs=1e-9)

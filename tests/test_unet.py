@@ -134,3 +134,14 @@ def test_the_untrained_residual_model_is_the_identity_and_the_direct_one_is_not(
         torch.testing.assert_close(forward(build_unet(cfg), x, cfg), x[:, :1], rtol=0, atol=0)
         direct = model_config("tiny", 16, task="inpaint", residual=False)
         assert forward(build_unet(direct), x, direct).abs().max() > 1e-3
+
+
+def test_the_train_command_offers_every_task():
+    import argparse
+
+    from medgen.cli import build_parser
+    from medgen.families import image_tasks
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    task = next(a for a in sub._actions if a.dest == "task")
+    assert set(task.choices) == set(image_tasks.TASKS)

@@ -101,7 +101,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--autoencoder", dest="autoencoder_run", default=None, metavar="RUN",
                    help="ldm: the trained `--family ldm-autoencoder` run whose latents the model diffuses")
     i = p.add_argument_group("image-to-image families (unet, pix2pix, cond-ddpm) on a paired data set (`medgen degrade`)")
-    i.add_argument("--task", default=None, choices=("sr", "denoise", "kspace", "restore", "inpaint", "outpaint", "xray2ct"),
+    i.add_argument("--task", default=None, choices=("sr", "denoise", "kspace", "restore", "inpaint", "outpaint", "xray2ct",
+                                                       "seg2image", "translate"),
                    help="what the model learns; sets the input volumes and the residual mode (default denoise)")
     i.add_argument("--inputs", default=None, metavar="NAMES",
                    help="comma-separated input volumes, stacked as channels (default: the task's, e.g. degraded)")

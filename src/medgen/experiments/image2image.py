@@ -12,7 +12,11 @@ trained on the training pairs, and every held-out pair is translated and compare
 * ``kspace``: ×4 Cartesian undersampling of brain MRI (``--kind kspace``, random lines, 8 % centre);
   baseline: the zero-filled reconstruction (the input);
 * ``inpaint``: boxes hiding 10 % of the body (``--kind inpaint``); baseline: mean-filling (the input).
-  The error that matters is inside the mask (``mae_mask``).
+  The error that matters is inside the mask (``mae_mask``);
+* ``seg2image``: the thorax phantoms' tissue label map → CT; baseline: each class's mean training
+  intensity; also the relative error of the HU-measured lung and bone fractions;
+* ``translate``: the brain phantoms' T1 → their T2 (true pairs); baseline: a T1-intensity lookup of the
+  mean training T2.
 
 Metrics (:mod:`medgen.metrics.paired_regions`), per held-out volume, then averaged: PSNR (dB, data range
 2) over the volume and over the body, SSIM (3D, Gaussian window 11), NMSE, for CT the mean |error| in HU
@@ -34,17 +38,20 @@ from medgen.experiments.workspace import ExperimentOutput, Workspace, step
 
 HELP = "image-to-image tasks (super-resolution, low-dose denoising, k-space, inpainting): unet, pix2pix vs trivial baselines"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
-DEFAULTS = {"tasks": "sr,denoise,kspace,inpaint", "families": "unet,pix2pix"}
+DEFAULTS = {"tasks": "sr,denoise,kspace,inpaint,seg2image,translate", "families": "unet,pix2pix"}
 FAMILIES = ("unet", "pix2pix", "cond-ddpm")  # cond-ddpm: about 15 CPU minutes of training per task at 32³, not a default
 
 
 @dataclass(frozen=True)
 class TaskSpec:
+    """``kind``/``settings``: the ``medgen degrade`` that makes the pairs (None: the pairs are the phantoms' own
+    volumes, ``tissue`` or ``t2``); ``baseline``: the trivial method's name."""
+
     task: str
     modality: str
-    kind: str
+    kind: str | None
     settings: tuple[str, ...]
-    baseline: str  # what the degraded input itself is, as a method
+    baseline: str
 
 
 TASK_SPECS = {
@@ -52,9 +59,11 @@ TASK_SPECS = {
     "denoise": TaskSpec("denoise", "ct", "lowdose", ("dose=0.25",), "FBP at 25 % dose (input)"),
     "kspace": TaskSpec("kspace", "mri", "kspace", ("acceleration=4",), "zero-filled (input)"),
     "inpaint": TaskSpec("inpaint", "ct", "inpaint", ("shape=box", "fraction=0.1"), "mean-filling (input)"),
+    "seg2image": TaskSpec("seg2image", "ct", None, (), "class means (training set)"),
+    "translate": TaskSpec("translate", "mri", None, (), "T1 → mean T2 lookup (training set)"),
 }
 COLUMNS = ("task", "method", "psnr", "psnr_std", "psnr_body", "ssim", "ssim_std", "nmse", "hu_mae_body", "hu_mae_lung",
-           "hu_mae_bone", "mae_mask", "gain_db", "n")
+           "hu_mae_bone", "mae_mask", "lung_fraction_err_pct", "bone_fraction_err_pct", "gain_db", "n")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,6 +97,68 @@ def _mri_datasets(ws: Workspace, size: int) -> tuple[Path, Path]:
     return out[0], out[1]
 
 
+def _volume_datasets(ws: Workspace, modality: str, size: int) -> tuple[Path, Path]:
+    """Phantoms with their extra volumes (``tissue``; brain: ``t2``), preprocessed at ``size``³ with them."""
+    from medgen.data.preprocess import PreprocessSettings, preprocess_folder
+    from medgen.experiments.workspace import write_phantoms
+
+    kind = "thorax-ct" if modality == "ct" else "brain-mri"
+    s = ws.scale
+    out = []
+    for name, n, seed in (("train", s.n_train, ws.seed), ("heldout", s.n_heldout, ws.seed + 1)):
+        raw = ws.root / "phantoms-volumes" / kind / name
+        if not (raw / "manifest.csv").is_file():
+            argv = ["phantoms", "--kind", kind, "--n", str(n), "--size", str(size), "--seed", str(seed), "--out",
+                    str(raw), "--workers", "2"]
+            with step(argv, f"phantoms ({kind} with volumes, {name})"):
+                write_phantoms(kind, n, size, seed, raw, workers=2, progress=ws.progress)
+        folder = ws.root / "data" / f"{kind}-volumes-{name}-{size}"
+        if not (folder / "manifest.csv").is_file():
+            argv = ["preprocess", str(raw), str(folder), "--modality", modality, "--size", str(size), "--workers", "2"]
+            with step(argv, f"preprocess ({kind} with volumes, {name})"):
+                preprocess_folder(raw, folder, PreprocessSettings(modality=modality, size=size), workers=2,
+                                  progress=ws.progress)
+        out.append(folder)
+    return out[0], out[1]
+
+
+def class_mean_baseline(train: list[dict[str, np.ndarray]], held: list[dict[str, np.ndarray]], source: str,
+                        target: str, bins: int = 0) -> list[np.ndarray]:
+    """The trivial map from ``source`` to ``target`` fitted on the training pairs: each label's mean target
+    (``bins`` 0: ``source`` is a label map) or, for intensities, the mean target in each of ``bins`` equal bins
+    of the source over [-1, 1]; bins never seen map to the overall mean."""
+    def codes(v: np.ndarray) -> np.ndarray:
+        if not bins:
+            return np.asarray(v).astype(np.int64)
+        return np.clip(((np.asarray(v) + 1.0) / 2.0 * bins).astype(np.int64), 0, bins - 1)
+
+    src = np.concatenate([codes(p[source]).ravel() for p in train])
+    tgt = np.concatenate([p[target].ravel() for p in train]).astype(np.float64)
+    n = max(int(src.max()) + 1, bins, 1)
+    sums, counts = np.bincount(src, tgt, minlength=n), np.bincount(src, minlength=n)
+    table = np.where(counts > 0, sums / np.maximum(counts, 1), tgt.mean())
+    out = []
+    for p in held:
+        c = codes(p[source])
+        out.append(np.where(c < n, table[np.minimum(c, n - 1)], tgt.mean()).astype(np.float32))
+    return out
+
+
+def anatomy_errors(outputs: list[np.ndarray], targets: list[np.ndarray], window: tuple[float, float]) -> dict[str, float]:
+    """Mean relative error (%) of the HU-measured lung and bone fractions of the body, output vs target."""
+    from medgen.metrics.anatomy import ct_anatomy
+
+    lo, hi = window
+    errs: dict[str, list[float]] = {"lung_fraction": [], "bone_fraction": []}
+    for o, t in zip(outputs, targets):
+        a = ct_anatomy(lo + (o + 1) / 2 * (hi - lo), (1.0, 1.0, 1.0))
+        b = ct_anatomy(lo + (t + 1) / 2 * (hi - lo), (1.0, 1.0, 1.0))
+        for k in errs:
+            if b[k] > 0:
+                errs[k].append(100.0 * abs(a[k] - b[k]) / b[k])
+    return {f"{k}_err_pct": float(np.mean(v)) if v else float("nan") for k, v in errs.items()}
+
+
 def degraded(ws: Workspace, spec: TaskSpec, clean: Path, split: str, size: int, settings: tuple[str, ...] | None = None,
              name: str | None = None) -> Path:
     """``medgen degrade CLEAN WORK/data/NAME --kind K --param ...`` (reused when complete)."""
@@ -104,7 +175,7 @@ def degraded(ws: Workspace, spec: TaskSpec, clean: Path, split: str, size: int, 
 
 
 def load_pairs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
-    """Every subject's volumes ``names`` (float32; label maps as bool masks) of a paired data set."""
+    """Every subject's volumes ``names`` of a paired data set (intensities float32, label maps int64)."""
     from medgen.data.dataset import load_manifest, load_preprocess_info, volume_column, volume_kinds
 
     kinds = volume_kinds(load_preprocess_info(folder))
@@ -113,7 +184,7 @@ def load_pairs(folder: Path, names: tuple[str, ...]) -> list[dict[str, np.ndarra
         item = {"id": row["id"]}
         for n in names:
             v = np.load(folder / row[volume_column(n)])
-            item[n] = v.astype(bool) if kinds.get(n) == "label" else v.astype(np.float32)
+            item[n] = v.astype(np.int64) if kinds.get(n) == "label" else v.astype(np.float32)
         pairs.append(item)
     return pairs
 
@@ -153,10 +224,14 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     rows: list[dict[str, Any]] = []
     for task in tasks:
         spec = TASK_SPECS[task]
-        clean_train, clean_held = ws.datasets(size) if spec.modality == "ct" else _mri_datasets(ws, size)
+        if spec.kind is None:
+            clean_train, clean_held = _volume_datasets(ws, spec.modality, size)
+            train_dir, held_dir = clean_train, clean_held
+        else:
+            clean_train, clean_held = ws.datasets(size) if spec.modality == "ct" else _mri_datasets(ws, size)
+            train_dir = degraded(ws, spec, clean_train, "train", size)
+            held_dir = degraded(ws, spec, clean_held, "heldout", size)
         window = ct_window(load_preprocess_info(clean_held)) if spec.modality == "ct" else None
-        train_dir = degraded(ws, spec, clean_train, "train", size)
-        held_dir = degraded(ws, spec, clean_held, "heldout", size)
         pairs = None
         methods: list[tuple[str, list[np.ndarray]]] = []
         model_rows = []
@@ -165,12 +240,18 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
             run_dir = ws.model(f"{family}-{task}-{size}", size, family=family, preset=preset, data=train_dir,
                                model_settings={"task": task})
             model = registry.load(run_dir, device=ws.torch_device())
-            inputs = model.config.inputs
+            inputs, target = model.config.inputs, model.config.target
             if pairs is None:
-                pairs = load_pairs(held_dir, ("image", *inputs))
-                targets = [p["image"] for p in pairs]
-                masks = [p["mask"] for p in pairs] if "mask" in inputs else None
-                methods = [(spec.baseline, [p[inputs[0]] for p in pairs])]
+                pairs = load_pairs(held_dir, (target, *inputs))
+                targets = [p[target] for p in pairs]
+                masks = [p["mask"].astype(bool) for p in pairs] if "mask" in inputs else None
+                if spec.kind is None:
+                    train_pairs = load_pairs(train_dir, (target, *inputs))
+                    baseline = class_mean_baseline(train_pairs, pairs, inputs[0], target,
+                                                   bins=0 if task == "seg2image" else 64)
+                    methods = [(spec.baseline, baseline)]
+                else:
+                    methods = [(spec.baseline, [p[inputs[0]] for p in pairs])]
                 if task == "sr":
                     linear_dir = degraded(ws, spec, clean_held, "heldout", size,
                                           settings=spec.settings + ("upsample=linear",), name=f"{task}-linear-heldout-{size}")
@@ -178,8 +259,13 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
                                     [p["degraded"] for p in load_pairs(linear_dir, ("degraded",))]))
             outputs = [model.translate({n: p[n].astype(np.float32) for n in inputs}) for p in pairs]
             model_rows.append({"task": task, "method": f"{family} ({preset})", **score(outputs, targets, masks, window)})
+            if task == "seg2image":
+                model_rows[-1].update(anatomy_errors(outputs, targets, window))
             shown.append((family, outputs[0]))
         task_rows = [{"task": task, "method": m, **score(vols, targets, masks, window)} for m, vols in methods]
+        if task == "seg2image":
+            for row, (_, vols) in zip(task_rows, methods):
+                row.update(anatomy_errors(vols, targets, window))
         best = max(r["psnr"] for r in task_rows)
         for row in model_rows:
             row["gain_db"] = row["psnr"] - best
@@ -193,7 +279,12 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
          "L1 loss; pix2pix: the same generator with a PatchGAN discriminator (LSGAN) + 100·L1. The error map is the "
          "first model's."),
         *[f"{t}: `medgen degrade --kind {TASK_SPECS[t].kind} "
-          f"{' '.join('--param ' + s for s in TASK_SPECS[t].settings)}`." for t in tasks],
+          f"{' '.join('--param ' + s for s in TASK_SPECS[t].settings)}`." for t in tasks if TASK_SPECS[t].kind],
+        *(["seg2image: the thorax phantoms' tissue label map → the CT (classes as one float channel); baseline: each "
+           "class's mean training intensity; lung/bone_fraction_err_pct: relative error of the HU-measured lung and "
+           "bone fractions of the body (the target: ≤ 10 %)."] if "seg2image" in tasks else []),
+        *(["translate: brain phantoms' T1 → T2 of the same anatomy (true pairs); baseline: a lookup of the mean "
+           "training T2 in 64 bins of T1 intensity."] if "translate" in tasks else []),
         "psnr: dB over the whole volume in [-1, 1] (data range 2); psnr_body: over the body (CT: HU > -500, "
         "holes filled; MRI: the head foreground); ssim: 3D, Gaussian window 11 (σ 1.5); nmse: ||output − target||² / "
         "||target||²; hu_mae_*: mean |output − target| in HU inside the target's body, lungs and bone (> +300 HU); "

@@ -16,7 +16,12 @@ restore  degraded                     ``--kind motion|bias|ghosting``     yes
 inpaint  degraded, mask               ``--kind inpaint``                  yes
 outpaint degraded, mask               ``--kind outpaint``                 yes
 xray2ct  drr_pa, drr_lateral          ``--kind drr``                      no
+seg2image tissue                      a label map (the phantoms' ``tissue``) no
+translate image → target ``t2``        true pairs (the brain phantoms' T2)  no
 ======== ============================ =================================== ========
+
+Label-map inputs (``seg2image``) enter the network as their class numbers in one float channel (not one-hot):
+simple and enough for a few classes, but the classes' numbering then carries an order it does not mean.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ TASKS: dict[str, Task] = {
     "inpaint": Task(("degraded", "mask"), made_by="inpaint"),
     "outpaint": Task(("degraded", "mask"), made_by="outpaint"),
     "xray2ct": Task(("drr_pa", "drr_lateral"), residual=False, made_by="drr"),
+    "seg2image": Task(("tissue",), residual=False, made_by="a tissue label map (medgen phantoms, --volume NAME:label)"),
+    "translate": Task(("image",), target="t2", residual=False, made_by="true pairs (brain phantoms' t2)"),
 }
 
 
