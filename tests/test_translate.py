@@ -76,3 +76,23 @@ def test_refusals(identity_run, tmp_path, capsys):
     plain = make_dataset(tmp_path / "plain", n=2, size=16)
     assert main(["translate", str(run), str(plain), "--out", str(tmp_path / "o")]) == 2
     assert "missing degraded" in capsys.readouterr().err
+
+
+def test_an_mri_scan_comes_back_in_its_own_intensity_units(tmp_path):
+    """An MRI run (identity model): the scan is normalised by its own percentiles and mapped back, so values
+    inside the percentile range return unchanged and those beyond are clipped to it."""
+    data = make_dataset(tmp_path / "data", n=2, size=16, degraded=True)
+    info = json.loads((data / "preprocess.json").read_text())
+    info.update(modality="mri", percentiles=[0.5, 99.5])
+    (data / "preprocess.json").write_text(json.dumps(info))
+    assert main(["train", str(data), "--family", "unet", "--preset", "tiny", "--out", str(tmp_path / "run"), "--iters",
+                 "1", "--batch", "2", "--hparam", "lr=1e-12", "--split-fractions", "1,0,0", "--sample-every", "0",
+                 "--no-progress"]) == 0
+    rng = np.random.default_rng(1)
+    t1 = np.where(rng.random((20, 20, 12)) < 0.7, rng.gamma(4.0, 100.0, (20, 20, 12)), 0.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(t1, np.diag([1.2, 1.2, 3.0, 1.0])), tmp_path / "t1.nii.gz")
+    assert main(["translate", str(tmp_path / "run"), str(tmp_path / "t1.nii.gz"), "--out", str(tmp_path / "out"),
+                 "--no-progress"]) == 0
+    got = nib.load(tmp_path / "out" / "t1.nii.gz").get_fdata()
+    lo, hi = np.percentile(t1[t1 != 0], [0.5, 99.5])
+    np.testing.assert_allclose(got, np.clip(t1, lo, hi), rtol=1e-4, atol=1e-3 * hi)
