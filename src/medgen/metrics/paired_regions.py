@@ -74,3 +74,48 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         out[name] = {"value": float(values.mean()) if values.size else math.nan,
                      "std": float(values.std()) if values.size else math.nan, "n": int(values.size)}
     return out
+
+
+def evaluate_pairs(outputs: Any, targets: Any, masks: Any = None, modality: str | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """:func:`region_metrics` for every output/target pair matched by id (what ``medgen evaluate --paired`` does).
+
+    ``outputs``, ``targets``, ``masks``: folders of volumes (NIfTI/NRRD/MHA/.npy; CT in HU is read through
+    the targets' window) or preprocessed data sets, as :func:`medgen.metrics.volumes.as_volume_set` opens
+    them; pairs are the ids both sets hold (at least one; outputs without a target are listed). ``masks``:
+    label volumes (nonzero = the region) with the same ids. ``modality``: when the targets do not say.
+
+    Returns ``{"metrics": {name: {value, std, n}}, "rows": [per pair], "settings": {...}}``.
+    """
+    from tqdm import tqdm
+
+    from medgen.core.errors import InputError, UsageError
+    from medgen.metrics.volumes import as_volume_set
+
+    tgt = as_volume_set(targets, modality=modality, what="--real")
+    out = as_volume_set(outputs, modality=modality or tgt.modality, what="--fake")
+    if out.modality == "ct" and out.hu_window is None:
+        out.hu_window = tgt.hu_window
+    msk = as_volume_set(masks, what="--masks") if masks is not None else None
+    index_t = {sid: i for i, sid in enumerate(tgt.ids)}
+    index_m = {sid: i for i, sid in enumerate(msk.ids)} if msk is not None else {}
+    common = [(i, sid) for i, sid in enumerate(out.ids) if sid in index_t]
+    if not common:
+        raise UsageError(f"no id is in both {out.root} and {tgt.root}: outputs and targets are paired by id")
+    unmatched = [sid for sid in out.ids if sid not in index_t]
+    window = (tgt.hu_window or (-1024.0, 600.0)) if tgt.modality == "ct" else None
+    rows = []
+    for i, sid in tqdm(common, desc="paired", unit="vol", disable=not progress):
+        o, t = out[i], tgt[index_t[sid]]
+        if o.shape != t.shape:
+            raise InputError(f"{out.files[i]}: shape {o.shape}, its target {tgt.files[index_t[sid]]} has {t.shape}")
+        m = None
+        if msk is not None:
+            if sid not in index_m:
+                raise InputError(f"{msk.root}: no mask for {sid!r}")
+            m = np.asarray(msk.read_stored(index_m[sid])[0]) != 0
+        rows.append({"id": sid, **region_metrics(o, t, window, m)})
+    return {"metrics": summarise(rows), "rows": rows,
+            "settings": {"outputs": str(out.root), "targets": str(tgt.root), "masks": None if msk is None else str(msk.root),
+                         "modality": tgt.modality, "hu_window": list(window) if window else None,
+                         "pairs": len(rows), "unmatched_outputs": unmatched}}
