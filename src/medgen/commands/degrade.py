@@ -61,5 +61,6 @@ def run(args: argparse.Namespace) -> int:
     summary = write_degraded_set(args.in_dir, args.out_dir, args.kind, args.param, seed=args.seed,
                                  overwrite=args.overwrite, progress=not args.no_progress)
     n = len(summary.written) + len(summary.kept)
-    print(f"wrote {n} {args.kind} pairs to {args.out_dir} (input: volume 'degraded'; target: 'image')")
+    made = ", ".join(repr(v) for v in degradations.get(args.kind).volumes)
+    print(f"wrote {n} {args.kind} pairs to {args.out_dir} (new volumes {made}; the clean target stays 'image')")
     return 0
