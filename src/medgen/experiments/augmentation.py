@@ -150,10 +150,11 @@ def write_subset_folder(source: Path, dest: Path, indices: Sequence[int], seed: 
     Reused when it already holds exactly these rows of ``source``; rebuilt otherwise.
     ``seed``: recorded in ``dest/subset.json`` with the source and the ids.
     """
-    from medgen.data.dataset import load_manifest
+    from medgen.data.dataset import load_manifest, load_preprocess_info, volume_column, volume_kinds
     from medgen.core.fileio import atomic_write_json
 
     rows = load_manifest(source)
+    columns = [volume_column(name) for name in volume_kinds(load_preprocess_info(source))]
     chosen = [rows[i] for i in indices]
     record = {"source": str(source.resolve()), "seed": seed, "ids": [r["id"] for r in chosen]}
     marker = dest / "subset.json"
@@ -162,9 +163,12 @@ def write_subset_folder(source: Path, dest: Path, indices: Sequence[int], seed: 
     if dest.exists():
         shutil.rmtree(dest)
     for row in chosen:
-        target = dest / row["file"]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / row["file"], target)
+        for column in columns:  # the image and every other named volume (e.g. the phantoms' tissue map)
+            if not row.get(column):
+                continue
+            target = dest / row[column]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / row[column], target)
     write_csv(dest / "manifest.csv", chosen, list(rows[0]))
     shutil.copyfile(source / "preprocess.json", dest / "preprocess.json")
     atomic_write_json(marker, record)  # written last: marks the folder complete
