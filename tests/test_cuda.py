@@ -37,7 +37,7 @@ S = 32
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("data"), n=4, size=S, degraded=True)
+    return make_dataset(tmp_path_factory.mktemp("data"), n=4, size=S, degraded=True, labels=True)
 
 
 def cfg(family: str, data, iters: int, precision: str = "auto", **kw) -> RunConfig:

@@ -59,7 +59,7 @@ def read_metrics(run: Path) -> list[dict[str, str]]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_resume_after_n_plus_n_equals_2n(family, tmp_path):
-    data = make_dataset(tmp_path / "data", n=4, degraded=True)
+    data = make_dataset(tmp_path / "data", n=4, degraded=True, labels=True)
     full = registry.train(tiny_cfg(family, data, 4), tmp_path / "full", progress=False)
     registry.train(tiny_cfg(family, data, 2), tmp_path / "split", progress=False)
     resumed = registry.train(tiny_cfg(family, data, 4), tmp_path / "split", resume=True, progress=False)
@@ -99,7 +99,7 @@ def test_resume_after_n_plus_n_equals_2n(family, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(family, tmp_path):
-    data = make_dataset(tmp_path / "data", n=4, degraded=True)
+    data = make_dataset(tmp_path / "data", n=4, degraded=True, labels=True)
     run = tmp_path / "run"
     registry.train(tiny_cfg(family, data, 2, ckpt_every=2), run, progress=False)
     good = ckpt_io.latest_checkpoint(run)
@@ -144,7 +144,7 @@ WORKER = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_two_gloo_processes_end_with_identical_weights(family, tmp_path):
-    data = make_dataset(tmp_path / "data", n=8, degraded=True)
+    data = make_dataset(tmp_path / "data", n=8, degraded=True, labels=True)
     (tmp_path / "out").mkdir()
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -168,7 +168,7 @@ def test_two_gloo_processes_end_with_identical_weights(family, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sigterm_saves_a_checkpoint_and_exits_130(family, tmp_path):
-    data = make_dataset(tmp_path / "data", n=4, degraded=True)
+    data = make_dataset(tmp_path / "data", n=4, degraded=True, labels=True)
     run = tmp_path / "run"
     extra = []
     if family == "ldm":  # trained on an autoencoder run
@@ -207,7 +207,7 @@ def test_every_family_run_has_curves_a_report_and_model_info(family, tmp_path):
     from medgen.report import write_report
     from medgen.viz.curves import save_training_curves
 
-    data = make_dataset(tmp_path / "data", n=4, degraded=True)
+    data = make_dataset(tmp_path / "data", n=4, degraded=True, labels=True)
     run = tmp_path / "run"
     registry.train(tiny_cfg(family, data, 2), run, progress=False)
     png = save_training_curves(run, tmp_path / "curves.png")

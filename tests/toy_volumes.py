@@ -25,30 +25,41 @@ def toy_body(rng: np.random.Generator, n: int = 24, spine: bool = False) -> np.n
     return vol
 
 
-def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0, degraded: bool = False) -> Path:
+def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0, degraded: bool = False,
+                 labels: bool = False) -> Path:
     """A tiny preprocessed data set: n noisy elliptic cylinders, labels alternating 0/1.
 
     ``degraded``: each subject also holds volume ``degraded`` (its image with more noise), the pair an
-    image-to-image family (``unet``) trains on."""
+    image-to-image family (``unet``) trains on. ``labels``: each subject also holds the label map ``tissue``
+    (1 inside the cylinder, 0 outside; classes declared in preprocess.json), what ``seg-unet`` learns."""
     (root / "volumes").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     g = np.linspace(-1, 1, size)
     X, Y, _ = np.meshgrid(g, g, g, indexing="ij")
-    rows = ["id,source,orig_shape,orig_spacing,spacing,file,label" + (",degraded" if degraded else "")]
+    rows = ["id,source,orig_shape,orig_spacing,spacing,file,label" + (",degraded" if degraded else "")
+            + (",tissue" if labels else "")]
     for i in range(n):
         a, b = rng.uniform(0.5, 0.9, 2)
-        v = np.clip(np.where((X / a) ** 2 + (Y / b) ** 2 <= 1, 0.2, -1.0) + rng.normal(0, 0.05, X.shape), -1, 1)
+        inside = (X / a) ** 2 + (Y / b) ** 2 <= 1
+        v = np.clip(np.where(inside, 0.2, -1.0) + rng.normal(0, 0.05, X.shape), -1, 1)
         np.save(root / "volumes" / f"v{i}.npy", v.astype(np.float16))
         row = f"v{i},src{i}.nii.gz,{size}x{size}x{size},1x1x1,1,volumes/v{i}.npy,{i % 2}"
         if degraded:
             (root / "degradeds").mkdir(exist_ok=True)
             np.save(root / "degradeds" / f"v{i}.npy", np.clip(v + rng.normal(0, 0.2, X.shape), -1, 1).astype(np.float16))
             row += f",degradeds/v{i}.npy"
+        if labels:
+            (root / "tissues").mkdir(exist_ok=True)
+            np.save(root / "tissues" / f"v{i}.npy", inside.astype(np.int16))
+            row += f",tissues/v{i}.npy"
         rows.append(row)
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     info = {"modality": "ct", "size": size, "hu_min": -1024.0, "hu_max": 600.0}
+    if degraded or labels:
+        info["volumes"] = {"image": {"kind": "intensity", "dtype": "float16"}}
     if degraded:
-        info["volumes"] = {"image": {"kind": "intensity", "dtype": "float16"},
-                           "degraded": {"kind": "intensity", "dtype": "float16"}}
+        info["volumes"]["degraded"] = {"kind": "intensity", "dtype": "float16"}
+    if labels:
+        info["volumes"]["tissue"] = {"kind": "label", "dtype": "int16", "classes": {"0": "background", "1": "body"}}
     (root / "preprocess.json").write_text(json.dumps(info))
     return root

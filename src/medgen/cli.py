@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "generate",
     "encode",
     "translate",
+    "segment",
     "evaluate",
     "report",
     "experiment",

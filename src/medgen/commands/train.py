@@ -96,7 +96,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--width", type=float, default=None, help="channel-width multiplier (overrides the preset)")
     m.add_argument("--latent-dim", type=int, default=None, help="length of z (overrides the preset)")
     m.add_argument("--num-classes", type=int, default=None,
-                   help="classes for the AC-GAN conditional variant (default: 0, or inferred from --label-column)")
+                   help="classes for the AC-GAN conditional variant (default: 0, or inferred from --label-column); "
+                        "seg-unet: the label map's classes (default: from preprocess.json)")
     m.add_argument("--label-column", default=None, help="manifest column with the class labels (conditional training)")
     m.add_argument("--autoencoder", dest="autoencoder_run", default=None, metavar="RUN",
                    help="ldm: the trained `--family ldm-autoencoder` run whose latents the model diffuses")
@@ -106,7 +107,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="what the model learns; sets the input volumes and the residual mode (default denoise)")
     i.add_argument("--inputs", default=None, metavar="NAMES",
                    help="comma-separated input volumes, stacked as channels (default: the task's, e.g. degraded)")
-    i.add_argument("--target", default=None, metavar="NAME", help="the volume to predict (default image)")
+    i.add_argument("--target", default=None, metavar="NAME", help="the volume to predict (default image; seg-unet: the label volume, default tissue)")
     t = p.add_argument_group("optimisation (defaults: the paper's)")
     t.add_argument("--iters", type=int, default=None, help="total training iterations (default 80000)")
     t.add_argument("--max-minutes", type=float, default=None,

@@ -29,6 +29,7 @@ from medgen.families.hagan.family import FAMILY as HAGAN
 from medgen.families.ldm.family import FAMILY as LDM
 from medgen.families.ldm_autoencoder.family import FAMILY as LDM_AUTOENCODER
 from medgen.families.pix2pix.family import FAMILY as PIX2PIX
+from medgen.families.seg_unet.family import FAMILY as SEG_UNET
 from medgen.families.unet.family import FAMILY as UNET
 from medgen.training.checkpoint import load_weights, resolve_checkpoint
 from medgen.training import loop
@@ -45,6 +46,7 @@ FAMILIES: dict[str, Family] = {
     "unet": UNET,
     "pix2pix": PIX2PIX,
     "cond-ddpm": COND_DDPM,
+    "seg-unet": SEG_UNET,
 }
 
 

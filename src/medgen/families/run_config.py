@@ -91,7 +91,7 @@ def new_run_config(
     like may change, see :data:`medgen.training.runconfig.RESUMABLE_KEYS`).
     """
     from medgen.core.version import __version__
-    from medgen.data.dataset import VolumeDataset, load_preprocess_info
+    from medgen.data.dataset import load_preprocess_info
     from medgen.families import registry
 
     data = str(data)
@@ -129,6 +129,26 @@ def new_run_config(
         raise UsageError(f"{data}/preprocess.json: no size recorded; pass --size")
     if data_size and size != data_size:
         raise UsageError(f"--size {size}: the data set {data} holds {data_size}³ volumes (preprocess again to change it)")
+    fam = registry.get(given.pop("family", DEFAULT_FAMILY))
+    if fam.options_from_data is not None:  # e.g. segmentation: the classes of a label volume, not of the label column
+        model_given = fam.options_from_data(info, model_given)
+    else:
+        _classes_from_label_column(data, given, model_given)
+    model_given, hparams_given = _with_recipe(fam, recipe, model_given, hparams_given)
+    preset_name = given.pop("preset", fam.default_preset)
+    if preset_name not in fam.presets:
+        raise UsageError(f"--preset {preset_name}: family {fam.name!r} has presets {', '.join(fam.presets)}")
+    model_cfg = fam.model_config(preset_name, size, **model_given)
+    hparams = fam.hparams_from_dict(hparams_given).to_dict()
+    return RunConfig(data=data, model=model_cfg.to_dict(), family=fam.name, hparams=hparams, preset=preset_name,
+                     preprocess=info, medgen_version=__version__, **given)
+
+
+def _classes_from_label_column(data: str, given: dict[str, Any], model_given: dict[str, Any]) -> None:
+    """``num_classes`` without ``label_column`` reads the ``label`` column; ``label_column`` without
+    ``num_classes`` counts its classes (both dicts are completed in place)."""
+    from medgen.data.dataset import VolumeDataset
+
     label_column = given.get("label_column")
     num_classes = model_given.get("num_classes")
     if label_column is None and num_classes:
@@ -140,15 +160,6 @@ def new_run_config(
         if ds.label_column is None:
             raise UsageError(f"{data}/manifest.csv: no column {label_column!r} for --label-column")
         model_given["num_classes"] = ds.num_classes
-    fam = registry.get(given.pop("family", DEFAULT_FAMILY))
-    model_given, hparams_given = _with_recipe(fam, recipe, model_given, hparams_given)
-    preset_name = given.pop("preset", fam.default_preset)
-    if preset_name not in fam.presets:
-        raise UsageError(f"--preset {preset_name}: family {fam.name!r} has presets {', '.join(fam.presets)}")
-    model_cfg = fam.model_config(preset_name, size, **model_given)
-    hparams = fam.hparams_from_dict(hparams_given).to_dict()
-    return RunConfig(data=data, model=model_cfg.to_dict(), family=fam.name, hparams=hparams, preset=preset_name,
-                     preprocess=info, medgen_version=__version__, **given)
 
 
 def _with_recipe(fam: Any, recipe: str | None, model_given: dict[str, Any],

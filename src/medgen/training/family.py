@@ -103,6 +103,9 @@ class Family:
     bench: the family's benchmark module for ``medgen bench`` (``check_request``,
         ``run_isolated``, ``describe``), or None.
     describe(model_cfg) → a JSON-ready description for ``medgen model-info``.
+    options_from_data(info, options) → the architecture options given, completed from the data set's
+        ``preprocess.json`` contents ``info`` when a new run is configured (seg-unet: ``num_classes`` from its
+        label volume's classes); a family with it does not read ``num_classes`` from the manifest's label column.
     recipes: named sets of settings other than the defaults (``medgen train --recipe NAME``):
         ``{"paper": {"model": {field: value}, "hparams": {name: value}}}``; options given
         explicitly override the recipe's.
@@ -130,3 +133,4 @@ class Family:
     default_preset: str = "paper"
     describe: Callable[[Any], dict[str, Any]] | None = None
     recipes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    options_from_data: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
