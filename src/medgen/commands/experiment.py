@@ -32,8 +32,8 @@ def _module(name: str):
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "experiment",
-        help="the paper's experiments (synthesis, ablation, augmentation, features, latent, embedding, memory)",
-        description="Run one of the paper's experiments and write its table (CSV + Markdown) and figures. "
+        help="the paper's experiments (synthesis, ablation, augmentation, ...) and medgen's own (recipes, guidance, image2image)",
+        description="Run one of the experiments (the HA-GAN paper's, and medgen's own across families and tasks) and write its table (CSV + Markdown) and figures. "
         "Default: demo scale on built-in thorax-CT phantoms (minutes on a CPU); --scale full uses the paper's "
         "model and training length, on your data (--data, --heldout).",
         epilog="Exit codes: 0 success, 1 a step failed, 2 usage or input error, 130 interrupted.",
