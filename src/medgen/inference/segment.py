@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from medgen.core.errors import InputError, UsageError
-from medgen.inference.translate import SPACING_TOLERANCE, TranslateSummary, default_window, normalise_scan
+from medgen.core.errors import InputError
+from medgen.inference.translate import TranslateSummary, process_scans
 
 
 def _read_label_map(path: Path) -> np.ndarray:
@@ -37,35 +37,8 @@ def segment_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int |
                   training_spacing: tuple[float, float, float] | None = None, progress: bool = True,
                   log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> TranslateSummary:
     """Segment every scan of ``inputs`` (``InputItem``s: id and path) into ``out_dir`` (module docstring)."""
-    from tqdm import tqdm
-
-    from medgen.data.io import read_volume, reorient_to_ras, write_nifti
-
-    if len(model.config.inputs) != 1:
-        raise UsageError(f"this model reads {len(model.config.inputs)} volumes ({', '.join(model.config.inputs)}); "
-                         "give it a data set that holds them, not scans")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = TranslateSummary()
-    for item in tqdm(inputs, desc="segment", unit="vol", disable=not progress):
-        target = out_dir / f"{item.id}.nii.gz"
-        if target.is_file():
-            summary.skipped.append(item.id)
-            continue
-        try:
-            volume = reorient_to_ras(read_volume(item.path))
-            x, _ = normalise_scan(volume.array, model.preprocess)
-        except InputError as exc:
-            summary.failed.append((str(item.path), str(exc)))
-            continue
-        if training_spacing is not None:
-            ratio = np.asarray(volume.spacing) / np.asarray(training_spacing)
-            if np.any(np.abs(ratio - 1) > SPACING_TOLERANCE):
-                log(f"{item.path}: voxels of {'x'.join(f'{v:g}' for v in volume.spacing)} mm, the model was trained on "
-                    f"{'x'.join(f'{v:g}' for v in training_spacing)} mm; resample the scan for a faithful result")
-        w = default_window(model, x.shape) if window is None else window
-        write_nifti(target, model.segment(x, window=w).astype(np.int16), volume.affine)
-        summary.written.append(item.id)
-    return summary
+    return process_scans(model, inputs, out_dir, lambda x, back, w: model.segment(x, window=w).astype(np.int16),
+                         desc="segment", window=window, training_spacing=training_spacing, progress=progress, log=log)
 
 
 def segment_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "all", window: int | None = None,

@@ -21,7 +21,6 @@ Every file is written atomically; a rerun skips outputs that exist (an interrupt
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +75,15 @@ def _options(steps: int | None) -> dict[str, Any]:
     return {} if steps is None else {"steps": int(steps)}
 
 
-def translate_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int | None = None,
-                    training_spacing: tuple[float, float, float] | None = None, progress: bool = True,
-                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-                    steps: int | None = None) -> TranslateSummary:
-    """Translate every scan of ``inputs`` (``InputItem``s: id and path) into ``out_dir`` (module docstring);
-    ``steps``: denoising steps of a diffusion model (None: its default)."""
+def process_scans(model: Any, inputs: list[Any], out_dir: Path, apply: Callable[[np.ndarray, Callable, int], np.ndarray],
+                  *, desc: str, window: int | None = None,
+                  training_spacing: tuple[float, float, float] | None = None, progress: bool = True,
+                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> TranslateSummary:
+    """The loop over scans that ``medgen translate`` and ``medgen segment`` share (module docstring):
+    each scan of ``inputs`` (``InputItem``s: id and path) reoriented and normalised, then
+    ``apply(x, back, window)`` (``back`` maps [-1, 1] outputs to the scan's units) gives the volume written
+    as ``out_dir/<id>.nii.gz`` on the scan's affine. Outputs that exist are kept; unreadable scans are
+    listed in ``failed``."""
     from tqdm import tqdm
 
     from medgen.data.io import read_volume, reorient_to_ras, write_nifti
@@ -91,7 +93,7 @@ def translate_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int
                          "give it a data set that holds them, not scans")
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = TranslateSummary()
-    for item in tqdm(inputs, desc="translate", unit="vol", disable=not progress):
+    for item in tqdm(inputs, desc=desc, unit="vol", disable=not progress):
         target = out_dir / f"{item.id}.nii.gz"
         if target.is_file():
             summary.skipped.append(item.id)
@@ -108,10 +110,19 @@ def translate_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int
                 log(f"{item.path}: voxels of {'x'.join(f'{v:g}' for v in volume.spacing)} mm, the model was trained on "
                     f"{'x'.join(f'{v:g}' for v in training_spacing)} mm; resample the scan for a faithful result")
         w = default_window(model, x.shape) if window is None else window
-        y = model.translate(x, window=w, **_options(steps))
-        write_nifti(target, back(y), volume.affine)
+        write_nifti(target, apply(x, back, w), volume.affine)
         summary.written.append(item.id)
     return summary
+
+
+def translate_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int | None = None,
+                    training_spacing: tuple[float, float, float] | None = None, progress: bool = True,
+                    log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
+                    steps: int | None = None) -> TranslateSummary:
+    """Translate every scan of ``inputs`` (``InputItem``s: id and path) into ``out_dir`` (module docstring);
+    ``steps``: denoising steps of a diffusion model (None: its default)."""
+    return process_scans(model, inputs, out_dir, lambda x, back, w: back(model.translate(x, window=w, **_options(steps))),
+                         desc="translate", window=window, training_spacing=training_spacing, progress=progress, log=log)
 
 
 def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "all", window: int | None = None,
