@@ -27,7 +27,9 @@ simple and enough for a few classes, but the classes' numbering then carries an 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
 
 from medgen.core.errors import UsageError
 
@@ -80,3 +82,21 @@ def check_io(task: str, inputs: tuple[str, ...], target: str) -> None:
         raise UsageError(f"inputs {list(inputs)}: need one or more distinct volume names")
     if target in inputs:
         raise UsageError(f"target {target!r} is also an input")
+
+
+def input_channels(names: tuple[str, ...], inputs: Any) -> np.ndarray:
+    """A model's ``inputs`` as ``[len(names), X, Y, Z]`` float32: a dict by volume name, one ``(X, Y, Z)`` array
+    for a one-input model, or an array/sequence of channels in ``names`` order. UsageError (one line) for a
+    missing volume or mismatched shapes."""
+    if isinstance(inputs, Mapping):
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise UsageError(f"this model reads volumes {', '.join(names)}; missing {', '.join(missing)}")
+        arrays = [np.asarray(inputs[n], dtype=np.float32) for n in names]
+    else:
+        arr = np.asarray(inputs, dtype=np.float32)
+        arrays = [arr] if arr.ndim == 3 else list(arr)
+    if len(arrays) != len(names) or any(a.ndim != 3 or a.shape != arrays[0].shape for a in arrays):
+        shapes = [a.shape for a in arrays]
+        raise UsageError(f"need {len(names)} volume(s) ({', '.join(names)}) of one (X, Y, Z) shape, got {shapes}")
+    return np.stack(arrays)

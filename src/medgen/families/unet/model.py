@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from medgen.core.errors import InputError, UsageError
+from medgen.families import image_tasks
 from medgen.families.unet.config import UNetConfig, UNetHParams, model_config
 from medgen.families.unet.network import build_unet, predict
 
@@ -39,21 +40,8 @@ class ImageToImageModel:
         return dict(getattr(self.run_config, "preprocess", None) or {})
 
     def input_channels(self, inputs: Any) -> np.ndarray:
-        """``inputs`` as ``[len(config.inputs), X, Y, Z]`` float32: a dict by volume name, one ``(X, Y, Z)``
-        array for a one-input model, or an array/sequence of channels in ``config.inputs`` order."""
-        names = self.config.inputs
-        if isinstance(inputs, Mapping):
-            missing = [n for n in names if n not in inputs]
-            if missing:
-                raise UsageError(f"this model reads volumes {', '.join(names)}; missing {', '.join(missing)}")
-            arrays = [np.asarray(inputs[n], dtype=np.float32) for n in names]
-        else:
-            arr = np.asarray(inputs, dtype=np.float32)
-            arrays = [arr] if arr.ndim == 3 else list(arr)
-        if len(arrays) != len(names) or any(a.ndim != 3 or a.shape != arrays[0].shape for a in arrays):
-            shapes = [a.shape for a in arrays]
-            raise UsageError(f"need {len(names)} volume(s) ({', '.join(names)}) of one (X, Y, Z) shape, got {shapes}")
-        return np.stack(arrays)
+        """``inputs`` as ``[len(config.inputs), X, Y, Z]`` float32 (:func:`medgen.families.image_tasks.input_channels`)."""
+        return image_tasks.input_channels(tuple(self.config.inputs), inputs)
 
     @torch.no_grad()
     def translate(self, inputs: Any, window: int | None = None, overlap: float = 0.25) -> np.ndarray:
