@@ -49,10 +49,8 @@ def run(args: argparse.Namespace) -> int:
     import inspect
 
     from medgen.core.device import resolve_device
-    from medgen.core.errors import EXIT_PARTIAL, InputError, UsageError
-    from medgen.data.discover import discover_inputs
-    from medgen.data.io import medical_suffix, strip_medical_suffix
-    from medgen.data.discover import InputItem, looks_like_dicom_folder
+    from medgen.core.errors import EXIT_PARTIAL, UsageError
+    from medgen.data.discover import scan_inputs
     from medgen.families import registry
     from medgen.inference.generate import training_spacing
     from medgen.inference.translate import translate_dataset, translate_scans
@@ -76,18 +74,7 @@ def run(args: argparse.Namespace) -> int:
             parts = [f"{k} {v.get('value'):.4g}" for k, v in summary.metrics.items() if v.get("value") is not None]
             print(f"{args.split} subjects vs their {model.config.target!r}: {', '.join(parts)} (OUT/metrics.json)")
     else:
-        if src.is_file():
-            if medical_suffix(src) is None:
-                raise InputError(f"{src}: not a scan (NIfTI, NRRD, MHA, .npy) nor a data set")
-            items = [InputItem(strip_medical_suffix(src.name), src)]
-        elif src.is_dir() and looks_like_dicom_folder(src):
-            items = [InputItem(src.name, src)]
-        elif src.is_dir():
-            items = discover_inputs(src, exclude=out)
-            if not items:
-                raise InputError(f"{src}: no scans found (and not a data set: no manifest.csv/preprocess.json)")
-        else:
-            raise InputError(f"{src}: no such file or folder")
+        items = scan_inputs(src, exclude=out)
         spacing, _ = training_spacing(model.run_config)
         summary = translate_scans(model, items, out, window=args.window, training_spacing=spacing,
                                   progress=not args.no_progress, steps=args.steps)

@@ -80,3 +80,22 @@ def discover_inputs(in_dir: str | os.PathLike, exclude: str | os.PathLike | None
             )
         by_id[item.id] = item
     return sorted(by_id.values(), key=lambda item: item.id)
+
+
+def scan_inputs(src: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[InputItem]:
+    """The scans ``src`` names: one scan file, one DICOM folder, or every scan directly inside a folder
+    (:func:`discover_inputs`). InputError (one line) for a missing path, a file that is not a scan, or a
+    folder holding none."""
+    src = Path(src)
+    if src.is_file():
+        if medical_suffix(src) is None:
+            raise InputError(f"{src}: not a scan (NIfTI, NRRD, MHA, .npy) nor a data set")
+        return [InputItem(strip_medical_suffix(src.name), src)]
+    if src.is_dir() and looks_like_dicom_folder(src):
+        return [InputItem(src.name, src)]
+    if src.is_dir():
+        items = discover_inputs(src, exclude=exclude)
+        if not items:
+            raise InputError(f"{src}: no scans found (and not a data set: no manifest.csv/preprocess.json)")
+        return items
+    raise InputError(f"{src}: no such file or folder")
