@@ -8,6 +8,8 @@ from typing import Any
 
 from medgen.core.errors import UsageError
 from medgen.core.settings import from_dict
+from medgen.families.unet.config import PRESETS as UNET_PRESETS
+from medgen.families.unet.config import check_shape, strides_product
 
 
 @dataclass
@@ -35,17 +37,11 @@ class SegUNetConfig:
             raise UsageError(f"inputs {list(self.inputs)}: need one or more distinct volume names")
         if not self.label or self.label in self.inputs:
             raise UsageError(f"label volume {self.label!r}: needs a name that is not an input")
-        if len(self.channels) != len(self.strides) + 1 or min(self.channels) < 1 or min(self.strides) < 1:
-            raise UsageError(f"channels {self.channels} and strides {self.strides}: need one more channel count than strides")
-        if self.size % self.divisor:
-            raise UsageError(f"size {self.size}: a multiple of {self.divisor} (the product of the strides)")
+        check_shape(tuple(self.channels), tuple(self.strides), self.size)
 
     @property
     def divisor(self) -> int:
-        d = 1
-        for s in self.strides:
-            d *= s
-        return d
+        return strides_product(tuple(self.strides))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -56,11 +52,7 @@ class SegUNetConfig:
         return from_dict(cls, d, "seg-unet model setting")
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": dict(channels=(32, 64, 128, 256), strides=(2, 2, 2), num_res_units=2),
-    "small": dict(channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2),
-    "tiny": dict(channels=(8, 16, 32), strides=(2, 2), num_res_units=1),
-}
+PRESETS: dict[str, dict[str, Any]] = UNET_PRESETS  # the same MONAI UNet widths as the image-to-image unet
 DEFAULT_PRESET = "small"
 
 

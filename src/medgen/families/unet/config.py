@@ -13,6 +13,22 @@ from medgen.families import image_tasks
 LOSSES = ("l1", "l2")
 
 
+def strides_product(strides: tuple[int, ...]) -> int:
+    """The factor a MONAI ``UNet`` with these strides downsamples by: volume and window edges must be multiples."""
+    d = 1
+    for s in strides:
+        d *= s
+    return d
+
+
+def check_shape(channels: tuple[int, ...], strides: tuple[int, ...], size: int) -> None:
+    """UsageError (one line) unless a MONAI ``UNet`` of these widths and strides can take ``size``³ volumes."""
+    if len(channels) != len(strides) + 1 or min(channels) < 1 or min(strides) < 1:
+        raise UsageError(f"channels {channels} and strides {strides}: need one more channel count than strides")
+    if size % strides_product(strides):
+        raise UsageError(f"size {size}: a multiple of {strides_product(strides)} (the product of the strides)")
+
+
 @dataclass
 class UNetConfig:
     """A MONAI residual ``UNet`` mapping the ``inputs`` volumes (channels, in order) to ``target``.
@@ -34,17 +50,11 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         image_tasks.check_io(self.task, tuple(self.inputs), self.target)
-        if len(self.channels) != len(self.strides) + 1 or min(self.channels) < 1 or min(self.strides) < 1:
-            raise UsageError(f"channels {self.channels} and strides {self.strides}: need one more channel count than strides")
-        if self.size % self.divisor:
-            raise UsageError(f"size {self.size}: a multiple of {self.divisor} (the product of the strides)")
+        check_shape(tuple(self.channels), tuple(self.strides), self.size)
 
     @property
     def divisor(self) -> int:
-        d = 1
-        for s in self.strides:
-            d *= s
-        return d
+        return strides_product(tuple(self.strides))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
