@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from medgen.core.errors import InputError
 from medgen.families.pix2pix import train
 from medgen.families.pix2pix.config import DEFAULT_PRESET, PRESETS, Pix2PixConfig, Pix2PixHParams, model_config
-from medgen.families.unet.model import ImageToImageModel
+from medgen.families.unet.model import ImageToImageModel, seeded_network, trained_network
 from medgen.families.unet.network import build_unet
 from medgen.training.family import Family
 
@@ -30,34 +29,20 @@ def load_model(run_cfg: Any, weights: dict[str, dict[str, torch.Tensor]], checkp
     """The generator of a ``pix2pix`` run (its EMA copy unless ``use_ema`` is False)."""
     cfg = Pix2PixConfig.from_dict(run_cfg.model)
     hp = Pix2PixHParams.from_dict(dict(run_cfg.hparams or {}))
-    key = "G_ema" if use_ema and "G_ema" in weights else "G"
-    if key not in weights:
-        raise InputError(f"{checkpoint}: the checkpoint holds no generator weights")
-    net = build_unet(cfg.generator)
-    try:
-        net.load_state_dict(weights[key])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{checkpoint}: weights do not fit the generator in the run's config.yaml ({first})") from None
-    return ImageToImageModel(cfg.generator, net.to(device).eval().requires_grad_(False), run_cfg, device, checkpoint,
-                             window=hp.patch)
+    net = trained_network(build_unet(cfg.generator), weights, "G", use_ema, checkpoint, device, what="generator")
+    return ImageToImageModel(cfg.generator, net, run_cfg, device, checkpoint, window=hp.patch)
 
 
 def build_model(preset: str = "tiny", size: int = 32, seed: int = 0, device: torch.device = torch.device("cpu"),
                 encoder: bool = False, **overrides: Any) -> ImageToImageModel:
     cfg = model_config(preset, size, **overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_unet(cfg.generator)
-    return ImageToImageModel(cfg.generator, net.to(device).eval().requires_grad_(False))
+    return ImageToImageModel(cfg.generator, seeded_network(lambda: build_unet(cfg.generator), seed, device))
 
 
 def build_untrained(run_cfg: Any, seed: int = 0, device: torch.device = torch.device("cpu")) -> ImageToImageModel:
     cfg = Pix2PixConfig.from_dict(run_cfg.model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_unet(cfg.generator)
-    return ImageToImageModel(cfg.generator, net.to(device).eval().requires_grad_(False), run_cfg, device, None)
+    return ImageToImageModel(cfg.generator, seeded_network(lambda: build_unet(cfg.generator), seed, device), run_cfg,
+                             device, None)
 
 
 FAMILY = Family(

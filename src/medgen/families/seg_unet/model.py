@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from medgen.core.errors import InputError, UsageError
+from medgen.core.errors import UsageError
 from medgen.families import image_tasks
 from medgen.families.seg_unet.config import SegUNetConfig, SegUNetHParams, model_config
 from medgen.families.seg_unet.network import build_network, logits
+from medgen.families.unet.model import seeded_network, trained_network
 
 
 @dataclass
@@ -62,41 +63,23 @@ class SegmentationModel:
         return self.probabilities(inputs, window, overlap).argmax(0).astype(np.int16)
 
 
-def _eval(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    return net.to(device).eval().requires_grad_(False)
-
-
 def load_model(run_cfg: Any, weights: dict[str, dict[str, torch.Tensor]], checkpoint: Path, device: torch.device,
                use_ema: bool = True) -> SegmentationModel:
     """The network of a ``seg-unet`` run (its EMA copy unless ``use_ema`` is False)."""
     cfg = SegUNetConfig.from_dict(run_cfg.model)
     hp = SegUNetHParams.from_dict(dict(run_cfg.hparams or {}))
-    key = "unet_ema" if use_ema and "unet_ema" in weights else "unet"
-    if key not in weights:
-        raise InputError(f"{checkpoint}: the checkpoint holds no UNet weights")
-    net = build_network(cfg)
-    try:
-        net.load_state_dict(weights[key])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{checkpoint}: weights do not fit the UNet in the run's config.yaml ({first})") from None
-    return SegmentationModel(cfg, _eval(net, device), run_cfg, device, checkpoint, window=hp.patch)
+    net = trained_network(build_network(cfg), weights, "unet", use_ema, checkpoint, device)
+    return SegmentationModel(cfg, net, run_cfg, device, checkpoint, window=hp.patch)
 
 
 def build(preset: str = "tiny", size: int = 32, seed: int = 0, device: torch.device = torch.device("cpu"),
           encoder: bool = False, num_classes: int = 2, **overrides: Any) -> SegmentationModel:
     """An untrained network (random initialisation drawn from ``seed``) of ``preset`` at ``size``³."""
     cfg = model_config(preset, size, num_classes=num_classes, **overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_network(cfg)
-    return SegmentationModel(cfg, _eval(net, device))
+    return SegmentationModel(cfg, seeded_network(lambda: build_network(cfg), seed, device))
 
 
 def build_untrained(run_cfg: Any, seed: int = 0, device: torch.device = torch.device("cpu")) -> SegmentationModel:
     """The architecture of a ``seg-unet`` run at a random initialisation drawn from ``seed``."""
     cfg = SegUNetConfig.from_dict(run_cfg.model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_network(cfg)
-    return SegmentationModel(cfg, _eval(net, device), run_cfg, device, None)
+    return SegmentationModel(cfg, seeded_network(lambda: build_network(cfg), seed, device), run_cfg, device, None)

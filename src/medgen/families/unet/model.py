@@ -64,37 +64,46 @@ def _eval(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return net.to(device).eval().requires_grad_(False)
 
 
+def trained_network(net: torch.nn.Module, weights: dict[str, dict[str, torch.Tensor]], name: str, use_ema: bool,
+                    checkpoint: Path, device: torch.device, what: str = "UNet") -> torch.nn.Module:
+    """``net`` with the checkpoint's weights ``name`` (``name_ema`` when ``use_ema`` and saved), in eval mode on
+    ``device``; InputError (one line) when they are missing or do not fit the run's architecture."""
+    key = f"{name}_ema" if use_ema and f"{name}_ema" in weights else name
+    if key not in weights:
+        raise InputError(f"{checkpoint}: the checkpoint holds no {what} weights")
+    try:
+        net.load_state_dict(weights[key])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{checkpoint}: weights do not fit the {what} in the run's config.yaml ({first})") from None
+    return _eval(net, device)
+
+
+def seeded_network(build: Any, seed: int, device: torch.device) -> torch.nn.Module:
+    """``build()`` at the random initialisation drawn from ``seed`` (the global generator left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build()
+    return _eval(net, device)
+
+
 def load_model(run_cfg: Any, weights: dict[str, dict[str, torch.Tensor]], checkpoint: Path, device: torch.device,
                use_ema: bool = True) -> ImageToImageModel:
     """The network of a ``unet`` run (its EMA copy unless ``use_ema`` is False)."""
     cfg = UNetConfig.from_dict(run_cfg.model)
     hp = UNetHParams.from_dict(dict(run_cfg.hparams or {}))
-    key = "unet_ema" if use_ema and "unet_ema" in weights else "unet"
-    if key not in weights:
-        raise InputError(f"{checkpoint}: the checkpoint holds no UNet weights")
-    net = build_unet(cfg)
-    try:
-        net.load_state_dict(weights[key])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise InputError(f"{checkpoint}: weights do not fit the UNet in the run's config.yaml ({first})") from None
-    return ImageToImageModel(cfg, _eval(net, device), run_cfg, device, checkpoint, window=hp.patch)
+    net = trained_network(build_unet(cfg), weights, "unet", use_ema, checkpoint, device)
+    return ImageToImageModel(cfg, net, run_cfg, device, checkpoint, window=hp.patch)
 
 
 def build(preset: str = "tiny", size: int = 32, seed: int = 0, device: torch.device = torch.device("cpu"),
           encoder: bool = False, **overrides: Any) -> ImageToImageModel:
     """An untrained network (random initialisation drawn from ``seed``) of ``preset`` at ``size``³."""
     cfg = model_config(preset, size, **overrides)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_unet(cfg)
-    return ImageToImageModel(cfg, _eval(net, device))
+    return ImageToImageModel(cfg, seeded_network(lambda: build_unet(cfg), seed, device))
 
 
 def build_untrained(run_cfg: Any, seed: int = 0, device: torch.device = torch.device("cpu")) -> ImageToImageModel:
     """The architecture of a ``unet`` run at a random initialisation drawn from ``seed``."""
     cfg = UNetConfig.from_dict(run_cfg.model)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = build_unet(cfg)
-    return ImageToImageModel(cfg, _eval(net, device), run_cfg, device, None)
+    return ImageToImageModel(cfg, seeded_network(lambda: build_unet(cfg), seed, device), run_cfg, device, None)
