@@ -39,13 +39,41 @@ def test_tasks_set_inputs_and_residual_and_options_override_them():
 
 def test_residual_output_is_the_first_input_plus_the_network():
     torch.manual_seed(0)
-    cfg = model_config("tiny", 16, task="inpaint")
+    cfg = model_config("tiny", 16, task="sr")
     net = build_unet(cfg).eval()
-    x = torch.randn(2, 2, 16, 16, 16)
+    for p in net[1].parameters():  # a non-zero head, so the correction is not zero
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 1, 16, 16, 16)
     with torch.no_grad():
-        torch.testing.assert_close(forward(net, x, cfg), x[:, :1] + net(x))
-        cfg_direct = model_config("tiny", 16, task="inpaint", residual=False)
+        torch.testing.assert_close(forward(net, x, cfg), x + net(x))
+        cfg_direct = model_config("tiny", 16, task="sr", residual=False)
         torch.testing.assert_close(forward(net, x, cfg_direct), net(x))
+
+
+def test_inpainting_keeps_the_known_voxels_and_generates_only_the_masked_ones():
+    torch.manual_seed(0)
+    cfg = model_config("tiny", 16, task="inpaint")
+    assert cfg.keep_known and model_config("tiny", 16, task="outpaint").keep_known
+    assert not model_config("tiny", 16, task="denoise").keep_known
+    net = build_unet(cfg).eval()
+    for p in net[1].parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    degraded = torch.randn(2, 1, 16, 16, 16)
+    mask = torch.zeros_like(degraded)
+    mask[:, :, 4:10, 5:12, 3:8] = 1
+    x = torch.cat([degraded, mask], dim=1)
+    with torch.no_grad():
+        out = forward(net, x, cfg)
+        full = degraded + net(x)
+    known = mask == 0
+    torch.testing.assert_close(out[known], degraded[known], rtol=0, atol=0)
+    torch.testing.assert_close(out[~known], full[~known])
+    assert (out[~known] - degraded[~known]).abs().min() > 0  # the masked voxels did change
+    plain = model_config("tiny", 16, task="inpaint", keep_known=False)
+    with torch.no_grad():
+        torch.testing.assert_close(forward(net, x, plain), full)
+    with pytest.raises(UsageError, match="keep_known needs a 'mask' input"):
+        model_config("tiny", 16, task="inpaint", inputs="degraded", keep_known=True)
 
 
 def test_whole_volumes_of_any_shape_and_one_window_agree():

@@ -20,6 +20,11 @@ seg2image tissue                      a label map (the phantoms' ``tissue``) no
 translate image → target ``t2``        true pairs (the brain phantoms' T2)  no
 ======== ============================ =================================== ========
 
+For ``inpaint`` and ``outpaint`` the output is the first input wherever ``mask`` is 0 (``keep_known``): the
+known voxels come back unchanged and only the masked ones are generated, so the pixel loss is the masked
+voxels' alone. (Without it, an L1 loss over the whole volume is dominated by the 90 %+ of voxels whose
+correction must be zero, and a residual UNet trained with it stays at the mean-filled input.)
+
 Label-map inputs (``seg2image``) enter the network as their class numbers in one float channel (not one-hot):
 simple and enough for a few classes, but the classes' numbering then carries an order it does not mean.
 """
@@ -40,6 +45,7 @@ class Task:
     target: str = "image"
     residual: bool = True
     made_by: str = ""
+    keep_known: bool = False
 
 
 TASKS: dict[str, Task] = {
@@ -47,8 +53,8 @@ TASKS: dict[str, Task] = {
     "denoise": Task(("degraded",), made_by="lowdose, noise"),
     "kspace": Task(("degraded",), made_by="kspace"),
     "restore": Task(("degraded",), made_by="motion, bias, ghosting"),
-    "inpaint": Task(("degraded", "mask"), made_by="inpaint"),
-    "outpaint": Task(("degraded", "mask"), made_by="outpaint"),
+    "inpaint": Task(("degraded", "mask"), made_by="inpaint", keep_known=True),
+    "outpaint": Task(("degraded", "mask"), made_by="outpaint", keep_known=True),
     "xray2ct": Task(("drr_pa", "drr_lateral"), residual=False, made_by="drr"),
     "seg2image": Task(("tissue",), residual=False, made_by="a tissue label map (medgen phantoms, --volume NAME:label)"),
     "translate": Task(("image",), target="t2", residual=False, made_by="true pairs (brain phantoms' t2)"),

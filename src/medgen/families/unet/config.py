@@ -35,6 +35,7 @@ class UNetConfig:
 
     task: the image-to-image task these defaults came from (:mod:`medgen.families.image_tasks`).
     residual: the network predicts target − first input (the input is the target up to a degradation).
+    keep_known: the output is the first input wherever the ``mask`` input is 0 (inpainting, outpainting).
     channels, strides, num_res_units: MONAI ``UNet``'s; the volume (or patch) edge must be a multiple of
         the product of the strides.
     """
@@ -44,12 +45,15 @@ class UNetConfig:
     inputs: tuple[str, ...] = ("degraded",)
     target: str = "image"
     residual: bool = True
+    keep_known: bool = False
     channels: tuple[int, ...] = (16, 32, 64, 128)
     strides: tuple[int, ...] = (2, 2, 2)
     num_res_units: int = 2
 
     def __post_init__(self) -> None:
         image_tasks.check_io(self.task, tuple(self.inputs), self.target)
+        if self.keep_known and "mask" not in self.inputs:
+            raise UsageError(f"keep_known needs a 'mask' input volume (inputs: {', '.join(self.inputs)})")
         check_shape(tuple(self.channels), tuple(self.strides), self.size)
 
     @property
@@ -74,15 +78,20 @@ DEFAULT_PRESET = "small"
 
 
 def model_config(preset: str, size: int, task: str | None = None, inputs: Any = None, target: str | None = None,
-                 residual: bool | None = None, **overrides: Any) -> UNetConfig:
-    """Preset ``preset`` at ``size``³ for ``task`` (default ``denoise``); ``inputs``/``target``/``residual``
-    given explicitly override the task's. Overrides whose value is None are ignored."""
+                 residual: bool | None = None, keep_known: bool | None = None, **overrides: Any) -> UNetConfig:
+    """Preset ``preset`` at ``size``³ for ``task`` (default ``denoise``); ``inputs``/``target``/``residual``/
+    ``keep_known`` given explicitly override the task's (``keep_known`` only when ``mask`` is an input).
+    Overrides whose value is None are ignored."""
     if preset not in PRESETS:
         raise UsageError(f"unknown unet preset {preset!r} (choose from {', '.join(PRESETS)})")
     io = image_tasks.io_fields(task, inputs, target)
-    fields: dict[str, Any] = dict(PRESETS[preset], size=size, residual=image_tasks.get(io["task"]).residual, **io)
+    spec = image_tasks.get(io["task"])
+    fields: dict[str, Any] = dict(PRESETS[preset], size=size, residual=spec.residual,
+                                  keep_known=spec.keep_known and "mask" in io["inputs"], **io)
     if residual is not None:
         fields["residual"] = residual
+    if keep_known is not None:
+        fields["keep_known"] = keep_known
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return UNetConfig.from_dict(fields)
 

@@ -38,9 +38,14 @@ def stack_inputs(batch: dict[str, torch.Tensor], cfg: UNetConfig) -> torch.Tenso
 
 
 def forward(net: nn.Module, x: torch.Tensor, cfg: UNetConfig) -> torch.Tensor:
-    """The predicted target ``[b, 1, ...]`` of inputs ``x`` (any edge that is a multiple of ``cfg.divisor``)."""
+    """The predicted target ``[b, 1, ...]`` of inputs ``x`` (any edge that is a multiple of ``cfg.divisor``);
+    with ``cfg.keep_known`` the first input wherever the ``mask`` channel is 0."""
     out = net(x)
-    return x[:, :1] + out if cfg.residual else out
+    out = x[:, :1] + out if cfg.residual else out
+    if cfg.keep_known:
+        missing = x[:, cfg.inputs.index("mask")][:, None] > 0.5
+        out = torch.where(missing, out, x[:, :1].to(out.dtype))
+    return out
 
 
 def predict(net: nn.Module, x: torch.Tensor, cfg: UNetConfig, window: int = 0, overlap: float = 0.25) -> torch.Tensor:
