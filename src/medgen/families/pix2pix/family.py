@@ -28,7 +28,7 @@ def load_model(run_cfg: Any, weights: dict[str, dict[str, torch.Tensor]], checkp
                use_ema: bool = True) -> ImageToImageModel:
     """The generator of a ``pix2pix`` run (its EMA copy unless ``use_ema`` is False)."""
     cfg = Pix2PixConfig.from_dict(run_cfg.model)
-    hp = Pix2PixHParams.from_dict(dict(run_cfg.hparams or {}))
+    hp = Pix2PixHParams.from_dict(dict(run_cfg.hparams or {}), check_files=False)  # no feature network needed
     net = trained_network(build_unet(cfg.generator), weights, "G", use_ema, checkpoint, device, what="generator")
     return ImageToImageModel(cfg.generator, net, run_cfg, device, checkpoint, window=hp.patch)
 
@@ -48,7 +48,8 @@ def build_untrained(run_cfg: Any, seed: int = 0, device: torch.device = torch.de
 FAMILY = Family(
     name="pix2pix",
     summary="pix2pix in 3D (Isola et al. 2017): the unet generator + MONAI PatchDiscriminator on (condition, "
-            "target) + λ·L1; the same --task options as unet",
+            "target) + λ·L1 (+ optional MedGAN perceptual/style terms on MedicalNet features); the same --task "
+            "options as unet",
     presets=PRESETS,
     default_preset=DEFAULT_PRESET,
     model_config=model_config,
