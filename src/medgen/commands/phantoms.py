@@ -5,6 +5,10 @@ Example::
     medgen phantoms --kind thorax-ct --n 8 --size 64 --seed 0 --out phantoms/
     medgen phantoms --kind brain-mri --n 8 --shape 64,64,40 --spacing 0.8,0.8,2.5 --out brains/
     medgen preprocess phantoms/ data/ --modality ct --size 64
+    # two domains: unpaired training subjects, then held-out true pairs
+    medgen phantoms --kind thorax-ct --n 64 --seed 0 --domain A --out ct-a/
+    medgen phantoms --kind thorax-ct --n 64 --seed 1 --domain B --out ct-b/
+    medgen phantoms --kind thorax-ct --n 16 --seed 2 --domain both --out ct-pairs/
 
 The work is :func:`medgen.data.phantoms.phantom_set.write_phantom_set` (and the mosaic
 :func:`medgen.viz.mosaic.save_phantom_set_mosaic`). Writes ``DIR/<kind>-<i:04d>.nii.gz`` (CT as int16 Hounsfield units, MRI as
@@ -14,6 +18,10 @@ file, kind, label, the ground-truth factors, then the extra volumes' paths),
 ``DIR/phantoms.json`` (how the set was made, the extra volumes and the label classes)
 and ``DIR/mosaic.png``. Volume i depends only on (kind, grid, seed, i, nodules), so
 ``--n 4`` gives the first four volumes of ``--n 8``.
+
+``--domain`` renders the same subjects in domain A (default; the output is exactly that of
+earlier versions), B (thorax: a second scanner; brain: T2-weighted) or both (A as the
+image, B as ``DIR/domain_b/<id>.nii.gz``); see :mod:`medgen.data.phantoms.domains`.
 """
 
 from __future__ import annotations
@@ -22,6 +30,16 @@ import argparse
 from pathlib import Path
 
 _KINDS = ("thorax-ct", "brain-mri")  # mirrors medgen.data.phantoms.phantom_set.KIND_NAMES (kept light for --help)
+# mirrors medgen.data.phantoms.domains.THORAX_B (kept light for --help; a test checks they agree)
+_DOMAIN_HELP = (
+    "which rendering of the same subjects to write: A (default; thorax-ct: the first scanner, "
+    "brain-mri: T1-weighted), B (thorax-ct: a second scanner: a smoother kernel, i.e. an extra in-plane "
+    "Gaussian blur of 3 mm FWHM, 5 mm thick slices, noise 8 HU, and calibration HU' = 1.04*HU + 40, "
+    "i.e. +40 HU at water, air unchanged; brain-mri: T2-weighted), or both (A as the image and B as the "
+    "aligned extra volume domain_b: true pairs for scoring translation). Volume i of a --seed is the same "
+    "subject in every domain; for disjoint subjects use other seeds (e.g. A --seed 0, B --seed 1, "
+    "both --seed 2)"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Write synthetic volumes with known anatomy as NIfTI files plus manifest.csv "
             "(ground-truth factors and a 0-3 label), ready for `medgen preprocess`. Each volume comes with "
             "an aligned tissue label map (DIR/tissue/) and, for brain-mri, a T2-weighted contrast of the "
-            "same anatomy (DIR/t2/); phantoms.json lists them with the label classes."
+            "same anatomy (DIR/t2/); phantoms.json lists them with the label classes. --domain B renders "
+            "the same subjects on a second scanner (thorax-ct) or in T2 contrast (brain-mri); --domain both "
+            "adds that rendering as DIR/domain_b/ next to the default one."
         ),
     )
     p.add_argument("--kind", required=True, help=f"phantom kind: {' or '.join(_KINDS)}")
@@ -48,6 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="data-set seed; volume i is the same for any --n (default 0)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created; must be empty or a phantom set)")
     p.add_argument("--nodules", action="store_true", help="thorax-ct only: insert 0-3 lung nodules and record them")
+    p.add_argument("--domain", default="A", metavar="A|B|both", help=_DOMAIN_HELP)
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not a phantom set")
     p.set_defaults(func=run)
@@ -80,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.spacing is not None:
         spacing = _numbers(args.spacing, "--spacing", "one or three voxel sizes in mm (e.g. 1.5 or 0.8,0.8,2.5)", float)
     rows = write_phantom_set(args.kind, args.n, size, args.seed, args.out, nodules=args.nodules,
-                             workers=args.workers, overwrite=args.overwrite, spacing=spacing)
+                             workers=args.workers, overwrite=args.overwrite, spacing=spacing, domain=args.domain)
     save_phantom_set_mosaic(args.out, rows, args.kind)
-    print(f"wrote {args.n} {args.kind} phantoms ({describe_grid(args.kind, size, spacing)}) to {args.out}")
+    domain = "" if args.domain == "A" else f", domain {args.domain}"
+    print(f"wrote {args.n} {args.kind} phantoms ({describe_grid(args.kind, size, spacing)}{domain}) to {args.out}")
     return 0

@@ -18,6 +18,10 @@ Kinds:
   matter and ventricle volume, atrophy; ``label`` = atrophy class 0–3. Extra
   volumes: ``tissue`` (label map, ``brain_mri.TISSUE_CLASSES``) and ``t2`` (a
   T2-weighted contrast of the same anatomy).
+
+Two domains of the same subjects (:mod:`.domains`): A is the image above, B the same
+anatomy on a second CT scanner (thorax) or in T2 contrast (brain);
+``domains.render(phantom, "B", seed)`` gives it.
 """
 
 from __future__ import annotations
@@ -64,12 +68,15 @@ def generate(
     raise ValueError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def volume_specs(kind: str) -> dict[str, dict]:
-    """The extra volumes of a phantom of ``kind``: name → ``{"kind": "label" | "intensity", ...}``.
+def volume_specs(kind: str, domain: str = "A") -> dict[str, dict]:
+    """The extra volumes of a phantom set of ``kind``: name → ``{"kind": "label" | "intensity", ...}``.
 
     Label maps also give their ``classes`` (value as a string → description), as
-    ``phantoms.json`` records them.
+    ``phantoms.json`` records them. ``domain`` (see :mod:`.domains`): a ``B`` set leaves
+    out the volume that is its image (brain ``t2``); a ``both`` set adds ``domain_b``.
     """
+    from medgen.data.phantoms.domains import B_EXTRA_VOLUME, DOMAIN_B_VOLUME
+
     if kind == "thorax-ct":
         from medgen.data.phantoms import thorax_ct as module
     elif kind == "brain-mri":
@@ -81,4 +88,8 @@ def volume_specs(kind: str) -> dict[str, dict]:
     }
     if kind == "brain-mri":
         specs["t2"] = {"kind": "intensity"}
+    if domain == "B":
+        specs.pop(B_EXTRA_VOLUME.get(kind, ""), None)
+    elif domain == "both":
+        specs[DOMAIN_B_VOLUME] = {"kind": "intensity"}
     return specs

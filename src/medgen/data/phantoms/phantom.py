@@ -21,6 +21,9 @@ class Phantom:
     MRI, ``t2`` (a T2-weighted contrast, float32).
     ``origin`` is the world position (mm) of voxel (0, 0, 0); by default the
     volume is centred on the world origin.
+    ``noise_free`` is ``array`` before the scanner's noise (float32, same units, not
+    rounded), where the generator has one (thorax CT): other scanners render the
+    subject from it (see :mod:`medgen.data.phantoms.domains`).
     """
 
     kind: str
@@ -30,6 +33,7 @@ class Phantom:
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     volumes: dict[str, np.ndarray] = field(default_factory=dict)
     origin: tuple[float, float, float] | None = None
+    noise_free: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.origin is None:

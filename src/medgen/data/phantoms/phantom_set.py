@@ -13,10 +13,20 @@ them into the data set). Volume i depends only on (kind, grid, seed, i, nodules)
 field of view over the largest axis). The mosaic ``OUT/mosaic.png`` is drawn by
 :func:`medgen.viz.mosaic.save_phantom_set_mosaic` (figures are a higher layer than data).
 
+``domain`` (:mod:`medgen.data.phantoms.domains`) picks the rendering of those same
+subjects: ``"A"`` (default) writes exactly what it always did; ``"B"`` writes domain B
+as the image (thorax: a second scanner; brain: the T2 contrast, so no ``t2`` volume);
+``"both"`` writes A as the image and B as the extra volume ``domain_b``
+(``OUT/domain_b/<id>.nii.gz``, CT int16 HU, MRI float32). B and both sets add the
+manifest columns ``domain`` (the image's domain) and ``b_<parameter>`` (B's parameters),
+and to ``phantoms.json`` ``domain`` and ``domains`` (what A and B are, B's parameters).
+The factors and ``label`` are the subject's, measured on its domain-A image, in every domain.
+
 Example::
 
     rows = write_phantom_set("thorax-ct", n=8, size=64, seed=0, out="phantoms/")
     rows = write_phantom_set("brain-mri", n=8, size=(64, 64, 40), seed=0, out="brains/", spacing=(0.8, 0.8, 2.5))
+    rows = write_phantom_set("thorax-ct", n=8, size=64, seed=2, out="pairs/", domain="both")
 """
 
 from __future__ import annotations
@@ -42,6 +52,18 @@ SIZE_RANGE = (16, 512)
 SPACING_RANGE_MM = (0.1, 100.0)
 #: The extra volumes each kind writes (mirrors medgen.data.phantoms.volume_specs, kept light).
 VOLUME_NAMES = {"thorax-ct": ("tissue",), "brain-mri": ("tissue", "t2")}
+#: Renderings of the subjects (mirrors medgen.data.phantoms.domains, kept light).
+DOMAIN_NAMES = ("A", "B", "both")
+DOMAIN_B_VOLUME = "domain_b"
+B_EXTRA_VOLUME = {"brain-mri": "t2"}
+
+
+def volume_names(kind: str, domain: str = "A") -> tuple[str, ...]:
+    """The extra volumes a ``domain`` set of ``kind`` writes (a B set's image is the brain ``t2``)."""
+    names = VOLUME_NAMES[kind]
+    if domain == "B":
+        return tuple(name for name in names if name != B_EXTRA_VOLUME.get(kind))
+    return names + (DOMAIN_B_VOLUME,) if domain == "both" else names
 
 
 def _triple(value: int | float | Sequence) -> tuple | None:
@@ -63,11 +85,12 @@ def check_request(
     nodules: bool = False,
     workers: int = 1,
     spacing: float | Sequence[float] | None = None,
+    domain: str = "A",
 ) -> None:
     """UsageError (one line, naming the option) for a phantom set that cannot be made.
 
     ``size``: S or a shape (X, Y, Z), each in 16..512; ``spacing``: None, or one voxel
-    size or three in mm, each in 0.1..100.
+    size or three in mm, each in 0.1..100; ``domain``: A, B or both.
     """
     lo, hi = SIZE_RANGE
     if kind not in KIND_NAMES:
@@ -97,6 +120,8 @@ def check_request(
         raise UsageError(f"--workers must be at least 1, got {workers}")
     if nodules and kind != "thorax-ct":
         raise UsageError("--nodules is only available for --kind thorax-ct")
+    if domain not in DOMAIN_NAMES:
+        raise UsageError(f"--domain must be {', '.join(DOMAIN_NAMES[:-1])} or {DOMAIN_NAMES[-1]}, got {domain!r}")
 
 
 def _previous_files(out: Path) -> list[str]:
@@ -104,7 +129,7 @@ def _previous_files(out: Path) -> list[str]:
     manifest = out / "manifest.csv"
     if not manifest.exists():
         return []
-    names = {name for names in VOLUME_NAMES.values() for name in names}
+    names = {name for names in VOLUME_NAMES.values() for name in names} | {DOMAIN_B_VOLUME}
     with manifest.open(newline="") as f:
         return [row[c] for row in csv.DictReader(f) for c in ("file", *sorted(names)) if row.get(c)]
 
@@ -123,27 +148,35 @@ def _prepare_out(out: Path, overwrite: bool) -> list[str]:
     return []
 
 
-def _make_one(
-    kind: str, size: Any, seed: int, index: int, nodules: bool, out: str, spacing: Any = None
-) -> dict[str, Any]:
-    """Generate volume ``index``, write it and its extra volumes, and return its manifest row (runs in workers)."""
+def _stored(kind: str, name: str, array: Any) -> Any:
+    """``array`` as written: labels and CT images (the image, ``domain_b``) int16, the rest float32."""
     import numpy as np
 
-    from medgen.data.io import write_nifti
-    from medgen.data.phantoms import generate, volume_seed
+    hu = kind == "thorax-ct" and name in ("image", DOMAIN_B_VOLUME)
+    return array.astype(np.int16) if hu or array.dtype.kind in "iub" else array.astype(np.float32)
 
-    ph = generate(kind, size, volume_seed(seed, index), nodules=nodules, spacing=spacing)
+
+def _make_one(
+    kind: str, size: Any, seed: int, index: int, nodules: bool, out: str, spacing: Any = None, domain: str = "A"
+) -> dict[str, Any]:
+    """Generate volume ``index``, write it (in ``domain``) and its extra volumes, and return its
+    manifest row (runs in workers)."""
+    from medgen.data.io import write_nifti
+    from medgen.data.phantoms import domains, generate, volume_seed
+
+    subject_seed = volume_seed(seed, index)
+    ph = generate(kind, size, subject_seed, nodules=nodules, spacing=spacing)
     vid = f"{kind}-{index:04d}"
     fname = f"{vid}.nii.gz"
-    data = ph.array.astype(np.int16) if kind == "thorax-ct" else ph.array.astype(np.float32)
-    write_nifti(Path(out) / fname, data, ph.affine)
+    image = domains.render(ph, "B" if domain == "B" else "A", subject_seed)
+    write_nifti(Path(out) / fname, _stored(kind, "image", image), ph.affine)
     row = {"id": vid, "file": fname, "kind": kind, "label": ph.factors["label"]}
     row.update({k: v for k, v in ph.factors.items() if k != "label"})
-    for name in VOLUME_NAMES[kind]:
-        extra = ph.volumes[name]
-        stored = extra.astype(np.int16) if extra.dtype.kind in "iub" else extra.astype(np.float32)
+    row.update(domains.manifest_columns(kind, domain))
+    for name in volume_names(kind, domain):
+        extra = domains.render(ph, "B", subject_seed) if name == DOMAIN_B_VOLUME else ph.volumes[name]
         relative = f"{name}/{fname}"
-        write_nifti(Path(out) / relative, stored, ph.affine)
+        write_nifti(Path(out) / relative, _stored(kind, name, extra), ph.affine)
         row[name] = relative
     return row
 
@@ -177,9 +210,11 @@ def write_phantom_set(
     overwrite: bool = False,
     progress: bool = True,
     spacing: float | Sequence[float] | None = None,
+    domain: str = "A",
 ) -> list[dict[str, Any]]:
     """Write ``n`` phantoms of ``kind`` at ``size``³ (or ``size`` = (X, Y, Z)) voxels of ``spacing``
-    mm into ``out``; returns the manifest rows.
+    mm into ``out``, rendered in ``domain`` (A, B or both; see the module docstring); returns
+    the manifest rows.
 
     ``out`` must be empty, absent or an earlier phantom set (whose volumes beyond the new
     ``n`` are removed); ``overwrite`` allows another non-empty folder. ``workers``:
@@ -187,15 +222,15 @@ def write_phantom_set(
     """
     from tqdm import tqdm
 
-    from medgen.data.phantoms import brain_mri, thorax_ct, volume_specs
+    from medgen.data.phantoms import brain_mri, domains, thorax_ct, volume_specs
 
-    check_request(kind, n, size, seed, nodules, workers, spacing)
+    check_request(kind, n, size, seed, nodules, workers, spacing, domain)
     size = int(size) if isinstance(size, Integral) else tuple(int(v) for v in size)
     spacing = spacing if spacing is None or isinstance(spacing, Real) else tuple(float(v) for v in spacing)
     shape, voxel = grid_of(kind, size, spacing)
     out = Path(out)
     stale = _prepare_out(out, overwrite)
-    jobs = [(kind, size, seed, i, nodules, str(out), spacing) for i in range(n)]
+    jobs = [(kind, size, seed, i, nodules, str(out), spacing, domain) for i in range(n)]
     desc = f"phantoms {kind} {describe_grid(kind, size, spacing).split(',')[0]}"
     bar = tqdm(total=n, desc=desc, unit="vol", file=sys.stderr, disable=not progress)
     rows: list[dict[str, Any]] = []
@@ -216,9 +251,9 @@ def write_phantom_set(
     finally:
         bar.close()
 
-    written = {row[c] for row in rows for c in ("file", *VOLUME_NAMES[kind])}
+    written = {row[c] for row in rows for c in ("file", *volume_names(kind, domain))}
     for name in stale:
-        if name not in written and re.fullmatch(r"([a-z0-9]+/)?[a-z-]+-\d{4}\.nii\.gz", name):
+        if name not in written and re.fullmatch(r"([a-z0-9_]+/)?[a-z-]+-\d{4}\.nii\.gz", name):
             (out / name).unlink(missing_ok=True)
             folder = (out / name).parent
             if folder != out and folder.is_dir() and not any(folder.iterdir()):
@@ -229,13 +264,23 @@ def write_phantom_set(
         if kind == "thorax-ct"
         else f"atrophy class from atrophy, class boundaries {list(brain_mri.ATROPHY_THRESHOLDS)}"
     )
-    volumes = volume_specs(kind)
+    volumes = volume_specs(kind, domain)
     volumes["tissue"]["dtype"] = "int16"
+    t2_units = {"dtype": "float32", "units": "T2-like units >= 0 (CSF brightest)"}
     if "t2" in volumes:
-        volumes["t2"].update({"dtype": "float32", "units": "T2-like units >= 0 (CSF brightest)"})
+        volumes["t2"].update(t2_units)
+    if DOMAIN_B_VOLUME in volumes:
+        hu_units = {"dtype": "int16", "units": "Hounsfield units, domain B (second scanner)"}
+        volumes[DOMAIN_B_VOLUME].update(hu_units if kind == "thorax-ct" else t2_units)
     columns = ["id", "file", "kind", "label"]
     columns += [c for c in rows[0] if c not in columns and c not in volumes] + list(volumes)
     write_csv(out / "manifest.csv", rows, columns)
+    if kind == "thorax-ct":
+        intensity = "Hounsfield units (int16)"
+    else:
+        intensity = f"{'T2' if domain == 'B' else 'T1'}-like units >= 0 (float32)"
+    # a domain-A set is written exactly as before domains existed; B and both sets say what they hold
+    domain_info = {} if domain == "A" else {"domain": domain, "domains": domains.describe(kind)}
     atomic_write_json(
         out / MARKER,
         {
@@ -247,11 +292,12 @@ def write_phantom_set(
             "nodules": bool(nodules),
             "field_of_view_mm": [round(a * b, 6) for a, b in zip(shape, voxel)],
             "spacing_mm": list(voxel),
-            "intensity": "Hounsfield units (int16)" if kind == "thorax-ct" else "T1-like units >= 0 (float32)",
+            "intensity": intensity,
             "label": label_doc,
             # extra voxel-aligned volumes: manifest column = name, files <name>/<id>.nii.gz
             "volumes": volumes,
             "volume_seed": "medgen.data.phantoms.volume_seed(seed, index)",
+            **domain_info,
             "medgen_version": __version__,
         },
     )

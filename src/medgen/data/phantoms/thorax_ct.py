@@ -79,7 +79,8 @@ LUNG_MAX_HU = -500.0
 EMPHYSEMA_MAX_HU = -950.0
 BONE_MIN_HU = 300.0
 HU_MIN, HU_MAX = -1024.0, 3071.0
-_BLUR_VOX = 0.6  # partial-volume blur and noise correlation length (voxels)
+#: Partial-volume blur and noise correlation length: Gaussian sigma in voxels.
+BLUR_SIGMA_VOX = 0.6
 # The bone mask holds voxels at least 25 % bone (signed distance <= 0.25 voxel), so that
 # blur lifts no voxel above +300 HU beyond its one-voxel (face-neighbour) rim.
 _BONE_MASK_SDF = 0.25
@@ -522,7 +523,7 @@ def _calibrate_emphysema(
 
     def render(thr: float) -> np.ndarray:
         weight = np.clip((f_b - thr) / 0.3 + 0.67, 0.0, 1.0)  # about -950 HU at the threshold
-        return clean_b + ndi.gaussian_filter(weight * l_b, _BLUR_VOX, truncate=3.0)
+        return clean_b + ndi.gaussian_filter(weight * l_b, BLUR_SIGMA_VOX, truncate=3.0)
 
     q_lo, q_hi = 0.0, 0.98
     q = min(target_pct / 100.0, q_hi)
@@ -564,7 +565,9 @@ def generate(
     Masks: ``body``, ``lung`` (parenchyma with its vessels, without airways,
     bone and nodules), ``emphysema`` (lung whose noise-free value is below
     −950 HU), ``bone``, ``heart``, ``airway`` (lumen), ``vessels``.
-    Volumes: ``tissue``, the label map of :data:`TISSUE_CLASSES`.
+    Volumes: ``tissue``, the label map of :data:`TISSUE_CLASSES`. ``noise_free`` is the image
+    before noise (partial volume, emphysema and nodules included, HU, not rounded): the
+    subject that :mod:`.domains` renders on another scanner.
     """
     ss = np.random.SeedSequence(seed)
     s_par, s_lat, s_tree, s_tex, s_noise, s_nod = ss.spawn(6)
@@ -725,11 +728,11 @@ def generate(
     # scanner: white noise, then one Gaussian blur that both correlates the noise
     # and adds partial volume; the noise amplitude is pre-scaled by the kernel's
     # L2 norm so that its final standard deviation is noise_hu.
-    kernel = ndi.gaussian_filter1d(np.eye(13, dtype=np.float64)[6], _BLUR_VOX, truncate=3.0)
+    kernel = ndi.gaussian_filter1d(np.eye(13, dtype=np.float64)[6], BLUR_SIGMA_VOX, truncate=3.0)
     gain = float(np.sqrt((kernel**2).sum())) ** 3
     noise = (s.noise_hu / gain) * np.random.default_rng(s_noise).standard_normal(shape, dtype=np.float32)
-    noise = ndi.gaussian_filter(noise, _BLUR_VOX, truncate=3.0)
-    clean = ndi.gaussian_filter(cv.img, _BLUR_VOX, truncate=3.0)
+    noise = ndi.gaussian_filter(noise, BLUR_SIGMA_VOX, truncate=3.0)
+    clean = ndi.gaussian_filter(cv.img, BLUR_SIGMA_VOX, truncate=3.0)
     core = lung & (sdf_lung <= -0.5 * sp)
     emph_layer = emph_delta * cv.trans
     tissue = cv.labels
@@ -762,14 +765,14 @@ def generate(
                 }
             )
         # partial volume of the nodule edge in the blurred image (blur is linear in occupancy)
-        nod_b = ndi.gaussian_filter(nod, _BLUR_VOX, truncate=3.0)
+        nod_b = ndi.gaussian_filter(nod, BLUR_SIGMA_VOX, truncate=3.0)
         clean += nod_b * ((s.hu_blood + 5.0) - clean)
         lung &= nod < 0.5
 
     img = clean + noise
     # ground-truth emphysema: lung whose noise-free (partial-volume) value is below -950 HU
     emphysema = lung & (clean < EMPHYSEMA_MAX_HU)
-    del clean, noise
+    del noise
     img = np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.float32)
 
     # ground truth measured on the final image inside the true masks
@@ -806,5 +809,11 @@ def generate(
     if nodules:
         tissue[nod >= 0.5] = NODULE
     return Phantom(
-        kind=KIND, array=img, spacing=grid.spacing, factors=factors, masks=masks, volumes={"tissue": tissue}
+        kind=KIND,
+        array=img,
+        spacing=grid.spacing,
+        factors=factors,
+        masks=masks,
+        volumes={"tissue": tissue},
+        noise_free=clean,
     )
