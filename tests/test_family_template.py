@@ -174,6 +174,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(family, tmp_path):
     if family == "ldm":  # trained on an autoencoder run
         registry.train(tiny_cfg("ldm-autoencoder", data, 1), tmp_path / "ae", progress=False)
         extra = ["--autoencoder", str(tmp_path / "ae")]
+    if family == "cyclegan":  # its domain B is the data's 'degraded' volume, as in tiny_model
+        extra = ["--target", "degraded"]
     cmd = [sys.executable, "-m", "medgen", "train", str(data), "--family", family, "--out", str(run), *extra,
            "--preset", "tiny", "--iters", "100000", "--batch", "2", "--device", "cpu", "--log-every", "1",
            "--sample-every", "0", "--ckpt-every", "100000", "--no-progress"]

@@ -11,12 +11,16 @@ S = 32
 def tiny_model(family: str) -> dict:
     """The family's ``tiny`` preset at 32³, with two classes where the family takes classes.
 
-    ``ldm`` is trained on another run's autoencoder; here it gets a tiny one at random weights.
+    ``ldm`` is trained on another run's autoencoder; here it gets a tiny one at random weights. ``cyclegan``
+    translates between ``image`` and ``degraded``, the second volume of the shared tests' data sets
+    (``make_dataset(..., degraded=True)``), which serves for its mechanics as an unpaired ``b`` would.
     """
     fam = registry.get(family)
     extra = {}
     if family == "ldm":
         extra["autoencoder"] = registry.get("ldm-autoencoder").model_config("tiny", S).to_dict()
+    if family == "cyclegan":
+        extra["domain_b"] = "degraded"
     try:
         return fam.model_config("tiny", S, num_classes=2, **extra).to_dict()
     except UsageError:  # a family without classes

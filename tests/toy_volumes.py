@@ -26,18 +26,21 @@ def toy_body(rng: np.random.Generator, n: int = 24, spine: bool = False) -> np.n
 
 
 def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0, degraded: bool = False,
-                 labels: bool = False) -> Path:
+                 labels: bool = False, unpaired: bool = False) -> Path:
     """A tiny preprocessed data set: n noisy elliptic cylinders, labels alternating 0/1.
 
     ``degraded``: each subject also holds volume ``degraded`` (its image with more noise), the pair an
     image-to-image family (``unet``) trains on. ``labels``: each subject also holds the label map ``tissue``
-    (1 inside the cylinder, 0 outside; classes declared in preprocess.json), what ``seg-unet`` learns."""
+    (1 inside the cylinder, 0 outside; classes declared in preprocess.json), what ``seg-unet`` learns.
+    ``unpaired``: each subject also holds volume ``b``, the negated image of the next subject (domain B = −A,
+    of another subject), what ``cyclegan`` trains on (``medgen unpair`` makes such sets from two data sets)."""
     (root / "volumes").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     g = np.linspace(-1, 1, size)
     X, Y, _ = np.meshgrid(g, g, g, indexing="ij")
     rows = ["id,source,orig_shape,orig_spacing,spacing,file,label" + (",degraded" if degraded else "")
-            + (",tissue" if labels else "")]
+            + (",tissue" if labels else "") + (",b" if unpaired else "")]
+    images = []
     for i in range(n):
         a, b = rng.uniform(0.5, 0.9, 2)
         inside = (X / a) ** 2 + (Y / b) ** 2 <= 1
@@ -52,14 +55,23 @@ def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0, degraded
             (root / "tissues").mkdir(exist_ok=True)
             np.save(root / "tissues" / f"v{i}.npy", inside.astype(np.int16))
             row += f",tissues/v{i}.npy"
+        if unpaired:
+            row += f",bs/v{i}.npy"
+        images.append(v.astype(np.float16))
         rows.append(row)
+    if unpaired:
+        (root / "bs").mkdir(exist_ok=True)
+        for i in range(n):
+            np.save(root / "bs" / f"v{i}.npy", -images[(i + 1) % n])
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     info = {"modality": "ct", "size": size, "hu_min": -1024.0, "hu_max": 600.0}
-    if degraded or labels:
+    if degraded or labels or unpaired:
         info["volumes"] = {"image": {"kind": "intensity", "dtype": "float16"}}
     if degraded:
         info["volumes"]["degraded"] = {"kind": "intensity", "dtype": "float16"}
     if labels:
         info["volumes"]["tissue"] = {"kind": "label", "dtype": "int16", "classes": {"0": "background", "1": "body"}}
+    if unpaired:
+        info["volumes"]["b"] = {"kind": "intensity", "dtype": "float16"}
     (root / "preprocess.json").write_text(json.dumps(info))
     return root

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "phantoms",
     "preprocess",
     "degrade",
+    "unpair",
     "train",
     "train_classifier",
     "model_info",

@@ -6,6 +6,7 @@ Examples::
     medgen translate runs/denoise64 scan.nii.gz --out denoised/ --window 64  # overlapping 64³ windows
     medgen translate runs/sr32 data/ct32-gap4 --out sr-test/ --split test    # a paired data set: + metrics
     medgen translate runs/cond-sr32 data/ct32-gap4 --out sr-test/ --steps 20  # cond-ddpm: 20 DDIM steps
+    medgen translate runs/t1t2 t2-scans/ --out t1/ --direction BtoA          # cyclegan: the other generator
 
 The work is :mod:`medgen.inference.translate`.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "translate",
-        help="apply an image-to-image model (unet, pix2pix, cond-ddpm) to scans or to a paired data set",
+        help="apply an image-to-image model (unet, pix2pix, cond-ddpm, cyclegan) to scans or to a paired data set",
         description=(
             "Translate IN with the model of training run RUN. IN is a scan (NIfTI, NRRD, MHA, a DICOM folder), a "
             "folder of scans (one-input models: each written to OUT/<id>.nii.gz on its own grid and affine, CT in "
@@ -29,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
         epilog="Exit codes: 0 all written, 1 some inputs failed (the others are written), 2 usage or input error.",
     )
-    p.add_argument("run", metavar="RUN", help="training run folder of an image-to-image family (unet, pix2pix, cond-ddpm)")
+    p.add_argument("run", metavar="RUN", help="training run folder of an image-to-image family (unet, pix2pix, cond-ddpm, cyclegan)")
     p.add_argument("input", metavar="IN", help="scan file, DICOM folder, folder of scans, or paired data set")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
@@ -39,6 +40,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "size for larger volumes; 0: whole volumes)")
     p.add_argument("--steps", type=int, default=None, metavar="N",
                    help="diffusion models (cond-ddpm): DDIM denoising steps per volume (default 50); fewer is faster")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
+                   help="two-way models (cyclegan): AtoB (default) translates domain A into B, BtoA back with the "
+                        "other generator (a data set input then needs the B volume, 'b' in a `medgen unpair` set)")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint to load (default: the run's latest)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -53,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from medgen.data.discover import scan_inputs
     from medgen.families import registry
     from medgen.inference.generate import training_spacing
-    from medgen.inference.translate import translate_dataset, translate_scans
+    from medgen.inference.translate import oriented, translate_dataset, translate_scans
 
     model = registry.load(args.run, checkpoint=args.checkpoint, device=resolve_device(args.device))
     if not hasattr(model, "translate"):
         raise UsageError(f"{args.run}: a {registry.load_run_config(args.run).family!r} run; translate needs an "
-                         "image-to-image family (unet, pix2pix, cond-ddpm)")
+                         "image-to-image family (unet, pix2pix, cond-ddpm, cyclegan)")
+    model = oriented(model, args.direction)
     if args.steps is not None and "steps" not in inspect.signature(model.translate).parameters:
         raise UsageError(f"--steps: a {registry.load_run_config(args.run).family!r} model translates in one pass "
                          "(it applies to diffusion models such as cond-ddpm)")

@@ -24,6 +24,7 @@ import torch
 from medgen.core.errors import InputError, UsageError
 from medgen.families.classifier.family import FAMILY as CLASSIFIER
 from medgen.families.cond_ddpm.family import FAMILY as COND_DDPM
+from medgen.families.cyclegan.family import FAMILY as CYCLEGAN
 from medgen.families.ddpm.family import FAMILY as DDPM
 from medgen.families.hagan.family import FAMILY as HAGAN
 from medgen.families.ldm.family import FAMILY as LDM
@@ -45,6 +46,7 @@ FAMILIES: dict[str, Family] = {
     "ldm": LDM,
     "unet": UNET,
     "pix2pix": PIX2PIX,
+    "cyclegan": CYCLEGAN,
     "cond-ddpm": COND_DDPM,
     "seg-unet": SEG_UNET,
 }

@@ -16,6 +16,11 @@ Two kinds of input:
   error inside body, lungs and bone; with a ``mask`` volume, the error inside it) are written to
   ``OUT/metrics.csv`` and their mean ± std to ``OUT/metrics.json``.
 
+A two-way model (``cyclegan``) translates in the direction of :func:`oriented` (``medgen translate
+--direction BtoA``): its input volume, target, and the preprocessing of the input and output domains
+(``model.preprocess``, ``model.target_preprocess``) follow it; outputs are written in the output domain's units.
+No paired metrics are computed on an unpaired data set (``medgen unpair``): its volumes are different subjects.
+
 Every file is written atomically; a rerun skips outputs that exist (an interrupted run continues).
 """
 
@@ -33,6 +38,8 @@ from medgen.core.volume import ct_window, hounsfield_int16, is_ct
 
 #: Relative spacing difference beyond which a scan is translated with a warning.
 SPACING_TOLERANCE = 0.2
+#: Translation directions: a model's own (every image-to-image model), and back (two-way models, ``cyclegan``).
+DIRECTIONS = ("AtoB", "BtoA")
 
 
 @dataclass
@@ -70,6 +77,39 @@ def normalise_scan(array: np.ndarray, preprocess: dict[str, Any]) -> tuple[np.nd
     return x, lambda y: ((np.asarray(y, dtype=np.float32) + 1.0) / 2.0 * (hi - lo) + lo).astype(np.float32)
 
 
+def oriented(model: Any, direction: str | None = None) -> Any:
+    """``model`` translating ``direction``: ``None`` or ``"AtoB"`` is the model as loaded; ``"BtoA"`` needs a two-way
+    model (one with ``with_direction``, a ``cyclegan``). UsageError (one line) otherwise."""
+    if direction is None:
+        return model
+    if direction not in DIRECTIONS:
+        raise UsageError(f"--direction {direction}: choose {' or '.join(DIRECTIONS)}")
+    if callable(getattr(model, "with_direction", None)):
+        return model.with_direction(direction)
+    if direction != "AtoB":
+        cfg = model.config
+        raise UsageError(f"--direction {direction}: this model translates {', '.join(cfg.inputs)} → {cfg.target} only "
+                         "(cyclegan models translate both ways)")
+    return model
+
+
+def output_units(model: Any, back: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """The map of a scan's [-1, 1] outputs to the units written: the input scan's own (``back``), unless a two-way
+    model's output domain was preprocessed otherwise (``model.target_preprocess``): CT outputs then in HU of its
+    window; MRI outputs of a CT scan, which have no intensity scale to return to, in [0, 1]."""
+    target = getattr(model, "target_preprocess", None)
+    if target is None:
+        return back
+    if is_ct(target):
+        window = ct_window(target)
+        if is_ct(model.preprocess) and tuple(ct_window(model.preprocess)) == tuple(window):
+            return back
+        return lambda y: hounsfield_int16(y, window)
+    if is_ct(model.preprocess):
+        return lambda y: ((np.asarray(y, dtype=np.float32) + 1.0) / 2.0).astype(np.float32)
+    return back
+
+
 def _options(steps: int | None) -> dict[str, Any]:
     """Keyword arguments for ``model.translate`` beyond the window: ``steps`` only when given (diffusion models)."""
     return {} if steps is None else {"steps": int(steps)}
@@ -101,6 +141,7 @@ def process_scans(model: Any, inputs: list[Any], out_dir: Path, apply: Callable[
         try:
             volume = reorient_to_ras(read_volume(item.path))
             x, back = normalise_scan(volume.array, model.preprocess)
+            back = output_units(model, back)
         except InputError as exc:
             summary.failed.append((str(item.path), str(exc)))
             continue
@@ -118,18 +159,19 @@ def process_scans(model: Any, inputs: list[Any], out_dir: Path, apply: Callable[
 def translate_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int | None = None,
                     training_spacing: tuple[float, float, float] | None = None, progress: bool = True,
                     log: Callable[[str], None] = lambda m: print(m, file=sys.stderr),
-                    steps: int | None = None) -> TranslateSummary:
+                    steps: int | None = None, direction: str | None = None) -> TranslateSummary:
     """Translate every scan of ``inputs`` (``InputItem``s: id and path) into ``out_dir`` (module docstring);
-    ``steps``: denoising steps of a diffusion model (None: its default)."""
+    ``steps``: denoising steps of a diffusion model (None: its default); ``direction``: see :func:`oriented`."""
+    model = oriented(model, direction)
     return process_scans(model, inputs, out_dir, lambda x, back, w: back(model.translate(x, window=w, **_options(steps))),
                          desc="translate", window=window, training_spacing=training_spacing, progress=progress, log=log)
 
 
 def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "all", window: int | None = None,
-                      progress: bool = True, steps: int | None = None) -> TranslateSummary:
+                      progress: bool = True, steps: int | None = None, direction: str | None = None) -> TranslateSummary:
     """Translate every subject of the paired data set ``data_dir`` (module docstring); with its target
     volume, paired metrics are computed on the model's [-1, 1] outputs. ``steps``: denoising steps of a
-    diffusion model (None: its default)."""
+    diffusion model (None: its default); ``direction``: see :func:`oriented`."""
     from tqdm import tqdm
 
     from medgen.core.tables import write_csv
@@ -139,15 +181,18 @@ def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str =
     from medgen.inference.generate import spacing_affine
     from medgen.metrics.paired_regions import region_metrics, summarise
     from medgen.core.volume import parse_spacing
+    from medgen.data.unpaired_set import UNPAIRED_KEY
 
+    model = oriented(model, direction)
     cfg = model.config
     info = load_preprocess_info(data_dir)
+    out_info = getattr(model, "target_preprocess", None) or info  # the units outputs are written in
     kinds = volume_kinds(info, data_dir / "preprocess.json")
     missing = [n for n in cfg.inputs if n not in kinds]
     if missing:
         raise InputError(f"{data_dir}: holds volumes {', '.join(kinds)}; this model reads {', '.join(cfg.inputs)} "
                          f"(missing {', '.join(missing)})")
-    has_target = cfg.target in kinds
+    has_target = cfg.target in kinds and UNPAIRED_KEY not in info  # an unpaired set's volumes are not pairs
     mask_name = "mask" if kinds.get("mask") == "label" else None  # inpainting's hidden region
     keys = tuple(cfg.inputs) + ((cfg.target,) if has_target else ()) + ((mask_name,) if mask_name and has_target
                                                                          and mask_name not in cfg.inputs else ())
@@ -168,7 +213,7 @@ def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str =
             y = model.translate({n: item[n][0].numpy().astype(np.float32) for n in cfg.inputs}, window=window,
                                 **_options(steps))
             spacing = spacings.get(sid) or (1.0, 1.0, 1.0)
-            data = hounsfield_int16(y, ct_window(info)) if is_ct(info) else y.astype(np.float32)
+            data = hounsfield_int16(y, ct_window(out_info)) if is_ct(out_info) else y.astype(np.float32)
             write_nifti(out_dir / f"{sid}.nii.gz", data, spacing_affine(spacing))
             atomic_save_npy(raw, y.astype(np.float32))
             summary.written.append(sid)
