@@ -101,13 +101,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--label-column", default=None, help="manifest column with the class labels (conditional training)")
     m.add_argument("--autoencoder", dest="autoencoder_run", default=None, metavar="RUN",
                    help="ldm: the trained `--family ldm-autoencoder` run whose latents the model diffuses")
-    i = p.add_argument_group("image-to-image families (unet, pix2pix, cond-ddpm) on a paired data set (`medgen degrade`)")
+    i = p.add_argument_group("image-to-image families (unet, pix2pix, cond-ddpm) on a paired data set (`medgen degrade`); "
+                             "cyclegan on an unpaired one (`medgen unpair`)")
     i.add_argument("--task", default=None, choices=("sr", "denoise", "kspace", "restore", "inpaint", "outpaint", "xray2ct",
                                                        "seg2image", "translate"),
                    help="what the model learns; sets the input volumes and the residual mode (default denoise)")
     i.add_argument("--inputs", default=None, metavar="NAMES",
-                   help="comma-separated input volumes, stacked as channels (default: the task's, e.g. degraded)")
-    i.add_argument("--target", default=None, metavar="NAME", help="the volume to predict (default image; seg-unet: the label volume, default tissue)")
+                   help="comma-separated input volumes, stacked as channels (default: the task's, e.g. degraded; "
+                        "cyclegan: domain A's volume, default image)")
+    i.add_argument("--target", default=None, metavar="NAME", help="the volume to predict (default image; seg-unet: the label volume, default tissue; "
+                                                       "cyclegan: domain B's volume, default b)")
     t = p.add_argument_group("optimisation (defaults: the paper's)")
     t.add_argument("--iters", type=int, default=None, help="total training iterations (default 80000)")
     t.add_argument("--max-minutes", type=float, default=None,
