@@ -79,3 +79,16 @@ def test_anatomy_errors_are_relative_fraction_errors():
     errs = anatomy_errors([unit(out)], [unit(hu)], window)
     assert errs["lung_fraction_err_pct"] == pytest.approx(40.0, rel=1e-6)
     assert errs["bone_fraction_err_pct"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_trivial_baselines_are_the_input_or_the_mean_training_target():
+    from medgen.experiments.image2image import TASK_SPECS, trivial_baseline
+
+    rng = np.random.default_rng(1)
+    train = [{"drr_pa": rng.normal(size=(3, 3, 3)), "image": rng.normal(size=(3, 3, 3))} for _ in range(4)]
+    held = [{"drr_pa": rng.normal(size=(3, 3, 3)), "image": rng.normal(size=(3, 3, 3))} for _ in range(2)]
+    mean = trivial_baseline(TASK_SPECS["xray2ct"], train, held, "drr_pa", "image")
+    expected = sum(p["image"] for p in train) / 4
+    assert len(mean) == 2 and all(np.allclose(m, expected, atol=1e-6) for m in mean)
+    same = trivial_baseline(TASK_SPECS["restore"], [], held, "drr_pa", "image")
+    assert all(a is b["drr_pa"] for a, b in zip(same, held))

@@ -18,6 +18,14 @@ trained on the training pairs, and every held-out pair is translated and compare
 * ``translate``: the brain phantoms' T1 → their T2 (true pairs); baseline: a T1-intensity lookup of the
   mean training T2.
 
+Not run by default (``--tasks`` names them):
+
+* ``outpaint``: thorax CT cut to a 100 mm-radius cylinder about the body (``--kind outpaint``); baseline:
+  mean-filling (the input); the error inside the cut-away region is ``mae_mask``;
+* ``restore``: brain MRI with rigid motion during the acquisition (``--kind motion``, TorchIO, ±5°, ±5 mm);
+  baseline: the corrupted scan (the input);
+* ``xray2ct``: thorax CT from its biplanar DRRs (``--kind drr``); baseline: the voxel-wise mean training CT.
+
 Metrics (:mod:`medgen.metrics.paired_regions`), per held-out volume, then averaged: PSNR (dB, data range
 2) over the volume and over the body, SSIM (3D, Gaussian window 11), NMSE, for CT the mean |error| in HU
 inside the body, the lungs and bone, and for inpainting the mean |error| inside the hidden region. Writes ``image2image.csv``/``.md`` (a row per task and method, each model's gain over the
@@ -36,7 +44,8 @@ import numpy as np
 
 from medgen.experiments.workspace import ExperimentOutput, Workspace, step
 
-HELP = "image-to-image tasks (super-resolution, low-dose denoising, k-space, inpainting): unet, pix2pix vs trivial baselines"
+HELP = ("image-to-image tasks (super-resolution, low-dose denoising, k-space, inpainting, segmentation→image, "
+        "T1→T2, ...): unet, pix2pix vs trivial baselines")
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 DEFAULTS = {"tasks": "sr,denoise,kspace,inpaint,seg2image,translate", "families": "unet,pix2pix"}
 FAMILIES = ("unet", "pix2pix", "cond-ddpm")  # cond-ddpm: about 15 CPU minutes of training per task at 32³, not a default
@@ -45,13 +54,16 @@ FAMILIES = ("unet", "pix2pix", "cond-ddpm")  # cond-ddpm: about 15 CPU minutes o
 @dataclass(frozen=True)
 class TaskSpec:
     """``kind``/``settings``: the ``medgen degrade`` that makes the pairs (None: the pairs are the phantoms' own
-    volumes, ``tissue`` or ``t2``); ``baseline``: the trivial method's name."""
+    volumes, ``tissue`` or ``t2``); ``baseline``: the trivial method's name; ``trivial``: what it is: ``input``
+    (the degraded input itself), ``labels`` (each input label's mean training target), ``lookup`` (the mean
+    training target in 64 bins of input intensity) or ``mean`` (the voxel-wise mean training target)."""
 
     task: str
     modality: str
     kind: str | None
     settings: tuple[str, ...]
     baseline: str
+    trivial: str = "input"
 
 
 TASK_SPECS = {
@@ -59,8 +71,11 @@ TASK_SPECS = {
     "denoise": TaskSpec("denoise", "ct", "lowdose", ("dose=0.25",), "FBP at 25 % dose (input)"),
     "kspace": TaskSpec("kspace", "mri", "kspace", ("acceleration=4",), "zero-filled (input)"),
     "inpaint": TaskSpec("inpaint", "ct", "inpaint", ("shape=box", "fraction=0.1"), "mean-filling (input)"),
-    "seg2image": TaskSpec("seg2image", "ct", None, (), "class means (training set)"),
-    "translate": TaskSpec("translate", "mri", None, (), "T1 → mean T2 lookup (training set)"),
+    "seg2image": TaskSpec("seg2image", "ct", None, (), "class means (training set)", trivial="labels"),
+    "translate": TaskSpec("translate", "mri", None, (), "T1 → mean T2 lookup (training set)", trivial="lookup"),
+    "outpaint": TaskSpec("outpaint", "ct", "outpaint", ("fov_mm=100",), "mean-filling (input)"),
+    "restore": TaskSpec("restore", "mri", "motion", ("degrees=5", "translation=5"), "motion-corrupted (input)"),
+    "xray2ct": TaskSpec("xray2ct", "ct", "drr", (), "mean training CT", trivial="mean"),
 }
 COLUMNS = ("task", "method", "psnr", "psnr_std", "psnr_body", "ssim", "ssim_std", "nmse", "hu_mae_body", "hu_mae_lung",
            "hu_mae_bone", "mae_mask", "lung_fraction_err_pct", "bone_fraction_err_pct", "gain_db", "n")
@@ -68,7 +83,7 @@ COLUMNS = ("task", "method", "psnr", "psnr_std", "psnr_body", "ssim", "ssim_std"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tasks", default=DEFAULTS["tasks"], metavar="LIST",
-                   help=f"comma-separated tasks among {', '.join(TASK_SPECS)} (default all)")
+                   help=f"comma-separated tasks among {', '.join(TASK_SPECS)} (default {DEFAULTS['tasks']})")
     p.add_argument("--families", default=DEFAULTS["families"], metavar="LIST",
                    help=f"comma-separated image-to-image families among {', '.join(FAMILIES)} (default unet,pix2pix)")
 
@@ -142,6 +157,18 @@ def class_mean_baseline(train: list[dict[str, np.ndarray]], held: list[dict[str,
         c = codes(p[source])
         out.append(np.where(c < n, table[np.minimum(c, n - 1)], tgt.mean()).astype(np.float32))
     return out
+
+
+def trivial_baseline(spec: TaskSpec, train: list[dict[str, np.ndarray]], held: list[dict[str, np.ndarray]],
+                     source: str, target: str) -> list[np.ndarray]:
+    """The task's trivial method (``spec.trivial``, see :class:`TaskSpec`) on every held-out pair, fitted on the
+    training pairs where it needs them."""
+    if spec.trivial == "input":
+        return [p[source] for p in held]
+    if spec.trivial == "mean":
+        mean = np.mean([p[target] for p in train], axis=0).astype(np.float32)
+        return [mean for _ in held]
+    return class_mean_baseline(train, held, source, target, bins=0 if spec.trivial == "labels" else 64)
 
 
 def anatomy_errors(outputs: list[np.ndarray], targets: list[np.ndarray], window: tuple[float, float]) -> dict[str, float]:
@@ -245,13 +272,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
                 pairs = load_pairs(held_dir, (target, *inputs))
                 targets = [p[target] for p in pairs]
                 masks = [p["mask"].astype(bool) for p in pairs] if "mask" in inputs else None
-                if spec.kind is None:
-                    train_pairs = load_pairs(train_dir, (target, *inputs))
-                    baseline = class_mean_baseline(train_pairs, pairs, inputs[0], target,
-                                                   bins=0 if task == "seg2image" else 64)
-                    methods = [(spec.baseline, baseline)]
-                else:
-                    methods = [(spec.baseline, [p[inputs[0]] for p in pairs])]
+                train_pairs = [] if spec.trivial == "input" else load_pairs(train_dir, (target, *inputs))
+                methods = [(spec.baseline, trivial_baseline(spec, train_pairs, pairs, inputs[0], target))]
                 if task == "sr":
                     linear_dir = degraded(ws, spec, clean_held, "heldout", size,
                                           settings=spec.settings + ("upsample=linear",), name=f"{task}-linear-heldout-{size}")
@@ -285,6 +307,11 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
            "bone fractions of the body (the target: ≤ 10 %)."] if "seg2image" in tasks else []),
         *(["translate: brain phantoms' T1 → T2 of the same anatomy (true pairs); baseline: a lookup of the mean "
            "training T2 in 64 bins of T1 intensity."] if "translate" in tasks else []),
+        *(["inpaint/outpaint: the models output the input wherever the mask is 0 and generate only the masked "
+           "voxels (keep_known), so their whole-volume and in-mask errors differ only inside the mask."]
+          if {"inpaint", "outpaint"} & set(tasks) else []),
+        *(["xray2ct: the PA and lateral DRRs, each broadcast along its rays, → the CT; baseline: the voxel-wise mean "
+           "of the training CTs."] if "xray2ct" in tasks else []),
         "psnr: dB over the whole volume in [-1, 1] (data range 2); psnr_body: over the body (CT: HU > -500, "
         "holes filled; MRI: the head foreground); ssim: 3D, Gaussian window 11 (σ 1.5); nmse: ||output − target||² / "
         "||target||²; hu_mae_*: mean |output − target| in HU inside the target's body, lungs and bone (> +300 HU); "
