@@ -26,13 +26,14 @@ _COMMON_DEFAULTS = {"scale": "demo", "work": "experiments-out/work", "data": Non
 
 
 def _module(name: str):
-    return importlib.import_module(f"medgen.experiments.{name}")
+    return importlib.import_module(f"medgen.experiments.{name.replace('-', '_')}")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "experiment",
-        help="the paper's experiments (synthesis, ablation, augmentation, ...) and medgen's own (recipes, guidance, image2image)",
+        help="the paper's experiments (synthesis, ablation, augmentation, ...) and medgen's own (recipes, guidance, image2image, "
+             "domain-adaptation)",
         description="Run one of the experiments (the HA-GAN paper's, and medgen's own across families and tasks) and write its table (CSV + Markdown) and figures. "
         "Default: demo scale on built-in thorax-CT phantoms (minutes on a CPU); --scale full uses the paper's "
         "model and training length, on your data (--data, --heldout).",

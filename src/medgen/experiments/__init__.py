@@ -10,7 +10,8 @@ One module per experiment. Each defines
   and an :class:`~medgen.experiments.workspace.ExperimentOutput` (tables, figures);
   returns the results recorded in ``experiment.json``.
 
-:data:`EXPERIMENTS` is the registry, in the order of the paper.
+:data:`EXPERIMENTS` is the registry, in the order of the paper; a name's module is the name with ``_`` for
+``-`` (``domain-adaptation`` → ``domain_adaptation``).
 """
 
 from __future__ import annotations
@@ -26,4 +27,5 @@ EXPERIMENTS: tuple[str, ...] = (
     "guidance",
     "recipes",
     "image2image",
+    "domain-adaptation",
 )

@@ -154,6 +154,8 @@ class Workspace:
     the user's preprocessed training / held-out folders (None = phantoms);
     ``device``: training and sampling device; ``seed``: seed of phantoms, training,
     sampling and metrics; ``iters``: training iterations (default: the scale's).
+    ``log``: the ``medgen`` commands that make what the experiment used, in order, whether
+    run now or reused (:meth:`record`; :meth:`model` records its ``medgen train``).
     """
 
     root: Path
@@ -172,6 +174,13 @@ class Workspace:
             raise UsageError("--heldout needs --data (the training set it is held out from)")
         if self.iters is not None and self.iters < 1:
             raise UsageError(f"--iters {self.iters}: need at least 1")
+
+    def record(self, argv: Sequence[str]) -> str:
+        """Add ``medgen ARGV`` to :attr:`log` (once); returns it."""
+        command = f"medgen {shlex.join(argv)}"
+        if command not in self.log:
+            self.log.append(command)
+        return command
 
     @property
     def train_iters(self) -> int:
@@ -291,6 +300,7 @@ class Workspace:
                       model_options=model_options, options=options, recipe=recipe)
         if config["resume"]:
             check_same_settings(run_dir, new_run_config(train_dir, run_dir, **{**config, "resume": False}))
+        self.record(train_command(train_dir, run_dir, progress=self.progress, **{**config, "resume": False}))
         if checkpoint_iteration(run_dir) >= iters:
             print(f"\n{run_dir}: trained for {iters} iterations already, reused", flush=True)
             return run_dir
@@ -435,23 +445,48 @@ PHANTOM_KIND = "thorax-ct"
 
 
 def write_phantoms(kind: str, n: int, size: int, seed: int, out: Path, *, workers: int = 1,
-                   progress: bool = True) -> list[dict[str, Any]]:
-    """The phantom set ``medgen phantoms --kind KIND --n N --size S --seed SEED --out OUT`` writes
+                   progress: bool = True, domain: str = "A") -> list[dict[str, Any]]:
+    """The phantom set ``medgen phantoms --kind KIND --n N --size S --seed SEED --out OUT [--domain D]`` writes
     (:func:`medgen.data.phantoms.phantom_set.write_phantom_set` and its mosaic). Returns the manifest rows."""
     from medgen.data.phantoms.phantom_set import spacing_mm, write_phantom_set
     from medgen.viz.mosaic import save_phantom_set_mosaic
 
-    rows = write_phantom_set(kind, n, size, seed, out, workers=workers, progress=progress)
+    rows = write_phantom_set(kind, n, size, seed, out, workers=workers, progress=progress, domain=domain)
     save_phantom_set_mosaic(out, rows, kind)
-    print(f"wrote {n} {kind} phantoms ({size}^3, {spacing_mm(kind, size):g} mm) to {out}", flush=True)
+    shown = "" if domain == "A" else f", domain {domain}"
+    print(f"wrote {n} {kind} phantoms ({size}^3, {spacing_mm(kind, size):g} mm{shown}) to {out}", flush=True)
     return rows
 
 
-def _preprocess(raw: Path, folder: Path, size: int, *, progress: bool = True) -> None:
-    """``medgen preprocess RAW FOLDER --modality ct --size SIZE --workers 2`` (the CLI's defaults otherwise)."""
+def phantom_dataset(ws: Workspace, kind: str, name: str, n: int, size: int, seed: int, domain: str = "A") -> Path:
+    """``WORK/data/NAME``: ``n`` phantoms of ``kind`` (seed ``seed``, rendered in ``domain``: A, B or both) preprocessed
+    at ``size``³ with their extra volumes (``tissue``; brain ``t2``; a both set ``domain_b``), through
+    ``medgen phantoms`` into ``WORK/phantoms-sets/NAME`` and ``medgen preprocess`` (CT: the HU window; MRI: each
+    volume's own percentiles). Each step is skipped when its output is complete; both are recorded in ``ws.log``."""
+    modality = "ct" if kind == "thorax-ct" else "mri"
+    raw = ws.root / "phantoms-sets" / name
+    argv = ["phantoms", "--kind", kind, "--n", str(n), "--size", str(size), "--seed", str(seed),
+            *(["--domain", domain] if domain != "A" else []), "--out", str(raw), "--workers", "2"]
+    ws.record(argv)
+    if not (raw / "manifest.csv").is_file():
+        with step(argv, f"phantoms ({name})"):
+            write_phantoms(kind, n, size, seed, raw, workers=2, progress=ws.progress, domain=domain)
+    folder = ws.root / "data" / name
+    argv = ["preprocess", str(raw), str(folder), "--modality", modality, "--size", str(size), "--workers", "2"]
+    if not ws.progress:
+        argv.append("--no-progress")
+    ws.record(argv)
+    if not (folder / "manifest.csv").is_file():
+        with step(argv, f"preprocess ({name})"):
+            _preprocess(raw, folder, size, progress=ws.progress, modality=modality)
+    return folder
+
+
+def _preprocess(raw: Path, folder: Path, size: int, *, progress: bool = True, modality: str = "ct") -> None:
+    """``medgen preprocess RAW FOLDER --modality MODALITY --size SIZE --workers 2`` (the CLI's defaults otherwise)."""
     from medgen.data.preprocess import PreprocessSettings, preprocess_folder
 
-    summary = preprocess_folder(raw, folder, PreprocessSettings(modality="ct", size=size), workers=2,
+    summary = preprocess_folder(raw, folder, PreprocessSettings(modality=modality, size=size), workers=2,
                                 progress=progress)
     print(summary.format(), file=sys.stderr, flush=True)
     if summary.manifest is None:
