@@ -153,12 +153,33 @@ def test_train_command_builds_the_same_config_on_the_command_line(data, tmp_path
 
     assert train_flags({"use_lowres": False}) == ["--no-lowres"]
     assert train_flags({"slab_selection": "deterministic", "use_encoder": True}) == ["--slab-selection", "deterministic"]
-    with pytest.raises(UsageError, match="betas"):
-        train_flags({"betas": (0.5, 0.9)})
+    # options without a flag of their own are family hyper-parameters, read back by --hparam as YAML
+    hp = train_flags({"betas": (0.5, 0.9), "decay_start": 100, "residual_target": True, "loss": "l2"})
+    assert hp == ["--hparam", "betas=[0.5, 0.9]", "--hparam", "decay_start=100", "--hparam", "residual_target=true",
+                  "--hparam", "loss=l2"]
+    from medgen.commands.train import _hparam
+
+    assert [_hparam(hp[i + 1]) for i in range(0, len(hp), 2)] == [
+        ("betas", [0.5, 0.9]), ("decay_start", 100), ("residual_target", True), ("loss", "l2")]
+    with pytest.raises(UsageError, match="model option.*residual"):
+        train_command(data, tmp_path / "x", family="cyclegan", model_options={"residual": True})
     with pytest.raises(UsageError, match="lr_eh and lr_eg"):
         train_flags({"lr_eh": 1e-4})
     resumed = train_command(data, tmp_path / "run", resume=True)
     assert resumed == ["train", str(data), "--out", str(tmp_path / "run"), "--resume"]
+
+
+def test_every_option_with_a_train_flag_is_known_to_train_flags():
+    import argparse
+
+    from medgen.cli import build_parser
+    from medgen.families.run_config import TRAIN_FLAG_OPTIONS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
+    renamed = {"keep": "keep_checkpoints", "no_lowres": "use_lowres", "no_encoder": "use_encoder"}
+    not_options = {"help", "data", "out", "family", "preset", "recipe", "resume", "no_progress", "hparam"}
+    dests = {renamed.get(a.dest, a.dest) for a in sub._actions} - not_options
+    assert dests == set(TRAIN_FLAG_OPTIONS)
 
 
 def test_paper_recipe_is_the_previous_method(data, tmp_path):

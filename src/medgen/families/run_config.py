@@ -189,11 +189,34 @@ def _flag_value(value: Any) -> str:
     return str(value)
 
 
+# Options ``medgen train`` has a flag of its own for (its arguments' destinations, with the names of
+# ``_FLAG_NAMES`` and ``_SWITCHES``); tests/test_run_config.py checks this against the parser.
+TRAIN_FLAG_OPTIONS = frozenset({
+    "autoencoder_run", "batch", "ckpt_every", "class_loss", "class_weight", "device", "ema_decay", "fake_labels",
+    "inputs", "iters", "keep_checkpoints", "label_column", "latent_dim", "log_every", "lr_d", "lr_e", "lr_g",
+    "max_minutes", "minibatch_std", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
+    "slab_context", "slab_selection", "split_fractions", "split_seed", "target", "task", "width", "workers",
+    "use_lowres", "use_encoder",
+})
+
+
+def _hparam_value(value: Any) -> str:
+    """``value`` as ``--hparam NAME=VALUE`` reads it back (YAML): lists in brackets, the rest as text."""
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_hparam_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return _flag_value(value)
+
+
 def train_flags(options: Mapping[str, Any] | None) -> list[str]:
     """The ``medgen train`` flags of ``options`` (model options and options alike; None values are left out).
 
-    ``{"use_lowres": False, "slab_selection": "deterministic"}`` → ``["--no-lowres", "--slab-selection",
-    "deterministic"]``. Raises UsageError for an option ``medgen train`` has no flag for.
+    ``{"use_lowres": False, "slab_selection": "deterministic", "decay_start": 100}`` → ``["--no-lowres",
+    "--slab-selection", "deterministic", "--hparam", "decay_start=100"]``: an option without a flag of its own
+    is a family hyper-parameter, given with ``--hparam``.
     """
     opts = _given(options)
     if "lr_eh" in opts or "lr_eg" in opts:
@@ -208,9 +231,10 @@ def train_flags(options: Mapping[str, Any] | None) -> list[str]:
             elif value is not True:
                 raise UsageError(f"training option {key}={value!r}: True or False")
             continue
-        if key in ("betas", "adam_eps"):
-            raise UsageError(f"training option {key!r}: medgen train has no option for it")
-        argv += [_FLAG_NAMES.get(key, "--" + key.replace("_", "-")), _flag_value(value)]
+        if key in TRAIN_FLAG_OPTIONS:
+            argv += [_FLAG_NAMES.get(key, "--" + key.replace("_", "-")), _flag_value(value)]
+        else:
+            argv += ["--hparam", f"{key}={_hparam_value(value)}"]
     return argv
 
 
@@ -238,6 +262,9 @@ def train_command(
         argv += ["--preset", preset]
     if recipe is not None:
         argv += ["--recipe", recipe]
+    no_flag = sorted(set(_given(model_options)) - TRAIN_FLAG_OPTIONS - set(_SWITCHES))
+    if no_flag:
+        raise UsageError(f"model option(s) {', '.join(no_flag)}: medgen train has no flag for them")
     argv += train_flags({**_given(model_options), **_given(options)})
     if resume:
         argv.append("--resume")
