@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from medgen.core.errors import InputError, UsageError
+from medgen.families.alpha_gan.family import FAMILY as ALPHA_GAN
 from medgen.families.classifier.family import FAMILY as CLASSIFIER
 from medgen.families.cond_ddpm.family import FAMILY as COND_DDPM
 from medgen.families.cyclegan.family import FAMILY as CYCLEGAN
@@ -29,9 +30,12 @@ from medgen.families.ddpm.family import FAMILY as DDPM
 from medgen.families.hagan.family import FAMILY as HAGAN
 from medgen.families.ldm.family import FAMILY as LDM
 from medgen.families.ldm_autoencoder.family import FAMILY as LDM_AUTOENCODER
+from medgen.families.pggan.family import FAMILY as PGGAN
 from medgen.families.pix2pix.family import FAMILY as PIX2PIX
 from medgen.families.seg_unet.family import FAMILY as SEG_UNET
 from medgen.families.unet.family import FAMILY as UNET
+from medgen.families.vae_gan.family import FAMILY as VAE_GAN
+from medgen.families.wgan_gp.family import FAMILY as WGAN_GP
 from medgen.training.checkpoint import load_weights, resolve_checkpoint
 from medgen.training import loop
 from medgen.training.loop import TrainResult
@@ -49,6 +53,10 @@ FAMILIES: dict[str, Family] = {
     "cyclegan": CYCLEGAN,
     "cond-ddpm": COND_DDPM,
     "seg-unet": SEG_UNET,
+    "wgan-gp": WGAN_GP,
+    "vae-gan": VAE_GAN,
+    "alpha-gan": ALPHA_GAN,
+    "pggan": PGGAN,
 }
 
 
