@@ -69,6 +69,30 @@ def test_a_paired_data_set_gets_outputs_and_metrics_that_match_their_definition(
     assert report["metrics"]["psnr"]["value"] == pytest.approx(np.mean(psnrs), rel=1e-6)
 
 
+def test_outputs_added_to_the_data_set_as_a_volume_train_like_any_volume(identity_run, tmp_path, capsys):
+    import shutil
+
+    from medgen.data.dataset import VolumeDataset, volume_kinds, load_preprocess_info
+
+    run, data = identity_run
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    assert main(["translate", str(run), str(copy), "--out", str(tmp_path / "o"), "--as-volume", "restyled",
+                 "--no-progress"]) == 0
+    assert "as the volume 'restyled'" in capsys.readouterr().out
+    assert volume_kinds(load_preprocess_info(copy))["restyled"] == "intensity"
+    ds = VolumeDataset(copy, split="all", label_column=None, keys=("image", "restyled"))
+    for i in range(len(ds)):
+        item = ds[i]
+        out = np.load(tmp_path / "o" / "outputs" / f"{item['id']}.npy")
+        np.testing.assert_allclose(item["restyled"][0].numpy(), out, atol=1e-3)  # stored float16 like the image
+    # scans have no data set to add to; the model's own volumes are not overwritten
+    assert main(["translate", str(run), str(copy / "volumes" / "v0.npy"), "--out", str(tmp_path / "s"),
+                 "--as-volume", "x"]) == 2
+    assert main(["translate", str(run), str(copy), "--out", str(tmp_path / "d"), "--as-volume", "degraded"]) == 2
+    assert "reads or predicts" in capsys.readouterr().err
+
+
 def test_refusals(identity_run, tmp_path, capsys):
     run, data = identity_run
     assert main(["translate", str(run), str(tmp_path / "nowhere.nii.gz"), "--out", str(tmp_path / "o")]) == 2

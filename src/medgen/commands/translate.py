@@ -7,6 +7,7 @@ Examples::
     medgen translate runs/sr32 data/ct32-gap4 --out sr-test/ --split test    # a paired data set: + metrics
     medgen translate runs/cond-sr32 data/ct32-gap4 --out sr-test/ --steps 20  # cond-ddpm: 20 DDIM steps
     medgen translate runs/t1t2 t2-scans/ --out t1/ --direction BtoA          # cyclegan: the other generator
+    medgen translate runs/a2b data/a64 --out a-as-b/ --as-volume b_style      # + the outputs as a volume of data/a64
 
 The work is :mod:`medgen.inference.translate`.
 """
@@ -43,6 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
                    help="two-way models (cyclegan): AtoB (default) translates domain A into B, BtoA back with the "
                         "other generator (a data set input then needs the B volume, 'b' in a `medgen unpair` set)")
+    p.add_argument("--as-volume", default=None, metavar="NAME",
+                   help="IN a data set: also add each output to it as the volume NAME (in its normalised units), e.g. "
+                        "the images of a site translated into another's style, to train a segmenter on them with "
+                        "the data set's labels (--family seg-unet --inputs NAME)")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint to load (default: the run's latest)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -72,9 +77,12 @@ def run(args: argparse.Namespace) -> int:
     src, out = Path(args.input), Path(args.out)
     if args.window is not None and args.window < 0:
         raise UsageError(f"--window {args.window}: need 0 (whole volumes) or a positive edge")
-    if src.is_dir() and (src / "manifest.csv").is_file() and (src / "preprocess.json").is_file():
+    is_dataset = src.is_dir() and (src / "manifest.csv").is_file() and (src / "preprocess.json").is_file()
+    if args.as_volume is not None and not is_dataset:
+        raise UsageError(f"--as-volume {args.as_volume}: {src} is not a data set (the outputs of scans are NIfTI files)")
+    if is_dataset:
         summary = translate_dataset(model, src, out, split=args.split, window=args.window, progress=not args.no_progress,
-                                    steps=args.steps)
+                                    steps=args.steps, as_volume=args.as_volume)
         if summary.metrics:
             parts = [f"{k} {v.get('value'):.4g}" for k, v in summary.metrics.items() if v.get("value") is not None]
             print(f"{args.split} subjects vs their {model.config.target!r}: {', '.join(parts)} (OUT/metrics.json)")
@@ -85,5 +93,6 @@ def run(args: argparse.Namespace) -> int:
                                   progress=not args.no_progress, steps=args.steps)
         for path, reason in summary.failed:
             print(f"medgen translate: skipped {path}: {reason}")
-    print(f"wrote {len(summary.written)} volume(s) to {out}" + (f", kept {len(summary.skipped)}" if summary.skipped else ""))
+    print(f"wrote {len(summary.written)} volume(s) to {out}" + (f", kept {len(summary.skipped)}" if summary.skipped else "")
+          + (f"; added them to {src} as the volume {args.as_volume!r}" if args.as_volume else ""))
     return EXIT_PARTIAL if summary.failed else 0

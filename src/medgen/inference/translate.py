@@ -168,15 +168,17 @@ def translate_scans(model: Any, inputs: list[Any], out_dir: Path, *, window: int
 
 
 def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "all", window: int | None = None,
-                      progress: bool = True, steps: int | None = None, direction: str | None = None) -> TranslateSummary:
+                      progress: bool = True, steps: int | None = None, direction: str | None = None,
+                      as_volume: str | None = None) -> TranslateSummary:
     """Translate every subject of the paired data set ``data_dir`` (module docstring); with its target
     volume, paired metrics are computed on the model's [-1, 1] outputs. ``steps``: denoising steps of a
-    diffusion model (None: its default); ``direction``: see :func:`oriented`."""
+    diffusion model (None: its default); ``direction``: see :func:`oriented`; ``as_volume``: also add each
+    output to ``data_dir`` as the intensity volume of that name (:func:`medgen.data.dataset.add_volume`)."""
     from tqdm import tqdm
 
     from medgen.core.tables import write_csv
     from medgen.core.fileio import atomic_save_npy, atomic_write_json
-    from medgen.data.dataset import VolumeDataset, load_manifest, load_preprocess_info, volume_kinds
+    from medgen.data.dataset import VolumeDataset, add_volume, load_manifest, load_preprocess_info, volume_kinds
     from medgen.data.io import write_nifti
     from medgen.inference.generate import spacing_affine
     from medgen.metrics.paired_regions import region_metrics, summarise
@@ -188,6 +190,8 @@ def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str =
     info = load_preprocess_info(data_dir)
     out_info = getattr(model, "target_preprocess", None) or info  # the units outputs are written in
     kinds = volume_kinds(info, data_dir / "preprocess.json")
+    if as_volume is not None and (as_volume in cfg.inputs or as_volume == cfg.target):
+        raise UsageError(f"--as-volume {as_volume}: the model reads or predicts that volume; choose another name")
     missing = [n for n in cfg.inputs if n not in kinds]
     if missing:
         raise InputError(f"{data_dir}: holds volumes {', '.join(kinds)}; this model reads {', '.join(cfg.inputs)} "
@@ -217,6 +221,8 @@ def translate_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str =
             write_nifti(out_dir / f"{sid}.nii.gz", data, spacing_affine(spacing))
             atomic_save_npy(raw, y.astype(np.float32))
             summary.written.append(sid)
+        if as_volume is not None:
+            add_volume(data_dir, as_volume, sid, y)
         if has_target:
             mask = item[mask_name][0].numpy().astype(bool) if mask_name else None
             rows.append({"id": sid, **region_metrics(y, item[cfg.target][0].numpy(), hu_window, mask)})
