@@ -285,3 +285,30 @@ def test_settings(tmp_path, capsys):
     assert main(["model-info", "--family", "cyclegan", "--preset", "tiny", "--size", "32"]) == 0
     out = capsys.readouterr().out
     assert "G_AB" in out and "D_B" in out and "loss_cycle_A" in out
+
+
+def test_the_cycle_of_inverse_generators_and_the_identity_of_identity_generators_are_exact():
+    """The generator passes of an iteration (``Generators``) with G_BA = G_AB⁻¹ give back a and b exactly (zero cycle
+    loss); with identity generators the identity outputs are the inputs (zero identity loss)."""
+    from medgen.families.cyclegan.train import Generators
+
+    class Affine(torch.nn.Module):
+        def __init__(self, scale: float, shift: float) -> None:
+            super().__init__()
+            self.scale, self.shift = scale, shift
+
+        def forward(self, x):
+            return x * self.scale + self.shift
+
+    cfg = model_config("tiny", 16)
+    cfg_ab, cfg_ba = cfg.generator("AtoB"), cfg.generator("BtoA")
+    a, b = torch.rand(2, 1, 16, 16, 16) * 2 - 1, torch.rand(2, 1, 16, 16, 16) * 2 - 1
+    inverse = Generators(Affine(-0.5, 0.25), Affine(-2.0, 0.5))  # y = 0.25 − x/2  ⇔  x = 0.5 − 2y
+    out = inverse(a, b, cfg_ab, cfg_ba, identity=True)
+    torch.testing.assert_close(out["rec_a"], a, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out["rec_b"], b, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out["fake_b"], 0.25 - a / 2)
+    assert (out["idt_a"] - a).abs().mean() > 0.1  # an inverse pair is not the identity
+    same = Generators(Affine(1.0, 0.0), Affine(1.0, 0.0))(a, b, cfg_ab, cfg_ba, identity=True)
+    torch.testing.assert_close(same["idt_a"], a, rtol=0, atol=0)
+    torch.testing.assert_close(same["idt_b"], b, rtol=0, atol=0)
