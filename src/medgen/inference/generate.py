@@ -59,6 +59,23 @@ def latent_codes(n: int, latent_dim: int, seed: int = 0, start: int = 0) -> np.n
     return out
 
 
+def requested_codes(n: int, latent_dim: int, seed: int = 0, z=None, indices: Sequence[int] | None = None) -> np.ndarray:
+    """The latent codes of a ``generate(n, seed, z=..., indices=...)`` call, float32 [n, latent_dim]: ``z`` as given,
+    else volumes ``indices`` of ``seed``'s sequence (:func:`latent_codes`), else volumes 0…n-1. UsageError (one
+    line) when they are not ``n`` codes of ``latent_dim``."""
+    if z is not None:
+        codes = np.asarray(z, dtype=np.float32)
+    elif indices is not None:
+        idx = [int(i) for i in indices]
+        codes = (np.concatenate([latent_codes(1, latent_dim, seed, start=i) for i in idx]) if idx
+                 else np.empty((0, latent_dim), np.float32))
+    else:
+        codes = latent_codes(n, latent_dim, seed)
+    if codes.shape != (n, latent_dim):
+        raise UsageError(f"z has shape {codes.shape}, expected ({n}, {latent_dim})")
+    return codes
+
+
 def check_labels(labels: Sequence[int] | int | None, n: int, num_classes: int) -> np.ndarray | None:
     """Class index per volume as int64 [n] (None for an unconditional model).
 

@@ -75,18 +75,11 @@ class HAGANModel:
         to use instead of those drawn from ``seed``. ``indices``: which volumes of
         ``seed``'s sequence to make (volume i depends only on (seed, i); default 0…n-1).
         """
-        from medgen.inference.generate import check_chunk, check_labels, latent_codes
+        from medgen.inference.generate import check_chunk, check_labels, requested_codes
 
         if hu:
             self._check_ct()
-        if z is not None:
-            codes = np.asarray(z, dtype=np.float32)
-        elif indices is not None:
-            codes = np.concatenate([latent_codes(1, self.config.latent_dim, seed, start=int(i)) for i in indices]) if n else np.empty((0, self.config.latent_dim), np.float32)
-        else:
-            codes = latent_codes(n, self.config.latent_dim, seed)
-        if codes.shape != (n, self.config.latent_dim):
-            raise UsageError(f"z has shape {codes.shape}, expected ({n}, {self.config.latent_dim})")
+        codes = requested_codes(n, self.config.latent_dim, seed, z, indices)
         lab = check_labels(labels, n, self.config.num_classes)
         chunk = check_chunk(chunk, self.config.lowres_size)
         s = self.config.size

@@ -79,21 +79,12 @@ class PGGANModel:
         ``seed``'s sequence to make (default 0…n-1). ``labels`` and ``chunk`` do not apply (unconditional,
         whole-volume generator).
         """
-        from medgen.inference.generate import check_labels, latent_codes
+        from medgen.inference.generate import check_labels, requested_codes
 
         check_labels(labels, n, 0)
         if chunk:
             raise UsageError("--chunk applies to HA-GAN's G^H; the PGGAN generator makes whole volumes")
-        d = self.config.latent_dim
-        if z is not None:
-            codes = np.asarray(z, dtype=np.float32)
-        elif indices is not None:
-            codes = (np.concatenate([latent_codes(1, d, seed, start=int(i)) for i in indices]) if len(indices)
-                     else np.empty((0, d), np.float32))
-        else:
-            codes = latent_codes(n, d, seed)
-        if codes.shape != (n, d):
-            raise UsageError(f"z has shape {codes.shape}, expected ({n}, {d})")
+        codes = requested_codes(n, self.config.latent_dim, seed, z, indices)
         s = self.config.size
         out = np.empty((n, s, s, s), dtype=np.float32)
         step = max(1, batch_size)
