@@ -33,6 +33,7 @@ from medgen.families.ldm_autoencoder.family import FAMILY as LDM_AUTOENCODER
 from medgen.families.pggan.family import FAMILY as PGGAN
 from medgen.families.pix2pix.family import FAMILY as PIX2PIX
 from medgen.families.seg_unet.family import FAMILY as SEG_UNET
+from medgen.families.stylegan2.family import FAMILY as STYLEGAN2
 from medgen.families.unet.family import FAMILY as UNET
 from medgen.families.vae_gan.family import FAMILY as VAE_GAN
 from medgen.families.wgan_gp.family import FAMILY as WGAN_GP
@@ -57,6 +58,7 @@ FAMILIES: dict[str, Family] = {
     "vae-gan": VAE_GAN,
     "alpha-gan": ALPHA_GAN,
     "pggan": PGGAN,
+    "stylegan2": STYLEGAN2,
 }
 
 
