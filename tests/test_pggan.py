@@ -24,7 +24,7 @@ from medgen.families.pggan.config import model_config
 from medgen.families.pggan.layers import EqConv3d, lrelu, minibatch_stddev, pixel_norm, upsample2
 from medgen.families.pggan.model import PGGANModel, build
 from medgen.families.pggan.networks import Discriminator, Generator
-from medgen.families.pggan.schedule import full_resolution_at, phase_at
+from medgen.families.pggan.schedule import full_resolution_at, iterations_within, phase_at
 from medgen.families.pggan.train import PGGANHParams, real_at
 from medgen.training import checkpoint as ckpt_io
 from medgen.training.runconfig import RunConfig
@@ -105,6 +105,112 @@ def test_schedule_maps_iterations_to_level_and_alpha_at_the_phase_boundaries():
     with pytest.raises(UsageError, match="fade_iters"):
         PGGANHParams.from_dict({"fade_iters": 0})
 
+
+
+def test_iterations_within_a_budget_by_hand():
+    """Costs 1, 2, 4 s at 4³, 8³, 16³; fade 10, stable 10: stable 4³ is iterations 0-9 (10 s), fade and stable
+    8³ 10-29 (40 s), fade 16³ 30-39 and stable 16³ 40-49 (80 s): the schedule ends at 50 iterations, 130 s."""
+
+    def within(seconds):
+        return iterations_within(seconds, [1.0, 2.0, 4.0], fade_iters=10, stable_iters=10)
+
+    assert within(10) == 10  # exactly the stable 4³ phase
+    assert within(9.5) == 9
+    assert within(30) == 20  # 10 · 1 s + 10 fade-in iterations of 8³ at 2 s
+    assert within(31) == 20  # the 21st would end at 32 s
+    assert within(50) == 30  # all of level 1: 10 + 20 · 2
+    assert within(53.9) == 30 and within(54) == 31  # the first fade-in iteration of 16³ costs 4 s
+    assert within(130) == 50  # the whole schedule
+    assert within(170) == 60  # then 16³ goes on at 4 s per iteration
+    assert within(0.5) == within(0) == within(-3) == 1  # at least one iteration
+    assert iterations_within(10, [3.0], fade_iters=5, stable_iters=5) == 3  # a single level: 4³ throughout
+    with pytest.raises(ValueError):
+        iterations_within(10, [1.0, 0.0], 10, 10)
+    with pytest.raises(ValueError):
+        iterations_within(10, [1.0, 2.0], 0, 10)
+
+
+def test_iterations_within_equals_summing_every_iterations_cost():
+    def brute(seconds, costs, fade, stable):
+        t, spent = 0, 0.0
+        while spent + costs[phase_at(t, len(costs) - 1, fade, stable).level] <= seconds:
+            spent += costs[phase_at(t, len(costs) - 1, fade, stable).level]
+            t += 1
+        return max(1, t)
+
+    rng = np.random.default_rng(0)
+    for case in range(300):
+        levels, fade, stable = int(rng.integers(0, 5)), int(rng.integers(1, 6)), int(rng.integers(1, 6))
+        # multiples of 1/8 add up exactly in floating point, so budgets that end on an iteration's last
+        # second (the second half of the cases) compare the same both ways; the first half is arbitrary
+        costs = [int(c) / 8 for c in rng.integers(1, 40, levels + 1)]
+        schedule = stable * costs[0] + sum((fade + stable) * c for c in costs[1:])
+        if case < 150:
+            costs = [c + float(rng.uniform(0, 0.1)) for c in costs]
+            seconds = float(rng.uniform(0, 1.5 * schedule))
+        else:
+            seconds = int(rng.integers(0, int(12 * schedule))) / 8
+        assert iterations_within(seconds, costs, fade, stable) == brute(seconds, costs, fade, stable), \
+            (seconds, costs, fade, stable)
+
+
+def test_bench_keeps_every_levels_stable_iterations_after_warmup():
+    from medgen.families.pggan.bench import growth_schedule, level_times
+
+    assert growth_schedule(2, 3) == {"fade_iters": 1, "stable_iters": 5}
+    # 16³ (levels 0-2), warm-up 1, repeats 2: 0-2 stable 4³ | 3 fade 8³ | 4-6 stable 8³ | 7 fade 16³ | 8-10
+    assert level_times([float(t) for t in range(11)], 2, warmup=1, repeats=2) == [[1.0, 2.0], [5.0, 6.0],
+                                                                                   [9.0, 10.0]]
+    assert level_times([float(t) for t in range(5)], 2, warmup=0, repeats=1) == [[0.0], [2.0], [4.0]]
+
+
+def test_bench_train_times_every_level_through_the_cli(capsys):
+    import json
+
+    from medgen.cli import main
+    from medgen.families.pggan import bench
+
+    assert registry.get("pggan").bench is bench
+    assert main(["bench", "train", "--family", "pggan", "--preset", "tiny", "--size", "16", "--warmup", "1",
+                 "--repeats", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["family"], r["benchmark"], r["size"], r["batch"], r["warmup"], r["repeats"]) == ("pggan", "train", 16,
+                                                                                              2, 1, 1)
+    per_level = {int(k): v for k, v in r["seconds_per_level"].items()}
+    assert sorted(per_level) == [4, 8, 16] and all(v > 0 for v in per_level.values())
+    assert r["seconds_median"] == per_level[16] == r["seconds"][0]  # the grown network's
+    cfg = model_config("tiny", 16)
+    assert r["params"] == {"G": sum(p.numel() for p in Generator(cfg).parameters()),
+                           "D": sum(p.numel() for p in Discriminator(cfg).parameters())}
+    assert r["peak_memory_mb"] > 50 and r["memory_measure"] == "cpu_peak_rss"
+    line = bench.describe(r)
+    assert line.startswith("pggan train tiny 16³ batch 2: ") and "per level: 4³ " in line and ", 16³ " in line
+
+
+def test_synthesis_budget_follows_the_growth(tmp_path, monkeypatch):
+    """The budget of a pggan run counts the cheap early levels; other families keep seconds / seconds per
+    iteration."""
+    import json
+    from types import SimpleNamespace
+
+    from medgen.experiments.synthesis import budget_iterations
+    from medgen.families.pggan import bench
+
+    measured = {"seconds_median": 4.0, "seconds_per_level": {"4": 1.0, "16": 4.0, "8": 2.0}}  # as JSON gives it
+    monkeypatch.setattr(bench, "run_isolated", lambda kind, **kw: dict(measured))
+    (tmp_path / "runs").mkdir()
+    ws = SimpleNamespace(root=tmp_path, scale=SimpleNamespace(preset="tiny", batch=2),
+                         torch_device=lambda: torch.device("cpu"))
+    # defaults fade 1000, stable 1000: 1000 · 1 s + 2000 · 2 s + 2000 · 4 s = 13000 s for 5000 iterations,
+    # then 4 s each: 240 min = 14400 s → 5000 + 350
+    assert budget_iterations(ws, "pggan", "pggan-16-240min", 16, 240.0) == 5350
+    saved = json.loads((tmp_path / "runs" / "pggan-16-240min.budget.json").read_text())
+    assert saved["iterations"] == 5350 and saved["seconds_per_level"] == measured["seconds_per_level"]
+    assert saved["seconds_per_iteration"] == 4.0
+    assert budget_iterations(ws, "pggan", "pggan-16-240min", 16, 240.0) == 5350  # cached
+    wgan = registry.get("wgan-gp").bench
+    monkeypatch.setattr(wgan, "run_isolated", lambda kind, **kw: {"seconds_median": 4.0})
+    assert budget_iterations(ws, "wgan-gp", "wgan-gp-16-240min", 16, 240.0) == 3600
 
 def test_minibatch_stddev_equals_a_numpy_recomputation():
     x = torch.randn(6, 3, 2, 2, 2, generator=torch.Generator().manual_seed(4)) * torch.arange(1, 7).view(6, 1, 1, 1, 1)

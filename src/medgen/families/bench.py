@@ -69,30 +69,35 @@ def train_iteration_seconds(
     repeats: int,
     precision: str = "auto",
     hparams: dict[str, Any] | None = None,
+    iters: int | None = None,
 ) -> tuple[list[float], float, str]:
     """(seconds of each timed iteration, peak memory in MiB, precision used) of ``family`` with
-    architecture ``model`` (a config dict), in this process (module docstring)."""
+    architecture ``model`` (a config dict), in this process (module docstring).
+
+    ``iters``: run this many iterations instead of ``warmup + repeats`` and return the seconds of every
+    one of them, warm-up included, for a caller that chooses which to keep (e.g. per phase of a schedule)."""
     from medgen.families import registry
     from medgen.training import checkpoint as ckpt_io
     from medgen.training.runconfig import RunConfig
 
     num_classes = int(model.get("num_classes", 0) or 0)
+    total = warmup + repeats if iters is None else iters
     # Checkpoints are not part of an iteration: switched off in this (throw-away) process.
     ckpt_io.save_checkpoint = lambda *args, **kwargs: None
     with tempfile.TemporaryDirectory(prefix="medgen-bench-") as tmp:
         data = synthetic_dataset(Path(tmp) / "data", int(model["size"]), batch, labels=num_classes)
         run_cfg = RunConfig(
             data=str(data), model=dict(model), family=family, hparams=dict(hparams or {}), preset=preset,
-            iters=warmup + repeats, batch=batch, device=device, precision=precision, log_every=1, sample_every=0,
+            iters=total, batch=batch, device=device, precision=precision, log_every=1, sample_every=0,
             ckpt_every=10**9, split_fractions=(1.0, 0.0, 0.0), medgen_version=__version__,
             label_column="label" if num_classes else None,
         )
         registry.train(run_cfg, Path(tmp) / "run", progress=False)
         with open(Path(tmp) / "run" / "metrics.csv", newline="") as fh:
             rows = list(csv.DictReader(fh))
-    if len(rows) != warmup + repeats:
-        raise RunFailed(f"training benchmark logged {len(rows)} iterations, expected {warmup + repeats}")
-    times = [1.0 / float(r["it_per_s"]) for r in rows[warmup:]]
+    if len(rows) != total:
+        raise RunFailed(f"training benchmark logged {len(rows)} iterations, expected {total}")
+    times = [1.0 / float(r["it_per_s"]) for r in (rows if iters is not None else rows[warmup:])]
     used = precision if precision != "auto" else ("bf16" if str(device).startswith("cuda") else "fp32")
     return times, peak_memory_mb(device), used
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from medgen.families.alpha_gan import model, train
+from medgen.families.alpha_gan import bench, model, train
 from medgen.families.alpha_gan.config import DEFAULT_PRESET, PRESETS, AlphaGANConfig, model_config
 from medgen.training.family import Family
 
@@ -43,4 +43,5 @@ FAMILY = Family(
     build_model=model.build,
     build_untrained=model.build_untrained,
     describe=describe,
+    bench=bench,
 )

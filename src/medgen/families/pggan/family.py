@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from medgen.families.pggan import model, train
+from medgen.families.pggan import bench, model, train
 from medgen.families.pggan.config import DEFAULT_PRESET, PRESETS, PGGANConfig, model_config
 from medgen.families.pggan.networks import Discriminator, Generator
 from medgen.training.family import Family
@@ -43,4 +43,5 @@ FAMILY = Family(
     build_model=model.build,
     build_untrained=model.build_untrained,
     describe=describe,
+    bench=bench,
 )

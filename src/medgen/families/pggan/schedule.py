@@ -17,6 +17,7 @@ measure phases in real images shown (800k each in the paper); here in iterations
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -66,3 +67,29 @@ def full_resolution_at(levels: int, fade_iters: int, stable_iters: int) -> int:
     if levels == 0:
         return 0
     return stable_iters + levels * fade_iters + (levels - 1) * stable_iters
+
+
+def iterations_within(seconds: float, seconds_per_level: Sequence[float], fade_iters: int, stable_iters: int) -> int:
+    """The iterations of the growth schedule (:func:`phase_at`, ``levels = len(seconds_per_level) - 1``) whose
+    summed cost fits in ``seconds``, at least 1; an iteration at level k, fading or stable, costs
+    ``seconds_per_level[k]`` (e.g. measured by :mod:`.bench`), and past the last stable phase the last level's
+    cost goes on. Computed per phase: every phase is a run of iterations of equal cost."""
+    if fade_iters < 1 or stable_iters < 1:
+        raise ValueError("fade_iters and stable_iters must be at least 1")
+    costs = [float(c) for c in seconds_per_level]
+    if not costs or min(costs) <= 0:
+        raise ValueError(f"seconds_per_level {list(seconds_per_level)}: need at least one value, all > 0")
+    # (iterations, cost of each): stable 4³, then every level's fade-in and stable phase together; the last
+    # level's run has no end.
+    runs: list[tuple[int | None, float]] = [(stable_iters, costs[0])]
+    runs += [(fade_iters + stable_iters, c) for c in costs[1:]]
+    runs[-1] = (None, runs[-1][1])
+    left, done = float(seconds), 0
+    for n, cost in runs:
+        if n is not None and n * cost <= left:
+            left -= n * cost
+            done += n
+            continue
+        done += max(0, int(left // cost))
+        break
+    return max(1, done)
