@@ -238,3 +238,38 @@ def test_usage_errors_exit_2_with_one_line(trained, tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c.json").exists()
+
+
+# What classifier.json holds (readers: medgen evaluate --classifier, the experiments' reuse check).
+INFO_KEYS = {
+    "format", "num_classes", "in_size", "width", "dropout", "weights_sha256", "medgen_version", "created", "data",
+    "label_column", "classes", "input", "split", "training", "val_accuracy", "test_accuracy", "test_confusion",
+    "history", "notes",
+}
+
+
+def test_command_writes_the_same_info_as_the_library_call(trained, tmp_path, capsys):
+    from medgen.families.classifier.fit import train_on_folder
+
+    info = json.loads((trained["out"] / INFO_FILE).read_text())
+    assert set(info) == INFO_KEYS
+    assert set(info["split"]) == {"seed", "fractions", "n_train", "n_val", "n_test"}
+    assert set(info["training"]) == {"epochs", "batch", "lr", "weight_decay", "seed", "augment", "flip_lr", "best_epoch"}
+    assert (info["data"], info["training"]["epochs"], info["training"]["batch"]) == (str(trained["data"]), 20, 6)
+
+    # The library call behind the command: same file, returned with the folder; same printed notes.
+    got = train_on_folder(trained["data"], tmp_path / "clf", epochs=1, batch=6, width=4, progress=False)
+    assert got["folder"] == tmp_path / "clf"
+    assert {k: v for k, v in got.items() if k != "folder"} == json.loads((tmp_path / "clf" / INFO_FILE).read_text())
+    assert set(got) == INFO_KEYS | {"folder"}
+    assert got["split"] == info["split"] and got["in_size"] == SIZE
+
+    # The command prints its summary from that info.
+    capsys.readouterr()
+    assert main(["train-classifier", str(trained["data"]), "--out", str(tmp_path / "clf"), "--epochs", "1",
+                 "--batch", "6", "--width", "4", "--no-progress", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-3].startswith(f"classes (label): 0, 1, 2; input {SIZE}³; best epoch 1 of 1")
+    assert lines[-2].startswith("accuracy: validation ") and lines[-2].endswith(" (n=6)")
+    assert " (n=6), test " in lines[-2]
+    assert lines[-1] == f"wrote {tmp_path / 'clf' / WEIGHTS_FILE} and {tmp_path / 'clf' / INFO_FILE}"

@@ -136,7 +136,9 @@ def evaluate(
         return loaded[key]
 
     if classifier is not None and not hasattr(classifier, "probs_fn"):
-        classifier = _classifier_probs(classifier, device)
+        from medgen.families.classifier.network import classifier_probs
+
+        classifier = classifier_probs(classifier, device)
     encoder, encoder_info = options.pop("encoder", None), options.pop("encoder_info", None)  # a model given ready
     if plan.features == "encoder" and plan.needs_features and encoder is None:
         encoder, encoder_info = _run_encoder(weights, load_run)
@@ -197,30 +199,3 @@ def _run_encoder(weights: Any, load_run: Any) -> tuple[Any, dict[str, Any]]:
     info = {"architecture": architecture, "run": str(run_dir), "checkpoint": ckpt.name,
             "weights_sha256": file_sha256(ckpt / WEIGHTS_NAME)}
     return model, info
-
-
-def _classifier_probs(folder: Any, device: str) -> Any:
-    """The classifier in ``folder`` (written by ``medgen train-classifier``), ready for the IS metric."""
-    from pathlib import Path
-
-    from medgen.families.classifier.network import WEIGHTS_FILE, class_probabilities, load_classifier
-    from medgen.metrics.features import file_sha256
-    from medgen.metrics.registry import ClassifierProbs
-
-    folder = Path(folder)
-    model, info = load_classifier(folder, device=device)
-
-    def probs_fn(volumes, *, batch_size=2, progress=False, total=None, desc="classifier"):
-        return class_probabilities(model, volumes, batch_size=batch_size, device=device, progress=progress,
-                                   total=total, desc=desc)
-
-    described = {
-        "path": str(folder),
-        "weights_sha256": info.get("weights_sha256") or file_sha256(folder / WEIGHTS_FILE),
-        "label_column": info.get("label_column"),
-        "classes": [str(c) for c in info.get("classes") or range(model.num_classes)],
-        "in_size": model.in_size,
-        "val_accuracy": info.get("val_accuracy"),
-        "test_accuracy": info.get("test_accuracy"),
-    }
-    return ClassifierProbs(probs_fn, described)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_MAX_SIZE = 64
+from medgen.families.classifier.fit import DEFAULT_MAX_SIZE
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -63,18 +63,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import datetime
-    from pathlib import Path
-
-    from torch.utils.data import Subset
-
-    from medgen.core.version import __version__
     from medgen.core.device import resolve_device
-    from medgen.training.runconfig import RunConfig
-    from medgen.data.dataset import VolumeDataset, load_manifest
     from medgen.core.errors import UsageError
-    from medgen.families.classifier.network import INFO_FILE, WEIGHTS_FILE, save_classifier
-    from medgen.families.classifier.train import evaluate_classifier, train_classifier
+    from medgen.families.classifier.fit import train_on_folder
+    from medgen.families.classifier.network import INFO_FILE, WEIGHTS_FILE
 
     for name in ("epochs", "batch", "width"):
         if getattr(args, name) < 1:
@@ -83,90 +75,20 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--lr must be > 0, --weight-decay ≥ 0, --dropout in [0, 1) and --workers ≥ 0")
     device = resolve_device(args.device)
 
-    manifest = Path(args.data) / "manifest.csv"
-    everything = VolumeDataset(args.data, split="all", label_column=args.label_column, keys=("image",))
-    if everything.label_column is None:
-        columns = ", ".join(load_manifest(args.data)[0])
-        raise UsageError(f"{manifest}: no column {args.label_column!r} to classify (columns: {columns}); pass --label-column")
-    present = sorted({v for v in everything.labels if v >= 0})
-    if len(present) < 2:
-        raise UsageError(f"{manifest}: column {args.label_column!r} holds {len(present)} class(es); a classifier needs at least 2")
-    num_classes = everything.num_classes
-    classes = everything.classes or [str(k) for k in range(num_classes)]
-    size = args.size or min(everything.size or DEFAULT_MAX_SIZE, DEFAULT_MAX_SIZE)
-    if size < 8:
-        raise UsageError(f"--size {size}: need at least 8 voxels per side")
-
-    fractions = tuple(RunConfig.split_fractions)  # medgen train's split, so both see the same test volumes
-    splits, notes = {}, []
-    for split in ("train", "val", "test"):
-        ds = VolumeDataset(args.data, split=split, seed=args.split_seed, fractions=fractions, label_column=args.label_column,
-                           keys=("image",))
-        keep = [i for i, v in enumerate(ds.labels) if v >= 0]
-        if len(keep) < len(ds):
-            notes.append(f"{split}: {len(ds) - len(keep)} volume(s) without a label left out")
-        splits[split] = Subset(ds, keep)
-    train_labels = {splits["train"].dataset.labels[j] for j in splits["train"].indices}
-    if len(train_labels) < 2:
-        raise UsageError(f"{manifest}: the train split (seed {args.split_seed}) holds {len(train_labels)} class(es); need at least 2")
-    missing = [classes[k] for k in present if k not in train_labels]
-    if missing:
-        notes.append(f"classes absent from the train split: {', '.join(missing)}")
-    if len(splits["val"]) == 0:
-        notes.append("empty validation split: the last epoch is kept")
-    for note in notes:
-        print(f"note: {note}")
-
-    _replace_classifier_run(Path(args.out))
-    result = train_classifier(
-        splits["train"], splits["val"], num_classes, size, width=args.width, dropout=args.dropout, epochs=args.epochs,
-        batch_size=args.batch, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, augment=args.augment,
-        flip_lr=args.flip_lr, device=device, workers=args.workers, progress=not args.no_progress,
-        run_dir=Path(args.out), data=str(args.data),
+    info = train_on_folder(
+        args.data, args.out, label_column=args.label_column, epochs=args.epochs, batch=args.batch, lr=args.lr,
+        weight_decay=args.weight_decay, width=args.width, dropout=args.dropout, size=args.size, augment=args.augment,
+        flip_lr=args.flip_lr, seed=args.seed, split_seed=args.split_seed, device=device, workers=args.workers,
+        progress=not args.no_progress,
     )
-    test = evaluate_classifier(result.model, splits["test"], batch_size=args.batch, device=device, workers=args.workers)
-    info = {
-        "medgen_version": __version__,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "data": str(args.data),
-        "label_column": args.label_column,
-        "classes": classes,
-        "input": "volumes in [-1, 1] (medgen convention), resized to in_size³ (area averaging when shrinking)",
-        "split": {"seed": args.split_seed, "fractions": list(fractions),
-                  "n_train": len(splits["train"]), "n_val": len(splits["val"]), "n_test": len(splits["test"])},
-        "training": {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "weight_decay": args.weight_decay,
-                     "seed": args.seed, "augment": args.augment, "flip_lr": args.flip_lr, "best_epoch": result.best_epoch},
-        "val_accuracy": result.val_accuracy,
-        "test_accuracy": test["accuracy"],
-        "test_confusion": test["confusion"],
-        "history": result.history,
-        "notes": notes,
-    }
-    out = save_classifier(args.out, result.model, info)
+    out = info["folder"]
 
     def pct(x):
         return "-" if x is None else f"{100 * x:.1f} %"
 
-    print(f"classes ({args.label_column}): {', '.join(classes)}; input {size}³; best epoch {result.best_epoch} of {args.epochs}")
-    print(f"accuracy: validation {pct(result.val_accuracy)} (n={len(splits['val'])}), test {pct(test['accuracy'])} (n={test['n']})")
+    print(f"classes ({args.label_column}): {', '.join(info['classes'])}; input {info['in_size']}³; "
+          f"best epoch {info['training']['best_epoch']} of {args.epochs}")
+    print(f"accuracy: validation {pct(info['val_accuracy'])} (n={info['split']['n_val']}), "
+          f"test {pct(info['test_accuracy'])} (n={info['split']['n_test']})")
     print(f"wrote {out / WEIGHTS_FILE} and {out / INFO_FILE}")
     return 0
-
-
-def _replace_classifier_run(out) -> None:
-    """Remove the training run of an earlier classifier in ``out`` (its folder is being replaced);
-    refuse a folder that holds another family's run."""
-    import shutil
-
-    from medgen.core.errors import UsageError
-    from medgen.training.runconfig import CONFIG_NAME, RunConfig
-
-    if not (out / CONFIG_NAME).is_file():
-        return
-    family = RunConfig.load(out).family
-    if family != "classifier":
-        raise UsageError(f"{out}: holds a training run of family {family!r}; choose another --out")
-    for name in (CONFIG_NAME, "metrics.csv"):
-        (out / name).unlink(missing_ok=True)
-    for name in ("checkpoints", "tensorboard"):
-        shutil.rmtree(out / name, ignore_errors=True)

@@ -3,7 +3,8 @@
 An experiment (``medgen experiment NAME``) works in two folders:
 
 * the **workspace** (``--work``, default ``experiments-out/work``), shared by all
-  experiments: phantoms, preprocessed data sets, trained runs and sample folders.
+  experiments: phantoms, preprocessed data sets, trained runs, sample folders and
+  the classifiers behind the Inception Score.
   Whatever is already there is reused, so the second experiment does not train the
   model the first one trained, and an interrupted experiment continues where it
   stopped (training resumes from its checkpoint, sample folders resume).
@@ -16,7 +17,7 @@ preprocessed folders (``--data`` training set, ``--heldout`` held-out set, both
 written by ``medgen preprocess`` at the model's size).
 
 Every step is the library call behind an ordinary ``medgen`` command
-(``phantoms``, ``preprocess``, ``train``, ``generate``, ``evaluate``), and that
+(``phantoms``, ``preprocess``, ``train``, ``generate``, ``train-classifier``, ``evaluate``), and that
 command is printed before the step runs, so each can be repeated by hand.
 """
 
@@ -374,14 +375,74 @@ class Workspace:
 
         return resolve_device(self.device)
 
+    # ------------------------------------------------------------------ classifiers
+    def classifier(self, size: int, label_column: str = "label") -> Path | None:
+        """A classifier of the manifest column ``label_column``, for the Inception Score of samples at ``size``³.
+
+        Trained on the training set at ``size`` (``self.datasets(size)[0]``, split as
+        ``medgen train-classifier`` splits it) into ``WORK/classifiers/LABEL_COLUMN-SIZE``, with
+        augmentation and the workspace's seed, for E = max(1, ceil(classifier_iters * 8 / n))
+        epochs, where ``classifier_iters`` is the scale's and n the labelled volumes of the train
+        split: about ``classifier_iters`` steps of 8 volumes whatever the data set's size.
+        Reused when its ``classifier.json`` records the same data, label column, epochs, seed and
+        augmentation (otherwise retrained). Returns the folder, or None (with one printed line
+        saying why) when the training set has no such column or fewer than 2 classes in its
+        train split. The ``medgen train-classifier`` command is recorded in :attr:`log`.
+        """
+        import math
+
+        from medgen.data.dataset import VolumeDataset
+        from medgen.families.classifier.fit import train_on_folder
+        from medgen.families.classifier.network import INFO_FILE, read_classifier_info
+        from medgen.training.runconfig import RunConfig
+
+        data = self.datasets(size)[0]
+        train = VolumeDataset(data, split="train", seed=0, fractions=tuple(RunConfig.split_fractions),
+                              label_column=label_column, keys=("image",))
+        if train.label_column is None:
+            print(f"\n{data}: no manifest column {label_column!r}, so no classifier (and no IS)", flush=True)
+            return None
+        labelled = [v for v in train.labels if v >= 0]
+        if len(set(labelled)) < 2:
+            print(f"\n{data}: column {label_column!r} holds {len(set(labelled))} class(es) in the train split, "
+                  "so no classifier (and no IS)", flush=True)
+            return None
+        epochs = max(1, math.ceil(self.scale.classifier_iters * 8 / len(labelled)))
+        out = self.root / "classifiers" / f"{label_column}-{size}"
+        argv = ["train-classifier", str(data), "--out", str(out), "--label-column", label_column,
+                "--epochs", str(epochs), "--augment", "--seed", str(self.seed), "--device", self.device]
+        if not self.progress:
+            argv.append("--no-progress")
+        self.record(argv)
+        if (out / INFO_FILE).is_file():
+            try:
+                info = read_classifier_info(out)
+            except MedgenError:
+                info = {}
+            training = info.get("training") or {}
+            same_data = info.get("data") is not None and Path(info["data"]).resolve() == Path(data).resolve()
+            if same_data and (info.get("label_column"), training.get("epochs"), training.get("seed"),
+                              training.get("augment")) == (label_column, epochs, self.seed, True):
+                print(f"\n{out}: classifier of {label_column!r} trained for {epochs} epochs already, reused", flush=True)
+                return out
+        with step(argv, f"train-classifier {label_column}-{size}"):
+            info = train_on_folder(data, out, label_column=label_column, epochs=epochs, augment=True, seed=self.seed,
+                                   device=self.device, progress=self.progress)
+            acc = info["test_accuracy"]
+            print(f"classifier of {label_column!r} ({', '.join(info['classes'])}): test accuracy "
+                  f"{'-' if acc is None else f'{100 * acc:.1f} %'} (n={info['split']['n_test']}); wrote {out}", flush=True)
+        return out
+
     # ------------------------------------------------------------------ metrics
     def evaluate(self, real: Path, fake: Path, out_json: Path, *, train: Path | None = None,
                  metrics: str | None = None, features: str = "random", weights: str | None = None,
-                 n: int | None = None, figures: bool = False) -> dict[str, Any]:
+                 n: int | None = None, figures: bool = False, classifier: Path | None = None) -> dict[str, Any]:
         """``medgen evaluate`` of ``fake`` against ``real``, written to ``out_json``; returns that JSON report.
 
         ``features="encoder"``: ``weights`` is a run (or checkpoint) folder whose encoder gives the
-        features. Metrics that fail on the data raise InputError naming them (the others are written).
+        features. ``classifier``: a classifier folder (e.g. :meth:`classifier`) for the Inception
+        Score, which is computed when ``metrics`` names ``is``. Metrics that fail on the data raise
+        InputError naming them (the others are written).
         """
         argv = ["evaluate", "--real", str(real), "--fake", str(fake), "--out", str(out_json),
                 "--seed", str(self.seed), "--device", self.device]
@@ -395,6 +456,8 @@ class Workspace:
             argv += ["--train", str(train)]
         if metrics:
             argv += ["--metrics", metrics]
+        if classifier is not None:
+            argv += ["--classifier", str(classifier)]
         if n is not None:
             argv += ["--n", str(n)]
         if not figures:
@@ -402,6 +465,7 @@ class Workspace:
         if not self.progress:
             argv.append("--no-progress")
         with step(argv, "evaluate"):
+            from medgen.families.classifier.network import classifier_probs
             from medgen.metrics.evaluate import evaluate
 
             out_json = Path(out_json)
@@ -409,8 +473,9 @@ class Workspace:
             if features == "encoder":
                 encoder, encoder_info = self._encoder(weights)
                 weights = None
+            probs = None if classifier is None else classifier_probs(classifier, self.torch_device())
             ev = evaluate(real, fake, train, metrics, features, weights, encoder=encoder, encoder_info=encoder_info,
-                          n=n, seed=self.seed, device=self.device, progress=self.progress,
+                          classifier=probs, n=n, seed=self.seed, device=self.device, progress=self.progress,
                           figures_dir=out_json.with_name(out_json.stem + "-figures") if figures else None)
             ev.save(out_json)
             print(ev.table(), flush=True)
@@ -526,10 +591,18 @@ METRIC_NOTES: tuple[str, ...] = (
     "*_w1: Wasserstein-1 distance between the real and generated distributions of the HU-based anatomy statistic "
     "(lung fraction of the body, emphysema % of the lung, bone fraction of the body); lower is better.",
 )
+# Inception Score columns of :func:`metric_row` (only where ``medgen evaluate`` ran with ``--metrics is --classifier``):
+# separate from METRIC_COLUMNS so that tables without a classifier carry no empty columns.
+IS_COLUMNS: tuple[str, ...] = ("is", "is_real")
+IS_NOTES: tuple[str, ...] = (
+    "is: Inception Score of the generated volumes through a classifier of the data's labels trained on the "
+    "training set (higher is better, at most the number of classes); is_real: the same score of the real volumes, "
+    "the reference. Comparable only between rows scored by the same classifier.",
+)
 
 
 def metric_row(report: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`METRIC_COLUMNS` of one ``medgen evaluate`` report (None where not computed)."""
+    """The :data:`METRIC_COLUMNS` and :data:`IS_COLUMNS` of one ``medgen evaluate`` report (None where not computed)."""
     m = report.get("metrics", report)
     prdc = (m.get("prdc") or {}).get("value") or {}
     anatomy = (m.get("anatomy") or {}).get("value") or {}
@@ -543,6 +616,9 @@ def metric_row(report: dict[str, Any]) -> dict[str, Any]:
     }
     for key in ("lung_fraction", "emphysema_pct", "bone_fraction"):
         row[f"{key}_w1"] = anatomy.get(key) if isinstance(anatomy, dict) else None
+    row["is"] = metric_value(m, "is")
+    real_is = ((m.get("is") or {}).get("details") or {}).get("real") or {}  # the real volumes' IS, the reference
+    row["is_real"] = float(real_is["mean"]) if isinstance(real_is.get("mean"), (int, float)) else None
     return row
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from torch import nn
 
 from medgen.core.errors import InputError
 from medgen.core.volume import resize_volume
+
+if TYPE_CHECKING:
+    from medgen.metrics.registry import ClassifierProbs
 
 WEIGHTS_FILE = "classifier.safetensors"
 INFO_FILE = "classifier.json"
@@ -212,3 +215,29 @@ def load_classifier(folder: str | os.PathLike, device: str | torch.device = "cpu
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit the architecture in {INFO_FILE} ({str(exc).splitlines()[0]})") from None
     return model.to(device).eval(), info
+
+
+def classifier_probs(folder: str | os.PathLike, device: str | torch.device = "cpu") -> ClassifierProbs:
+    """The classifier in ``folder`` (written by ``medgen train-classifier``), loaded on ``device`` and
+    ready for the Inception Score: a :class:`medgen.metrics.registry.ClassifierProbs` to pass as
+    ``classifier=`` to :func:`medgen.metrics.evaluate.evaluate`."""
+    from medgen.metrics.features import file_sha256
+    from medgen.metrics.registry import ClassifierProbs
+
+    folder = Path(folder)
+    model, info = load_classifier(folder, device=device)
+
+    def probs_fn(volumes, *, batch_size=2, progress=False, total=None, desc="classifier"):
+        return class_probabilities(model, volumes, batch_size=batch_size, device=device, progress=progress,
+                                   total=total, desc=desc)
+
+    described = {
+        "path": str(folder),
+        "weights_sha256": info.get("weights_sha256") or file_sha256(folder / WEIGHTS_FILE),
+        "label_column": info.get("label_column"),
+        "classes": [str(c) for c in info.get("classes") or range(model.num_classes)],
+        "in_size": model.in_size,
+        "val_accuracy": info.get("val_accuracy"),
+        "test_accuracy": info.get("test_accuracy"),
+    }
+    return ClassifierProbs(probs_fn, described)
