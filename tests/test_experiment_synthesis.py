@@ -34,7 +34,11 @@ def test_metric_row_reads_an_evaluate_report():
     }}
     row = metric_row(report)
     assert row == {"fid": 12.5, "mmd": -0.01, "precision": 0.5, "recall": 0.25, "coverage": 0.75, "ms_ssim": 0.6,
-                   "lung_fraction_w1": 0.02, "emphysema_pct_w1": None, "bone_fraction_w1": 0.003}
+                   "lung_fraction_w1": 0.02, "emphysema_pct_w1": None, "bone_fraction_w1": 0.003,
+                   "is": None, "is_real": None}
+    # The Inception Score through a classifier: the generated volumes' score and the real volumes' reference.
+    report["metrics"]["is"] = {"value": 2.5, "std": 0.1, "details": {"real": {"mean": 2.9, "std": 0.05}}}
+    assert {k: metric_row(report)[k] for k in ("is", "is_real")} == {"is": 2.5, "is_real": 2.9}
 
 
 def test_user_data_of_the_wrong_size_is_refused(tmp_path):
@@ -121,6 +125,14 @@ def test_synthesis_smoke_run(tmp_path, capsys):
         rows = {r["model"]: r for r in csv.DictReader(fh)}
     assert set(rows) == {"HA-GAN (trained)", "untrained generator", "real (training set)"}
     assert rows["HA-GAN (trained)"]["iterations"] == "2" and rows["untrained generator"]["iterations"] == "0"
+    # the paper's Figures 3 and 4, and the embedding's numbers: real, the model and the untrained generator
+    assert (out / "synthesis-samples-32.png").is_file() and (out / "synthesis-embedding-32.png").is_file()
+    with open(out / "synthesis-embedding.csv", newline="") as fh:
+        groups = {r["group"]: r for r in csv.DictReader(fh)}
+    assert list(groups) == ["real (held-out)", "HA-GAN", "untrained generator"]
+    assert float(groups["real (held-out)"]["dist_to_real_sd"]) == pytest.approx(0.0, abs=1e-9)
+    # the untrained generator's noise lies far from the real phantoms, farther than the real ellipse reaches
+    assert float(groups["untrained generator"]["dist_to_real_sd"]) > 2.45
     # real phantoms are far closer to the held-out phantoms than noise from an untrained generator
     assert float(rows["real (training set)"]["fid"]) < 0.2 * float(rows["untrained generator"]["fid"])
     assert float(rows["real (training set)"]["precision"]) > float(rows["untrained generator"]["precision"])
@@ -142,8 +154,10 @@ def test_synthesis_smoke_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--families", "hagan,vae"], "--families 'hagan,vae': choose from hagan, ddpm, ldm"),
+    (["--families", "hagan,vae"], "--families 'hagan,vae': choose from hagan, wgan-gp, vae-gan, alpha-gan, pggan"),
+    (["--families", "hagan,hagan"], "a family is listed twice"),
     (["--families", "ddpm", "--minutes", "0"], "--minutes 0.0: need a positive budget"),
+    (["--seeds", "0"], "--seeds 0: need at least 1"),
 ])
 def test_bad_family_options_exit_2_with_one_line(tmp_path, capsys, argv, message):
     code = main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"),
@@ -166,3 +180,59 @@ def test_synthesis_smoke_run_with_the_diffusion_families(tmp_path, capsys):
     md = (out / "synthesis.md").read_text()
     assert "LDM at 32³: its autoencoder trained 2 iterations" in md
     assert "--families ddpm,ldm" in md
+
+
+def test_mean_and_std_rows_over_seeds_and_their_summary():
+    from medgen.experiments.synthesis import mean_std_rows, summary_rows
+
+    per_seed = [{"size": 32, "model": "M", "seed": 0, "iterations": 10, "fid": 10.0, "recall": None},
+                {"size": 32, "model": "M", "seed": 1, "iterations": 10, "fid": 14.0, "recall": 0.5},
+                {"size": 32, "model": "M", "seed": 2, "iterations": 10, "fid": 18.0, "recall": float("nan")}]
+    mean, std = mean_std_rows(per_seed, ("iterations", "fid", "recall"))
+    assert mean["seed"] == "mean" and std["seed"] == "std" and mean["model"] == std["model"] == "M"
+    assert mean["fid"] == pytest.approx(14.0) and std["fid"] == pytest.approx(4.0)  # ddof 1: sqrt((16+0+16)/2)
+    assert mean["iterations"] == 10 and std["iterations"] == 0
+    assert mean["recall"] == 0.5 and std["recall"] is None  # one finite value: no spread
+    real = {"size": 32, "model": "real", "seed": None, "iterations": None, "fid": 1.25, "recall": 1.0}
+    summary = summary_rows([*per_seed, mean, std, real], ("size", "model", "iterations", "fid", "recall"))
+    assert summary == [{"size": 32, "model": "M", "iterations": "10 ± 0", "fid": "14 ± 4", "recall": 0.5},
+                       {"size": 32, "model": "real", "iterations": None, "fid": 1.25, "recall": 1.0}]
+
+
+def test_run_names_keep_the_first_seed_unsuffixed():
+    from medgen.experiments.synthesis import run_name
+
+    assert run_name("hagan", 32, None) == "hagan-32"
+    assert run_name("wgan-gp", 32, 10.0) == "wgan-gp-32-10min"
+    assert run_name("pggan", 64, 2.5, seed_offset=1, base_seed=3) == "pggan-64-2.5min-seed4"
+
+
+@pytest.mark.slow
+def test_synthesis_smoke_run_with_two_seeds_of_two_families(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["experiment", "synthesis", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--families", "hagan,wgan-gp", "--seeds", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "--family wgan-gp" in printed and "--seed 1" in printed
+    with open(out / "synthesis.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    keyed = {(r["model"], r["seed"]): r for r in rows}
+    for model in ("HA-GAN (trained)", "WGAN-GP (trained)"):
+        a, b, mean, std = (keyed[(model, s)] for s in ("0", "1", "mean", "std"))
+        assert a["fid"] != b["fid"]  # two trainings from different seeds
+        assert float(mean["fid"]) == pytest.approx((float(a["fid"]) + float(b["fid"])) / 2)
+        assert float(std["fid"]) == pytest.approx(abs(float(a["fid"]) - float(b["fid"])) / 2 ** 0.5)
+    assert (tmp_path / "w" / "runs" / "wgan-gp-32-seed1").is_dir()
+    summary = (out / "synthesis-summary.md").read_text()
+    assert "| 32 | WGAN-GP (trained) | 2 ± 0 |" in summary and "--seeds 2" in summary
+
+
+def test_training_minutes_add_up_the_logged_windows(tmp_path):
+    from medgen.experiments.synthesis import training_minutes
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert training_minutes(run) is None
+    # 25 iterations at 5 it/s (5 s), 25 at 2.5 it/s (10 s), then a resumed run's window of 10 at 1 it/s (10 s)
+    (run / "metrics.csv").write_text("iteration,loss_D,it_per_s\n25,1.0,5.0\n50,1.0,2.5\n60,1.0,1.0\n")
+    assert training_minutes(run) == pytest.approx(25 / 60)

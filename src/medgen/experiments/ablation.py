@@ -220,7 +220,7 @@ FIGURE_PLANES: tuple[str, ...] = ("axial", "coronal")
 
 
 def variant_strip(volumes: Sequence[np.ndarray], vmin: float = -1.0, vmax: float = 1.0, plane_gap: int = 1,
-                  volume_gap: int = 4) -> tuple[np.ndarray, list[float]]:
+                  volume_gap: int = 4, planes: Sequence[str] = FIGURE_PLANES) -> tuple[np.ndarray, list[float]]:
     """One image row in [0, 1] (white = 1 between panels) and the column centre of every panel.
 
     For every volume, left to right, its axial and coronal mid-slice in display
@@ -232,14 +232,14 @@ def variant_strip(volumes: Sequence[np.ndarray], vmin: float = -1.0, vmax: float
     from medgen.viz.mosaic import plane_slice
 
     panels = [np.clip((plane_slice(v, p).astype(np.float64) - vmin) / (vmax - vmin), 0.0, 1.0)
-              for v in volumes for p in FIGURE_PLANES]
+              for v in volumes for p in planes]
     height = max(p.shape[0] for p in panels)
     parts: list[np.ndarray] = []
     centres: list[float] = []
     x = 0
     for k, panel in enumerate(panels):
         if k:
-            gap = plane_gap if k % len(FIGURE_PLANES) else volume_gap
+            gap = plane_gap if k % len(planes) else volume_gap
             parts.append(np.ones((height, gap)))
             x += gap
         top = (height - panel.shape[0]) // 2
@@ -250,8 +250,10 @@ def variant_strip(volumes: Sequence[np.ndarray], vmin: float = -1.0, vmax: float
 
 
 def save_ablation_figure(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path: Path, *, vmin: float = -1.0,
-                         vmax: float = 1.0, dpi: int = 120) -> Path:
-    """``path`` (PNG): one row per (label, volumes) with axial and coronal mid-slices, the label on the left."""
+                         vmax: float = 1.0, dpi: int = 120, planes: Sequence[str] = FIGURE_PLANES,
+                         title: str | None = None) -> Path:
+    """``path`` (PNG): one row per (label, volumes) with the ``planes`` mid-slices (default axial and coronal)
+    of every volume, the label on the left; ``title`` above (default: the planes and the grey window)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -260,7 +262,7 @@ def save_ablation_figure(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path:
     rows = [(label, vols) for label, vols in rows if len(vols)]
     if not rows:
         raise ValueError("no volumes to show")
-    strips = [variant_strip(vols, vmin, vmax) for _, vols in rows]
+    strips = [variant_strip(vols, vmin, vmax, planes=planes) for _, vols in rows]
     widest = max(range(len(strips)), key=lambda i: strips[i][0].shape[1])
     width = strips[widest][0].shape[1]
     label_w, image_w, title_h, row_gap = 1.8, 7.2, 0.55, 0.12  # inches
@@ -276,11 +278,12 @@ def save_ablation_figure(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path:
         ax.set_axis_off()
         ax.text(-0.015, 0.5, label, transform=ax.transAxes, ha="right", va="center", fontsize=10)
         if r == 0:
-            names = [f"#{i // len(FIGURE_PLANES) + 1} {FIGURE_PLANES[i % len(FIGURE_PLANES)]}"
+            names = [f"#{i // len(planes) + 1} {planes[i % len(planes)]}"
                      for i in range(len(strips[widest][1]))]
             for c, name in zip(strips[widest][1], names):
                 ax.text(c, -1.0, name, ha="center", va="bottom", fontsize=8)
-    fig.suptitle(f"Axial and coronal mid-slices, grey window [{vmin:g}, {vmax:g}]",
+    planes_text = " and ".join([", ".join(planes[:-1]), planes[-1]] if len(planes) > 1 else list(planes))
+    fig.suptitle(title or f"{planes_text.capitalize()} mid-slices, grey window [{vmin:g}, {vmax:g}]",
                  y=1.0 - 0.12 / fig_h, va="top", fontsize=11)
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
