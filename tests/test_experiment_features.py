@@ -145,17 +145,25 @@ def test_features_smoke(smoke_work: Path, tmp_path: Path, capsys):
     assert code == 0
     with open(out / "features.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["target", "features", "dim", "r2_mean", "r2_std", "r2_oof", "n"]
-    assert len(rows) == 9
+    assert list(rows[0]) == ["target", "model", "features", "dim", "r2_mean", "r2_std", "r2_oof", "n"]
+    assert len(rows) == 3 * 7  # 3 targets × (3 models × trained/untrained + voxel PCA)
     assert {r["target"] for r in rows} == set(fx.PHANTOM_TARGETS)
-    assert {r["features"] for r in rows} == {"trained encoder", "untrained encoder", "voxel PCA (16³)"}
+    assert {(r["model"], r["features"]) for r in rows} == {
+        *((m, f) for m in ("HA-GAN", "VAE-GAN", "α-GAN") for f in ("trained encoder", "untrained encoder")),
+        ("", "voxel PCA (16³)")}
     for r in rows:
         assert int(r["n"]) == 12  # 6 training + 6 held-out phantoms
         for key in ("r2_mean", "r2_std", "r2_oof"):
             assert math.isfinite(float(r[key]))
         assert float(r["r2_mean"]) <= 1.0 and float(r["r2_oof"]) <= 1.0 and float(r["r2_std"]) >= 0.0
-        # 12 volumes, 5 folds: the smallest training fold holds 9 volumes, rank 8.
-        assert int(r["dim"]) == (8 if r["features"].startswith("voxel") else 128)
+        # 12 volumes, 5 folds: the smallest training fold holds 9 volumes, rank 8; latent codes of the tiny presets
+        assert int(r["dim"]) == {"HA-GAN": 128, "VAE-GAN": 64, "α-GAN": 64, "": 8}[r["model"]]
+    # the baselines' encoders were trained in the workspace, as the table says
+    assert (smoke_work / "runs" / "vae-gan-32").is_dir() and (smoke_work / "runs" / "alpha-gan-32").is_dir()
+    # their trained and untrained latents differ (the untrained one is its own random initialisation)
+    by = {(r["target"], r["model"], r["features"]): r for r in rows}
+    assert by[("lung_volume_ml", "VAE-GAN", "trained encoder")]["r2_oof"] != \
+        by[("lung_volume_ml", "VAE-GAN", "untrained encoder")]["r2_oof"]
     md = (out / "features.md").read_text()
     assert "medgen experiment features" in md and "r2_oof" in md
     _png_ok(out / "features.png")
@@ -166,6 +174,11 @@ def test_features_smoke(smoke_work: Path, tmp_path: Path, capsys):
                  "--no-progress", "--device", "cpu", "--targets", "lung_volume_ml,weight_kg"])
     assert code == 2
     assert "weight_kg" in capsys.readouterr().err
+    code = main(["experiment", "features", "--scale", "smoke", "--work", str(smoke_work), "--out", str(out),
+                 "--no-progress", "--device", "cpu", "--families", "hagan,vae"])
+    assert code == 2
+    assert "--families 'hagan,vae': choose distinct models with an encoder from hagan, vae-gan, alpha-gan" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.slow

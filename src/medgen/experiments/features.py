@@ -2,13 +2,18 @@
 
 Every real volume of the training and held-out sets is encoded by the main
 model's encoder, z = E^G(E^H slabs of x), and continuous clinical measurements
-are predicted from z with ridge regression. Two baselines run under the same
-cross-validation, so the table shows what training added:
+are predicted from z with ridge regression. The paper's encoder baselines
+(``--families``, default all three) get their rows too: the VAE-GAN's
+posterior mean μ(x) and the α-GAN's code E(x), each trained on the same
+training phantoms at the same size for the same iterations
+(``WORK/runs/FAMILY-S``). Two baselines run under the same cross-validation,
+so the table shows what training added:
 
 * ``voxel PCA``: the volumes averaged down to 16³ voxels, projected on their
   principal axes (fitted on the training folds only);
 * ``untrained encoder``: the same encoder architecture at its random
-  initialisation (``medgen.build`` with the run's preset, size and seed).
+  initialisation (``medgen.build`` with the run's preset, size and seed), for
+  every model.
 
 Evaluation: an outer K-fold cross-validation (shuffled with ``--seed``, the
 same folds for every feature set); inside each training fold the features are
@@ -20,7 +25,7 @@ Targets (``--targets``): on the thorax-CT phantoms lung volume (ml),
 emphysema (% of lung below -950 HU) and bone volume (ml), measured on each
 phantom when it was made; on your data, numeric columns of the manifest.
 
-Writes ``features.csv``/``features.md`` (target, features, dim, r2_mean,
+Writes ``features.csv``/``features.md`` (target, model, features, dim, r2_mean,
 r2_std, r2_oof, n) and ``features.png`` (out-of-fold predicted vs true value of
 every target, trained-encoder latents).
 """
@@ -46,7 +51,10 @@ ALPHA_GRID = (-3.0, 6.0, 19)  # ridge penalties: logspace(-3, 6, 19)
 FEATURE_SETS = ("trained encoder", "untrained encoder", "voxel PCA")
 # Manifest columns that describe the file or its split, never a measurement of the patient.
 NON_TARGET_COLUMNS = ("id", "file", "source", "orig_shape", "orig_spacing", "spacing", "split")
-DEFAULTS = {"folds": 5}  # options left out of the canonical command line when at their default
+# The families with an encoder, in table order, and their names in the table.
+ENCODER_FAMILIES: dict[str, str] = {"hagan": "HA-GAN", "vae-gan": "VAE-GAN", "alpha-gan": "α-GAN"}
+ENCODER_NOTES: dict[str, str] = {"hagan": "z = E^G(E^H(x))", "vae-gan": "posterior mean μ(x)", "alpha-gan": "code E(x)"}
+DEFAULTS = {"folds": 5, "families": ",".join(ENCODER_FAMILIES)}  # left out of the canonical command line
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +63,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         + "; on --data: every numeric manifest column)")
     p.add_argument("--folds", type=int, default=DEFAULTS["folds"], metavar="K",
                    help="outer cross-validation folds (default 5)")
+    p.add_argument("--families", default=DEFAULTS["families"], metavar="F,F",
+                   help="models whose encoder latents are scored: " + ", ".join(ENCODER_FAMILIES)
+                        + " (default all; hagan is the main model or --run, the others are trained in the workspace)")
+
+
+def parse_families(text: str) -> list[str]:
+    """The encoder families of ``--families``, in table order; UsageError for unknown or repeated names."""
+    names = [f.strip() for f in str(text).split(",") if f.strip()]
+    bad = [f for f in names if f not in ENCODER_FAMILIES]
+    if not names or bad or len(set(names)) != len(names):
+        raise UsageError(f"--families {text!r}: choose distinct models with an encoder from "
+                         f"{', '.join(ENCODER_FAMILIES)}")
+    return [f for f in ENCODER_FAMILIES if f in names]
 
 
 # ---------------------------------------------------------------------- regression
@@ -213,7 +234,7 @@ def extract_features(files: Sequence[Path], encoders: dict[str, Any], grid: int 
                      progress: bool = True) -> dict[str, np.ndarray]:
     """One pass over the volumes: the latent code of each encoder, and the ``grid``³ voxels.
 
-    ``encoders``: name → :class:`medgen.families.hagan.model.HAGANModel` with an encoder. Returns name →
+    ``encoders``: key → a model with an ``encode`` method (HA-GAN, VAE-GAN, α-GAN). Returns key →
     [n, latent_dim] and ``"voxels"`` → [n, grid³] (float64).
     """
     from tqdm import tqdm
@@ -280,7 +301,8 @@ def target_values(real: RealSet, column: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- figure
-def save_prediction_figure(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, CVResult]]) -> None:
+def save_prediction_figure(path: Path, panels: list[tuple[str, np.ndarray, np.ndarray, CVResult]],
+                           model: str = "HA-GAN") -> None:
     """Out-of-fold predicted vs true value, one panel per (target, y, prediction, result)."""
     from matplotlib.figure import Figure
 
@@ -300,7 +322,7 @@ def save_prediction_figure(path: Path, panels: list[tuple[str, np.ndarray, np.nd
         ax.set_ylabel("predicted (out of fold)")
         ax.set_title(f"{target}\nR² = {res.mean:.2f} ± {res.std:.2f} over {len(res.r2)} folds; "
                      f"pooled {res.pooled_r2(y):.2f}", fontsize=9)
-    fig.suptitle("Ridge regression on trained-encoder latents", fontsize=10)
+    fig.suptitle(f"Ridge regression on the trained {model} encoder's latents", fontsize=10)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
@@ -308,39 +330,58 @@ def save_prediction_figure(path: Path, panels: list[tuple[str, np.ndarray, np.nd
 
 # ---------------------------------------------------------------------- experiment
 def _untrained_encoder(run_dir: Path, seed: int, device: str):
-    """The run's encoder architecture at its random initialisation (``medgen.build``, seeded)."""
+    """The run's encoder architecture at its random initialisation (its family's ``build``, seeded)."""
     import torch
 
-    from medgen.families.hagan.model import build
+    from medgen.families import registry
     from medgen.training.runconfig import RunConfig
 
     run_cfg = RunConfig.load(run_dir)
     model_fields = {k: v for k, v in dict(run_cfg.model).items() if k != "size"}
-    return build(run_cfg.preset, int(run_cfg.model["size"]), seed=seed, device=torch.device(device), encoder=True,
-                 **model_fields)
+    return registry.get(run_cfg.family).build_model(run_cfg.preset, int(run_cfg.model["size"]), seed=seed,
+                                                    device=torch.device(device), encoder=True, **model_fields)
+
+
+def encoder_runs(ws: Workspace, families: list[str], run: str | None) -> dict[str, Path]:
+    """family → trained run: HA-GAN's is the main model (or ``run``), the baselines' ``WORK/runs/FAMILY-S``
+    at the main model's size (trained if needed, the workspace's iterations)."""
+    out: dict[str, Path] = {}
+    main_run = ws.main_model(run) if "hagan" in families else None
+    size = ws.run_size(main_run) if main_run is not None else ws.main_size
+    for family in families:
+        out[family] = main_run if family == "hagan" else ws.model(f"{family}-{size}", size, family=family)
+    return out
 
 
 def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
     from medgen.core.device import resolve_device
     from medgen.families import registry
 
-    run_dir = ws.main_model(args.run)
-    size = ws.run_size(run_dir)
+    families = parse_families(args.families)
+    if args.run is not None and "hagan" not in families:
+        raise UsageError("--run is the HA-GAN model; add hagan to --families or leave --run out")
+    runs = encoder_runs(ws, families, args.run)
+    size = ws.run_size(next(iter(runs.values())))
     device = str(resolve_device(ws.device))
-    trained = registry.load(run_dir, device=resolve_device(device))
-    if trained.encoder is None:
-        raise UsageError(f"{run_dir}: this model has no encoder (trained with --no-encoder); "
-                         "the features experiment needs one")
-    untrained = _untrained_encoder(run_dir, ws.seed, device)
+    encoders: dict[str, Any] = {}
+    latent_dims: dict[str, int] = {}
+    for family, run_dir in runs.items():
+        trained = registry.load(run_dir, device=resolve_device(device))
+        if getattr(trained, "encoder", None) is None:
+            raise UsageError(f"{run_dir}: this model has no encoder (trained with --no-encoder); "
+                             "the features experiment needs one")
+        encoders[(family, "trained encoder")] = trained
+        encoders[(family, "untrained encoder")] = _untrained_encoder(run_dir, ws.seed, device)
+        latent_dims[family] = int(trained.config.latent_dim)
     train_dir, heldout_dir = ws.datasets(size)
     real = real_volumes([("train", train_dir), ("heldout", heldout_dir)])
     targets = choose_targets(real.rows, args.targets, ws.uses_phantoms)
     values = {t: target_values(real, t) for t in targets}
 
-    print(f"\nencoding {len(real.files)} real volumes ({size}³) with the trained and the untrained encoder", flush=True)
-    feats = extract_features(real.files, {"trained encoder": trained, "untrained encoder": untrained},
-                             progress=ws.progress)
-    latent_dim = int(trained.config.latent_dim)
+    print(f"\nencoding {len(real.files)} real volumes ({size}³) with the trained and the untrained encoder of "
+          f"{', '.join(ENCODER_FAMILIES[f] for f in runs)}", flush=True)
+    feats = extract_features(real.files, encoders, progress=ws.progress)
+    latent_dim = max(latent_dims.values())
 
     rows: list[dict[str, Any]] = []
     panels = []
@@ -356,20 +397,19 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
             raise InputError(f"target {target!r}: every volume has the same value ({y[0]:g}); nothing to predict")
         folds = kfold_splits(len(y), args.folds, ws.seed)
         k = pca_components(latent_dim, folds, VOXEL_GRID ** 3)
-        cases = [
-            ("trained encoder", feats["trained encoder"][keep], ridge_pipeline, latent_dim),
-            ("untrained encoder", feats["untrained encoder"][keep], ridge_pipeline, latent_dim),
-            (f"voxel PCA ({VOXEL_GRID}³)", feats["voxels"][keep], lambda k=k: pca_ridge_pipeline(k), k),
-        ]
-        for name, x, make, dim in cases:
+        cases = [(ENCODER_FAMILIES[family], name, feats[(family, name)][keep], ridge_pipeline, latent_dims[family])
+                 for family in runs for name in ("trained encoder", "untrained encoder")]
+        cases.append(("", f"voxel PCA ({VOXEL_GRID}³)", feats["voxels"][keep], lambda k=k: pca_ridge_pipeline(k), k))
+        for model, name, x, make, dim in cases:
             res = cross_validated_r2(x, y, make, folds)
-            rows.append({"target": target, "features": name, "dim": dim, "r2_mean": res.mean, "r2_std": res.std,
-                         "r2_oof": res.pooled_r2(y), "n": len(y)})
-            details[f"{target}/{name}"] = {"r2_folds": res.r2.tolist(), "alphas": res.alphas}
-            if name == "trained encoder":
+            rows.append({"target": target, "model": model, "features": name, "dim": dim, "r2_mean": res.mean,
+                         "r2_std": res.std, "r2_oof": res.pooled_r2(y), "n": len(y)})
+            details[f"{target}/{model + ' ' if model else ''}{name}"] = {"r2_folds": res.r2.tolist(),
+                                                                        "alphas": res.alphas}
+            if name == "trained encoder" and model == ENCODER_FAMILIES[next(iter(runs))]:
                 panels.append((target, y, res.predictions, res))
 
-    columns = ("target", "features", "dim", "r2_mean", "r2_std", "r2_oof", "n")
+    columns = ("target", "model", "features", "dim", "r2_mean", "r2_std", "r2_oof", "n")
     n_train = sum(o == "train" for o in real.origin)
     notes = [
         f"{args.folds}-fold cross-validation (shuffled, seed {ws.seed}; the same folds for every feature set) over "
@@ -377,16 +417,16 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         "r2_mean ± r2_std: R² over the test folds; r2_oof: R² of all out-of-fold predictions pooled.",
         "Ridge regression; in each training fold the encoder features are standardised and the penalty is chosen by "
         f"leave-one-out from 10^{ALPHA_GRID[0]:g} … 10^{ALPHA_GRID[1]:g}; nothing is fitted on the test fold.",
-        f"trained encoder: z = E^G(E^H(x)) of {run_dir.name}; untrained encoder: the same architecture at its "
-        f"random initialisation (seed {ws.seed}).",
+        "trained encoder: " + "; ".join(f"{ENCODER_FAMILIES[f]} {ENCODER_NOTES[f]} of {r.name}" for f, r in runs.items())
+        + f"; untrained encoder: the same architecture at its random initialisation (seed {ws.seed}).",
         f"voxel PCA: volumes averaged to {VOXEL_GRID}³, PCA fitted on the training fold, as many components as the "
-        "latent code (at most the training fold's rank), scores not whitened.",
+        "latent code (the largest one of the table's models; at most the training fold's rank), scores not whitened.",
         "R² = 1 − residual / total sum of squares: 1 is perfect, 0 is predicting the mean, below 0 is worse than that.",
         "The encoder was trained on the training volumes (without their measurements); held-out volumes are "
         "encoded by the same model.",
     ]
     out.write_table(rows, columns, title="Clinical measurements predicted from encoder features (R²)", notes=notes)
     fig_path = out.path("features.png")
-    save_prediction_figure(fig_path, panels)
+    save_prediction_figure(fig_path, panels, ENCODER_FAMILIES[next(iter(runs))])
     out.add_figure(fig_path)
-    return {"rows": rows, "folds": details, "run": str(run_dir), "targets": targets}
+    return {"rows": rows, "folds": details, "runs": {f: str(r) for f, r in runs.items()}, "targets": targets}
