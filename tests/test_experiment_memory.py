@@ -21,8 +21,8 @@ def read_csv(path):
 @pytest.mark.slow
 def test_smoke_run_writes_table_figure_and_record(tmp_path):
     out = tmp_path / "out"
-    assert main(["experiment", "memory", "--scale", "smoke", "--work", str(tmp_path / "work"), "--out", str(out),
-                 "--no-progress"]) == 0
+    assert main(["experiment", "memory", "--scale", "smoke", "--families", "hagan,wgan-gp", "--work",
+                 str(tmp_path / "work"), "--out", str(out), "--no-progress"]) == 0
     rows = read_csv(out / "memory.csv")
     assert [int(r["size"]) for r in rows] == [32]
     row = rows[0]
@@ -41,7 +41,7 @@ def test_smoke_run_writes_table_figure_and_record(tmp_path):
     record = json.loads((out / "experiment.json").read_text())
     res = record["results"]
     assert res["preset"] == "tiny" and res["batch"] == 1 and res["device"] == "cpu"
-    assert record["figures"] == ["memory.png"]
+    assert record["figures"] == ["memory.png", "memory-families.png"]
     by = {m["config"]: m for m in res["measurements"]}
     # the bench's slab_fraction option reached the measuring process: whole volume vs the paper's 1/8
     assert by["train_slab"]["slab_fraction"] == 0.125 and by["train_whole"]["slab_fraction"] == 1.0
@@ -56,6 +56,28 @@ def test_smoke_run_writes_table_figure_and_record(tmp_path):
     assert imread(out / "memory.png").shape[0] > 200
     md = (out / "memory.md").read_text()
     assert "medgen experiment memory --scale smoke" in md and "peak RSS" in md and "compare the trends" in md
+
+    # the table across models: one row per family and size, measured in its own process (hagan: reused)
+    fam_rows = read_csv(out / "memory-families.csv")
+    assert [(r["family"], int(r["size"])) for r in fam_rows] == [("hagan", 32), ("wgan-gp", 32)]
+    hagan, wgan = fam_rows
+    assert int(hagan["params_total"]) == counts["all"] and hagan["networks"] == "G+D+E"
+    assert float(hagan["memory_mb"]) == float(row["train_slab_mb"])  # the train_slab measurement, not run twice
+    assert float(hagan["seconds_per_iteration"]) == pytest.approx(float(row["train_slab_s"]))
+    wgan_counts = memory.trainable_parameters("wgan-gp", "tiny", 32)
+    assert int(wgan["params_total"]) == sum(wgan_counts.values()) and wgan["networks"] == "G+D"
+    for r in fam_rows:
+        assert r["preset"] == "tiny" and r["memory_source"] == "measured" and r["skipped"] == ""
+        assert 50 < float(r["memory_mb"]) < 8 * 1024 and float(r["seconds_per_iteration"]) > 0
+        assert r["fits_16gb"] == "yes"
+    fam = res["families"]
+    assert fam["families"] == ["hagan", "wgan-gp"] and fam["presets"] == {"hagan": "tiny", "wgan-gp": "tiny"}
+    by_family = {m["family"]: m for m in fam["measurements"]}
+    assert by_family["wgan-gp"]["batch"] == 1 and "machine" not in by_family["wgan-gp"]
+    assert imread(out / "memory-families.png").shape[0] > 200
+    fmd = (out / "memory-families.md").read_text()
+    assert "--families hagan,wgan-gp" in fmd and "Python/PyTorch runtime" in fmd and "16384 MiB" in fmd
+    assert "hagan: the train_slab measurement" in fmd
 
 
 def test_paper_preset_parameters_match_the_published_totals(tmp_path):
@@ -79,6 +101,14 @@ def test_paper_preset_parameters_match_the_published_totals(tmp_path):
     assert round(paper_256["all"] / 1e6, 2) == 79.74
     assert int(rows[-1]["params_total"]) - paper_256["all"] == 4 * 4 * 1 * 128 + 4 * 4 * 4 * 1  # D^H: 4×4×1 kernel to 128; D^L: 4³ to 1
     assert "train_slab_mb" not in rows[0] and not (out / "memory.png").exists()
+    # the table across models: parameters only, each family's paper-like preset, default families
+    fam_rows = read_csv(out / "memory-families.csv")
+    assert list(dict.fromkeys(r["family"] for r in fam_rows)) == memory.known_families()
+    assert "memory_mb" not in fam_rows[0] and not (out / "memory-families.png").exists()
+    presets = {r["family"]: r["preset"] for r in fam_rows}
+    assert presets["hagan"] == presets["wgan-gp"] == "paper" and presets["ddpm"] == presets["ldm"] == "base"
+    hagan = {int(r["size"]): int(r["params_total"]) for r in fam_rows if r["family"] == "hagan"}
+    assert hagan == {int(r["size"]): int(r["params_total"]) for r in rows}
 
 
 def test_predict_extrapolates_the_line_through_the_two_largest_sizes():
@@ -149,6 +179,8 @@ def test_table_row_takes_seconds_per_volume_for_generation():
 
 @pytest.mark.parametrize("argv, words", [
     (["--sizes", "32,abc"], "--sizes"),
+    (["--families", "hagan,nope", "--params-only"], "unknown 'nope' (known: hagan, wgan-gp"),
+    (["--families", " , ", "--params-only"], "--families"),
     (["--sizes", "48", "--params-only"], "power of two"),
     (["--run", "nowhere"], "--run"),
     (["--iters", "5"], "--iters"),
@@ -167,3 +199,110 @@ def test_run_isolated_stops_a_process_over_its_memory_limit():
     # a fresh process passes 100 MiB while importing torch, long before it could finish
     with pytest.raises(RunFailed, match="over the limit of 100 MiB"):
         run_isolated("generate", preset="tiny", size=32, warmup=0, repeats=1, max_rss_mb=100)
+
+
+# ---------------------------------------------------------------------- the table across families
+def test_families_default_to_the_registered_candidates_in_order(monkeypatch):
+    from medgen.core.errors import UsageError
+    from medgen.families import registry
+
+    known = memory.known_families()
+    assert known == [n for n in memory.FAMILY_CANDIDATES if n in registry.FAMILIES]
+    assert known[:2] == ["hagan", "wgan-gp"] and known[-2:] == ["ldm-autoencoder", "ldm"]
+    assert memory.parse_families(None) == known
+    assert memory.parse_families("none") == []
+    assert memory.parse_families(" ddpm, hagan,ddpm") == ["ddpm", "hagan"]  # order given, once each
+    with pytest.raises(UsageError, match=r"unknown 'unet', 'x' \(known: hagan, "):
+        memory.parse_families("hagan,unet,x")  # registered, but not a family of this table
+    # a family registered later (stylegan2) joins the default in the list's order
+    monkeypatch.setitem(registry.FAMILIES, "stylegan2", registry.FAMILIES["wgan-gp"])
+    after = memory.parse_families(None)
+    assert after.index("stylegan2") == after.index("pggan") + 1 and after.index("stylegan2") < after.index("ddpm")
+
+
+def test_family_presets_and_trainable_parameters():
+    from medgen.core.errors import UsageError
+    from medgen.families import registry
+
+    assert memory.family_preset("hagan", "paper") == "paper" and memory.family_preset("pggan", "paper") == "paper"
+    assert memory.family_preset("ddpm", "paper") == "base" and memory.family_preset("ldm", "paper") == "base"
+    assert memory.family_preset("ldm-autoencoder", "paper") == "base"
+    assert memory.family_preset("ddpm", "tiny") == "tiny"
+    with pytest.raises(UsageError, match="has presets"):
+        memory.family_preset("ddpm", "huge")
+    for name in ("wgan-gp", "alpha-gan", "ddpm", "ldm-autoencoder"):  # everything built is trained
+        fam = registry.get(name)
+        assert memory.trainable_parameters(name, "tiny", 32) == fam.describe(fam.model_config("tiny", 32))["totals"]
+    hagan = memory.trainable_parameters("hagan", "tiny", 32)
+    assert sum(hagan.values()) == count_parameters(get_preset("tiny", 32))["all"]
+    # ldm (stage 2) trains its UNet only; the autoencoder is frozen
+    ldm = memory.trainable_parameters("ldm", "tiny", 32)
+    assert list(ldm) == ["unet"] and ldm["unet"] == registry.get("ldm").describe(
+        memory.family_config("ldm", "tiny", 32))["totals"]["unet"]
+
+
+def test_fits_label():
+    assert memory.fits_label(16384.0, "measured") == "yes" and memory.fits_label(16385.0, "measured") == "no"
+    assert memory.fits_label(6400.0, "extrapolated") == "yes (extrapolated: 6.2 GB)"
+    assert memory.fits_label(41 * 1024.0, "extrapolated") == "no (extrapolated: 41 GB)"
+    assert memory.fits_label(None, None) is None
+
+
+def test_family_rows_extrapolate_memory_linear_in_voxels_beyond_the_measured_sizes():
+    params = {s: {"G": 1_000_000, "D": 500_000} for s in (32, 64, 128, 256)}
+    results = {32: {"peak_memory_mb": 100.0, "seconds_median": 0.1},
+               64: {"peak_memory_mb": 800.0, "seconds_median": 0.4},
+               128: {"skipped": "predicted 6.2 GB > limit 4.0 GB"}}  # 256: never reached
+    rows = memory.family_rows("wgan-gp", "paper", params, results)
+    by = {r["size"]: r for r in rows}
+    assert [r["size"] for r in rows] == [32, 64, 128, 256]
+    assert by[32]["networks"] == "G+D" and by[32]["params_total"] == 1_500_000 and by[32]["params_M"] == 1.5
+    assert (by[32]["memory_mb"], by[32]["memory_source"], by[32]["fits_16gb"]) == (100.0, "measured", "yes")
+    assert by[64]["seconds_per_iteration"] == 0.4 and by[64]["skipped"] is None
+    # 800 + (800 - 100) / (64³ - 32³) · (128³ - 64³) = 800 + 700 · 8 = 6400 MiB
+    assert by[128]["memory_mb"] == pytest.approx(6400.0) and by[128]["memory_source"] == "extrapolated"
+    assert by[128]["fits_16gb"] == "yes (extrapolated: 6.2 GB)"
+    assert by[128]["skipped"] == "predicted 6.2 GB > limit 4.0 GB" and "seconds_per_iteration" not in by[128]
+    # 800 + 700 · (256³ - 64³) / (64³ - 32³) = 800 + 700 · 72 = 51200 MiB = 50 GB > 16 GB
+    assert by[256]["memory_mb"] == pytest.approx(51200.0) and by[256]["fits_16gb"] == "no (extrapolated: 50 GB)"
+    # measured over 16 GB
+    big = memory.family_rows("x", "paper", {32: params[32]}, {32: {"peak_memory_mb": 20000.0, "seconds_median": 1}})
+    assert big[0]["fits_16gb"] == "no"
+
+
+def test_family_rows_without_enough_measurements_do_not_guess():
+    params = {32: {"unet": 10}, 64: {"unet": 10}, 128: "sizes up to 64 only"}
+    oom = "failed: killed by signal 9 (out of memory?)"
+    one = memory.family_rows("ddpm", "base", params, {32: {"peak_memory_mb": 500.0, "seconds_median": 1.0},
+                                                      64: {"skipped": oom}})
+    assert one[1]["memory_mb"] is None and one[1]["memory_source"] is None and one[1]["fits_16gb"] is None
+    assert one[1]["skipped"] == f"{oom}; 1 measured size(s), two needed to extrapolate"
+    assert one[2] == {"family": "ddpm", "preset": "base", "size": 128,
+                      "skipped": "size not supported: sizes up to 64 only"}
+    none = memory.family_rows("pggan", "paper", {32: {"G": 1, "D": 1}}, {}, missing="no benchmark")
+    assert none[0]["params_total"] == 2 and none[0]["memory_mb"] is None and none[0]["skipped"] == "no benchmark"
+    assert memory.family_rows("pggan", "paper", {32: {"G": 1}}, {})[0]["skipped"] == "not measured"
+
+
+def test_measure_families_plans_each_family_from_its_own_smaller_sizes():
+    wgan = FakeRunner({32: 300.0, 64: 400.0, 128: 9999.0})
+    ddpm = FakeRunner({32: 300.0, 64: 310.0, 128: 320.0})
+    families = ["hagan", "wgan-gp", "alpha-gan", "ddpm"]
+    params = {name: {s: {"net": 1} for s in (32, 64, 128)} for name in families}
+    params["ddpm"][128] = "unsupported"
+    hagan = {("hagan", s): {"peak_memory_mb": 200.0 + s, "seconds_median": 0.5, "wall_seconds": 1.0}
+             for s in (32, 64, 128)}
+    loads = []
+    results = memory.measure_families(
+        families, {name: "paper" for name in families}, [128, 32, 64], params, device="cpu", batch=1, repeats=1,
+        threads=1, memory_limit_mb=1000.0, time_limit_s=600.0, measured=hagan,
+        runners={"wgan-gp": wgan, "ddpm": ddpm, "alpha-gan": None}, on_size=loads.append)
+    assert loads == [32, 64, 128]
+    assert results["hagan"][64]["peak_memory_mb"] == 264.0  # reused, not run
+    # wgan-gp at 128³: 400 + 100 · 8 = 1200 MiB predicted > 1000 MiB, not run
+    assert results["wgan-gp"][128] == {"skipped": "predicted 1.2 GB > limit 1.0 GB"}
+    assert [c[1] for c in wgan.calls] == [32, 64] and wgan.calls[0][2:] == (600.0, 1000.0)
+    assert [c[1] for c in ddpm.calls] == [32, 64] and 128 not in results["ddpm"]  # size not supported
+    assert results["alpha-gan"] == {}  # no benchmark (runner None): not measured
+    rows = memory.family_rows("wgan-gp", "paper", params["wgan-gp"], results["wgan-gp"])
+    assert rows[2]["memory_mb"] == pytest.approx(1200.0) and rows[2]["fits_16gb"] == "yes (extrapolated: 1.2 GB)"

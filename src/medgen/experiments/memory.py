@@ -13,15 +13,31 @@ experiment measures, for the model preset (default: the published architecture):
 * peak memory and seconds of generating one full volume, unchunked and (from
   128³) with G^H in depth chunks.
 
+A second table sets the model families side by side, as the paper's speed table
+and Fig. 6 do across models (``--families``; default every registered one of
+hagan, wgan-gp, vae-gan, alpha-gan, pggan, stylegan2, ddpm, ldm-autoencoder and
+ldm, the latent diffusion model in its two training stages): at every resolution,
+the parameters of the networks each family trains, the seconds of one training
+iteration and its peak memory at the same batch, and whether it fits in 16 GB,
+measured or, for a size not measured, extrapolated from the family's measured
+growth (linear in the voxel count through its two largest measured sizes) and
+marked so. ``--preset`` chooses the size class of every model: ``paper`` is each
+family's published architecture (where a family has no ``paper`` preset, its
+largest one: ``base`` for ddpm and the ldm stages), ``small`` and ``tiny`` the
+families' presets of that name.
+
 Every measurement is the real code path (``medgen bench``: the training loop on
 random volumes, ``generate_batch``) in a fresh process, so its peak memory is
 its own: CPU the peak resident set size, CUDA the peak allocated tensor memory.
 A configuration predicted (from the smaller sizes just measured) to pass the
 memory or time limit is skipped and the table says why; one that passes a limit
-while running is stopped.
+while running is stopped. A family without a benchmark is listed with its
+parameters only.
 
 Writes ``memory.csv``/``memory.md`` and ``memory.png`` (memory and time against
-resolution, with the paper's published memory).
+resolution, with the paper's published memory), and ``memory-families.csv``/
+``memory-families.md`` and ``memory-families.png`` (peak memory and time per
+family against resolution: measured solid, extrapolated dashed, the 16 GB line).
 """
 
 from __future__ import annotations
@@ -29,7 +45,8 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +77,18 @@ COLUMNS: tuple[str, ...] = (
     "paper_memory_mb", "skipped",
 )
 
+# The table across models: its candidate families in order (those not registered are left out), the memory it
+# asks about, and its columns.
+FAMILY_CANDIDATES: tuple[str, ...] = (
+    "hagan", "wgan-gp", "vae-gan", "alpha-gan", "pggan", "stylegan2", "ddpm", "ldm-autoencoder", "ldm",
+)
+FITS_MB = 16 * 1024.0
+FAMILY_COLUMNS: tuple[str, ...] = (
+    "family", "preset", "size", "networks", "params_total", "params_M", "seconds_per_iteration",
+    "memory_mb", "memory_source", "fits_16gb", "skipped",
+)
+FAMILY_PARAM_COLUMNS: tuple[str, ...] = ("family", "preset", "size", "networks", "params_total", "params_M")
+
 # The measured configurations, in the order they run at each size.
 CONFIGS: tuple[str, ...] = ("train_slab", "train_whole", "generate", "generate_chunked")
 LABELS: dict[str, str] = {
@@ -74,7 +103,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default=None, metavar="S,S",
                    help="resolutions (default: smoke 32; demo 32,64,128; full 32,64,128,256)")
     p.add_argument("--preset", default=None, choices=("paper", "small", "tiny"),
-                   help="model preset (default paper, the published architecture; smoke: tiny)")
+                   help="model preset (default paper, the published architecture; smoke: tiny); in the table "
+                        "across families, paper is each family's published or else largest preset (ddpm, ldm: base)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
                    help="training batch (default 1 on CPU, the smallest step; 4 on CUDA, the paper's batch)")
     p.add_argument("--repeats", type=int, default=None, metavar="R",
@@ -88,6 +118,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU: skip or stop a configuration whose peak resident memory would pass this (default 8)")
     p.add_argument("--time-limit-min", type=float, default=10.0, metavar="MIN",
                    help="skip or stop a configuration that would take longer than this, start-up included (default 10)")
+    p.add_argument("--families", default=None, metavar="F,F",
+                   help="families of the table across models, memory-families (default: every registered one of "
+                        f"{','.join(FAMILY_CANDIDATES)}; none: HA-GAN's table only)")
     p.add_argument("--params-only", action="store_true",
                    help="parameter counts only (instant, no measurement, no figure)")
 
@@ -158,18 +191,34 @@ class Planner:
     """Runs the configurations in order of size, skipping those predicted to pass a limit.
 
     ``memory_limit_mb``: peak resident memory limit (None: none, as on CUDA);
-    ``time_limit_s``: wall-clock limit of one configuration, process start included.
+    ``time_limit_s``: wall-clock limit of one configuration, process start included;
+    ``runner``: the bench's ``run_isolated`` (default HA-GAN's); ``labels``: config key →
+    the words of the progress lines (default :data:`LABELS`, else the key itself).
+    Each configuration key keeps its own history of (voxels, cost).
     """
 
     def __init__(self, memory_limit_mb: float | None, time_limit_s: float,
-                 runner: Callable[..., dict[str, Any]] | None = None) -> None:
+                 runner: Callable[..., dict[str, Any]] | None = None,
+                 labels: Mapping[str, str] | None = None) -> None:
         from medgen.families.hagan.bench import run_isolated
 
         self.memory_limit_mb = memory_limit_mb
         self.time_limit_s = time_limit_s
         self.runner = runner or run_isolated
-        self.memory: dict[str, list[tuple[float, float]]] = {c: [] for c in CONFIGS}
-        self.wall: dict[str, list[tuple[float, float]]] = {c: [] for c in CONFIGS}
+        self.labels = {**LABELS, **(labels or {})}
+        self.memory: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.wall: dict[str, list[tuple[float, float]]] = defaultdict(list)
+
+    def label(self, config: str) -> str:
+        return self.labels.get(config, config)
+
+    def add(self, config: str, size: int, result: dict[str, Any]) -> None:
+        """Record a measurement of ``config`` at ``size``³ made elsewhere (skipped results are ignored)."""
+        if "skipped" in result:
+            return
+        self.memory[config].append((float(size) ** 3, float(result["peak_memory_mb"])))
+        if result.get("wall_seconds") is not None:
+            self.wall[config].append((float(size) ** 3, float(result["wall_seconds"])))
 
     def skip_reason(self, config: str, size: int) -> str | None:
         work = float(size) ** 3
@@ -188,21 +237,20 @@ class Planner:
         size = int(kwargs["size"])
         reason = self.skip_reason(config, size)
         if reason is not None:
-            print(f"memory: {LABELS[config]} at {size}³ skipped: {reason}", flush=True)
+            print(f"memory: {self.label(config)} at {size}³ skipped: {reason}", flush=True)
             return {"skipped": reason}
-        print(f"memory: {LABELS[config]} at {size}³ ...", flush=True)
+        print(f"memory: {self.label(config)} at {size}³ ...", flush=True)
         t0 = time.monotonic()
         try:
             r = self.runner(kind, timeout=self.time_limit_s, max_rss_mb=self.memory_limit_mb, **kwargs)
         except MedgenError as exc:
             why = str(exc).split("}: ", 1)[-1]  # run_isolated's message: "benchmark KIND {ARGS}: WHY"
-            print(f"memory: {LABELS[config]} at {size}³ failed: {why}", flush=True)
+            print(f"memory: {self.label(config)} at {size}³ failed: {why}", flush=True)
             return {"skipped": f"failed: {why[:160]}"}
         wall = time.monotonic() - t0
         r["wall_seconds"] = wall
-        self.memory[config].append((float(size) ** 3, float(r["peak_memory_mb"])))
-        self.wall[config].append((float(size) ** 3, wall))
-        print(f"memory: {LABELS[config]} at {size}³: {r['peak_memory_mb']:.0f} MiB, "
+        self.add(config, size, r)
+        print(f"memory: {self.label(config)} at {size}³: {r['peak_memory_mb']:.0f} MiB, "
               f"{r['seconds_median']:.3f} s (wall {wall:.0f} s)", flush=True)
         return r
 
@@ -238,6 +286,164 @@ def table_row(params: dict[str, Any], measured: dict[str, dict[str, Any]]) -> di
             row["chunk"] = r["chunk"]
     row["skipped"] = "; ".join(skipped) or None
     return row
+
+
+# ---------------------------------------------------------------------- across families
+def known_families() -> list[str]:
+    """The registered families of :data:`FAMILY_CANDIDATES`, in its order."""
+    from medgen.families import registry
+
+    return [name for name in FAMILY_CANDIDATES if name in registry.FAMILIES]
+
+
+def parse_families(text: str | None) -> list[str]:
+    """Distinct families from ``--families`` in the order given (default: :func:`known_families`; ``none``: [])."""
+    known = known_families()
+    if text is None:
+        return known
+    if text.strip().lower() == "none":
+        return []
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise UsageError(f"--families {text!r}: need at least one family (or none)")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--families: unknown {', '.join(repr(n) for n in unknown)} "
+                         f"(known: {', '.join(known)}; or none)")
+    return names
+
+
+def family_config(name: str, preset: str, size: int) -> Any:
+    """The architecture config of family ``name`` at ``size``³; ldm on a random autoencoder of the same preset
+    (as its benchmark measures it)."""
+    from medgen.families import registry
+
+    fam = registry.get(name)
+    if name == "ldm":
+        autoencoder = registry.get("ldm-autoencoder").model_config(preset, size).to_dict()
+        return fam.model_config(preset, size, autoencoder=autoencoder)
+    return fam.model_config(preset, size)
+
+
+def trainable_parameters(name: str, preset: str, size: int) -> dict[str, int]:
+    """Exact trainable parameters of each network family ``name`` trains (built on the meta device); networks
+    without any (ldm's frozen autoencoder) are left out."""
+    import torch
+
+    from medgen.families import registry
+
+    fam = registry.get(name)
+    cfg = family_config(name, preset, size)
+    with torch.device("meta"):
+        nets = fam.build(cfg, fam.hparams_from_dict({}), torch.device("meta"))
+    counts = {net: sum(p.numel() for p in module.parameters() if p.requires_grad) for net, module in nets.items()}
+    return {net: n for net, n in counts.items() if n}
+
+
+def family_preset(name: str, preset: str) -> str:
+    """Family ``name``'s preset for ``--preset``: ``paper`` is its published architecture, or where it has no
+    ``paper`` preset its largest (most trainable parameters at 64³); other names are its preset of that name."""
+    from medgen.families import registry
+
+    presets = list(registry.get(name).presets)
+    if preset in presets:
+        return preset
+    if preset == "paper":
+        return max(presets, key=lambda p: sum(trainable_parameters(name, p, 64).values()))
+    raise UsageError(f"--preset {preset}: family {name!r} has presets {', '.join(presets)} "
+                     "(leave it out with --families)")
+
+
+def fits_label(memory_mb: float | None, source: str | None, limit_mb: float = FITS_MB) -> str | None:
+    """The fits_16gb cell: ``yes``/``no`` when measured, ``no (extrapolated: 41 GB)`` when extrapolated."""
+    if memory_mb is None:
+        return None
+    verdict = "yes" if memory_mb <= limit_mb else "no"
+    if source == "measured":
+        return verdict
+    gb = memory_mb / 1024
+    return f"{verdict} (extrapolated: {gb:.1f} GB)" if gb < 10 else f"{verdict} (extrapolated: {gb:.0f} GB)"
+
+
+def family_rows(family: str, preset: str, params: Mapping[int, dict[str, int] | str],
+                results: Mapping[int, dict[str, Any]], *, missing: str = "not measured",
+                limit_mb: float = FITS_MB) -> list[dict[str, Any]]:
+    """The rows of one family in the table across models, one per size of ``params``.
+
+    ``params``: size → trainable parameters per network, or why the size is not supported (a string);
+    ``results``: size → training bench result, or ``{"skipped": why}``; a size missing was not measured
+    (``missing`` says why, e.g. the family has no benchmark). A size not measured gets the memory
+    extrapolated from the measured sizes (:func:`predict` through the two largest, at least two needed),
+    marked ``extrapolated``.
+    """
+    history = [(float(size) ** 3, float(r["peak_memory_mb"])) for size, r in results.items() if "skipped" not in r]
+    rows: list[dict[str, Any]] = []
+    for size in sorted(params):
+        row: dict[str, Any] = {"family": family, "preset": preset, "size": size}
+        counts = params[size]
+        if isinstance(counts, str):
+            row["skipped"] = f"size not supported: {counts}"
+            rows.append(row)
+            continue
+        row.update(networks="+".join(counts), params_total=sum(counts.values()),
+                   params_M=round(sum(counts.values()) / 1e6, 2))
+        r = results.get(size)
+        why: list[str] = []
+        if r is not None and "skipped" not in r:
+            mb, source = float(r["peak_memory_mb"]), "measured"
+            row["seconds_per_iteration"] = float(r["seconds_median"])
+        else:
+            why.append(r["skipped"] if r is not None else missing)
+            mb = predict(history, float(size) ** 3, min_points=2)
+            source = "extrapolated" if mb is not None else None
+            if mb is None and r is not None:
+                why.append(f"{len(history)} measured size(s), two needed to extrapolate")
+        row.update(memory_mb=None if mb is None else round(mb, 1), memory_source=source,
+                   fits_16gb=fits_label(mb, source, limit_mb), skipped="; ".join(why) or None)
+        rows.append(row)
+    return rows
+
+
+def measure_families(families: Sequence[str], presets: Mapping[str, str], sizes: Sequence[int],
+                     params: Mapping[str, Mapping[int, dict[str, int] | str]], *, device: str, batch: int,
+                     repeats: int, threads: int | None, memory_limit_mb: float | None, time_limit_s: float,
+                     measured: Mapping[tuple[str, int], dict[str, Any]] | None = None,
+                     runners: Mapping[str, Callable[..., dict[str, Any]]] | None = None,
+                     on_size: Callable[[int], None] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+    """Training bench results per family and size (smallest sizes first, a :class:`Planner` per family).
+
+    ``measured``: (family, size) → a result made already (HA-GAN's train_slab of the first table), used as
+    is; ``runners``: family → its ``run_isolated`` (default the family's bench; None, or a family without a
+    bench: not measured); ``on_size``: called after each size.
+    """
+    from medgen.families import registry
+
+    planners: dict[str, Planner] = {}
+    out: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in families}
+    for size in sorted(sizes):
+        for name in families:
+            if isinstance(params[name].get(size), str):
+                continue  # size not supported
+            if runners is not None and name in runners:
+                runner = runners[name]
+            else:
+                bench = registry.get(name).bench
+                runner = bench.run_isolated if bench is not None else None
+            if runner is None:
+                continue
+            planner = planners.get(name)
+            if planner is None:
+                planner = planners[name] = Planner(memory_limit_mb, time_limit_s, runner=runner,
+                                                   labels={name: f"{name} training"})
+            if measured is not None and (name, size) in measured:
+                out[name][size] = dict(measured[(name, size)])
+                planner.add(name, size, out[name][size])
+                continue
+            out[name][size] = planner.run(name, "train", preset=presets[name], size=size, batch=batch,
+                                          device=device, warmup=1, repeats=repeats, threads=threads)
+        if on_size is not None:
+            on_size(size)
+    return out
 
 
 # ---------------------------------------------------------------------- figure
@@ -293,6 +499,64 @@ def plot(rows: list[dict[str, Any]], path: Path, *, memory_label: str, title: st
         fig.savefig(tmp, format="png", dpi=120)
 
 
+def plot_families(rows: list[dict[str, Any]], path: Path, *, memory_label: str, title: str,
+                  limit_mb: float = FITS_MB) -> None:
+    """Peak memory (left, log y: measured solid, extrapolated dashed, the 16 GB line) and seconds per
+    training iteration (right, log y) against resolution, one colour per family."""
+    from matplotlib.figure import Figure
+
+    from medgen.core.fileio import atomic_path
+
+    fig = Figure(figsize=(11, 5), layout="constrained")
+    ax_m, ax_t = fig.subplots(1, 2)
+    sizes = sorted({r["size"] for r in rows})
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    for i, family in enumerate(families):
+        color = f"C{i % 10}"
+        mine = sorted((r for r in rows if r["family"] == family and r.get("memory_mb") is not None),
+                      key=lambda r: r["size"])
+        measured = [(r["size"], r["memory_mb"]) for r in mine if r["memory_source"] == "measured"]
+        extrapolated = [(r["size"], r["memory_mb"]) for r in mine if r["memory_source"] == "extrapolated"]
+        if measured:
+            ax_m.plot(*zip(*measured), color=color, marker="o", ls="-", label=family)
+        if extrapolated:
+            before = [p for p in measured if p[0] < extrapolated[0][0]]
+            line = before[-1:] + extrapolated
+            ax_m.plot(*zip(*line), color=color, ls="--")
+            ax_m.plot(*zip(*extrapolated), color=color, marker="o", mfc="none", ls="none",
+                      label=None if measured else family)
+        if not mine:
+            ax_m.plot([], [], color=color, marker="x", ls="none", label=f"{family}: not measured (see the table)")
+        times = [(r["size"], r["seconds_per_iteration"]) for r in mine if r.get("seconds_per_iteration") is not None]
+        if times:
+            ax_t.plot(*zip(*times), color=color, marker="o", ls="-", label=family)
+    ax_m.axhline(limit_mb, color="k", ls=":", lw=1)
+    ax_m.annotate(f"{limit_mb / 1024:g} GB", (0.01, limit_mb), xycoords=("axes fraction", "data"),
+                  va="bottom", fontsize=8)
+    ax_m.plot([], [], color="0.4", ls="-", marker="o", label="measured")
+    ax_m.plot([], [], color="0.4", ls="--", marker="o", mfc="none", label="extrapolated (linear in voxels)")
+    for ax in (ax_m, ax_t):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        if sizes:
+            ax.set_xticks(sizes, [f"{s}³" for s in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("output resolution")
+        ax.grid(alpha=0.3)
+    ax_m.set_ylabel(f"peak memory, MiB ({memory_label})")
+    ax_m.set_title("memory of one training iteration")
+    ax_t.set_ylabel("seconds per training iteration (measured)")
+    ax_t.set_title("time")
+    handles: dict[str, Any] = {}
+    for ax in (ax_m, ax_t):
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncol=6, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
 # ---------------------------------------------------------------------- experiment
 def _check_args(ws: Workspace, args: argparse.Namespace) -> None:
     for opt, value in (("--run", args.run), ("--data", args.data), ("--iters", args.iters)):
@@ -342,19 +606,77 @@ def _notes(*, preset: str, cuda: bool, params_only: bool, memory_label: str, rep
             "sizes (cost affine in the voxel count) predict to pass one is skipped, one passing it while running is "
             "stopped; the column skipped says which and why."
         )
-        load = "" if cuda else (
-            f"; 1-minute load average during the measurements {min(loads):.1f}–{max(loads):.1f} (above "
-            f"{machine['cpu_count']}, other processes shared the CPU and the times are inflated)")
+        notes.append(_machine_note(machine, cuda, loads))
+    return notes
+
+
+def _machine_note(machine: dict[str, Any], cuda: bool, loads: Sequence[float]) -> str:
+    load = "" if cuda else (
+        f"; 1-minute load average during the measurements {min(loads):.1f}–{max(loads):.1f} (above "
+        f"{machine['cpu_count']}, other processes shared the CPU and the times are inflated)")
+    return (f"Machine: {machine['device_name']}, {machine['cpu_count']} CPUs, {machine['threads']} torch threads; "
+            f"torch {machine['torch']}, Python {machine['python']}, medgen {machine['medgen']}{load}.")
+
+
+def _family_notes(*, families: Sequence[str], presets: Mapping[str, str], cuda: bool, params_only: bool,
+                  memory_label: str, repeats: int, batch: int, memory_limit_gb: float, time_limit_min: float,
+                  unmeasured: Sequence[str], reused_hagan: bool, machine_note: str | None = None,
+                  smallest_mb: float | None = None) -> list[str]:
+    """What the columns of the table across models mean and how they were measured."""
+    shown = ", ".join(f"{name} {presets[name]}" for name in families)
+    notes = [
+        (f"Presets: {shown}. With --preset paper each family's published architecture, or where it has no "
+         "paper preset its largest (ddpm, ldm-autoencoder, ldm: base); with small or tiny the families' presets "
+         "of that name."),
+        ("networks, params_total: exact parameter counts of the networks the family trains (params_M in "
+         "millions), networks built on the meta device."),
+    ]
+    if "ldm" in families or "ldm-autoencoder" in families:
         notes.append(
-            f"Machine: {machine['device_name']}, {machine['cpu_count']} CPUs, {machine['threads']} torch threads; "
-            f"torch {machine['torch']}, Python {machine['python']}, medgen {machine['medgen']}{load}."
-        )
+            "Latent diffusion in its two training stages: ldm-autoencoder is stage 1 (the autoencoder and its "
+            "discriminator, trained on the volumes); ldm is stage 2 (the latent UNet, trained on the latents of "
+            "the frozen stage-1 autoencoder of the same preset, which each iteration runs to encode the batch and "
+            "whose weights count in the memory but not in the parameters).")
+    if params_only:
+        return notes
+    bound = "" if smallest_mb is None else f": at most the smallest value measured here, {smallest_mb:.0f} MiB"
+    runtime = ("tensor memory only: without the CUDA context and the allocator's reserve" if cuda else
+               f"including the Python/PyTorch runtime of the process itself (a few hundred MiB{bound}), the "
+               "weights, gradients and optimiser states: small models are dominated by it")
+    notes.append(
+        f"seconds_per_iteration: median over {repeats} timed iteration(s) after 1 warm-up of the real training loop "
+        f"on random volumes (the family's updates, the EMA, data loading), batch {batch} (as the HA-GAN table), "
+        f"{'bf16 autocast' if cuda else 'float32'}. An iteration is a different amount of work in each family "
+        "(HA-GAN: four updates; WGAN-GP: several critic updates and one generator update; DDPM: one denoising "
+        "update): compare the cost of an iteration, not the time to a trained model.")
+    notes.append(f"memory_mb: {memory_label} in MiB of one training iteration, one fresh process per family and "
+                 f"size ({runtime}).")
+    fits = ("Measured on CPU in float32, with the runtime: a rough guide to a 16 GB GPU, where bf16 autocast "
+            "shrinks the activations and the CUDA context adds its own." if not cuda else "")
+    notes.append(
+        "memory_source: measured, or extrapolated for a size not measured (skipped, failed or no benchmark) from "
+        "the family's measured sizes: linear in the voxel count through the two largest (never decreasing), "
+        f"at least two needed. fits_16gb: memory_mb <= 16 GB (16384 MiB), from the measurement or, marked so, "
+        f"from the extrapolation. {fits}".strip())
+    memory_limit = "" if cuda else f"memory {memory_limit_gb:g} GB (resident), "
+    notes.append(
+        f"Limits per configuration as in the HA-GAN table: {memory_limit}time {time_limit_min:g} min; a size that "
+        "the family's smaller sizes predict to pass one is skipped, one passing it while running is stopped "
+        "(column skipped).")
+    if reused_hagan:
+        notes.append("hagan: the train_slab measurement of the HA-GAN table (memory.csv), not measured twice.")
+    if unmeasured:
+        notes.append(f"{', '.join(unmeasured)}: no benchmark (medgen bench) yet, parameters only; the memory of "
+                     "such a family is not extrapolated.")
+    if machine_note:
+        notes.append(machine_note)
     return notes
 
 
 def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
     from medgen.families.hagan.bench import machine_info
     from medgen.core.device import resolve_device
+    from medgen.families import registry
     from medgen.families.hagan import get_preset
 
     _check_args(ws, args)
@@ -363,6 +685,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     preset = args.preset or DEFAULT_PRESET[scale]
     for size in sizes:
         get_preset(preset, size)  # one clear line for an unsupported size
+    families = parse_families(getattr(args, "families", None))
+    presets = {name: family_preset(name, preset) for name in families}
     device = str(resolve_device(ws.device))
     cuda = device.startswith("cuda")
     batch = args.batch or (4 if cuda else 1)
@@ -373,6 +697,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
 
     rows: list[dict[str, Any]] = []
     measurements: list[dict[str, Any]] = []
+    hagan_train: dict[tuple[str, int], dict[str, Any]] = {}
     loads = [os.getloadavg()[0]]
     for size in sizes:
         params = parameter_row(preset, size)
@@ -383,6 +708,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
                                 chunk=args.chunk, seed=ws.seed, threads=threads)
         loads.append(os.getloadavg()[0])
         rows.append(table_row(params, measured))
+        hagan_train[("hagan", size)] = measured["train_slab"]
         for config, r in measured.items():
             measurements.append({"config": config, "size": size, **r})
 
@@ -405,6 +731,57 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
              title=f"HA-GAN ({preset} preset) on {machine['device_name']}, training batch {batch}; "
                    "paper: their GPU test")
         out.add_figure(fig_path)
+
+    # The table across models.
+    family_params: dict[str, dict[int, dict[str, int] | str]] = {}
+    for name in families:
+        family_params[name] = {}
+        for size in sizes:
+            try:
+                family_params[name][size] = trainable_parameters(name, presets[name], size)
+            except UsageError as exc:
+                family_params[name][size] = str(exc)
+    family_results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in families}
+    if families and not args.params_only:
+        reuse = {k: v for k, v in hagan_train.items() if presets.get("hagan") == preset}
+        family_results = measure_families(
+            families, presets, sizes, family_params, device=device, batch=batch, repeats=repeats, threads=threads,
+            memory_limit_mb=memory_limit_mb, time_limit_s=args.time_limit_min * 60, measured=reuse,
+            on_size=lambda size: loads.append(os.getloadavg()[0]))
+    no_bench = "not measured: the family has no benchmark (medgen bench)"
+    family_table = [row for name in families
+                    for row in family_rows(name, presets[name], family_params[name], family_results[name],
+                                           missing=no_bench if registry.get(name).bench is None else "not measured")]
+    family_measurements = [{"family": name, "size": size, **r} for name in families
+                           for size, r in family_results[name].items()]
+    if not measurements:  # the measuring processes' own record when HA-GAN's table measured nothing
+        machine = next((r["machine"] for r in family_measurements if "machine" in r), machine)
+    for r in family_measurements:
+        r.pop("machine", None)
+
+    families_result = None
+    if families:
+        unmeasured = [name for name in families if not family_results[name]] if not args.params_only else []
+        family_notes = _family_notes(
+            families=families, presets=presets, cuda=cuda, params_only=args.params_only, memory_label=memory_label,
+            repeats=repeats, batch=batch, memory_limit_gb=args.memory_limit_gb, time_limit_min=args.time_limit_min,
+            unmeasured=unmeasured, reused_hagan=bool(family_results.get("hagan")) and presets.get("hagan") == preset,
+            machine_note=None if args.params_only else _machine_note(machine, cuda, loads),
+            smallest_mb=min((r["memory_mb"] for r in family_table if r.get("memory_source") == "measured"),
+                            default=None))
+        family_columns = FAMILY_PARAM_COLUMNS if args.params_only else FAMILY_COLUMNS
+        where = "" if args.params_only else f", training batch {batch}, {machine['device_name']}"
+        out.write_table(family_table, family_columns, stem="memory-families", notes=family_notes,
+                        title=f"Parameters, seconds per training iteration and peak memory across families "
+                              f"({preset} presets{where})")
+        if not args.params_only:
+            fig_path = out.path("memory-families.png")
+            plot_families(family_table, fig_path, memory_label=memory_label,
+                          title=f"One training iteration per family ({preset} presets, batch {batch}) on "
+                                f"{machine['device_name']}; dashed: extrapolated from the measured sizes")
+            out.add_figure(fig_path)
+        families_result = {"families": families, "presets": presets, "rows": family_table,
+                           "measurements": family_measurements}
     return {"preset": preset, "device": device, "batch": batch, "repeats": repeats, "sizes": sizes,
             "params_only": bool(args.params_only), "memory_measure": memory_label, "rows": rows,
-            "measurements": measurements}
+            "measurements": measurements, "families": families_result}
