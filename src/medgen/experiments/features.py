@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from medgen.core.errors import InputError, UsageError
-from medgen.experiments.workspace import ExperimentOutput, Workspace
+from medgen.experiments.workspace import ExperimentOutput, Workspace, checkpoint_iteration
 
 HELP = "R² of clinical measurements predicted from encoder latents, against voxel-PCA and untrained-encoder baselines"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -417,7 +417,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         "r2_mean ± r2_std: R² over the test folds; r2_oof: R² of all out-of-fold predictions pooled.",
         "Ridge regression; in each training fold the encoder features are standardised and the penalty is chosen by "
         f"leave-one-out from 10^{ALPHA_GRID[0]:g} … 10^{ALPHA_GRID[1]:g}; nothing is fitted on the test fold.",
-        "trained encoder: " + "; ".join(f"{ENCODER_FAMILIES[f]} {ENCODER_NOTES[f]} of {r.name}" for f, r in runs.items())
+        "trained encoder: " + "; ".join(f"{ENCODER_FAMILIES[f]} {ENCODER_NOTES[f]} of {r.name} "
+                                        f"({checkpoint_iteration(r)} iterations)" for f, r in runs.items())
         + f"; untrained encoder: the same architecture at its random initialisation (seed {ws.seed}).",
         f"voxel PCA: volumes averaged to {VOXEL_GRID}³, PCA fitted on the training fold, as many components as the "
         "latent code (the largest one of the table's models; at most the training fold's rank), scores not whitened.",
