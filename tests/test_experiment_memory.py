@@ -166,6 +166,17 @@ def test_a_configuration_stopped_while_running_is_recorded_not_fatal():
     assert row.get("train_slab_mb") is None and row["skipped"].count("failed: stopped at 1030 MiB") == 4
 
 
+def test_after_a_failure_the_larger_sizes_of_that_configuration_are_not_tried():
+    fake = FakeRunner({32: 300.0, 64: 400.0, 128: 500.0}, fail_at=32)
+    planner = memory.Planner(memory_limit_mb=1000.0, time_limit_s=600.0, runner=fake)
+    assert planner.run("train_whole", "train", size=32, batch=1)["skipped"].startswith("failed: stopped at 1030 MiB")
+    for size in (64, 128):
+        assert planner.run("train_whole", "train", size=size, batch=1) == {
+            "skipped": "failed at 32³ already (stopped at 1030 MiB resident memory, over the limit of 1000 MiB)"}
+    assert [c[1] for c in fake.calls] == [32]  # tried once
+    assert planner.run("generate", "generate", size=64, batch=1)["peak_memory_mb"] == 400.0  # other configs run
+
+
 def test_table_row_takes_seconds_per_volume_for_generation():
     fake = FakeRunner({128: 700.0})
     planner = memory.Planner(memory_limit_mb=None, time_limit_s=600.0, runner=fake)

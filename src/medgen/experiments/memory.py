@@ -194,7 +194,8 @@ class Planner:
     ``time_limit_s``: wall-clock limit of one configuration, process start included;
     ``runner``: the bench's ``run_isolated`` (default HA-GAN's); ``labels``: config key →
     the words of the progress lines (default :data:`LABELS`, else the key itself).
-    Each configuration key keeps its own history of (voxels, cost).
+    Each configuration key keeps its own history of (voxels, cost); once a configuration
+    failed (a limit passed while running), its larger sizes are skipped without a try.
     """
 
     def __init__(self, memory_limit_mb: float | None, time_limit_s: float,
@@ -208,6 +209,7 @@ class Planner:
         self.labels = {**LABELS, **(labels or {})}
         self.memory: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.wall: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.failed: dict[str, tuple[int, str]] = {}  # config → (smallest size that failed, why)
 
     def label(self, config: str) -> str:
         return self.labels.get(config, config)
@@ -221,6 +223,9 @@ class Planner:
             self.wall[config].append((float(size) ** 3, float(result["wall_seconds"])))
 
     def skip_reason(self, config: str, size: int) -> str | None:
+        if config in self.failed and size >= self.failed[config][0]:
+            failed_size, why = self.failed[config]
+            return f"failed at {failed_size}³ already ({why[:80]})"
         work = float(size) ** 3
         mem = predict(self.memory[config], work, min_points=2)  # memory is mostly the fixed part at first
         if self.memory_limit_mb is not None and mem is not None and mem > self.memory_limit_mb:
@@ -246,6 +251,8 @@ class Planner:
         except MedgenError as exc:
             why = str(exc).split("}: ", 1)[-1]  # run_isolated's message: "benchmark KIND {ARGS}: WHY"
             print(f"memory: {self.label(config)} at {size}³ failed: {why}", flush=True)
+            if config not in self.failed or size < self.failed[config][0]:
+                self.failed[config] = (size, why)
             return {"skipped": f"failed: {why[:160]}"}
         wall = time.monotonic() - t0
         r["wall_seconds"] = wall
