@@ -246,7 +246,7 @@ def mean_std_rows(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[di
     return [mean, std]
 
 
-def summary_rows(rows: list[dict[str, Any]], columns: Sequence[str], digits: int = 3) -> list[dict[str, Any]]:
+def summary_rows(rows: list[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> list[dict[str, Any]]:
     """One row per model: "mean ± std" of every column from the "mean"/"std" rows, the value itself for the
     reference rows (one seed)."""
     from medgen.core.tables import format_cell
@@ -281,13 +281,63 @@ def save_samples_figure(path: Path, groups: dict[str, Path | list], size: int, k
                                       "mid-slices")
 
 
+# Colours and markers of the groups in the embedding figure: the real volumes blue, the untrained generator grey,
+# the models in the order given (no grey among them, so no model looks like the untrained floor).
+MODEL_STYLES: tuple[tuple[str, str], ...] = (
+    ("tab:orange", "^"), ("tab:green", "s"), ("tab:red", "D"), ("tab:purple", "v"), ("tab:brown", "P"),
+    ("tab:pink", "X"), ("tab:olive", "<"), ("tab:cyan", ">"), ("black", "*"),
+)
+
+
+def group_styles(labels: Sequence[str], real: str, untrained: str) -> dict[str, tuple[str, str]]:
+    """Label → (colour, marker): ``real`` blue circles, ``untrained`` grey squares, the others in turn."""
+    styles = {real: ("tab:blue", "o"), untrained: ("tab:gray", "s")}
+    models = [label for label in labels if label not in styles]
+    styles.update({label: MODEL_STYLES[k % len(MODEL_STYLES)] for k, label in enumerate(models)})
+    return styles
+
+
+NEAR_SD = 10.0  # groups whose centroid lies within this many real SDs get the second, close-up map
+
+
+def save_family_embedding_figure(path: Path, coords: dict[str, Any], near: dict[str, Any] | None, n_std: float,
+                                 real: str, untrained: str, title: str) -> Path:
+    """Two panels: the map of every group (left) and, when some groups lie far away (``near`` not None), a map
+    computed again from the real volumes and the groups near them only (right), so the far ones (noise) do
+    not squeeze the near ones together."""
+    from matplotlib.figure import Figure
+
+    from medgen.core.fileio import atomic_path
+    from medgen.viz.embedding import draw_groups_with_ellipses
+
+    styles = group_styles(list(coords), real, untrained)
+    fig = Figure(figsize=(12.5 if near else 7.5, 5.8))
+    axes = fig.subplots(1, 2 if near else 1, squeeze=False)[0]
+    draw_groups_with_ellipses(axes[0], coords, n_std, styles=styles, legend=False)
+    axes[0].set_title("all groups", fontsize=9)
+    if near:
+        draw_groups_with_ellipses(axes[1], near, n_std, styles=styles, legend=False)
+        axes[1].set_title(f"MDS again of the groups within {NEAR_SD:g} real SDs of the real volumes", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("MDS 1")
+        ax.set_ylabel("MDS 2")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.80 if near else 0.68, wspace=0.25, top=0.88)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
 def embedding_figure(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace, size: int,
                      folders: dict[str, Path]) -> tuple[Path, list[dict[str, Any]], float]:
-    """The paper's Figure 4: every group's features (label → folder; the first is the real reference) in one
-    metric-MDS map with 95 % ellipses. Returns the figure, the embedding rows and the MDS Stress-1."""
+    """The paper's Figure 4: every group's features (label → folder; the first is the real reference, the last
+    the untrained generator) in one metric-MDS map with 95 % ellipses. Returns the figure, the embedding rows
+    and the MDS Stress-1."""
     import numpy as np
 
-    from medgen.experiments.embedding import (embedding_rows, group_features, save_embedding_figure)
+    from medgen.experiments.embedding import embedding_rows, group_features
     from medgen.metrics.features import make_extractor
     from medgen.viz.embedding import euclidean_distances, mds_embedding, n_std_for_coverage, stress1
 
@@ -299,10 +349,16 @@ def embedding_figure(ws: Workspace, out: ExperimentOutput, args: argparse.Namesp
     feats = group_features(folders, extractor, ws.scale.n_samples, ws.seed, ws.progress)
     coords = dict(zip(feats, mds_embedding(list(feats.values()), seed=ws.seed, method="metric")))
     stress = stress1(euclidean_distances(np.concatenate(list(feats.values()))), np.concatenate(list(coords.values())))
-    rows = [{"size": size, **r} for r in embedding_rows(coords, next(iter(folders)), n_std)]
+    labels = list(folders)
+    rows = [{"size": size, **r} for r in embedding_rows(coords, labels[0], n_std)]
+    close = [r["group"] for r in rows if r["dist_to_real_sd"] <= NEAR_SD]
+    near = None
+    if len(close) < len(rows) and len(close) > 1:
+        near = dict(zip(close, mds_embedding([feats[g] for g in close], seed=ws.seed, method="metric")))
     path = out.path(f"synthesis-embedding-{size}.png")
-    save_embedding_figure(path, coords, n_std, coverage,
-                          f"{size}³: metric MDS of {extractor.name} features (Stress-1 {stress:.2f})")
+    save_family_embedding_figure(path, coords, near, n_std, labels[0], labels[-1],
+                                 f"{size}³: metric MDS of {extractor.name} features (Stress-1 {stress:.2f}); "
+                                 f"ellipses hold {coverage:.0%} of a Gaussian ({n_std:.2f} SD)")
     return path, rows, stress
 
 
