@@ -124,15 +124,10 @@ def _train(ws: Workspace, variant: Variant, name: str, size: int, seed: int, **o
 
 def _mean_row(label: str, rows: list[dict[str, Any]], columns) -> dict[str, Any]:
     """The mean over seeds of every numeric column (NaN and None left out)."""
-    out: dict[str, Any] = {"variant": label, "seed": "mean"}
-    for c in columns:
-        if c in out:
-            continue
-        values = [r.get(c) for r in rows]
-        nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
-                and math.isfinite(float(v))]
-        out[c] = float(np.mean(nums)) if nums else None
-    return out
+    from medgen.experiments.workspace import seed_statistics
+
+    mean, _ = seed_statistics(rows, [c for c in columns if c not in ("variant", "seed")])
+    return {"variant": label, "seed": "mean", **mean}
 
 
 def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:

@@ -229,21 +229,11 @@ def training_minutes(run_dir: Path) -> float | None:
 def mean_std_rows(rows: list[dict[str, Any]], columns: Sequence[str]) -> list[dict[str, Any]]:
     """The mean and the sample standard deviation (ddof 1) over seeds of every numeric column of ``rows``
     (the rows of one model), as two rows with ``seed`` "mean" and "std"; None where no seed has a value."""
-    import math
+    from medgen.experiments.workspace import seed_statistics
 
-    import numpy as np
-
-    mean: dict[str, Any] = {k: rows[0][k] for k in ("size", "model", "budget_minutes", "features") if k in rows[0]}
-    std = dict(mean)
-    mean["seed"], std["seed"] = "mean", "std"
-    for c in columns:
-        if c in mean:
-            continue
-        nums = [float(r[c]) for r in rows if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
-                and math.isfinite(float(r[c]))]
-        mean[c] = float(np.mean(nums)) if nums else None
-        std[c] = float(np.std(nums, ddof=1)) if len(nums) > 1 else None
-    return [mean, std]
+    head = {k: rows[0][k] for k in ("size", "model", "budget_minutes", "features") if k in rows[0]}
+    mean, std = seed_statistics(rows, [c for c in columns if c not in head])
+    return [{**head, "seed": "mean", **mean}, {**head, "seed": "std", **std}]
 
 
 def summary_rows(rows: list[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> list[dict[str, Any]]:

@@ -601,6 +601,24 @@ IS_NOTES: tuple[str, ...] = (
 )
 
 
+def seed_statistics(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The mean and the sample standard deviation (ddof 1) over ``rows`` (one per training seed) of every
+    column, counting only finite numbers (None, NaN and text left out); None where no row has one (std: where
+    fewer than two have)."""
+    import math
+
+    import numpy as np
+
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
+    for c in columns:
+        nums = [float(r[c]) for r in rows if isinstance(r.get(c), (int, float)) and not isinstance(r.get(c), bool)
+                and math.isfinite(float(r[c]))]
+        mean[c] = float(np.mean(nums)) if nums else None
+        std[c] = float(np.std(nums, ddof=1)) if len(nums) > 1 else None
+    return mean, std
+
+
 def metric_row(report: dict[str, Any]) -> dict[str, Any]:
     """The :data:`METRIC_COLUMNS` and :data:`IS_COLUMNS` of one ``medgen evaluate`` report (None where not computed)."""
     m = report.get("metrics", report)
