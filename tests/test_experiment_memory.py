@@ -317,3 +317,43 @@ def test_measure_families_plans_each_family_from_its_own_smaller_sizes():
     assert results["alpha-gan"] == {}  # no benchmark (runner None): not measured
     rows = memory.family_rows("wgan-gp", "paper", params["wgan-gp"], results["wgan-gp"])
     assert rows[2]["memory_mb"] == pytest.approx(1200.0) and rows[2]["fits_16gb"] == "yes (extrapolated: 1.2 GB)"
+
+
+def test_a_family_too_slow_beyond_its_smallest_size_is_measured_smaller_to_extrapolate():
+    slow = FakeRunner({8: 100.0, 16: 200.0, 32: 1000.0}, fail_at=64)  # 64³ stopped, one measured size left
+    failed = FakeRunner({8: 50.0, 16: 150.0}, fail_at=32)  # nothing measured in the table: 16³, then 8³
+    fine = FakeRunner({32: 300.0, 64: 400.0})  # two measured sizes: nothing smaller tried
+    families = ["stylegan2", "pggan", "wgan-gp"]
+    params = {name: {s: {"net": 1} for s in (8, 16, 32, 64)} for name in families}
+    results = memory.measure_families(
+        families, {name: "paper" for name in families}, [32, 64], params, device="cpu", batch=1, repeats=1,
+        threads=1, memory_limit_mb=4000.0, time_limit_s=600.0,
+        runners={"stylegan2": slow, "pggan": failed, "wgan-gp": fine}, smaller=[8, 16])
+    assert [c[1] for c in slow.calls] == [32, 64, 16]  # two measured after 16³: 8³ not tried
+    assert [c[1] for c in failed.calls] == [32, 16, 8]  # a failure at 32³ does not stop the smaller sizes
+    assert [c[1] for c in fine.calls] == [32, 64]
+    assert results["pggan"][32]["skipped"].startswith("failed:") and results["pggan"][8]["peak_memory_mb"] == 50.0
+    # the rows: 16³ and 32³ measured, 64³ (stopped) and 256³ (above --sizes) extrapolated through them:
+    # 1000 + (1000 - 200) / (32³ - 16³) · (64³ - 32³) = 1000 + 800 · 8 = 7400 MiB
+    shown = {s: params["stylegan2"][s] for s in (16, 32, 64)} | {256: {"net": 1}}
+    rows = memory.family_rows("stylegan2", "paper", shown, results["stylegan2"],
+                              missing={256: "not measured: above --sizes"})
+    by = {r["size"]: r for r in rows}
+    assert [r["size"] for r in rows] == [16, 32, 64, 256]
+    assert by[16]["memory_source"] == "measured" and by[64]["memory_mb"] == pytest.approx(7400.0)
+    assert by[64]["memory_source"] == "extrapolated" and by[64]["skipped"].startswith("failed:")
+    # 1000 + 800 · (256³ - 32³) / (32³ - 16³) = 1000 + 800 · 584 = 468200 MiB
+    assert by[256]["memory_mb"] == pytest.approx(468200.0) and by[256]["skipped"] == "not measured: above --sizes"
+    assert by[256]["fits_16gb"] == "no (extrapolated: 457 GB)"
+
+
+def test_extrapolated_sizes_default_to_256_at_demo_scale_and_must_be_above_the_measured():
+    assert memory.parse_extrapolate(None, "demo", [32, 64, 128]) == [256]
+    assert memory.parse_extrapolate(None, "full", [32, 64, 128, 256]) == []
+    assert memory.parse_extrapolate(None, "demo", [32, 64, 128, 256]) == []  # measured, not extrapolated
+    assert memory.parse_extrapolate("512,256", "smoke", [32]) == [256, 512]
+    assert memory.parse_extrapolate("none", "demo", [32]) == []
+    with pytest.raises(memory.UsageError, match="not above the largest measured size 64"):
+        memory.parse_extrapolate("64", "demo", [32, 64])
+    with pytest.raises(memory.UsageError, match="comma-separated"):
+        memory.parse_extrapolate("big", "demo", [32])

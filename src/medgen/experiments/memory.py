@@ -64,6 +64,12 @@ PAPER_PARAMS_M: dict[int, float] = {32: 74.7, 64: 78.7, 128: 79.6, 256: 79.7}
 PAPER_MEMORY_MB: dict[int, float] = {32: 2573, 64: 2665, 128: 3167, 256: 5961}
 
 DEFAULT_SIZES: dict[str, tuple[int, ...]] = {"smoke": (32,), "demo": (32, 64, 128), "full": (32, 64, 128, 256)}
+# Sizes of the table across models that are extrapolated, not measured (the paper's 256³ at demo scale).
+DEFAULT_EXTRAPOLATE: dict[str, tuple[int, ...]] = {"smoke": (), "demo": (256,), "full": ()}
+# Sizes below the table's, tried (largest first) for a family measured at fewer than two of the table's sizes,
+# so that its growth can be extrapolated: e.g. StyleGAN2 or PGGAN at their paper widths, too slow on a CPU
+# beyond 32³.
+SMALLER_SIZES: tuple[int, ...] = (16, 8)
 DEFAULT_PRESET: dict[str, str] = {"smoke": "tiny", "demo": "paper", "full": "paper"}
 DEFAULT_REPEATS: dict[str, int] = {"smoke": 1, "demo": 2, "full": 3}
 # Torch CPU threads of the measuring processes (None: torch's choice, one per core). The smoke scale
@@ -121,6 +127,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--families", default=None, metavar="F,F",
                    help="families of the table across models, memory-families (default: every registered one of "
                         f"{','.join(FAMILY_CANDIDATES)}; none: HA-GAN's table only)")
+    p.add_argument("--extrapolate-to", default=None, metavar="S,S",
+                   help="table across families: larger resolutions listed with the memory extrapolated from the "
+                        "measured ones, not measured (default: demo 256, the paper's largest; none: no such rows)")
     p.add_argument("--params-only", action="store_true",
                    help="parameter counts only (instant, no measurement, no figure)")
 
@@ -177,6 +186,24 @@ def predict(history: Sequence[tuple[float, float]], x: float, min_points: int = 
     (x0, y0), (x1, y1) = pts[-2], pts[-1]
     slope = max((y1 - y0) / (x1 - x0), 0.0)
     return y1 + slope * (x - x1)
+
+
+def parse_extrapolate(text: str | None, scale: str, sizes: Sequence[int]) -> list[int]:
+    """Sorted sizes of ``--extrapolate-to`` (default: the scale's) that are not among the measured ``sizes``."""
+    if text is None:
+        wanted = list(DEFAULT_EXTRAPOLATE[scale])
+    elif text.strip().lower() == "none":
+        wanted = []
+    else:
+        try:
+            wanted = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--extrapolate-to {text!r}: need comma-separated integers, e.g. 256 (or none)") from None
+        small = [w for w in wanted if w <= max(sizes)]
+        if small:
+            raise UsageError(f"--extrapolate-to {text!r}: {small[0]} is not above the largest measured size "
+                             f"{max(sizes)} (--sizes)")
+    return sorted({w for w in wanted if w not in sizes})
 
 
 def default_chunk(size: int, preset: str) -> int:
@@ -373,15 +400,15 @@ def fits_label(memory_mb: float | None, source: str | None, limit_mb: float = FI
 
 
 def family_rows(family: str, preset: str, params: Mapping[int, dict[str, int] | str],
-                results: Mapping[int, dict[str, Any]], *, missing: str = "not measured",
+                results: Mapping[int, dict[str, Any]], *, missing: str | Mapping[int, str] = "not measured",
                 limit_mb: float = FITS_MB) -> list[dict[str, Any]]:
     """The rows of one family in the table across models, one per size of ``params``.
 
     ``params``: size → trainable parameters per network, or why the size is not supported (a string);
     ``results``: size → training bench result, or ``{"skipped": why}``; a size missing was not measured
-    (``missing`` says why, e.g. the family has no benchmark). A size not measured gets the memory
-    extrapolated from the measured sizes (:func:`predict` through the two largest, at least two needed),
-    marked ``extrapolated``.
+    (``missing`` says why, e.g. the family has no benchmark; or size → why). A size not measured gets the
+    memory extrapolated from the measured sizes (:func:`predict` through the two largest, at least two
+    needed), marked ``extrapolated``.
     """
     history = [(float(size) ** 3, float(r["peak_memory_mb"])) for size, r in results.items() if "skipped" not in r]
     rows: list[dict[str, Any]] = []
@@ -400,7 +427,8 @@ def family_rows(family: str, preset: str, params: Mapping[int, dict[str, int] | 
             mb, source = float(r["peak_memory_mb"]), "measured"
             row["seconds_per_iteration"] = float(r["seconds_median"])
         else:
-            why.append(r["skipped"] if r is not None else missing)
+            why.append(r["skipped"] if r is not None else
+                       missing if isinstance(missing, str) else missing.get(size, "not measured"))
             mb = predict(history, float(size) ** 3, min_points=2)
             source = "extrapolated" if mb is not None else None
             if mb is None and r is not None:
@@ -416,20 +444,35 @@ def measure_families(families: Sequence[str], presets: Mapping[str, str], sizes:
                      repeats: int, threads: int | None, memory_limit_mb: float | None, time_limit_s: float,
                      measured: Mapping[tuple[str, int], dict[str, Any]] | None = None,
                      runners: Mapping[str, Callable[..., dict[str, Any]]] | None = None,
-                     on_size: Callable[[int], None] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+                     on_size: Callable[[int], None] | None = None,
+                     smaller: Sequence[int] = ()) -> dict[str, dict[int, dict[str, Any]]]:
     """Training bench results per family and size (smallest sizes first, a :class:`Planner` per family).
 
     ``measured``: (family, size) → a result made already (HA-GAN's train_slab of the first table), used as
     is; ``runners``: family → its ``run_isolated`` (default the family's bench; None, or a family without a
     bench: not measured); ``on_size``: called after each size.
+
+    ``smaller``: sizes below ``sizes``, tried largest first for a family that has fewer than two measured
+    sizes after ``sizes`` because some were skipped or failed (too slow or too large on this machine), until
+    it has two, so that its larger sizes can be extrapolated; sizes missing from its ``params`` or
+    unsupported there are not tried.
     """
     from medgen.families import registry
 
     planners: dict[str, Planner] = {}
     out: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in families}
-    for size in sorted(sizes):
-        for name in families:
-            if isinstance(params[name].get(size), str):
+
+    def measured_sizes(name: str) -> int:
+        return sum("skipped" not in r for r in out[name].values())
+
+    order = [(size, list(families)) for size in sorted(sizes)]
+    order += [(size, None) for size in sorted((s for s in smaller if s < min(sizes)), reverse=True)]
+    for size, names in order:
+        if names is None:  # a smaller size: only the families still short of two measurements
+            names = [n for n in families if measured_sizes(n) < 2 and size in params[n]
+                     and any("skipped" in r for r in out[n].values())]
+        for name in names:
+            if size not in params[name] or isinstance(params[name][size], str):
                 continue  # size not supported
             if runners is not None and name in runners:
                 runner = runners[name]
@@ -628,7 +671,8 @@ def _machine_note(machine: dict[str, Any], cuda: bool, loads: Sequence[float]) -
 def _family_notes(*, families: Sequence[str], presets: Mapping[str, str], cuda: bool, params_only: bool,
                   memory_label: str, repeats: int, batch: int, memory_limit_gb: float, time_limit_min: float,
                   unmeasured: Sequence[str], reused_hagan: bool, machine_note: str | None = None,
-                  smallest_mb: float | None = None) -> list[str]:
+                  smallest_mb: float | None = None, extrapolate: Sequence[int] = (),
+                  smaller: Sequence[int] = ()) -> list[str]:
     """What the columns of the table across models mean and how they were measured."""
     shown = ", ".join(f"{name} {presets[name]}" for name in families)
     notes = [
@@ -670,6 +714,16 @@ def _family_notes(*, families: Sequence[str], presets: Mapping[str, str], cuda: 
         f"Limits per configuration as in the HA-GAN table: {memory_limit}time {time_limit_min:g} min; a size that "
         "the family's smaller sizes predict to pass one is skipped, one passing it while running is stopped "
         "(column skipped).")
+    if extrapolate:
+        shown = ", ".join(f"{s}³" for s in extrapolate)
+        notes.append(f"{shown}: not measured at this scale (above --sizes, as the columns skipped say); every "
+                     "family's memory there is extrapolated from its measured sizes as above.")
+    if smaller:
+        shown = " and ".join(f"{s}³" for s in smaller)
+        notes.append(f"{shown}: measured only for a family with fewer than two measured sizes of the table (one "
+                     "too slow on this machine beyond the smallest), so that its growth can be extrapolated; an "
+                     "extrapolation from such small sizes, where the fixed part dominates and the widest layers "
+                     "may not yet be present, is the roughest in the table.")
     if reused_hagan:
         notes.append("hagan: the train_slab measurement of the HA-GAN table (memory.csv), not measured twice.")
     if unmeasured:
@@ -740,10 +794,12 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         out.add_figure(fig_path)
 
     # The table across models.
+    extrapolate = [] if args.params_only else parse_extrapolate(getattr(args, "extrapolate_to", None), scale, sizes)
+    smaller = [] if args.params_only else [s for s in SMALLER_SIZES if s < min(sizes)]
     family_params: dict[str, dict[int, dict[str, int] | str]] = {}
     for name in families:
         family_params[name] = {}
-        for size in sizes:
+        for size in [*smaller, *sizes, *extrapolate]:
             try:
                 family_params[name][size] = trainable_parameters(name, presets[name], size)
             except UsageError as exc:
@@ -754,11 +810,16 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         family_results = measure_families(
             families, presets, sizes, family_params, device=device, batch=batch, repeats=repeats, threads=threads,
             memory_limit_mb=memory_limit_mb, time_limit_s=args.time_limit_min * 60, measured=reuse,
-            on_size=lambda size: loads.append(os.getloadavg()[0]))
+            on_size=lambda size: loads.append(os.getloadavg()[0]), smaller=smaller)
     no_bench = "not measured: the family has no benchmark (medgen bench)"
-    family_table = [row for name in families
-                    for row in family_rows(name, presets[name], family_params[name], family_results[name],
-                                           missing=no_bench if registry.get(name).bench is None else "not measured")]
+    beyond = "not measured: above --sizes"
+    family_table = []
+    for name in families:
+        shown = {size: counts for size, counts in family_params[name].items()
+                 if size in sizes or size in extrapolate or size in family_results[name]}
+        missing = {size: no_bench if registry.get(name).bench is None else
+                   beyond if size in extrapolate else "not measured" for size in shown}
+        family_table += family_rows(name, presets[name], shown, family_results[name], missing=missing)
     family_measurements = [{"family": name, "size": size, **r} for name in families
                            for size, r in family_results[name].items()]
     if not measurements:  # the measuring processes' own record when HA-GAN's table measured nothing
@@ -773,6 +834,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
             families=families, presets=presets, cuda=cuda, params_only=args.params_only, memory_label=memory_label,
             repeats=repeats, batch=batch, memory_limit_gb=args.memory_limit_gb, time_limit_min=args.time_limit_min,
             unmeasured=unmeasured, reused_hagan=bool(family_results.get("hagan")) and presets.get("hagan") == preset,
+            extrapolate=extrapolate,
+            smaller=sorted({r["size"] for r in family_table if r["size"] < min(sizes)}, reverse=True),
             machine_note=None if args.params_only else _machine_note(machine, cuda, loads),
             smallest_mb=min((r["memory_mb"] for r in family_table if r.get("memory_source") == "measured"),
                             default=None))
