@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "encode",
     "translate",
     "segment",
+    "anomaly",
     "evaluate",
     "report",
     "experiment",

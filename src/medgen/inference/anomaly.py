@@ -1,0 +1,362 @@
+"""Anomaly detection with a model of normal anatomy: ``medgen anomaly RUN DATA --out DIR``.
+
+A model trained on normal volumes only cannot reproduce what it never saw. Each volume x (in the
+model's [-1, 1] units) is reconstructed as the model's closest normal volume x̂ — the "counterfactual"
+of what the scan would look like without the anomaly — and the voxel anomaly map is the residual
+``|x − x̂|``:
+
+* f-AnoGAN (``fanogan``, on a trained HA-GAN): x̂ = G(E(x)); its own score adds the discriminator-
+  feature residual (the model's ``anomaly`` method gives score, map and reconstruction);
+* autoencoders (``autoencoder``, AE or VAE; also ``vae-gan``, ``alpha-gan``, ``hagan`` through their
+  encoders): x̂ = decoder(encoder(x));
+* diffusion (``ddpm``): x noised to a fraction ``noise_level`` of the forward process and denoised
+  back (AnoDDPM), with ``--noise-level`` and ``--steps``.
+
+Every model with a ``reconstruct`` method can serve; one with an ``anomaly`` method (volumes →
+``{"score", "map", "reconstruction"}``) defines its own score and map. The per-volume scores written
+are ``score`` (the model's own where it defines one, else ``score_mean``), ``score_mean`` (the mean of
+the map), ``score_p99`` (its 99th percentile: small lesions move it more than the mean) and
+``score_max``.
+
+Outputs in ``OUT`` (written atomically; a rerun skips volumes whose outputs exist):
+
+* ``scores.csv``: one row per volume (id, the scores; with ground truth: ``abnormal``, lesion count and
+  volume);
+* ``maps/<id>.nii.gz``: the anomaly map (float32; CT: |x − x̂| in HU, otherwise in the model's
+  normalised units), on the input's grid and affine;
+* ``reconstructions/<id>.nii.gz``: x̂ in the input's units (CT: HU as int16);
+* ``figures/<id>.png``: input | reconstruction | map | map over the input with the true lesion outline
+  (when known), three planes through the strongest anomaly (the largest lesion when known);
+* ``metrics.json``: with ground truth (a data set with the manifest column ``abnormal`` and/or the named
+  volume ``lesion``, as ``medgen phantoms --lesions`` writes them): volume-level AUROC/AUPRC of every
+  score, voxel-level AUROC/AUPRC and the best Dice of the thresholded map against the lesion mask
+  (:mod:`medgen.metrics.scores`).
+
+DATA is a preprocessed data set (``medgen preprocess``) of the model's volume size or a scan / folder of
+scans of that size (NIfTI, NRRD, MHA, DICOM), normalised as the training data were.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medgen.core.errors import InputError, UsageError
+from medgen.core.volume import ct_window, hounsfield_int16, is_ct
+
+#: Per-volume scores written to ``scores.csv``, after ``score``.
+SCORE_COLUMNS = ("score_mean", "score_p99", "score_max")
+#: The named volume and manifest column that hold the ground truth, when known.
+LESION_VOLUME = "lesion"
+ABNORMAL_COLUMN = "abnormal"
+
+
+@dataclass
+class AnomalySummary:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None
+
+
+def check_model(model: Any, what: str = "this model") -> None:
+    """UsageError (one line) unless ``model`` can reconstruct volumes."""
+    if not callable(getattr(model, "anomaly", None)) and not callable(getattr(model, "reconstruct", None)):
+        raise UsageError(f"{what} cannot reconstruct volumes, so it cannot detect anomalies (use a run of "
+                         "fanogan, autoencoder, ddpm, or a family with an encoder: hagan, vae-gan, alpha-gan)")
+
+
+def volume_scores(anomaly_map: np.ndarray) -> dict[str, float]:
+    """The summary scores of one anomaly map (:data:`SCORE_COLUMNS`)."""
+    m = np.asarray(anomaly_map, dtype=np.float32).reshape(-1)
+    return {"score_mean": float(m.mean(dtype=np.float64)), "score_p99": float(np.percentile(m, 99)),
+            "score_max": float(m.max())}
+
+
+def detect(model: Any, volume: np.ndarray, **options: Any) -> dict[str, Any]:
+    """Score, map and reconstruction of one volume [S, S, S] in [-1, 1] (module docstring).
+
+    ``options`` go to the model's ``anomaly`` or ``reconstruct`` (e.g. ``noise_level``, ``steps``, ``seed``
+    for diffusion models; None values are left out). Returns ``score`` (float), ``map`` and
+    ``reconstruction`` (float32 [S, S, S]) and the :data:`SCORE_COLUMNS`."""
+    opts = {k: v for k, v in options.items() if v is not None}
+    x = np.asarray(volume, dtype=np.float32)
+    if callable(getattr(model, "anomaly", None)):
+        out = model.anomaly(x[None], **opts)
+        rec = np.asarray(out["reconstruction"], dtype=np.float32)[0]
+        amap = np.asarray(out["map"], dtype=np.float32)[0]
+        own: float | None = float(np.asarray(out["score"]).reshape(-1)[0])
+    else:
+        check_model(model)
+        rec = np.asarray(model.reconstruct(x[None], **opts), dtype=np.float32)[0]
+        amap = np.abs(x - rec)
+        own = None
+    if rec.shape != x.shape or amap.shape != x.shape:
+        raise RuntimeError(f"the model returned a reconstruction of {rec.shape} and a map of {amap.shape} "
+                           f"for a volume of {x.shape}")
+    scores = volume_scores(amap)
+    return {"score": scores["score_mean"] if own is None else own, **scores, "map": amap, "reconstruction": rec}
+
+
+def map_units(info: dict[str, Any]) -> tuple[str, float]:
+    """The unit the maps are written in and the factor from [-1, 1] differences to it (CT: HU)."""
+    if is_ct(info):
+        lo, hi = ct_window(info)
+        return "HU", (hi - lo) / 2.0
+    return "normalised intensity ([-1, 1] units)", 1.0
+
+
+def _focus(amap: np.ndarray, lesion: np.ndarray | None) -> tuple[int, int, int]:
+    """The voxel the figure's planes go through: the centre of the largest lesion, else the map's maximum."""
+    if lesion is not None and np.any(lesion > 0):
+        ids, counts = np.unique(lesion[lesion > 0], return_counts=True)
+        where = np.argwhere(lesion == ids[np.argmax(counts)])
+        return tuple(int(round(v)) for v in where.mean(axis=0))  # type: ignore[return-value]
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(amap)), amap.shape))  # type: ignore[return-value]
+
+
+def save_anomaly_figure(path: Path, image: np.ndarray, reconstruction: np.ndarray, amap: np.ndarray,
+                        lesion: np.ndarray | None, title: str, map_max: float | None = None) -> Path:
+    """input | reconstruction | map | map over the input (+ the true lesion outline): three planes through
+    :func:`_focus`. Volumes ``(x, y, z)``, image and reconstruction in [-1, 1]; written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medgen.core.fileio import atomic_path
+    from medgen.viz.mosaic import PLANES, plane_slice
+
+    focus = _focus(amap, lesion)
+    vmax = float(map_max if map_max is not None else max(float(np.percentile(amap, 99.9)), 1e-6))
+    columns = ("input", "reconstruction", "anomaly map", "overlay" + (" + true lesion" if lesion is not None else ""))
+    fig, axes = plt.subplots(len(PLANES), 4, figsize=(8.4, 2.2 * len(PLANES)), squeeze=False)
+    axis_of = {"axial": 2, "coronal": 1, "sagittal": 0}
+    for r, plane in enumerate(PLANES):
+        index = focus[axis_of.get(plane, 2)]
+        img = plane_slice(image, plane, index)
+        axes[r][0].imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        axes[r][1].imshow(plane_slice(reconstruction, plane, index), cmap="gray", vmin=-1, vmax=1,
+                          interpolation="nearest")
+        m = plane_slice(amap, plane, index)
+        axes[r][2].imshow(m, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+        axes[r][3].imshow(img, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        axes[r][3].imshow(np.ma.masked_less(m, 0.3 * vmax), cmap="autumn", vmin=0, vmax=vmax, alpha=0.6,
+                          interpolation="nearest")
+        if lesion is not None:
+            truth = plane_slice((lesion > 0).astype(np.float32), plane, index)
+            if truth.any():
+                axes[r][3].contour(truth, levels=[0.5], colors="cyan", linewidths=0.8)
+        axes[r][0].set_ylabel(plane, fontsize=8)
+    for c, name in enumerate(columns):
+        axes[0][c].set_title(name, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def ground_truth_metrics(rows: list[dict[str, Any]], maps: list[np.ndarray], masks: list[np.ndarray] | None
+                         ) -> dict[str, Any]:
+    """Volume-level AUROC/AUPRC of every score (with the ``abnormal`` labels of ``rows``) and voxel-level
+    AUROC/AUPRC and best Dice of ``maps`` against ``masks`` (lesion > 0); a metric that cannot be computed
+    (one class only) is left out with the reason under ``notes``."""
+    from medgen.metrics import scores as sc
+
+    out: dict[str, Any] = {"volumes": len(rows), "notes": []}
+    labels = [r.get(ABNORMAL_COLUMN) for r in rows]
+    if labels and all(v is not None for v in labels):
+        y = np.asarray(labels, dtype=int)
+        out["abnormal"] = int(y.sum())
+        for name in ("score", *SCORE_COLUMNS):
+            s = np.asarray([r[name] for r in rows], dtype=np.float64)
+            try:
+                out[f"auroc_{name}"] = sc.auroc(s, y)
+                out[f"auprc_{name}"] = sc.auprc(s, y)
+            except ValueError as exc:
+                out["notes"].append(f"volume level ({name}): {exc}")
+                break
+        if "auprc_score" in out:
+            out["auprc_chance"] = float(y.mean())
+    if masks is not None:
+        pooled = np.concatenate([np.asarray(m, bool).reshape(-1) for m in masks])
+        out["lesion_voxel_fraction"] = float(pooled.mean())
+        try:
+            out["voxel_auroc"] = sc.voxel_auroc(maps, masks)
+            out["voxel_auprc"] = sc.voxel_auprc(maps, masks)
+        except ValueError as exc:
+            out["notes"].append(f"voxel level: {exc}")
+        best_dice = getattr(sc, "best_dice", None)
+        if best_dice is not None and "voxel_auprc" in out:
+            dice, threshold = best_dice(maps, masks)
+            out["best_dice"], out["best_dice_threshold"] = float(dice), float(threshold)
+    return out
+
+
+def _read_scan_rows(data_dir: Path) -> dict[str, dict[str, str]]:
+    with open(data_dir / "manifest.csv", newline="", encoding="utf-8-sig") as fh:
+        return {row["id"]: row for row in csv.DictReader(fh)}
+
+
+def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "all", figures: int | None = None,
+                    progress: bool = True, **options: Any) -> AnomalySummary:
+    """Score every subject of the preprocessed data set ``data_dir`` into ``out_dir`` (module docstring).
+
+    ``figures``: how many volumes get a figure (None: all), abnormal ones first; ``options``: the model's
+    reconstruction options (:func:`detect`)."""
+    from tqdm import tqdm
+
+    from medgen.core.fileio import atomic_write_json
+    from medgen.core.tables import write_csv
+    from medgen.core.volume import parse_spacing
+    from medgen.data.dataset import VolumeDataset, load_preprocess_info, volume_kinds
+    from medgen.inference.generate import spacing_affine
+
+    check_model(model)
+    info = load_preprocess_info(data_dir)
+    kinds = volume_kinds(info, data_dir / "preprocess.json")
+    size = int(model.config.size)
+    if int(info.get("size", 0) or 0) not in (0, size):
+        raise InputError(f"{data_dir}: volumes of {info.get('size')}³, the model works on {size}³ "
+                         f"(preprocess the scans with --size {size})")
+    has_lesion = LESION_VOLUME in kinds
+    keys = ("image", LESION_VOLUME) if has_lesion else ("image",)
+    ds = VolumeDataset(data_dir, split=split, label_column=None, keys=keys)
+    manifest = _read_scan_rows(data_dir)
+    units, scale = map_units(info)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = AnomalySummary()
+    rows: list[dict[str, Any]] = []
+    maps: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    pending_figures: list[tuple[str, int]] = []
+    for i in tqdm(range(len(ds)), desc="anomaly", unit="vol", disable=not progress):
+        item = ds[i]
+        sid = item["id"]
+        x = item["image"][0].numpy().astype(np.float32)
+        spacing = parse_spacing(manifest.get(sid, {}).get("spacing", "")) or (1.0, 1.0, 1.0)
+        back = (lambda y: hounsfield_int16(y, ct_window(info))) if is_ct(info) else (lambda y: y.astype(np.float32))
+        res = _detect_and_write(model, x, sid, out_dir, spacing_affine(spacing), back, scale, summary, options)
+        row: dict[str, Any] = {"id": sid, "score": res["score"], **{k: res[k] for k in SCORE_COLUMNS}}
+        truth = manifest.get(sid, {})
+        if truth.get(ABNORMAL_COLUMN, "") != "":
+            row[ABNORMAL_COLUMN] = int(float(truth[ABNORMAL_COLUMN]))
+        lesion = item[LESION_VOLUME][0].numpy() if has_lesion else None
+        if lesion is not None:
+            row["lesion_count"] = int(len(np.unique(lesion[lesion > 0])))
+            row["lesion_voxels"] = int((lesion > 0).sum())
+            row.setdefault(ABNORMAL_COLUMN, int(row["lesion_count"] > 0))
+            masks.append(lesion > 0)
+        rows.append(row)
+        maps.append(res["map"])
+        pending_figures.append((sid, i))
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    write_csv(out_dir / "scores.csv", rows, columns)
+    # figures: abnormal volumes first, then the rest, up to `figures`
+    order = sorted(range(len(rows)), key=lambda k: -int(rows[k].get(ABNORMAL_COLUMN, 0)))
+    shown = order if figures is None else order[: max(0, figures)]
+    vmax = float(np.percentile(np.concatenate([m.reshape(-1) for m in maps]), 99.9)) if maps else None
+    for k in shown:
+        sid, i = pending_figures[k]
+        target = out_dir / "figures" / f"{sid}.png"
+        if target.is_file():
+            continue
+        with np.load(out_dir / "outputs" / f"{sid}.npz") as z:
+            rec = z["reconstruction"]
+        item = ds[i]
+        lesion = item[LESION_VOLUME][0].numpy() if has_lesion else None
+        label = rows[k].get(ABNORMAL_COLUMN)
+        what = "" if label is None else (" (abnormal)" if label else " (normal)")
+        save_anomaly_figure(target, item["image"][0].numpy(), rec, maps[k], lesion,
+                            f"{sid}{what}: score {rows[k]['score']:.4g}", map_max=vmax)
+    if any(ABNORMAL_COLUMN in r for r in rows) or masks:
+        metrics = ground_truth_metrics(rows, maps, masks if has_lesion else None)
+        metrics.update(data=str(data_dir), split=split, map_units=units)
+        atomic_write_json(out_dir / "metrics.json", metrics)
+        summary.metrics = metrics
+    return summary
+
+
+def _detect_and_write(model: Any, x: np.ndarray, sid: str, out_dir: Path, affine: np.ndarray,
+                      back: Callable[[np.ndarray], np.ndarray], scale: float, summary: AnomalySummary,
+                      options: dict[str, Any]) -> dict[str, Any]:
+    """:func:`detect` on volume ``sid`` and its map and reconstruction written, or the result of an earlier
+    run read back (``out_dir/outputs/<id>.npz``, written last, marks a finished volume)."""
+    from medgen.data.io import write_nifti
+
+    cache = out_dir / "outputs" / f"{sid}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            res = {"score": float(z["score"]), "map": z["map"], "reconstruction": z["reconstruction"]}
+        res.update(volume_scores(res["map"]))
+        summary.skipped.append(sid)
+        return res
+    res = detect(model, x, **options)
+    write_nifti(out_dir / "maps" / f"{sid}.nii.gz", (res["map"] * scale).astype(np.float32), affine)
+    write_nifti(out_dir / "reconstructions" / f"{sid}.nii.gz", back(res["reconstruction"]), affine)
+    _save_npz(cache, score=np.float64(res["score"]), map=res["map"].astype(np.float32),
+              reconstruction=res["reconstruction"].astype(np.float32))
+    summary.written.append(sid)
+    return res
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez`` written atomically."""
+    from medgen.core.fileio import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+
+def anomaly_scans(model: Any, inputs: list[Any], out_dir: Path, *, progress: bool = True,
+                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr), **options: Any) -> AnomalySummary:
+    """Score every scan of ``inputs`` (``InputItem``s: id and path) into ``out_dir``: each reoriented to RAS+,
+    normalised as the training data were, and required to have the model's volume size; maps and
+    reconstructions are written on the scan's own affine (module docstring). No ground truth, no metrics."""
+    from tqdm import tqdm
+
+    from medgen.core.tables import write_csv
+    from medgen.data.io import read_volume, reorient_to_ras
+    from medgen.inference.translate import normalise_scan
+
+    check_model(model)
+    info = dict(getattr(model.run_config, "preprocess", None) or {})
+    size = int(model.config.size)
+    units, scale = map_units(info)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = AnomalySummary()
+    rows: list[dict[str, Any]] = []
+    for item in tqdm(inputs, desc="anomaly", unit="vol", disable=not progress):
+        try:
+            volume = reorient_to_ras(read_volume(item.path))
+            if tuple(volume.array.shape) != (size,) * 3:
+                raise InputError(f"{'x'.join(map(str, volume.array.shape))} voxels, the model works on {size}³ "
+                                 f"(resample it, e.g. with medgen preprocess --size {size})")
+            x, back = normalise_scan(volume.array, info)
+        except InputError as exc:
+            summary.failed.append((str(item.path), str(exc)))
+            continue
+        res = _detect_and_write(model, x, item.id, out_dir, volume.affine, back, scale, summary, options)
+        figure = out_dir / "figures" / f"{item.id}.png"
+        if not figure.is_file():
+            save_anomaly_figure(figure, x, res["reconstruction"], res["map"], None,
+                                f"{item.id}: score {res['score']:.4g}")
+        rows.append({"id": item.id, "file": str(item.path), "score": res["score"],
+                     **{k: res[k] for k in SCORE_COLUMNS}})
+    if rows:
+        write_csv(out_dir / "scores.csv", rows, list(rows[0]))
+    return summary

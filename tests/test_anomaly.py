@@ -1,0 +1,175 @@
+"""medgen anomaly: scores, maps aligned with the input, reconstructions, metrics against the ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from medgen.core.errors import UsageError
+from medgen.data.dataset import add_volume
+from medgen.inference import anomaly
+from toy_volumes import make_dataset
+
+S = 16
+HU = (-1024.0, 600.0)
+
+
+class NormalModel:
+    """Reconstructs the 'normal' volume by clipping away everything brighter than 0.5 (the planted lesions),
+    or returns the input unchanged (``identity``)."""
+
+    def __init__(self, identity: bool = False):
+        self.identity = identity
+        self.config = SimpleNamespace(size=S)
+        self.run_config = SimpleNamespace(preprocess={"modality": "ct", "hu_min": HU[0], "hu_max": HU[1]})
+        self.calls = 0
+
+    def reconstruct(self, volumes, batch_size=1):
+        self.calls += 1
+        x = np.asarray(volumes, dtype=np.float32)
+        return x.copy() if self.identity else np.minimum(x, 0.5)
+
+
+def lesion_dataset(root, n=6):
+    """make_dataset's cylinders; odd subjects get a bright 3³ lesion (0.9) in a `lesion` volume and `abnormal`."""
+    make_dataset(root, n=n, size=S)
+    rows = list(csv.DictReader(open(root / "manifest.csv")))
+    for i, row in enumerate(rows):
+        lesion = np.zeros((S, S, S), np.int16)
+        if i % 2:
+            lesion[6 + i % 3:9 + i % 3, 7:10, 5:8] = 1
+            img = np.load(root / row["file"]).astype(np.float32)
+            img[lesion > 0] = 0.9
+            np.save(root / row["file"], img.astype(np.float16))
+        add_volume(root, "lesion", row["id"], lesion, kind="label")
+    rows = list(csv.DictReader(open(root / "manifest.csv")))
+    fields = list(rows[0]) + ["abnormal"]
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fields)
+        w.writeheader()
+        for i, row in enumerate(rows):
+            w.writerow({**row, "abnormal": i % 2})
+    return root
+
+
+def read_scores(path):
+    return list(csv.DictReader(open(path)))
+
+
+def test_a_detector_that_reproduces_its_input_scores_zero_everywhere(tmp_path):
+    data = lesion_dataset(tmp_path / "d")
+    summary = anomaly.anomaly_dataset(NormalModel(identity=True), data, tmp_path / "o", progress=False, figures=0)
+    rows = read_scores(tmp_path / "o" / "scores.csv")
+    assert len(rows) == 6 and len(summary.written) == 6
+    for r in rows:
+        assert float(r["score"]) == float(r["score_max"]) == float(r["score_p99"]) == 0.0
+    nib = pytest.importorskip("nibabel")
+    assert np.all(np.asarray(nib.load(tmp_path / "o" / "maps" / "v1.nii.gz").dataobj) == 0)
+    # every score ties: chance-level AUROC, AUPRC the share of abnormal volumes
+    assert summary.metrics["auroc_score"] == 0.5 and summary.metrics["auprc_score"] == pytest.approx(0.5)
+
+
+def test_maps_reconstructions_and_metrics_of_a_detector_that_removes_the_lesions(tmp_path):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    nib = pytest.importorskip("nibabel")
+    data = lesion_dataset(tmp_path / "d")
+    out = tmp_path / "o"
+    summary = anomaly.anomaly_dataset(NormalModel(), data, out, progress=False, figures=2)
+    rows = read_scores(out / "scores.csv")
+    y = [int(r["abnormal"]) for r in rows]
+    assert y == [0, 1, 0, 1, 0, 1] and [int(r["lesion_count"]) for r in rows] == [0, 1, 0, 1, 0, 1]
+    assert [int(r["lesion_voxels"]) for r in rows] == [0, 27, 0, 27, 0, 27]
+    m = json.loads((out / "metrics.json").read_text())
+    for name in ("score", "score_mean", "score_p99", "score_max"):
+        s = [float(r[name]) for r in rows]
+        assert m[f"auroc_{name}"] == pytest.approx(roc_auc_score(y, s))
+        assert m[f"auprc_{name}"] == pytest.approx(average_precision_score(y, s))
+    assert m["auroc_score_max"] == 1.0 and m["auprc_chance"] == 0.5
+
+    # the map is |x − x̂| in HU, on the data set's grid: 0.4 · 812 HU inside the lesion (0.9 − 0.5), 0 where
+    # nothing is brighter than 0.5
+    img = nib.load(out / "maps" / "v1.nii.gz")
+    assert np.allclose(img.affine, np.diag([1.0, 1.0, 1.0, 1.0]))
+    amap = np.asarray(img.dataobj)
+    lesion = np.load(data / "lesions" / "v1.npy") > 0
+    x = np.load(data / "volumes" / "v1.npy").astype(np.float32)
+    expected = np.abs(x - np.minimum(x, 0.5)) * (HU[1] - HU[0]) / 2
+    assert np.allclose(amap, expected, atol=1e-3) and amap[lesion].min() > 300
+    # voxel metrics against the pooled masks and maps (independent sklearn computation)
+    maps = [np.abs(v - np.minimum(v, 0.5)).reshape(-1) for v in
+            (np.load(data / "volumes" / f"v{i}.npy").astype(np.float32) for i in range(6))]
+    masks = [(np.load(data / "lesions" / f"v{i}.npy") > 0).reshape(-1) for i in range(6)]
+    assert m["voxel_auprc"] == pytest.approx(average_precision_score(np.concatenate(masks), np.concatenate(maps)))
+    assert m["lesion_voxel_fraction"] == pytest.approx(3 * 27 / (6 * S**3))
+    # reconstructions in HU on the same grid: the lesion is gone
+    rec = np.asarray(nib.load(out / "reconstructions" / "v1.nii.gz").dataobj)
+    assert rec.dtype == np.int16 and rec[lesion].max() <= round(HU[0] + 0.75 * (HU[1] - HU[0])) + 1
+    # two figures, abnormal subjects first
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["v1.png", "v3.png"]
+    assert summary.metrics["voxel_auprc"] == m["voxel_auprc"]
+
+
+def test_a_rerun_reads_the_finished_volumes_back_instead_of_reconstructing_them(tmp_path):
+    data = lesion_dataset(tmp_path / "d", n=4)
+    model = NormalModel()
+    anomaly.anomaly_dataset(model, data, tmp_path / "o", progress=False, figures=0)
+    first = read_scores(tmp_path / "o" / "scores.csv")
+    assert model.calls == 4
+    (tmp_path / "o" / "outputs" / "v2.npz").unlink()  # as if interrupted before v2 finished
+    again = anomaly.anomaly_dataset(model, data, tmp_path / "o", progress=False, figures=0)
+    assert model.calls == 5 and again.written == ["v2"] and sorted(again.skipped) == ["v0", "v1", "v3"]
+    assert read_scores(tmp_path / "o" / "scores.csv") == first
+
+
+def test_volume_scores_and_ground_truth_without_both_classes():
+    amap = np.zeros((10, 10, 10), np.float32)
+    amap[0, 0, :5] = 1.0
+    s = anomaly.volume_scores(amap)
+    assert s["score_mean"] == pytest.approx(5 / 1000) and s["score_max"] == 1.0
+    assert s["score_p99"] == pytest.approx(np.percentile(amap, 99))
+    m = anomaly.ground_truth_metrics([{"abnormal": 0, "score": 1.0, **s}], [amap], None)
+    assert "auroc_score" not in m and "positive" in m["notes"][0]
+
+
+def test_models_that_cannot_reconstruct_and_options_they_do_not_take_are_one_line_errors():
+    from medgen.commands.anomaly import _options
+
+    with pytest.raises(UsageError, match="cannot reconstruct"):
+        anomaly.check_model(SimpleNamespace(generate=lambda n: None))
+    args = argparse.Namespace(noise_level=0.3, steps=None, seed=None)
+    with pytest.raises(UsageError, match="--noise-level: this model reconstructs in one pass"):
+        _options(args, NormalModel())
+
+    class Diffusion(NormalModel):
+        def reconstruct(self, volumes, noise_level=0.25, steps=None, seed=0, batch_size=1):
+            return np.asarray(volumes)
+
+    assert _options(args, Diffusion()) == {"noise_level": 0.3}
+    with pytest.raises(UsageError, match="0 < F <= 1"):
+        _options(argparse.Namespace(noise_level=1.5, steps=None, seed=None), Diffusion())
+
+
+def test_scans_of_another_size_are_reported_and_the_others_written(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    from medgen.data.discover import scan_inputs
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    good = np.full((S, S, S), -1000, np.int16)
+    good[4:8, 4:8, 4:8] = 500  # +500 HU: above 0.5 in [-1, 1] units? (500 + 1024) / 1624 · 2 − 1 = 0.877
+    nib.save(nib.Nifti1Image(good, affine), scans / "a.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.int16), affine), scans / "b.nii.gz")
+    summary = anomaly.anomaly_scans(NormalModel(), scan_inputs(scans, exclude=tmp_path / "o"), tmp_path / "o",
+                                    progress=False)
+    assert summary.written == ["a"] and len(summary.failed) == 1 and "model works on 16³" in summary.failed[0][1]
+    amap = nib.load(tmp_path / "o" / "maps" / "a.nii.gz")
+    assert np.allclose(amap.affine, affine)  # on the scan's own grid
+    values = np.asarray(amap.dataobj)
+    assert values[5, 5, 5] == pytest.approx(500 - (-1024 + 0.75 * 1624), abs=1.0) and values[0, 0, 0] == 0
