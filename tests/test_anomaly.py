@@ -107,6 +107,13 @@ def test_maps_reconstructions_and_metrics_of_a_detector_that_removes_the_lesions
     masks = [(np.load(data / "lesions" / f"v{i}.npy") > 0).reshape(-1) for i in range(6)]
     assert m["voxel_auprc"] == pytest.approx(average_precision_score(np.concatenate(masks), np.concatenate(maps)))
     assert m["lesion_voxel_fraction"] == pytest.approx(3 * 27 / (6 * S**3))
+    assert m["best_dice"] == 1.0  # the map is positive exactly on the lesions
+    # every lesion found at the threshold set on the normal volumes' maps (all 0 there), 27 mm³ each
+    det = m["detection"]
+    assert det["n_lesions"] == 3 and det["n_detected"] == 3 and 0 < det["threshold"] < 1e-6
+    assert [d["volume"] for d in det["lesions"]] == [1, 3, 5]
+    assert det["lesions"][0]["diameter_mm"] == pytest.approx((6 * 27 / np.pi) ** (1 / 3))
+    assert det["by_size"][0]["n"] == 3 and det["by_size"][0]["rate"] == 1.0
     # reconstructions in HU on the same grid: the lesion is gone
     rec = np.asarray(nib.load(out / "reconstructions" / "v1.nii.gz").dataobj)
     assert rec.dtype == np.int16 and rec[lesion].max() <= round(HU[0] + 0.75 * (HU[1] - HU[0])) + 1

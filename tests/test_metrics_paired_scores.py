@@ -202,12 +202,17 @@ def test_evaluate_scores_per_volume_and_per_voxel():
     masks[2, 5:7, 1:3, 0:2] = True
     maps = masks + rng.normal(0, 0.6, masks.shape)
     vox = evaluate_scores(maps, masks)
-    assert list(vox.metrics) == ["voxel_auroc", "voxel_auprc"] and vox.report["n"] == masks.size
+    assert list(vox.metrics) == ["voxel_auroc", "voxel_auprc", "best_dice"] and vox.report["n"] == masks.size
     assert vox.metrics["voxel_auroc"]["value"] == pytest.approx(auroc_by_pairs(maps.ravel(), masks.ravel().astype(int)), abs=1e-12)
     assert vox.metrics["voxel_auprc"]["value"] == pytest.approx(
         average_precision_by_hand(maps.ravel(), masks.ravel().astype(int)), abs=1e-12)
     perfect = evaluate_scores([m.astype(float) for m in masks], list(masks))  # lists of maps pool the same way
     assert perfect.metrics["voxel_auroc"]["value"] == 1.0 and perfect.metrics["voxel_auprc"]["value"] == 1.0
+    assert perfect.metrics["best_dice"]["value"] == 1.0
+    # the best Dice of the noisy maps: the best over every distinct threshold, by hand
+    flat, truth = maps.ravel(), masks.ravel()
+    by_hand = max(2 * (truth & (flat >= t)).sum() / ((flat >= t).sum() + truth.sum()) for t in np.unique(flat))
+    assert vox.metrics["best_dice"]["value"] == pytest.approx(by_hand, abs=1e-12)
 
 
 def test_evaluate_scores_problems():

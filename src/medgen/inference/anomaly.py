@@ -168,12 +168,23 @@ def save_anomaly_figure(path: Path, image: np.ndarray, reconstruction: np.ndarra
     return path
 
 
-def ground_truth_metrics(rows: list[dict[str, Any]], maps: list[np.ndarray], masks: list[np.ndarray] | None
-                         ) -> dict[str, Any]:
+#: Share of the normal volumes' voxels allowed above the lesion-detection threshold.
+DETECTION_FPR = 0.001
+
+
+def ground_truth_metrics(rows: list[dict[str, Any]], maps: list[np.ndarray], masks: list[np.ndarray] | None,
+                         lesions: list[np.ndarray] | None = None, spacings: list[Any] | None = None,
+                         fpr: float = DETECTION_FPR) -> dict[str, Any]:
     """Volume-level AUROC/AUPRC of every score (with the ``abnormal`` labels of ``rows``) and voxel-level
     AUROC/AUPRC and best Dice of ``maps`` against ``masks`` (lesion > 0); a metric that cannot be computed
-    (one class only) is left out with the reason under ``notes``."""
+    (one class only) is left out with the reason under ``notes``.
+
+    With the lesion instance maps ``lesions`` (and the voxel ``spacings`` in mm), per-lesion detection by
+    size (:func:`medgen.metrics.lesions.lesion_detection`) at the threshold that flags a share ``fpr`` of
+    the voxels of the normal volumes (``abnormal`` 0) among them: an operating point set without the
+    lesions, though on the same set's normal volumes."""
     from medgen.metrics import scores as sc
+    from medgen.metrics.lesions import lesion_detection
 
     out: dict[str, Any] = {"volumes": len(rows), "notes": []}
     labels = [r.get(ABNORMAL_COLUMN) for r in rows]
@@ -198,10 +209,14 @@ def ground_truth_metrics(rows: list[dict[str, Any]], maps: list[np.ndarray], mas
             out["voxel_auprc"] = sc.voxel_auprc(maps, masks)
         except ValueError as exc:
             out["notes"].append(f"voxel level: {exc}")
-        best_dice = getattr(sc, "best_dice", None)
-        if best_dice is not None and "voxel_auprc" in out:
-            dice, threshold = best_dice(maps, masks)
+        if "voxel_auprc" in out:
+            dice, threshold = sc.best_dice(maps, masks)
             out["best_dice"], out["best_dice_threshold"] = float(dice), float(threshold)
+    normal = [m for r, m in zip(rows, maps) if r.get(ABNORMAL_COLUMN) == 0]
+    if lesions is not None and normal and any(np.any(v > 0) for v in lesions):
+        threshold = sc.threshold_at_fpr(normal, fpr)
+        found = lesion_detection(maps, lesions, threshold, spacing=spacings if spacings else (1.0, 1.0, 1.0))
+        out["detection"] = {"fpr_normal_voxels": fpr, **found.as_dict()}
     return out
 
 
@@ -241,6 +256,8 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
     rows: list[dict[str, Any]] = []
     maps: list[np.ndarray] = []
     masks: list[np.ndarray] = []
+    lesions: list[np.ndarray] = []
+    spacings: list[Any] = []
     pending_figures: list[tuple[str, int]] = []
     for i in tqdm(range(len(ds)), desc="anomaly", unit="vol", disable=not progress):
         item = ds[i]
@@ -259,6 +276,8 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
             row["lesion_voxels"] = int((lesion > 0).sum())
             row.setdefault(ABNORMAL_COLUMN, int(row["lesion_count"] > 0))
             masks.append(lesion > 0)
+            lesions.append(lesion.astype(np.int32))
+            spacings.append(tuple(spacing))
         rows.append(row)
         maps.append(res["map"])
         pending_figures.append((sid, i))
@@ -282,7 +301,8 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
         save_anomaly_figure(target, item["image"][0].numpy(), rec, maps[k], lesion,
                             f"{sid}{what}: score {rows[k]['score']:.4g}", map_max=vmax)
     if any(ABNORMAL_COLUMN in r for r in rows) or masks:
-        metrics = ground_truth_metrics(rows, maps, masks if has_lesion else None)
+        metrics = ground_truth_metrics(rows, maps, masks if has_lesion else None,
+                                       lesions if has_lesion else None, spacings)
         metrics.update(data=str(data_dir), split=split, map_units=units)
         atomic_write_json(out_dir / "metrics.json", metrics)
         summary.metrics = metrics

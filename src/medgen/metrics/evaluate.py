@@ -46,7 +46,7 @@ __all__ = [
 DEFAULT_FEATURE_METRICS = ("fid", "kid", "mmd", "prdc")
 DEFAULT_PAIRED_METRICS = ("psnr", "ssim", "nmse")
 VOLUME_SCORE_METRICS = ("auroc", "auprc")
-VOXEL_SCORE_METRICS = ("voxel_auroc", "voxel_auprc")
+VOXEL_SCORE_METRICS = ("voxel_auroc", "voxel_auprc", "best_dice")
 
 
 # ---------------------------------------------------------------------------- result

@@ -20,8 +20,11 @@ A metric is registered with :func:`register`. What its function takes depends on
     (:func:`medgen.metrics.evaluate.evaluate_paired`).
 ``"scores"``
     Anomaly scores against binary labels (:mod:`medgen.metrics.scores`: AUROC, AUPRC, per
-    volume or per voxel): ``fn(scores, labels) -> float``
-    (:func:`medgen.metrics.evaluate.evaluate_scores`).
+    volume or per voxel; the best Dice over thresholds, per voxel): ``fn(scores, labels) ->
+    float`` (:func:`medgen.metrics.evaluate.evaluate_scores`). What is not one number of
+    scores and labels is not registered: thresholds at a false-positive rate
+    (:func:`medgen.metrics.scores.threshold_at_fpr`) and per-lesion detection
+    (:func:`medgen.metrics.lesions.lesion_detection`).
 """
 
 from __future__ import annotations
@@ -508,6 +511,8 @@ def _register_paired_and_scores() -> None:
     register("auprc", scores.auprc, "scores", "average precision of per-volume anomaly scores (chance = share of positives)")
     register("voxel_auroc", scores.voxel_auroc, "scores", "area under the ROC curve over all voxels of anomaly maps vs masks")
     register("voxel_auprc", scores.voxel_auprc, "scores", "average precision over all voxels of anomaly maps vs masks")
+    register("best_dice", scores.best_dice_value, "scores",
+             "best Dice over all thresholds, voxels pooled (upper bound: threshold chosen on the masks)")
 
 
 _register_paired_and_scores()

@@ -13,11 +13,26 @@ anomaly-detection literature.
   thresholds, without interpolation. Its chance level is the share of positives.
 
 Both need positives and negatives among the labels (ValueError otherwise).
+
+Thresholds of anomaly maps (a voxel is anomalous when its score reaches the threshold,
+``score >= t``):
+
+* :func:`best_dice` — the best Dice over all thresholds, voxels of all volumes pooled: the
+  "⌈Dice⌉" upper bound of unsupervised anomaly segmentation (Baur et al. 2021). The
+  threshold is chosen on the test masks themselves, so it is an upper bound of what a
+  threshold fixed beforehand achieves. Exact: the scores are sorted once and every distinct
+  score is tried (tied voxels are in or out together).
+* :func:`threshold_at_fpr` — the lowest threshold whose false-positive rate on normal data
+  is at most a given rate (e.g. the voxel threshold from the maps of normal volumes), to be
+  fixed before looking at abnormal data.
+
+Per-lesion detection at a threshold is in :mod:`medgen.metrics.lesions`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -69,3 +84,131 @@ def voxel_auroc(maps: Any, masks: Any) -> float:
 def voxel_auprc(maps: Any, masks: Any) -> float:
     """Average precision over all voxels: anomaly maps against ground-truth masks."""
     return auprc(flatten_maps(maps), flatten_maps(masks))
+
+
+# ---------------------------------------------------------------------------- thresholds
+
+
+_SWEEP_BLOCK = 1 << 18  # sorted scores handled at a time in best_dice (bounds the temporaries)
+
+
+class BestDice(NamedTuple):
+    """The best Dice over all thresholds and the threshold reaching it (``score >= threshold``)."""
+
+    dice: float
+    threshold: float
+
+
+def _score_values(x: np.ndarray) -> np.ndarray:
+    """Scores as a flat float array, float32 kept (no float64 copy of float32 maps)."""
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    elif x.dtype.itemsize < 4:
+        x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError("scores must be finite numbers")
+    return x
+
+
+def _check_maps(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps and binary masks of the same shapes (arrays ``[n, ...]`` or lists of
+    arrays) as flat scores and flat booleans."""
+    if isinstance(maps, (list, tuple)) or isinstance(masks, (list, tuple)):
+        if len(maps) != len(masks):
+            raise ValueError(f"{len(maps)} anomaly maps but {len(masks)} masks")
+        for i, (m, y) in enumerate(zip(maps, masks)):
+            if np.shape(m) != np.shape(y):
+                raise ValueError(f"anomaly map {i} has shape {np.shape(m)} but its mask {np.shape(y)}")
+    else:
+        maps, masks = np.asarray(maps), np.asarray(masks)
+        if maps.shape != masks.shape:
+            raise ValueError(f"anomaly maps have shape {maps.shape} but the masks {masks.shape}")
+    s = _score_values(flatten_maps(maps))
+    raw = flatten_maps(masks)
+    if raw.dtype != bool:
+        if not np.all((raw == 0) | (raw == 1)):
+            raise ValueError("masks must be binary: 0 (normal) or 1 (abnormal)")
+        raw = raw != 0
+    return s, raw
+
+
+def best_dice(maps: Any, masks: Any) -> BestDice:
+    """The best Dice of the thresholded anomaly ``maps`` against the ground-truth ``masks``
+    over all thresholds, voxels of all volumes pooled (⌈Dice⌉, Baur et al. 2021).
+
+    ``maps``: anomaly maps ``[n, ...]`` or a list of arrays (higher = more anomalous);
+    ``masks``: binary masks of the same shapes. A voxel is predicted anomalous when its
+    score is ``>= threshold``; Dice = 2 TP / (2 TP + FP + FN). Every distinct score is a
+    candidate threshold (voxels of equal score are in or out together), so the value is
+    exact. Among thresholds of equal Dice the highest is returned. Returns
+    ``BestDice(dice, threshold)``.
+
+    The scores are sorted once (float32 maps stay float32); the positives' scores are
+    sorted apart, and at each distinct score TP is the count of positives at or above it
+    and TP + FP the count of all voxels at or above it, so 2 TP + FP + FN =
+    (TP + FP) + (number of positives).
+    """
+    s, y = _check_maps(maps, masks)
+    n_pos = int(np.count_nonzero(y))
+    if n_pos == 0:
+        raise ValueError("the masks have no positive voxel: Dice is undefined")
+    positives = s[y]
+    positives.sort()
+    del y
+    ordered = np.sort(s)
+    n = ordered.size
+    best, threshold = -1.0, math.nan
+    for start in range(0, n, _SWEEP_BLOCK):
+        block = ordered[start:start + _SWEEP_BLOCK]
+        first = np.empty(block.size, bool)  # the first voxel of each run of equal scores
+        first[0] = start == 0 or block[0] != ordered[start - 1]
+        np.not_equal(block[1:], block[:-1], out=first[1:])
+        at = np.flatnonzero(first)
+        if at.size == 0:  # the block continues a run of ties from the block before
+            continue
+        values = block[at]
+        predicted = n - (start + at)  # voxels scoring >= value: TP + FP
+        tp = n_pos - np.searchsorted(positives, values, side="left")
+        dice = 2.0 * tp / (predicted + n_pos)
+        j = dice.size - 1 - int(np.argmax(dice[::-1]))  # the highest threshold of the block's best
+        if dice[j] >= best:
+            best, threshold = float(dice[j]), float(values[j])
+    return BestDice(best, threshold)
+
+
+def best_dice_value(maps: Any, masks: Any) -> float:
+    """:func:`best_dice` without its threshold (the number a metric table shows)."""
+    return best_dice(maps, masks).dice
+
+
+def threshold_at_fpr(normal: Any, fpr: float) -> float:
+    """The lowest threshold whose false-positive rate on normal data is at most ``fpr``.
+
+    ``normal``: scores of normal samples: anomaly maps of normal volumes (an array
+    ``[n, ...]`` or a list of arrays, every voxel one sample; pass ``maps[brain_mask]`` to
+    count only voxels inside a region) or one score per normal volume. A sample is flagged
+    when its score is ``>= threshold``, and the false-positive rate is the share of normal
+    samples flagged. With ``k = floor(fpr · N)`` of the N normal scores allowed to be
+    flagged, the threshold is the smallest normal score above the (N − k)-th smallest one
+    (tied scores are flagged together, so fewer than k may be); where no score is above it
+    (``fpr`` below 1 / N), the next number above the highest normal score in its
+    floating-point type (nothing normal is flagged). ``fpr = 1`` gives the lowest score.
+    """
+    fpr = float(fpr)
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must be a rate in [0, 1], got {fpr}")
+    s = _score_values(flatten_maps(normal))
+    n = s.size
+    if n == 0:
+        raise ValueError("no normal scores")
+    k = min(n, math.floor(fpr * n * (1 + 1e-12)))  # the tolerance keeps e.g. 0.29 · 100 at 29
+    if k == n:
+        return float(s.min())
+    j = n - k - 1  # scores up to the (j+1)-th smallest stay below the threshold
+    part = np.partition(s, j)
+    below = part[j]
+    rest = part[j + 1:]
+    above = rest[rest > below]
+    if above.size:
+        return float(above.min())
+    return float(np.nextafter(below, np.array(np.inf, dtype=below.dtype)))
