@@ -7,6 +7,8 @@ Example::
     x = model.generate(1, seed=0, chunk=4)                  # decoded 4 latent slices at a time (bounded memory)
     x = model.generate(8, labels=3, guidance=2.0)           # class 3, guided (conditional models)
     z = model.encode(volumes)                               # the autoencoder's latents μ [n, C, S/4, S/4, S/4]
+    x_rec = model.reconstruct(volumes, noise_level=0.25)    # latent noised to t = T/4, denoised, decoded
+    anomaly_map = np.abs(volumes - x_rec)                   # what the model of normal anatomy cannot reproduce
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ import torch
 
 from medgen.core.errors import InputError, UsageError
 from medgen.core.volume import hounsfield_of
-from medgen.families.ddpm.model import volume_labels
-from medgen.families.ddpm.sample import DEFAULT_SAMPLER, check_sampling
+from medgen.families.ddpm.model import reconstruction_labels, volume_labels
+from medgen.families.ddpm.sample import (
+    DEFAULT_NOISE_LEVEL,
+    DEFAULT_SAMPLER,
+    check_reconstruction,
+    check_sampling,
+    partial_reverse_process,
+)
 from medgen.families.ddpm.train import build_unet
 from medgen.families.ldm.config import LDMConfig, model_config
 from medgen.families.ldm.latents import LatentCodec
@@ -104,6 +112,59 @@ class LDMModel:
             if progress is not None:
                 progress.update(1)
         return hounsfield_of(out, self.preprocess) if hu else out
+
+    def reconstruct(
+        self,
+        volumes: Any,
+        noise_level: float = DEFAULT_NOISE_LEVEL,
+        steps: int | None = None,
+        sampler: str = DEFAULT_SAMPLER,
+        seed: int = 0,
+        batch_size: int = 1,
+        labels: int | Sequence[int] | None = None,
+        *,
+        guidance: float = 1.0,
+        eta: float = 0.0,
+        chunk: int | None = None,
+        progress: Any = None,
+        **ignored_kw: Any,
+    ) -> np.ndarray:
+        """The model's "healthy" reconstruction of volumes in [-1, 1]: float32 [n, S, S, S] in [-1, 1].
+
+        Latent diffusion anomaly detection (Pinaya et al. 2022): each volume's scaled latent z₀ = scale · μ(x)
+        (the frozen autoencoder) is noised to t = ``noise_level`` · T and denoised back to 0, then decoded
+        (``chunk`` latent slices at a time when given). Parameters as the ``ddpm`` family's
+        :meth:`~medgen.families.ddpm.model.DDPMModel.reconstruct` (``noise_level`` in (0, 1], ``steps``,
+        ``sampler``, ``seed``, ``labels``, ``guidance``, ``eta``). Even at a small noise level the result
+        carries the autoencoder's own reconstruction error (compare :attr:`autoencoder`'s ``reconstruct``).
+        """
+        from medgen.families.ldm_autoencoder.decode import decode_chunked
+        from medgen.inference.encode import as_volume_batch
+
+        x = as_volume_batch(volumes, self.config.size)
+        dcfg = self.config.diffusion()
+        check_reconstruction(dcfg, noise_level, sampler, steps, guidance, eta)
+        if chunk is not None and chunk < 1:
+            raise UsageError(f"--chunk {chunk}: need at least 1 latent slice")
+        lab = reconstruction_labels(labels, len(x), self.config.num_classes, guidance)
+        step = max(1, int(batch_size))
+        s = self.config.size
+        out = np.empty((len(x), s, s, s), dtype=np.float32)
+        with torch.no_grad():
+            for k in range(0, len(x), step):
+                idx = list(range(k, min(k + step, len(x))))
+                z0 = self.codec.encode(x[idx].to(self.device)).float()
+                z = partial_reverse_process(self.unet, dcfg, z0, idx, seed, noise_level=noise_level,
+                                            labels=None if lab is None else lab[k:k + len(idx)], sampler=sampler,
+                                            steps=steps, guidance=guidance, eta=eta)
+                for j, i in enumerate(idx):
+                    zj = self.codec.unscale(z[j:j + 1])
+                    rec = (decode_chunked(self.codec.autoencoder, zj, chunk, self.config.autoencoder_config().factor)
+                           if chunk else self.codec.autoencoder.decode(zj))
+                    out[i] = rec[0, 0].clamp(-1.0, 1.0).float().cpu().numpy()
+                if progress is not None:
+                    progress.update(len(idx))
+        return out
 
     def to_hu(self, x: np.ndarray) -> np.ndarray:
         """Map [-1, 1] back to Hounsfield units with the training data's CT window (float32)."""
