@@ -9,6 +9,10 @@ Example::
     medgen phantoms --kind thorax-ct --n 64 --seed 0 --domain A --out ct-a/
     medgen phantoms --kind thorax-ct --n 64 --seed 1 --domain B --out ct-b/
     medgen phantoms --kind thorax-ct --n 16 --seed 2 --domain both --out ct-pairs/
+    # anomaly detection: lesion-free training subjects, then a test set where half the volumes have lesions
+    medgen phantoms --kind thorax-ct --n 64 --seed 0 --normal --out ct-normal/
+    medgen phantoms --kind thorax-ct --n 32 --seed 1 --lesions nodule,emphysema,mass --out ct-lesions/
+    medgen phantoms --kind brain-mri --n 32 --seed 1 --lesions wmh,tumour --abnormal-fraction 0.3 --out mr-lesions/
 
 The work is :func:`medgen.data.phantoms.phantom_set.write_phantom_set` (and the mosaic
 :func:`medgen.viz.mosaic.save_phantom_set_mosaic`). Writes ``DIR/<kind>-<i:04d>.nii.gz`` (CT as int16 Hounsfield units, MRI as
@@ -16,12 +20,24 @@ float32), the aligned extra volumes ``DIR/tissue/<id>.nii.gz`` (tissue label map
 for brain MRI, ``DIR/t2/<id>.nii.gz`` (T2-weighted contrast), ``DIR/manifest.csv`` (id,
 file, kind, label, the ground-truth factors, then the extra volumes' paths),
 ``DIR/phantoms.json`` (how the set was made, the extra volumes and the label classes)
-and ``DIR/mosaic.png``. Volume i depends only on (kind, grid, seed, i, nodules), so
-``--n 4`` gives the first four volumes of ``--n 8``.
+and ``DIR/mosaic.png``. Volume i depends only on (kind, grid, seed, i, nodules, lesions,
+abnormal fraction), so ``--n 4`` gives the first four volumes of ``--n 8``.
 
 ``--domain`` renders the same subjects in domain A (default; the output is exactly that of
 earlier versions), B (thorax: a second scanner; brain: T2-weighted) or both (A as the
 image, B as ``DIR/domain_b/<id>.nii.gz``); see :mod:`medgen.data.phantoms.domains`.
+
+``--lesions KIND[,KIND...]`` (thorax-ct: nodule, emphysema, mass; brain-mri: wmh, tumour)
+paints lesions into a share ``--abnormal-fraction`` (default 0.5) of the volumes, chosen per
+(seed, volume index); every volume then also gets ``DIR/lesion/<id>.nii.gz`` (int16 instance
+map: 0 none, k the k-th visible lesion; all zero for a normal volume) and
+``DIR/normal/<id>.nii.gz`` (the same volume without lesions; brain also
+``DIR/normal_t2/``), and the manifest the columns ``abnormal``, ``lesion_count``,
+``lesion_ml`` and ``lesions`` (a JSON list: label, kind, centre x, y, z in voxels,
+diameter_mm, voxels, ml, visible). Outside the lesion map the image equals ``normal`` voxel
+for voxel. ``--normal`` marks a lesion-free set for training (the manifest columns at 0,
+no lesion volumes); it takes neither --lesions nor --nodules. See
+:mod:`medgen.data.phantoms.lesions`.
 """
 
 from __future__ import annotations
@@ -30,6 +46,17 @@ import argparse
 from pathlib import Path
 
 _KINDS = ("thorax-ct", "brain-mri")  # mirrors medgen.data.phantoms.phantom_set.KIND_NAMES (kept light for --help)
+# mirrors medgen.data.phantoms.lesions (kept light for --help; a test checks they agree)
+_LESIONS_HELP = (
+    "paint lesions with a voxel ground truth into a share of the volumes (see --abnormal-fraction), for anomaly "
+    "detection; kinds, comma-separated: thorax-ct: nodule (1-3 solid nodules, 3-30 mm), emphysema (1-2 bullae, "
+    "20-50 mm, about -985 HU), mass (one soft-tissue mass, 30-60 mm, lung or mediastinum); brain-mri: wmh "
+    "(2-8 white-matter hyperintensities, 3-15 mm: T2 bright, T1 dark), tumour (20-50 mm: enhancing rim, necrotic "
+    "core, often oedema). Each abnormal volume gets a random non-empty subset of the kinds. Every volume also gets "
+    "DIR/lesion/ (instance map: 0 none, k the k-th lesion) and DIR/normal/ (the volume without lesions; brain "
+    "also DIR/normal_t2/), and the manifest abnormal, lesion_count, lesion_ml and lesions (JSON) columns. "
+    "Lesions too small for the grid (no voxel half covered) are not painted and listed as not visible"
+)
 # mirrors medgen.data.phantoms.domains.THORAX_B (kept light for --help; a test checks they agree)
 _DOMAIN_HELP = (
     "which rendering of the same subjects to write: A (default; thorax-ct: the first scanner, "
@@ -52,7 +79,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "an aligned tissue label map (DIR/tissue/) and, for brain-mri, a T2-weighted contrast of the "
             "same anatomy (DIR/t2/); phantoms.json lists them with the label classes. --domain B renders "
             "the same subjects on a second scanner (thorax-ct) or in T2 contrast (brain-mri); --domain both "
-            "adds that rendering as DIR/domain_b/ next to the default one."
+            "adds that rendering as DIR/domain_b/ next to the default one. For anomaly detection, --lesions "
+            "paints lesions into a share of the volumes with a voxel instance map (DIR/lesion/) and the "
+            "lesion-free counterpart (DIR/normal/), and --normal marks a lesion-free training set."
         ),
     )
     p.add_argument("--kind", required=True, help=f"phantom kind: {' or '.join(_KINDS)}")
@@ -69,6 +98,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created; must be empty or a phantom set)")
     p.add_argument("--nodules", action="store_true", help="thorax-ct only: insert 0-3 lung nodules and record them")
     p.add_argument("--domain", default="A", metavar="A|B|both", help=_DOMAIN_HELP)
+    p.add_argument("--lesions", default=None, metavar="KIND[,KIND...]", help=_LESIONS_HELP)
+    p.add_argument("--abnormal-fraction", type=float, default=None, metavar="P",
+                   help="with --lesions: share of the volumes that get lesions, 0..1 (default 0.5); which ones "
+                        "is decided per (seed, volume index), so volume i is the same for any --n")
+    p.add_argument("--normal", action="store_true",
+                   help="lesion-free volumes for training an anomaly detector: the manifest gets abnormal, "
+                        "lesion_count, lesion_ml and lesions columns at 0 (no --lesions or --nodules); use another "
+                        "--seed than the test set's, whose subjects are otherwise the same")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not a phantom set")
     p.set_defaults(func=run)
@@ -100,9 +137,19 @@ def run(args: argparse.Namespace) -> int:
     spacing = None
     if args.spacing is not None:
         spacing = _numbers(args.spacing, "--spacing", "one or three voxel sizes in mm (e.g. 1.5 or 0.8,0.8,2.5)", float)
+    lesions: tuple[str, ...] = ()
+    if args.lesions is not None:
+        lesions = tuple(name.strip() for name in args.lesions.split(",") if name.strip())
+        if not lesions:
+            raise UsageError(f"--lesions needs at least one lesion kind, got {args.lesions!r}")
     rows = write_phantom_set(args.kind, args.n, size, args.seed, args.out, nodules=args.nodules,
-                             workers=args.workers, overwrite=args.overwrite, spacing=spacing, domain=args.domain)
+                             workers=args.workers, overwrite=args.overwrite, spacing=spacing, domain=args.domain,
+                             lesions=lesions, abnormal_fraction=args.abnormal_fraction, normal=args.normal)
     save_phantom_set_mosaic(args.out, rows, args.kind)
     domain = "" if args.domain == "A" else f", domain {args.domain}"
+    if lesions:
+        domain += f", {sum(int(row['abnormal']) for row in rows)} with lesions"
+    elif args.normal:
+        domain += ", lesion-free"
     print(f"wrote {args.n} {args.kind} phantoms ({describe_grid(args.kind, size, spacing)}{domain}) to {args.out}")
     return 0

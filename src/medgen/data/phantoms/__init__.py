@@ -19,12 +19,23 @@ Kinds:
   volumes: ``tissue`` (label map, ``brain_mri.TISSUE_CLASSES``) and ``t2`` (a
   T2-weighted contrast of the same anatomy).
 
+Lesions (:mod:`.lesions`): ``generate(kind, size, seed, lesions=["nodule", "mass"])``
+paints lesions of those kinds (thorax-ct: ``nodule``, ``emphysema``, ``mass``; brain-mri:
+``wmh``, ``tumour``) last, from their own random stream, and adds the named volumes
+``lesion`` (int16 instance map: 0 none, k the k-th visible lesion) and ``normal`` (the image
+without them, exactly what ``generate`` gives without ``lesions``; for brain also
+``normal_t2``) and the factors ``abnormal``, ``lesion_count``, ``lesion_ml`` and ``lesions``
+(JSON list). ``lesions.is_abnormal(volume_seed(K, i), p)`` decides which volumes of a set
+get them.
+
 Two domains of the same subjects (:mod:`.domains`): A is the image above, B the same
 anatomy on a second CT scanner (thorax) or in T2 contrast (brain);
 ``domains.render(phantom, "B", seed)`` gives it.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 
@@ -48,32 +59,37 @@ def generate(
     *,
     nodules: bool = False,
     spacing: float | tuple[float, float, float] | None = None,
+    lesions: Sequence[str] = (),
 ) -> Phantom:
     """Generate one phantom of ``kind`` with ``size``³ (or ``size`` = (X, Y, Z)) voxels of
     ``spacing`` mm (default: the kind's field of view over the largest axis); same seed ⇒
     identical arrays.
 
     ``nodules`` (thorax-ct only) inserts 0–3 lung nodules and records them in the factors.
+    ``lesions``: lesion kinds of :data:`.lesions.LESION_KINDS` to paint (see the module
+    docstring); ValueError for a kind the phantom does not have, or with ``nodules``.
     """
     if kind == "thorax-ct":
         from medgen.data.phantoms import thorax_ct
 
-        return thorax_ct.generate(size, seed, nodules=nodules, spacing=spacing)
+        return thorax_ct.generate(size, seed, nodules=nodules, spacing=spacing, lesions=lesions)
     if kind == "brain-mri":
         if nodules:
             raise ValueError("nodules are only available for thorax-ct phantoms")
         from medgen.data.phantoms import brain_mri
 
-        return brain_mri.generate(size, seed, spacing=spacing)
+        return brain_mri.generate(size, seed, spacing=spacing, lesions=lesions)
     raise ValueError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def volume_specs(kind: str, domain: str = "A") -> dict[str, dict]:
+def volume_specs(kind: str, domain: str = "A", lesions: bool = False) -> dict[str, dict]:
     """The extra volumes of a phantom set of ``kind``: name → ``{"kind": "label" | "intensity", ...}``.
 
     Label maps also give their ``classes`` (value as a string → description), as
     ``phantoms.json`` records them. ``domain`` (see :mod:`.domains`): a ``B`` set leaves
     out the volume that is its image (brain ``t2``); a ``both`` set adds ``domain_b``.
+    ``lesions``: a set with lesions adds ``lesion``, ``normal`` and, for brain, ``normal_t2``
+    (in a ``B`` set ``normal`` is the lesion-free image in domain B, so brain leaves out ``normal_t2``).
     """
     from medgen.data.phantoms.domains import B_EXTRA_VOLUME, DOMAIN_B_VOLUME
 
@@ -88,8 +104,13 @@ def volume_specs(kind: str, domain: str = "A") -> dict[str, dict]:
     }
     if kind == "brain-mri":
         specs["t2"] = {"kind": "intensity"}
+    if lesions:
+        from medgen.data.phantoms.lesions import volume_specs as lesion_volume_specs
+
+        specs.update(lesion_volume_specs(kind))
     if domain == "B":
         specs.pop(B_EXTRA_VOLUME.get(kind, ""), None)
+        specs.pop("normal_t2", None)
     elif domain == "both":
         specs[DOMAIN_B_VOLUME] = {"kind": "intensity"}
     return specs

@@ -33,6 +33,14 @@ Extra volumes of the same grid:
   matter 0.62–0.78 of grey), the same bias field, its own gain, and Rician noise
   of the same relative level (to CSF) drawn independently of the T1's.
 
+Optional lesions (``lesions``, see :mod:`.lesions`): white-matter hyperintensities
+(``wmh``: small ovoid periventricular or deep white-matter lesions, T2 hyperintense, T1
+hypointense) and a ``tumour`` (enhancing rim, necrotic core, optional oedema), painted onto
+the tissue signals before contrast, bias field and noise, so the image and ``t2`` show them
+consistently; they add the volumes ``lesion`` (int16 instance map), ``normal`` and
+``normal_t2`` (image and ``t2`` without lesions: bit for bit the volumes generated without
+them) and leave factors, masks and ``tissue`` (the subject's normal anatomy) unchanged.
+
 The grid is ``size``³ voxels over the 200 mm field of view by default; any shape and
 (anisotropic) spacing samples the same anatomy (the template is low-pass filtered per axis).
 """
@@ -43,10 +51,12 @@ import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from medgen.data.phantoms import lesions as lesion_lib
 from medgen.data.phantoms.noise import LatticeField
 from medgen.data.phantoms.phantom import Phantom
 from medgen.data.phantoms.shapes import request_grid, rotation_matrix
@@ -228,7 +238,10 @@ def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
 
 
 def generate(
-    size: int | tuple[int, int, int], seed: int, spacing: float | tuple[float, float, float] | None = None
+    size: int | tuple[int, int, int],
+    seed: int,
+    spacing: float | tuple[float, float, float] | None = None,
+    lesions: Sequence[str] = (),
 ) -> Phantom:
     """Generate one brain MRI phantom of ``size``³ voxels over a 200 mm field of view.
 
@@ -239,9 +252,15 @@ def generate(
 
     Volumes: ``tissue`` (label map of :data:`TISSUE_CLASSES`) and ``t2`` (T2-weighted
     contrast of the same anatomy, bias field and noise model, with its own noise).
+
+    ``lesions``: kinds among ``wmh``, ``tumour`` (:mod:`.lesions`), painted last from their
+    own random stream on both contrasts; adds the volumes ``lesion``, ``normal`` and
+    ``normal_t2`` and the factors ``abnormal``, ``lesion_count``, ``lesion_ml``, ``lesions``.
     """
+    lesions = lesion_lib.check_kinds(KIND, lesions)
     ss = np.random.SeedSequence(seed)
-    s_par, s_lat, s_noise, s_noise_t2 = ss.spawn(4)  # the first three as before T2 existed
+    # the first three as before T2 existed, the first four as before lesions existed
+    s_par, s_lat, s_noise, s_noise_t2, s_les = ss.spawn(5)
     s = _Subject.sample(np.random.default_rng(s_par))
     lat_rng = np.random.default_rng(s_lat)
     warp = [LatticeField(lat_rng, FOV_MM + 80.0, 40.0) for _ in range(3)]
@@ -281,14 +300,54 @@ def generate(
     csf = np.maximum(icv - gm2 - wm2, 0.0)
 
     # scanner: contrast, bias field, gain, Rician noise
-    t1 = np.maximum(t1, 0.0) ** s.gamma
     coil = np.exp(s.bias * bias.on_grid(*axes))
-    t1 *= coil
-    signal = (1000.0 * s.gain) * t1
-    img = _rician(signal, 1000.0 * s.gain * s.noise, np.random.default_rng(s_noise))
+
+    def t1_image(t1_tissue: np.ndarray) -> np.ndarray:
+        t1_w = np.maximum(t1_tissue, 0.0) ** s.gamma
+        t1_w *= coil
+        signal = (1000.0 * s.gain) * t1_w
+        return _rician(signal, 1000.0 * s.gain * s.noise, np.random.default_rng(s_noise))
+
+    def t2_image(t2_tissue: np.ndarray) -> np.ndarray:
+        t2_w = t2_tissue * coil
+        return _rician((1000.0 * s.t2_gain) * t2_w, 1000.0 * s.t2_gain * s.noise, np.random.default_rng(s_noise_t2))
+
+    img = t1_image(t1)
     # T2: tissue fractions times T2-weighted signals (CSF bright, grey > white), same coil and noise model
-    t2 = (csf + s.t2_gm * (gm2 + s.t2_wm * wm2)) * coil
-    img_t2 = _rician((1000.0 * s.t2_gain) * t2, 1000.0 * s.t2_gain * s.noise, np.random.default_rng(s_noise_t2))
+    t2 = csf + s.t2_gm * (gm2 + s.t2_wm * wm2)
+    img_t2 = t2_image(t2)
+    volumes = {}
+
+    # lesions: own random stream, painted last onto the tissue signals before contrast, coil and
+    # noise (the same noise is drawn again); factors, masks and tissue are the normal anatomy
+    records: list[dict] = []
+    if lesions:
+        d_ventricle = d_vent - grow  # mm from the (enlarged) ventricles' surface
+
+        def site(name: str, r: float) -> np.ndarray:
+            white = wm2 >= 0.6
+            if name == "periventricular":  # within 10 mm of the ventricles
+                return white & (d_ventricle > 0.5 * r + 1.0) & (d_ventricle < 0.5 * r + 10.0) & (d_out > r + 4.0)
+            if name == "deep-white-matter":
+                return white & (d_ventricle >= 0.5 * r + 10.0) & (d_out > r + 4.0)
+            if name == "brain":  # tumours: inside the brain, clear of its surface
+                return (gm2 + wm2 >= 0.7) & (d_out > r + 4.0) & (d_ventricle > 0.3 * r)
+            if name == "brain-outer":  # where a large tumour finds no room inside: may reach the surface
+                return (gm2 + wm2 >= 0.7) & (d_out > 0.5 * r)
+            raise ValueError(f"no brain-mri lesion site {name!r}")
+
+        contrast = {
+            "t1": {"wm": tpl.i_wm, "gm": tpl.i_gm, "csf": tpl.i_csf},
+            "t2": {"wm": s.t2_gm * s.t2_wm, "gm": s.t2_gm, "csf": 1.0},
+        }
+        t1_les, t2_les = t1.copy(), t2.copy()
+        instance, records = lesion_lib.insert(
+            np.random.default_rng(s_les), KIND, lesions, grid, site, {"t1": t1_les, "t2": t2_les}, {"wm": wm2},
+            contrast=contrast,
+        )
+        volumes = {"lesion": instance, "normal": img, "normal_t2": img_t2}
+        img, img_t2 = t1_image(t1_les), t2_image(t2_les)
+        del t1_les, t2_les
 
     voxel_ml = grid.voxel_ml
     atrophy = round(s.atrophy, 4)
@@ -313,6 +372,8 @@ def generate(
     tissue[masks["gm"]] = GREY_MATTER
     tissue[masks["wm"]] = WHITE_MATTER
     tissue[masks["ventricles"]] = VENTRICLES
+    if lesions:
+        factors.update(lesion_lib.factors(records, voxel_ml))
     origin_world = tuple(float(FOV_CENTRE_MNI[i] + axes[i][0]) for i in range(3))
     return Phantom(
         kind=KIND,
@@ -320,6 +381,6 @@ def generate(
         spacing=grid.spacing,
         factors=factors,
         masks=masks,
-        volumes={"tissue": tissue, "t2": img_t2},
+        volumes={"tissue": tissue, "t2": img_t2, **volumes},
         origin=origin_world,
     )

@@ -7,7 +7,7 @@ contrast, float32), ``OUT/manifest.csv`` (id, file, kind, label, the ground-trut
 factors, then one column per extra volume holding its relative path) and
 ``OUT/phantoms.json`` (how the set was made, and under ``volumes`` the extra volumes:
 kind ``label`` with its ``classes``, or ``intensity``; ``medgen preprocess`` carries
-them into the data set). Volume i depends only on (kind, grid, seed, i, nodules), so
+them into the data set). Volume i depends only on (kind, grid, seed, i, nodules, lesions), so
 ``n=4`` gives the first four volumes of ``n=8``. The grid is ``size``³ voxels, or
 ``size`` = (X, Y, Z), of ``spacing`` mm (one value or one per axis; default the kind's
 field of view over the largest axis). The mosaic ``OUT/mosaic.png`` is drawn by
@@ -22,11 +22,32 @@ manifest columns ``domain`` (the image's domain) and ``b_<parameter>`` (B's para
 and to ``phantoms.json`` ``domain`` and ``domains`` (what A and B are, B's parameters).
 The factors and ``label`` are the subject's, measured on its domain-A image, in every domain.
 
+Lesions (:mod:`medgen.data.phantoms.lesions`), for anomaly detection: ``lesions`` (kinds:
+thorax-ct ``nodule``, ``emphysema``, ``mass``; brain-mri ``wmh``, ``tumour``) paints lesions
+into a share ``abnormal_fraction`` (default 0.5) of the volumes; which ones is decided per
+volume seed (:func:`~medgen.data.phantoms.lesions.is_abnormal`), so volume i is the same for
+any ``n``. Every volume of such a set gets the extra volumes ``lesion`` (int16 instance map:
+0 none, k the k-th visible lesion; all zero for a normal volume) and ``normal`` (the image
+without lesions: the lesion-free counterfactual; CT int16 HU, MRI float32; the image itself
+for a normal volume), for brain MRI also ``normal_t2`` (the lesion-free ``t2``), and the
+manifest columns ``abnormal`` (0/1), ``lesion_count``, ``lesion_ml`` and ``lesions`` (JSON:
+per lesion its label, kind, centre x, y, z in voxels, diameter_mm, voxels, ml, visible, ...).
+Outside the ``lesion`` map the image equals ``normal`` voxel for voxel. In a domain-B set
+``normal`` is the lesion-free subject in domain B (the second scanner's kernel and slabs
+spread a lesion's edge a little beyond its map), in a ``both`` set it is domain A's.
+``normal=True`` writes lesion-free volumes for training (the images of a set without
+lesions) with those columns at 0 and no lesion volumes. A set with lesions and a normal set
+of the same ``seed`` share their subjects: train on one seed and test on another.
+``phantoms.json`` records ``lesions`` (kinds, abnormal fraction, how volumes are chosen)
+or ``normal``; sets made without either are written exactly as before.
+
 Example::
 
     rows = write_phantom_set("thorax-ct", n=8, size=64, seed=0, out="phantoms/")
     rows = write_phantom_set("brain-mri", n=8, size=(64, 64, 40), seed=0, out="brains/", spacing=(0.8, 0.8, 2.5))
     rows = write_phantom_set("thorax-ct", n=8, size=64, seed=2, out="pairs/", domain="both")
+    rows = write_phantom_set("thorax-ct", n=64, size=64, seed=0, out="normal/", normal=True)
+    rows = write_phantom_set("thorax-ct", n=32, size=64, seed=1, out="test/", lesions=("nodule", "mass"))
 """
 
 from __future__ import annotations
@@ -56,13 +77,19 @@ VOLUME_NAMES = {"thorax-ct": ("tissue",), "brain-mri": ("tissue", "t2")}
 DOMAIN_NAMES = ("A", "B", "both")
 DOMAIN_B_VOLUME = "domain_b"
 B_EXTRA_VOLUME = {"brain-mri": "t2"}
+#: Lesion kinds and the volumes a set with lesions adds (mirror medgen.data.phantoms.lesions, kept light).
+LESION_KIND_NAMES = {"thorax-ct": ("nodule", "emphysema", "mass"), "brain-mri": ("wmh", "tumour")}
+LESION_VOLUME_NAMES = {"thorax-ct": ("lesion", "normal"), "brain-mri": ("lesion", "normal", "normal_t2")}
+#: Share of abnormal volumes when ``lesions`` are given without ``abnormal_fraction``.
+DEFAULT_ABNORMAL_FRACTION = 0.5
 
 
-def volume_names(kind: str, domain: str = "A") -> tuple[str, ...]:
-    """The extra volumes a ``domain`` set of ``kind`` writes (a B set's image is the brain ``t2``)."""
-    names = VOLUME_NAMES[kind]
+def volume_names(kind: str, domain: str = "A", lesions: bool = False) -> tuple[str, ...]:
+    """The extra volumes a ``domain`` set of ``kind`` writes (a B set's image is the brain ``t2``,
+    and with ``lesions`` its ``normal`` the lesion-free ``t2``)."""
+    names = VOLUME_NAMES[kind] + (LESION_VOLUME_NAMES[kind] if lesions else ())
     if domain == "B":
-        return tuple(name for name in names if name != B_EXTRA_VOLUME.get(kind))
+        return tuple(name for name in names if name not in (B_EXTRA_VOLUME.get(kind), "normal_t2"))
     return names + (DOMAIN_B_VOLUME,) if domain == "both" else names
 
 
@@ -86,11 +113,16 @@ def check_request(
     workers: int = 1,
     spacing: float | Sequence[float] | None = None,
     domain: str = "A",
+    lesions: Sequence[str] = (),
+    abnormal_fraction: float | None = None,
+    normal: bool = False,
 ) -> None:
     """UsageError (one line, naming the option) for a phantom set that cannot be made.
 
     ``size``: S or a shape (X, Y, Z), each in 16..512; ``spacing``: None, or one voxel
-    size or three in mm, each in 0.1..100; ``domain``: A, B or both.
+    size or three in mm, each in 0.1..100; ``domain``: A, B or both; ``lesions``: lesion
+    kinds of ``kind`` (not with ``nodules``); ``abnormal_fraction``: in 0..1, only with
+    ``lesions``; ``normal``: neither ``lesions`` nor ``nodules``.
     """
     lo, hi = SIZE_RANGE
     if kind not in KIND_NAMES:
@@ -122,6 +154,24 @@ def check_request(
         raise UsageError("--nodules is only available for --kind thorax-ct")
     if domain not in DOMAIN_NAMES:
         raise UsageError(f"--domain must be {', '.join(DOMAIN_NAMES[:-1])} or {DOMAIN_NAMES[-1]}, got {domain!r}")
+    allowed = LESION_KIND_NAMES[kind]
+    if isinstance(lesions, str):
+        lesions = (lesions,)
+    for name in lesions:
+        if name not in allowed:
+            raise UsageError(f"--lesions: {name!r} is not a {kind} lesion; choose from {', '.join(allowed)}")
+    if normal and (lesions or nodules):
+        raise UsageError(f"--normal writes lesion-free volumes; it cannot be combined with "
+                         f"{'--lesions' if lesions else '--nodules'}")
+    if nodules and lesions:
+        raise UsageError(
+            "--nodules and --lesions cannot be combined; --lesions nodule inserts nodules with a lesion map"
+        )
+    if abnormal_fraction is not None:
+        if not lesions:
+            raise UsageError("--abnormal-fraction needs --lesions (the share of volumes that get lesions)")
+        if not (isinstance(abnormal_fraction, Real) and 0.0 <= abnormal_fraction <= 1.0):
+            raise UsageError(f"--abnormal-fraction must be between 0 and 1, got {abnormal_fraction}")
 
 
 def _previous_files(out: Path) -> list[str]:
@@ -129,7 +179,8 @@ def _previous_files(out: Path) -> list[str]:
     manifest = out / "manifest.csv"
     if not manifest.exists():
         return []
-    names = {name for names in VOLUME_NAMES.values() for name in names} | {DOMAIN_B_VOLUME}
+    names = {name for names in (*VOLUME_NAMES.values(), *LESION_VOLUME_NAMES.values()) for name in names}
+    names |= {DOMAIN_B_VOLUME}
     with manifest.open(newline="") as f:
         return [row[c] for row in csv.DictReader(f) for c in ("file", *sorted(names)) if row.get(c)]
 
@@ -149,23 +200,39 @@ def _prepare_out(out: Path, overwrite: bool) -> list[str]:
 
 
 def _stored(kind: str, name: str, array: Any) -> Any:
-    """``array`` as written: labels and CT images (the image, ``domain_b``) int16, the rest float32."""
+    """``array`` as written: labels and CT images (the image, ``domain_b``, ``normal``) int16, the rest float32."""
     import numpy as np
 
-    hu = kind == "thorax-ct" and name in ("image", DOMAIN_B_VOLUME)
+    hu = kind == "thorax-ct" and name in ("image", DOMAIN_B_VOLUME, "normal")
     return array.astype(np.int16) if hu or array.dtype.kind in "iub" else array.astype(np.float32)
 
 
 def _make_one(
-    kind: str, size: Any, seed: int, index: int, nodules: bool, out: str, spacing: Any = None, domain: str = "A"
+    kind: str,
+    size: Any,
+    seed: int,
+    index: int,
+    nodules: bool,
+    out: str,
+    spacing: Any = None,
+    domain: str = "A",
+    lesion_kinds: tuple[str, ...] = (),
+    abnormal_fraction: float = DEFAULT_ABNORMAL_FRACTION,
+    normal: bool = False,
 ) -> dict[str, Any]:
     """Generate volume ``index``, write it (in ``domain``) and its extra volumes, and return its
     manifest row (runs in workers)."""
     from medgen.data.io import write_nifti
-    from medgen.data.phantoms import domains, generate, volume_seed
+    from medgen.data.phantoms import domains, generate, lesions, volume_seed
 
     subject_seed = volume_seed(seed, index)
-    ph = generate(kind, size, subject_seed, nodules=nodules, spacing=spacing)
+    abnormal = bool(lesion_kinds) and lesions.is_abnormal(subject_seed, abnormal_fraction)
+    ph = generate(kind, size, subject_seed, nodules=nodules, spacing=spacing,
+                  lesions=lesion_kinds if abnormal else ())
+    if lesion_kinds and not abnormal:
+        lesions.add_lesion_free_truth(ph)
+    if normal:
+        ph.factors.update(lesions.factors([], 0.0))
     vid = f"{kind}-{index:04d}"
     fname = f"{vid}.nii.gz"
     image = domains.render(ph, "B" if domain == "B" else "A", subject_seed)
@@ -173,8 +240,19 @@ def _make_one(
     row = {"id": vid, "file": fname, "kind": kind, "label": ph.factors["label"]}
     row.update({k: v for k, v in ph.factors.items() if k != "label"})
     row.update(domains.manifest_columns(kind, domain))
-    for name in volume_names(kind, domain):
-        extra = domains.render(ph, "B", subject_seed) if name == DOMAIN_B_VOLUME else ph.volumes[name]
+    for name in volume_names(kind, domain, bool(lesion_kinds)):
+        if name == DOMAIN_B_VOLUME:
+            extra = domains.render(ph, "B", subject_seed)
+        elif name == "normal" and domain == "B":
+            if kind == "brain-mri":
+                extra = ph.volumes["normal_t2"]
+            elif abnormal:  # the same subject without lesions, on the second scanner
+                lesion_free = generate(kind, size, subject_seed, spacing=spacing)
+                extra = domains.render(lesion_free, "B", subject_seed)
+            else:
+                extra = image
+        else:
+            extra = ph.volumes[name]
         relative = f"{name}/{fname}"
         write_nifti(Path(out) / relative, _stored(kind, name, extra), ph.affine)
         row[name] = relative
@@ -211,10 +289,16 @@ def write_phantom_set(
     progress: bool = True,
     spacing: float | Sequence[float] | None = None,
     domain: str = "A",
+    lesions: Sequence[str] = (),
+    abnormal_fraction: float | None = None,
+    normal: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``n`` phantoms of ``kind`` at ``size``³ (or ``size`` = (X, Y, Z)) voxels of ``spacing``
     mm into ``out``, rendered in ``domain`` (A, B or both; see the module docstring); returns
     the manifest rows.
+
+    ``lesions``: lesion kinds painted into a share ``abnormal_fraction`` (default 0.5) of the
+    volumes; ``normal``: a lesion-free set marked as such (see the module docstring).
 
     ``out`` must be empty, absent or an earlier phantom set (whose volumes beyond the new
     ``n`` are removed); ``overwrite`` allows another non-empty folder. ``workers``:
@@ -223,14 +307,20 @@ def write_phantom_set(
     from tqdm import tqdm
 
     from medgen.data.phantoms import brain_mri, domains, thorax_ct, volume_specs
+    from medgen.data.phantoms import lesions as lesion_lib
 
-    check_request(kind, n, size, seed, nodules, workers, spacing, domain)
+    if isinstance(lesions, str):
+        lesions = (lesions,)
+    check_request(kind, n, size, seed, nodules, workers, spacing, domain, lesions, abnormal_fraction, normal)
+    lesion_kinds = lesion_lib.check_kinds(kind, lesions)
+    fraction = DEFAULT_ABNORMAL_FRACTION if abnormal_fraction is None else float(abnormal_fraction)
     size = int(size) if isinstance(size, Integral) else tuple(int(v) for v in size)
     spacing = spacing if spacing is None or isinstance(spacing, Real) else tuple(float(v) for v in spacing)
     shape, voxel = grid_of(kind, size, spacing)
     out = Path(out)
     stale = _prepare_out(out, overwrite)
-    jobs = [(kind, size, seed, i, nodules, str(out), spacing, domain) for i in range(n)]
+    jobs = [(kind, size, seed, i, nodules, str(out), spacing, domain, lesion_kinds, fraction, normal)
+            for i in range(n)]
     desc = f"phantoms {kind} {describe_grid(kind, size, spacing).split(',')[0]}"
     bar = tqdm(total=n, desc=desc, unit="vol", file=sys.stderr, disable=not progress)
     rows: list[dict[str, Any]] = []
@@ -251,7 +341,7 @@ def write_phantom_set(
     finally:
         bar.close()
 
-    written = {row[c] for row in rows for c in ("file", *volume_names(kind, domain))}
+    written = {row[c] for row in rows for c in ("file", *volume_names(kind, domain, bool(lesion_kinds)))}
     for name in stale:
         if name not in written and re.fullmatch(r"([a-z0-9_]+/)?[a-z-]+-\d{4}\.nii\.gz", name):
             (out / name).unlink(missing_ok=True)
@@ -264,14 +354,26 @@ def write_phantom_set(
         if kind == "thorax-ct"
         else f"atrophy class from atrophy, class boundaries {list(brain_mri.ATROPHY_THRESHOLDS)}"
     )
-    volumes = volume_specs(kind, domain)
+    volumes = volume_specs(kind, domain, bool(lesion_kinds))
     volumes["tissue"]["dtype"] = "int16"
     t2_units = {"dtype": "float32", "units": "T2-like units >= 0 (CSF brightest)"}
     if "t2" in volumes:
         volumes["t2"].update(t2_units)
+    hu_b = {"dtype": "int16", "units": "Hounsfield units, domain B (second scanner)"}
     if DOMAIN_B_VOLUME in volumes:
-        hu_units = {"dtype": "int16", "units": "Hounsfield units, domain B (second scanner)"}
-        volumes[DOMAIN_B_VOLUME].update(hu_units if kind == "thorax-ct" else t2_units)
+        volumes[DOMAIN_B_VOLUME].update(hu_b if kind == "thorax-ct" else t2_units)
+    if lesion_kinds:
+        most = max(int(row["lesion_count"]) for row in rows)
+        volumes["lesion"]["dtype"] = "int16"
+        volumes["lesion"]["classes"].update({str(k): f"lesion {k} (label {k} in the lesions column)"
+                                             for k in range(1, most + 1)})
+        if kind == "thorax-ct":
+            hu_a = {"dtype": "int16", "units": "Hounsfield units"}
+            volumes["normal"].update(hu_b if domain == "B" else hu_a)
+        else:
+            volumes["normal"].update(t2_units if domain == "B" else {"dtype": "float32", "units": "T1-like units >= 0"})
+        if "normal_t2" in volumes:
+            volumes["normal_t2"].update(t2_units)
     columns = ["id", "file", "kind", "label"]
     columns += [c for c in rows[0] if c not in columns and c not in volumes] + list(volumes)
     write_csv(out / "manifest.csv", rows, columns)
@@ -281,6 +383,20 @@ def write_phantom_set(
         intensity = f"{'T2' if domain == 'B' else 'T1'}-like units >= 0 (float32)"
     # a domain-A set is written exactly as before domains existed; B and both sets say what they hold
     domain_info = {} if domain == "A" else {"domain": domain, "domains": domains.describe(kind)}
+    # likewise a set without lesions, unless it is marked normal
+    lesion_info: dict[str, Any] = {"normal": True} if normal else {}
+    if lesion_kinds:
+        lesion_info["lesions"] = {
+            "kinds": {name: lesion_lib.DESCRIPTIONS[name] for name in lesion_kinds},
+            "abnormal_fraction": fraction,
+            "abnormal": f"volume index is abnormal if numpy.random.default_rng(numpy.random.SeedSequence("
+                        f"volume_seed(seed, index), spawn_key={lesion_lib.ABNORMAL_STREAM})).random() < "
+                        f"abnormal_fraction; it gets a random non-empty subset of the kinds",
+            "visible": "a lesion with no voxel at least half covered is not painted: listed with visible false "
+                       "and label 0, not counted; a volume without visible lesions has abnormal 0",
+            "normal": "the image without lesions: outside the lesion map the image equals it voxel for voxel"
+                      + (" (domain B: up to the second scanner's blur)" if domain == "B" else ""),
+        }
     atomic_write_json(
         out / MARKER,
         {
@@ -298,6 +414,7 @@ def write_phantom_set(
             "volumes": volumes,
             "volume_seed": "medgen.data.phantoms.volume_seed(seed, index)",
             **domain_info,
+            **lesion_info,
             "medgen_version": __version__,
         },
     )

@@ -18,7 +18,10 @@ y posterior→anterior, z inferior→superior, origin at the centre of a fixed
   weighted towards the upper lobes) whose extent varies per subject; the
   threshold is calibrated on the final image, so the measured emphysema % hits
   the subject's target (down to 48³; at 32³ partial volume caps it near 15 %);
-* optional solid lung nodules;
+* optional solid lung nodules (``nodules``), or optional lesions (``lesions``, see
+  :mod:`.lesions`): lung nodules of 3–30 mm, bullae (focal emphysema near −985 HU,
+  beyond the diffuse emphysema above) and a 30–60 mm soft-tissue mass in the lung or
+  mediastinum, with a voxel instance map ``lesion`` and the lesion-free image ``normal``;
 * a mild partial-volume blur and spatially correlated Gaussian noise whose level
   grows with body size, as on a real scanner.
 
@@ -46,6 +49,10 @@ masks, and ``label > 0`` is exactly the body):
 8    lung nodule (only with ``nodules``)
 ===  ==================================================================
 
+``lesions`` leave the factors, masks and ``tissue`` map as they are without them (the
+subject's normal anatomy, e.g. a bulla does not change ``emphysema_pct`` or ``label``);
+the lesions' ground truth is the ``lesion`` volume and the ``lesions`` factor.
+
 The grid is ``size``³ voxels over the 400 mm field of view by default; any shape and
 (anisotropic) spacing samples the same millimetre-defined anatomy, and partial-volume
 ramps use the geometric mean of the spacing.
@@ -55,10 +62,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from medgen.data.phantoms import lesions as lesion_lib
 from medgen.data.phantoms.noise import LatticeField, smooth_noise
 from medgen.data.phantoms.phantom import Phantom
 from medgen.data.phantoms.shapes import (
@@ -553,6 +562,7 @@ def generate(
     seed: int,
     nodules: bool = False,
     spacing: float | tuple[float, float, float] | None = None,
+    lesions: Sequence[str] = (),
 ) -> Phantom:
     """Generate one thorax CT phantom of ``size``³ voxels over a 400 mm field of view.
 
@@ -562,6 +572,13 @@ def generate(
     not depend on the grid. With ``nodules`` 0–3 solid nodules (4–15 mm radius) are
     inserted into the lungs without changing the rest of the volume.
 
+    ``lesions``: kinds among ``nodule``, ``emphysema``, ``mass`` (:mod:`.lesions`; not with
+    ``nodules``), painted last from their own random stream onto the noise-free image: the
+    volume is the one generated without them except on the lesions' voxels. Adds the volumes
+    ``lesion`` (int16 instance map) and ``normal`` (the image without lesions) and the factors
+    ``abnormal``, ``lesion_count``, ``lesion_ml`` and ``lesions`` (JSON); ``noise_free`` then
+    includes the lesions.
+
     Masks: ``body``, ``lung`` (parenchyma with its vessels, without airways,
     bone and nodules), ``emphysema`` (lung whose noise-free value is below
     −950 HU), ``bone``, ``heart``, ``airway`` (lumen), ``vessels``.
@@ -569,8 +586,12 @@ def generate(
     before noise (partial volume, emphysema and nodules included, HU, not rounded): the
     subject that :mod:`.domains` renders on another scanner.
     """
+    lesions = lesion_lib.check_kinds(KIND, lesions)
+    if nodules and lesions:
+        raise ValueError("nodules and lesions cannot be combined (lesions=['nodule'] inserts nodules, with a mask)")
     ss = np.random.SeedSequence(seed)
-    s_par, s_lat, s_tree, s_tex, s_noise, s_nod = ss.spawn(6)
+    # the first six streams as before lesions existed
+    s_par, s_lat, s_tree, s_tex, s_noise, s_nod, s_les = ss.spawn(7)
     s = _Subject.sample(np.random.default_rng(s_par))
     an = _Anatomy(s, np.random.default_rng(s_lat))
     grid = request_grid(size, spacing, FOV_MM)
@@ -744,16 +765,8 @@ def generate(
     if nodules:
         nod_rng = np.random.default_rng(s_nod)
         count = int(nod_rng.integers(0, 4))
-        nod = np.zeros(shape, dtype=np.float32)
-        for _ in range(count):
-            r = float(nod_rng.uniform(4.0, 15.0))
-            cand = np.flatnonzero(lung & (nod < 0.5) & (sdf_lung < -(r + 2.0)))
-            if cand.size == 0:
-                continue
-            idx = np.array(np.unravel_index(cand[nod_rng.integers(cand.size)], shape))
-            centre = np.array([axes[i][idx[i]] for i in range(3)], dtype=np.float64)
-            centre += nod_rng.uniform(-0.5, 0.5, 3) * sp_axes
-            draw_tubes(nod, grid, np.array([[*centre, *centre, r, r]]))
+        nod, placed = lesion_lib.solid_nodules(nod_rng, grid, lung, sdf_lung, count, radius_mm=(4.0, 15.0))
+        for centre, r in placed:
             c_vox = grid.to_index(centre)
             nodule_list.append(
                 {
@@ -772,7 +785,8 @@ def generate(
     img = clean + noise
     # ground-truth emphysema: lung whose noise-free (partial-volume) value is below -950 HU
     emphysema = lung & (clean < EMPHYSEMA_MAX_HU)
-    del noise
+    if not lesions:
+        del noise
     img = np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.float32)
 
     # ground truth measured on the final image inside the true masks
@@ -808,12 +822,53 @@ def generate(
     tissue[bone] = BONE
     if nodules:
         tissue[nod >= 0.5] = NODULE
+    volumes = {"tissue": tissue}
+
+    # lesions: own random stream, painted last onto the noise-free image; everything above
+    # (factors, masks, tissue) is the subject's normal anatomy, and `normal` its image
+    if lesions:
+        z_upper = 0.5 * (s.z_dome + s.z_apex)
+        mediastinum = (
+            (sdf_cav < 0)
+            & ~lung_region
+            & np.isin(tissue, (FAT, BLOOD, SOFT_TISSUE))
+            & (np.abs(x - s.cx) < 40.0)
+            & (z > an.heart()[0][2])
+            & (z < s.z_apex - 20.0)
+            & (y > an.y_trachea(z) + 5.0)
+        )
+
+        def site(name: str, r: float) -> np.ndarray:
+            if name == "nodule":  # as --nodules: at least r + 2 mm inside the lung
+                return lung & (sdf_lung < -(r + 2.0))
+            if name == "bulla":  # upper half of the lungs; the bulla is confined to the lung
+                return lung & (sdf_lung < -0.25 * r) & (z > z_upper)
+            if name == "lung":
+                return lung & (sdf_lung < -0.5 * r)
+            if name == "mediastinum":
+                return mediastinum & (sdf_lung > 0.25 * r)
+            raise ValueError(f"no thorax-ct lesion site {name!r}")
+
+        with_lesions = clean.copy()
+        lung_occ = occupancy(sdf_lung, sp)
+        instance, records = lesion_lib.insert(
+            np.random.default_rng(s_les), KIND, lesions, grid, site, {"hu": with_lesions}, {"lung": lung_occ},
+            blur_sigma_vox=BLUR_SIGMA_VOX,
+        )
+        del lung_occ
+        volumes["lesion"] = instance
+        volumes["normal"] = img
+        img = with_lesions + noise
+        del noise
+        img = np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.float32)
+        clean = with_lesions
+        factors.update(lesion_lib.factors(records, voxel_ml))
     return Phantom(
         kind=KIND,
         array=img,
         spacing=grid.spacing,
         factors=factors,
         masks=masks,
-        volumes={"tissue": tissue},
+        volumes=volumes,
         noise_free=clean,
     )
