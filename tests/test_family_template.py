@@ -174,6 +174,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_130(family, tmp_path):
     if family == "ldm":  # trained on an autoencoder run
         registry.train(tiny_cfg("ldm-autoencoder", data, 1), tmp_path / "ae", progress=False)
         extra = ["--autoencoder", str(tmp_path / "ae")]
+    if family == "fanogan":  # trained on an (unconditional) HA-GAN run
+        gan = registry.get("hagan").model_config("tiny", S).to_dict()
+        registry.train(tiny_cfg("hagan", data, 1, model=gan, label_column=None), tmp_path / "gan", progress=False)
+        extra = ["--generator", str(tmp_path / "gan")]
     if family == "cyclegan":  # its domain B is the data's 'degraded' volume, as in tiny_model
         extra = ["--target", "degraded"]
     cmd = [sys.executable, "-m", "medgen", "train", str(data), "--family", family, "--out", str(run), *extra,

@@ -11,7 +11,8 @@ S = 32
 def tiny_model(family: str) -> dict:
     """The family's ``tiny`` preset at 32³, with two classes where the family takes classes.
 
-    ``ldm`` is trained on another run's autoencoder; here it gets a tiny one at random weights. ``cyclegan``
+    ``ldm`` is trained on another run's autoencoder; here it gets a tiny one at random weights (and ``fanogan``,
+    trained against another run's HA-GAN, a tiny HA-GAN at random weights). ``cyclegan``
     translates between ``image`` and ``degraded``, the second volume of the shared tests' data sets
     (``make_dataset(..., degraded=True)``), which serves for its mechanics as an unpaired ``b`` would.
     """
@@ -19,6 +20,8 @@ def tiny_model(family: str) -> dict:
     extra = {}
     if family == "ldm":
         extra["autoencoder"] = registry.get("ldm-autoencoder").model_config("tiny", S).to_dict()
+    if family == "fanogan":
+        extra["generator"] = registry.get("hagan").model_config("tiny", S).to_dict()
     if family == "cyclegan":
         extra["domain_b"] = "degraded"
     try:

@@ -90,7 +90,10 @@ def run(args: argparse.Namespace) -> int:
     if not callable(getattr(model, "generate", None)):
         family = getattr(model.run_config, "family", "?")
         hint = (f"; it encodes and decodes: train `medgen train --family ldm --autoencoder {args.run}` to sample its "
-                "latents" if callable(getattr(model, "decode", None)) else "")
+                "latents" if family == "ldm-autoencoder" else
+                "; it reconstructs volumes: use it with `medgen anomaly` or `medgen encode`, or train the VAE "
+                "(--recipe vae) to sample" if family == "autoencoder" else
+                "; it reconstructs volumes: use it with `medgen anomaly`" if family == "fanogan" else "")
         raise UsageError(f"{args.run}: a run of family {family!r}, which does not generate volumes{hint}")
     sampling = {k: getattr(args, k) for k in ("sampler", "steps", "guidance", "eta") if getattr(args, k) is not None}
     if sampling and getattr(model, "unet", None) is None:

@@ -37,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=None, metavar="K", help="classes for the conditional model (0 = unconditional)")
     p.add_argument("--autoencoder", default=None, metavar="RUN",
                    help="ldm: the trained `--family ldm-autoencoder` run the model would diffuse the latents of")
+    p.add_argument("--generator", default=None, metavar="RUN",
+                   help="fanogan: the trained `--family hagan` run whose generator and discriminator the model uses")
     p.add_argument("--lowres-factor", type=int, default=None, metavar="F", help="full / low resolution ratio (paper 4)")
     p.add_argument("--slab-fraction", type=float, default=None, metavar="FRAC", help="training slab depth / volume depth (paper 0.125)")
     p.add_argument("--norm-groups", type=int, default=None, metavar="G", help="GroupNorm groups (overrides the preset)")
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     family = registry.get(args.family)
     if family.name != "hagan":
         cfg = family.model_config(args.preset or family.default_preset, args.size,
-                                  width=args.width, num_classes=args.num_classes, autoencoder_run=args.autoencoder)
+                                  width=args.width, num_classes=args.num_classes, autoencoder_run=args.autoencoder,
+                                  generator_run=args.generator)
         info = _family_info(family, cfg)
         if args.json:
             print(json.dumps(info, indent=2))

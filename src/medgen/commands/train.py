@@ -44,8 +44,8 @@ _OPTIONS = {
     "split_fractions": "split_fractions",
 }
 # Options that change the model (the family's architecture fields).
-_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run", "slab_context", "minibatch_std",
-                  "task", "inputs", "target")
+_MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run", "generator_run", "slab_context",
+                  "minibatch_std", "task", "inputs", "target")
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -101,6 +101,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--label-column", default=None, help="manifest column with the class labels (conditional training)")
     m.add_argument("--autoencoder", dest="autoencoder_run", default=None, metavar="RUN",
                    help="ldm: the trained `--family ldm-autoencoder` run whose latents the model diffuses")
+    m.add_argument("--generator", dest="generator_run", default=None, metavar="RUN",
+                   help="fanogan: the trained `--family hagan` run whose frozen generator and discriminator "
+                        "the encoder is trained against")
     i = p.add_argument_group("image-to-image families (unet, pix2pix, cond-ddpm) on a paired data set (`medgen degrade`); "
                              "cyclegan on an unpaired one (`medgen unpair`)")
     i.add_argument("--task", default=None, choices=("sr", "denoise", "kspace", "restore", "inpaint", "outpaint", "xray2ct",

@@ -23,10 +23,12 @@ import torch
 
 from medgen.core.errors import InputError, UsageError
 from medgen.families.alpha_gan.family import FAMILY as ALPHA_GAN
+from medgen.families.autoencoder.family import FAMILY as AUTOENCODER
 from medgen.families.classifier.family import FAMILY as CLASSIFIER
 from medgen.families.cond_ddpm.family import FAMILY as COND_DDPM
 from medgen.families.cyclegan.family import FAMILY as CYCLEGAN
 from medgen.families.ddpm.family import FAMILY as DDPM
+from medgen.families.fanogan.family import FAMILY as FANOGAN
 from medgen.families.hagan.family import FAMILY as HAGAN
 from medgen.families.ldm.family import FAMILY as LDM
 from medgen.families.ldm_autoencoder.family import FAMILY as LDM_AUTOENCODER
@@ -49,6 +51,7 @@ FAMILIES: dict[str, Family] = {
     "ddpm": DDPM,
     "ldm-autoencoder": LDM_AUTOENCODER,
     "ldm": LDM,
+    "fanogan": FANOGAN,
     "unet": UNET,
     "pix2pix": PIX2PIX,
     "cyclegan": CYCLEGAN,
@@ -59,6 +62,7 @@ FAMILIES: dict[str, Family] = {
     "alpha-gan": ALPHA_GAN,
     "pggan": PGGAN,
     "stylegan2": STYLEGAN2,
+    "autoencoder": AUTOENCODER,
 }
 
 

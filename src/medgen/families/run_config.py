@@ -176,7 +176,7 @@ def _with_recipe(fam: Any, recipe: str | None, model_given: dict[str, Any],
 
 # ---------------------------------------------------------------------- the equivalent command line
 # Options whose ``medgen train`` flag is not ``--`` + the name with dashes.
-_FLAG_NAMES = {"keep_checkpoints": "--keep", "autoencoder_run": "--autoencoder"}
+_FLAG_NAMES = {"keep_checkpoints": "--keep", "autoencoder_run": "--autoencoder", "generator_run": "--generator"}
 # Boolean options that are on by default and have a --no-X flag.
 _SWITCHES = {"use_lowres": "--no-lowres", "use_encoder": "--no-encoder"}
 
@@ -196,7 +196,7 @@ TRAIN_FLAG_OPTIONS = frozenset({
     "inputs", "iters", "keep_checkpoints", "label_column", "latent_dim", "log_every", "lr_d", "lr_e", "lr_g",
     "max_minutes", "minibatch_std", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
     "slab_context", "slab_selection", "split_fractions", "split_seed", "target", "task", "width", "workers",
-    "use_lowres", "use_encoder",
+    "use_lowres", "use_encoder", "generator_run",
 })
 
 
