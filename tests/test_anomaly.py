@@ -85,6 +85,8 @@ def test_maps_reconstructions_and_metrics_of_a_detector_that_removes_the_lesions
     y = [int(r["abnormal"]) for r in rows]
     assert y == [0, 1, 0, 1, 0, 1] and [int(r["lesion_count"]) for r in rows] == [0, 1, 0, 1, 0, 1]
     assert [int(r["lesion_voxels"]) for r in rows] == [0, 27, 0, 27, 0, 27]
+    d27 = (6 * 27 / np.pi) ** (1 / 3)  # the sphere of 27 mm³
+    assert [float(r["largest_lesion_mm"]) for r in rows] == pytest.approx([0, d27, 0, d27, 0, d27])
     m = json.loads((out / "metrics.json").read_text())
     for name in ("score", "score_mean", "score_p99", "score_max"):
         s = [float(r[name]) for r in rows]

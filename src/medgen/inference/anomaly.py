@@ -103,6 +103,14 @@ def detect(model: Any, volume: np.ndarray, **options: Any) -> dict[str, Any]:
     return {"score": scores["score_mean"] if own is None else own, **scores, "map": amap, "reconstruction": rec}
 
 
+def largest_lesion_mm(lesion: np.ndarray, spacing: Any) -> float:
+    """Equivalent diameter (mm) of the largest lesion of an instance map (0 without lesions)."""
+    from medgen.metrics.lesions import equivalent_diameter
+
+    ids, counts = np.unique(lesion[lesion > 0], return_counts=True)
+    return float(equivalent_diameter(int(counts.max()), spacing)) if ids.size else 0.0
+
+
 def map_units(info: dict[str, Any]) -> tuple[str, float]:
     """The unit the maps are written in and the factor from [-1, 1] differences to it (CT: HU)."""
     if is_ct(info):
@@ -274,6 +282,7 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
         if lesion is not None:
             row["lesion_count"] = int(len(np.unique(lesion[lesion > 0])))
             row["lesion_voxels"] = int((lesion > 0).sum())
+            row["largest_lesion_mm"] = largest_lesion_mm(lesion, spacing)
             row.setdefault(ABNORMAL_COLUMN, int(row["lesion_count"] > 0))
             masks.append(lesion > 0)
             lesions.append(lesion.astype(np.int32))
