@@ -28,4 +28,5 @@ EXPERIMENTS: tuple[str, ...] = (
     "recipes",
     "image2image",
     "domain-adaptation",
+    "anomaly",
 )

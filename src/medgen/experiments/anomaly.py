@@ -1,0 +1,251 @@
+"""``medgen experiment anomaly``: which model of normal anatomy finds which lesions, measured to the voxel.
+
+1. Normal training data: the workspace's thorax-CT training phantoms, which have no lesions (``medgen
+   phantoms --normal`` writes the same volumes), at the scale's small size.
+2. Test sets, one per lesion kind (``--lesions``, default nodule, emphysema, mass): held-out phantoms of
+   other seeds, rendered at the training phantoms' size and preprocessed like them, half of them with lesions
+   of that kind painted in (``medgen phantoms --lesions KIND``), each with its lesion instance map.
+3. Detectors (``--detectors``), each trained on the normal volumes only, ``--minutes`` of training each at
+   its measured speed (the families experiment's budget, so its runs are shared):
+
+   * ``fanogan``: f-AnoGAN's izi_f encoder (image + discriminator-feature residual) on the HA-GAN run,
+     starting from HA-GAN's own encoder, for the scale's iterations;
+   * ``hagan``: HA-GAN's own encoder and generator, G(E(x)), before the f-AnoGAN training;
+   * ``ae`` / ``vae``: the ``autoencoder`` family, plain (spatial bottleneck) and variational (its AE's
+     budget);
+   * ``ddpm``: the image-space diffusion model, each volume noised to a quarter of the forward process and
+     denoised back (AnoDDPM), 13 DDIM steps.
+
+4. ``medgen anomaly`` on every test set with every detector: the per-volume scores and voxel maps
+   (:mod:`medgen.inference.anomaly`), scored against the ground truth.
+
+Writes ``anomaly.csv``/``.md``: per detector and lesion kind, volume-level AUROC and AUPRC of the
+detector's score (the mean residual; f-AnoGAN: its own) and AUROC of the 99th percentile of the map,
+AUROC restricted to lesions of 10 mm and more, voxel-level AUROC and AUPRC (with the lesion prevalence,
+AUPRC's chance level), the best Dice over thresholds, and the share of lesions detected at the threshold
+that flags 0.1 % of the normal volumes' voxels, by size; ``anomaly-KIND.png``: one abnormal test volume
+per kind, every detector's reconstruction, map and the true lesion, through the largest lesion.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medgen.core.errors import UsageError
+from medgen.experiments.workspace import ExperimentOutput, Workspace, checkpoint_iteration, phantom_dataset
+
+HELP = "anomaly detection: f-AnoGAN, autoencoders and diffusion trained on normal phantoms, scored against known lesions"
+DESCRIPTION = __doc__.split("\n\n", 1)[1]
+DETECTORS: dict[str, str] = {
+    "fanogan": "f-AnoGAN (HA-GAN)",
+    "hagan": "HA-GAN encoder",
+    "ae": "autoencoder",
+    "vae": "VAE",
+    "ddpm": "DDPM (AnoDDPM)",
+}
+LESION_KINDS = ("nodule", "emphysema", "mass")
+DEFAULT_MINUTES = 5.0
+LARGE_MM = 10.0
+DEFAULTS = {"detectors": ",".join(DETECTORS), "lesions": ",".join(LESION_KINDS), "minutes": DEFAULT_MINUTES}
+COLUMNS = ("lesion", "detector", "iterations", "train_minutes", "abnormal", "auroc", "auprc", "auprc_chance",
+           "auroc_p99", "auroc_10mm", "voxel_auroc", "voxel_auprc", "lesion_voxel_fraction", "best_dice",
+           "lesions_detected", "detected_lt10mm", "detected_10_20mm", "detected_ge20mm")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--detectors", default=",".join(DETECTORS), metavar="D,D",
+                   help=f"detectors (default {','.join(DETECTORS)})")
+    p.add_argument("--lesions", default=",".join(LESION_KINDS), metavar="K,K",
+                   help=f"thorax-CT lesion kinds, one test set each (default {','.join(LESION_KINDS)})")
+    p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, metavar="M",
+                   help=f"training budget of each detector at its measured speed (default {DEFAULT_MINUTES:g}; "
+                        "f-AnoGAN's encoder: the scale's iterations on top of its HA-GAN)")
+
+
+def _names(text: str, known: tuple[str, ...] | dict[str, str], option: str) -> list[str]:
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        raise UsageError(f"{option} {text!r}: choose from {', '.join(known)}")
+    return names
+
+
+def detector_runs(ws: Workspace, detectors: list[str], size: int, minutes: float) -> dict[str, Path]:
+    """The trained run of every detector (trained or reused; :meth:`Workspace.model`)."""
+    from medgen.experiments.synthesis import _family_run, budget_iterations, run_name
+
+    runs: dict[str, Path] = {}
+    if "fanogan" in detectors or "hagan" in detectors:
+        runs["hagan"] = _family_run(ws, "hagan", size, minutes)
+    if "fanogan" in detectors:
+        runs["fanogan"] = ws.model(f"fanogan-{size}-on-{runs['hagan'].name}", size, family="fanogan",
+                                   model_settings={"generator_run": str(runs["hagan"])})
+    if "ae" in detectors or "vae" in detectors:
+        iters = budget_iterations(ws, "autoencoder", run_name("autoencoder", size, minutes), size, minutes)
+        if "ae" in detectors:
+            runs["ae"] = ws.model(run_name("autoencoder", size, minutes), size, family="autoencoder", iters=iters)
+        if "vae" in detectors:
+            runs["vae"] = ws.model(run_name("autoencoder-vae", size, minutes), size, family="autoencoder",
+                                   iters=iters, recipe="vae")
+    if "ddpm" in detectors:
+        runs["ddpm"] = _family_run(ws, "ddpm", size, minutes)
+    return {d: runs[d] for d in detectors}
+
+
+def auroc_subset(rows: list[dict[str, Any]], min_mm: float, column: str = "score") -> float | None:
+    """Volume-level AUROC of ``column`` over the normal volumes and the abnormal ones whose largest lesion has
+    an equivalent diameter of ``min_mm`` or more (None without both)."""
+    from medgen.metrics.scores import auroc
+
+    keep = [r for r in rows if int(r["abnormal"]) == 0 or float(r.get("largest_lesion_mm", 0)) >= min_mm]
+    y = [int(r["abnormal"]) for r in keep]
+    if len(set(y)) < 2:
+        return None
+    return auroc([float(r[column]) for r in keep], y)
+
+
+def table_row(kind: str, detector: str, run: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
+              ) -> dict[str, Any]:
+    """One row of the table from ``medgen anomaly``'s metrics and per-volume rows."""
+    from medgen.experiments.synthesis import training_minutes
+
+    det = metrics.get("detection") or {}
+    by_size = {b["bin"]: b for b in det.get("by_size", [])}
+
+    def rate(i: int) -> str | None:
+        b = list(by_size.values())[i] if i < len(by_size) else None
+        return None if not b or not b["n"] else f"{b['detected']}/{b['n']}"
+
+    return {
+        "lesion": kind, "detector": DETECTORS[detector], "iterations": checkpoint_iteration(run),
+        "train_minutes": training_minutes(run), "abnormal": f"{metrics.get('abnormal')}/{metrics['volumes']}",
+        "auroc": metrics.get("auroc_score"), "auprc": metrics.get("auprc_score"),
+        "auprc_chance": metrics.get("auprc_chance"), "auroc_p99": metrics.get("auroc_score_p99"),
+        "auroc_10mm": auroc_subset(rows, LARGE_MM), "voxel_auroc": metrics.get("voxel_auroc"),
+        "voxel_auprc": metrics.get("voxel_auprc"), "lesion_voxel_fraction": metrics.get("lesion_voxel_fraction"),
+        "best_dice": metrics.get("best_dice"),
+        "lesions_detected": f"{det['n_detected']}/{det['n_lesions']}" if det else None,
+        "detected_lt10mm": rate(0), "detected_10_20mm": rate(1), "detected_ge20mm": rate(2),
+    }
+
+
+def save_kind_figure(path: Path, kind: str, test_dir: Path, scored: dict[str, Path], rows: list[dict[str, Any]]
+                     ) -> Path:
+    """One abnormal test volume (the one with the largest lesion): per detector (rows) the input, its
+    reconstruction, its map and the true lesion, axial slice through that lesion's centre."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medgen.core.fileio import atomic_path
+    from medgen.data.dataset import VolumeDataset
+
+    best = max((r for r in rows if int(r["abnormal"])), key=lambda r: float(r.get("largest_lesion_mm", 0)))
+    sid = best["id"]
+    ds = VolumeDataset(test_dir, split="all", label_column=None, keys=("image", "lesion"), ids=[sid])
+    item = ds[0]
+    image, lesion = item["image"][0].numpy(), item["lesion"][0].numpy()
+    ids, counts = np.unique(lesion[lesion > 0], return_counts=True)
+    z = int(round(np.argwhere(lesion == ids[np.argmax(counts)])[:, 2].mean()))
+    maps, recs = {}, {}
+    for det, out_dir in scored.items():
+        with np.load(out_dir / "outputs" / f"{sid}.npz") as f:
+            maps[det], recs[det] = f["map"], f["reconstruction"]
+    vmax = max(float(np.percentile(m, 99.9)) for m in maps.values()) or 1.0
+    fig, axes = plt.subplots(len(scored), 4, figsize=(8.4, 2.2 * len(scored)), squeeze=False)
+    for r, det in enumerate(scored):
+        panels = ((image, "gray", -1, 1, "input"), (recs[det], "gray", -1, 1, "reconstruction"),
+                  (maps[det], "magma", 0, vmax, "anomaly map"), (lesion > 0, "gray", 0, 1, "true lesion"))
+        for c, (vol, cmap, lo, hi, title) in enumerate(panels):
+            ax = axes[r][c]
+            ax.imshow(np.asarray(vol, dtype=np.float32)[:, :, z].T, cmap=cmap, vmin=lo, vmax=hi, origin="lower",
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+        axes[r][0].set_ylabel(DETECTORS[det], fontsize=8)
+    fig.suptitle(f"{kind}: test volume {sid} (largest lesion {float(best['largest_lesion_mm']):.0f} mm), "
+                 f"axial slice {z}", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
+    import csv
+
+    from medgen.core.device import resolve_device
+    from medgen.families import registry
+    from medgen.inference.anomaly import anomaly_dataset
+
+    detectors = _names(args.detectors, DETECTORS, "--detectors")
+    kinds = _names(args.lesions, LESION_KINDS, "--lesions")
+    if not args.minutes > 0:
+        raise UsageError(f"--minutes {args.minutes}: need a positive budget")
+    if not ws.uses_phantoms:
+        raise UsageError("the anomaly experiment scores against the phantoms' known lesions; it runs on the built-in "
+                         "phantoms only (score your own scans with `medgen anomaly RUN DATA --out DIR`)")
+    size = ws.scale.small_size
+    s = ws.scale
+    raw_size = max(s.sizes + (s.size, s.small_size))  # the training phantoms' grid, preprocessed to `size`
+    ws.datasets(size)  # the normal training set
+    tests = {kind: phantom_dataset(ws, "thorax-ct", f"lesions-{kind}-{size}", s.n_heldout, size,
+                                   ws.seed + 100 + k, lesions=(kind,), raw_size=raw_size)
+             for k, kind in enumerate(kinds)}
+    runs = detector_runs(ws, detectors, size, args.minutes)
+    device = resolve_device(ws.device)
+
+    rows: list[dict[str, Any]] = []
+    scored: dict[str, dict[str, Path]] = {kind: {} for kind in kinds}
+    per_volume: dict[str, list[dict[str, Any]]] = {}
+    for det in detectors:
+        run_dir = runs[det]
+        model = registry.load(run_dir, device=device)
+        for kind in kinds:
+            out_dir = ws.root / "anomaly" / f"{det}-{run_dir.name}-it{checkpoint_iteration(run_dir)}" / kind
+            summary = anomaly_dataset(model, tests[kind], out_dir, figures=0, progress=ws.progress)
+            ws.record(["anomaly", str(run_dir), str(tests[kind]), "--out", str(out_dir), "--figures", "0"])
+            with open(out_dir / "scores.csv", newline="") as fh:
+                vols = list(csv.DictReader(fh))
+            per_volume[f"{det}/{kind}"] = vols
+            rows.append(table_row(kind, det, run_dir, summary.metrics or {}, vols))
+            scored[kind][det] = out_dir
+            r = rows[-1]
+            shown = ", ".join(f"{label} {r[key]:.3g}" for key, label in (
+                ("auroc", "AUROC"), ("voxel_auprc", "voxel AUPRC"), ("lesion_voxel_fraction", "prevalence"),
+                ("best_dice", "best Dice")) if r.get(key) is not None)
+            print(f"anomaly: {DETECTORS[det]} on {kind}: {shown or 'no metric (see metrics.json notes)'}",
+                  flush=True)
+    rows.sort(key=lambda r: (kinds.index(r["lesion"]), list(DETECTORS.values()).index(r["detector"])))
+    notes = [
+        f"Normal training data: the {s.n_train} thorax-CT training phantoms (no lesions) at {size}³; test sets: "
+        f"{s.n_heldout} held-out phantoms per lesion kind (other seeds, rendered at {raw_size}³ and preprocessed to "
+        f"{size}³ like the training set), lesions painted into about half of them (`abnormal`).",
+        f"Detectors trained on the normal volumes for {args.minutes:g} minutes each at their measured speed "
+        "(iterations, train_minutes from each run's log); f-AnoGAN's encoder for the scale's iterations on top of "
+        "its HA-GAN run; the VAE with the AE's iterations. DDPM: noise level 0.25, 13 DDIM steps.",
+        "auroc, auprc: volume level, of the detector's score (the mean of the map |x − x̂|; f-AnoGAN: image plus "
+        "feature residual), auprc_chance the share of abnormal volumes; auroc_p99: of the map's 99th percentile; "
+        f"auroc_10mm: normal volumes against those whose largest lesion is ≥ {LARGE_MM:g} mm (equivalent "
+        "diameter).",
+        "voxel_auroc, voxel_auprc: every voxel of every test volume pooled against the lesion masks; their "
+        "chance level is lesion_voxel_fraction. best_dice: the best Dice of the thresholded maps over all "
+        "thresholds (an upper bound: the threshold is chosen on the masks).",
+        "lesions_detected, detected_*: lesions whose map maximum reaches the threshold that flags 0.1 % of the "
+        "normal test volumes' voxels, by equivalent diameter (<10 mm, 10–20 mm, ≥20 mm).",
+    ]
+    out.write_table(rows, COLUMNS, title=f"Anomaly detection on thorax-CT phantoms at {size}³", notes=notes)
+    for kind in kinds:
+        figure = save_kind_figure(out.path(f"anomaly-{kind}.png"), kind, tests[kind], scored[kind],
+                                  per_volume[f"{detectors[0]}/{kind}"])
+        out.add_figure(figure)
+    return {"size": size, "detectors": detectors, "lesions": kinds, "minutes": args.minutes,
+            "runs": {d: str(p) for d, p in runs.items()}, "rows": rows}
