@@ -1,0 +1,68 @@
+"""medgen experiment anomaly: detectors trained on normal phantoms, scored against known lesions."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from medgen.cli import main
+from medgen.experiments import anomaly as exp
+
+
+def test_auroc_of_the_large_lesions_leaves_out_the_small_ones():
+    from sklearn.metrics import roc_auc_score
+
+    rows = [{"abnormal": 0, "score": 0.1, "largest_lesion_mm": 0}, {"abnormal": 0, "score": 0.5},
+            {"abnormal": 1, "score": 0.2, "largest_lesion_mm": 4.0},  # small: below the normal 0.5
+            {"abnormal": 1, "score": 0.9, "largest_lesion_mm": 12.0}, {"abnormal": 1, "score": 0.6,
+                                                                       "largest_lesion_mm": 25.0}]
+    assert exp.auroc_subset(rows, 10.0) == 1.0
+    every = exp.auroc_subset(rows, 0.0)
+    assert every == pytest.approx(roc_auc_score([0, 0, 1, 1, 1], [0.1, 0.5, 0.2, 0.9, 0.6]))
+    assert every < 1.0
+    assert exp.auroc_subset(rows, 30.0) is None  # no abnormal volume left
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--detectors", "ae,nope"], "--detectors"),
+    (["--lesions", "wmh"], "--lesions"),
+    (["--minutes", "0"], "--minutes"),
+])
+def test_bad_options_are_one_line_usage_errors(tmp_path, capsys, argv, words):
+    code = main(["experiment", "anomaly", "--scale", "smoke", "--work", str(tmp_path / "w"),
+                 "--out", str(tmp_path / "o"), "--no-progress", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and words in err[-1]
+
+
+@pytest.mark.slow
+def test_smoke_run_scores_every_detector_on_every_lesion_kind(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main(["experiment", "anomaly", "--scale", "smoke", "--work", str(work), "--out", str(out),
+                 "--detectors", "ae,vae", "--lesions", "mass", "--minutes", "0.02", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out / "anomaly.csv")))
+    assert [(r["lesion"], r["detector"]) for r in rows] == [("mass", "autoencoder"), ("mass", "VAE")]
+    # the table's AUROC is that of the per-volume scores medgen anomaly wrote, against the ground truth
+    record = json.loads((out / "experiment.json").read_text())
+    runs = record["results"]["runs"]
+    for row, det in zip(rows, ("ae", "vae")):
+        scored = next((work / "anomaly").glob(f"{det}-{exp.Path(runs[det]).name}-it*/mass"))
+        vols = list(csv.DictReader(open(scored / "scores.csv")))
+        y = [int(v["abnormal"]) for v in vols]
+        assert 0 < sum(y) < len(y) and float(row["auroc"]) == pytest.approx(
+            roc_auc_score(y, [float(v["score"]) for v in vols]))
+        assert 0 < float(row["lesion_voxel_fraction"]) < 0.2 and 0 <= float(row["best_dice"]) <= 1
+        assert int(row["iterations"]) >= 1
+    # the test set: half of the volumes with a mass, its lesion map aligned with the image
+    manifest = list(csv.DictReader(open(work / "data" / "lesions-mass-32" / "manifest.csv")))
+    assert {"abnormal", "lesion"} <= set(manifest[0])
+    lesion = np.load(work / "data" / "lesions-mass-32" / manifest[0]["lesion"])
+    assert lesion.shape == (32, 32, 32)
+    assert (out / "anomaly-mass.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "anomaly.md").read_text()
+    assert "medgen experiment anomaly" in md and "best_dice" in md
