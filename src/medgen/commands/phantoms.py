@@ -13,6 +13,8 @@ Example::
     medgen phantoms --kind thorax-ct --n 64 --seed 0 --normal --out ct-normal/
     medgen phantoms --kind thorax-ct --n 32 --seed 1 --lesions nodule,emphysema,mass --out ct-lesions/
     medgen phantoms --kind brain-mri --n 32 --seed 1 --lesions wmh,tumour --abnormal-fraction 0.3 --out mr-lesions/
+    # registration and disease progression: displacement to the template, baseline + follow-up
+    medgen phantoms --kind brain-mri --n 16 --seed 3 --displacement --longitudinal --out mr-pairs/
 
 The work is :func:`medgen.data.phantoms.phantom_set.write_phantom_set` (and the mosaic
 :func:`medgen.viz.mosaic.save_phantom_set_mosaic`). Writes ``DIR/<kind>-<i:04d>.nii.gz`` (CT as int16 Hounsfield units, MRI as
@@ -38,6 +40,16 @@ diameter_mm, voxels, ml, visible). Outside the lesion map the image equals ``nor
 for voxel. ``--normal`` marks a lesion-free set for training (the manifest columns at 0,
 no lesion volumes); it takes neither --lesions nor --nodules. See
 :mod:`medgen.data.phantoms.lesions`.
+
+``--displacement`` (brain-mri) writes ``DIR/disp_x/``, ``disp_y/``, ``disp_z/`` (float32, mm): voxel
+(i, j, k) of the image (affine A) was sampled from the MNI152 template point
+``A (i, j, k, 1) + disp[i, j, k]``; :func:`medgen.data.phantoms.deformation.true_displacement` composes
+two subjects' fields into the true registration. ``medgen preprocess`` does not carry them.
+``--longitudinal`` (brain-mri, not with --lesions) writes each subject's follow-up after
+``interval_years`` (1-5) with more atrophy as ``DIR/followup/`` and ``DIR/followup_tissue/`` (and
+``DIR/followup_t2/`` where the set has t2), and the manifest columns ``interval_years``,
+``atrophy_rate_per_year``, ``atrophy_followup``, ``label_followup`` and ``*_volume_ml_followup``. See
+:mod:`medgen.data.phantoms.deformation` and :mod:`medgen.data.phantoms.brain_mri`.
 """
 
 from __future__ import annotations
@@ -81,7 +93,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "the same subjects on a second scanner (thorax-ct) or in T2 contrast (brain-mri); --domain both "
             "adds that rendering as DIR/domain_b/ next to the default one. For anomaly detection, --lesions "
             "paints lesions into a share of the volumes with a voxel instance map (DIR/lesion/) and the "
-            "lesion-free counterpart (DIR/normal/), and --normal marks a lesion-free training set."
+            "lesion-free counterpart (DIR/normal/), and --normal marks a lesion-free training set. For "
+            "registration and disease progression (brain-mri), --displacement writes the true displacement to "
+            "the template (DIR/disp_x/, disp_y/, disp_z/, mm) and --longitudinal a follow-up scan of each "
+            "subject with more atrophy (DIR/followup/, DIR/followup_tissue/)."
         ),
     )
     p.add_argument("--kind", required=True, help=f"phantom kind: {' or '.join(_KINDS)}")
@@ -106,6 +121,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="lesion-free volumes for training an anomaly detector: the manifest gets abnormal, "
                         "lesion_count, lesion_ml and lesions columns at 0 (no --lesions or --nodules); use another "
                         "--seed than the test set's, whose subjects are otherwise the same")
+    p.add_argument("--displacement", action="store_true",
+                   help="brain-mri only: also write the true displacement from each voxel to the MNI152 template "
+                        "point it was sampled from, in mm, as DIR/disp_x/, disp_y/, disp_z/ (float32; template "
+                        "point = affine * (i,j,k,1) + disp); compose two subjects' fields with "
+                        "medgen.data.phantoms.deformation.true_displacement. Not carried by medgen preprocess")
+    p.add_argument("--longitudinal", action="store_true",
+                   help="brain-mri only, not with --lesions: also write each subject's follow-up scan after "
+                        "interval_years (uniform 1-5) with more atrophy (the atrophy factor grows at a subject-"
+                        "specific 0.02-0.08 per year: cortex thinner by 2.5 mm and ventricles' boundary 5 mm "
+                        "further out per unit) and new noise, as DIR/followup/ and DIR/followup_tissue/ (and "
+                        "DIR/followup_t2/), with manifest columns interval_years, atrophy_rate_per_year, "
+                        "atrophy_followup, label_followup and *_volume_ml_followup")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not a phantom set")
     p.set_defaults(func=run)
@@ -144,12 +171,17 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--lesions needs at least one lesion kind, got {args.lesions!r}")
     rows = write_phantom_set(args.kind, args.n, size, args.seed, args.out, nodules=args.nodules,
                              workers=args.workers, overwrite=args.overwrite, spacing=spacing, domain=args.domain,
-                             lesions=lesions, abnormal_fraction=args.abnormal_fraction, normal=args.normal)
+                             lesions=lesions, abnormal_fraction=args.abnormal_fraction, normal=args.normal,
+                             displacement=args.displacement, longitudinal=args.longitudinal)
     save_phantom_set_mosaic(args.out, rows, args.kind)
     domain = "" if args.domain == "A" else f", domain {args.domain}"
     if lesions:
         domain += f", {sum(int(row['abnormal']) for row in rows)} with lesions"
     elif args.normal:
         domain += ", lesion-free"
+    if args.longitudinal:
+        domain += ", with follow-ups"
+    if args.displacement:
+        domain += ", with displacement fields"
     print(f"wrote {args.n} {args.kind} phantoms ({describe_grid(args.kind, size, spacing)}{domain}) to {args.out}")
     return 0

@@ -31,6 +31,16 @@ get them.
 Two domains of the same subjects (:mod:`.domains`): A is the image above, B the same
 anatomy on a second CT scanner (thorax) or in T2 contrast (brain);
 ``domains.render(phantom, "B", seed)`` gives it.
+
+Registration and disease progression (brain-mri, :mod:`.deformation`):
+``generate("brain-mri", size, seed, displacement=True)`` adds the volumes ``disp_x``,
+``disp_y``, ``disp_z`` (float32, mm): voxel v's anatomy was sampled from the template
+point ``affine · v + disp(v)`` (MNI mm); ``deformation.true_displacement(moving, fixed)``
+composes two subjects' fields into the true fixed → moving displacement.
+``longitudinal=True`` adds the same subject's follow-up after ``interval_years`` with
+more atrophy (volumes ``followup``, ``followup_tissue``, ``followup_t2``; factors
+``interval_years``, ``atrophy_rate_per_year``, ``atrophy_followup``, ``label_followup``
+and ``<tissue>_volume_ml_followup``).
 """
 
 from __future__ import annotations
@@ -60,6 +70,8 @@ def generate(
     nodules: bool = False,
     spacing: float | tuple[float, float, float] | None = None,
     lesions: Sequence[str] = (),
+    displacement: bool = False,
+    longitudinal: bool = False,
 ) -> Phantom:
     """Generate one phantom of ``kind`` with ``size``³ (or ``size`` = (X, Y, Z)) voxels of
     ``spacing`` mm (default: the kind's field of view over the largest axis); same seed ⇒
@@ -68,8 +80,13 @@ def generate(
     ``nodules`` (thorax-ct only) inserts 0–3 lung nodules and records them in the factors.
     ``lesions``: lesion kinds of :data:`.lesions.LESION_KINDS` to paint (see the module
     docstring); ValueError for a kind the phantom does not have, or with ``nodules``.
+    ``displacement``, ``longitudinal`` (brain-mri only, else ValueError): the displacement to
+    the template and the follow-up scan (see the module docstring).
     """
     if kind == "thorax-ct":
+        if displacement or longitudinal:
+            option = "displacement fields" if displacement else "longitudinal follow-ups"
+            raise ValueError(f"{option} are only available for brain-mri phantoms")
         from medgen.data.phantoms import thorax_ct
 
         return thorax_ct.generate(size, seed, nodules=nodules, spacing=spacing, lesions=lesions)
@@ -78,11 +95,12 @@ def generate(
             raise ValueError("nodules are only available for thorax-ct phantoms")
         from medgen.data.phantoms import brain_mri
 
-        return brain_mri.generate(size, seed, spacing=spacing, lesions=lesions)
+        return brain_mri.generate(size, seed, spacing=spacing, lesions=lesions, displacement=displacement,
+                                  longitudinal=longitudinal)
     raise ValueError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def volume_specs(kind: str, domain: str = "A", lesions: bool = False) -> dict[str, dict]:
+def volume_specs(kind: str, domain: str = "A", lesions: bool = False, longitudinal: bool = False) -> dict[str, dict]:
     """The extra volumes of a phantom set of ``kind``: name → ``{"kind": "label" | "intensity", ...}``.
 
     Label maps also give their ``classes`` (value as a string → description), as
@@ -90,6 +108,10 @@ def volume_specs(kind: str, domain: str = "A", lesions: bool = False) -> dict[st
     out the volume that is its image (brain ``t2``); a ``both`` set adds ``domain_b``.
     ``lesions``: a set with lesions adds ``lesion``, ``normal`` and, for brain, ``normal_t2``
     (in a ``B`` set ``normal`` is the lesion-free image in domain B, so brain leaves out ``normal_t2``).
+    ``longitudinal`` (brain): adds ``followup``, ``followup_tissue`` and ``followup_t2`` (a ``B`` set's
+    ``followup`` is the follow-up in T2, so it leaves out ``followup_t2``). The displacement volumes
+    (``disp_x``, ``disp_y``, ``disp_z``) are not among them: ``medgen preprocess`` cannot carry
+    millimetres (see :mod:`.deformation`).
     """
     from medgen.data.phantoms.domains import B_EXTRA_VOLUME, DOMAIN_B_VOLUME
 
@@ -108,9 +130,14 @@ def volume_specs(kind: str, domain: str = "A", lesions: bool = False) -> dict[st
         from medgen.data.phantoms.lesions import volume_specs as lesion_volume_specs
 
         specs.update(lesion_volume_specs(kind))
+    if longitudinal:
+        specs["followup"] = {"kind": "intensity"}
+        specs["followup_tissue"] = {"kind": "label", "classes": dict(specs["tissue"]["classes"])}
+        specs["followup_t2"] = {"kind": "intensity"}
     if domain == "B":
         specs.pop(B_EXTRA_VOLUME.get(kind, ""), None)
         specs.pop("normal_t2", None)
+        specs.pop("followup_t2", None)
     elif domain == "both":
         specs[DOMAIN_B_VOLUME] = {"kind": "intensity"}
     return specs

@@ -43,6 +43,26 @@ them) and leave factors, masks and ``tissue`` (the subject's normal anatomy) unc
 
 The grid is ``size``³ voxels over the 200 mm field of view by default; any shape and
 (anisotropic) spacing samples the same anatomy (the template is low-pass filtered per axis).
+
+Registration ground truth (``displacement``, see :mod:`.deformation` for the convention): the
+volumes ``disp_x``, ``disp_y``, ``disp_z`` (float32, mm) hold, at every voxel, the template point
+it was sampled from minus its world position: q = affine · (i, j, k, 1) + disp, in MNI152 mm.
+:func:`subject_map` gives the same map exactly at any point, :func:`template` the template on
+a phantom grid, :func:`subject_parameters` the subject's drawn parameters.
+
+Longitudinal pairs (``longitudinal``): the subject's follow-up after ``interval_years`` drawn
+uniformly in :data:`FOLLOWUP_YEARS` (1–5 years), with the atrophy factor grown at a
+subject-specific rate drawn uniformly in :data:`ATROPHY_RATE_PER_YEAR` (0.02–0.08 per year, i.e.
+cortical thinning of 0.05–0.2 mm and ventricular boundary growth of 0.1–0.4 mm per year):
+``atrophy_followup`` = atrophy + rate · interval (it may pass 1: the cortex keeps thinning by
+2.5 mm and the ventricles growing by 5 mm per unit). Everything else is the baseline's (anatomy,
+deformation, bias field, contrast, gain); the noise is drawn anew (stream
+:data:`LONGITUDINAL_STREAM`). Atrophy is a change of tissue in template space (grey matter
+becomes CSF, tissue becomes ventricular CSF), not a deformation: baseline and follow-up share
+one displacement field and their voxels correspond one to one (the true displacement between
+them is zero); the progression is the difference of ``tissue`` and ``followup_tissue``. Volumes
+``followup`` (T1), ``followup_t2`` and ``followup_tissue``; factors
+:data:`LONGITUDINAL_FACTORS`, the follow-up's tissue volumes measured like the baseline's.
 """
 
 from __future__ import annotations
@@ -56,6 +76,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from medgen.data.phantoms import deformation
 from medgen.data.phantoms import lesions as lesion_lib
 from medgen.data.phantoms.noise import LatticeField
 from medgen.data.phantoms.phantom import Phantom
@@ -69,6 +90,22 @@ FOV_CENTRE_MNI = (0.0, -17.0, 5.0)
 ATROPHY_THRESHOLDS = (0.25, 0.5, 0.75)
 CORTEX_THINNING_MM = 2.5  # at atrophy 1
 VENTRICLE_GROWTH_MM = 5.0  # at atrophy 1
+#: Longitudinal follow-up: interval after the baseline, drawn uniformly in this range (years), and the
+#: subject's atrophy rate, the increase of the atrophy factor per year, drawn uniformly in this range: the
+#: cortex thins by rate · 2.5 mm and the ventricles' boundary moves out by rate · 5 mm per year.
+FOLLOWUP_YEARS = (1.0, 5.0)
+ATROPHY_RATE_PER_YEAR = (0.02, 0.08)
+#: Spawn key, under the volume's seed, of the follow-up's draws: + (0,) interval and rate, + (1,) its T1
+#: noise, + (2,) its T2 noise (the other streams are (0,)…(4,), domains' (100, 1), lesions' (200,)).
+LONGITUDINAL_STREAM = (300,)
+_FOLLOWUP_VOLUMES = ("brain_volume_ml", "gm_volume_ml", "wm_volume_ml", "ventricle_volume_ml")
+#: Factors a longitudinal phantom adds (the follow-up's tissue volumes are measured like the baseline's).
+LONGITUDINAL_FACTORS = (
+    "interval_years", "atrophy_rate_per_year", "atrophy_followup", "label_followup",
+    *(f"{name}_followup" for name in _FOLLOWUP_VOLUMES),
+)
+#: The named volumes a longitudinal phantom adds.
+LONGITUDINAL_VOLUMES = ("followup", "followup_tissue", "followup_t2")
 
 #: Classes of the ``tissue`` label map (the phantom is skull-stripped: no skull or scalp).
 BACKGROUND, CSF, GREY_MATTER, WHITE_MATTER, VENTRICLES = range(5)
@@ -237,11 +274,158 @@ def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
     return np.sqrt((signal + sigma * n1) ** 2 + (sigma * n2) ** 2).astype(np.float32)
 
 
+def _sample_template(q: Sequence[np.ndarray], spacing: tuple[float, float, float]) -> tuple[np.ndarray, ...]:
+    """Template maps at the template points ``q`` (x, y, z arrays, MNI mm) for a grid of ``spacing`` mm:
+    (t1, gm, wm, icv, d_out, d_vent)."""
+    tpl = _template()
+    src, origin, step = _sources(spacing)
+    idx = np.stack([(q[i] - origin[i]) / step for i in range(3)])
+    t1, gm, wm, icv = (_sample(src[k], idx) for k in ("t1", "gm", "wm", "icv"))
+    idx2 = np.stack([(q[i] - tpl.origin_coarse[i]) / 2.0 for i in range(3)])
+    d_out = _sample(tpl.coarse["d_out"], idx2)
+    d_vent = ndi.map_coordinates(tpl.coarse["d_vent"], idx2, order=1, mode="nearest", prefilter=False)
+    return t1, gm, wm, icv, d_out, d_vent
+
+
+def _atrophied(
+    t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, icv: np.ndarray, d_out: np.ndarray, d_vent: np.ndarray,
+    atrophy: float, vent_base: float,
+) -> tuple[np.ndarray, ...]:
+    """The anatomy at ``atrophy`` (a label change in template space, not a deformation): cortical thinning
+    from the outer surface and ventricular enlargement. Returns (t1, gm, wm, ventricles, csf, growth mm)."""
+    tpl = _template()
+    atrophy, vent_base = float(atrophy), float(vent_base)
+    ramp = 2.0  # mm; fixed so that the anatomy does not depend on the voxel size
+    depth = np.maximum(d_out - 1.0, 0.0)  # mm from the outer brain surface
+    removed_gm = gm * np.clip((atrophy * CORTEX_THINNING_MM - depth) / ramp, 0.0, 1.0)
+    gm1 = gm - removed_gm
+    grow = atrophy * VENTRICLE_GROWTH_MM + vent_base
+    vent = np.clip(0.5 + (grow - d_vent) / ramp, 0.0, 1.0) * (icv > 0.5)
+    gm2, wm2 = gm1 * (1.0 - vent), wm * (1.0 - vent)
+    d_gm, d_wm = gm - gm2, wm - wm2
+    t1 = t1 - d_gm * (tpl.i_gm - tpl.i_csf) - d_wm * (tpl.i_wm - tpl.i_csf)
+    csf = np.maximum(icv - gm2 - wm2, 0.0)
+    return t1, gm2, wm2, vent, csf, grow
+
+
+def _measured(
+    gm2: np.ndarray, wm2: np.ndarray, vent: np.ndarray, icv: np.ndarray, csf: np.ndarray, voxel_ml: float
+) -> tuple[dict[str, float], dict[str, np.ndarray], np.ndarray]:
+    """(tissue volumes in ml, masks, ``tissue`` label map) of an anatomy's partial-volume fractions."""
+    volumes_ml = {
+        "brain_volume_ml": float((gm2 + wm2).sum(dtype=np.float64)) * voxel_ml,
+        "gm_volume_ml": float(gm2.sum(dtype=np.float64)) * voxel_ml,
+        "wm_volume_ml": float(wm2.sum(dtype=np.float64)) * voxel_ml,
+        "ventricle_volume_ml": float(vent.sum(dtype=np.float64)) * voxel_ml,
+        "intracranial_volume_ml": float(icv.sum(dtype=np.float64)) * voxel_ml,
+    }
+    masks = {
+        "brain": (gm2 + wm2) >= 0.5,
+        "gm": (gm2 >= wm2) & (gm2 >= csf) & (icv >= 0.5),
+        "wm": (wm2 > gm2) & (wm2 >= csf) & (icv >= 0.5),
+        "ventricles": vent >= 0.5,
+        "intracranial": icv >= 0.5,
+    }
+    tissue = np.full(gm2.shape, BACKGROUND, dtype=np.int16)
+    tissue[masks["intracranial"]] = CSF
+    tissue[masks["gm"]] = GREY_MATTER
+    tissue[masks["wm"]] = WHITE_MATTER
+    tissue[masks["ventricles"]] = VENTRICLES
+    return volumes_ml, masks, tissue
+
+
+def _streams(seed: int) -> tuple[np.random.SeedSequence, ...]:
+    # the first three as before T2 existed, the first four as before lesions existed
+    return tuple(np.random.SeedSequence(seed).spawn(5))
+
+
+def _warp_fields(s_lat: np.random.SeedSequence) -> tuple[list[LatticeField], LatticeField]:
+    lat_rng = np.random.default_rng(s_lat)
+    warp = [LatticeField(lat_rng, FOV_MM + 80.0, 40.0) for _ in range(3)]
+    bias = LatticeField(lat_rng, FOV_MM + 80.0, 70.0)
+    return warp, bias
+
+
+def _progression(seed: int) -> tuple[float, float]:
+    """(interval in years, atrophy rate per year) of subject ``seed``'s follow-up, from its own stream."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=LONGITUDINAL_STREAM + (0,)))
+    return float(rng.uniform(*FOLLOWUP_YEARS)), float(rng.uniform(*ATROPHY_RATE_PER_YEAR))
+
+
+def subject_parameters(seed: int) -> dict[str, float | list]:
+    """The ground-truth parameters of brain subject ``seed`` (as :func:`generate` draws them).
+
+    ``atrophy`` (unrounded), ``ventricle_offset_mm`` (subject-specific ventricle size: its boundary
+    moves by ``atrophy`` · 5 mm + this), the deformation (``scale``, ``rotation`` 3×3, ``shift_mm``,
+    ``warp_mm``; see :func:`subject_map`) and the longitudinal follow-up (``interval_years``,
+    ``atrophy_rate_per_year``, ``atrophy_followup`` = atrophy + rate · interval).
+    """
+    s = _Subject.sample(np.random.default_rng(_streams(seed)[0]))
+    years, rate = _progression(seed)
+    return {
+        "atrophy": s.atrophy,
+        "ventricle_offset_mm": s.vent_base,
+        "scale": s.scale,
+        "rotation": s.rotation.tolist(),
+        "shift_mm": s.shift.tolist(),
+        "warp_mm": s.warp_mm,
+        "interval_years": years,
+        "atrophy_rate_per_year": rate,
+        "atrophy_followup": s.atrophy + rate * years,
+    }
+
+
+def subject_map(seed: int) -> deformation.SubjectMap:
+    """The exact map from subject ``seed``'s world coordinates (the phantom's affine, any grid) to the
+    template's (MNI mm): what the ``disp_*`` volumes sample (see :mod:`.deformation`)."""
+    s_par, s_lat = _streams(seed)[:2]
+    s = _Subject.sample(np.random.default_rng(s_par))
+    warp, _ = _warp_fields(s_lat)
+    return deformation.SubjectMap(
+        centre=np.asarray(FOV_CENTRE_MNI, dtype=np.float64), rotation=s.rotation, scale=s.scale,
+        shift=np.asarray(s.shift, dtype=np.float64), warp_mm=s.warp_mm, warp=tuple(warp),
+    )
+
+
+def template(
+    size: int | tuple[int, int, int],
+    spacing: float | tuple[float, float, float] | None = None,
+    atrophy: float = 0.0,
+    ventricle_offset_mm: float = 0.0,
+    filter_spacing: float | tuple[float, float, float] | None = None,
+) -> Phantom:
+    """The template itself on a phantom grid: no deformation (displacement 0), no bias field, no noise.
+
+    The grid and affine are those of :func:`generate` (same ``size`` and ``spacing``), so voxel
+    positions are template (MNI) mm. ``array`` is the T1-like tissue signal × 1000 (white matter
+    1000); ``tissue``, masks and volume factors as for a subject. ``atrophy`` and
+    ``ventricle_offset_mm`` apply a subject's atrophy (:func:`subject_parameters`) in template
+    space: warped with that subject's ``disp_*`` field, its ``tissue`` is the subject's.
+    ``filter_spacing``: low-pass filter the template maps as for voxels of this size in mm (one
+    value or one per axis; default the grid's spacing): a subject's spacing renders the detail of
+    that subject on a finer grid, for warping with nearest neighbours.
+    """
+    grid = request_grid(size, spacing, FOV_MM)
+    detail = grid.spacing if filter_spacing is None else request_grid(1, filter_spacing, FOV_MM).spacing
+    x, y, z = grid.xyz
+    q = [np.broadcast_to((FOV_CENTRE_MNI[i] + c).astype(np.float32), grid.shape) for i, c in enumerate((x, y, z))]
+    t1, gm, wm, icv, d_out, d_vent = _sample_template(q, detail)
+    t1, gm2, wm2, vent, csf, _ = _atrophied(t1, gm, wm, icv, d_out, d_vent, atrophy, ventricle_offset_mm)
+    volumes_ml, masks, tissue = _measured(gm2, wm2, vent, icv, csf, grid.voxel_ml)
+    factors: dict[str, float | int | str] = {**volumes_ml, "atrophy": float(atrophy), "label": atrophy_class(atrophy)}
+    origin = tuple(float(FOV_CENTRE_MNI[i] + grid.axes[i][0]) for i in range(3))
+    image = (1000.0 * np.maximum(t1, 0.0)).astype(np.float32)
+    return Phantom(kind=KIND, array=image, spacing=grid.spacing, factors=factors, masks=masks,
+                   volumes={"tissue": tissue}, origin=origin)
+
+
 def generate(
     size: int | tuple[int, int, int],
     seed: int,
     spacing: float | tuple[float, float, float] | None = None,
     lesions: Sequence[str] = (),
+    displacement: bool = False,
+    longitudinal: bool = False,
 ) -> Phantom:
     """Generate one brain MRI phantom of ``size``³ voxels over a 200 mm field of view.
 
@@ -256,63 +440,58 @@ def generate(
     ``lesions``: kinds among ``wmh``, ``tumour`` (:mod:`.lesions`), painted last from their
     own random stream on both contrasts; adds the volumes ``lesion``, ``normal`` and
     ``normal_t2`` and the factors ``abnormal``, ``lesion_count``, ``lesion_ml``, ``lesions``.
+
+    ``displacement``: adds the volumes ``disp_x``, ``disp_y``, ``disp_z`` (float32, mm): the
+    displacement from each voxel's world position to the template point it was sampled from
+    (:mod:`.deformation`). ``longitudinal``: adds the follow-up (see the module docstring): the
+    volumes ``followup``, ``followup_tissue``, ``followup_t2`` and the factors of
+    :data:`LONGITUDINAL_FACTORS`; not with ``lesions`` (ValueError). Neither changes anything
+    else: the other arrays and factors are bit for bit those generated without them.
     """
     lesions = lesion_lib.check_kinds(KIND, lesions)
-    ss = np.random.SeedSequence(seed)
-    # the first three as before T2 existed, the first four as before lesions existed
-    s_par, s_lat, s_noise, s_noise_t2, s_les = ss.spawn(5)
+    if longitudinal and lesions:
+        raise ValueError("a longitudinal brain phantom cannot have lesions (lesion progression is not modelled)")
+    s_par, s_lat, s_noise, s_noise_t2, s_les = _streams(seed)
     s = _Subject.sample(np.random.default_rng(s_par))
-    lat_rng = np.random.default_rng(s_lat)
-    warp = [LatticeField(lat_rng, FOV_MM + 80.0, 40.0) for _ in range(3)]
-    bias = LatticeField(lat_rng, FOV_MM + 80.0, 70.0)
+    warp, bias = _warp_fields(s_lat)
 
     tpl = _template()
     grid = request_grid(size, spacing, FOV_MM)
     axes = grid.axes
     x, y, z = grid.xyz
+    origin_world = tuple(float(FOV_CENTRE_MNI[i] + axes[i][0]) for i in range(3))
     # target → template mapping: q = centre + R (p / scale) + shift + smooth warp
     p = (x / s.scale, y / s.scale, z / s.scale)
     q = []
+    disp = {}
     for i in range(3):
         r = s.rotation[i]
         qi = r[0] * p[0] + r[1] * p[1] + r[2] * p[2]
         qi = qi + (FOV_CENTRE_MNI[i] + s.shift[i]) + s.warp_mm * warp[i].on_grid(*axes)
+        if displacement:  # template point minus the voxel's world position (the affine's)
+            world = origin_world[i] + np.arange(grid.shape[i], dtype=np.float64) * grid.spacing[i]
+            world = world.reshape([-1 if a == i else 1 for a in range(3)])
+            disp[deformation.DISPLACEMENT_VOLUMES[i]] = (qi - world).astype(np.float32)
         q.append(qi.astype(np.float32))
 
-    src, origin, step = _sources(grid.spacing)
-    idx = np.stack([(q[i] - origin[i]) / step for i in range(3)])
-    t1, gm, wm, icv = (_sample(src[k], idx) for k in ("t1", "gm", "wm", "icv"))
-    idx2 = np.stack([(q[i] - tpl.origin_coarse[i]) / 2.0 for i in range(3)])
-    d_out = _sample(tpl.coarse["d_out"], idx2)
-    d_vent = ndi.map_coordinates(tpl.coarse["d_vent"], idx2, order=1, mode="nearest", prefilter=False)
-    del idx, idx2, q
-
-    # atrophy: cortical thinning from the outer surface, ventricular enlargement
-    ramp = 2.0  # mm; fixed so that the anatomy does not depend on the voxel size
-    depth = np.maximum(d_out - 1.0, 0.0)  # mm from the outer brain surface
-    removed_gm = gm * np.clip((s.atrophy * CORTEX_THINNING_MM - depth) / ramp, 0.0, 1.0)
-    gm1 = gm - removed_gm
-    grow = s.atrophy * VENTRICLE_GROWTH_MM + s.vent_base
-    vent = np.clip(0.5 + (grow - d_vent) / ramp, 0.0, 1.0) * (icv > 0.5)
-    gm2, wm2 = gm1 * (1.0 - vent), wm * (1.0 - vent)
-    d_gm, d_wm = gm - gm2, wm - wm2
-    t1 = t1 - d_gm * (tpl.i_gm - tpl.i_csf) - d_wm * (tpl.i_wm - tpl.i_csf)
-    csf = np.maximum(icv - gm2 - wm2, 0.0)
+    t1, gm, wm, icv, d_out, d_vent = _sample_template(q, grid.spacing)
+    del q
+    t1_base, gm2, wm2, vent, csf, grow = _atrophied(t1, gm, wm, icv, d_out, d_vent, s.atrophy, s.vent_base)
 
     # scanner: contrast, bias field, gain, Rician noise
     coil = np.exp(s.bias * bias.on_grid(*axes))
 
-    def t1_image(t1_tissue: np.ndarray) -> np.ndarray:
+    def t1_image(t1_tissue: np.ndarray, stream: np.random.SeedSequence = s_noise) -> np.ndarray:
         t1_w = np.maximum(t1_tissue, 0.0) ** s.gamma
         t1_w *= coil
         signal = (1000.0 * s.gain) * t1_w
-        return _rician(signal, 1000.0 * s.gain * s.noise, np.random.default_rng(s_noise))
+        return _rician(signal, 1000.0 * s.gain * s.noise, np.random.default_rng(stream))
 
-    def t2_image(t2_tissue: np.ndarray) -> np.ndarray:
+    def t2_image(t2_tissue: np.ndarray, stream: np.random.SeedSequence = s_noise_t2) -> np.ndarray:
         t2_w = t2_tissue * coil
-        return _rician((1000.0 * s.t2_gain) * t2_w, 1000.0 * s.t2_gain * s.noise, np.random.default_rng(s_noise_t2))
+        return _rician((1000.0 * s.t2_gain) * t2_w, 1000.0 * s.t2_gain * s.noise, np.random.default_rng(stream))
 
-    img = t1_image(t1)
+    img = t1_image(t1_base)
     # T2: tissue fractions times T2-weighted signals (CSF bright, grey > white), same coil and noise model
     t2 = csf + s.t2_gm * (gm2 + s.t2_wm * wm2)
     img_t2 = t2_image(t2)
@@ -340,7 +519,7 @@ def generate(
             "t1": {"wm": tpl.i_wm, "gm": tpl.i_gm, "csf": tpl.i_csf},
             "t2": {"wm": s.t2_gm * s.t2_wm, "gm": s.t2_gm, "csf": 1.0},
         }
-        t1_les, t2_les = t1.copy(), t2.copy()
+        t1_les, t2_les = t1_base.copy(), t2.copy()
         instance, records = lesion_lib.insert(
             np.random.default_rng(s_les), KIND, lesions, grid, site, {"t1": t1_les, "t2": t2_les}, {"wm": wm2},
             contrast=contrast,
@@ -351,30 +530,30 @@ def generate(
 
     voxel_ml = grid.voxel_ml
     atrophy = round(s.atrophy, 4)
-    factors: dict[str, float | int | str] = {
-        "brain_volume_ml": float((gm2 + wm2).sum(dtype=np.float64)) * voxel_ml,
-        "gm_volume_ml": float(gm2.sum(dtype=np.float64)) * voxel_ml,
-        "wm_volume_ml": float(wm2.sum(dtype=np.float64)) * voxel_ml,
-        "ventricle_volume_ml": float(vent.sum(dtype=np.float64)) * voxel_ml,
-        "intracranial_volume_ml": float(icv.sum(dtype=np.float64)) * voxel_ml,
-        "atrophy": atrophy,
-        "label": atrophy_class(atrophy),
-    }
-    masks = {
-        "brain": (gm2 + wm2) >= 0.5,
-        "gm": (gm2 >= wm2) & (gm2 >= csf) & (icv >= 0.5),
-        "wm": (wm2 > gm2) & (wm2 >= csf) & (icv >= 0.5),
-        "ventricles": vent >= 0.5,
-        "intracranial": icv >= 0.5,
-    }
-    tissue = np.full(grid.shape, BACKGROUND, dtype=np.int16)
-    tissue[masks["intracranial"]] = CSF
-    tissue[masks["gm"]] = GREY_MATTER
-    tissue[masks["wm"]] = WHITE_MATTER
-    tissue[masks["ventricles"]] = VENTRICLES
+    volumes_ml, masks, tissue = _measured(gm2, wm2, vent, icv, csf, voxel_ml)
+    factors: dict[str, float | int | str] = {**volumes_ml, "atrophy": atrophy, "label": atrophy_class(atrophy)}
     if lesions:
         factors.update(lesion_lib.factors(records, voxel_ml))
-    origin_world = tuple(float(FOV_CENTRE_MNI[i] + axes[i][0]) for i in range(3))
+
+    if longitudinal:  # the same subject and scanner after the interval: more atrophy, new noise
+        years, rate = _progression(seed)
+        atrophy_fu = s.atrophy + rate * years
+        t1_fu, gm_fu, wm_fu, vent_fu, csf_fu, _ = _atrophied(t1, gm, wm, icv, d_out, d_vent, atrophy_fu, s.vent_base)
+        ml_fu, _, tissue_fu = _measured(gm_fu, wm_fu, vent_fu, icv, csf_fu, voxel_ml)
+        noise_fu = [np.random.SeedSequence(seed, spawn_key=LONGITUDINAL_STREAM + (k,)) for k in (1, 2)]
+        volumes["followup"] = t1_image(t1_fu, noise_fu[0])
+        volumes["followup_tissue"] = tissue_fu
+        volumes["followup_t2"] = t2_image(csf_fu + s.t2_gm * (gm_fu + s.t2_wm * wm_fu), noise_fu[1])
+        atrophy_fu = round(atrophy_fu, 4)
+        factors.update({
+            "interval_years": round(years, 4),
+            "atrophy_rate_per_year": round(rate, 4),
+            "atrophy_followup": atrophy_fu,
+            "label_followup": atrophy_class(atrophy_fu),
+            **{f"{name}_followup": ml_fu[name] for name in _FOLLOWUP_VOLUMES},
+        })
+        del t1_fu, gm_fu, wm_fu, vent_fu, csf_fu
+    volumes.update(disp)
     return Phantom(
         kind=KIND,
         array=img,

@@ -41,6 +41,22 @@ of the same ``seed`` share their subjects: train on one seed and test on another
 ``phantoms.json`` records ``lesions`` (kinds, abnormal fraction, how volumes are chosen)
 or ``normal``; sets made without either are written exactly as before.
 
+Registration and disease progression (brain-mri; :mod:`medgen.data.phantoms.deformation`):
+``displacement=True`` writes each subject's displacement to the MNI152 template as three
+float32 volumes in mm, ``OUT/disp_x/<id>.nii.gz``, ``disp_y``, ``disp_z`` (manifest columns of
+the same names): voxel (i, j, k) of the image (affine A) was sampled from the template point
+``A (i, j, k, 1) + disp[i, j, k]`` (MNI152 RAS+ mm). They are recorded in ``phantoms.json``
+under ``displacement``, not under ``volumes``, so ``medgen preprocess`` does not carry them
+(it would normalise the millimetres). ``longitudinal=True`` writes each subject's follow-up
+after ``interval_years`` (uniform in 1–5 years) with more atrophy (the atrophy factor grows at
+a subject-specific 0.02–0.08 per year): the volumes ``followup`` (in the image's domain),
+``followup_tissue`` and, where the set has ``t2``, ``followup_t2``, all declared under
+``volumes`` so preprocess carries them, and the manifest columns ``interval_years``,
+``atrophy_rate_per_year``, ``atrophy_followup``, ``label_followup`` and
+``<tissue>_volume_ml_followup`` (brain, gm, wm, ventricle); ``phantoms.json`` records
+``longitudinal``. Not with ``lesions``. Sets made without these options are written exactly
+as before.
+
 Example::
 
     rows = write_phantom_set("thorax-ct", n=8, size=64, seed=0, out="phantoms/")
@@ -48,6 +64,7 @@ Example::
     rows = write_phantom_set("thorax-ct", n=8, size=64, seed=2, out="pairs/", domain="both")
     rows = write_phantom_set("thorax-ct", n=64, size=64, seed=0, out="normal/", normal=True)
     rows = write_phantom_set("thorax-ct", n=32, size=64, seed=1, out="test/", lesions=("nodule", "mass"))
+    rows = write_phantom_set("brain-mri", n=16, size=64, seed=3, out="pairs/", displacement=True, longitudinal=True)
 """
 
 from __future__ import annotations
@@ -82,14 +99,22 @@ LESION_KIND_NAMES = {"thorax-ct": ("nodule", "emphysema", "mass"), "brain-mri": 
 LESION_VOLUME_NAMES = {"thorax-ct": ("lesion", "normal"), "brain-mri": ("lesion", "normal", "normal_t2")}
 #: Share of abnormal volumes when ``lesions`` are given without ``abnormal_fraction``.
 DEFAULT_ABNORMAL_FRACTION = 0.5
+#: Registration and progression ground truth (mirror medgen.data.phantoms.brain_mri and .deformation, kept
+#: light): the kinds that have them, the follow-up's volumes, and the displacement volumes (mm, written and
+#: listed in the manifest but not declared under phantoms.json ``volumes``: preprocess cannot carry mm).
+DISPLACEMENT_KIND_NAMES = ("brain-mri",)
+LONGITUDINAL_VOLUME_NAMES = ("followup", "followup_tissue", "followup_t2")
+DISPLACEMENT_VOLUME_NAMES = ("disp_x", "disp_y", "disp_z")
 
 
-def volume_names(kind: str, domain: str = "A", lesions: bool = False) -> tuple[str, ...]:
-    """The extra volumes a ``domain`` set of ``kind`` writes (a B set's image is the brain ``t2``,
-    and with ``lesions`` its ``normal`` the lesion-free ``t2``)."""
+def volume_names(kind: str, domain: str = "A", lesions: bool = False, longitudinal: bool = False) -> tuple[str, ...]:
+    """The extra volumes a ``domain`` set of ``kind`` writes and declares (a B set's image is the brain
+    ``t2``, with ``lesions`` its ``normal`` the lesion-free ``t2``, with ``longitudinal`` its ``followup``
+    the follow-up's ``t2``). The displacement volumes come on top (:data:`DISPLACEMENT_VOLUME_NAMES`)."""
     names = VOLUME_NAMES[kind] + (LESION_VOLUME_NAMES[kind] if lesions else ())
+    names += LONGITUDINAL_VOLUME_NAMES if longitudinal else ()
     if domain == "B":
-        return tuple(name for name in names if name not in (B_EXTRA_VOLUME.get(kind), "normal_t2"))
+        return tuple(name for name in names if name not in (B_EXTRA_VOLUME.get(kind), "normal_t2", "followup_t2"))
     return names + (DOMAIN_B_VOLUME,) if domain == "both" else names
 
 
@@ -116,13 +141,16 @@ def check_request(
     lesions: Sequence[str] = (),
     abnormal_fraction: float | None = None,
     normal: bool = False,
+    displacement: bool = False,
+    longitudinal: bool = False,
 ) -> None:
     """UsageError (one line, naming the option) for a phantom set that cannot be made.
 
     ``size``: S or a shape (X, Y, Z), each in 16..512; ``spacing``: None, or one voxel
     size or three in mm, each in 0.1..100; ``domain``: A, B or both; ``lesions``: lesion
     kinds of ``kind`` (not with ``nodules``); ``abnormal_fraction``: in 0..1, only with
-    ``lesions``; ``normal``: neither ``lesions`` nor ``nodules``.
+    ``lesions``; ``normal``: neither ``lesions`` nor ``nodules``; ``displacement`` and
+    ``longitudinal``: brain-mri only, ``longitudinal`` not with ``lesions``.
     """
     lo, hi = SIZE_RANGE
     if kind not in KIND_NAMES:
@@ -172,6 +200,11 @@ def check_request(
             raise UsageError("--abnormal-fraction needs --lesions (the share of volumes that get lesions)")
         if not (isinstance(abnormal_fraction, Real) and 0.0 <= abnormal_fraction <= 1.0):
             raise UsageError(f"--abnormal-fraction must be between 0 and 1, got {abnormal_fraction}")
+    for flag, name in ((displacement, "--displacement"), (longitudinal, "--longitudinal")):
+        if flag and kind not in DISPLACEMENT_KIND_NAMES:
+            raise UsageError(f"{name} is only available for --kind {' or '.join(DISPLACEMENT_KIND_NAMES)}")
+    if longitudinal and lesions:
+        raise UsageError("--longitudinal cannot be combined with --lesions (lesion progression is not modelled)")
 
 
 def _previous_files(out: Path) -> list[str]:
@@ -180,7 +213,7 @@ def _previous_files(out: Path) -> list[str]:
     if not manifest.exists():
         return []
     names = {name for names in (*VOLUME_NAMES.values(), *LESION_VOLUME_NAMES.values()) for name in names}
-    names |= {DOMAIN_B_VOLUME}
+    names |= {DOMAIN_B_VOLUME, *LONGITUDINAL_VOLUME_NAMES, *DISPLACEMENT_VOLUME_NAMES}
     with manifest.open(newline="") as f:
         return [row[c] for row in csv.DictReader(f) for c in ("file", *sorted(names)) if row.get(c)]
 
@@ -219,6 +252,8 @@ def _make_one(
     lesion_kinds: tuple[str, ...] = (),
     abnormal_fraction: float = DEFAULT_ABNORMAL_FRACTION,
     normal: bool = False,
+    displacement: bool = False,
+    longitudinal: bool = False,
 ) -> dict[str, Any]:
     """Generate volume ``index``, write it (in ``domain``) and its extra volumes, and return its
     manifest row (runs in workers)."""
@@ -228,7 +263,7 @@ def _make_one(
     subject_seed = volume_seed(seed, index)
     abnormal = bool(lesion_kinds) and lesions.is_abnormal(subject_seed, abnormal_fraction)
     ph = generate(kind, size, subject_seed, nodules=nodules, spacing=spacing,
-                  lesions=lesion_kinds if abnormal else ())
+                  lesions=lesion_kinds if abnormal else (), displacement=displacement, longitudinal=longitudinal)
     if lesion_kinds and not abnormal:
         lesions.add_lesion_free_truth(ph)
     if normal:
@@ -240,9 +275,12 @@ def _make_one(
     row = {"id": vid, "file": fname, "kind": kind, "label": ph.factors["label"]}
     row.update({k: v for k, v in ph.factors.items() if k != "label"})
     row.update(domains.manifest_columns(kind, domain))
-    for name in volume_names(kind, domain, bool(lesion_kinds)):
+    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal)
+    for name in names + (DISPLACEMENT_VOLUME_NAMES if displacement else ()):
         if name == DOMAIN_B_VOLUME:
             extra = domains.render(ph, "B", subject_seed)
+        elif name == "followup" and domain == "B":  # the follow-up in the image's contrast (brain: T2)
+            extra = ph.volumes["followup_t2"]
         elif name == "normal" and domain == "B":
             if kind == "brain-mri":
                 extra = ph.volumes["normal_t2"]
@@ -292,13 +330,17 @@ def write_phantom_set(
     lesions: Sequence[str] = (),
     abnormal_fraction: float | None = None,
     normal: bool = False,
+    displacement: bool = False,
+    longitudinal: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``n`` phantoms of ``kind`` at ``size``³ (or ``size`` = (X, Y, Z)) voxels of ``spacing``
     mm into ``out``, rendered in ``domain`` (A, B or both; see the module docstring); returns
     the manifest rows.
 
     ``lesions``: lesion kinds painted into a share ``abnormal_fraction`` (default 0.5) of the
-    volumes; ``normal``: a lesion-free set marked as such (see the module docstring).
+    volumes; ``normal``: a lesion-free set marked as such; ``displacement``: brain only, the
+    displacement to the template; ``longitudinal``: brain only, each subject's follow-up scan
+    (see the module docstring).
 
     ``out`` must be empty, absent or an earlier phantom set (whose volumes beyond the new
     ``n`` are removed); ``overwrite`` allows another non-empty folder. ``workers``:
@@ -311,7 +353,8 @@ def write_phantom_set(
 
     if isinstance(lesions, str):
         lesions = (lesions,)
-    check_request(kind, n, size, seed, nodules, workers, spacing, domain, lesions, abnormal_fraction, normal)
+    check_request(kind, n, size, seed, nodules, workers, spacing, domain, lesions, abnormal_fraction, normal,
+                  displacement, longitudinal)
     lesion_kinds = lesion_lib.check_kinds(kind, lesions)
     fraction = DEFAULT_ABNORMAL_FRACTION if abnormal_fraction is None else float(abnormal_fraction)
     size = int(size) if isinstance(size, Integral) else tuple(int(v) for v in size)
@@ -319,8 +362,9 @@ def write_phantom_set(
     shape, voxel = grid_of(kind, size, spacing)
     out = Path(out)
     stale = _prepare_out(out, overwrite)
-    jobs = [(kind, size, seed, i, nodules, str(out), spacing, domain, lesion_kinds, fraction, normal)
-            for i in range(n)]
+    displacement, longitudinal = bool(displacement), bool(longitudinal)
+    jobs = [(kind, size, seed, i, nodules, str(out), spacing, domain, lesion_kinds, fraction, normal, displacement,
+             longitudinal) for i in range(n)]
     desc = f"phantoms {kind} {describe_grid(kind, size, spacing).split(',')[0]}"
     bar = tqdm(total=n, desc=desc, unit="vol", file=sys.stderr, disable=not progress)
     rows: list[dict[str, Any]] = []
@@ -341,7 +385,9 @@ def write_phantom_set(
     finally:
         bar.close()
 
-    written = {row[c] for row in rows for c in ("file", *volume_names(kind, domain, bool(lesion_kinds)))}
+    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal)
+    disp_names = DISPLACEMENT_VOLUME_NAMES if displacement else ()
+    written = {row[c] for row in rows for c in ("file", *names, *disp_names)}
     for name in stale:
         if name not in written and re.fullmatch(r"([a-z0-9_]+/)?[a-z-]+-\d{4}\.nii\.gz", name):
             (out / name).unlink(missing_ok=True)
@@ -354,11 +400,17 @@ def write_phantom_set(
         if kind == "thorax-ct"
         else f"atrophy class from atrophy, class boundaries {list(brain_mri.ATROPHY_THRESHOLDS)}"
     )
-    volumes = volume_specs(kind, domain, bool(lesion_kinds))
+    volumes = volume_specs(kind, domain, bool(lesion_kinds), longitudinal)
     volumes["tissue"]["dtype"] = "int16"
     t2_units = {"dtype": "float32", "units": "T2-like units >= 0 (CSF brightest)"}
     if "t2" in volumes:
         volumes["t2"].update(t2_units)
+    if longitudinal:
+        t1_units = {"dtype": "float32", "units": "T1-like units >= 0"}
+        volumes["followup"].update(t2_units if domain == "B" else t1_units)
+        volumes["followup_tissue"]["dtype"] = "int16"
+        if "followup_t2" in volumes:
+            volumes["followup_t2"].update(t2_units)
     hu_b = {"dtype": "int16", "units": "Hounsfield units, domain B (second scanner)"}
     if DOMAIN_B_VOLUME in volumes:
         volumes[DOMAIN_B_VOLUME].update(hu_b if kind == "thorax-ct" else t2_units)
@@ -375,7 +427,8 @@ def write_phantom_set(
         if "normal_t2" in volumes:
             volumes["normal_t2"].update(t2_units)
     columns = ["id", "file", "kind", "label"]
-    columns += [c for c in rows[0] if c not in columns and c not in volumes] + list(volumes)
+    columns += [c for c in rows[0] if c not in columns and c not in volumes and c not in disp_names]
+    columns += list(volumes) + list(disp_names)
     write_csv(out / "manifest.csv", rows, columns)
     if kind == "thorax-ct":
         intensity = "Hounsfield units (int16)"
@@ -397,6 +450,12 @@ def write_phantom_set(
             "normal": "the image without lesions: outside the lesion map the image equals it voxel for voxel"
                       + (" (domain B: up to the second scanner's blur)" if domain == "B" else ""),
         }
+    # likewise a set without the registration and progression ground truth
+    truth_info: dict[str, Any] = {}
+    if longitudinal:
+        truth_info["longitudinal"] = _longitudinal_info(domain)
+    if displacement:
+        truth_info["displacement"] = _displacement_info(longitudinal)
     atomic_write_json(
         out / MARKER,
         {
@@ -415,10 +474,59 @@ def write_phantom_set(
             "volume_seed": "medgen.data.phantoms.volume_seed(seed, index)",
             **domain_info,
             **lesion_info,
+            **truth_info,
             "medgen_version": __version__,
         },
     )
     return rows
+
+
+def _longitudinal_info(domain: str) -> dict[str, Any]:
+    """``phantoms.json`` ``longitudinal``: how the follow-ups were made."""
+    from medgen.data.phantoms import brain_mri
+
+    contrast = "T2" if domain == "B" else "T1"
+    return {
+        "followup": f"volume followup ({contrast}; followup_tissue its tissue map, followup_t2 its T2 where the "
+                    f"set has t2): the same subject after interval_years, with the atrophy factor grown to "
+                    f"atrophy_followup = atrophy + atrophy_rate_per_year * interval_years (may exceed 1); same "
+                    f"anatomy, deformation, bias field, contrast and gain, noise drawn anew",
+        "interval_years": {"distribution": "uniform", "range": list(brain_mri.FOLLOWUP_YEARS)},
+        "atrophy_rate_per_year": {"distribution": "uniform per subject",
+                                  "range": list(brain_mri.ATROPHY_RATE_PER_YEAR)},
+        "cortical_thinning_mm_per_year": f"{brain_mri.CORTEX_THINNING_MM:g} * atrophy_rate_per_year",
+        "ventricle_growth_mm_per_year": f"{brain_mri.VENTRICLE_GROWTH_MM:g} * atrophy_rate_per_year (outward "
+                                        f"movement of the ventricles' boundary)",
+        "atrophy": "a change of tissue in template space (grey matter -> CSF from the outer brain surface, tissue -> "
+                   "ventricular CSF), not a deformation: voxel (i, j, k) of followup is voxel (i, j, k) of the "
+                   "image (true displacement between them: zero)",
+        "columns": list(brain_mri.LONGITUDINAL_FACTORS),
+        "seed": f"numpy.random.SeedSequence(volume_seed(seed, index), spawn_key={brain_mri.LONGITUDINAL_STREAM} "
+                f"+ (k,)): k = 0 interval and rate, 1 T1 noise, 2 T2 noise",
+    }
+
+
+def _displacement_info(longitudinal: bool) -> dict[str, Any]:
+    """``phantoms.json`` ``displacement``: the convention of the displacement volumes."""
+    info = {
+        "volumes": list(DISPLACEMENT_VOLUME_NAMES),
+        "files": "<name>/<id>.nii.gz (manifest columns of the same names), on the image's grid and affine",
+        "dtype": "float32",
+        "units": "mm (RAS+ components x, y, z)",
+        "convention": "q = A (i, j, k, 1) + (disp_x, disp_y, disp_z)[i, j, k]: the template point that voxel (i, j, k) "
+                      "of the image (NIfTI affine A, RAS+ mm) was sampled from, in the MNI152 2009a symmetric "
+                      "template's world coordinates (RAS+ mm, nilearn's template affine): the anatomy at the voxel "
+                      "is the template's at q, up to atrophy (a change of tissue in template space, not a "
+                      "deformation)",
+        "between_subjects": "medgen.data.phantoms.deformation.true_displacement((u_m, A_m), (u_f, A_f)): on the fixed "
+                            "subject's grid, d with moving(A_f v + d) corresponding to fixed voxel v, i.e. "
+                            "q_m^-1(q_f(v)) - A_f v; read_displacement(folder, id) gives (u, A)",
+        "preprocess": "not declared under volumes, so medgen preprocess does not carry them (it would normalise the "
+                      "millimetres as an intensity); use these files with their affine",
+    }
+    if longitudinal:
+        info["longitudinal"] = "the follow-up shares the image's field; the displacement between them is zero"
+    return info
 
 
 def spacing_mm(kind: str, size: int) -> float:
