@@ -182,3 +182,54 @@ def test_scans_of_another_size_are_reported_and_the_others_written(tmp_path):
     assert np.allclose(amap.affine, affine)  # on the scan's own grid
     values = np.asarray(amap.dataobj)
     assert values[5, 5, 5] == pytest.approx(500 - (-1024 + 0.75 * 1624), abs=1.0) and values[0, 0, 0] == 0
+
+
+class SystematicModel(NormalModel):
+    """Reconstructs the normal volume plus an error pattern that is the same in every volume (and a little
+    of the volume's own noise), as a model that cannot render some structures does."""
+
+    def __init__(self):
+        super().__init__()
+        self.pattern = np.random.default_rng(3).uniform(0.0, 0.3, (S, S, S)).astype(np.float32)
+
+    def reconstruct(self, volumes, batch_size=1):
+        x = np.asarray(volumes, dtype=np.float32)
+        return np.minimum(x, 0.5) - self.pattern - 0.05 * (x - x.mean())
+
+
+def test_normative_maps_standardise_each_voxel_by_the_reference_volumes(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    nib = pytest.importorskip("nibabel")
+    data = lesion_dataset(tmp_path / "d")
+    reference_dir = make_dataset(tmp_path / "ref", n=4, size=S, seed=5)
+    model = SystematicModel()
+    ref = anomaly.reference_statistics(model, reference_dir, tmp_path / "o", progress=False)
+    # the statistics by hand: each reference volume's map, voxel-wise mean and std (ddof 1)
+    maps = []
+    for i in range(4):
+        x = np.load(reference_dir / "volumes" / f"v{i}.npy").astype(np.float32)
+        maps.append(np.abs(x - model.reconstruct(x[None])[0]))
+    assert ref.n == 4 and np.allclose(ref.mean, np.mean(maps, axis=0), atol=1e-6)
+    assert np.allclose(ref.std, np.std(maps, axis=0, ddof=1), atol=1e-6)
+    amap = maps[0] + 1.0
+    expected = np.maximum((amap - ref.mean) / (ref.std + np.median(ref.std)), 0)
+    assert np.allclose(ref.standardise(amap), expected, atol=1e-5)
+
+    summary = anomaly.anomaly_dataset(model, data, tmp_path / "o", progress=False, figures=0, reference=ref)
+    rows = read_scores(tmp_path / "o" / "scores.csv")
+    y = [int(r["abnormal"]) for r in rows]
+    z = [float(r["z_score_max"]) for r in rows]
+    normative = summary.metrics["normative"]
+    assert normative["reference_volumes"] == 4
+    assert normative["auroc_score_max"] == pytest.approx(roc_auc_score(y, z))
+    assert normative["auroc_score"] == pytest.approx(roc_auc_score(y, [float(r["z_score_mean"]) for r in rows]))
+    written = np.asarray(nib.load(tmp_path / "o" / "maps_normative" / "v1.nii.gz").dataobj)
+    raw = np.load(tmp_path / "o" / "outputs" / "v1.npz")["map"]
+    assert np.allclose(written, ref.standardise(raw), atol=1e-5)
+    # the shared error pattern is gone: the lesion stands out far more against the normative map
+    lesion = np.load(data / "lesions" / "v1.npy") > 0
+    assert written[lesion].mean() / written[~lesion].mean() > 3 * raw[lesion].mean() / raw[~lesion].mean()
+    # a rerun reads the reference maps back
+    again = anomaly.reference_statistics(model, reference_dir, tmp_path / "o", progress=False)
+    assert np.array_equal(again.mean, ref.mean)

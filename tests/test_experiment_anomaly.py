@@ -46,16 +46,18 @@ def test_smoke_run_scores_every_detector_on_every_lesion_kind(tmp_path):
     assert main(["experiment", "anomaly", "--scale", "smoke", "--work", str(work), "--out", str(out),
                  "--detectors", "ae,vae", "--lesions", "mass", "--minutes", "0.02", "--no-progress"]) == 0
     rows = list(csv.DictReader(open(out / "anomaly.csv")))
-    assert [(r["lesion"], r["detector"]) for r in rows] == [("mass", "autoencoder"), ("mass", "VAE")]
+    assert [(r["lesion"], r["detector"], r["map"]) for r in rows] == [
+        ("mass", "autoencoder", "residual"), ("mass", "autoencoder", "normative"),
+        ("mass", "VAE", "residual"), ("mass", "VAE", "normative")]
     # the table's AUROC is that of the per-volume scores medgen anomaly wrote, against the ground truth
     record = json.loads((out / "experiment.json").read_text())
     runs = record["results"]["runs"]
-    for row, det in zip(rows, ("ae", "vae")):
+    for row, det, column in zip(rows, ("ae", "ae", "vae", "vae"), ("score", "z_score_mean") * 2):
         scored = next((work / "anomaly").glob(f"{det}-{exp.Path(runs[det]).name}-it*/mass"))
         vols = list(csv.DictReader(open(scored / "scores.csv")))
         y = [int(v["abnormal"]) for v in vols]
         assert 0 < sum(y) < len(y) and float(row["auroc"]) == pytest.approx(
-            roc_auc_score(y, [float(v["score"]) for v in vols]))
+            roc_auc_score(y, [float(v[column]) for v in vols]))
         assert 0 < float(row["lesion_voxel_fraction"]) < 0.2 and 0 <= float(row["best_dice"]) <= 1
         assert int(row["iterations"]) >= 1
     # the test set: half of the volumes with a mass, its lesion map aligned with the image

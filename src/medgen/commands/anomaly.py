@@ -38,6 +38,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
                    help="data set input: which subjects, by the data set's default split (default all)")
+    p.add_argument("--reference", default=None, metavar="NORMAL_DATA",
+                   help="a preprocessed data set of normal volumes not used in training: also write normative "
+                        "maps (each voxel's residual standardised by those volumes' mean and spread there; "
+                        "OUT/maps_normative/, z_score_* columns, 'normative' in metrics.json)")
     p.add_argument("--noise-level", type=float, default=None, metavar="F",
                    help="diffusion models: the fraction of the forward process the volume is noised to before "
                         "it is denoised back (0 < F <= 1; default the model's)")
@@ -79,20 +83,26 @@ def _options(args: argparse.Namespace, model) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from medgen.core.device import resolve_device
-    from medgen.core.errors import EXIT_PARTIAL
+    from medgen.core.errors import EXIT_PARTIAL, UsageError
     from medgen.data.discover import scan_inputs
     from medgen.families import registry
-    from medgen.inference.anomaly import anomaly_dataset, anomaly_scans, check_model
+    from medgen.inference.anomaly import anomaly_dataset, anomaly_scans, check_model, reference_statistics
 
     model = registry.load(args.run, checkpoint=args.checkpoint, device=resolve_device(args.device))
     check_model(model, f"{args.run} (a {registry.load_run_config(args.run).family!r} run)")
     options = _options(args, model)
     src, out = Path(args.input), Path(args.out)
     is_dataset = src.is_dir() and (src / "manifest.csv").is_file() and (src / "preprocess.json").is_file()
+    reference = None
+    if args.reference is not None:
+        ref_dir = Path(args.reference)
+        if not (ref_dir / "manifest.csv").is_file() or not (ref_dir / "preprocess.json").is_file():
+            raise UsageError(f"--reference {ref_dir}: not a preprocessed data set (no manifest.csv/preprocess.json)")
+        reference = reference_statistics(model, ref_dir, out, progress=not args.no_progress, **options)
     if is_dataset:
         figures = None if args.figures < 0 else args.figures
         summary = anomaly_dataset(model, src, out, split=args.split, figures=figures,
-                                  progress=not args.no_progress, **options)
+                                  progress=not args.no_progress, reference=reference, **options)
         m = summary.metrics or {}
         parts = [f"{label} {m[key]:.3f}" for key, label in (
             ("auroc_score", "AUROC"), ("auprc_score", "AUPRC"), ("voxel_auprc", "voxel AUPRC"),
@@ -102,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         for note in m.get("notes", []):
             print(f"medgen anomaly: {note}")
     else:
+        if reference is not None:
+            raise UsageError("--reference applies to a data set input (scans get the residual maps only)")
         summary = anomaly_scans(model, scan_inputs(src, exclude=out), out, progress=not args.no_progress, **options)
         for path, reason in summary.failed:
             print(f"medgen anomaly: skipped {path}: {reason}")

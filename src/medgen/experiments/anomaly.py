@@ -17,7 +17,8 @@
      denoised back (AnoDDPM), 13 DDIM steps.
 
 4. ``medgen anomaly`` on every test set with every detector: the per-volume scores and voxel maps
-   (:mod:`medgen.inference.anomaly`), scored against the ground truth.
+   (:mod:`medgen.inference.anomaly`), scored against the ground truth, for the residual map and for the
+   normative map standardised by the workspace's held-out normal phantoms (``--reference``).
 
 Writes ``anomaly.csv``/``.md``: per detector and lesion kind, volume-level AUROC and AUPRC of the
 detector's score (the mean residual; f-AnoGAN: its own) and AUROC of the 99th percentile of the map,
@@ -51,8 +52,8 @@ LESION_KINDS = ("nodule", "emphysema", "mass")
 DEFAULT_MINUTES = 5.0
 LARGE_MM = 10.0
 DEFAULTS = {"detectors": ",".join(DETECTORS), "lesions": ",".join(LESION_KINDS), "minutes": DEFAULT_MINUTES}
-COLUMNS = ("lesion", "detector", "iterations", "train_minutes", "abnormal", "auroc", "auprc", "auprc_chance",
-           "auroc_p99", "auroc_10mm", "voxel_auroc", "voxel_auprc", "lesion_voxel_fraction", "best_dice",
+COLUMNS = ("lesion", "detector", "map", "iterations", "train_minutes", "abnormal", "auroc", "auprc", "auprc_chance",
+           "auroc_p99", "auroc_max", "auroc_10mm", "voxel_auroc", "voxel_auprc", "lesion_voxel_fraction", "best_dice",
            "lesions_detected", "detected_lt10mm", "detected_10_20mm", "detected_ge20mm")
 
 
@@ -108,9 +109,10 @@ def auroc_subset(rows: list[dict[str, Any]], min_mm: float, column: str = "score
     return auroc([float(r[column]) for r in keep], y)
 
 
-def table_row(kind: str, detector: str, run: Path, metrics: dict[str, Any], rows: list[dict[str, Any]]
-              ) -> dict[str, Any]:
-    """One row of the table from ``medgen anomaly``'s metrics and per-volume rows."""
+def table_row(kind: str, detector: str, run: Path, metrics: dict[str, Any], rows: list[dict[str, Any]],
+              map_kind: str = "residual") -> dict[str, Any]:
+    """One row of the table from ``medgen anomaly``'s metrics and per-volume rows (their ``score`` column the
+    volume score of ``map_kind``)."""
     from medgen.experiments.synthesis import training_minutes
 
     det = metrics.get("detection") or {}
@@ -121,10 +123,11 @@ def table_row(kind: str, detector: str, run: Path, metrics: dict[str, Any], rows
         return None if not b or not b["n"] else f"{b['detected']}/{b['n']}"
 
     return {
-        "lesion": kind, "detector": DETECTORS[detector], "iterations": checkpoint_iteration(run),
+        "lesion": kind, "detector": DETECTORS[detector], "map": map_kind, "iterations": checkpoint_iteration(run),
         "train_minutes": training_minutes(run), "abnormal": f"{metrics.get('abnormal')}/{metrics['volumes']}",
         "auroc": metrics.get("auroc_score"), "auprc": metrics.get("auprc_score"),
         "auprc_chance": metrics.get("auprc_chance"), "auroc_p99": metrics.get("auroc_score_p99"),
+        "auroc_max": metrics.get("auroc_score_max"),
         "auroc_10mm": auroc_subset(rows, LARGE_MM), "voxel_auroc": metrics.get("voxel_auroc"),
         "voxel_auprc": metrics.get("voxel_auprc"), "lesion_voxel_fraction": metrics.get("lesion_voxel_fraction"),
         "best_dice": metrics.get("best_dice"),
@@ -184,7 +187,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
 
     from medgen.core.device import resolve_device
     from medgen.families import registry
-    from medgen.inference.anomaly import anomaly_dataset
+    from medgen.inference.anomaly import anomaly_dataset, reference_statistics
 
     detectors = _names(args.detectors, DETECTORS, "--detectors")
     kinds = _names(args.lesions, LESION_KINDS, "--lesions")
@@ -196,7 +199,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     size = ws.scale.small_size
     s = ws.scale
     raw_size = max(s.sizes + (s.size, s.small_size))  # the training phantoms' grid, preprocessed to `size`
-    ws.datasets(size)  # the normal training set
+    reference_dir = ws.datasets(size)[1]  # held-out normal phantoms: the normative maps' reference
     tests = {kind: phantom_dataset(ws, "thorax-ct", f"lesions-{kind}-{size}", s.n_heldout, size,
                                    ws.seed + 100 + k, lesions=(kind,), raw_size=raw_size)
              for k, kind in enumerate(kinds)}
@@ -209,22 +212,30 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     for det in detectors:
         run_dir = runs[det]
         model = registry.load(run_dir, device=device)
+        base = ws.root / "anomaly" / f"{det}-{run_dir.name}-it{checkpoint_iteration(run_dir)}"
+        reference = reference_statistics(model, reference_dir, base / "reference", progress=ws.progress)
         for kind in kinds:
-            out_dir = ws.root / "anomaly" / f"{det}-{run_dir.name}-it{checkpoint_iteration(run_dir)}" / kind
-            summary = anomaly_dataset(model, tests[kind], out_dir, figures=0, progress=ws.progress)
-            ws.record(["anomaly", str(run_dir), str(tests[kind]), "--out", str(out_dir), "--figures", "0"])
+            out_dir = base / kind
+            summary = anomaly_dataset(model, tests[kind], out_dir, figures=0, progress=ws.progress,
+                                      reference=reference)
+            ws.record(["anomaly", str(run_dir), str(tests[kind]), "--out", str(out_dir), "--reference",
+                       str(reference_dir), "--figures", "0"])
             with open(out_dir / "scores.csv", newline="") as fh:
                 vols = list(csv.DictReader(fh))
             per_volume[f"{det}/{kind}"] = vols
-            rows.append(table_row(kind, det, run_dir, summary.metrics or {}, vols))
+            metrics = summary.metrics or {}
+            rows.append(table_row(kind, det, run_dir, metrics, vols))
+            zvols = [{**v, "score": v["z_score_mean"]} for v in vols]
+            rows.append(table_row(kind, det, run_dir, metrics.get("normative") or {}, zvols, "normative"))
             scored[kind][det] = out_dir
-            r = rows[-1]
+            r = rows[-2]
             shown = ", ".join(f"{label} {r[key]:.3g}" for key, label in (
                 ("auroc", "AUROC"), ("voxel_auprc", "voxel AUPRC"), ("lesion_voxel_fraction", "prevalence"),
                 ("best_dice", "best Dice")) if r.get(key) is not None)
             print(f"anomaly: {DETECTORS[det]} on {kind}: {shown or 'no metric (see metrics.json notes)'}",
                   flush=True)
-    rows.sort(key=lambda r: (kinds.index(r["lesion"]), list(DETECTORS.values()).index(r["detector"])))
+    rows.sort(key=lambda r: (kinds.index(r["lesion"]), list(DETECTORS.values()).index(r["detector"]),
+                             r["map"] != "residual"))
     notes = [
         f"Normal training data: the {s.n_train} thorax-CT training phantoms (no lesions) at {size}³; test sets: "
         f"{s.n_heldout} held-out phantoms per lesion kind (other seeds, rendered at {raw_size}³ and preprocessed to "
@@ -239,6 +250,10 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         "voxel_auroc, voxel_auprc: every voxel of every test volume pooled against the lesion masks; their "
         "chance level is lesion_voxel_fraction. best_dice: the best Dice of the thresholded maps over all "
         "thresholds (an upper bound: the threshold is chosen on the masks).",
+        f"map: residual, the map |x − x̂| itself; normative, each voxel's residual standardised by the mean "
+        f"and spread of the maps of {s.n_heldout} held-out normal phantoms at that voxel (`medgen anomaly "
+        "--reference`), which removes the errors every volume shares; its volume scores are those of the "
+        "standardised map (auroc: its mean).",
         "lesions_detected, detected_*: lesions whose map maximum reaches the threshold that flags 0.1 % of the "
         "normal test volumes' voxels, by equivalent diameter (<10 mm, 10–20 mm, ≥20 mm).",
     ]

@@ -18,6 +18,16 @@ are ``score`` (the model's own where it defines one, else ``score_mean``), ``sco
 the map), ``score_p99`` (its 99th percentile: small lesions move it more than the mean) and
 ``score_max``.
 
+**Normative maps** (``--reference NORMAL_DATA``): a model reconstructs some normal structures worse than
+others (edges, the most variable anatomy), and those errors are the same in every volume. With a
+reference set of normal volumes (not the training volumes, whose residuals are too small), the voxel-wise
+mean μ(v) and standard deviation σ(v) of their maps give a second map, the normative residual
+``max(0, (r(v) − μ(v)) / (σ(v) + median σ))``: how far each voxel's residual lies above what normal
+volumes show there (the median of σ over the volume keeps voxels where σ is near 0, e.g. air, from
+dominating). It assumes the volumes are roughly aligned, as preprocessed phantoms or registered scans are.
+Its scores are written as ``z_score_mean``, ``z_score_p99``, ``z_score_max`` and its metrics under
+``normative`` in ``metrics.json``; the maps as ``maps_normative/<id>.nii.gz``.
+
 Outputs in ``OUT`` (written atomically; a rerun skips volumes whose outputs exist):
 
 * ``scores.csv``: one row per volume (id, the scores; with ground truth: ``abnormal``, lesion count and
@@ -233,11 +243,65 @@ def _read_scan_rows(data_dir: Path) -> dict[str, dict[str, str]]:
         return {row["id"]: row for row in csv.DictReader(fh)}
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Voxel-wise mean and standard deviation of the anomaly maps of ``n`` normal volumes."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    n: int
+
+    def standardise(self, amap: np.ndarray) -> np.ndarray:
+        """The normative map of ``amap`` (module docstring)."""
+        floor = float(np.median(self.std))
+        return np.maximum((np.asarray(amap, np.float32) - self.mean) / (self.std + floor + 1e-12), 0.0
+                          ).astype(np.float32)
+
+
+def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress: bool = True,
+                         **options: Any) -> Reference:
+    """The :class:`Reference` of the normal volumes of the preprocessed data set ``data_dir`` under ``model``
+    (every subject; their maps are kept in ``out_dir/reference/`` so an interrupted run continues, and the
+    statistics in ``out_dir/reference.npz``). InputError for fewer than two volumes or another size."""
+    from tqdm import tqdm
+
+    from medgen.data.dataset import VolumeDataset, load_preprocess_info
+
+    info = load_preprocess_info(data_dir)
+    size = int(model.config.size)
+    if int(info.get("size", 0) or 0) not in (0, size):
+        raise InputError(f"--reference {data_dir}: volumes of {info.get('size')}³, the model works on {size}³")
+    ds = VolumeDataset(data_dir, split="all", label_column=None, keys=("image",))
+    if len(ds) < 2:
+        raise InputError(f"--reference {data_dir}: {len(ds)} volume(s); need at least two normal volumes")
+    total = np.zeros((size,) * 3, np.float64)
+    squares = np.zeros((size,) * 3, np.float64)
+    for i in tqdm(range(len(ds)), desc="reference", unit="vol", disable=not progress):
+        item = ds[i]
+        cache = out_dir / "reference" / f"{item['id']}.npy"
+        if cache.is_file():
+            amap = np.load(cache)
+        else:
+            amap = detect(model, item["image"][0].numpy().astype(np.float32), **options)["map"]
+            from medgen.core.fileio import atomic_save_npy
+
+            atomic_save_npy(cache, amap.astype(np.float32))
+        total += amap
+        squares += np.square(amap, dtype=np.float64)
+    n = len(ds)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0) * n / (n - 1))
+    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n)
+    _save_npz(out_dir / "reference.npz", mean=ref.mean, std=ref.std, n=np.int64(n))
+    return ref
+
+
 def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "all", figures: int | None = None,
-                    progress: bool = True, **options: Any) -> AnomalySummary:
+                    progress: bool = True, reference: Reference | None = None, **options: Any) -> AnomalySummary:
     """Score every subject of the preprocessed data set ``data_dir`` into ``out_dir`` (module docstring).
 
-    ``figures``: how many volumes get a figure (None: all), abnormal ones first; ``options``: the model's
+    ``figures``: how many volumes get a figure (None: all), abnormal ones first; ``reference``: normal
+    volumes' map statistics (:func:`reference_statistics`) for the normative maps; ``options``: the model's
     reconstruction options (:func:`detect`)."""
     from tqdm import tqdm
 
@@ -267,6 +331,7 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
     lesions: list[np.ndarray] = []
     spacings: list[Any] = []
     pending_figures: list[tuple[str, int]] = []
+    zmaps: list[np.ndarray] = []
     for i in tqdm(range(len(ds)), desc="anomaly", unit="vol", disable=not progress):
         item = ds[i]
         sid = item["id"]
@@ -275,6 +340,15 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
         back = (lambda y: hounsfield_int16(y, ct_window(info))) if is_ct(info) else (lambda y: y.astype(np.float32))
         res = _detect_and_write(model, x, sid, out_dir, spacing_affine(spacing), back, scale, summary, options)
         row: dict[str, Any] = {"id": sid, "score": res["score"], **{k: res[k] for k in SCORE_COLUMNS}}
+        if reference is not None:
+            zmap = reference.standardise(res["map"])
+            row.update({f"z_{k}": v for k, v in volume_scores(zmap).items()})
+            target = out_dir / "maps_normative" / f"{sid}.nii.gz"
+            if not target.is_file():
+                from medgen.data.io import write_nifti
+
+                write_nifti(target, zmap, spacing_affine(spacing))
+            zmaps.append(zmap)
         truth = manifest.get(sid, {})
         if truth.get(ABNORMAL_COLUMN, "") != "":
             row[ABNORMAL_COLUMN] = int(float(truth[ABNORMAL_COLUMN]))
@@ -313,6 +387,11 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
         metrics = ground_truth_metrics(rows, maps, masks if has_lesion else None,
                                        lesions if has_lesion else None, spacings)
         metrics.update(data=str(data_dir), split=split, map_units=units)
+        if reference is not None:
+            zrows = [{**r, "score": r["z_score_mean"], **{k: r[f"z_{k}"] for k in SCORE_COLUMNS}} for r in rows]
+            metrics["normative"] = ground_truth_metrics(zrows, zmaps, masks if has_lesion else None,
+                                                        lesions if has_lesion else None, spacings)
+            metrics["normative"]["reference_volumes"] = reference.n
         atomic_write_json(out_dir / "metrics.json", metrics)
         summary.metrics = metrics
     return summary
