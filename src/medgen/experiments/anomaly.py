@@ -244,7 +244,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         "(iterations, train_minutes from each run's log); f-AnoGAN's encoder for the scale's iterations on top of "
         "its HA-GAN run; the VAE with the AE's iterations. DDPM: noise level 0.25, 13 DDIM steps.",
         "auroc, auprc: volume level, of the detector's score (the mean of the map |x − x̂|; f-AnoGAN: image plus "
-        "feature residual), auprc_chance the share of abnormal volumes; auroc_p99: of the map's 99th percentile; "
+        "feature residual), auprc_chance the share of abnormal volumes; auroc_p99, auroc_max: of the map's 99th percentile and "
+        "maximum; "
         f"auroc_10mm: normal volumes against those whose largest lesion is ≥ {LARGE_MM:g} mm (equivalent "
         "diameter).",
         "voxel_auroc, voxel_auprc: every voxel of every test volume pooled against the lesion masks; their "
