@@ -168,7 +168,8 @@ def test_two_gloo_processes_end_with_identical_weights(family, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sigterm_saves_a_checkpoint_and_exits_130(family, tmp_path):
-    data = make_dataset(tmp_path / "data", n=4, degraded=True, labels=True)
+    data = make_dataset(tmp_path / "data", n=4, degraded=True, labels=True,
+                        longitudinal=family == "progression")  # the CLI default: followup, interval_years
     run = tmp_path / "run"
     extra = []
     if family == "ldm":  # trained on an autoencoder run

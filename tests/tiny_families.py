@@ -14,7 +14,9 @@ def tiny_model(family: str) -> dict:
     ``ldm`` is trained on another run's autoencoder; here it gets a tiny one at random weights (and ``fanogan``,
     trained against another run's HA-GAN, a tiny HA-GAN at random weights). ``cyclegan``
     translates between ``image`` and ``degraded``, the second volume of the shared tests' data sets
-    (``make_dataset(..., degraded=True)``), which serves for its mechanics as an unpaired ``b`` would.
+    (``make_dataset(..., degraded=True)``), which serves for its mechanics as an unpaired ``b`` would, and
+    ``progression`` predicts that volume from ``image`` and the manifest's ``label`` column as the interval
+    (a longitudinal toy set: ``make_dataset(..., longitudinal=True)``).
     """
     fam = registry.get(family)
     extra = {}
@@ -24,6 +26,8 @@ def tiny_model(family: str) -> dict:
         extra["generator"] = registry.get("hagan").model_config("tiny", S).to_dict()
     if family == "cyclegan":
         extra["domain_b"] = "degraded"
+    if family == "progression":  # follow-up: the 'degraded' volume; interval: the 0/1 'label' column
+        extra.update(target="degraded", interval_column="label")
     try:
         return fam.model_config("tiny", S, num_classes=2, **extra).to_dict()
     except UsageError:  # a family without classes

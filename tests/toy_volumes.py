@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+#: ``make_dataset(..., longitudinal=True)``: how much the cylinder's semi-axes grow a year (the volume spans [-1, 1]).
+GROWTH_PER_YEAR = 0.06
+
 
 def toy_body(rng: np.random.Generator, n: int = 24, spine: bool = False) -> np.ndarray:
     """[-1, 1] volume: a body ellipsoid (about -200 HU) with two darker lungs (about -900 HU),
@@ -26,20 +29,26 @@ def toy_body(rng: np.random.Generator, n: int = 24, spine: bool = False) -> np.n
 
 
 def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0, degraded: bool = False,
-                 labels: bool = False, unpaired: bool = False) -> Path:
+                 labels: bool = False, unpaired: bool = False, longitudinal: bool = False) -> Path:
     """A tiny preprocessed data set: n noisy elliptic cylinders, labels alternating 0/1.
 
     ``degraded``: each subject also holds volume ``degraded`` (its image with more noise), the pair an
     image-to-image family (``unet``) trains on. ``labels``: each subject also holds the label map ``tissue``
     (1 inside the cylinder, 0 outside; classes declared in preprocess.json), what ``seg-unet`` learns.
     ``unpaired``: each subject also holds volume ``b``, the negated image of the next subject (domain B = −A,
-    of another subject), what ``cyclegan`` trains on (``medgen unpair`` makes such sets from two data sets)."""
+    of another subject), what ``cyclegan`` trains on (``medgen unpair`` makes such sets from two data sets).
+    ``longitudinal``: each subject also holds volume ``followup``, the same cylinder after ``interval_years``
+    (manifest column, uniform in [0.5, 4]) with both semi-axes grown by ``GROWTH_PER_YEAR`` · interval and new
+    noise, what ``progression`` trains on; drawn from a generator of its own, so the other outputs are
+    unchanged."""
     (root / "volumes").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     g = np.linspace(-1, 1, size)
     X, Y, _ = np.meshgrid(g, g, g, indexing="ij")
     rows = ["id,source,orig_shape,orig_spacing,spacing,file,label" + (",degraded" if degraded else "")
-            + (",tissue" if labels else "") + (",b" if unpaired else "")]
+            + (",tissue" if labels else "") + (",b" if unpaired else "")
+            + (",followup,interval_years" if longitudinal else "")]
+    later = np.random.default_rng([seed, 1])
     images = []
     for i in range(n):
         a, b = rng.uniform(0.5, 0.9, 2)
@@ -57,6 +66,13 @@ def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0, degraded
             row += f",tissues/v{i}.npy"
         if unpaired:
             row += f",bs/v{i}.npy"
+        if longitudinal:
+            years = round(float(later.uniform(0.5, 4.0)), 2)
+            grown = (X / (a + GROWTH_PER_YEAR * years)) ** 2 + (Y / (b + GROWTH_PER_YEAR * years)) ** 2 <= 1
+            fu = np.clip(np.where(grown, 0.2, -1.0) + later.normal(0, 0.05, X.shape), -1, 1)
+            (root / "followups").mkdir(exist_ok=True)
+            np.save(root / "followups" / f"v{i}.npy", fu.astype(np.float16))
+            row += f",followups/v{i}.npy,{years}"
         images.append(v.astype(np.float16))
         rows.append(row)
     if unpaired:
@@ -65,7 +81,7 @@ def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0, degraded
             np.save(root / "bs" / f"v{i}.npy", -images[(i + 1) % n])
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     info = {"modality": "ct", "size": size, "hu_min": -1024.0, "hu_max": 600.0}
-    if degraded or labels or unpaired:
+    if degraded or labels or unpaired or longitudinal:
         info["volumes"] = {"image": {"kind": "intensity", "dtype": "float16"}}
     if degraded:
         info["volumes"]["degraded"] = {"kind": "intensity", "dtype": "float16"}
@@ -73,5 +89,7 @@ def make_dataset(root: Path, n: int = 6, size: int = 32, seed: int = 0, degraded
         info["volumes"]["tissue"] = {"kind": "label", "dtype": "int16", "classes": {"0": "background", "1": "body"}}
     if unpaired:
         info["volumes"]["b"] = {"kind": "intensity", "dtype": "float16"}
+    if longitudinal:
+        info["volumes"]["followup"] = {"kind": "intensity", "dtype": "float16"}
     (root / "preprocess.json").write_text(json.dumps(info))
     return root

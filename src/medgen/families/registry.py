@@ -35,6 +35,7 @@ from medgen.families.ldm_autoencoder.family import FAMILY as LDM_AUTOENCODER
 from medgen.families.pggan.family import FAMILY as PGGAN
 from medgen.families.pix2pix.family import FAMILY as PIX2PIX
 from medgen.families.registration.family import FAMILY as REGISTRATION
+from medgen.families.progression.family import FAMILY as PROGRESSION
 from medgen.families.seg_unet.family import FAMILY as SEG_UNET
 from medgen.families.stylegan2.family import FAMILY as STYLEGAN2
 from medgen.families.unet.family import FAMILY as UNET
@@ -65,6 +66,7 @@ FAMILIES: dict[str, Family] = {
     "stylegan2": STYLEGAN2,
     "autoencoder": AUTOENCODER,
     "registration": REGISTRATION,
+    "progression": PROGRESSION,
 }
 
 

@@ -100,6 +100,9 @@ class Family:
     uses_labels(model_cfg) → True when the data's label column is needed.
     data_keys(model_cfg) → the named volumes of a data item the step reads (``("image",)``;
         image-to-image families: their target and input volumes, e.g. ``("image", "degraded", "mask")``).
+    covariates(model_cfg) → the manifest columns the step reads as numbers (default none): the batch's
+        ``covariates`` is then float32 ``[b, len(columns)]`` in that order (an empty cell is NaN), e.g. the
+        interval between two scans (``("interval_years",)``).
     bench: the family's benchmark module for ``medgen bench`` (``check_request``,
         ``run_isolated``, ``describe``), or None.
     describe(model_cfg) → a JSON-ready description for ``medgen model-info``.
@@ -129,6 +132,7 @@ class Family:
     build_untrained: Callable[..., Any] | None = None
     uses_labels: Callable[[Any], bool] = field(default=lambda cfg: False)
     data_keys: Callable[[Any], tuple[str, ...]] = field(default=lambda cfg: ("image",))
+    covariates: Callable[[Any], tuple[str, ...]] = field(default=lambda cfg: ())
     bench: Any = None
     default_preset: str = "paper"
     describe: Callable[[Any], dict[str, Any]] | None = None

@@ -208,8 +208,9 @@ class _StopFlag:
         return self.requested_at is not None
 
 
-def _load_dataset(cfg: RunConfig, uses_labels: bool, keys: tuple[str, ...]):
-    """The training split: computed from (split_seed, split_fractions), or the ids stored with the run."""
+def _load_dataset(cfg: RunConfig, uses_labels: bool, keys: tuple[str, ...], covariates: tuple[str, ...] = ()):
+    """The training split: computed from (split_seed, split_fractions), or the ids stored with the run;
+    items hold the volumes ``keys`` and the manifest columns ``covariates`` (as ``item["covariates"]``)."""
     from medgen.data.dataset import VolumeDataset
 
     label_column = cfg.label_column if uses_labels else None
@@ -221,6 +222,7 @@ def _load_dataset(cfg: RunConfig, uses_labels: bool, keys: tuple[str, ...]):
         label_column=label_column,
         ids=list(cfg.train_ids) if cfg.train_ids else None,
         keys=keys,
+        covariate_columns=covariates,
     )
 
 
@@ -355,7 +357,8 @@ def _train(
     if dataset is None:
         if resume and not cfg.train_ids and (run_dir / CONFIG_NAME).exists():
             cfg.train_ids = RunConfig.load(run_dir).train_ids  # keep the run's split even if files were added
-        dataset = _load_dataset(cfg, uses_labels, tuple(family.data_keys(model_cfg)))
+        dataset = _load_dataset(cfg, uses_labels, tuple(family.data_keys(model_cfg)),
+                                tuple(family.covariates(model_cfg)))
         cfg.train_ids = list(dataset.ids)
         if not cfg.preprocess:
             cfg.preprocess = dict(getattr(dataset, "info", {}))
