@@ -29,4 +29,5 @@ EXPERIMENTS: tuple[str, ...] = (
     "image2image",
     "domain-adaptation",
     "anomaly",
+    "progression",
 )
