@@ -29,5 +29,6 @@ EXPERIMENTS: tuple[str, ...] = (
     "image2image",
     "domain-adaptation",
     "anomaly",
+    "registration",
     "progression",
 )
