@@ -108,6 +108,23 @@ def load_preprocess_info(root: str | os.PathLike) -> dict:
         raise InputError(f"{path}: cannot read ({exc})") from exc
 
 
+def label_class_count(info: dict, name: str, missing: str) -> int:
+    """One more than the largest class that ``preprocess.json`` (``info``) records for the label volume
+    ``name``. UsageError ``missing`` when the data set has no label volume of that name, and one naming
+    ``--num-classes`` when it records no classes."""
+    spec = (info.get("volumes") or {}).get(name)
+    if not isinstance(spec, dict) or spec.get("kind") != "label":
+        raise UsageError(missing)
+    classes = spec.get("classes")
+    try:
+        k = max(int(c) for c in classes) + 1 if isinstance(classes, dict) and classes else None
+    except ValueError:
+        k = None
+    if k is None:
+        raise UsageError(f"preprocess.json records no classes of label volume {name!r}; pass --num-classes K")
+    return k
+
+
 def volume_kinds(info: dict, source: str | os.PathLike = "preprocess.json") -> dict[str, str]:
     """The named volumes of a data set, name → kind (``image`` first), from its ``preprocess.json`` contents.
 

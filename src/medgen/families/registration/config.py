@@ -110,16 +110,9 @@ def options_from_data(info: dict[str, Any], options: dict[str, Any]) -> dict[str
     name = options.get("target")
     if not name or options.get("num_classes") is not None:
         return options
-    spec = (info.get("volumes") or {}).get(name)
-    if not isinstance(spec, dict) or spec.get("kind") != "label":
-        raise UsageError(f"--target {name}: the data set has no label volume of that name")
-    classes = spec.get("classes")
-    try:
-        k = max(int(c) for c in classes) + 1 if isinstance(classes, dict) and classes else None
-    except ValueError:
-        k = None
-    if k is None:
-        raise UsageError(f"preprocess.json records no classes of label volume {name!r}; pass --num-classes K")
+    from medgen.data.dataset import label_class_count
+
+    k = label_class_count(info, name, f"--target {name}: the data set has no label volume of that name")
     return {**options, "num_classes": max(k, 2)}
 
 

@@ -83,16 +83,9 @@ def options_from_data(info: dict[str, Any], options: dict[str, Any]) -> dict[str
     if options.get("num_classes") is not None:
         return options
     name = options.get("target") or SegUNetConfig.label
-    spec = (info.get("volumes") or {}).get(name)
-    if not isinstance(spec, dict) or spec.get("kind") != "label":
-        raise UsageError(f"the data set has no label volume {name!r} (name one with --target)")
-    classes = spec.get("classes")
-    try:
-        k = max(int(c) for c in classes) + 1 if isinstance(classes, dict) and classes else None
-    except ValueError:
-        k = None
-    if k is None:
-        raise UsageError(f"preprocess.json records no classes of label volume {name!r}; pass --num-classes K")
+    from medgen.data.dataset import label_class_count
+
+    k = label_class_count(info, name, f"the data set has no label volume {name!r} (name one with --target)")
     return {**options, "num_classes": k}
 
 
