@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "segment",
     "anomaly",
     "register",
+    "explain",
     "evaluate",
     "report",
     "experiment",
