@@ -349,6 +349,9 @@ def test_generate_refuses_the_options_for_thorax():
 def test_the_light_copies_agree_with_the_phantom_modules():
     assert phantom_set.DISPLACEMENT_VOLUME_NAMES == DISP
     assert phantom_set.LONGITUDINAL_VOLUME_NAMES == brain_mri.LONGITUDINAL_VOLUMES
+    assert phantom_set.HEALTHY_VOLUME_NAMES == brain_mri.HEALTHY_VOLUMES
     for domain in ("A", "B", "both"):
         assert phantom_set.volume_names("brain-mri", domain, False, True) == tuple(
             volume_specs("brain-mri", domain, False, True))
+        assert phantom_set.volume_names("brain-mri", domain, False, True, True) == tuple(
+            volume_specs("brain-mri", domain, False, True, True))

@@ -15,6 +15,8 @@ Example::
     medgen phantoms --kind brain-mri --n 32 --seed 1 --lesions wmh,tumour --abnormal-fraction 0.3 --out mr-lesions/
     # registration and disease progression: displacement to the template, baseline + follow-up
     medgen phantoms --kind brain-mri --n 16 --seed 3 --displacement --longitudinal --out mr-pairs/
+    # counterfactuals: each subject with its healthy self (atrophy 0, same scan and noise)
+    medgen phantoms --kind brain-mri --n 16 --seed 4 --healthy --out mr-healthy/
 
 The work is :func:`medgen.data.phantoms.phantom_set.write_phantom_set` (and the mosaic
 :func:`medgen.viz.mosaic.save_phantom_set_mosaic`). Writes ``DIR/<kind>-<i:04d>.nii.gz`` (CT as int16 Hounsfield units, MRI as
@@ -48,7 +50,11 @@ two subjects' fields into the true registration. ``medgen preprocess`` does not 
 ``--longitudinal`` (brain-mri, not with --lesions) writes each subject's follow-up after
 ``interval_years`` (1-5) with more atrophy as ``DIR/followup/`` and ``DIR/followup_tissue/`` (and
 ``DIR/followup_t2/`` where the set has t2), and the manifest columns ``interval_years``,
-``atrophy_rate_per_year``, ``atrophy_followup``, ``label_followup`` and ``*_volume_ml_followup``. See
+``atrophy_rate_per_year``, ``atrophy_followup``, ``label_followup`` and ``*_volume_ml_followup``.
+``--healthy`` (brain-mri, not with --lesions) writes each subject's healthy self, the same subject and
+scan (the same noise realisation included) at atrophy 0, as ``DIR/healthy/`` and ``DIR/healthy_tissue/``
+(and ``DIR/healthy_t2/`` where the set has t2), and the manifest columns ``*_volume_ml_healthy``: image
+minus healthy is the atrophy's effect alone, exactly 0 where the tissue fractions are unchanged. See
 :mod:`medgen.data.phantoms.deformation` and :mod:`medgen.data.phantoms.brain_mri`.
 """
 
@@ -96,7 +102,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "lesion-free counterpart (DIR/normal/), and --normal marks a lesion-free training set. For "
             "registration and disease progression (brain-mri), --displacement writes the true displacement to "
             "the template (DIR/disp_x/, disp_y/, disp_z/, mm) and --longitudinal a follow-up scan of each "
-            "subject with more atrophy (DIR/followup/, DIR/followup_tissue/)."
+            "subject with more atrophy (DIR/followup/, DIR/followup_tissue/); --healthy writes each subject's "
+            "healthy self, the same scan at atrophy 0 (DIR/healthy/, DIR/healthy_tissue/)."
         ),
     )
     p.add_argument("--kind", required=True, help=f"phantom kind: {' or '.join(_KINDS)}")
@@ -133,6 +140,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "further out per unit) and new noise, as DIR/followup/ and DIR/followup_tissue/ (and "
                         "DIR/followup_t2/), with manifest columns interval_years, atrophy_rate_per_year, "
                         "atrophy_followup, label_followup and *_volume_ml_followup")
+    p.add_argument("--healthy", action="store_true",
+                   help="brain-mri only, not with --lesions: also write each subject's healthy self, the same "
+                        "subject and scan (deformation, bias field, contrast, gain and the same noise realisation) "
+                        "at atrophy 0, as DIR/healthy/ and DIR/healthy_tissue/ (and DIR/healthy_t2/), with manifest "
+                        "columns *_volume_ml_healthy: image - healthy is the effect of atrophy alone, exactly 0 "
+                        "where the tissue fractions are unchanged")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not a phantom set")
     p.set_defaults(func=run)
@@ -172,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     rows = write_phantom_set(args.kind, args.n, size, args.seed, args.out, nodules=args.nodules,
                              workers=args.workers, overwrite=args.overwrite, spacing=spacing, domain=args.domain,
                              lesions=lesions, abnormal_fraction=args.abnormal_fraction, normal=args.normal,
-                             displacement=args.displacement, longitudinal=args.longitudinal)
+                             displacement=args.displacement, longitudinal=args.longitudinal, healthy=args.healthy)
     save_phantom_set_mosaic(args.out, rows, args.kind)
     domain = "" if args.domain == "A" else f", domain {args.domain}"
     if lesions:
@@ -181,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         domain += ", lesion-free"
     if args.longitudinal:
         domain += ", with follow-ups"
+    if args.healthy:
+        domain += ", with healthy selves"
     if args.displacement:
         domain += ", with displacement fields"
     print(f"wrote {args.n} {args.kind} phantoms ({describe_grid(args.kind, size, spacing)}{domain}) to {args.out}")

@@ -40,7 +40,10 @@ composes two subjects' fields into the true fixed → moving displacement.
 ``longitudinal=True`` adds the same subject's follow-up after ``interval_years`` with
 more atrophy (volumes ``followup``, ``followup_tissue``, ``followup_t2``; factors
 ``interval_years``, ``atrophy_rate_per_year``, ``atrophy_followup``, ``label_followup``
-and ``<tissue>_volume_ml_followup``).
+and ``<tissue>_volume_ml_followup``). ``healthy=True`` adds the subject's healthy self: the
+same subject and scan, noise included, at atrophy 0 (volumes ``healthy``, ``healthy_tissue``,
+``healthy_t2``; factors ``<tissue>_volume_ml_healthy``), so ``image − healthy`` is the
+atrophy's effect alone.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def generate(
     lesions: Sequence[str] = (),
     displacement: bool = False,
     longitudinal: bool = False,
+    healthy: bool = False,
 ) -> Phantom:
     """Generate one phantom of ``kind`` with ``size``³ (or ``size`` = (X, Y, Z)) voxels of
     ``spacing`` mm (default: the kind's field of view over the largest axis); same seed ⇒
@@ -80,12 +84,13 @@ def generate(
     ``nodules`` (thorax-ct only) inserts 0–3 lung nodules and records them in the factors.
     ``lesions``: lesion kinds of :data:`.lesions.LESION_KINDS` to paint (see the module
     docstring); ValueError for a kind the phantom does not have, or with ``nodules``.
-    ``displacement``, ``longitudinal`` (brain-mri only, else ValueError): the displacement to
-    the template and the follow-up scan (see the module docstring).
+    ``displacement``, ``longitudinal``, ``healthy`` (brain-mri only, else ValueError): the
+    displacement to the template, the follow-up scan and the healthy self (see the module docstring).
     """
     if kind == "thorax-ct":
-        if displacement or longitudinal:
-            option = "displacement fields" if displacement else "longitudinal follow-ups"
+        if displacement or longitudinal or healthy:
+            option = ("displacement fields" if displacement else "longitudinal follow-ups" if longitudinal
+                      else "healthy selves")
             raise ValueError(f"{option} are only available for brain-mri phantoms")
         from medgen.data.phantoms import thorax_ct
 
@@ -96,11 +101,13 @@ def generate(
         from medgen.data.phantoms import brain_mri
 
         return brain_mri.generate(size, seed, spacing=spacing, lesions=lesions, displacement=displacement,
-                                  longitudinal=longitudinal)
+                                  longitudinal=longitudinal, healthy=healthy)
     raise ValueError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
 
 
-def volume_specs(kind: str, domain: str = "A", lesions: bool = False, longitudinal: bool = False) -> dict[str, dict]:
+def volume_specs(
+    kind: str, domain: str = "A", lesions: bool = False, longitudinal: bool = False, healthy: bool = False
+) -> dict[str, dict]:
     """The extra volumes of a phantom set of ``kind``: name → ``{"kind": "label" | "intensity", ...}``.
 
     Label maps also give their ``classes`` (value as a string → description), as
@@ -109,7 +116,9 @@ def volume_specs(kind: str, domain: str = "A", lesions: bool = False, longitudin
     ``lesions``: a set with lesions adds ``lesion``, ``normal`` and, for brain, ``normal_t2``
     (in a ``B`` set ``normal`` is the lesion-free image in domain B, so brain leaves out ``normal_t2``).
     ``longitudinal`` (brain): adds ``followup``, ``followup_tissue`` and ``followup_t2`` (a ``B`` set's
-    ``followup`` is the follow-up in T2, so it leaves out ``followup_t2``). The displacement volumes
+    ``followup`` is the follow-up in T2, so it leaves out ``followup_t2``). ``healthy`` (brain): adds
+    ``healthy``, ``healthy_tissue`` and ``healthy_t2`` (likewise without ``healthy_t2`` in a ``B`` set,
+    whose ``healthy`` is in T2). The displacement volumes
     (``disp_x``, ``disp_y``, ``disp_z``) are not among them: ``medgen preprocess`` cannot carry
     millimetres (see :mod:`.deformation`).
     """
@@ -134,10 +143,15 @@ def volume_specs(kind: str, domain: str = "A", lesions: bool = False, longitudin
         specs["followup"] = {"kind": "intensity"}
         specs["followup_tissue"] = {"kind": "label", "classes": dict(specs["tissue"]["classes"])}
         specs["followup_t2"] = {"kind": "intensity"}
+    if healthy:
+        specs["healthy"] = {"kind": "intensity"}
+        specs["healthy_tissue"] = {"kind": "label", "classes": dict(specs["tissue"]["classes"])}
+        specs["healthy_t2"] = {"kind": "intensity"}
     if domain == "B":
         specs.pop(B_EXTRA_VOLUME.get(kind, ""), None)
         specs.pop("normal_t2", None)
         specs.pop("followup_t2", None)
+        specs.pop("healthy_t2", None)
     elif domain == "both":
         specs[DOMAIN_B_VOLUME] = {"kind": "intensity"}
     return specs

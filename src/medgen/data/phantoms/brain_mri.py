@@ -63,6 +63,14 @@ one displacement field and their voxels correspond one to one (the true displace
 them is zero); the progression is the difference of ``tissue`` and ``followup_tissue``. Volumes
 ``followup`` (T1), ``followup_t2`` and ``followup_tissue``; factors
 :data:`LONGITUDINAL_FACTORS`, the follow-up's tissue volumes measured like the baseline's.
+
+Healthy self (``healthy``): the same subject and scan at atrophy 0 — the same anatomy (with the
+subject's own ventricle offset), deformation, bias field, contrast, gain and the same noise
+realisation (the image's noise streams), so ``image − healthy`` is the effect of the atrophy
+alone and exactly 0 wherever it leaves the partial-volume tissue fractions unchanged (the noise
+cancels). Volumes ``healthy`` (T1), ``healthy_t2`` and ``healthy_tissue``; factors
+:data:`HEALTHY_FACTORS`, its tissue volumes measured like the subject's (brain and grey matter
+larger, ventricles smaller; the intracranial volume is the same).
 """
 
 from __future__ import annotations
@@ -106,6 +114,9 @@ LONGITUDINAL_FACTORS = (
 )
 #: The named volumes a longitudinal phantom adds.
 LONGITUDINAL_VOLUMES = ("followup", "followup_tissue", "followup_t2")
+#: Factors and named volumes of the healthy self (the subject at atrophy 0, measured like the subject).
+HEALTHY_FACTORS = tuple(f"{name}_healthy" for name in _FOLLOWUP_VOLUMES)
+HEALTHY_VOLUMES = ("healthy", "healthy_tissue", "healthy_t2")
 
 #: Classes of the ``tissue`` label map (the phantom is skull-stripped: no skull or scalp).
 BACKGROUND, CSF, GREY_MATTER, WHITE_MATTER, VENTRICLES = range(5)
@@ -426,6 +437,7 @@ def generate(
     lesions: Sequence[str] = (),
     displacement: bool = False,
     longitudinal: bool = False,
+    healthy: bool = False,
 ) -> Phantom:
     """Generate one brain MRI phantom of ``size``³ voxels over a 200 mm field of view.
 
@@ -445,12 +457,18 @@ def generate(
     displacement from each voxel's world position to the template point it was sampled from
     (:mod:`.deformation`). ``longitudinal``: adds the follow-up (see the module docstring): the
     volumes ``followup``, ``followup_tissue``, ``followup_t2`` and the factors of
-    :data:`LONGITUDINAL_FACTORS`; not with ``lesions`` (ValueError). Neither changes anything
+    :data:`LONGITUDINAL_FACTORS`; not with ``lesions`` (ValueError). ``healthy``: adds the
+    healthy self, the same subject and scan (noise included) at atrophy 0 (see the module
+    docstring): the volumes ``healthy``, ``healthy_tissue``, ``healthy_t2`` and the factors of
+    :data:`HEALTHY_FACTORS`; not with ``lesions`` (ValueError). None of them changes anything
     else: the other arrays and factors are bit for bit those generated without them.
     """
     lesions = lesion_lib.check_kinds(KIND, lesions)
     if longitudinal and lesions:
         raise ValueError("a longitudinal brain phantom cannot have lesions (lesion progression is not modelled)")
+    if healthy and lesions:
+        raise ValueError("a brain phantom with a healthy self cannot have lesions (image - healthy is the effect "
+                         "of atrophy alone)")
     s_par, s_lat, s_noise, s_noise_t2, s_les = _streams(seed)
     s = _Subject.sample(np.random.default_rng(s_par))
     warp, bias = _warp_fields(s_lat)
@@ -553,6 +571,14 @@ def generate(
             **{f"{name}_followup": ml_fu[name] for name in _FOLLOWUP_VOLUMES},
         })
         del t1_fu, gm_fu, wm_fu, vent_fu, csf_fu
+    if healthy:  # the same subject and scan at atrophy 0: the image's noise streams, so the noise cancels
+        t1_h, gm_h, wm_h, vent_h, csf_h, _ = _atrophied(t1, gm, wm, icv, d_out, d_vent, 0.0, s.vent_base)
+        ml_h, _, tissue_h = _measured(gm_h, wm_h, vent_h, icv, csf_h, voxel_ml)
+        volumes["healthy"] = t1_image(t1_h)
+        volumes["healthy_tissue"] = tissue_h
+        volumes["healthy_t2"] = t2_image(csf_h + s.t2_gm * (gm_h + s.t2_wm * wm_h))
+        factors.update({f"{name}_healthy": ml_h[name] for name in _FOLLOWUP_VOLUMES})
+        del t1_h, gm_h, wm_h, vent_h, csf_h
     volumes.update(disp)
     return Phantom(
         kind=KIND,

@@ -54,8 +54,14 @@ a subject-specific 0.02–0.08 per year): the volumes ``followup`` (in the image
 ``volumes`` so preprocess carries them, and the manifest columns ``interval_years``,
 ``atrophy_rate_per_year``, ``atrophy_followup``, ``label_followup`` and
 ``<tissue>_volume_ml_followup`` (brain, gm, wm, ventricle); ``phantoms.json`` records
-``longitudinal``. Not with ``lesions``. Sets made without these options are written exactly
-as before.
+``longitudinal``. ``healthy=True`` writes each subject's healthy self: the same subject and
+scan (deformation, bias field, contrast, gain and the same noise realisation) at atrophy 0, so
+``image - healthy`` is the atrophy's effect alone and exactly 0 wherever it leaves the tissue
+fractions unchanged: the volumes ``healthy`` (in the image's domain), ``healthy_tissue`` and,
+where the set has ``t2``, ``healthy_t2``, declared under ``volumes``, and the manifest columns
+``<tissue>_volume_ml_healthy`` (brain, gm, wm, ventricle); ``phantoms.json`` records
+``healthy``. Neither is made with ``lesions``. Sets made without these options are written
+exactly as before.
 
 Example::
 
@@ -65,6 +71,7 @@ Example::
     rows = write_phantom_set("thorax-ct", n=64, size=64, seed=0, out="normal/", normal=True)
     rows = write_phantom_set("thorax-ct", n=32, size=64, seed=1, out="test/", lesions=("nodule", "mass"))
     rows = write_phantom_set("brain-mri", n=16, size=64, seed=3, out="pairs/", displacement=True, longitudinal=True)
+    rows = write_phantom_set("brain-mri", n=16, size=64, seed=4, out="healthy/", healthy=True)
 """
 
 from __future__ import annotations
@@ -100,21 +107,28 @@ LESION_VOLUME_NAMES = {"thorax-ct": ("lesion", "normal"), "brain-mri": ("lesion"
 #: Share of abnormal volumes when ``lesions`` are given without ``abnormal_fraction``.
 DEFAULT_ABNORMAL_FRACTION = 0.5
 #: Registration and progression ground truth (mirror medgen.data.phantoms.brain_mri and .deformation, kept
-#: light): the kinds that have them, the follow-up's volumes, and the displacement volumes (mm, written and
-#: listed in the manifest but not declared under phantoms.json ``volumes``: preprocess cannot carry mm).
+#: light): the kinds that have them, the follow-up's and the healthy self's volumes, and the displacement
+#: volumes (mm, written and listed in the manifest but not declared under phantoms.json ``volumes``:
+#: preprocess cannot carry mm).
 DISPLACEMENT_KIND_NAMES = ("brain-mri",)
 LONGITUDINAL_VOLUME_NAMES = ("followup", "followup_tissue", "followup_t2")
+HEALTHY_VOLUME_NAMES = ("healthy", "healthy_tissue", "healthy_t2")
 DISPLACEMENT_VOLUME_NAMES = ("disp_x", "disp_y", "disp_z")
 
 
-def volume_names(kind: str, domain: str = "A", lesions: bool = False, longitudinal: bool = False) -> tuple[str, ...]:
+def volume_names(
+    kind: str, domain: str = "A", lesions: bool = False, longitudinal: bool = False, healthy: bool = False
+) -> tuple[str, ...]:
     """The extra volumes a ``domain`` set of ``kind`` writes and declares (a B set's image is the brain
     ``t2``, with ``lesions`` its ``normal`` the lesion-free ``t2``, with ``longitudinal`` its ``followup``
-    the follow-up's ``t2``). The displacement volumes come on top (:data:`DISPLACEMENT_VOLUME_NAMES`)."""
+    the follow-up's ``t2``, with ``healthy`` its ``healthy`` the healthy self's ``t2``). The displacement
+    volumes come on top (:data:`DISPLACEMENT_VOLUME_NAMES`)."""
     names = VOLUME_NAMES[kind] + (LESION_VOLUME_NAMES[kind] if lesions else ())
     names += LONGITUDINAL_VOLUME_NAMES if longitudinal else ()
+    names += HEALTHY_VOLUME_NAMES if healthy else ()
     if domain == "B":
-        return tuple(name for name in names if name not in (B_EXTRA_VOLUME.get(kind), "normal_t2", "followup_t2"))
+        t2_copies = (B_EXTRA_VOLUME.get(kind), "normal_t2", "followup_t2", "healthy_t2")
+        return tuple(name for name in names if name not in t2_copies)
     return names + (DOMAIN_B_VOLUME,) if domain == "both" else names
 
 
@@ -143,14 +157,15 @@ def check_request(
     normal: bool = False,
     displacement: bool = False,
     longitudinal: bool = False,
+    healthy: bool = False,
 ) -> None:
     """UsageError (one line, naming the option) for a phantom set that cannot be made.
 
     ``size``: S or a shape (X, Y, Z), each in 16..512; ``spacing``: None, or one voxel
     size or three in mm, each in 0.1..100; ``domain``: A, B or both; ``lesions``: lesion
     kinds of ``kind`` (not with ``nodules``); ``abnormal_fraction``: in 0..1, only with
-    ``lesions``; ``normal``: neither ``lesions`` nor ``nodules``; ``displacement`` and
-    ``longitudinal``: brain-mri only, ``longitudinal`` not with ``lesions``.
+    ``lesions``; ``normal``: neither ``lesions`` nor ``nodules``; ``displacement``,
+    ``longitudinal`` and ``healthy``: brain-mri only, the last two not with ``lesions``.
     """
     lo, hi = SIZE_RANGE
     if kind not in KIND_NAMES:
@@ -200,11 +215,13 @@ def check_request(
             raise UsageError("--abnormal-fraction needs --lesions (the share of volumes that get lesions)")
         if not (isinstance(abnormal_fraction, Real) and 0.0 <= abnormal_fraction <= 1.0):
             raise UsageError(f"--abnormal-fraction must be between 0 and 1, got {abnormal_fraction}")
-    for flag, name in ((displacement, "--displacement"), (longitudinal, "--longitudinal")):
+    for flag, name in ((displacement, "--displacement"), (longitudinal, "--longitudinal"), (healthy, "--healthy")):
         if flag and kind not in DISPLACEMENT_KIND_NAMES:
             raise UsageError(f"{name} is only available for --kind {' or '.join(DISPLACEMENT_KIND_NAMES)}")
     if longitudinal and lesions:
         raise UsageError("--longitudinal cannot be combined with --lesions (lesion progression is not modelled)")
+    if healthy and lesions:
+        raise UsageError("--healthy cannot be combined with --lesions (image - healthy is the effect of atrophy alone)")
 
 
 def _previous_files(out: Path) -> list[str]:
@@ -213,7 +230,7 @@ def _previous_files(out: Path) -> list[str]:
     if not manifest.exists():
         return []
     names = {name for names in (*VOLUME_NAMES.values(), *LESION_VOLUME_NAMES.values()) for name in names}
-    names |= {DOMAIN_B_VOLUME, *LONGITUDINAL_VOLUME_NAMES, *DISPLACEMENT_VOLUME_NAMES}
+    names |= {DOMAIN_B_VOLUME, *LONGITUDINAL_VOLUME_NAMES, *HEALTHY_VOLUME_NAMES, *DISPLACEMENT_VOLUME_NAMES}
     with manifest.open(newline="") as f:
         return [row[c] for row in csv.DictReader(f) for c in ("file", *sorted(names)) if row.get(c)]
 
@@ -254,6 +271,7 @@ def _make_one(
     normal: bool = False,
     displacement: bool = False,
     longitudinal: bool = False,
+    healthy: bool = False,
 ) -> dict[str, Any]:
     """Generate volume ``index``, write it (in ``domain``) and its extra volumes, and return its
     manifest row (runs in workers)."""
@@ -263,7 +281,8 @@ def _make_one(
     subject_seed = volume_seed(seed, index)
     abnormal = bool(lesion_kinds) and lesions.is_abnormal(subject_seed, abnormal_fraction)
     ph = generate(kind, size, subject_seed, nodules=nodules, spacing=spacing,
-                  lesions=lesion_kinds if abnormal else (), displacement=displacement, longitudinal=longitudinal)
+                  lesions=lesion_kinds if abnormal else (), displacement=displacement, longitudinal=longitudinal,
+                  healthy=healthy)
     if lesion_kinds and not abnormal:
         lesions.add_lesion_free_truth(ph)
     if normal:
@@ -275,12 +294,12 @@ def _make_one(
     row = {"id": vid, "file": fname, "kind": kind, "label": ph.factors["label"]}
     row.update({k: v for k, v in ph.factors.items() if k != "label"})
     row.update(domains.manifest_columns(kind, domain))
-    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal)
+    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal, healthy)
     for name in names + (DISPLACEMENT_VOLUME_NAMES if displacement else ()):
         if name == DOMAIN_B_VOLUME:
             extra = domains.render(ph, "B", subject_seed)
-        elif name == "followup" and domain == "B":  # the follow-up in the image's contrast (brain: T2)
-            extra = ph.volumes["followup_t2"]
+        elif name in ("followup", "healthy") and domain == "B":  # in the image's contrast (brain: T2)
+            extra = ph.volumes[f"{name}_t2"]
         elif name == "normal" and domain == "B":
             if kind == "brain-mri":
                 extra = ph.volumes["normal_t2"]
@@ -332,6 +351,7 @@ def write_phantom_set(
     normal: bool = False,
     displacement: bool = False,
     longitudinal: bool = False,
+    healthy: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``n`` phantoms of ``kind`` at ``size``³ (or ``size`` = (X, Y, Z)) voxels of ``spacing``
     mm into ``out``, rendered in ``domain`` (A, B or both; see the module docstring); returns
@@ -339,8 +359,8 @@ def write_phantom_set(
 
     ``lesions``: lesion kinds painted into a share ``abnormal_fraction`` (default 0.5) of the
     volumes; ``normal``: a lesion-free set marked as such; ``displacement``: brain only, the
-    displacement to the template; ``longitudinal``: brain only, each subject's follow-up scan
-    (see the module docstring).
+    displacement to the template; ``longitudinal``: brain only, each subject's follow-up scan;
+    ``healthy``: brain only, each subject's healthy self (see the module docstring).
 
     ``out`` must be empty, absent or an earlier phantom set (whose volumes beyond the new
     ``n`` are removed); ``overwrite`` allows another non-empty folder. ``workers``:
@@ -354,7 +374,7 @@ def write_phantom_set(
     if isinstance(lesions, str):
         lesions = (lesions,)
     check_request(kind, n, size, seed, nodules, workers, spacing, domain, lesions, abnormal_fraction, normal,
-                  displacement, longitudinal)
+                  displacement, longitudinal, healthy)
     lesion_kinds = lesion_lib.check_kinds(kind, lesions)
     fraction = DEFAULT_ABNORMAL_FRACTION if abnormal_fraction is None else float(abnormal_fraction)
     size = int(size) if isinstance(size, Integral) else tuple(int(v) for v in size)
@@ -362,9 +382,9 @@ def write_phantom_set(
     shape, voxel = grid_of(kind, size, spacing)
     out = Path(out)
     stale = _prepare_out(out, overwrite)
-    displacement, longitudinal = bool(displacement), bool(longitudinal)
+    displacement, longitudinal, healthy = bool(displacement), bool(longitudinal), bool(healthy)
     jobs = [(kind, size, seed, i, nodules, str(out), spacing, domain, lesion_kinds, fraction, normal, displacement,
-             longitudinal) for i in range(n)]
+             longitudinal, healthy) for i in range(n)]
     desc = f"phantoms {kind} {describe_grid(kind, size, spacing).split(',')[0]}"
     bar = tqdm(total=n, desc=desc, unit="vol", file=sys.stderr, disable=not progress)
     rows: list[dict[str, Any]] = []
@@ -385,7 +405,7 @@ def write_phantom_set(
     finally:
         bar.close()
 
-    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal)
+    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal, healthy)
     disp_names = DISPLACEMENT_VOLUME_NAMES if displacement else ()
     written = {row[c] for row in rows for c in ("file", *names, *disp_names)}
     for name in stale:
@@ -400,17 +420,18 @@ def write_phantom_set(
         if kind == "thorax-ct"
         else f"atrophy class from atrophy, class boundaries {list(brain_mri.ATROPHY_THRESHOLDS)}"
     )
-    volumes = volume_specs(kind, domain, bool(lesion_kinds), longitudinal)
+    volumes = volume_specs(kind, domain, bool(lesion_kinds), longitudinal, healthy)
     volumes["tissue"]["dtype"] = "int16"
     t2_units = {"dtype": "float32", "units": "T2-like units >= 0 (CSF brightest)"}
     if "t2" in volumes:
         volumes["t2"].update(t2_units)
-    if longitudinal:
-        t1_units = {"dtype": "float32", "units": "T1-like units >= 0"}
-        volumes["followup"].update(t2_units if domain == "B" else t1_units)
-        volumes["followup_tissue"]["dtype"] = "int16"
-        if "followup_t2" in volumes:
-            volumes["followup_t2"].update(t2_units)
+    t1_units = {"dtype": "float32", "units": "T1-like units >= 0"}
+    for name, made in (("followup", longitudinal), ("healthy", healthy)):
+        if made:
+            volumes[name].update(t2_units if domain == "B" else t1_units)
+            volumes[f"{name}_tissue"]["dtype"] = "int16"
+            if f"{name}_t2" in volumes:
+                volumes[f"{name}_t2"].update(t2_units)
     hu_b = {"dtype": "int16", "units": "Hounsfield units, domain B (second scanner)"}
     if DOMAIN_B_VOLUME in volumes:
         volumes[DOMAIN_B_VOLUME].update(hu_b if kind == "thorax-ct" else t2_units)
@@ -423,7 +444,7 @@ def write_phantom_set(
             hu_a = {"dtype": "int16", "units": "Hounsfield units"}
             volumes["normal"].update(hu_b if domain == "B" else hu_a)
         else:
-            volumes["normal"].update(t2_units if domain == "B" else {"dtype": "float32", "units": "T1-like units >= 0"})
+            volumes["normal"].update(t2_units if domain == "B" else t1_units)
         if "normal_t2" in volumes:
             volumes["normal_t2"].update(t2_units)
     columns = ["id", "file", "kind", "label"]
@@ -454,8 +475,10 @@ def write_phantom_set(
     truth_info: dict[str, Any] = {}
     if longitudinal:
         truth_info["longitudinal"] = _longitudinal_info(domain)
+    if healthy:
+        truth_info["healthy"] = _healthy_info(domain)
     if displacement:
-        truth_info["displacement"] = _displacement_info(longitudinal)
+        truth_info["displacement"] = _displacement_info(longitudinal, healthy)
     atomic_write_json(
         out / MARKER,
         {
@@ -506,7 +529,27 @@ def _longitudinal_info(domain: str) -> dict[str, Any]:
     }
 
 
-def _displacement_info(longitudinal: bool) -> dict[str, Any]:
+def _healthy_info(domain: str) -> dict[str, Any]:
+    """``phantoms.json`` ``healthy``: what the healthy selves are."""
+    from medgen.data.phantoms import brain_mri
+
+    contrast = "T2" if domain == "B" else "T1"
+    return {
+        "healthy": f"volume healthy ({contrast}; healthy_tissue its tissue map, healthy_t2 its T2 where the set has "
+                   f"t2): the same subject and scan at atrophy 0 (ventricle boundary at the subject's own offset): "
+                   f"same anatomy, deformation, bias field, contrast, gain and noise realisation (the image's "
+                   f"noise streams)",
+        "difference": "image - healthy is the effect of the atrophy alone: exactly 0 wherever the atrophy leaves the "
+                      "partial-volume tissue fractions unchanged (the noise cancels); voxel (i, j, k) of healthy is "
+                      "voxel (i, j, k) of the image (true displacement between them: zero)",
+        "atrophy": f"a change of tissue in template space: at atrophy a the cortex is {brain_mri.CORTEX_THINNING_MM:g} "
+                   f"* a mm thinner (grey matter -> CSF) and the ventricles' boundary {brain_mri.VENTRICLE_GROWTH_MM:g}"
+                   f" * a mm further out (tissue -> ventricular CSF) than in the healthy self",
+        "columns": list(brain_mri.HEALTHY_FACTORS),
+    }
+
+
+def _displacement_info(longitudinal: bool, healthy: bool = False) -> dict[str, Any]:
     """``phantoms.json`` ``displacement``: the convention of the displacement volumes."""
     info = {
         "volumes": list(DISPLACEMENT_VOLUME_NAMES),
@@ -526,6 +569,8 @@ def _displacement_info(longitudinal: bool) -> dict[str, Any]:
     }
     if longitudinal:
         info["longitudinal"] = "the follow-up shares the image's field; the displacement between them is zero"
+    if healthy:
+        info["healthy"] = "the healthy self shares the image's field; the displacement between them is zero"
     return info
 
 
