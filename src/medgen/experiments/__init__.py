@@ -31,4 +31,5 @@ EXPERIMENTS: tuple[str, ...] = (
     "anomaly",
     "registration",
     "progression",
+    "explanation",
 )

@@ -511,15 +511,15 @@ PHANTOM_KIND = "thorax-ct"
 
 def write_phantoms(kind: str, n: int, size: int, seed: int, out: Path, *, workers: int = 1,
                    progress: bool = True, domain: str = "A", lesions: Sequence[str] = (),
-                   longitudinal: bool = False) -> list[dict[str, Any]]:
+                   longitudinal: bool = False, healthy: bool = False) -> list[dict[str, Any]]:
     """The phantom set ``medgen phantoms --kind KIND --n N --size S --seed SEED --out OUT [--domain D]
-    [--lesions K,K] [--longitudinal]`` writes (:func:`medgen.data.phantoms.phantom_set.write_phantom_set` and
+    [--lesions K,K] [--longitudinal] [--healthy]`` writes (:func:`medgen.data.phantoms.phantom_set.write_phantom_set` and
     its mosaic). Returns the manifest rows."""
     from medgen.data.phantoms.phantom_set import spacing_mm, write_phantom_set
     from medgen.viz.mosaic import save_phantom_set_mosaic
 
     rows = write_phantom_set(kind, n, size, seed, out, workers=workers, progress=progress, domain=domain,
-                             lesions=tuple(lesions), longitudinal=longitudinal)
+                             lesions=tuple(lesions), longitudinal=longitudinal, healthy=healthy)
     save_phantom_set_mosaic(out, rows, kind)
     shown = "" if domain == "A" else f", domain {domain}"
     print(f"wrote {n} {kind} phantoms ({size}^3, {spacing_mm(kind, size):g} mm{shown}) to {out}", flush=True)
@@ -527,11 +527,13 @@ def write_phantoms(kind: str, n: int, size: int, seed: int, out: Path, *, worker
 
 
 def phantom_dataset(ws: Workspace, kind: str, name: str, n: int, size: int, seed: int, domain: str = "A",
-                    lesions: Sequence[str] = (), raw_size: int | None = None, longitudinal: bool = False) -> Path:
+                    lesions: Sequence[str] = (), raw_size: int | None = None, longitudinal: bool = False,
+                    healthy: bool = False) -> Path:
     """``WORK/data/NAME``: ``n`` phantoms of ``kind`` (seed ``seed``, rendered in ``domain``: A, B or both) preprocessed
     at ``size``³ with their extra volumes (``tissue``; brain ``t2``; a both set ``domain_b``; with ``lesions``
     the lesion kinds painted into half of them, ``lesion`` and ``normal``; brain with ``longitudinal`` each
-    subject's ``followup``, ``followup_tissue`` and the interval columns), through ``medgen phantoms`` (at
+    subject's ``followup``, ``followup_tissue`` and the interval columns; brain with ``healthy`` each subject's
+    healthy self ``healthy``, ``healthy_tissue``), through ``medgen phantoms`` (at
     ``raw_size``³, default ``size``³) into ``WORK/phantoms-sets/NAME`` and ``medgen preprocess`` (CT: the HU window;
     MRI: each volume's own percentiles). Each step is skipped when its output is complete; both are recorded in
     ``ws.log``."""
@@ -541,12 +543,12 @@ def phantom_dataset(ws: Workspace, kind: str, name: str, n: int, size: int, seed
     argv = ["phantoms", "--kind", kind, "--n", str(n), "--size", str(raw_size), "--seed", str(seed),
             *(["--domain", domain] if domain != "A" else []),
             *(["--lesions", ",".join(lesions)] if lesions else []), *(["--longitudinal"] if longitudinal else []),
-            "--out", str(raw), "--workers", "2"]
+            *(["--healthy"] if healthy else []), "--out", str(raw), "--workers", "2"]
     ws.record(argv)
     if not (raw / "manifest.csv").is_file():
         with step(argv, f"phantoms ({name})"):
             write_phantoms(kind, n, raw_size, seed, raw, workers=2, progress=ws.progress, domain=domain,
-                           lesions=lesions, longitudinal=longitudinal)
+                           lesions=lesions, longitudinal=longitudinal, healthy=healthy)
     folder = ws.root / "data" / name
     argv = ["preprocess", str(raw), str(folder), "--modality", modality, "--size", str(size), "--workers", "2"]
     if not ws.progress:
