@@ -279,6 +279,24 @@ def test_variants_dice_adversarial_and_synthetic_pairs_resume_exactly(tmp_path):
     assert set(registry.load(tmp_path / "full").network.state_dict()) == set(a["net"])
 
 
+def test_medgen_train_resumes_a_weakly_supervised_run_given_the_same_target(tmp_path, capsys):
+    """--target is an option that sets the config's ``label``: resuming with it again is the same run; adding it
+    to an unsupervised run is not."""
+    data = make_dataset(tmp_path / "data", n=4, size=16, labels=True)
+    base = ["train", str(data), "--family", "registration", "--preset", "tiny", "--batch", "2", "--device", "cpu",
+            "--no-progress"]
+    sup = base + ["--target", "tissue", "--out", str(tmp_path / "sup")]
+    assert main(sup + ["--iters", "1"]) == 0
+    assert main(sup + ["--iters", "2", "--resume"]) == 0
+    assert RunConfig.load(tmp_path / "sup").model["label"] == "tissue"
+    plain = base + ["--out", str(tmp_path / "plain")]
+    assert main(plain + ["--iters", "1"]) == 0
+    capsys.readouterr()
+    assert main(plain + ["--iters", "2", "--resume", "--target", "tissue"]) == 2
+    err = capsys.readouterr().err
+    assert "differ from the saved run" in err and "model.label" in err
+
+
 def test_atlas_to_subject_runs_store_their_atlas(tmp_path):
     data = make_dataset(tmp_path / "data", n=4, size=16)
     atlas = np.load(data / "volumes" / "v0.npy").astype(np.float32)

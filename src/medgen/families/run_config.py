@@ -107,7 +107,8 @@ def new_run_config(
         saved = RunConfig.load(run_dir)
         model_given, hparams_given = _with_recipe(registry.get(given.get("family", saved.family)), recipe,
                                                   model_given, hparams_given)
-        changed_model = [f"model.{k}" for k, v in model_given.items() if saved.model.get(k) != v]
+        changed_model = _changed_model_fields(registry.get(given.get("family", saved.family)), saved, model_given,
+                                              data)
         fields = saved.to_dict()
         fields["hparams"] = {**saved.hparams, **hparams_given}
         fields.update(given)
@@ -142,6 +143,29 @@ def new_run_config(
     hparams = fam.hparams_from_dict(hparams_given).to_dict()
     return RunConfig(data=data, model=model_cfg.to_dict(), family=fam.name, hparams=hparams, preset=preset_name,
                      preprocess=info, medgen_version=__version__, **given)
+
+
+def _changed_model_fields(fam: Any, saved: "RunConfig", model_given: dict[str, Any], data: str) -> list[str]:
+    """``model.<field>`` for every architecture field a resumed run's options would change. An option that is a
+    field of the saved config is compared as it is; one that is not (e.g. the registration family's ``target``,
+    which sets its ``label`` field) is compared through the fields it sets: the family's config of the saved
+    preset and size with the option, against the same without it."""
+    changed = [f"model.{k}" for k, v in model_given.items() if k in saved.model and saved.model[k] != v]
+    others = {k: v for k, v in model_given.items() if k not in saved.model}
+    if not others:
+        return changed
+    size = int(saved.model.get("size") or 0)
+    try:
+        base = fam.model_config(saved.preset, size).to_dict()
+        if fam.options_from_data is not None:
+            from medgen.data.dataset import load_preprocess_info
+
+            others = fam.options_from_data(load_preprocess_info(data), dict(others))
+        mapped = fam.model_config(saved.preset, size, **others).to_dict()
+    except (TypeError, UsageError):  # an option the family does not take: reported as changed
+        return changed + [f"model.{k}" for k in others]
+    return changed + [f"model.{k}" for k, v in mapped.items()
+                      if v != base.get(k) and saved.model.get(k) != v and f"model.{k}" not in changed]
 
 
 def _classes_from_label_column(data: str, given: dict[str, Any], model_given: dict[str, Any]) -> None:
