@@ -53,7 +53,10 @@ MIN_CLASS = 2
 SUBJECTS = {"smoke": 2, "demo": 12, "full": 64}
 CLASSIFIER_ITERS = {"smoke": 2, "demo": 600, "full": 5000}
 VAE_MINUTES = {"smoke": 0.05, "demo": 3.0, "full": 60.0}
+#: Most optimisation steps of the deformation (medgen explain's default but at smoke scale, whose numbers mean nothing).
+DEFORMATION_STEPS = {"smoke": 10}
 CLASSIFIER_BATCH = 8
+CLASSIFIER_PRESET = "small"  # width 16: the tiny preset's width 4 is too weak a model to be worth explaining
 MIN_TRAIN = 16
 VENTRICLES = 4  # the ventricles' class in the brain phantoms' tissue map
 COLUMNS = ("method", "subjects", "reached_pct", "p_normal", "change_auroc", "change_auroc_sd", "closer_to_truth",
@@ -209,8 +212,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     test_dir = phantom_dataset(ws, KIND, f"explanation-heldout-{size}", max(s.n_heldout, 2 * n_subjects), size,
                                ws.seed + 701, healthy=True)
     clf_iters = ws.iters or CLASSIFIER_ITERS.get(s.name, s.classifier_iters)
-    runs = {"classifier": ws.model(f"explanation-classifier-{size}-{clf_iters}it", size, family="classifier",
-                                   data=train_dir, label_column="label", iters=clf_iters,
+    runs = {"classifier": ws.model(f"explanation-classifier-{size}-{CLASSIFIER_PRESET}-{clf_iters}it", size,
+                                   family="classifier", preset=CLASSIFIER_PRESET, data=train_dir,
+                                   label_column="label", iters=clf_iters,
                                    hparams={"batch": CLASSIFIER_BATCH})}
     if "latent" in methods:
         minutes = VAE_MINUTES.get(s.name, 3.0)
@@ -252,7 +256,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
             for m in methods:
                 t0 = time.perf_counter()
                 if m == "deformation":
-                    exp = explain.deformation_counterfactual(logits, x, TARGET)
+                    exp = explain.deformation_counterfactual(logits, x, TARGET,
+                                                             steps=DEFORMATION_STEPS.get(s.name, 200))
                 elif m == "latent":
                     exp = explain.latent_counterfactual(logits, encode, decode, x, direction, TARGET)
                 else:
@@ -281,8 +286,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         f"{len(load_manifest(train_dir))} training subjects and {len(rows_by_id)} held-out subjects of other seeds "
         f"written with --healthy; explained: the {len(chosen)} held-out subjects of true class ≥ {MIN_CLASS} with the "
         "most atrophy, each towards class 0.",
-        f"Classifier (the model explained): `medgen train --family classifier --label-column label`, "
-        f"{checkpoint_iteration(runs['classifier'])} iterations, batch {CLASSIFIER_BATCH}; on the held-out set "
+        f"Classifier (the model explained): `medgen train --family classifier --preset {CLASSIFIER_PRESET} "
+        f"--label-column label`, {checkpoint_iteration(runs['classifier'])} iterations, batch {CLASSIFIER_BATCH}; on the held-out set "
         f"accuracy {clf_acc['accuracy']:.2f} over the 4 atrophy classes (chance 0.25), within one class "
         f"{clf_acc['within_one']:.2f}. An explanation shows what the classifier uses, which may differ from "
         "the disease.",
