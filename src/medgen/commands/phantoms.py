@@ -17,6 +17,8 @@ Example::
     medgen phantoms --kind brain-mri --n 16 --seed 3 --displacement --longitudinal --out mr-pairs/
     # counterfactuals: each subject with its healthy self (atrophy 0, same scan and noise)
     medgen phantoms --kind brain-mri --n 16 --seed 4 --healthy --out mr-healthy/
+    # breathing: each thorax subject at end-inspiration (the image) and end-expiration, with the true displacement
+    medgen phantoms --kind thorax-ct --n 16 --seed 5 --breathing --out ct-breathing/
 
 The work is :func:`medgen.data.phantoms.phantom_set.write_phantom_set` (and the mosaic
 :func:`medgen.viz.mosaic.save_phantom_set_mosaic`). Writes ``DIR/<kind>-<i:04d>.nii.gz`` (CT as int16 Hounsfield units, MRI as
@@ -56,6 +58,15 @@ scan (the same noise realisation included) at atrophy 0, as ``DIR/healthy/`` and
 (and ``DIR/healthy_t2/`` where the set has t2), and the manifest columns ``*_volume_ml_healthy``: image
 minus healthy is the atrophy's effect alone, exactly 0 where the tissue fractions are unchanged. See
 :mod:`medgen.data.phantoms.deformation` and :mod:`medgen.data.phantoms.brain_mri`.
+
+``--breathing`` (thorax-ct, not with --lesions) writes each subject at end-expiration as ``DIR/expiration/``
+(int16 HU, in the image's domain) and ``DIR/expiration_tissue/`` (the image is end-inspiration), and the true
+displacement between them as ``DIR/breath_x/``, ``breath_y/``, ``breath_z/`` (float32, mm along the world axes):
+``expiration(p) = image(p + u(p))``, the convention of ``medgen register`` with MOVING the image and FIXED the
+expiration (in voxels: u / spacing). The diaphragm rises by ``breathing_cc_mm`` (10-20 mm), the anterior chest
+wall moves in by ``breathing_ap_mm`` (2-6 mm), the spine stays; manifest columns ``breathing_cc_mm``,
+``breathing_ap_mm``, ``lung_volume_ml_expiration``. ``medgen preprocess`` carries the expiration volumes, not the
+displacement. See :mod:`medgen.data.phantoms.thorax_ct`.
 """
 
 from __future__ import annotations
@@ -103,7 +114,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "registration and disease progression (brain-mri), --displacement writes the true displacement to "
             "the template (DIR/disp_x/, disp_y/, disp_z/, mm) and --longitudinal a follow-up scan of each "
             "subject with more atrophy (DIR/followup/, DIR/followup_tissue/); --healthy writes each subject's "
-            "healthy self, the same scan at atrophy 0 (DIR/healthy/, DIR/healthy_tissue/)."
+            "healthy self, the same scan at atrophy 0 (DIR/healthy/, DIR/healthy_tissue/). For thorax-ct, "
+            "--breathing writes each subject at end-expiration (DIR/expiration/, DIR/expiration_tissue/; the image "
+            "is end-inspiration) and the true displacement between the two (DIR/breath_x/, breath_y/, breath_z/, mm)."
         ),
     )
     p.add_argument("--kind", required=True, help=f"phantom kind: {' or '.join(_KINDS)}")
@@ -146,6 +159,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "at atrophy 0, as DIR/healthy/ and DIR/healthy_tissue/ (and DIR/healthy_t2/), with manifest "
                         "columns *_volume_ml_healthy: image - healthy is the effect of atrophy alone, exactly 0 "
                         "where the tissue fractions are unchanged")
+    p.add_argument("--breathing", action="store_true",
+                   help="thorax-ct only, not with --lesions: also write each subject at end-expiration (the image "
+                        "is end-inspiration) as DIR/expiration/ (int16 HU) and DIR/expiration_tissue/, made by a "
+                        "known smooth field: the diaphragm and lung bases rise by breathing_cc_mm (uniform 10-20) "
+                        "from 0 at the apices, the anterior chest wall moves in by breathing_ap_mm (2-6), the "
+                        "spine stays; new noise. The field is written as DIR/breath_x/, breath_y/, breath_z/ "
+                        "(float32, mm, world axes): expiration(p) = image(p + u(p)), as medgen register's "
+                        "displacement with MOVING the image and FIXED the expiration (voxels: u / spacing). "
+                        "Manifest columns breathing_cc_mm, breathing_ap_mm, lung_volume_ml_expiration. "
+                        "medgen preprocess carries the expiration volumes, not the field")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not a phantom set")
     p.set_defaults(func=run)
@@ -185,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     rows = write_phantom_set(args.kind, args.n, size, args.seed, args.out, nodules=args.nodules,
                              workers=args.workers, overwrite=args.overwrite, spacing=spacing, domain=args.domain,
                              lesions=lesions, abnormal_fraction=args.abnormal_fraction, normal=args.normal,
-                             displacement=args.displacement, longitudinal=args.longitudinal, healthy=args.healthy)
+                             displacement=args.displacement, longitudinal=args.longitudinal, healthy=args.healthy,
+                             breathing=args.breathing)
     save_phantom_set_mosaic(args.out, rows, args.kind)
     domain = "" if args.domain == "A" else f", domain {args.domain}"
     if lesions:
@@ -198,5 +222,7 @@ def run(args: argparse.Namespace) -> int:
         domain += ", with healthy selves"
     if args.displacement:
         domain += ", with displacement fields"
+    if args.breathing:
+        domain += ", with expiration scans"
     print(f"wrote {args.n} {args.kind} phantoms ({describe_grid(args.kind, size, spacing)}{domain}) to {args.out}")
     return 0

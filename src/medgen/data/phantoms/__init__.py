@@ -44,6 +44,15 @@ and ``<tissue>_volume_ml_followup``). ``healthy=True`` adds the subject's health
 same subject and scan, noise included, at atrophy 0 (volumes ``healthy``, ``healthy_tissue``,
 ``healthy_t2``; factors ``<tissue>_volume_ml_healthy``), so ``image − healthy`` is the
 atrophy's effect alone.
+
+Breathing (thorax-ct, :mod:`.thorax_ct`): ``generate("thorax-ct", size, seed, breathing=True)``
+adds the same subject and scan at end-expiration (the image is end-inspiration): volumes
+``expiration`` (HU), ``expiration_tissue`` and the true displacement between the states
+``breath_x``, ``breath_y``, ``breath_z`` (float32, mm, world axes), such that
+``expiration(p) = image(p + u(p))`` on the shared grid (the convention of
+:mod:`medgen.metrics.registration`, there in voxels: divide by the spacing); factors
+``breathing_cc_mm`` (diaphragm rise, 10–20 mm), ``breathing_ap_mm`` (anterior chest-wall
+contraction, 2–6 mm) and ``lung_volume_ml_expiration``.
 """
 
 from __future__ import annotations
@@ -76,6 +85,7 @@ def generate(
     displacement: bool = False,
     longitudinal: bool = False,
     healthy: bool = False,
+    breathing: bool = False,
 ) -> Phantom:
     """Generate one phantom of ``kind`` with ``size``³ (or ``size`` = (X, Y, Z)) voxels of
     ``spacing`` mm (default: the kind's field of view over the largest axis); same seed ⇒
@@ -86,6 +96,8 @@ def generate(
     docstring); ValueError for a kind the phantom does not have, or with ``nodules``.
     ``displacement``, ``longitudinal``, ``healthy`` (brain-mri only, else ValueError): the
     displacement to the template, the follow-up scan and the healthy self (see the module docstring).
+    ``breathing`` (thorax-ct only, else ValueError): the expiration scan and the true displacement
+    between inspiration and expiration (see the module docstring).
     """
     if kind == "thorax-ct":
         if displacement or longitudinal or healthy:
@@ -94,10 +106,12 @@ def generate(
             raise ValueError(f"{option} are only available for brain-mri phantoms")
         from medgen.data.phantoms import thorax_ct
 
-        return thorax_ct.generate(size, seed, nodules=nodules, spacing=spacing, lesions=lesions)
+        return thorax_ct.generate(size, seed, nodules=nodules, spacing=spacing, lesions=lesions, breathing=breathing)
     if kind == "brain-mri":
         if nodules:
             raise ValueError("nodules are only available for thorax-ct phantoms")
+        if breathing:
+            raise ValueError("breathing states are only available for thorax-ct phantoms")
         from medgen.data.phantoms import brain_mri
 
         return brain_mri.generate(size, seed, spacing=spacing, lesions=lesions, displacement=displacement,
@@ -106,7 +120,12 @@ def generate(
 
 
 def volume_specs(
-    kind: str, domain: str = "A", lesions: bool = False, longitudinal: bool = False, healthy: bool = False
+    kind: str,
+    domain: str = "A",
+    lesions: bool = False,
+    longitudinal: bool = False,
+    healthy: bool = False,
+    breathing: bool = False,
 ) -> dict[str, dict]:
     """The extra volumes of a phantom set of ``kind``: name → ``{"kind": "label" | "intensity", ...}``.
 
@@ -118,8 +137,9 @@ def volume_specs(
     ``longitudinal`` (brain): adds ``followup``, ``followup_tissue`` and ``followup_t2`` (a ``B`` set's
     ``followup`` is the follow-up in T2, so it leaves out ``followup_t2``). ``healthy`` (brain): adds
     ``healthy``, ``healthy_tissue`` and ``healthy_t2`` (likewise without ``healthy_t2`` in a ``B`` set,
-    whose ``healthy`` is in T2). The displacement volumes
-    (``disp_x``, ``disp_y``, ``disp_z``) are not among them: ``medgen preprocess`` cannot carry
+    whose ``healthy`` is in T2). ``breathing`` (thorax): adds ``expiration`` (in the image's domain)
+    and ``expiration_tissue``. The displacement volumes (``disp_x``, ``disp_y``, ``disp_z``;
+    ``breath_x``, ``breath_y``, ``breath_z``) are not among them: ``medgen preprocess`` cannot carry
     millimetres (see :mod:`.deformation`).
     """
     from medgen.data.phantoms.domains import B_EXTRA_VOLUME, DOMAIN_B_VOLUME
@@ -147,6 +167,9 @@ def volume_specs(
         specs["healthy"] = {"kind": "intensity"}
         specs["healthy_tissue"] = {"kind": "label", "classes": dict(specs["tissue"]["classes"])}
         specs["healthy_t2"] = {"kind": "intensity"}
+    if breathing:
+        specs["expiration"] = {"kind": "intensity"}
+        specs["expiration_tissue"] = {"kind": "label", "classes": dict(specs["tissue"]["classes"])}
     if domain == "B":
         specs.pop(B_EXTRA_VOLUME.get(kind, ""), None)
         specs.pop("normal_t2", None)

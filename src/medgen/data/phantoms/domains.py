@@ -117,11 +117,12 @@ def contrast(phantom: Phantom, weighting: MriContrast) -> np.ndarray:
     raise ValueError(f"unknown MRI weighting {weighting.weighting!r}; choose T1 or T2")
 
 
-def scan_ct(phantom: Phantom, scanner: CtScanner, seed: int) -> np.ndarray:
+def scan_ct(phantom: Phantom, scanner: CtScanner, seed: int, stream: tuple[int, ...] = NOISE_STREAM) -> np.ndarray:
     """``phantom``'s subject as ``scanner`` reconstructs it: HU (float32), rounded and clipped.
 
     The noise-free image goes through the kernel (x, y) and the slab (z), then the
-    calibration; the noise (stream :data:`NOISE_STREAM` of ``seed``) is added last.
+    calibration; the noise (spawn key ``stream``, default :data:`NOISE_STREAM`, of ``seed``)
+    is added last.
     """
     from medgen.data.phantoms.thorax_ct import HU_MAX, HU_MIN
 
@@ -131,7 +132,7 @@ def scan_ct(phantom: Phantom, scanner: CtScanner, seed: int) -> np.ndarray:
     image = _reconstruct(phantom.noise_free, spacing, scanner)
     image = scanner.hu_gain * image + scanner.hu_offset
     if scanner.noise_hu > 0:
-        image += scanner.noise_hu * _noise(image.shape, spacing, scanner, seed)
+        image += scanner.noise_hu * _noise(image.shape, spacing, scanner, seed, stream)
     return np.round(np.clip(image, HU_MIN, HU_MAX)).astype(np.float32)
 
 
@@ -171,12 +172,14 @@ def _reconstruct(volume: np.ndarray, spacing: np.ndarray, scanner: CtScanner, mo
     return out
 
 
-def _noise(shape: tuple[int, ...], spacing: np.ndarray, scanner: CtScanner, seed: int) -> np.ndarray:
+def _noise(
+    shape: tuple[int, ...], spacing: np.ndarray, scanner: CtScanner, seed: int, stream: tuple[int, ...] = NOISE_STREAM
+) -> np.ndarray:
     """Unit-variance noise as ``scanner`` reconstructs it: the grid's partial-volume blur
     (as in domain A), the kernel and the slab."""
     from medgen.data.phantoms.thorax_ct import BLUR_SIGMA_VOX
 
-    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=NOISE_STREAM))
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=stream))
     sigma = np.sqrt(BLUR_SIGMA_VOX**2 + kernel_sigma_vox(scanner, spacing) ** 2)
     noise = smooth_noise(shape, sigma, rng)
     weights = slab_weights(scanner.slice_thickness_mm / spacing[2])

@@ -63,6 +63,20 @@ where the set has ``t2``, ``healthy_t2``, declared under ``volumes``, and the ma
 ``healthy``. Neither is made with ``lesions``. Sets made without these options are written
 exactly as before.
 
+Breathing (thorax-ct; :mod:`medgen.data.phantoms.thorax_ct`): ``breathing=True`` writes each
+subject at a second breathing state: the image is end-inspiration, ``expiration`` (in the image's
+domain, int16 HU) the same subject and scan at end-expiration, resampled from it by a known
+smooth field (diaphragm rises by ``breathing_cc_mm``, 10–20 mm, anterior chest wall moves in by
+``breathing_ap_mm``, 2–6 mm, spine rigid) with new noise, and ``expiration_tissue`` its tissue
+map, both declared under ``volumes``; the true displacement between the states is written as
+``breath_x``, ``breath_y``, ``breath_z`` (float32, mm along the world axes, on the image's grid):
+``expiration(p) = image(p + u(p))``, the pull-back convention of ``medgen register`` with
+MOVING the image and FIXED ``expiration`` (in voxels: u / spacing). Like the brain's displacement
+volumes they are listed in the manifest and recorded in ``phantoms.json`` under ``breathing``,
+not under ``volumes``, so preprocess does not carry them. Manifest columns ``breathing_cc_mm``,
+``breathing_ap_mm`` and ``lung_volume_ml_expiration``. Not made with ``lesions``; with
+``nodules`` the nodules move with the lungs.
+
 Example::
 
     rows = write_phantom_set("thorax-ct", n=8, size=64, seed=0, out="phantoms/")
@@ -72,6 +86,7 @@ Example::
     rows = write_phantom_set("thorax-ct", n=32, size=64, seed=1, out="test/", lesions=("nodule", "mass"))
     rows = write_phantom_set("brain-mri", n=16, size=64, seed=3, out="pairs/", displacement=True, longitudinal=True)
     rows = write_phantom_set("brain-mri", n=16, size=64, seed=4, out="healthy/", healthy=True)
+    rows = write_phantom_set("thorax-ct", n=16, size=64, seed=5, out="breathing/", breathing=True)
 """
 
 from __future__ import annotations
@@ -114,18 +129,31 @@ DISPLACEMENT_KIND_NAMES = ("brain-mri",)
 LONGITUDINAL_VOLUME_NAMES = ("followup", "followup_tissue", "followup_t2")
 HEALTHY_VOLUME_NAMES = ("healthy", "healthy_tissue", "healthy_t2")
 DISPLACEMENT_VOLUME_NAMES = ("disp_x", "disp_y", "disp_z")
+#: Breathing ground truth (mirror medgen.data.phantoms.thorax_ct, kept light): the kinds that have it, the
+#: expiration scan's volumes and the displacement between the states (mm; like the disp_* volumes, not
+#: declared under phantoms.json ``volumes``).
+BREATHING_KIND_NAMES = ("thorax-ct",)
+BREATHING_VOLUME_NAMES = ("expiration", "expiration_tissue")
+BREATH_VOLUME_NAMES = ("breath_x", "breath_y", "breath_z")
 
 
 def volume_names(
-    kind: str, domain: str = "A", lesions: bool = False, longitudinal: bool = False, healthy: bool = False
+    kind: str,
+    domain: str = "A",
+    lesions: bool = False,
+    longitudinal: bool = False,
+    healthy: bool = False,
+    breathing: bool = False,
 ) -> tuple[str, ...]:
     """The extra volumes a ``domain`` set of ``kind`` writes and declares (a B set's image is the brain
     ``t2``, with ``lesions`` its ``normal`` the lesion-free ``t2``, with ``longitudinal`` its ``followup``
-    the follow-up's ``t2``, with ``healthy`` its ``healthy`` the healthy self's ``t2``). The displacement
-    volumes come on top (:data:`DISPLACEMENT_VOLUME_NAMES`)."""
+    the follow-up's ``t2``, with ``healthy`` its ``healthy`` the healthy self's ``t2``; with ``breathing``
+    its ``expiration`` is on B's scanner). The displacement volumes come on top
+    (:data:`DISPLACEMENT_VOLUME_NAMES`, :data:`BREATH_VOLUME_NAMES`)."""
     names = VOLUME_NAMES[kind] + (LESION_VOLUME_NAMES[kind] if lesions else ())
     names += LONGITUDINAL_VOLUME_NAMES if longitudinal else ()
     names += HEALTHY_VOLUME_NAMES if healthy else ()
+    names += BREATHING_VOLUME_NAMES if breathing else ()
     if domain == "B":
         t2_copies = (B_EXTRA_VOLUME.get(kind), "normal_t2", "followup_t2", "healthy_t2")
         return tuple(name for name in names if name not in t2_copies)
@@ -158,6 +186,7 @@ def check_request(
     displacement: bool = False,
     longitudinal: bool = False,
     healthy: bool = False,
+    breathing: bool = False,
 ) -> None:
     """UsageError (one line, naming the option) for a phantom set that cannot be made.
 
@@ -165,7 +194,8 @@ def check_request(
     size or three in mm, each in 0.1..100; ``domain``: A, B or both; ``lesions``: lesion
     kinds of ``kind`` (not with ``nodules``); ``abnormal_fraction``: in 0..1, only with
     ``lesions``; ``normal``: neither ``lesions`` nor ``nodules``; ``displacement``,
-    ``longitudinal`` and ``healthy``: brain-mri only, the last two not with ``lesions``.
+    ``longitudinal`` and ``healthy``: brain-mri only, the last two not with ``lesions``;
+    ``breathing``: thorax-ct only, not with ``lesions``.
     """
     lo, hi = SIZE_RANGE
     if kind not in KIND_NAMES:
@@ -222,6 +252,10 @@ def check_request(
         raise UsageError("--longitudinal cannot be combined with --lesions (lesion progression is not modelled)")
     if healthy and lesions:
         raise UsageError("--healthy cannot be combined with --lesions (image - healthy is the effect of atrophy alone)")
+    if breathing and kind not in BREATHING_KIND_NAMES:
+        raise UsageError(f"--breathing is only available for --kind {' or '.join(BREATHING_KIND_NAMES)}")
+    if breathing and lesions:
+        raise UsageError("--breathing cannot be combined with --lesions (lesions are not moved with the breathing)")
 
 
 def _previous_files(out: Path) -> list[str]:
@@ -230,7 +264,8 @@ def _previous_files(out: Path) -> list[str]:
     if not manifest.exists():
         return []
     names = {name for names in (*VOLUME_NAMES.values(), *LESION_VOLUME_NAMES.values()) for name in names}
-    names |= {DOMAIN_B_VOLUME, *LONGITUDINAL_VOLUME_NAMES, *HEALTHY_VOLUME_NAMES, *DISPLACEMENT_VOLUME_NAMES}
+    names |= {DOMAIN_B_VOLUME, *LONGITUDINAL_VOLUME_NAMES, *HEALTHY_VOLUME_NAMES, *DISPLACEMENT_VOLUME_NAMES,
+              *BREATHING_VOLUME_NAMES, *BREATH_VOLUME_NAMES}
     with manifest.open(newline="") as f:
         return [row[c] for row in csv.DictReader(f) for c in ("file", *sorted(names)) if row.get(c)]
 
@@ -250,10 +285,11 @@ def _prepare_out(out: Path, overwrite: bool) -> list[str]:
 
 
 def _stored(kind: str, name: str, array: Any) -> Any:
-    """``array`` as written: labels and CT images (the image, ``domain_b``, ``normal``) int16, the rest float32."""
+    """``array`` as written: labels and CT images (the image, ``domain_b``, ``normal``, ``expiration``) int16, the
+    rest float32."""
     import numpy as np
 
-    hu = kind == "thorax-ct" and name in ("image", DOMAIN_B_VOLUME, "normal")
+    hu = kind == "thorax-ct" and name in ("image", DOMAIN_B_VOLUME, "normal", "expiration")
     return array.astype(np.int16) if hu or array.dtype.kind in "iub" else array.astype(np.float32)
 
 
@@ -272,6 +308,7 @@ def _make_one(
     displacement: bool = False,
     longitudinal: bool = False,
     healthy: bool = False,
+    breathing: bool = False,
 ) -> dict[str, Any]:
     """Generate volume ``index``, write it (in ``domain``) and its extra volumes, and return its
     manifest row (runs in workers)."""
@@ -282,7 +319,7 @@ def _make_one(
     abnormal = bool(lesion_kinds) and lesions.is_abnormal(subject_seed, abnormal_fraction)
     ph = generate(kind, size, subject_seed, nodules=nodules, spacing=spacing,
                   lesions=lesion_kinds if abnormal else (), displacement=displacement, longitudinal=longitudinal,
-                  healthy=healthy)
+                  healthy=healthy, breathing=breathing)
     if lesion_kinds and not abnormal:
         lesions.add_lesion_free_truth(ph)
     if normal:
@@ -294,12 +331,18 @@ def _make_one(
     row = {"id": vid, "file": fname, "kind": kind, "label": ph.factors["label"]}
     row.update({k: v for k, v in ph.factors.items() if k != "label"})
     row.update(domains.manifest_columns(kind, domain))
-    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal, healthy)
-    for name in names + (DISPLACEMENT_VOLUME_NAMES if displacement else ()):
+    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal, healthy, breathing)
+    names += (DISPLACEMENT_VOLUME_NAMES if displacement else ()) + (BREATH_VOLUME_NAMES if breathing else ())
+    for name in names:
         if name == DOMAIN_B_VOLUME:
             extra = domains.render(ph, "B", subject_seed)
         elif name in ("followup", "healthy") and domain == "B":  # in the image's contrast (brain: T2)
             extra = ph.volumes[f"{name}_t2"]
+        elif name == "expiration" and domain == "B":  # on the image's scanner, with its own noise
+            from medgen.data.phantoms import thorax_ct
+
+            extra = domains.scan_ct(thorax_ct.expiration_phantom(ph), domains.THORAX_B, subject_seed,
+                                    stream=thorax_ct.BREATHING_STREAM + (2,))
         elif name == "normal" and domain == "B":
             if kind == "brain-mri":
                 extra = ph.volumes["normal_t2"]
@@ -352,6 +395,7 @@ def write_phantom_set(
     displacement: bool = False,
     longitudinal: bool = False,
     healthy: bool = False,
+    breathing: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``n`` phantoms of ``kind`` at ``size``³ (or ``size`` = (X, Y, Z)) voxels of ``spacing``
     mm into ``out``, rendered in ``domain`` (A, B or both; see the module docstring); returns
@@ -360,7 +404,8 @@ def write_phantom_set(
     ``lesions``: lesion kinds painted into a share ``abnormal_fraction`` (default 0.5) of the
     volumes; ``normal``: a lesion-free set marked as such; ``displacement``: brain only, the
     displacement to the template; ``longitudinal``: brain only, each subject's follow-up scan;
-    ``healthy``: brain only, each subject's healthy self (see the module docstring).
+    ``healthy``: brain only, each subject's healthy self; ``breathing``: thorax only, each subject
+    at end-expiration with the true displacement between the states (see the module docstring).
 
     ``out`` must be empty, absent or an earlier phantom set (whose volumes beyond the new
     ``n`` are removed); ``overwrite`` allows another non-empty folder. ``workers``:
@@ -374,7 +419,7 @@ def write_phantom_set(
     if isinstance(lesions, str):
         lesions = (lesions,)
     check_request(kind, n, size, seed, nodules, workers, spacing, domain, lesions, abnormal_fraction, normal,
-                  displacement, longitudinal, healthy)
+                  displacement, longitudinal, healthy, breathing)
     lesion_kinds = lesion_lib.check_kinds(kind, lesions)
     fraction = DEFAULT_ABNORMAL_FRACTION if abnormal_fraction is None else float(abnormal_fraction)
     size = int(size) if isinstance(size, Integral) else tuple(int(v) for v in size)
@@ -383,8 +428,9 @@ def write_phantom_set(
     out = Path(out)
     stale = _prepare_out(out, overwrite)
     displacement, longitudinal, healthy = bool(displacement), bool(longitudinal), bool(healthy)
+    breathing = bool(breathing)
     jobs = [(kind, size, seed, i, nodules, str(out), spacing, domain, lesion_kinds, fraction, normal, displacement,
-             longitudinal, healthy) for i in range(n)]
+             longitudinal, healthy, breathing) for i in range(n)]
     desc = f"phantoms {kind} {describe_grid(kind, size, spacing).split(',')[0]}"
     bar = tqdm(total=n, desc=desc, unit="vol", file=sys.stderr, disable=not progress)
     rows: list[dict[str, Any]] = []
@@ -405,8 +451,8 @@ def write_phantom_set(
     finally:
         bar.close()
 
-    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal, healthy)
-    disp_names = DISPLACEMENT_VOLUME_NAMES if displacement else ()
+    names = volume_names(kind, domain, bool(lesion_kinds), longitudinal, healthy, breathing)
+    disp_names = (DISPLACEMENT_VOLUME_NAMES if displacement else ()) + (BREATH_VOLUME_NAMES if breathing else ())
     written = {row[c] for row in rows for c in ("file", *names, *disp_names)}
     for name in stale:
         if name not in written and re.fullmatch(r"([a-z0-9_]+/)?[a-z-]+-\d{4}\.nii\.gz", name):
@@ -420,7 +466,7 @@ def write_phantom_set(
         if kind == "thorax-ct"
         else f"atrophy class from atrophy, class boundaries {list(brain_mri.ATROPHY_THRESHOLDS)}"
     )
-    volumes = volume_specs(kind, domain, bool(lesion_kinds), longitudinal, healthy)
+    volumes = volume_specs(kind, domain, bool(lesion_kinds), longitudinal, healthy, breathing)
     volumes["tissue"]["dtype"] = "int16"
     t2_units = {"dtype": "float32", "units": "T2-like units >= 0 (CSF brightest)"}
     if "t2" in volumes:
@@ -432,16 +478,19 @@ def write_phantom_set(
             volumes[f"{name}_tissue"]["dtype"] = "int16"
             if f"{name}_t2" in volumes:
                 volumes[f"{name}_t2"].update(t2_units)
+    hu_a = {"dtype": "int16", "units": "Hounsfield units"}
     hu_b = {"dtype": "int16", "units": "Hounsfield units, domain B (second scanner)"}
     if DOMAIN_B_VOLUME in volumes:
         volumes[DOMAIN_B_VOLUME].update(hu_b if kind == "thorax-ct" else t2_units)
+    if breathing:
+        volumes["expiration"].update(hu_b if domain == "B" else hu_a)
+        volumes["expiration_tissue"]["dtype"] = "int16"
     if lesion_kinds:
         most = max(int(row["lesion_count"]) for row in rows)
         volumes["lesion"]["dtype"] = "int16"
         volumes["lesion"]["classes"].update({str(k): f"lesion {k} (label {k} in the lesions column)"
                                              for k in range(1, most + 1)})
         if kind == "thorax-ct":
-            hu_a = {"dtype": "int16", "units": "Hounsfield units"}
             volumes["normal"].update(hu_b if domain == "B" else hu_a)
         else:
             volumes["normal"].update(t2_units if domain == "B" else t1_units)
@@ -479,6 +528,8 @@ def write_phantom_set(
         truth_info["healthy"] = _healthy_info(domain)
     if displacement:
         truth_info["displacement"] = _displacement_info(longitudinal, healthy)
+    if breathing:
+        truth_info["breathing"] = _breathing_info(domain)
     atomic_write_json(
         out / MARKER,
         {
@@ -572,6 +623,39 @@ def _displacement_info(longitudinal: bool, healthy: bool = False) -> dict[str, A
     if healthy:
         info["healthy"] = "the healthy self shares the image's field; the displacement between them is zero"
     return info
+
+
+def _breathing_info(domain: str) -> dict[str, Any]:
+    """``phantoms.json`` ``breathing``: the expiration scans and the convention of the breath_* volumes."""
+    from medgen.data.phantoms import thorax_ct
+
+    return {
+        "expiration": "volume expiration (int16 HU" + (", domain B's scanner" if domain == "B" else "")
+                      + "; expiration_tissue its tissue map): the same subject and scan at end-expiration; the "
+                        "image is end-inspiration. Made by resampling the image's noise-free version at p + u(p) "
+                        "(linear; expiration_tissue nearest; beyond the grid the nearest border voxel), then "
+                        "noise of the same model drawn anew; intensities move but do not change (no density "
+                        "change of the parenchyma)",
+        "volumes": list(BREATH_VOLUME_NAMES),
+        "files": "<name>/<id>.nii.gz (manifest columns of the same names), on the image's grid and affine",
+        "dtype": "float32",
+        "units": "mm (RAS+ components x, y, z)",
+        "convention": "expiration(p) = image(p + u(p)), u = (breath_x, breath_y, breath_z)[p] at voxel p: the "
+                      "pull-back field of medgen register with MOVING the image and FIXED expiration; in voxels "
+                      "u / spacing_mm per axis",
+        "model": "u(p) = c(z) g(p) (0, breathing_ap_mm a(y), -breathing_cc_mm): c a smoothstep from 0 at the lung "
+                 "apices to 1 at the top of the diaphragm at expiration (then 1: the lung bases and the abdomen "
+                 "rise by breathing_cc_mm); a a smoothstep from 0 at the spine to 1 at the front of the body (the "
+                 "anterior chest wall moves in by breathing_ap_mm); g 0 around the spine (rigid), 1 beyond 45 mm "
+                 "from it. Smooth, no folding, no sliding",
+        "breathing_cc_mm": {"distribution": "uniform per subject", "range": list(thorax_ct.BREATHING_CC_MM)},
+        "breathing_ap_mm": {"distribution": "uniform per subject", "range": list(thorax_ct.BREATHING_AP_MM)},
+        "columns": list(thorax_ct.BREATHING_FACTORS),
+        "preprocess": "breath_* not declared under volumes, so medgen preprocess does not carry them (it would "
+                      "normalise the millimetres as an intensity); expiration and expiration_tissue are carried",
+        "seed": f"numpy.random.SeedSequence(volume_seed(seed, index), spawn_key={thorax_ct.BREATHING_STREAM} "
+                f"+ (k,)): k = 0 amplitudes, 1 noise, 2 domain B noise",
+    }
 
 
 def spacing_mm(kind: str, size: int) -> float:

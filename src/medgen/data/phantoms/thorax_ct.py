@@ -56,6 +56,32 @@ the lesions' ground truth is the ``lesion`` volume and the ``lesions`` factor.
 The grid is ``size``³ voxels over the 400 mm field of view by default; any shape and
 (anisotropic) spacing samples the same millimetre-defined anatomy, and partial-volume
 ramps use the geometric mean of the spacing.
+
+Breathing (``breathing``): the image is the subject at end-inspiration; ``expiration`` is the
+same subject and scanner at end-expiration, made by a known smooth displacement field ``u``
+(mm, world axes, on the image's grid; volumes ``breath_x``, ``breath_y``, ``breath_z``) in the
+registration convention of :mod:`medgen.metrics.registration`::
+
+    expiration(p) = inspiration(p + u(p)),    u(p) = c(z) · g(p) · (0, A · a(y), −D)
+
+with D = ``breathing_cc_mm`` (uniform in :data:`BREATHING_CC_MM`, 10–20 mm) and A =
+``breathing_ap_mm`` (uniform in :data:`BREATHING_AP_MM`, 2–6 mm) per subject. ``c`` rises
+smoothly (C¹ smoothstep) from 0 at the lung apices to 1 at the top of the left hemidiaphragm
+as it lies at expiration (D above its inspiration height) and stays 1 below: the diaphragm,
+the lung bases and the abdomen under them rise cranially by D, the apices stay. ``a`` rises
+from 0 at the spine to 1 at the front of the body: the anterior chest wall moves A posteriorly
+(AP contraction). ``g`` is 0 in and within 5 mm of a region around the spine (vertebral
+bodies, canal, arches, processes) and rises to 1 over the next 40 mm, so the spine stays rigid.
+The field is one smooth map (no sliding of the lungs along the chest wall; ribs and wall deform
+with it), without folding (det(I + ∇u) stays within about 0.9–1.3), and shrinks the lungs
+(det > 1 in them: expiration's lungs are smaller, typically by 4–10 %). The generator paints partly on the voxel grid
+(textures, tubes, blur), so it is not re-evaluated at p + u(p): the expiration scan is the
+inspiration's noise-free image resampled at p + u(p) (linear interpolation;
+``expiration_tissue`` nearest neighbour; points beyond the grid take the nearest border voxel),
+plus noise of the same model drawn anew (:data:`BREATHING_STREAM`), rounded like the image.
+Intensities move, they do not change: the denser parenchyma of a real expiration scan is not
+modelled. Factor ``lung_volume_ml_expiration`` is measured like ``lung_volume_ml`` (the lung
+mask resampled like ``expiration_tissue``, below −500 HU on ``expiration``).
 """
 
 from __future__ import annotations
@@ -107,6 +133,26 @@ TISSUE_CLASSES = {
     EMPHYSEMA: "emphysema (lung whose noise-free value is below -950 HU)",
     NODULE: "lung nodule (with --nodules only)",
 }
+
+#: Breathing: per-subject craniocaudal rise of the diaphragm and anteroposterior contraction of the
+#: chest wall at end-expiration, drawn uniformly in these ranges (mm).
+BREATHING_CC_MM = (10.0, 20.0)
+BREATHING_AP_MM = (2.0, 6.0)
+#: The region kept rigid around the spine: an (x, y) super-ellipse of these semi-axes (mm), centred
+#: this far behind the vertebral bodies' centre line; the field is 0 up to the margin outside it and
+#: reaches full strength over the ramp.
+_SPINE_RIGID_AXES_MM = (42.0, 52.0)
+_SPINE_RIGID_BACK_MM = 22.0
+_SPINE_RIGID_MARGIN_MM = 5.0
+_SPINE_RIGID_RAMP_MM = 40.0
+#: Spawn key, under the volume's seed, of the expiration scan's draws: + (0,) the amplitudes, + (1,) its
+#: noise, + (2,) its noise on domain B's scanner (the other streams: (0,)…(6,), domains' (100, 1),
+#: lesions' (200,)).
+BREATHING_STREAM = (400,)
+#: Named volumes and factors a breathing phantom adds.
+BREATHING_VOLUMES = ("expiration", "expiration_tissue")
+BREATH_DISPLACEMENT_VOLUMES = ("breath_x", "breath_y", "breath_z")
+BREATHING_FACTORS = ("breathing_cc_mm", "breathing_ap_mm", "lung_volume_ml_expiration")
 
 # Piecewise-linear quantile function of the target emphysema % (uniform input):
 # roughly a quarter of subjects fall in each severity class.
@@ -557,12 +603,92 @@ def _calibrate_emphysema(
     return clean
 
 
+def _scanner_noise(shape: tuple[int, int, int], noise_hu: float, stream: np.random.SeedSequence) -> np.ndarray:
+    """The scanner's noise: white noise through the partial-volume blur, pre-scaled by the kernel's
+    L2 norm so that its final standard deviation is ``noise_hu`` (float32)."""
+    kernel = ndi.gaussian_filter1d(np.eye(13, dtype=np.float64)[6], BLUR_SIGMA_VOX, truncate=3.0)
+    gain = float(np.sqrt((kernel**2).sum())) ** 3
+    noise = (noise_hu / gain) * np.random.default_rng(stream).standard_normal(shape, dtype=np.float32)
+    return ndi.gaussian_filter(noise, BLUR_SIGMA_VOX, truncate=3.0)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
+    """0 for t ≤ 0, 1 for t ≥ 1, 3t² − 2t³ between (C¹)."""
+    t = np.clip(t, 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def breathing_amplitudes(seed: int) -> tuple[float, float]:
+    """(craniocaudal, anteroposterior) breathing amplitude in mm of subject ``seed`` (0.1 µm steps), from
+    its own stream."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=BREATHING_STREAM + (0,)))
+    return round(float(rng.uniform(*BREATHING_CC_MM)), 4), round(float(rng.uniform(*BREATHING_AP_MM)), 4)
+
+
+def _breathing_field(an: _Anatomy, grid, cc_mm: float, ap_mm: float) -> np.ndarray:
+    """u = c(z) · g(x, y, z) · (0, ap_mm · a(y), −cc_mm) on ``grid`` (module docstring): (3, X, Y, Z)
+    float32, mm."""
+    s = an.s
+    x, y, z = grid.xyz
+    z_base = s.z_dome + cc_mm  # the top of the diaphragm at expiration
+    c = _smoothstep((s.z_apex - z) / (s.z_apex - z_base))
+    a = _smoothstep((y - an.y_vb0) / (s.cy + an.b - an.y_vb0))
+    spine = superellipse_sdf(x - s.cx, y - (an.y_vb(z) - _SPINE_RIGID_BACK_MM), *_SPINE_RIGID_AXES_MM, 2.2)
+    w = c * _smoothstep((spine - _SPINE_RIGID_MARGIN_MM) / _SPINE_RIGID_RAMP_MM)
+    field = np.zeros((3, *grid.shape), dtype=np.float32)
+    field[1] = ap_mm * a * w
+    field[2] = -cc_mm * w
+    return field
+
+
+def resample(volume: np.ndarray, field_mm: np.ndarray, spacing: Sequence[float], order: int = 1) -> np.ndarray:
+    """``volume`` sampled at p + u(p): ``field_mm`` (3, X, Y, Z) in mm along the axes, ``spacing`` the voxel
+    size; ``order`` 1 linear (float32 out), 0 nearest (label maps; the input's dtype). Points beyond the grid
+    take the nearest border voxel."""
+    sp = np.asarray(spacing, dtype=np.float64).reshape(3, 1, 1, 1)
+    out = np.empty(volume.shape, dtype=volume.dtype if order == 0 else np.float32)
+    src = volume if order == 0 else np.asarray(volume, dtype=np.float32)
+    step = max(1, (1 << 21) // max(1, volume.shape[1] * volume.shape[2]))  # x-planes per batch
+    for i0 in range(0, volume.shape[0], step):
+        i1 = min(i0 + step, volume.shape[0])
+        idx = np.mgrid[i0:i1, 0 : volume.shape[1], 0 : volume.shape[2]].astype(np.float64)
+        idx += field_mm[:, i0:i1] / sp
+        out[i0:i1] = ndi.map_coordinates(src, idx, order=order, mode="nearest", prefilter=False)
+    return out
+
+
+def breath_field(phantom: Phantom) -> np.ndarray:
+    """The breathing displacement of a phantom generated with ``breathing=True``: (3, X, Y, Z) float32, mm
+    (its ``breath_x``, ``breath_y``, ``breath_z``). ValueError for a phantom without them."""
+    if any(name not in phantom.volumes for name in BREATH_DISPLACEMENT_VOLUMES):
+        raise ValueError(f"need a thorax-ct phantom generated with breathing=True (volumes "
+                         f"{', '.join(BREATH_DISPLACEMENT_VOLUMES)})")
+    return np.stack([phantom.volumes[name] for name in BREATH_DISPLACEMENT_VOLUMES])
+
+
+def expiration_phantom(phantom: Phantom) -> Phantom:
+    """The expiration scan of a phantom generated with ``breathing=True`` as a :class:`Phantom`: its image
+    ``expiration``, its noise-free image (the inspiration's resampled by the field, as :func:`generate`
+    makes it) and ``tissue`` = ``expiration_tissue``; for rendering it on another scanner (:mod:`.domains`)."""
+    field = breath_field(phantom)
+    return Phantom(
+        kind=KIND,
+        array=phantom.volumes["expiration"],
+        spacing=phantom.spacing,
+        factors={},
+        volumes={"tissue": phantom.volumes["expiration_tissue"]},
+        origin=phantom.origin,
+        noise_free=resample(phantom.noise_free, field, phantom.spacing, order=1),
+    )
+
+
 def generate(
     size: int | tuple[int, int, int],
     seed: int,
     nodules: bool = False,
     spacing: float | tuple[float, float, float] | None = None,
     lesions: Sequence[str] = (),
+    breathing: bool = False,
 ) -> Phantom:
     """Generate one thorax CT phantom of ``size``³ voxels over a 400 mm field of view.
 
@@ -585,10 +711,18 @@ def generate(
     Volumes: ``tissue``, the label map of :data:`TISSUE_CLASSES`. ``noise_free`` is the image
     before noise (partial volume, emphysema and nodules included, HU, not rounded): the
     subject that :mod:`.domains` renders on another scanner.
+
+    ``breathing``: adds the same subject and scan at end-expiration (see the module docstring):
+    the volumes ``expiration`` (HU), ``expiration_tissue`` and the true displacement between the
+    states ``breath_x``, ``breath_y``, ``breath_z`` (float32, mm; expiration(p) = image(p + u(p)))
+    and the factors of :data:`BREATHING_FACTORS`; not with ``lesions`` (ValueError). Nothing else
+    changes: the other arrays and factors are bit for bit those generated without it.
     """
     lesions = lesion_lib.check_kinds(KIND, lesions)
     if nodules and lesions:
         raise ValueError("nodules and lesions cannot be combined (lesions=['nodule'] inserts nodules, with a mask)")
+    if breathing and lesions:
+        raise ValueError("a breathing thorax phantom cannot have lesions (lesions are not moved with the breathing)")
     ss = np.random.SeedSequence(seed)
     # the first six streams as before lesions existed
     s_par, s_lat, s_tree, s_tex, s_noise, s_nod, s_les = ss.spawn(7)
@@ -749,10 +883,7 @@ def generate(
     # scanner: white noise, then one Gaussian blur that both correlates the noise
     # and adds partial volume; the noise amplitude is pre-scaled by the kernel's
     # L2 norm so that its final standard deviation is noise_hu.
-    kernel = ndi.gaussian_filter1d(np.eye(13, dtype=np.float64)[6], BLUR_SIGMA_VOX, truncate=3.0)
-    gain = float(np.sqrt((kernel**2).sum())) ** 3
-    noise = (s.noise_hu / gain) * np.random.default_rng(s_noise).standard_normal(shape, dtype=np.float32)
-    noise = ndi.gaussian_filter(noise, BLUR_SIGMA_VOX, truncate=3.0)
+    noise = _scanner_noise(shape, s.noise_hu, s_noise)
     clean = ndi.gaussian_filter(cv.img, BLUR_SIGMA_VOX, truncate=3.0)
     core = lung & (sdf_lung <= -0.5 * sp)
     emph_layer = emph_delta * cv.trans
@@ -863,6 +994,25 @@ def generate(
         img = np.round(np.clip(img, HU_MIN, HU_MAX)).astype(np.float32)
         clean = with_lesions
         factors.update(lesion_lib.factors(records, voxel_ml))
+
+    # breathing: the same subject and scanner at end-expiration, the noise-free image resampled by a
+    # known field, with noise drawn anew from its own stream (nothing above changes)
+    if breathing:
+        cc_mm, ap_mm = breathing_amplitudes(seed)
+        field = _breathing_field(an, grid, cc_mm, ap_mm)
+        exp_noise = _scanner_noise(shape, s.noise_hu, np.random.SeedSequence(seed, spawn_key=BREATHING_STREAM + (1,)))
+        expiration = resample(clean, field, grid.spacing, order=1) + exp_noise
+        del exp_noise
+        expiration = np.round(np.clip(expiration, HU_MIN, HU_MAX)).astype(np.float32)
+        lung_exp = resample(lung.astype(np.uint8), field, grid.spacing, order=0) > 0
+        factors.update({
+            "breathing_cc_mm": cc_mm,
+            "breathing_ap_mm": ap_mm,
+            "lung_volume_ml_expiration": int((lung_exp & (expiration < LUNG_MAX_HU)).sum()) * voxel_ml,
+        })
+        volumes["expiration"] = expiration
+        volumes["expiration_tissue"] = resample(tissue, field, grid.spacing, order=0)
+        volumes.update(zip(BREATH_DISPLACEMENT_VOLUMES, field))
     return Phantom(
         kind=KIND,
         array=img,
