@@ -4,13 +4,9 @@ registration convention expiration(p) = image(p + u(p))."""
 
 from __future__ import annotations
 
-import argparse
-import csv
-import hashlib
 import json
 import re
 from functools import lru_cache
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -23,6 +19,7 @@ from medgen.data.phantoms import domains, generate, phantom_set, thorax_ct, volu
 from medgen.data.preprocess import PreprocessSettings, preprocess_folder
 from medgen.inference.register import warp
 from medgen.metrics.registration import jacobian_determinant
+from phantom_sets import digests, load, read_manifest, run_phantoms
 
 torch.set_num_threads(1)
 
@@ -47,29 +44,6 @@ def in_voxels(ph) -> np.ndarray:
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
-
-
-def run_phantoms(*argv: str) -> int:
-    from medgen.commands import phantoms
-
-    parser = argparse.ArgumentParser()
-    phantoms.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["phantoms", *argv])
-    return args.func(args)
-
-
-def read_manifest(folder: Path) -> list[dict]:
-    with open(folder / "manifest.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def load(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(str(path)).dataobj)
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.nii.gz"))}
 
 
 # -- the expiration scan is the inspiration warped by the written field ----------------------------------

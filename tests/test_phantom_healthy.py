@@ -3,13 +3,9 @@ image - healthy is the effect of the atrophy alone."""
 
 from __future__ import annotations
 
-import argparse
-import csv
-import hashlib
 import json
 import re
 from functools import lru_cache
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -21,6 +17,7 @@ from medgen.core.errors import UsageError
 from medgen.data.dataset import VolumeDataset
 from medgen.data.phantoms import brain_mri, deformation, generate, phantom_set, volume_seed, volume_specs
 from medgen.data.preprocess import PreprocessSettings, preprocess_folder
+from phantom_sets import digests, load, read_manifest, run_phantoms
 
 torch.set_num_threads(1)
 
@@ -51,29 +48,6 @@ def template_maps(monkeypatch):
 def fractions(maps: tuple[np.ndarray, ...], atrophy: float, vent_base: float) -> tuple[np.ndarray, ...]:
     """(t1 tissue signal, gm, wm, ventricles, csf) of the anatomy at ``atrophy``, as the phantom computes it."""
     return brain_mri._atrophied(*maps, atrophy, vent_base)[:5]
-
-
-def run_phantoms(*argv: str) -> int:
-    from medgen.commands import phantoms
-
-    parser = argparse.ArgumentParser()
-    phantoms.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["phantoms", *argv])
-    return args.func(args)
-
-
-def read_manifest(folder: Path) -> list[dict]:
-    with open(folder / "manifest.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def load(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(str(path)).dataobj)
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.nii.gz"))}
 
 
 # -- the healthy self ------------------------------------------------------------------------------------

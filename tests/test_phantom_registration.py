@@ -3,13 +3,9 @@ the template (and its composition between subjects), and longitudinal baseline/f
 
 from __future__ import annotations
 
-import argparse
-import csv
-import hashlib
 import json
 import re
 from functools import lru_cache
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -20,6 +16,7 @@ from medgen.core.errors import UsageError
 from medgen.data.dataset import VolumeDataset
 from medgen.data.phantoms import brain_mri, deformation, generate, phantom_set, volume_seed, volume_specs
 from medgen.data.preprocess import PreprocessSettings, preprocess_folder
+from phantom_sets import digests, load, read_manifest, run_phantoms
 
 torch.set_num_threads(1)
 
@@ -30,24 +27,6 @@ FOREGROUND = (brain_mri.CSF, brain_mri.GREY_MATTER, brain_mri.WHITE_MATTER, brai
 @lru_cache(maxsize=None)
 def brain(size, seed, spacing=None, displacement=True, longitudinal=False):
     return generate("brain-mri", size, seed, spacing=spacing, displacement=displacement, longitudinal=longitudinal)
-
-
-def run_phantoms(*argv: str) -> int:
-    from medgen.commands import phantoms
-
-    parser = argparse.ArgumentParser()
-    phantoms.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["phantoms", *argv])
-    return args.func(args)
-
-
-def read_manifest(folder: Path) -> list[dict]:
-    with open(folder / "manifest.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def load(path: Path) -> np.ndarray:
-    return np.asarray(nib.load(str(path)).dataobj)
 
 
 def dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
@@ -239,11 +218,6 @@ def test_followup_shares_the_baseline_field_and_everything_else():
 
 
 # -- sets: default output, determinism, CLI ------------------------------------------------------------
-
-
-def digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*.nii.gz"))}
 
 
 def test_default_output_is_unchanged(tmp_path):
