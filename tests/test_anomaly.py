@@ -124,6 +124,42 @@ def test_maps_reconstructions_and_metrics_of_a_detector_that_removes_the_lesions
     assert summary.metrics["voxel_auprc"] == m["voxel_auprc"]
 
 
+def test_signed_scores_see_the_polarity_and_the_lung_score_only_where_the_reconstruction_is_lung():
+    ct = {"modality": "ct", "hu_min": HU[0], "hu_max": HU[1]}
+
+    def units(hu):  # HU → [-1, 1] in the window
+        return 2.0 * (hu - HU[0]) / (HU[1] - HU[0]) - 1.0
+
+    rec = np.full((8, 8, 8), units(40.0), np.float32)  # soft tissue ...
+    rec[:4] = units(-850.0)  # ... and lung in the first half
+    x = rec.copy()
+    x[1, 1, 1] = units(-850.0 + 400.0)  # a nodule-like +400 HU in the lung
+    x[6, 6, 6] = units(40.0 + 600.0)  # +600 HU outside the lung (a bone edge the model missed)
+    x[5, 5, 5] = units(40.0 - 300.0)  # −300 HU outside the lung
+    s = anomaly.signed_scores(x, rec, ct)
+    per_hu = 2.0 / (HU[1] - HU[0])
+    assert s["score_brighter_max"] == pytest.approx(600 * per_hu, rel=1e-5)
+    assert s["score_darker_max"] == pytest.approx(300 * per_hu, rel=1e-5)
+    assert s["score_lung_max"] == pytest.approx(400 * per_hu, rel=1e-5)  # the +600 HU lies outside the lung
+    # no lung in the reconstruction: 0; not CT: no lung score
+    assert anomaly.signed_scores(x[4:], rec[4:], ct)["score_lung_max"] == 0.0
+    assert set(anomaly.signed_scores(x, rec, {"modality": "mri"})) == {"score_brighter_max", "score_darker_max"}
+
+
+def test_signed_scores_are_written_and_scored_for_the_data_set(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    data = lesion_dataset(tmp_path / "d")
+    summary = anomaly.anomaly_dataset(NormalModel(), data, tmp_path / "o", progress=False, figures=0)
+    rows = read_scores(tmp_path / "o" / "scores.csv")
+    y = [int(r["abnormal"]) for r in rows]
+    # NormalModel clips at 0.5: the lesions (0.9) are the only voxels brighter than the reconstruction
+    assert [float(r["score_brighter_max"]) for r in rows] == pytest.approx([0, 0.4, 0, 0.4, 0, 0.4], abs=1e-3)
+    assert all(float(r["score_darker_max"]) == 0.0 for r in rows)
+    for name in ("score_brighter_max", "score_darker_max", "score_lung_max"):
+        assert summary.metrics[f"auroc_{name}"] == pytest.approx(roc_auc_score(y, [float(r[name]) for r in rows]))
+
+
 def test_a_rerun_reads_the_finished_volumes_back_instead_of_reconstructing_them(tmp_path):
     data = lesion_dataset(tmp_path / "d", n=4)
     model = NormalModel()

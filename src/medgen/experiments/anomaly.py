@@ -51,9 +51,10 @@ DETECTORS: dict[str, str] = {
 LESION_KINDS = ("nodule", "emphysema", "mass")
 DEFAULT_MINUTES = 5.0
 LARGE_MM = 10.0
-DEFAULTS = {"detectors": ",".join(DETECTORS), "lesions": ",".join(LESION_KINDS), "minutes": DEFAULT_MINUTES}
+DEFAULTS = {"detectors": ",".join(DETECTORS), "lesions": ",".join(LESION_KINDS), "minutes": DEFAULT_MINUTES,
+            "size": None}
 COLUMNS = ("lesion", "detector", "map", "iterations", "train_minutes", "abnormal", "auroc", "auprc", "auprc_chance",
-           "auroc_p99", "auroc_max", "auroc_10mm", "voxel_auroc", "voxel_auprc", "lesion_voxel_fraction", "best_dice",
+           "auroc_p99", "auroc_max", "auroc_10mm", "auroc_brighter", "auroc_lung", "auroc_lung_10mm", "voxel_auroc", "voxel_auprc", "lesion_voxel_fraction", "best_dice",
            "lesions_detected", "detected_lt10mm", "detected_10_20mm", "detected_ge20mm")
 
 
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"detectors (default {','.join(DETECTORS)})")
     p.add_argument("--lesions", default=",".join(LESION_KINDS), metavar="K,K",
                    help=f"thorax-CT lesion kinds, one test set each (default {','.join(LESION_KINDS)})")
+    p.add_argument("--size", type=int, default=None, metavar="S",
+                   help="edge length of the volumes and detectors (default: the scale's small size, 32 at demo); the "
+                        "test phantoms are rendered at the largest of the scale's sizes and this one")
     p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, metavar="M",
                    help=f"training budget of each detector at its measured speed (default {DEFAULT_MINUTES:g}; "
                         "f-AnoGAN's encoder: the scale's iterations on top of its HA-GAN)")
@@ -128,7 +132,10 @@ def table_row(kind: str, detector: str, run: Path, metrics: dict[str, Any], rows
         "auroc": metrics.get("auroc_score"), "auprc": metrics.get("auprc_score"),
         "auprc_chance": metrics.get("auprc_chance"), "auroc_p99": metrics.get("auroc_score_p99"),
         "auroc_max": metrics.get("auroc_score_max"),
-        "auroc_10mm": auroc_subset(rows, LARGE_MM), "voxel_auroc": metrics.get("voxel_auroc"),
+        "auroc_10mm": auroc_subset(rows, LARGE_MM), "auroc_brighter": metrics.get("auroc_score_brighter_max"),
+        "auroc_lung": metrics.get("auroc_score_lung_max"),
+        "auroc_lung_10mm": auroc_subset(rows, LARGE_MM, "score_lung_max") if map_kind == "residual" else None,
+        "voxel_auroc": metrics.get("voxel_auroc"),
         "voxel_auprc": metrics.get("voxel_auprc"), "lesion_voxel_fraction": metrics.get("lesion_voxel_fraction"),
         "best_dice": metrics.get("best_dice"),
         "lesions_detected": f"{det['n_detected']}/{det['n_lesions']}" if det else None,
@@ -196,9 +203,11 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     if not ws.uses_phantoms:
         raise UsageError("the anomaly experiment scores against the phantoms' known lesions; it runs on the built-in "
                          "phantoms only (score your own scans with `medgen anomaly RUN DATA --out DIR`)")
-    size = ws.scale.small_size
     s = ws.scale
-    raw_size = max(s.sizes + (s.size, s.small_size))  # the training phantoms' grid, preprocessed to `size`
+    size = args.size or s.small_size
+    if size < 16:
+        raise UsageError(f"--size {size}: need at least 16")
+    raw_size = max(s.sizes + (s.size, s.small_size, size))  # the training phantoms' grid, preprocessed to `size`
     reference_dir = ws.datasets(size)[1]  # held-out normal phantoms: the normative maps' reference
     tests = {kind: phantom_dataset(ws, "thorax-ct", f"lesions-{kind}-{size}", s.n_heldout, size,
                                    ws.seed + 100 + k, lesions=(kind,), raw_size=raw_size)
@@ -247,7 +256,10 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         "feature residual), auprc_chance the share of abnormal volumes; auroc_p99, auroc_max: of the map's 99th percentile and "
         "maximum; "
         f"auroc_10mm: normal volumes against those whose largest lesion is ≥ {LARGE_MM:g} mm (equivalent "
-        "diameter).",
+        "diameter). auroc_brighter: of the largest signed residual x − x̂ (lesions denser than the normal "
+        "anatomy predicts); auroc_lung (and auroc_lung_10mm, as auroc_10mm): of the largest x − x̂ where the "
+        "reconstruction is below −500 HU, i.e. where the model expects lung (residual rows only: they are "
+        "scores of the residual itself).",
         "voxel_auroc, voxel_auprc: every voxel of every test volume pooled against the lesion masks; their "
         "chance level is lesion_voxel_fraction. best_dice: the best Dice of the thresholded maps over all "
         "thresholds (an upper bound: the threshold is chosen on the masks).",

@@ -16,7 +16,11 @@ Every model with a ``reconstruct`` method can serve; one with an ``anomaly`` met
 ``{"score", "map", "reconstruction"}``) defines its own score and map. The per-volume scores written
 are ``score`` (the model's own where it defines one, else ``score_mean``), ``score_mean`` (the mean of
 the map), ``score_p99`` (its 99th percentile: small lesions move it more than the mean) and
-``score_max``.
+``score_max``; then the signed scores ``score_brighter_max`` (the largest x − x̂: tissue brighter or denser
+than normal anatomy predicts) and ``score_darker_max`` (the largest x̂ − x), and for CT ``score_lung_max``, the
+largest x − x̂ where the reconstruction expects lung (below −500 HU): a volume score for lung nodules and
+masses that ignores the errors every reconstruction makes at the body outline and bones
+(:func:`signed_scores`).
 
 **Normative maps** (``--reference NORMAL_DATA``): a model reconstructs some normal structures worse than
 others (edges, the most variable anatomy), and those errors are the same in every volume. With a
@@ -86,6 +90,34 @@ def volume_scores(anomaly_map: np.ndarray) -> dict[str, float]:
     m = np.asarray(anomaly_map, dtype=np.float32).reshape(-1)
     return {"score_mean": float(m.mean(dtype=np.float64)), "score_p99": float(np.percentile(m, 99)),
             "score_max": float(m.max())}
+
+
+#: Signed per-volume scores (:func:`signed_scores`), written after :data:`SCORE_COLUMNS`.
+SIGNED_COLUMNS = ("score_brighter_max", "score_darker_max")
+#: The CT lung score (:func:`signed_scores`), and the level (HU) below which the reconstruction counts as lung.
+LUNG_COLUMN = "score_lung_max"
+LUNG_HU = -500.0
+
+
+def signed_scores(volume: np.ndarray, reconstruction: np.ndarray, info: dict[str, Any] | None = None
+                  ) -> dict[str, float]:
+    """Scores that use the sign of the residual ``x − x̂`` (model units), for lesions of a known polarity:
+    ``score_brighter_max`` the largest ``x − x̂`` (tissue brighter or denser than the normal anatomy
+    predicts: a nodule, a mass, a T2/FLAIR hyperintensity) and ``score_darker_max`` the largest ``x̂ − x``
+    (darker: a bulla, a T1 hypointensity). For CT (``info`` a preprocessing record of CT) also
+    ``score_lung_max``: the largest ``x − x̂`` where the reconstruction is below −500 HU, i.e. where the model
+    of normal anatomy expects lung (or air) — soft tissue there is what a lung nodule or mass is, and the
+    body's outline, bones and vessels, which a coarse reconstruction also misses, lie mostly outside it
+    (0 when the reconstruction has no such voxel)."""
+    x = np.asarray(volume, dtype=np.float32)
+    rec = np.asarray(reconstruction, dtype=np.float32)
+    diff = x - rec
+    out = {"score_brighter_max": float(diff.max()), "score_darker_max": float((-diff).max())}
+    if is_ct(info):
+        lo, hi = ct_window(info or {})
+        lung = rec < np.float32(2.0 * (LUNG_HU - lo) / (hi - lo) - 1.0)
+        out[LUNG_COLUMN] = float(diff[lung].max()) if lung.any() else 0.0
+    return out
 
 
 def detect(model: Any, volume: np.ndarray, **options: Any) -> dict[str, Any]:
@@ -209,7 +241,8 @@ def ground_truth_metrics(rows: list[dict[str, Any]], maps: list[np.ndarray], mas
     if labels and all(v is not None for v in labels):
         y = np.asarray(labels, dtype=int)
         out["abnormal"] = int(y.sum())
-        for name in ("score", *SCORE_COLUMNS):
+        names = [c for c in ("score", *SCORE_COLUMNS, *SIGNED_COLUMNS, LUNG_COLUMN) if all(c in r for r in rows)]
+        for name in names:
             s = np.asarray([r[name] for r in rows], dtype=np.float64)
             try:
                 out[f"auroc_{name}"] = sc.auroc(s, y)
@@ -339,7 +372,8 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
         spacing = parse_spacing(manifest.get(sid, {}).get("spacing", "")) or (1.0, 1.0, 1.0)
         back = (lambda y: hounsfield_int16(y, ct_window(info))) if is_ct(info) else (lambda y: y.astype(np.float32))
         res = _detect_and_write(model, x, sid, out_dir, spacing_affine(spacing), back, scale, summary, options)
-        row: dict[str, Any] = {"id": sid, "score": res["score"], **{k: res[k] for k in SCORE_COLUMNS}}
+        row: dict[str, Any] = {"id": sid, "score": res["score"], **{k: res[k] for k in SCORE_COLUMNS},
+                               **signed_scores(x, res["reconstruction"], info)}
         if reference is not None:
             zmap = reference.standardise(res["map"])
             row.update({f"z_{k}": v for k, v in volume_scores(zmap).items()})
@@ -388,7 +422,9 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
                                        lesions if has_lesion else None, spacings)
         metrics.update(data=str(data_dir), split=split, map_units=units)
         if reference is not None:
-            zrows = [{**r, "score": r["z_score_mean"], **{k: r[f"z_{k}"] for k in SCORE_COLUMNS}} for r in rows]
+            signed = (*SIGNED_COLUMNS, LUNG_COLUMN)  # of the residual itself: not normative scores
+            zrows = [{**{k: v for k, v in r.items() if k not in signed}, "score": r["z_score_mean"],
+                      **{k: r[f"z_{k}"] for k in SCORE_COLUMNS}} for r in rows]
             metrics["normative"] = ground_truth_metrics(zrows, zmaps, masks if has_lesion else None,
                                                         lesions if has_lesion else None, spacings)
             metrics["normative"]["reference_volumes"] = reference.n
@@ -464,7 +500,7 @@ def anomaly_scans(model: Any, inputs: list[Any], out_dir: Path, *, progress: boo
             save_anomaly_figure(figure, x, res["reconstruction"], res["map"], None,
                                 f"{item.id}: score {res['score']:.4g}")
         rows.append({"id": item.id, "file": str(item.path), "score": res["score"],
-                     **{k: res[k] for k in SCORE_COLUMNS}})
+                     **{k: res[k] for k in SCORE_COLUMNS}, **signed_scores(x, res["reconstruction"], info)})
     if rows:
         write_csv(out_dir / "scores.csv", rows, list(rows[0]))
     return summary
