@@ -115,6 +115,9 @@ def encode_folder(
     )
     if len(ds) == 0:
         raise InputError(f"{root}: the {split} split holds no volumes")
+    if reconstruct_dir is not None and not any(callable(getattr(model, m, None))
+                                               for m in ("decode", "generate", "reconstruct")):
+        raise UsageError("--reconstruct: this model can encode but not decode or reconstruct volumes")
     if conditional and reconstruct_dir is not None:
         missing = [ds.ids[i] for i, v in enumerate(ds.labels) if not 0 <= v < cfg.num_classes]
         if missing:
@@ -150,8 +153,10 @@ def encode_folder(
                 lab = [int(it["label"]) for it in items] if conditional else None
                 if callable(getattr(model, "decode", None)):  # an autoencoder: decode its latents
                     recon = model.decode(z, chunk=chunk)
-                else:  # HA-GAN: G(z)
+                elif callable(getattr(model, "generate", None)):  # HA-GAN: G(z)
                     recon = model.generate(len(items), labels=lab, chunk=chunk, batch_size=len(items), z=z)
+                else:  # a model that reconstructs but exposes no decoder of codes (f-AnoGAN: G(E(x)))
+                    recon = model.reconstruct(x[:, 0].cpu().numpy(), batch_size=len(items), chunk=chunk)
                 real = x[:, 0].cpu().numpy()
             for j, it in enumerate(items):
                 row = {"id": it["id"]}
