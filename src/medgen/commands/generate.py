@@ -66,6 +66,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="classifier-free guidance weight for a conditional model: 0 unconditional, 1 conditional "
                         "(default), > 1 a stronger class")
     d.add_argument("--eta", type=float, default=None, help="DDIM noise: 0 deterministic (default) to 1 (DDPM-like)")
+    g = p.add_argument_group("style-based generators (stylegan2)")
+    g.add_argument("--truncation-psi", type=float, default=None, metavar="PSI",
+                   help="truncation trick: w moved towards the mean w of training, w_avg + ψ(w − w_avg) (1: none, "
+                        "the default; smaller: more typical, less diverse volumes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -96,9 +100,18 @@ def run(args: argparse.Namespace) -> int:
                 "; it reconstructs volumes: use it with `medgen anomaly`" if family == "fanogan" else "")
         raise UsageError(f"{args.run}: a run of family {family!r}, which does not generate volumes{hint}")
     sampling = {k: getattr(args, k) for k in ("sampler", "steps", "guidance", "eta") if getattr(args, k) is not None}
+    family = getattr(model.run_config, "family", "hagan")
     if sampling and getattr(model, "unet", None) is None:
-        raise UsageError(f"--{next(iter(sampling))} applies to diffusion families; {args.run} is a "
-                         f"{getattr(model.run_config, 'family', 'hagan')} run")
+        raise UsageError(f"--{next(iter(sampling))} applies to diffusion families; {args.run} is a {family} run")
+    if args.truncation_psi is not None:
+        import inspect
+
+        if "truncation_psi" not in inspect.signature(model.generate).parameters:
+            raise UsageError(f"--truncation-psi applies to style-based generators (stylegan2); {args.run} is a "
+                             f"{family} run")
+        if not 0.0 <= args.truncation_psi <= 1.0:
+            raise UsageError(f"--truncation-psi {args.truncation_psi}: need a value in [0, 1]")
+        sampling["truncation_psi"] = args.truncation_psi
     rows = generate_to_folder(
         model,
         args.out,

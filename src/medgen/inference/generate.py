@@ -209,7 +209,7 @@ def generate_to_folder(
 
     ``sampling``: options of the model's own sampler, passed to its ``generate`` and
     recorded in ``generate.json`` (diffusion families: ``sampler``, ``steps``,
-    ``guidance``, ``eta``); a folder made with other sampling options is refused.
+    ``guidance``, ``eta``; stylegan2: ``truncation_psi``); a folder made with other sampling options is refused.
 
     ``model``: a loaded model (``medgen.load``) with ``generate(n, seed, labels, chunk,
     batch_size, indices)``, ``sample_latents``, ``config.size``/``num_classes``,
