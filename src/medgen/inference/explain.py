@@ -343,7 +343,7 @@ def write_explanation(exp: Explanation, volume: Any, out_dir: str | Path, affine
     model units); ``class_names``: names of the classes for the summary; ``extra``: more summary entries."""
     from medgen.core.fileio import atomic_write_json
     from medgen.data.io import write_nifti
-    from medgen.inference.register import _json_ready, world_displacement
+    from medgen.inference.register import json_ready, world_displacement
     from medgen.metrics.registration import displacement_magnitude_mm, jacobian_summary
 
     x = np.asarray(volume, dtype=np.float32)
@@ -386,12 +386,12 @@ def write_explanation(exp: Explanation, volume: Any, out_dir: str | Path, affine
                         "displacement_mm": displacement_magnitude_mm(exp.displacement, spacing),
                         "convention": "counterfactual(p) = input(p + u(p)); displacement.nii.gz holds u in mm "
                                       "along the RAS+ world axes"})
-    summary.update({k: v for k, v in exp.info.items()})
+    summary.update(exp.info)
     summary.update(extra or {})
     save_explanation_figure(out / "figure.png", x, exp,
                             title=_figure_title(exp, names, source))
     written.append("figure.png")
-    summary = _json_ready(summary)
+    summary = json_ready(summary)
     atomic_write_json(out / "summary.json", summary)
     written.append("summary.json")
     return ExplainResult(out, summary, written)

@@ -191,12 +191,12 @@ def world_displacement(displacement: np.ndarray, affine: np.ndarray) -> np.ndarr
     return np.einsum("ij,jxyz->xyzi", a, np.asarray(displacement, dtype=np.float64)).astype(np.float32)
 
 
-def _json_ready(obj: Any) -> Any:
+def json_ready(obj: Any) -> Any:
     """``obj`` with every non-finite float (NaN: a label absent from both maps) as None, for strict JSON."""
     if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
+        return {k: json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
+        return [json_ready(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -267,7 +267,7 @@ def register_pair(registrar: Any, moving: PairVolume, fixed: PairVolume, out_dir
                              title=f"{summary['registrar']}: {moving.source} → {fixed.source}; folding "
                                    f"{summary['folding_percent']:.3g} %, {runtime:.2f} s")
     written.append("figure.png")
-    summary = _json_ready(summary)
+    summary = json_ready(summary)
     atomic_write_json(out / "summary.json", summary)
     written.append("summary.json")
     return RegisterResult(out, summary, written)
