@@ -61,6 +61,21 @@ def test_deformation_shrinks_the_ball_until_the_classifier_says_normal():
     np.testing.assert_array_equal(again.displacement, exp.displacement)
 
 
+def test_the_robust_deformation_also_shrinks_the_ball_and_is_reproducible():
+    """The bright share is unchanged in expectation by zero-mean noise and exactly by circular shifts, so the
+    expectation over transformations has the same answer: shrink the ball."""
+    x = ball(7.0)
+    kw = dict(target=0, confidence=0.9, samples=4, noise=0.2, shift=1, seed=3)
+    exp = deformation_counterfactual(volume_logits, x, **kw)
+    assert exp.info["samples"] == 4 and exp.info["noise"] == 0.2 and exp.info["shift"] == 1
+    assert exp.map[RADIUS < 4].mean() > 0.3 and exp.jacobian.min() > 0
+    assert float(((exp.image + 1) / 2).mean()) < THRESHOLD  # the clean counterfactual is below the threshold
+    again = deformation_counterfactual(volume_logits, x, **kw)
+    np.testing.assert_array_equal(again.displacement, exp.displacement)
+    with pytest.raises(UsageError, match="samples"):
+        deformation_counterfactual(volume_logits, x, samples=0)
+
+
 def test_a_volume_already_in_the_target_class_is_not_moved():
     x = ball(4.0)
     exp = deformation_counterfactual(volume_logits, x, target=0, confidence=0.9)

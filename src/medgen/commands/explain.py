@@ -3,6 +3,7 @@
 Examples::
 
     medgen explain runs/atrophy-clf data/brain32:s3 --out explain/s3                 # adversarial deformation
+    medgen explain runs/atrophy-clf data/brain32:s3 --out explain/s3-robust --samples 8 --noise 0.3 --shift 2
     medgen explain runs/atrophy-clf scan.nii.gz --out explain/scan --target 0
     medgen explain runs/atrophy-clf data/brain32:s3 --out explain/s3-latent --method latent \\
         --generator runs/brain-vae --direction-data data/brain32                      # latent editing
@@ -52,6 +53,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--grid-spacing", type=int, default=4, help="voxels between velocity control points (default 4)")
     g.add_argument("--confidence", type=float, default=0.9,
                    help="stop once the target class has this probability (default 0.9)")
+    g.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="robust counterfactual: average the classifier's loss over K noisy, shifted copies "
+                        "(default 1: the plain optimisation; e.g. 8 with --noise 0.3 --shift 2)")
+    g.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
+                   help="Gaussian noise (normalised units) added to each copy (default 0)")
+    g.add_argument("--shift", type=int, default=0, metavar="VOXELS",
+                   help="random shift of each copy, up to this many voxels per axis (default 0)")
     g = p.add_argument_group("latent")
     g.add_argument("--generator", default=None, metavar="RUN", help="run of a model with an encoder")
     g.add_argument("--direction-data", default=None, metavar="DATA",
@@ -89,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "deformation":
         exp = explain.deformation_counterfactual(
             logits, x, args.target, steps=args.steps, lr=args.lr, smoothness=args.smoothness,
-            magnitude=args.magnitude, grid_spacing=args.grid_spacing, confidence=args.confidence, device=device)
+            magnitude=args.magnitude, grid_spacing=args.grid_spacing, confidence=args.confidence,
+            samples=args.samples, noise=args.noise, shift=args.shift, device=device)
     elif args.method == "saliency":
         exp = explain.saliency_map(logits, x, args.target, device=device)
     else:

@@ -10,13 +10,14 @@
    whose class direction (mean code of class 0 minus the other classes') comes from the training set's codes.
 3. Explained subjects: the held-out subjects of true class ≥ 2 (atrophy ≥ 0.5; up to ``--subjects``), each
    towards class 0 ("normal") with ``medgen explain``'s methods (:mod:`medgen.inference.explain`):
-   ``deformation`` (adversarial deformation field), ``latent`` (VAE latent editing) and ``saliency``.
+   ``deformation`` (adversarial deformation field), ``robust`` (the same as an expectation over noisy, shifted
+   copies: ``--samples 8 --noise 0.3 --shift 2``), ``latent`` (VAE latent editing) and ``saliency``.
 
 Scores per method, mean over the subjects: ``reached_pct`` (the counterfactual's most probable class is 0),
 ``p_normal`` (its probability of class 0); ``change_auroc``: how well the map (|log J|, |Δ|, the saliency)
 ranks the voxels the disease changed above the others inside the brain (0.5: no better than chance);
 ``closer_to_truth``: ‖counterfactual − healthy‖ / ‖input − healthy‖ inside the brain (< 1: the counterfactual
-moved towards the subject's true healthy self; 1: no change); for the deformation ``ventricle_recovered``, the
+moved towards the subject's true healthy self; 1: no change); for the deformations ``ventricle_recovered``, the
 share of the subject's excess ventricle volume (over its healthy self) that the deformation removes from its
 tissue map (1: all of it; 0: none; < 0: the ventricles grew), ``log_jacobian_ventricles`` (its mean over the
 subject's ventricles, > 0: they shrink) and ``folding_pct``; and seconds per subject (one CPU thread).
@@ -43,6 +44,7 @@ DESCRIPTION = __doc__.split("\n\n", 1)[1]
 KIND = "brain-mri"
 METHODS: dict[str, str] = {
     "deformation": "adversarial deformation",
+    "robust": "adversarial deformation, robust (8 noisy shifted copies)",
     "latent": "latent editing (VAE)",
     "saliency": "gradient saliency",
 }
@@ -55,6 +57,8 @@ CLASSIFIER_ITERS = {"smoke": 2, "demo": 600, "full": 5000}
 VAE_MINUTES = {"smoke": 0.05, "demo": 3.0, "full": 60.0}
 #: Most optimisation steps of the deformation (medgen explain's default but at smoke scale, whose numbers mean nothing).
 DEFORMATION_STEPS = {"smoke": 10}
+#: The robust deformation's expectation over transformations (medgen explain --samples 8 --noise 0.3 --shift 2).
+ROBUST = {"samples": 8, "noise": 0.3, "shift": 2}
 CLASSIFIER_BATCH = 8
 CLASSIFIER_PRESET = "small"  # width 16: the tiny preset's width 4 is too weak a model to be worth explaining
 MIN_TRAIN = 16
@@ -172,7 +176,8 @@ def save_figure(path: Path, sid: str, x: np.ndarray, healthy: np.ndarray, tissue
             axes[r][1].axis("off")
         style = dict(cmap="hot", vmin=0, vmax=mmax) if name == "saliency" else dict(cmap="coolwarm", vmin=-mmax,
                                                                                      vmax=mmax)
-        label = {"deformation": "log Jacobian (red: shrinks)", "latent": "decoder change Δ"}.get(name, "saliency")
+        label = {"deformation": "log Jacobian (red: shrinks)", "robust": "log Jacobian (red: shrinks)",
+                 "latent": "decoder change Δ"}.get(name, "saliency")
         show(axes[r][2], m, f"{name}: {label}", **style)
     for ax in axes.ravel():
         ax.set_xticks([])
@@ -258,6 +263,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
                 if m == "deformation":
                     exp = explain.deformation_counterfactual(logits, x, TARGET,
                                                              steps=DEFORMATION_STEPS.get(s.name, 200))
+                elif m == "robust":
+                    exp = explain.deformation_counterfactual(logits, x, TARGET,
+                                                             steps=DEFORMATION_STEPS.get(s.name, 200), **ROBUST)
                 elif m == "latent":
                     exp = explain.latent_counterfactual(logits, encode, decode, x, direction, TARGET)
                 else:
@@ -292,7 +300,10 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         f"{clf_acc['within_one']:.2f}. An explanation shows what the classifier uses, which may differ from "
         "the disease.",
         "deformation: medgen explain's defaults (Adam ≤ 200 steps, lr 0.05, bending energy 1, magnitude 0.01, "
-        "control points every 4 voxels, 7 scaling-and-squaring steps, stop at p(class 0) ≥ 0.9).",
+        "control points every 4 voxels, 7 scaling-and-squaring steps, stop at p(class 0) ≥ 0.9); robust: the "
+        f"same with the loss averaged over {ROBUST['samples']} copies of the counterfactual with Gaussian noise "
+        f"σ {ROBUST['noise']:g} and random circular shifts of up to {ROBUST['shift']} voxels per axis (stop when "
+        "their mean p(class 0) ≥ 0.9; p_normal and reached_pct are of the clean counterfactual).",
         ("latent: VAE (`--family autoencoder --recipe vae`, "
          f"{checkpoint_iteration(runs['vae'])} iterations, {training_minutes(runs['vae']) or 0:.1f} min) on the "
          "training set; class direction = mean μ of the training volumes of class 0 − mean μ of the others; "

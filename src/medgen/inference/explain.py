@@ -14,7 +14,9 @@ the map of the change. Three methods:
   by construction, and its Jacobian determinant ``det(I + ∇u)`` shows where tissue must grow or shrink:
   ``J(p) > 1`` means the input's tissue around ``p + u(p)`` is compressed into less space in the
   counterfactual (it shrinks towards the target class; e.g. enlarged ventricles), ``J < 1`` that it
-  grows. The map written is ``log J``.
+  grows. The map written is ``log J``. A classifier that is not robust is flipped by a deformation too
+  small to mean anything; ``samples``/``noise``/``shift`` make the optimisation an expectation over noisy,
+  shifted copies, which only a change of the anatomy survives.
 * ``latent`` (latent editing through a generative model's encoder): the scan's code ``z = E(x)`` is moved
   along the class direction ``d`` = mean code of the target class − mean code of the other classes (codes
   of a labelled data set, :func:`class_direction`), by the smallest ``α`` of a grid at which the
@@ -130,6 +132,10 @@ def deformation_counterfactual(
     grid_spacing: int = 4,
     integration_steps: int = 7,
     confidence: float = 0.9,
+    samples: int = 1,
+    noise: float = 0.0,
+    shift: int = 0,
+    seed: int = 0,
     device: Any = "cpu",
 ) -> Explanation:
     """The adversarial deformation field of the module docstring for ``volume`` ``(X, Y, Z)`` in model units.
@@ -138,7 +144,15 @@ def deformation_counterfactual(
     ``magnitude`` weigh the bending energy and the mean squared displacement; ``grid_spacing`` voxels between
     control points of the velocity; ``integration_steps`` squarings of ``DVF2DDF`` (0: the velocity is the
     displacement, no diffeomorphism); it stops early once p(target) ≥ ``confidence``. Deterministic: the
-    field starts at zero."""
+    field starts at zero (and the random copies below come from ``seed``).
+
+    ``samples``, ``noise``, ``shift``: the expectation over transformations. A classifier that is not robust
+    is flipped by a deformation far too small to change the anatomy (an adversarial example, not an
+    explanation). With these the loss is the mean cross-entropy over ``samples`` copies of the counterfactual,
+    each with Gaussian noise of standard deviation ``noise`` (model units) added and shifted by a random whole
+    number of voxels in [−``shift``, ``shift``] along each axis (circularly); p(target) for the stopping rule is
+    their mean. Such a deformation must change what survives noise and small shifts — the anatomy. The
+    defaults (1, 0, 0) are the plain optimisation."""
     import torch
     import torch.nn.functional as F
     from monai.losses import BendingEnergyLoss
@@ -152,6 +166,8 @@ def deformation_counterfactual(
                          "integration steps ≥ 0")
     if not 0.0 < confidence <= 1.0:
         raise UsageError(f"confidence {confidence}: need a probability in (0, 1]")
+    if samples < 1 or noise < 0 or shift < 0:
+        raise UsageError(f"deformation: samples ≥ 1, noise ≥ 0 and shift ≥ 0; got {samples}, {noise}, {shift}")
     x = _tensor(volume, device)
     shape = tuple(x.shape[2:])
     if min(shape) < 4:
@@ -166,7 +182,21 @@ def deformation_counterfactual(
     warp = warp_layer("bilinear", "border")
     bending = BendingEnergyLoss()
     opt = torch.optim.Adam([velocity], lr=lr)
-    wanted = torch.tensor([target], device=x.device)
+    wanted = torch.full((samples,), target, device=x.device, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+
+    def copies(cf: Any) -> Any:
+        """``samples`` noisy, shifted copies of ``cf`` (cf itself for the plain optimisation)."""
+        if samples == 1 and noise == 0 and shift == 0:
+            return cf
+        out = []
+        for _ in range(samples):
+            y = cf + noise * torch.randn(cf.shape, generator=gen).to(cf.device) if noise > 0 else cf
+            if shift > 0:
+                y = torch.roll(y, shifts=torch.randint(-shift, shift + 1, (3,), generator=gen).tolist(),
+                               dims=(2, 3, 4))
+            out.append(y)
+        return torch.cat(out)
 
     def field_of(v: Any) -> Any:
         dense = F.interpolate(v, size=shape, mode="trilinear", align_corners=True)
@@ -178,8 +208,8 @@ def deformation_counterfactual(
         warnings.simplefilter("ignore", UserWarning)
         for step in range(steps + 1):
             ddf = field_of(velocity)
-            out = logits(warp(x, ddf))
-            p_target = float(torch.softmax(out.detach().double(), dim=1)[0, target])
+            out = logits(copies(warp(x, ddf)))
+            p_target = float(torch.softmax(out.detach().double(), dim=1)[:, target].mean())
             history.append(p_target)
             if p_target >= confidence or step == steps:
                 break
@@ -198,7 +228,7 @@ def deformation_counterfactual(
     log_j = np.log(np.clip(jac, 1e-6, None)).astype(np.float32)
     info = {"steps": used, "max_steps": steps, "lr": lr, "smoothness": smoothness, "magnitude": magnitude,
             "grid_spacing": grid_spacing, "integration_steps": integration_steps, "confidence": confidence,
-            "runtime_s": time.perf_counter() - t0, "p_target_history": [round(p, 6) for p in history]}
+            "samples": samples, "noise": noise, "shift": shift, "runtime_s": time.perf_counter() - t0, "p_target_history": [round(p, 6) for p in history]}
     return Explanation("deformation", target, log_j, before, after, cf[0, 0].cpu().numpy().astype(np.float32),
                        u.astype(np.float32), jac.astype(np.float32), info)
 
