@@ -201,6 +201,34 @@ def test_classical_bspline_recovers_a_known_smooth_displacement():
         ClassicalRegistration(method="affine")
 
 
+def test_scaling_and_squaring_of_a_zero_velocity_is_zero_and_of_a_constant_one_is_that_translation():
+    """The registration network's integration (MONAI DVF2DDF, as the family builds it): exp(0) = identity,
+    and a stationary constant velocity integrates to the translation by that vector."""
+    from medgen.families.registration.config import RegistrationConfig
+    from medgen.families.registration.network import build_network
+
+    net = build_network(RegistrationConfig.from_dict(registry.get("registration").model_config("tiny", 16).to_dict()))
+    integrate = net.voxelmorph.dvf2ddf
+    with torch.no_grad():
+        assert torch.count_nonzero(integrate(torch.zeros(1, 3, 16, 16, 16))) == 0
+        v = torch.tensor([1.5, -0.75, 2.0]).reshape(1, 3, 1, 1, 1).expand(1, 3, 16, 16, 16).contiguous()
+        ddf = integrate(v)
+    # zero padding: exact wherever the points sampled during the squarings stay inside (5 voxels from the border)
+    inner = (slice(None), slice(None), slice(5, -5), slice(5, -5), slice(5, -5))
+    torch.testing.assert_close(ddf[inner], v[inner], atol=1e-5, rtol=0)
+    assert float((ddf - v).abs().max()) > 0.1  # at the border the zeros outside do enter
+
+
+@pytest.mark.parametrize("method", ["bspline", "demons"])
+def test_a_known_translation_is_recovered(method):
+    shift = np.array([2.0, -1.0, 1.5])
+    moving = texture(5, S)
+    fixed = warp(moving, np.broadcast_to(shift[:, None, None, None], (3, S, S, S)))  # fixed(p) = moving(p + t)
+    out = ClassicalRegistration(method=method, iterations=60).register(moving, fixed)
+    inner = out["displacement"][:, 5:-5, 5:-5, 5:-5].reshape(3, -1)
+    np.testing.assert_allclose(np.median(inner, axis=1), shift, atol=0.25)
+
+
 # ----------------------------------------------------------------------------- the family
 
 
