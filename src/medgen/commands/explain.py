@@ -116,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     s = result.summary
     before = np.asarray(s["probs_before"])
     line = f"{args.method}: class {s['class_before']} (p {before.max():.2f})"
+    if s["class_before"] == args.target:
+        line += f", already the target class {args.target}"
     if "probs_after" in s:
         line += (f" → p(class {args.target}) {s['probs_after'][args.target]:.2f}"
                  f" ({'reached' if s['reached_target'] else 'not reached'})")
