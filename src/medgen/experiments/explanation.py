@@ -338,7 +338,7 @@ def _heldout_accuracy(clf: Any, folder: Path) -> dict[str, float]:
 
     ds = VolumeDataset(folder, split="all", label_column="label", keys=("image",))
     vols = [ds[i]["image"][0].numpy() for i in range(len(ds))]
-    y = np.array([int(ds[i]["label"]) for i in range(len(ds))])
+    y = np.asarray(ds.labels, dtype=int)
     pred = np.argmax(clf.predict_proba(vols), axis=1)
     return {"accuracy": float(np.mean(pred == y)), "within_one": float(np.mean(np.abs(pred - y) <= 1)),
             "n": int(len(y))}
