@@ -383,9 +383,9 @@ def write_explanation(exp: Explanation, volume: Any, out_dir: str | Path, affine
     conv = to_units or (lambda v: v)
     written: list[str] = []
     if exp.image is not None:
-        write_nifti(out / "counterfactual.nii.gz", np.asarray(conv(exp.image), dtype=np.float32), a)
-        write_nifti(out / "difference.nii.gz",
-                    np.asarray(conv(exp.image), dtype=np.float32) - np.asarray(conv(x), dtype=np.float32), a)
+        cf = np.asarray(conv(exp.image), dtype=np.float32)
+        write_nifti(out / "counterfactual.nii.gz", cf, a)
+        write_nifti(out / "difference.nii.gz", cf - np.asarray(conv(x), dtype=np.float32), a)
         written += ["counterfactual.nii.gz", "difference.nii.gz"]
     write_nifti(out / "map.nii.gz", np.asarray(exp.map, dtype=np.float32), a)
     written.append("map.nii.gz")
