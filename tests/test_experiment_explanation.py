@@ -52,10 +52,8 @@ def test_scores_of_a_perfect_and_of_a_useless_counterfactual():
 
 def test_ventricle_recovery_of_a_deformation_that_shrinks_them_by_a_known_amount():
     x, tissue, healthy, healthy_tissue = toy_subject()
-    # u pulls every voxel of the counterfactual 1 voxel away from the centre along axis 0, on the ventricles'
-    # slab: cf(p) = x(p + u(p)); a displacement of +1 on rows ≥ 6 and −1 on rows ≤ 5 maps rows 5..6 of the
-    # counterfactual to rows 4 and 7 (ventricle edges) and removes nothing; instead use a field that samples the
-    # tissue for the ventricles' outer rows: rows 4 and 7 of the counterfactual read rows 3 and 8 (tissue 3).
+    # cf(p) = x(p + u(p)): rows 4 and 7 (along axis 0) of the counterfactual read rows 3 and 8, which are
+    # tissue 3, so the ventricles (rows 4–7) lose their two outer rows
     u = np.zeros((3, S, S, S), np.float32)
     u[0, 4] = -1.0
     u[0, 7] = 1.0
