@@ -202,6 +202,44 @@ def test_discriminator_combines_high_and_low_logits_and_classes():
     assert torch.equal(cls[0], ch) and torch.equal(cls[1], cl)
 
 
+def test_projection_discriminator_adds_the_class_embedding_projected_on_its_features():
+    """class_conditioning="projection": no class logits; each logit = the unconditional logit
+    + ⟨embed(y), φ(x)⟩, φ = D^H's hidden features / D^L's last feature map summed over positions,
+    recomputed here from the layers by hand."""
+    from medgen.families.layers import leaky
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", 32, num_classes=3, class_conditioning="projection", minibatch_std=0)
+    d = Discriminator(cfg).eval()
+    assert d.high.class_head is None and d.low.final_conv.out_channels == 1  # no AC-GAN heads
+    slab, low = torch.randn(2, 1, 32, 32, cfg.slab_len), torch.randn(2, 1, 8, 8, 8)
+    pos, y = torch.tensor([0.25, 0.75]), torch.tensor([2, 0])
+    with torch.no_grad():
+        logit, cls = d(slab, pos, low, labels=y)
+        lh, _ = d.high(slab, pos, labels=y)
+        ll, _ = d.low(low, labels=y)
+        # D^H by hand
+        h = slab
+        for conv in d.high.convs:
+            h = leaky(conv(h))
+        h = leaky(d.high.final_conv(h)).flatten(1)
+        h = leaky(d.high.fc(torch.cat([h, pos[:, None]], 1)))
+        e_h = d.high.class_embed(y)  # spectral-normalised embedding rows
+        ref_h = d.high.out(h)[:, 0] + (e_h * h).sum(1)
+        # D^L by hand
+        g = low
+        for conv in d.low.convs:
+            g = leaky(conv(g))
+        ref_l = d.low.final_conv(g).flatten(1)[:, 0] + (d.low.class_embed(y) * g.sum((2, 3, 4))).sum(1)
+        other = d(slab, pos, low, labels=(y + 1) % 3)[0]
+    assert cls is None
+    assert torch.allclose(lh, ref_h, atol=1e-5) and torch.allclose(ll, ref_l, atol=1e-5)
+    assert torch.allclose(logit, (ref_h + ref_l) / 2, atol=1e-5)
+    assert (logit - other).abs().min() > 1e-4  # the class changes the verdict
+    with pytest.raises(ValueError, match="labels"):
+        d(slab, pos, low)
+
+
 def test_discriminator_without_lowres_is_dh_only():
     torch.manual_seed(0)
     cfg = get_preset("tiny", 32, use_lowres=False)

@@ -138,10 +138,11 @@ def run(args: argparse.Namespace) -> int:
         f"HA-GAN preset {args.preset}: size {c['size']}³, latent {c['latent_dim']}, width {c['width']:g}, "
         f"classes {c['num_classes']}, low-res factor {c['lowres_factor']}, slab {cfg.slab_len} slices "
         f"({cfg.slab_len_lowres} of A), slab context {cfg.slab_context}, minibatch std {cfg.minibatch_std or 'none'}"
+        + (f", class conditioning {cfg.class_conditioning}" if cfg.num_classes else "")
     )
     rows = [("block", "class", "params (M)", "input", "output")]
     for sym, b in info["blocks"].items():
-        rows.append((sym, b["class"], f"{b['params'] / 1e6:.3f}", _shape(b["input_shape"]), _shape(b["output_shape"], c["num_classes"])))
+        rows.append((sym, b["class"], f"{b['params'] / 1e6:.3f}", _shape(b["input_shape"]), _shape(b["output_shape"], c["num_classes"] if cfg.class_conditioning == "ac" else 0)))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for i, r in enumerate(rows):
         print("  ".join(v.ljust(w) if j in (0, 1) else v.rjust(w) for j, (v, w) in enumerate(zip(r, widths))))

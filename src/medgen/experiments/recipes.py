@@ -89,6 +89,10 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             note="medgen's defaults with one class loss per head, so D^H must learn the class itself"),
     Variant("lambda1", "+ per-head, λ 1", None, hparams={"class_loss": "per-head", "class_weight": 1.0},
             note="per-head class losses and the generator's class loss weighted 1 instead of 0.1"),
+    Variant("fakereal", "+ real-batch classes", None, hparams={"fake_labels": "real"},
+            note="medgen's defaults, G asked for the real batch's classes (the data's class prior; the authors' code)"),
+    Variant("projection", "projection D", None, {"class_conditioning": "projection"},
+            note="medgen's defaults with a projection discriminator: D is given the class instead of predicting it"),
 )
 
 COLUMNS: tuple[str, ...] = ("variant", "seed", "iterations", "gap", "gap_border", *METRIC_COLUMNS)

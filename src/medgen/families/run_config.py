@@ -216,7 +216,7 @@ def _flag_value(value: Any) -> str:
 # Options ``medgen train`` has a flag of its own for (its arguments' destinations, with the names of
 # ``_FLAG_NAMES`` and ``_SWITCHES``); tests/test_run_config.py checks this against the parser.
 TRAIN_FLAG_OPTIONS = frozenset({
-    "autoencoder_run", "batch", "ckpt_every", "class_loss", "class_weight", "device", "ema_decay", "fake_labels",
+    "autoencoder_run", "batch", "ckpt_every", "class_conditioning", "class_loss", "class_weight", "device", "ema_decay", "fake_labels",
     "inputs", "iters", "keep_checkpoints", "label_column", "latent_dim", "log_every", "lr_d", "lr_e", "lr_g",
     "max_minutes", "minibatch_std", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
     "slab_context", "slab_selection", "split_fractions", "split_seed", "target", "task", "width", "workers",

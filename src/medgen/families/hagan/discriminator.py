@@ -9,6 +9,12 @@ of generated volumes that are all alike is told apart from a batch of real ones
 ``docs/results/recipes``). ``parts`` in the forward passes says how many equal
 parts of the batch must not be mixed: 2 when real and generated volumes are
 concatenated into one batch.
+
+A class-conditional D either predicts the class (``class_conditioning="ac"``, the
+paper's AC-GAN: a class head per discriminator) or is given it
+(``"projection"``, Miyato & Koyama 2018: each logit gains ⟨embed(y), φ(x)⟩, the
+inner product of a learned class embedding with the features φ(x) the logit is
+computed from). Why not MONAI: its discriminators have neither.
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ class HighResDiscriminator(nn.Module):
     from 512: 16, 32, ..., 512 at S=256) bring the slab to 4×4×d, a final
     4×4×d convolution to 128 features; the normalised slab start is appended
     and two linear layers (129 → 64 → 1) give the logit. With classes, a
-    linear class head (64 → K) shares the 64 features.
+    linear class head (64 → K) shares the 64 features (AC-GAN), or a class
+    embedding (K → 64) is projected on them and added to the logit (projection).
     """
 
     def __init__(self, cfg: HAGANConfig) -> None:
@@ -59,10 +66,14 @@ class HighResDiscriminator(nn.Module):
         self.final_conv = sn(nn.Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth)))
         self.fc = sn(nn.Linear(features + 1, hidden))
         self.out = sn(nn.Linear(hidden, 1))
-        self.class_head = sn(nn.Linear(hidden, cfg.num_classes)) if cfg.num_classes > 0 else None
+        ac = cfg.num_classes > 0 and cfg.class_conditioning == "ac"
+        projection = cfg.num_classes > 0 and cfg.class_conditioning == "projection"
+        self.class_head = sn(nn.Linear(hidden, cfg.num_classes)) if ac else None
+        self.class_embed = sn(nn.Embedding(cfg.num_classes, hidden)) if projection else None
 
-    def forward(self, x: torch.Tensor, slab_pos: torch.Tensor, parts: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns (logit [B], class logits [B, K] or None)."""
+    def forward(self, x: torch.Tensor, slab_pos: torch.Tensor, parts: int = 1,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (logit [B], class logits [B, K] or None); a projection D needs ``labels`` [B]."""
         h = x
         for conv in self.convs:
             h = leaky(conv(h))
@@ -72,7 +83,10 @@ class HighResDiscriminator(nn.Module):
         pos = torch.as_tensor(slab_pos, dtype=h.dtype, device=h.device).reshape(-1, 1).expand(h.shape[0], 1)
         h = leaky(self.fc(torch.cat([h, pos], dim=1)))
         cls = self.class_head(h) if self.class_head is not None else None
-        return self.out(h).squeeze(1), cls
+        logit = self.out(h).squeeze(1)
+        if self.class_embed is not None:
+            logit = logit + _projection(self.class_embed, labels, h)
+        return logit, cls
 
 
 class LowResDiscriminator(nn.Module):
@@ -80,27 +94,43 @@ class LowResDiscriminator(nn.Module):
 
     Stride-2 4³ convolutions (widths halving backwards from 256: 32, 64, 128,
     256 at S=256) down to 4³, then a 4³ convolution to 1 + K outputs (logit,
-    class logits).
+    class logits; AC-GAN). A projection D has one output and adds the projection
+    of a class embedding on the last feature map summed over its positions.
     """
 
     def __init__(self, cfg: HAGANConfig) -> None:
         super().__init__()
         widths = cfg.downsampling_widths(256, cfg.lowres_size)
-        self.num_classes = cfg.num_classes
+        projection = cfg.num_classes > 0 and cfg.class_conditioning == "projection"
+        self.num_classes = cfg.num_classes if not projection else 0  # class logits (AC-GAN)
         self.minibatch_std = cfg.minibatch_std
         self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([1] + widths[:-1], widths))
-        cin = (widths[-1] if widths else 1) + (1 if cfg.minibatch_std else 0)
-        self.final_conv = sn(nn.Conv3d(cin, 1 + cfg.num_classes, kernel_size=BASE_GRID))
+        features = widths[-1] if widths else 1
+        cin = features + (1 if cfg.minibatch_std else 0)
+        self.final_conv = sn(nn.Conv3d(cin, 1 + self.num_classes, kernel_size=BASE_GRID))
+        self.class_embed = sn(nn.Embedding(cfg.num_classes, features)) if projection else None
 
-    def forward(self, x: torch.Tensor, parts: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Returns (logit [B], class logits [B, K] or None)."""
+    def forward(self, x: torch.Tensor, parts: int = 1,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns (logit [B], class logits [B, K] or None); a projection D needs ``labels`` [B]."""
         h = x
         for conv in self.convs:
             h = leaky(conv(h))
+        phi = h.sum(dim=(2, 3, 4)) if self.class_embed is not None else None
         if self.minibatch_std:
             h = minibatch_stddev(h, self.minibatch_std, parts)
         h = self.final_conv(h).flatten(1)
-        return h[:, 0], (h[:, 1:] if self.num_classes > 0 else None)
+        logit = h[:, 0]
+        if self.class_embed is not None:
+            logit = logit + _projection(self.class_embed, labels, phi)
+        return logit, (h[:, 1:] if self.num_classes > 0 else None)
+
+
+def _projection(embed: nn.Module, labels: torch.Tensor | None, features: torch.Tensor) -> torch.Tensor:
+    """⟨embed(y), φ(x)⟩ per sample [B]: the projection discriminator's class term."""
+    if labels is None:
+        raise ValueError("this discriminator is class-conditional by projection: pass the volumes' labels")
+    return (embed(labels.long().reshape(-1)).to(features.dtype) * features).sum(dim=1)
 
 
 class Discriminator(nn.Module):
@@ -109,8 +139,9 @@ class Discriminator(nn.Module):
     The real/fake logit is the mean of D^H's and D^L's logits. With classes the
     class logits of each head are returned separately (D^H's first): the loss
     decides whether to average them (the authors' code and the default,
-    ``class_loss="mean"``) or to give each head its own cross-entropy (``"per-head"``). Without the
-    low-resolution branch D is D^H alone.
+    ``class_loss="mean"``) or to give each head its own cross-entropy (``"per-head"``).
+    A projection D (``class_conditioning="projection"``) takes the ``labels`` instead and
+    returns no class logits. Without the low-resolution branch D is D^H alone.
     """
 
     def __init__(self, cfg: HAGANConfig) -> None:
@@ -120,16 +151,18 @@ class Discriminator(nn.Module):
         self.low = LowResDiscriminator(cfg) if cfg.use_lowres else None
 
     def forward(
-        self, x_high_slab: torch.Tensor, slab_pos: torch.Tensor, x_low: torch.Tensor | None = None, parts: int = 1
+        self, x_high_slab: torch.Tensor, slab_pos: torch.Tensor, x_low: torch.Tensor | None = None, parts: int = 1,
+        labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """(slab [B,1,S,S,L], position [B] in [0,1], low-res volume [B,1,S/f,S/f,S/f]) →
         (logit [B], per-head class logits [[B, K], ...] or None). ``parts``: equal
-        parts of the batch the minibatch standard deviation must not mix."""
-        logit, cls = self.high(x_high_slab, slab_pos, parts)
+        parts of the batch the minibatch standard deviation must not mix; ``labels``
+        [B]: the volumes' classes, which a projection D is given."""
+        logit, cls = self.high(x_high_slab, slab_pos, parts, labels)
         if self.low is None:
             return logit, ([cls] if cls is not None else None)
         if x_low is None:
             raise ValueError("x_low is required: this discriminator has a low-resolution branch (D^L)")
-        logit_low, cls_low = self.low(x_low, parts)
+        logit_low, cls_low = self.low(x_low, parts, labels)
         logit = (logit + logit_low) / 2
         return logit, ([cls, cls_low] if cls is not None else None)

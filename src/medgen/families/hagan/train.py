@@ -5,6 +5,7 @@ One iteration (:func:`train_step`)::
     draw z, class labels and the slab position
     D step    BCE(D(real), 1) + BCE(D(fake), 0)           updates D only
     G step    BCE(D(fake), 1)  (non-saturating)            updates G only
+              (AC-GAN: + the class cross-entropies; projection: D is given the classes)
     E^H step  L1(G^H(E^H(x_slab)), x_slab)                  updates E^H only
     E^G step  ½[L1(slab) + L1(low-res)], z = E^G(E^H(x))   updates E^G only
 
@@ -70,7 +71,8 @@ class HAGANHParams:
     :data:`PAPER_HPARAMS` says otherwise (``medgen train --recipe paper``).
 
     Learning rates are Adam step sizes; ``betas`` are Adam's (β1, β2).
-    ``class_weight``: λ of the AC-GAN class loss. ``class_loss``: ``mean`` (one
+    ``class_weight``: λ of the AC-GAN class loss (unused by a projection D,
+    :attr:`~medgen.families.hagan.config.HAGANConfig.class_conditioning`). ``class_loss``: ``mean`` (one
     cross-entropy on the averaged logits of D^H's and D^L's class heads, the
     authors' code) or ``per-head`` (each head gets its own cross-entropy).
     ``fake_labels``: the classes asked of G in training, ``uniform`` (the paper)
@@ -117,8 +119,8 @@ class HAGANHParams:
 
 
 # How medgen's training defaults differ from the paper's recipe (``medgen train --recipe paper``): not at
-# all today. ``class_loss="per-head"`` is an option that measured no better (docs/results/recipes),
-# ``fake_labels="real"`` one not measured yet; the architecture side is
+# all today. ``class_loss="per-head"`` and ``fake_labels="real"`` are options that measured no better
+# (docs/results/recipes); the architecture side is
 # :data:`medgen.families.hagan.config.PAPER_MODEL`.
 PAPER_HPARAMS: dict[str, Any] = {}
 
@@ -154,7 +156,7 @@ def ddp_modules(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
 
 def loss_names(cfg: HAGANConfig, hp: HAGANHParams) -> list[str]:
     names = ["D", "G"] + (["EH", "EG"] if hp.use_encoder else [])
-    return names + (["D_class", "G_class"] if cfg.num_classes > 0 else [])
+    return names + (["D_class", "G_class"] if cfg.num_classes > 0 and cfg.class_conditioning == "ac" else [])
 
 
 def train_step(s: Step) -> dict[str, torch.Tensor]:
@@ -164,6 +166,8 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
     G, D, E = s.nets["G"], s.nets["D"], s.nets.get("E")
     b, f, rng, device = s.local_batch, cfg.lowres_factor, s.rng, s.device
     conditional = cfg.num_classes > 0
+    ac = conditional and cfg.class_conditioning == "ac"  # class heads and class losses
+    projection = conditional and cfg.class_conditioning == "projection"  # D is given the class
 
     # ---- this iteration's data and random draws
     x = s.batch["image"]  # [b, 1, S, S, S] in [-1, 1]
@@ -189,15 +193,16 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
             torch.cat([slab_pos, slab_pos]),
             torch.cat([x_low, fake_low.detach()]) if cfg.use_lowres else None,
             parts=2,  # real half, fake half: the minibatch standard deviation never mixes them
+            labels=torch.cat([labels, fake_labels]) if projection else None,
         )
-    cls_real = [c[:b] for c in cls] if conditional else None
+    cls_real = [c[:b] for c in cls] if ac else None
     loss_D, loss_D_cls = discriminator_loss(logits[:b], logits[b:], cls_real, labels, hp.class_loss)
     s.update("D", loss_D)
 
     # ---- G step through the updated, frozen D
     D.requires_grad_(False)
     with s.amp():
-        logits_g, cls_g = D(fake_slab, slab_pos, fake_low)
+        logits_g, cls_g = D(fake_slab, slab_pos, fake_low, labels=fake_labels if projection else None)
     loss_G, loss_G_cls = generator_loss(logits_g, cls_g, fake_labels, hp.class_weight, hp.class_loss)
     s.update("G", loss_G)
     D.requires_grad_(True)
@@ -223,7 +228,7 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
         G.requires_grad_(True)
         del feats, rec_low, rec_slab
         losses.update(EH=loss_EH, EG=loss_EG)
-    if conditional:
+    if ac:
         losses.update(D_class=loss_D_cls, G_class=loss_G_cls)
     return losses
 
