@@ -41,12 +41,15 @@ def test_recipes_smoke_run(tmp_path):
                  "--seeds", "1", "--conditional", "--per-class", "2", "--no-progress"]) == 0
     with open(out / "recipes.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["variant"] for r in rows] == ["paper", "+ slab context", "+ minibatch std", "medgen defaults",
+    assert [r["variant"] for r in rows] == ["paper, tiny", "+ slab context, tiny", "+ minibatch std, tiny",
+                                            "medgen's method, tiny", "paper, compact", "medgen's method, compact",
                                             "real (held-out)"]
     by = {r["variant"]: r for r in rows}
     # the exact context closes the gap whatever the weights; the paper's slab does not
-    assert float(by["+ slab context"]["gap"]) < 1e-4 and float(by["medgen defaults"]["gap"]) < 1e-4
-    assert float(by["paper"]["gap"]) > 10 * float(by["+ slab context"]["gap"])
+    for label in ("+ slab context, tiny", "medgen's method, tiny", "medgen's method, compact"):
+        assert float(by[label]["gap"]) < 1e-4
+    for label in ("paper, tiny", "paper, compact"):
+        assert float(by[label]["gap"]) > 10 * float(by["+ slab context, tiny"]["gap"])
     assert 0 < float(by["real (held-out)"]["ms_ssim"]) < 1
     # each run was trained with its own recipe
     from medgen.training.runconfig import RunConfig
@@ -55,12 +58,19 @@ def test_recipes_smoke_run(tmp_path):
     default = RunConfig.load(tmp_path / "w" / "runs" / "recipes-default-32-seed0")
     assert (paper.model["slab_context"], paper.model["minibatch_std"]) == ("zero-padded", 0)
     assert (default.model["slab_context"], default.model["minibatch_std"]) == ("exact", 4)
+    compact = RunConfig.load(tmp_path / "w" / "runs" / "recipes-default-compact-32-seed0")
+    assert (paper.preset, default.preset, compact.preset) == ("tiny", "tiny", "compact")
+    assert compact.model["width"] == 2 * default.model["width"]
     with open(out / "recipes-conditional.csv", newline="") as fh:
         cond = list(csv.DictReader(fh))
-    assert [r["variant"] for r in cond] == ["paper", "medgen defaults", "+ per-head class loss", "+ per-head, λ 1",
-                                            "real (training set)"]
+    assert [r["variant"] for r in cond] == ["paper, tiny", "medgen's method, tiny", "+ per-head class loss, tiny",
+                                            "+ per-head, λ 1, tiny", "+ real-batch classes, tiny", "projection D, tiny",
+                                            "medgen's method, compact", "real (training set)"]
     perhead = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-perhead-32-seed0")
     assert perhead.hparams["class_loss"] == "per-head" and perhead.model["minibatch_std"] == 4
+    projection = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-projection-32-seed0")
+    assert projection.model["class_conditioning"] == "projection"
+    assert RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-fakereal-32-seed0").hparams["fake_labels"] == "real"
     assert float(cond[-1]["spearman"]) > 0.7  # the phantoms' classes are emphysema stages
     assert (out / "recipes.png").is_file() and (out / "recipes-conditional.md").is_file()
 

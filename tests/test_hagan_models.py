@@ -330,8 +330,10 @@ def test_config_roundtrip_and_presets():
     with pytest.raises(UsageError, match="unknown model preset"):
         get_preset("huge", 64)
     for size in (32, 64, 128, 256, 512):
-        for name in ("paper", "small", "tiny"):
+        for name in ("paper", "small", "compact", "tiny"):
             get_preset(name, size)  # every preset is valid at every size
+    compact, tiny = get_preset("compact", 64), get_preset("tiny", 64)
+    assert compact.high_widths() == [8, 1] and tiny.high_widths() == [4, 1]  # G^H's hidden channels: twice tiny's
 
 
 # ------------------------------------------------------------------ model-info

@@ -29,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("kind", choices=("train", "generate"), help="what to time")
     p.add_argument("--family", default="hagan", help="model family (default hagan)")
-    p.add_argument("--preset", default=None, help="model preset (default: the family's; HA-GAN: paper, small, tiny)")
+    p.add_argument("--preset", default=None, help="model preset (default: the family's; HA-GAN: paper, small, compact, tiny)")
     p.add_argument("--size", type=int, default=128, metavar="S", help="volume edge length (default 128)")
     p.add_argument("--batch", type=int, default=None, metavar="B",
                    help="batch size (default: train 2 on CPU / 4 on CUDA; generate 1)")

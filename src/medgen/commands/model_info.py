@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--family", default="hagan", help="model family from the registry (default hagan)")
     p.add_argument("--list", action="store_true", help="list the registered families and exit")
     p.add_argument("--preset", default=None,
-                   help="model preset (default: the family's; HA-GAN: paper = the published architecture, small, tiny)")
+                   help="model preset (default: the family's; HA-GAN: paper = the published architecture, small, compact, tiny)")
     p.add_argument("--size", type=int, default=256, metavar="S", help="output edge length, power of two 32-512 (default 256)")
     p.add_argument("--width", type=float, default=None, help="channel-width multiplier (overrides the preset)")
     p.add_argument("--latent-dim", type=int, default=None, metavar="N", help="length of z (overrides the preset)")

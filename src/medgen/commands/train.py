@@ -91,7 +91,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--family", default=None,
                    help="model family from the registry (default hagan; `medgen model-info --family NAME` describes one)")
     m.add_argument("--preset", default=None,
-                   help="model preset (default: the family's; HA-GAN: paper = the published architecture, small, tiny)")
+                   help="model preset (default: the family's; HA-GAN: paper = the published architecture, small, compact, tiny)")
     m.add_argument("--size", type=int, default=None, help="volume edge length S in voxels (default: the data set's)")
     m.add_argument("--width", type=float, default=None, help="channel-width multiplier (overrides the preset)")
     m.add_argument("--latent-dim", type=int, default=None, help="length of z (overrides the preset)")

@@ -108,7 +108,7 @@ LABELS: dict[str, str] = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", default=None, metavar="S,S",
                    help="resolutions (default: smoke 32; demo 32,64,128; full 32,64,128,256)")
-    p.add_argument("--preset", default=None, choices=("paper", "small", "tiny"),
+    p.add_argument("--preset", default=None, choices=("paper", "small", "compact", "tiny"),
                    help="model preset (default paper, the published architecture; smoke: tiny); in the table "
                         "across families, paper is each family's published or else largest preset (ddpm, ldm: base)")
     p.add_argument("--batch", type=int, default=None, metavar="B",

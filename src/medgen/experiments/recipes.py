@@ -12,7 +12,11 @@ train/inference mismatch is about:
   exactly the slices inference produces;
 * ``+ minibatch std``: a minibatch standard-deviation feature in D^H and D^L
   (``--minibatch-std 4``), real and generated volumes in separate groups;
-* ``medgen defaults``: both (``medgen train`` without options).
+* ``medgen's method``: both (``medgen train`` without options);
+
+each in the ``tiny`` preset, then the paper's method and medgen's in the
+``compact`` preset (twice the width: G^H gets 8 instead of 4 hidden channels),
+which is what lets the generator draw the lung texture.
 
 Every run is sampled (the EMA generator) and compared with the held-out phantoms:
 MS-SSIM among generated pairs (diversity; compare with the real pairs'),
@@ -22,8 +26,9 @@ fraction, FID/MMD on seeded random features, and the train/inference gap
 
 With ``--conditional`` the same is done for the class-conditional model on the
 phantoms' emphysema classes: the paper's recipe (one class loss on the heads'
-mean logits, λ 0.1), medgen's defaults, medgen's defaults with a class loss per
-head, and that with λ 1; per requested class, the generated volumes' emphysema %
+mean logits, λ 0.1), medgen's method, with a class loss per head, that with
+λ 1, with the real batch's classes asked of G, with a projection discriminator
+(tiny preset), and medgen's method in the compact preset; per requested class, the generated volumes' emphysema %
 (Spearman correlation with the class, class means against the real classes'
 interquartile ranges) and the MS-SSIM within each class.
 
@@ -45,7 +50,8 @@ import numpy as np
 from medgen.experiments.guidance import LABEL_COLUMN  # the phantoms' emphysema classes
 from medgen.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, ExperimentOutput, Workspace, metric_row
 
-HELP = "HA-GAN: the paper's recipe vs slab context, minibatch std and class-loss options (mode collapse, classes)"
+HELP = ("HA-GAN: the paper's recipe vs slab context, minibatch std, width and class-conditioning options "
+        "(mode collapse, anatomy, classes)")
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 DEFAULTS = {"seeds": 2, "conditional": False, "per_class": 8}  # left out of the canonical command line
 
@@ -54,7 +60,8 @@ FIGURE_VOLUMES = 4
 
 @dataclass(frozen=True)
 class Variant:
-    """One recipe: ``recipe`` (None = medgen's defaults), more architecture settings and training settings."""
+    """One recipe: ``recipe`` (None = medgen's defaults), more architecture settings and training settings;
+    ``preset``: the model preset (None = the scale's)."""
 
     key: str
     label: str
@@ -62,37 +69,49 @@ class Variant:
     model: dict[str, Any] = field(default_factory=dict)
     hparams: dict[str, Any] = field(default_factory=dict)
     note: str = ""
+    preset: str | None = None
 
     @property
     def options(self) -> str:
         from medgen.families.run_config import train_flags
 
-        flags = (["--recipe", self.recipe] if self.recipe else []) + train_flags({**self.model, **self.hparams})
+        flags = (["--preset", self.preset] if self.preset else []) + (["--recipe", self.recipe] if self.recipe else [])
+        flags += train_flags({**self.model, **self.hparams})
         return " ".join(flags) or "no options"
 
 
+# The method's rows use the "tiny" preset, each remedy alone; the "compact" rows (twice tiny's width,
+# the demo's preset) show what the width adds.
 VARIANTS: tuple[Variant, ...] = (
-    Variant("paper", "paper", "paper", note="the paper's method: zero-padded training slab, no minibatch std"),
-    Variant("context", "+ slab context", "paper", {"slab_context": "exact"},
+    Variant("paper", "paper, tiny", "paper", preset="tiny",
+            note="the paper's method: zero-padded training slab, no minibatch std"),
+    Variant("context", "+ slab context, tiny", "paper", {"slab_context": "exact"}, preset="tiny",
             note="the paper's, but G^H trained on the slab with its neighbours and whole-volume GroupNorm statistics"),
-    Variant("mbstd", "+ minibatch std", "paper", {"minibatch_std": 4},
+    Variant("mbstd", "+ minibatch std, tiny", "paper", {"minibatch_std": 4}, preset="tiny",
             note="the paper's, plus a minibatch standard-deviation feature (groups of 4) in D^H and D^L"),
-    Variant("default", "medgen defaults", None, note="both remedies (medgen train without options)"),
+    Variant("default", "medgen's method, tiny", None, preset="tiny",
+            note="both remedies (medgen train without options), in the tiny preset"),
+    Variant("paper-compact", "paper, compact", "paper", preset="compact",
+            note="the paper's method in the compact preset (twice tiny's width)"),
+    Variant("default-compact", "medgen's method, compact", None, preset="compact",
+            note="both remedies in the compact preset (the demo's)"),
 )
 
 CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
-    Variant("paper", "paper", "paper",
+    Variant("paper", "paper, tiny", "paper", preset="tiny",
             note="the paper's method: one class loss on the mean of D^H's and D^L's class logits, λ 0.1"),
-    Variant("default", "medgen defaults", None,
+    Variant("default", "medgen's method, tiny", None, preset="tiny",
             note="slab context and minibatch std; the paper's class loss (mean logits, λ 0.1)"),
-    Variant("perhead", "+ per-head class loss", None, hparams={"class_loss": "per-head"},
-            note="medgen's defaults with one class loss per head, so D^H must learn the class itself"),
-    Variant("lambda1", "+ per-head, λ 1", None, hparams={"class_loss": "per-head", "class_weight": 1.0},
-            note="per-head class losses and the generator's class loss weighted 1 instead of 0.1"),
-    Variant("fakereal", "+ real-batch classes", None, hparams={"fake_labels": "real"},
-            note="medgen's defaults, G asked for the real batch's classes (the data's class prior; the authors' code)"),
-    Variant("projection", "projection D", None, {"class_conditioning": "projection"},
-            note="medgen's defaults with a projection discriminator: D is given the class instead of predicting it"),
+    Variant("perhead", "+ per-head class loss, tiny", None, hparams={"class_loss": "per-head"}, preset="tiny",
+            note="medgen's method with one class loss per head, so D^H must learn the class itself"),
+    Variant("lambda1", "+ per-head, λ 1, tiny", None, hparams={"class_loss": "per-head", "class_weight": 1.0},
+            preset="tiny", note="per-head class losses and the generator's class loss weighted 1 instead of 0.1"),
+    Variant("fakereal", "+ real-batch classes, tiny", None, hparams={"fake_labels": "real"}, preset="tiny",
+            note="medgen's method, G asked for the real batch's classes (the data's class prior; the authors' code)"),
+    Variant("projection", "projection D, tiny", None, {"class_conditioning": "projection"}, preset="tiny",
+            note="medgen's method with a projection discriminator: D is given the class instead of predicting it"),
+    Variant("default-compact", "medgen's method, compact", None, preset="compact",
+            note="slab context and minibatch std, the paper's class loss, in the compact preset (twice tiny's width)"),
 )
 
 COLUMNS: tuple[str, ...] = ("variant", "seed", "iterations", "gap", "gap_border", *METRIC_COLUMNS)
@@ -122,8 +141,8 @@ def gap_of_run(run_dir, n: int, seed: int) -> dict[str, float]:
 
 def _train(ws: Workspace, variant: Variant, name: str, size: int, seed: int, **options: Any):
     """The run ``WORK/runs/NAME`` of ``variant`` for training seed ``seed`` (trained if needed)."""
-    return ws.model(name, size, recipe=variant.recipe, model_settings=variant.model, hparams=variant.hparams,
-                    seed=seed, **options)
+    return ws.model(name, size, preset=variant.preset, recipe=variant.recipe, model_settings=variant.model,
+                    hparams=variant.hparams, seed=seed, **options)
 
 
 def _mean_row(label: str, rows: list[dict[str, Any]], columns) -> dict[str, Any]:
@@ -171,7 +190,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     real = list(heldout_volumes(heldout_dir, FIGURE_VOLUMES))
     out.add_figure(save_ablation_figure([("real (held-out)", real), *shown], out.path("recipes.png")))
     notes = [
-        (f"HA-GAN at {size}³, preset {ws.scale.preset!r}, batch {ws.scale.batch}, {ws.train_iters} iterations per run, "
+        (f"HA-GAN at {size}³, the preset each row names (tiny: width 1/8, G^H with 4 hidden channels; compact: "
+         f"width 1/4, 8), batch {ws.scale.batch}, {ws.train_iters} iterations per run, "
          f"training seeds {ws.seed}..{ws.seed + args.seeds - 1}; {n} samples per run (EMA generator) against "
          f"{n} held-out phantoms at most."),
         *[f"{v.label} ({v.options}): {v.note}." for v in VARIANTS],
@@ -238,7 +258,8 @@ def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace,
                  "classes_in_real_iqr": len(classes)})
     iqr = "; ".join(f"class {c}: {real_stats[c]['q1']:.2f}-{real_stats[c]['q3']:.2f}" for c in classes)
     notes = [
-        (f"Class-conditional HA-GAN at {size}³ on the phantoms' emphysema classes (column {LABEL_COLUMN!r}), "
+        (f"Class-conditional HA-GAN at {size}³ (the preset each row names) on the phantoms' emphysema classes "
+         f"(column {LABEL_COLUMN!r}), "
          f"{ws.train_iters} iterations, {args.per_class} volumes per requested class."),
         *[f"{v.label} ({v.options}): {v.note}." for v in CONDITIONAL_VARIANTS],
         "spearman: requested class vs measured emphysema % (LAA-950 of the lung) over all generated volumes; "

@@ -111,7 +111,7 @@ def budget_iterations(ws: Workspace, family: str, name: str, size: int, minutes:
         if saved.get("minutes") == minutes:
             return int(saved["iterations"])
     fam = registry.get(family)
-    preset = ws.scale.preset if ws.scale.preset in fam.presets else fam.default_preset
+    preset = ws.scale.preset_for(fam)
     device = ws.torch_device().type
     print(f"\nmedgen bench train --family {family} --preset {preset} --size {size} --batch {ws.scale.batch} "
           f"--device {device} --warmup 2 --repeats 5", flush=True)

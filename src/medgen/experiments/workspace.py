@@ -44,6 +44,7 @@ class Scale:
     """How big an experiment runs.
 
     ``preset``/``size``: the HA-GAN preset and edge length (voxels) of the main model;
+    ``fallback_preset``: the preset of a family without ``preset`` (:meth:`preset_for`);
     ``sizes``: the resolutions of the synthesis table; ``small_size``: the edge length
     of the models an experiment trains several of (ablation variants, the
     class-conditional model); ``iters``/``batch``: training iterations and batch of
@@ -64,6 +65,15 @@ class Scale:
     n_samples: int
     seeds: int
     classifier_iters: int
+    fallback_preset: str = "tiny"
+
+    def preset_for(self, family) -> str:
+        """The preset a family trains with at this scale: :attr:`preset` if the family has it, else
+        :attr:`fallback_preset`, else the family's default (``family``: a registry entry)."""
+        for name in (self.preset, self.fallback_preset):
+            if name in family.presets:
+                return name
+        return family.default_preset
 
 
 SCALES: dict[str, Scale] = {
@@ -296,7 +306,7 @@ class Workspace:
                          "autoencoder_run": None if autoencoder_run is None else str(autoencoder_run),
                          **(model_settings or {})}
         fam = registry.get(family or "hagan")
-        preset = preset or (s.preset if s.preset in fam.presets else fam.default_preset)
+        preset = preset or s.preset_for(fam)
         config = dict(family=family, preset=preset, resume=(run_dir / "config.yaml").exists(),
                       model_options=model_options, options=options, recipe=recipe)
         if config["resume"]:
