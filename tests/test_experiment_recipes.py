@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,12 +66,19 @@ def test_recipes_smoke_run(tmp_path):
         cond = list(csv.DictReader(fh))
     assert [r["variant"] for r in cond] == ["paper, tiny", "medgen's method, tiny", "+ per-head class loss, tiny",
                                             "+ per-head, λ 1, tiny", "+ real-batch classes, tiny", "projection D, tiny",
-                                            "medgen's method, compact", "real (training set)"]
+                                            "medgen's method, compact", "medgen's method, compact, 8x phantoms",
+                                            "real (training set)"]
     perhead = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-perhead-32-seed0")
     assert perhead.hparams["class_loss"] == "per-head" and perhead.model["minibatch_std"] == 4
     projection = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-projection-32-seed0")
     assert projection.model["class_conditioning"] == "projection"
     assert RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-fakereal-32-seed0").hparams["fake_labels"] == "real"
+    more = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-n512-compact-32-seed0")
+    assert len(more.train_ids) == 8 * len(compact.train_ids) == 8 * 6  # 8x the smoke scale's 6 phantoms
+    data = tmp_path / "w" / "data"
+    first = np.load(data / "train48-32" / "volumes" / f"{more.train_ids[0]}.npy")
+    for other in ("heldout-32", "train-32"):  # other seeds: other phantoms under the same ids
+        assert not np.array_equal(first, np.load(data / other / "volumes" / f"{more.train_ids[0]}.npy"))
     assert float(cond[-1]["spearman"]) > 0.7  # the phantoms' classes are emphysema stages
     assert (out / "recipes.png").is_file() and (out / "recipes-conditional.md").is_file()
 

@@ -70,6 +70,7 @@ class Variant:
     hparams: dict[str, Any] = field(default_factory=dict)
     note: str = ""
     preset: str | None = None
+    more_phantoms: int = 1  # training phantoms: this many times the scale's
 
     @property
     def options(self) -> str:
@@ -112,6 +113,9 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             note="medgen's method with a projection discriminator: D is given the class instead of predicting it"),
     Variant("default-compact", "medgen's method, compact", None, preset="compact",
             note="slab context and minibatch std, the paper's class loss, in the compact preset (twice tiny's width)"),
+    Variant("n512-compact", "medgen's method, compact, 8x phantoms", None, preset="compact", more_phantoms=8,
+            note="the same trained on 8 times as many phantoms (512 instead of 64 at the demo scale), so D cannot "
+                 "learn each training volume's class by heart"),
 )
 
 COLUMNS: tuple[str, ...] = ("variant", "seed", "iterations", "gap", "gap_border", *METRIC_COLUMNS)
@@ -141,8 +145,9 @@ def gap_of_run(run_dir, n: int, seed: int) -> dict[str, float]:
 
 def _train(ws: Workspace, variant: Variant, name: str, size: int, seed: int, **options: Any):
     """The run ``WORK/runs/NAME`` of ``variant`` for training seed ``seed`` (trained if needed)."""
+    data = ws.larger_training_set(size, variant.more_phantoms * ws.scale.n_train) if variant.more_phantoms > 1 else None
     return ws.model(name, size, preset=variant.preset, recipe=variant.recipe, model_settings=variant.model,
-                    hparams=variant.hparams, seed=seed, **options)
+                    hparams=variant.hparams, seed=seed, data=data, **options)
 
 
 def _mean_row(label: str, rows: list[dict[str, Any]], columns) -> dict[str, Any]:

@@ -256,6 +256,28 @@ class Workspace:
             out.append(folder)
         return out[0], out[1]
 
+    def larger_training_set(self, size: int, n: int) -> Path:
+        """A preprocessed training set of ``n`` thorax-CT phantoms at ``size``³ (``WORK/data/trainN-SIZE``),
+        drawn with seed + 10, so none of them is one of the held-out phantoms (seed + 1)."""
+        if not self.uses_phantoms:
+            raise UsageError("a larger training set is made of phantoms: this experiment cannot use --data")
+        s = self.scale
+        raw = self.root / "phantoms" / f"train-{n}"
+        if not (raw / "manifest.csv").is_file():
+            phantom_size = max(s.sizes + (s.size, s.small_size))
+            argv = ["phantoms", "--kind", PHANTOM_KIND, "--n", str(n), "--size", str(phantom_size), "--seed",
+                    str(self.seed + 10), "--out", str(raw), "--workers", "2"]
+            with step(argv, f"phantoms (train, {n})"):
+                write_phantoms(PHANTOM_KIND, n, phantom_size, self.seed + 10, raw, workers=2, progress=self.progress)
+        folder = self.root / "data" / f"train{n}-{size}"
+        if not (folder / "preprocess.json").is_file():
+            argv = ["preprocess", str(raw), str(folder), "--modality", "ct", "--size", str(size), "--workers", "2"]
+            if not self.progress:
+                argv.append("--no-progress")
+            with step(argv, f"preprocess (train {n}, {size}³)"):
+                _preprocess(raw, folder, size, progress=self.progress)
+        return folder
+
     @staticmethod
     def _check_user_data(folder: Path, size: int, option: str) -> Path:
         from medgen.data.dataset import load_preprocess_info
