@@ -265,7 +265,8 @@ def save_ablation_figure(rows: Sequence[tuple[str, Sequence[np.ndarray]]], path:
     strips = [variant_strip(vols, vmin, vmax, planes=planes) for _, vols in rows]
     widest = max(range(len(strips)), key=lambda i: strips[i][0].shape[1])
     width = strips[widest][0].shape[1]
-    label_w, image_w, title_h, row_gap = 1.8, 7.2, 0.55, 0.12  # inches
+    image_w, title_h, row_gap = 7.2, 0.55, 0.12  # inches
+    label_w = max(1.8, 0.2 + 0.09 * max(len(label) for label, _ in rows))  # about 0.09 in per 10-pt character
     row_h = image_w * max(s.shape[0] for s, _ in strips) / width
     fig_w, fig_h = label_w + image_w + 0.1, title_h + len(rows) * (row_h + row_gap)
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
