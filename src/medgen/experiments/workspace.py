@@ -226,15 +226,32 @@ class Workspace:
     def _phantoms(self) -> tuple[Path, Path]:
         """Raw thorax-CT phantoms (NIfTI, HU) at the largest size any experiment needs."""
         s = self.scale
-        size = max(s.sizes + (s.size, s.small_size))
         raw = self.root / "phantoms"
         for name, n, seed in (("train", s.n_train, self.seed), ("heldout", s.n_heldout, self.seed + 1)):
-            if not (raw / name / "manifest.csv").is_file():
-                argv = ["phantoms", "--kind", PHANTOM_KIND, "--n", str(n), "--size", str(size), "--seed", str(seed),
-                        "--out", str(raw / name), "--workers", "2"]
-                with step(argv, f"phantoms ({name})"):
-                    write_phantoms(PHANTOM_KIND, n, size, seed, raw / name, workers=2, progress=self.progress)
+            self._raw_phantoms(raw / name, n, seed, name)
         return raw / "train", raw / "heldout"
+
+    def _raw_phantoms(self, raw: Path, n: int, seed: int, what: str) -> None:
+        """``n`` thorax-CT phantoms drawn with ``seed`` into ``raw`` (unless there), at the largest size any
+        experiment needs."""
+        if (raw / "manifest.csv").is_file():
+            return
+        s = self.scale
+        size = max(s.sizes + (s.size, s.small_size))
+        argv = ["phantoms", "--kind", PHANTOM_KIND, "--n", str(n), "--size", str(size), "--seed", str(seed),
+                "--out", str(raw), "--workers", "2"]
+        with step(argv, f"phantoms ({what})"):
+            write_phantoms(PHANTOM_KIND, n, size, seed, raw, workers=2, progress=self.progress)
+
+    def _preprocessed(self, raw: Path, folder: Path, size: int, what: str) -> Path:
+        """``raw`` preprocessed to ``size``³ into ``folder`` (unless there)."""
+        if not (folder / "preprocess.json").is_file():
+            argv = ["preprocess", str(raw), str(folder), "--modality", "ct", "--size", str(size), "--workers", "2"]
+            if not self.progress:
+                argv.append("--no-progress")
+            with step(argv, f"preprocess ({what}, {size}³)"):
+                _preprocess(raw, folder, size, progress=self.progress)
+        return folder
 
     def datasets(self, size: int) -> tuple[Path, Path]:
         """(training, held-out) preprocessed folders at ``size``³."""
@@ -244,39 +261,17 @@ class Workspace:
                 raise UsageError("this experiment needs a held-out set: pass --heldout DIR (preprocessed like --data)")
             return train, self._check_user_data(self.heldout, size, "--heldout")
         raw_train, raw_heldout = self._phantoms()
-        out = []
-        for name, raw in (("train", raw_train), ("heldout", raw_heldout)):
-            folder = self.root / "data" / f"{name}-{size}"
-            if not (folder / "preprocess.json").is_file():
-                argv = ["preprocess", str(raw), str(folder), "--modality", "ct", "--size", str(size), "--workers", "2"]
-                if not self.progress:
-                    argv.append("--no-progress")
-                with step(argv, f"preprocess ({name}, {size}³)"):
-                    _preprocess(raw, folder, size, progress=self.progress)
-            out.append(folder)
-        return out[0], out[1]
+        return (self._preprocessed(raw_train, self.root / "data" / f"train-{size}", size, "train"),
+                self._preprocessed(raw_heldout, self.root / "data" / f"heldout-{size}", size, "heldout"))
 
     def larger_training_set(self, size: int, n: int) -> Path:
         """A preprocessed training set of ``n`` thorax-CT phantoms at ``size``³ (``WORK/data/trainN-SIZE``),
         drawn with seed + 10, so none of them is one of the held-out phantoms (seed + 1)."""
         if not self.uses_phantoms:
             raise UsageError("a larger training set is made of phantoms: this experiment cannot use --data")
-        s = self.scale
         raw = self.root / "phantoms" / f"train-{n}"
-        if not (raw / "manifest.csv").is_file():
-            phantom_size = max(s.sizes + (s.size, s.small_size))
-            argv = ["phantoms", "--kind", PHANTOM_KIND, "--n", str(n), "--size", str(phantom_size), "--seed",
-                    str(self.seed + 10), "--out", str(raw), "--workers", "2"]
-            with step(argv, f"phantoms (train, {n})"):
-                write_phantoms(PHANTOM_KIND, n, phantom_size, self.seed + 10, raw, workers=2, progress=self.progress)
-        folder = self.root / "data" / f"train{n}-{size}"
-        if not (folder / "preprocess.json").is_file():
-            argv = ["preprocess", str(raw), str(folder), "--modality", "ct", "--size", str(size), "--workers", "2"]
-            if not self.progress:
-                argv.append("--no-progress")
-            with step(argv, f"preprocess (train {n}, {size}³)"):
-                _preprocess(raw, folder, size, progress=self.progress)
-        return folder
+        self._raw_phantoms(raw, n, self.seed + 10, f"train, {n}")
+        return self._preprocessed(raw, self.root / "data" / f"train{n}-{size}", size, f"train {n}")
 
     @staticmethod
     def _check_user_data(folder: Path, size: int, option: str) -> Path:
