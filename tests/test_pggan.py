@@ -199,7 +199,11 @@ def test_synthesis_budget_follows_the_growth(tmp_path, monkeypatch):
     measured = {"seconds_median": 4.0, "seconds_per_level": {"4": 1.0, "16": 4.0, "8": 2.0}}  # as JSON gives it
     monkeypatch.setattr(bench, "run_isolated", lambda kind, **kw: dict(measured))
     (tmp_path / "runs").mkdir()
-    ws = SimpleNamespace(root=tmp_path, scale=SimpleNamespace(preset="tiny", batch=2),
+    from dataclasses import replace
+
+    from medgen.experiments.workspace import SCALES
+
+    ws = SimpleNamespace(root=tmp_path, scale=replace(SCALES["smoke"], preset="tiny", batch=2),
                          torch_device=lambda: torch.device("cpu"))
     # defaults fade 1000, stable 1000: 1000 · 1 s + 2000 · 2 s + 2000 · 4 s = 13000 s for 5000 iterations,
     # then 4 s each: 240 min = 14400 s → 5000 + 350
