@@ -28,8 +28,9 @@ With ``--conditional`` the same is done for the class-conditional model on the
 phantoms' emphysema classes: the paper's recipe (one class loss on the heads'
 mean logits, λ 0.1), medgen's method, with a class loss per head, that with
 λ 1, with the real batch's classes asked of G, with a projection discriminator
-(tiny preset), and medgen's method in the compact preset; per requested class, the generated volumes' emphysema %
-(Spearman correlation with the class, class means against the real classes'
+(tiny preset), and medgen's method in the compact preset, on the scale's
+phantoms and on 8 times as many; per requested class, the generated volumes'
+emphysema % (Spearman correlation with the class, class means against the real classes'
 interquartile ranges) and the MS-SSIM within each class.
 
 Writes ``recipes.csv``/``recipes.md`` (a row per run and a mean row per
@@ -81,8 +82,8 @@ class Variant:
         return " ".join(flags) or "no options"
 
 
-# The method's rows use the "tiny" preset, each remedy alone; the "compact" rows (twice tiny's width,
-# the demo's preset) show what the width adds.
+# The method's rows use the "tiny" preset, each remedy alone; the "compact" rows (twice tiny's width)
+# show what the width adds.
 VARIANTS: tuple[Variant, ...] = (
     Variant("paper", "paper, tiny", "paper", preset="tiny",
             note="the paper's method: zero-padded training slab, no minibatch std"),
@@ -95,7 +96,7 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("paper-compact", "paper, compact", "paper", preset="compact",
             note="the paper's method in the compact preset (twice tiny's width)"),
     Variant("default-compact", "medgen's method, compact", None, preset="compact",
-            note="both remedies in the compact preset (the demo's)"),
+            note="both remedies in the compact preset"),
 )
 
 CONDITIONAL_VARIANTS: tuple[Variant, ...] = (

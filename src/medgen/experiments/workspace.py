@@ -44,7 +44,6 @@ class Scale:
     """How big an experiment runs.
 
     ``preset``/``size``: the HA-GAN preset and edge length (voxels) of the main model;
-    ``fallback_preset``: the preset of a family without ``preset`` (:meth:`preset_for`);
     ``sizes``: the resolutions of the synthesis table; ``small_size``: the edge length
     of the models an experiment trains several of (ablation variants, the
     class-conditional model); ``iters``/``batch``: training iterations and batch of
@@ -65,15 +64,11 @@ class Scale:
     n_samples: int
     seeds: int
     classifier_iters: int
-    fallback_preset: str = "tiny"
 
     def preset_for(self, family) -> str:
-        """The preset a family trains with at this scale: :attr:`preset` if the family has it, else
-        :attr:`fallback_preset`, else the family's default (``family``: a registry entry)."""
-        for name in (self.preset, self.fallback_preset):
-            if name in family.presets:
-                return name
-        return family.default_preset
+        """The preset a family trains with at this scale: :attr:`preset` if the family has it, else the
+        family's default (``family``: a registry entry)."""
+        return self.preset if self.preset in family.presets else family.default_preset
 
 
 SCALES: dict[str, Scale] = {

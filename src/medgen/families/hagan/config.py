@@ -249,10 +249,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(latent_dim=1024, width=1.0, norm_groups=8),
     # About a quarter of the paper's parameters; fits one small GPU at 128³-256³.
     "small": dict(latent_dim=256, width=0.5, norm_groups=8),
-    # CPU training on 32³-64³ phantoms in minutes: the demo's and the experiments' preset. Twice tiny's
-    # width: tiny's G^H (4 hidden channels) cannot draw the lung texture (docs/results/recipes).
+    # CPU training on 32³-64³ phantoms. Twice tiny's width: tiny's G^H (4 hidden channels) cannot draw
+    # the lung texture (docs/results/recipes); twice tiny's time per iteration, so the demo keeps tiny.
     "compact": dict(latent_dim=128, width=0.25, norm_groups=2),
-    # The smallest network that trains: tests and smoke runs.
+    # The smallest network that trains: the demo, the experiments' demo scale, tests and smoke runs.
     "tiny": dict(latent_dim=128, width=0.125, norm_groups=2),
 }
 
