@@ -236,3 +236,20 @@ def test_training_minutes_add_up_the_logged_windows(tmp_path):
     # 25 iterations at 5 it/s (5 s), 25 at 2.5 it/s (10 s), then a resumed run's window of 10 at 1 it/s (10 s)
     (run / "metrics.csv").write_text("iteration,loss_D,it_per_s\n25,1.0,5.0\n50,1.0,2.5\n60,1.0,1.0\n")
     assert training_minutes(run) == pytest.approx(25 / 60)
+
+
+def test_scale_preset_for_each_family():
+    from dataclasses import replace
+
+    from medgen.families import registry
+
+    demo = SCALES["demo"]
+    hagan, wgan, ddpm = registry.get("hagan"), registry.get("wgan-gp"), registry.get("ddpm")
+    # The demo scale names HA-GAN's compact preset; every other family trains in its tiny preset.
+    assert demo.preset_for(hagan) == demo.hagan_preset == "compact"
+    assert demo.preset_for(wgan) == demo.preset_for(ddpm) == "tiny"
+    # A preset name a family lacks falls back to that family's default, not to a preset of another family.
+    odd = replace(demo, preset="nonexistent", family_presets={"hagan": "small", "ddpm": "nonexistent"})
+    assert odd.preset_for(hagan) == "small"
+    assert odd.preset_for(ddpm) == ddpm.default_preset and odd.preset_for(wgan) == wgan.default_preset
+    assert SCALES["smoke"].hagan_preset == "tiny"  # tests keep the smallest network

@@ -297,7 +297,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
 
     size = ablation_size(ws)
     if args.run is not None:
-        check_full_run(Path(args.run), size, ws.scale.preset)
+        check_full_run(Path(args.run), size, ws.scale.hagan_preset)
     heldout_dir = ws.datasets(size)[1]
     eval_dir = out.path("evaluations")
     n = ws.scale.n_samples
@@ -338,7 +338,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     extractor = "med3d (MedicalNet)" if args.features == "med3d" else "random (seeded random weights)"
     iterations = {r["iterations"] for r in rows[: len(VARIANTS)]}
     notes = [
-        (f"All models at {size}³, preset {ws.scale.preset!r}, batch {ws.scale.batch}, trained for "
+        (f"All models at {size}³, preset {ws.scale.hagan_preset!r}, batch {ws.scale.batch}, trained for "
          f"{ws.train_iters} iterations each; features of FID/MMD/PRDC: {extractor}."),
         *METRIC_NOTES,
         *[f"{v.label}: {v.note}." for v in VARIANTS],

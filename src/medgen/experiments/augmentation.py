@@ -442,7 +442,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         f"always predicting the test set's majority class gives accuracy {majority:.3f} (balanced accuracy 1/K)."
         + (f" Test classes absent from training ({', '.join(str(names[c] if names else c) for c in missing)}) "
            "can only be misclassified." if missing else ""),
-        (f"Synthetic: {per_class} volumes per class from a class-conditional HA-GAN ({ws.scale.preset} preset, {size}³, "
+        (f"Synthetic: {per_class} volumes per class from a class-conditional HA-GAN ({ws.scale.hagan_preset} preset, {size}³, "
          f"{gan_iters} iterations, trained on the same {len(real_items)} real volumes); volume i of every class "
          "is drawn from the same latent z, so the classes differ only by the class input."),
         (f"Classifier: the 3D CNN of medgen.families.classifier.network (width 16), {iters} iterations of batch {CLASSIFIER_BATCH}, "
