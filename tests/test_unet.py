@@ -173,3 +173,69 @@ def test_the_train_command_offers_every_task():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
     task = next(a for a in sub._actions if a.dest == "task")
     assert set(task.choices) == set(image_tasks.TASKS)
+
+
+def test_grid_masks_cover_every_voxel_once_and_leave_each_cube_s_neighbours_visible():
+    from medgen.data.degradations.inpaint import grid_masks
+
+    masks = grid_masks((10, 9, 7), 3)  # edges that are not multiples of the box
+    assert len(masks) == 8 and all(m.shape == (10, 9, 7) for m in masks)
+    np.testing.assert_array_equal(np.sum(masks, axis=0), 1)  # each voxel in exactly one mask
+    # Voxel (4, 4, 4) lies in cube (1, 1, 1): mask 4 + 2 + 1 = 7, which holds that cube (3..5 on each axis)
+    # and the partial cube (3, 1, 1) at the end of the first axis (voxel 9 × 3 × 3).
+    assert masks[7][3:6, 3:6, 3:6].all() and masks[7][9, 3:6, 3:6].all() and masks[7].sum() == 27 + 9
+    # Every voxel next to that cube (26 neighbouring cubes) is visible when mask 7 is hidden.
+    around = np.zeros((10, 9, 7), bool)
+    around[2:7, 2:7, 2:7] = True
+    around[3:6, 3:6, 3:6] = False
+    assert not (masks[7] & around).any()
+    with pytest.raises(UsageError, match="need >= 1"):
+        grid_masks((4, 4, 4), 0)
+
+
+def _inpaint_model(size: int, info: dict):
+    from types import SimpleNamespace
+
+    model = registry.get("unet").build_model("tiny", size, task="inpaint")
+    model.run_config = SimpleNamespace(preprocess=info)
+    return model
+
+
+def test_mask_and_inpaint_reconstruction_fills_each_cube_as_training_does():
+    from medgen.data.degradations.inpaint import grid_masks
+
+    # The untrained residual inpainting UNet is the identity on its first input, so its reconstruction of each
+    # hidden cube is the fill of that phase: the mean of the visible body voxels (body: above -500 HU).
+    info = {"modality": "ct", "hu_window": [-1024.0, 600.0]}
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1.0, 1.0, (16, 16, 16)).astype(np.float32)
+    rec = _inpaint_model(16, info).reconstruct(x[None], box=4)
+    assert rec.shape == (1, 16, 16, 16) and rec.dtype == np.float32
+    hu = -1024.0 + (x.astype(np.float64) + 1.0) / 2.0 * 1624.0
+    for mask in grid_masks(x.shape, 4):
+        visible_body = (hu > -500.0) & ~mask
+        fill_hu = hu[visible_body].mean()
+        expected = 2.0 * (fill_hu + 1024.0) / 1624.0 - 1.0
+        np.testing.assert_allclose(rec[0][mask], expected, atol=2e-6)
+    # Every voxel predicted (none copied from the input): the map |x - x_rec| is nowhere zero by construction.
+    assert np.abs(rec[0] - x).min() > 0
+
+
+def test_only_an_inpainting_run_reconstructs_and_the_anomaly_command_passes_box():
+    import argparse
+
+    from medgen.commands.anomaly import _options
+
+    info = {"modality": "ct", "hu_window": [-1024.0, 600.0]}
+    denoiser = registry.get("unet").build_model("tiny", 16, task="denoise")
+    with pytest.raises(UsageError, match="task 'denoise' cannot reconstruct"):
+        denoiser.reconstruct(np.zeros((1, 16, 16, 16), np.float32))
+    model = _inpaint_model(16, info)
+    with pytest.raises(UsageError, match="at least 1 voxel"):
+        model.reconstruct(np.zeros((1, 16, 16, 16), np.float32), box=0)
+    args = argparse.Namespace(noise_level=None, steps=None, seed=None, box=2)
+    assert _options(args, model) == {"box": 2}
+    with pytest.raises(UsageError, match="--box 0: need at least 1"):
+        _options(argparse.Namespace(noise_level=None, steps=None, seed=None, box=0), model)
+    with pytest.raises(UsageError, match="--noise-level: this model.s reconstruction takes no such option"):
+        _options(argparse.Namespace(noise_level=0.2, steps=None, seed=None, box=None), model)

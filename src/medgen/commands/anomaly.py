@@ -5,6 +5,7 @@ Examples::
     medgen anomaly runs/fanogan32 data/ct32-lesions --out anomaly/ --split test     # f-AnoGAN on HA-GAN
     medgen anomaly runs/ae32 data/ct32-lesions --out anomaly-ae/                    # autoencoder residual
     medgen anomaly runs/ddpm32 data/ct32-lesions --out anomaly-ddpm/ --noise-level 0.3 --steps 20
+    medgen anomaly runs/inpaint64 data/ct64-lesions --out anomaly-inpaint/ --box 4   # mask-and-inpaint (unet)
     medgen anomaly runs/fanogan32 scans/ --out my-scans/                            # your own scans (32³)
 
 The work is :mod:`medgen.inference.anomaly`.
@@ -23,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Reconstruct every volume of DATA as the closest normal volume the model of training run RUN can "
             "make (fanogan: G(E(x)); autoencoder, vae-gan, alpha-gan, hagan: through the encoder; ddpm: partial "
-            "noising and denoising) and write OUT/scores.csv (per-volume scores), OUT/maps/<id>.nii.gz (the "
+            "noising and denoising; a unet run of the inpaint task: every cube of a checkerboard hidden in turn and inpainted from its context) and write OUT/scores.csv (per-volume scores), OUT/maps/<id>.nii.gz (the "
             "voxel anomaly map |x - x_rec|, CT in HU), OUT/reconstructions/<id>.nii.gz (the counterfactual "
             "normal volume) and OUT/figures/<id>.png. DATA is a preprocessed data set or a scan / folder of "
             "scans of the model's volume size. With ground truth in the data set (the manifest column "
@@ -49,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="diffusion models: denoising steps from that level (default the model's)")
     p.add_argument("--seed", type=int, default=None, metavar="S",
                    help="diffusion models: seed of the noise (default the model's)")
+    p.add_argument("--box", type=int, default=None, metavar="N",
+                   help="mask-and-inpaint (a unet run of the inpaint task): edge in voxels of the cubes hidden in "
+                        "turn, at least the size of the lesions to find (default 4)")
     p.add_argument("--figures", type=int, default=16, metavar="N",
                    help="data sets: figures for the first N volumes, abnormal ones first (default 16; -1: all)")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint to load (default: the run's latest)")
@@ -58,12 +62,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _options(args: argparse.Namespace, model) -> dict:
-    """The diffusion options given, checked against what the model's reconstruction takes."""
+    """The reconstruction options given (diffusion: noise level, steps, seed; mask-and-inpaint: box), checked
+    against what the model's reconstruction takes."""
     import inspect
 
     from medgen.core.errors import UsageError
 
-    given = {"noise_level": args.noise_level, "steps": args.steps, "seed": args.seed}
+    given = {"noise_level": args.noise_level, "steps": args.steps, "seed": args.seed, "box": args.box}
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return {}
@@ -72,12 +77,14 @@ def _options(args: argparse.Namespace, model) -> dict:
     unknown = [k for k in given if k not in accepted]
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        raise UsageError(f"{flags}: this model reconstructs in one pass (the options apply to diffusion models "
-                         "such as ddpm)")
+        raise UsageError(f"{flags}: this model's reconstruction takes no such option (--noise-level, --steps and "
+                         "--seed apply to diffusion models such as ddpm, --box to a unet run of the inpaint task)")
     if "noise_level" in given and not 0.0 < given["noise_level"] <= 1.0:
         raise UsageError(f"--noise-level {given['noise_level']}: need 0 < F <= 1")
     if "steps" in given and given["steps"] < 1:
         raise UsageError(f"--steps {given['steps']}: need at least 1")
+    if "box" in given and given["box"] < 1:
+        raise UsageError(f"--box {given['box']}: need at least 1 voxel")
     return given
 
 

@@ -14,7 +14,13 @@
    * ``ae`` / ``vae``: the ``autoencoder`` family, plain (spatial bottleneck) and variational (its AE's
      budget);
    * ``ddpm``: the image-space diffusion model, each volume noised to a quarter of the forward process and
-     denoised back (AnoDDPM), 13 DDIM steps.
+     denoised back (AnoDDPM), 13 DDIM steps;
+   * ``inpaint``: mask-and-inpaint, a ``unet`` of the ``inpaint`` task trained on the normal volumes with
+     random boxes hidden (``medgen degrade --kind inpaint``, boxes of :data:`INPAINT_BOX` voxels hiding
+     :data:`INPAINT_FRACTION` of the body); each volume is cut into a checkerboard of such cubes, each class
+     of cubes hidden in turn and inpainted from its context (:meth:`medgen.families.unet.model.
+     ImageToImageModel.reconstruct`), so a vessel that crosses a cube is predicted and a nodule inside it is
+     not.
 
 4. ``medgen anomaly`` on every test set with every detector: the per-volume scores and voxel maps
    (:mod:`medgen.inference.anomaly`), scored against the ground truth, for the residual map and for the
@@ -47,7 +53,12 @@ DETECTORS: dict[str, str] = {
     "ae": "autoencoder",
     "vae": "VAE",
     "ddpm": "DDPM (AnoDDPM)",
+    "inpaint": "mask-and-inpaint (unet)",
 }
+#: The cubes mask-and-inpaint hides (voxels; 25 mm at 64³) and the share of the body its training boxes hide.
+INPAINT_BOX = 4
+INPAINT_FRACTION = 0.125
+INPAINT_PATCH = 32
 LESION_KINDS = ("nodule", "emphysema", "mass")
 DEFAULT_MINUTES = 5.0
 LARGE_MM = 10.0
@@ -98,7 +109,38 @@ def detector_runs(ws: Workspace, detectors: list[str], size: int, minutes: float
                                    iters=iters, recipe="vae")
     if "ddpm" in detectors:
         runs["ddpm"] = _family_run(ws, "ddpm", size, minutes)
+    if "inpaint" in detectors:
+        runs["inpaint"] = inpaint_run(ws, size)
     return {d: runs[d] for d in detectors}
+
+
+def inpaint_run(ws: Workspace, size: int) -> Path:
+    """The mask-and-inpaint detector: the normal training set with boxes of :data:`INPAINT_BOX` voxels hidden
+    (``medgen degrade --kind inpaint``), and a ``unet`` of the ``inpaint`` task trained on it for the scale's
+    iterations."""
+    from medgen.data.degraded_set import write_degraded_set
+    from medgen.experiments.workspace import step
+
+    clean = ws.datasets(size)[0]
+    spacing_mm = float(next(iter(_manifest_rows(clean)))["spacing"].split("x")[0])
+    settings = ["shape=box", f"size_mm={INPAINT_BOX * spacing_mm:g}", f"fraction={INPAINT_FRACTION:g}"]
+    folder = ws.root / "data" / f"inpaint-boxes{INPAINT_BOX}-train-{size}"
+    argv = ["degrade", str(clean), str(folder), "--kind", "inpaint", *[a for p in settings for a in ("--param", p)],
+            "--seed", str(ws.seed)]
+    with step(argv, "degrade (inpaint boxes)"):
+        write_degraded_set(clean, folder, "inpaint", settings, seed=ws.seed, progress=ws.progress)
+    # The unet family has no `medgen bench` to convert minutes into iterations: the scale's iterations.
+    # Trained on random patches of INPAINT_PATCH³ (8x fewer voxels per iteration than 64³ volumes), which still
+    # hold several boxes and their context; the model inpaints whole volumes by windows of that size.
+    return ws.model(f"unet-inpaint-{size}", size, family="unet", data=folder, model_settings={"task": "inpaint"},
+                    hparams={"patch": min(INPAINT_PATCH, size)})
+
+
+def _manifest_rows(folder: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(folder / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def auroc_subset(rows: list[dict[str, Any]], min_mm: float, column: str = "score") -> float | None:
@@ -222,13 +264,15 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         run_dir = runs[det]
         model = registry.load(run_dir, device=device)
         base = ws.root / "anomaly" / f"{det}-{run_dir.name}-it{checkpoint_iteration(run_dir)}"
-        reference = reference_statistics(model, reference_dir, base / "reference", progress=ws.progress)
+        options = {"box": INPAINT_BOX} if det == "inpaint" else {}
+        flags = [a for k, v in options.items() for a in (f"--{k}", str(v))]
+        reference = reference_statistics(model, reference_dir, base / "reference", progress=ws.progress, **options)
         for kind in kinds:
             out_dir = base / kind
             summary = anomaly_dataset(model, tests[kind], out_dir, figures=0, progress=ws.progress,
-                                      reference=reference)
+                                      reference=reference, **options)
             ws.record(["anomaly", str(run_dir), str(tests[kind]), "--out", str(out_dir), "--reference",
-                       str(reference_dir), "--figures", "0"])
+                       str(reference_dir), "--figures", "0", *flags])
             with open(out_dir / "scores.csv", newline="") as fh:
                 vols = list(csv.DictReader(fh))
             per_volume[f"{det}/{kind}"] = vols
@@ -251,7 +295,10 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         f"{size}³ like the training set), lesions painted into about half of them (`abnormal`).",
         f"Detectors trained on the normal volumes for {args.minutes:g} minutes each at their measured speed "
         "(iterations, train_minutes from each run's log); f-AnoGAN's encoder for the scale's iterations on top of "
-        "its HA-GAN run; the VAE with the AE's iterations. DDPM: noise level 0.25, 13 DDIM steps.",
+        "its HA-GAN run; the VAE with the AE's iterations. DDPM: noise level 0.25, 13 DDIM steps. "
+        f"Mask-and-inpaint: a `unet` (inpaint task) trained for the scale's {ws.train_iters} iterations on the normal "
+        f"volumes with random boxes of {INPAINT_BOX} voxels hiding {INPAINT_FRACTION:.1%} of the body, scored with "
+        f"the checkerboard of {INPAINT_BOX}-voxel cubes (`medgen anomaly --box {INPAINT_BOX}`).",
         "auroc, auprc: volume level, of the detector's score (the mean of the map |x − x̂|; f-AnoGAN: image plus "
         "feature residual), auprc_chance the share of abnormal volumes; auroc_p99, auroc_max: of the map's 99th percentile and "
         "maximum; "

@@ -124,17 +124,35 @@ def blob_mask(body: np.ndarray, spacing, size_mm: float, fraction: float, rng: n
     return (smooth >= threshold) & in_box
 
 
-def apply(scan: Scan, params: InpaintParams, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    body = body_mask(scan)
-    make = box_mask if params.shape == "box" else blob_mask
-    mask = make(body, scan.spacing, params.size_mm, params.fraction, rng)
-    if params.fill == "value":
-        fill = params.fill_value
+def grid_masks(shape: tuple[int, ...], box: int) -> list[np.ndarray]:
+    """The 8 masks of a 3D checkerboard of cubes of edge ``box`` voxels: cube ``(i, j, k)`` (voxels
+    ``i·box … (i+1)·box − 1`` along the first axis, and so on) belongs to mask ``4·(i mod 2) + 2·(j mod 2) +
+    (k mod 2)``. Every voxel lies in exactly one mask, and every cube of a mask has its 26 neighbouring cubes
+    visible: what mask-and-inpaint anomaly detection hides in turn (each voxel predicted from its context)."""
+    if box < 1:
+        raise UsageError(f"grid box of {box} voxels: need >= 1")
+    parity = [(np.arange(n) // box) % 2 for n in shape]
+    phase = 4 * parity[0][:, None, None] + 2 * parity[1][None, :, None] + parity[2][None, None, :]
+    return [phase == p for p in range(8)]
+
+
+def hide(scan: Scan, mask: np.ndarray, fill: str = "mean", fill_value: float = 0.0) -> dict[str, np.ndarray]:
+    """``scan`` with the voxels of ``mask`` set to ``fill`` (``mean``: of the visible body voxels; ``value``:
+    ``fill_value``): the ``degraded`` and ``mask`` volumes of this degradation for a given mask."""
+    mask = np.asarray(mask, dtype=bool)
+    if fill == "value":
+        value = fill_value
     else:
+        body = body_mask(scan)
         visible = body & ~mask
-        fill = float(scan.values[visible if visible.any() else body].mean())
-    degraded = np.where(mask, fill, scan.values)
-    return {"degraded": degraded, "mask": mask.astype(np.uint8)}
+        value = float(scan.values[visible if visible.any() else body].mean())
+    return {"degraded": np.where(mask, value, scan.values), "mask": mask.astype(np.uint8)}
+
+
+def apply(scan: Scan, params: InpaintParams, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    make = box_mask if params.shape == "box" else blob_mask
+    mask = make(body_mask(scan), scan.spacing, params.size_mm, params.fraction, rng)
+    return hide(scan, mask, params.fill, params.fill_value)
 
 
 INPAINT = Degradation(

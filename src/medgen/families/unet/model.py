@@ -6,6 +6,7 @@ Example::
     clean = model.translate(noisy)                                 # (X, Y, Z) in [-1, 1] → same shape
     filled = model.translate({"degraded": x, "mask": m})           # several inputs, by name
     big = model.translate(ct256, window=64)                        # overlapping 64³ windows (bounded memory)
+    normal = model.reconstruct(ct[None], box=4)  # an ``inpaint`` run: every voxel inpainted from its context
 """
 
 from __future__ import annotations
@@ -18,9 +19,16 @@ import numpy as np
 import torch
 
 from medgen.core.errors import InputError, UsageError
+from medgen.data.degradations.inpaint import grid_masks, hide
+from medgen.data.degradations.degradation import Scan
+from medgen.data.degraded_set import from_scan_units, to_scan_units
 from medgen.families import image_tasks
 from medgen.families.unet.config import UNetConfig, UNetHParams, model_config
 from medgen.families.unet.network import build_unet, predict
+
+
+#: Edge (voxels) of the cubes mask-and-inpaint hides in turn (:meth:`ImageToImageModel.reconstruct`).
+DEFAULT_BOX = 4
 
 
 @dataclass
@@ -58,6 +66,46 @@ class ImageToImageModel:
             w = 0
         out = predict(self.network, x, self.config, window=w, overlap=overlap)
         return out[0, 0].clamp(-1.0, 1.0).float().cpu().numpy()
+
+    @torch.no_grad()
+    def reconstruct(self, volumes: Any, box: int = DEFAULT_BOX, window: int | None = None) -> np.ndarray:
+        """Mask-and-inpaint: every voxel of ``volumes`` ``[N, X, Y, Z]`` (in [-1, 1]) as this ``inpaint`` model
+        predicts it from its context, ``[N, X, Y, Z]`` float32 — the normal volume an anomaly detector compares
+        with the input (:mod:`medgen.inference.anomaly`).
+
+        The volume is cut into a checkerboard of cubes of edge ``box`` voxels; each of its 8 classes of cubes is
+        hidden in turn (:func:`medgen.data.degradations.inpaint.grid_masks`), filled as in training (the mean of
+        the visible body voxels, :func:`~medgen.data.degradations.inpaint.hide`) and inpainted, so each cube is
+        predicted from its 26 visible neighbours. Anatomy that continues from the context (a vessel crossing
+        the cube) is predicted; what the context does not announce (a nodule inside it) is not. Choose ``box``
+        at least as large as the lesions to be found (in voxels; 4 at 6.25 mm is 25 mm).
+        """
+        if self.config.task != "inpaint" or not self.config.keep_known:
+            raise UsageError(f"a unet run of task {self.config.task!r} cannot reconstruct volumes; a run of task "
+                             "'inpaint' can (mask-and-inpaint)")
+        if int(box) < 1:
+            raise UsageError(f"box {box}: the hidden cubes need an edge of at least 1 voxel")
+        info = self.preprocess
+        if info.get("modality") not in ("ct", "mri"):
+            raise InputError("the run's preprocess record names no modality (ct or mri): cannot fill hidden voxels")
+        arr = np.asarray(volumes, dtype=np.float32)
+        arr = arr[None] if arr.ndim == 3 else arr
+        if arr.ndim != 4:
+            raise UsageError(f"volumes of shape {tuple(np.shape(volumes))}: need [N, X, Y, Z] or one [X, Y, Z]")
+        masks = grid_masks(arr.shape[1:], int(box))
+        out = np.empty_like(arr)
+        for i, x in enumerate(arr):
+            scan = Scan(to_scan_units(x, info), (1.0, 1.0, 1.0), info["modality"])
+            rec = np.empty_like(x)
+            for mask in masks:
+                if not mask.any():
+                    continue
+                hidden = hide(scan, mask)
+                inputs = {"degraded": from_scan_units(hidden["degraded"], info).astype(np.float32),
+                          "mask": hidden["mask"].astype(np.float32)}
+                rec[mask] = self.translate(inputs, window=window)[mask]
+            out[i] = rec
+        return out
 
 
 def _eval(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
