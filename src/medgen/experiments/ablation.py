@@ -74,7 +74,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("nolowres", "no low-res branch", {"use_lowres": False},
             "without G^L and D^L: the discriminator judges full-resolution slabs only, never the whole volume"),
     Variant("noencoder", "no encoder", {"use_encoder": False},
-            "without E^H and E^G: nothing is trained to encode volumes (hence no recon_mae)"),
+            "without E^H and E^G: nothing is trained to encode volumes (hence no recon_mae). E is trained against "
+            "a frozen G and its steps draw no random numbers, so G and D train exactly as in the full model "
+            "for the same seed (here bitwise equal weights): its sample metrics equal the full model's by construction"),
     Variant("deterministic", "deterministic slabs", {"slab_selection": "deterministic"},
             "without random slab selection: the training slab cycles through the non-overlapping positions in order"),
 )
