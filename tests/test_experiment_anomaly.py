@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from medgen.cli import main
 from medgen.experiments import anomaly as exp
@@ -68,3 +69,19 @@ def test_smoke_run_scores_every_detector_on_every_lesion_kind(tmp_path):
     assert (out / "anomaly-mass.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "anomaly.md").read_text()
     assert "medgen experiment anomaly" in md and "best_dice" in md
+
+
+@pytest.mark.slow
+def test_smoke_run_of_the_mask_and_inpaint_detector(tmp_path):
+    out, work = tmp_path / "out", tmp_path / "work"
+    assert main(["experiment", "anomaly", "--scale", "smoke", "--work", str(work), "--out", str(out),
+                 "--detectors", "inpaint", "--lesions", "nodule", "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out / "anomaly.csv")))
+    assert [(r["detector"], r["map"]) for r in rows] == [("mask-and-inpaint (unet)", "residual"),
+                                                         ("mask-and-inpaint (unet)", "normative")]
+    # trained on the normal set with boxes of INPAINT_BOX voxels hidden, as an inpaint-task unet on patches
+    degraded = work / "data" / f"inpaint-boxes{exp.INPAINT_BOX}-train-32"
+    assert (degraded / "manifest.csv").is_file()
+    cfg = yaml.safe_load((work / "runs" / "unet-inpaint-32" / "config.yaml").read_text())
+    assert cfg["family"] == "unet" and cfg["model"]["task"] == "inpaint" and cfg["hparams"]["patch"] == 32
+    assert "--box 4" in (out / "anomaly.md").read_text() and 0 <= float(rows[0]["voxel_auroc"]) <= 1

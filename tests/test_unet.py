@@ -206,19 +206,25 @@ def test_mask_and_inpaint_reconstruction_fills_each_cube_as_training_does():
 
     # The untrained residual inpainting UNet is the identity on its first input, so its reconstruction of each
     # hidden cube is the fill of that phase: the mean of the visible body voxels (body: above -500 HU).
+    # As in training, only the body's bounding box is hidden: here voxels 2..12 on each axis (air around it).
     info = {"modality": "ct", "hu_window": [-1024.0, 600.0]}
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1.0, 1.0, (16, 16, 16)).astype(np.float32)
+    x = np.full((16, 16, 16), -1.0, np.float32)
+    x[2:13, 2:13, 2:13] = rng.uniform(-0.2, 1.0, (11, 11, 11))  # all above -500 HU: body
     rec = _inpaint_model(16, info).reconstruct(x[None], box=4)
     assert rec.shape == (1, 16, 16, 16) and rec.dtype == np.float32
+    inside = np.zeros(x.shape, bool)
+    inside[2:13, 2:13, 2:13] = True
+    np.testing.assert_array_equal(rec[0][~inside], x[~inside])  # the air around the body comes back as it was
     hu = -1024.0 + (x.astype(np.float64) + 1.0) / 2.0 * 1624.0
-    for mask in grid_masks(x.shape, 4):
+    for grid in grid_masks(x.shape, 4):
+        mask = grid & inside
         visible_body = (hu > -500.0) & ~mask
         fill_hu = hu[visible_body].mean()
         expected = 2.0 * (fill_hu + 1024.0) / 1624.0 - 1.0
         np.testing.assert_allclose(rec[0][mask], expected, atol=2e-6)
-    # Every voxel predicted (none copied from the input): the map |x - x_rec| is nowhere zero by construction.
-    assert np.abs(rec[0] - x).min() > 0
+    # Every voxel of the body predicted (none copied from the input): there the map |x - x_rec| is nowhere 0.
+    assert np.abs(rec[0] - x)[inside].min() > 0
 
 
 def test_only_an_inpainting_run_reconstructs_and_the_anomaly_command_passes_box():

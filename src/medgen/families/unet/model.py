@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from medgen.core.errors import InputError, UsageError
-from medgen.data.degradations.inpaint import grid_masks, hide
+from medgen.data.degradations.inpaint import body_mask, bounding_box, grid_masks, hide
 from medgen.data.degradations.degradation import Scan
 from medgen.data.degraded_set import from_scan_units, to_scan_units
 from medgen.families import image_tasks
@@ -76,7 +76,8 @@ class ImageToImageModel:
         The volume is cut into a checkerboard of cubes of edge ``box`` voxels; each of its 8 classes of cubes is
         hidden in turn (:func:`medgen.data.degradations.inpaint.grid_masks`), filled as in training (the mean of
         the visible body voxels, :func:`~medgen.data.degradations.inpaint.hide`) and inpainted, so each cube is
-        predicted from its 26 visible neighbours. Anatomy that continues from the context (a vessel crossing
+        predicted from its 26 visible neighbours. As in training, only the body's bounding box is hidden (the
+        air around it is returned as it is). Anatomy that continues from the context (a vessel crossing
         the cube) is predicted; what the context does not announce (a nodule inside it) is not. Choose ``box``
         at least as large as the lesions to be found (in voxels; 4 at 6.25 mm is 25 mm).
         """
@@ -96,8 +97,13 @@ class ImageToImageModel:
         out = np.empty_like(arr)
         for i, x in enumerate(arr):
             scan = Scan(to_scan_units(x, info), (1.0, 1.0, 1.0), info["modality"])
-            rec = np.empty_like(x)
-            for mask in masks:
+            # Training hides boxes inside the body's bounding box only: outside it the input is kept.
+            lo, hi = bounding_box(body_mask(scan))
+            inside = np.zeros(x.shape, dtype=bool)
+            inside[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
+            rec = x.copy()
+            for grid in masks:
+                mask = grid & inside
                 if not mask.any():
                     continue
                 hidden = hide(scan, mask)
