@@ -13,7 +13,7 @@ import torch
 
 from medgen.families.pix2pix import train
 from medgen.families.pix2pix.config import DEFAULT_PRESET, PRESETS, Pix2PixConfig, Pix2PixHParams, model_config
-from medgen.families.unet.model import ImageToImageModel, seeded_network, trained_network
+from medgen.families.unet.model import ImageToImageModel, image_to_image_model, seeded_network, trained_network
 from medgen.families.unet.network import build_unet
 from medgen.training.family import Family
 
@@ -30,18 +30,18 @@ def load_model(run_cfg: Any, weights: dict[str, dict[str, torch.Tensor]], checkp
     cfg = Pix2PixConfig.from_dict(run_cfg.model)
     hp = Pix2PixHParams.from_dict(dict(run_cfg.hparams or {}), check_files=False)  # no feature network needed
     net = trained_network(build_unet(cfg.generator), weights, "G", use_ema, checkpoint, device, what="generator")
-    return ImageToImageModel(cfg.generator, net, run_cfg, device, checkpoint, window=hp.patch)
+    return image_to_image_model(cfg.generator, net, run_cfg, device, checkpoint, window=hp.patch)
 
 
 def build_model(preset: str = "tiny", size: int = 32, seed: int = 0, device: torch.device = torch.device("cpu"),
                 encoder: bool = False, **overrides: Any) -> ImageToImageModel:
     cfg = model_config(preset, size, **overrides)
-    return ImageToImageModel(cfg.generator, seeded_network(lambda: build_unet(cfg.generator), seed, device))
+    return image_to_image_model(cfg.generator, seeded_network(lambda: build_unet(cfg.generator), seed, device))
 
 
 def build_untrained(run_cfg: Any, seed: int = 0, device: torch.device = torch.device("cpu")) -> ImageToImageModel:
     cfg = Pix2PixConfig.from_dict(run_cfg.model)
-    return ImageToImageModel(cfg.generator, seeded_network(lambda: build_unet(cfg.generator), seed, device), run_cfg,
+    return image_to_image_model(cfg.generator, seeded_network(lambda: build_unet(cfg.generator), seed, device), run_cfg,
                              device, None)
 
 

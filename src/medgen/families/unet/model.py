@@ -27,7 +27,7 @@ from medgen.families.unet.config import UNetConfig, UNetHParams, model_config
 from medgen.families.unet.network import build_unet, predict
 
 
-#: Edge (voxels) of the cubes mask-and-inpaint hides in turn (:meth:`ImageToImageModel.reconstruct`).
+#: Edge (voxels) of the cubes mask-and-inpaint hides in turn (:meth:`InpaintingModel.reconstruct`).
 DEFAULT_BOX = 4
 
 
@@ -67,6 +67,13 @@ class ImageToImageModel:
         out = predict(self.network, x, self.config, window=w, overlap=overlap)
         return out[0, 0].clamp(-1.0, 1.0).float().cpu().numpy()
 
+
+@dataclass
+class InpaintingModel(ImageToImageModel):
+    """An ``inpaint`` model (``keep_known`` with a ``mask`` input), which can also reconstruct whole volumes by
+    mask-and-inpaint (:meth:`reconstruct`): what ``medgen anomaly`` needs. Only such models have ``reconstruct``,
+    so the report and the anomaly command recognise them by it."""
+
     @torch.no_grad()
     def reconstruct(self, volumes: Any, box: int = DEFAULT_BOX, window: int | None = None) -> np.ndarray:
         """Mask-and-inpaint: every voxel of ``volumes`` ``[N, X, Y, Z]`` (in [-1, 1]) as this ``inpaint`` model
@@ -81,9 +88,6 @@ class ImageToImageModel:
         the cube) is predicted; what the context does not announce (a nodule inside it) is not. Choose ``box``
         at least as large as the lesions to be found (in voxels; 4 at 6.25 mm is 25 mm).
         """
-        if self.config.task != "inpaint" or not self.config.keep_known:
-            raise UsageError(f"a unet run of task {self.config.task!r} cannot reconstruct volumes; a run of task "
-                             "'inpaint' can (mask-and-inpaint)")
         if int(box) < 1:
             raise UsageError(f"box {box}: the hidden cubes need an edge of at least 1 voxel")
         info = self.preprocess
@@ -112,6 +116,12 @@ class ImageToImageModel:
                 rec[mask] = self.translate(inputs, window=window)[mask]
             out[i] = rec
         return out
+
+
+def image_to_image_model(config: UNetConfig, *args: Any, **kwargs: Any) -> ImageToImageModel:
+    """:class:`InpaintingModel` for an inpainting config, else :class:`ImageToImageModel` (same arguments)."""
+    inpainting = config.task == "inpaint" and config.keep_known
+    return (InpaintingModel if inpainting else ImageToImageModel)(config, *args, **kwargs)
 
 
 def _eval(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -147,17 +157,17 @@ def load_model(run_cfg: Any, weights: dict[str, dict[str, torch.Tensor]], checkp
     cfg = UNetConfig.from_dict(run_cfg.model)
     hp = UNetHParams.from_dict(dict(run_cfg.hparams or {}))
     net = trained_network(build_unet(cfg), weights, "unet", use_ema, checkpoint, device)
-    return ImageToImageModel(cfg, net, run_cfg, device, checkpoint, window=hp.patch)
+    return image_to_image_model(cfg, net, run_cfg, device, checkpoint, window=hp.patch)
 
 
 def build(preset: str = "tiny", size: int = 32, seed: int = 0, device: torch.device = torch.device("cpu"),
           encoder: bool = False, **overrides: Any) -> ImageToImageModel:
     """An untrained network (random initialisation drawn from ``seed``) of ``preset`` at ``size``³."""
     cfg = model_config(preset, size, **overrides)
-    return ImageToImageModel(cfg, seeded_network(lambda: build_unet(cfg), seed, device))
+    return image_to_image_model(cfg, seeded_network(lambda: build_unet(cfg), seed, device))
 
 
 def build_untrained(run_cfg: Any, seed: int = 0, device: torch.device = torch.device("cpu")) -> ImageToImageModel:
     """The architecture of a ``unet`` run at a random initialisation drawn from ``seed``."""
     cfg = UNetConfig.from_dict(run_cfg.model)
-    return ImageToImageModel(cfg, seeded_network(lambda: build_unet(cfg), seed, device), run_cfg, device, None)
+    return image_to_image_model(cfg, seeded_network(lambda: build_unet(cfg), seed, device), run_cfg, device, None)
