@@ -19,7 +19,7 @@
      random boxes hidden (``medgen degrade --kind inpaint``, boxes of :data:`INPAINT_BOX` voxels hiding
      :data:`INPAINT_FRACTION` of the body); each volume is cut into a checkerboard of such cubes, each class
      of cubes hidden in turn and inpainted from its context (:meth:`medgen.families.unet.model.
-     ImageToImageModel.reconstruct`), so a vessel that crosses a cube is predicted and a nodule inside it is
+     InpaintingModel.reconstruct`), so a vessel that crosses a cube is predicted and a nodule inside it is
      not.
 
 4. ``medgen anomaly`` on every test set with every detector: the per-volume scores and voxel maps
@@ -118,11 +118,13 @@ def inpaint_run(ws: Workspace, size: int) -> Path:
     """The mask-and-inpaint detector: the normal training set with boxes of :data:`INPAINT_BOX` voxels hidden
     (``medgen degrade --kind inpaint``), and a ``unet`` of the ``inpaint`` task trained on it for the scale's
     iterations."""
+    from medgen.core.volume import parse_spacing
+    from medgen.data.dataset import load_manifest
     from medgen.data.degraded_set import write_degraded_set
     from medgen.experiments.workspace import step
 
     clean = ws.datasets(size)[0]
-    spacing_mm = float(next(iter(_manifest_rows(clean)))["spacing"].split("x")[0])
+    spacing_mm = parse_spacing(load_manifest(clean)[0]["spacing"])[0]  # the phantoms' isotropic voxel
     settings = ["shape=box", f"size_mm={INPAINT_BOX * spacing_mm:g}", f"fraction={INPAINT_FRACTION:g}"]
     folder = ws.root / "data" / f"inpaint-boxes{INPAINT_BOX}-train-{size}"
     argv = ["degrade", str(clean), str(folder), "--kind", "inpaint", *[a for p in settings for a in ("--param", p)],
@@ -135,12 +137,6 @@ def inpaint_run(ws: Workspace, size: int) -> Path:
     return ws.model(f"unet-inpaint-{size}", size, family="unet", data=folder, model_settings={"task": "inpaint"},
                     hparams={"patch": min(INPAINT_PATCH, size)})
 
-
-def _manifest_rows(folder: Path) -> list[dict[str, str]]:
-    import csv
-
-    with open(folder / "manifest.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def auroc_subset(rows: list[dict[str, Any]], min_mm: float, column: str = "score") -> float | None:
