@@ -36,7 +36,7 @@ def test_gap_is_zero_for_exact_context_and_large_for_the_papers_slab():
 
 
 @pytest.mark.slow
-def test_recipes_smoke_run(tmp_path):
+def test_recipes_smoke_run(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["experiment", "recipes", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
                  "--seeds", "1", "--conditional", "--per-class", "2", "--no-progress"]) == 0
@@ -44,7 +44,7 @@ def test_recipes_smoke_run(tmp_path):
         rows = list(csv.DictReader(fh))
     assert [r["variant"] for r in rows] == ["paper, tiny", "+ slab context, tiny", "+ minibatch std, tiny",
                                             "medgen's method, tiny", "paper, compact", "medgen's method, compact",
-                                            "real (held-out)"]
+                                            "+ intensity histogram in D, compact", "real (held-out)"]
     by = {r["variant"]: r for r in rows}
     # the exact context closes the gap whatever the weights; the paper's slab does not
     for label in ("+ slab context, tiny", "medgen's method, tiny", "medgen's method, compact"):
@@ -67,7 +67,7 @@ def test_recipes_smoke_run(tmp_path):
     assert [r["variant"] for r in cond] == ["paper, tiny", "medgen's method, tiny", "+ per-head class loss, tiny",
                                             "+ per-head, λ 1, tiny", "+ real-batch classes, tiny", "projection D, tiny",
                                             "medgen's method, compact", "medgen's method, compact, 8x phantoms",
-                                            "real (training set)"]
+                                            "classifier C, λ 0.3, compact, 8x phantoms", "real (training set)"]
     perhead = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-perhead-32-seed0")
     assert perhead.hparams["class_loss"] == "per-head" and perhead.model["minibatch_std"] == 4
     projection = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-projection-32-seed0")
@@ -81,6 +81,36 @@ def test_recipes_smoke_run(tmp_path):
         assert not np.array_equal(first, np.load(data / other / "volumes" / f"{more.train_ids[0]}.npy"))
     assert float(cond[-1]["spearman"]) > 0.7  # the phantoms' classes are emphysema stages
     assert (out / "recipes.png").is_file() and (out / "recipes-conditional.md").is_file()
+    assert RunConfig.load(tmp_path / "w" / "runs" / "recipes-histogram-compact-32-seed0").model["histogram_bins"] == 64
+    cls = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-n512-compact-32-seed0")
+    assert cls.model["class_conditioning"] == "classifier" and cls.hparams["class_weight"] == 0.3
+
+    # --only: the rows of one variant are made again (here with another number of classes per volume, so they
+    # change), the others are kept as the tables hold them, and the tables list both commands
+    before = {r["variant"]: r for r in rows}
+    figure = (out / "recipes.png").stat().st_mtime_ns
+    assert main(["experiment", "recipes", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--seeds", "1", "--conditional", "--per-class", "3", "--only", "histogram-compact,projection",
+                 "--no-progress"]) == 0
+    with open(out / "recipes.csv", newline="") as fh:
+        again = list(csv.DictReader(fh))
+    assert [r["variant"] for r in again] == [r["variant"] for r in rows]
+    for r in again[:-2]:
+        assert r == before[r["variant"]]
+    assert again[-2]["gap"] == before[again[-2]["variant"]]["gap"]  # the same run, evaluated again
+    with open(out / "recipes-conditional.csv", newline="") as fh:
+        cond_again = {r["variant"]: r for r in csv.DictReader(fh)}
+    assert list(cond_again) == [r["variant"] for r in cond]
+    assert cond_again["paper, tiny"] == cond[0]
+    assert cond_again["projection D, tiny"]["within_class_ms_ssim"] != cond[5]["within_class_ms_ssim"]  # 3 volumes, not 2
+    md = (out / "recipes-conditional.md").read_text()
+    made_by = md.split("Made by:")[1]
+    assert "--per-class 2" in made_by and "--only histogram-compact,projection" in made_by
+    assert (out / "recipes.png").stat().st_mtime_ns == figure
+    capsys.readouterr()
+    assert main(["experiment", "recipes", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--only", "nope", "--no-progress"]) != 0
+    assert "--only nope: no such variant nope" in capsys.readouterr().err
 
 
 def test_workspace_refuses_a_run_trained_with_other_settings(tmp_path):

@@ -121,3 +121,69 @@ def test_discriminator_sees_the_batch_spread():
             a = d(x, torch.zeros(4), low)[0][0]
             b = d(same, torch.zeros(4), same_low)[0][0]
         assert (abs(float(a - b)) > 1e-4) == differs
+
+
+def _linear_binning_reference(values: np.ndarray, bins: int) -> np.ndarray:
+    """Each value's unit weight split between its two nearest bin centres over [-1, 1], by hand."""
+    hist = np.zeros(bins)
+    step = 2.0 / (bins - 1)
+    for v in np.clip(values, -1, 1):
+        k = min(int((v + 1) // step), bins - 2)
+        w = (v + 1) / step - k
+        hist[k] += 1 - w
+        hist[k + 1] += w
+    return hist / len(values)
+
+
+def test_intensity_histogram_is_linear_binning_and_differentiable():
+    from medgen.families.layers import cumulative_log_shares, intensity_histogram
+
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(3, 1, 4, 4, 2, generator=gen) * 2.4 - 1.2).requires_grad_(True)  # some values outside [-1, 1]
+    h = intensity_histogram(x, bins=9)
+    for i in range(3):
+        assert np.allclose(h[i].detach().numpy(), _linear_binning_reference(x[i].detach().numpy().ravel(), 9), atol=1e-6)
+    assert torch.allclose(h.sum(1), torch.ones(3))
+    # a voxel at a bin centre puts all its weight there; the mean intensity is preserved by linear binning
+    centre = torch.full((1, 1, 2, 2, 2), -0.5)
+    assert intensity_histogram(centre, 5)[0].tolist() == [0, 1, 0, 0, 0]
+    inside = x.detach().clamp(-1, 1)
+    centres = torch.linspace(-1, 1, 9)
+    assert torch.allclose(intensity_histogram(inside, 9) @ centres, inside.flatten(1).mean(1), atol=1e-6)
+    # the log shares at or below each bin: rising, log(1 + 1e-4) at the last bin
+    c = cumulative_log_shares(x, 9)
+    assert (c[:, 1:] >= c[:, :-1]).all() and torch.allclose(c[:, -1], torch.full((3,), float(np.log(1 + 1e-4))), atol=1e-6)
+    # moving voxels moves the histogram: the gradient reaches every voxel inside the range
+    h[:, 3].sum().backward()
+    grad = x.grad.flatten(1)
+    vals = x.detach().flatten(1)
+    step = 2.0 / 8
+    near = ((vals - (-1 + 3 * step)).abs() < step) & (vals.abs() < 1)
+    assert (grad[near] != 0).all() and (grad[~near] == 0).all()
+
+
+def test_discriminator_histogram_input():
+    """histogram_bins > 0: D^H's and D^L's logits depend on the intensity distribution through the extra
+    input (different with the histogram branch's weights changed, for the same convolutional features)."""
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", 32, histogram_bins=16, minibatch_std=0)
+    d = Discriminator(cfg).eval()
+    slab, low, pos = torch.randn(2, 1, 32, 32, cfg.slab_len), torch.randn(2, 1, 8, 8, 8), torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        before = d(slab, pos, low)[0]
+        high_only, low_only = d.high(slab, pos)[0], d.low(low)[0]
+        w = d.high.histogram.parametrizations.weight.original
+        w.add_(torch.randn_like(w))  # (a scale would be undone by the spectral normalisation)
+        assert not torch.allclose(d.high(slab, pos)[0], high_only)
+        assert torch.equal(d.low(low)[0], low_only)
+        w = d.low.histogram[0].parametrizations.weight.original
+        w.add_(torch.randn_like(w))
+        assert not torch.allclose(d.low(low)[0], low_only)
+    assert torch.allclose(before, (high_only + low_only) / 2)
+    plain = Discriminator(get_preset("tiny", 32, minibatch_std=0))
+    assert plain.high.histogram is None and plain.low.histogram is None
+    extra = sum(p.numel() for p in d.parameters()) - sum(p.numel() for p in plain.parameters())
+    hidden = cfg.channels(64)
+    assert extra == (16 * hidden + hidden) + hidden * hidden + (16 * hidden + hidden + hidden + 1)
+    with pytest.raises(Exception, match="histogram_bins"):
+        get_preset("tiny", 32, histogram_bins=1)

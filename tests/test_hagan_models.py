@@ -202,6 +202,34 @@ def test_discriminator_combines_high_and_low_logits_and_classes():
     assert torch.equal(cls[0], ch) and torch.equal(cls[1], cl)
 
 
+@pytest.mark.parametrize("size,f", [(32, 4), (64, 2), (64, 8)])
+def test_auxiliary_classifier_sees_what_d_sees(size, f):
+    """class_conditioning="classifier": C^H (slab + position) and C^L (low-res volume) give [B, K] logits
+    each, without spectral normalisation; D then has no class outputs; model-info counts C."""
+    from medgen.families.hagan.classifier import Classifier
+    from medgen.families.hagan.summary import count_parameters as counts
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", size, num_classes=3, lowres_factor=f, class_conditioning="classifier")
+    c = Classifier(cfg).eval()
+    slab = torch.randn(2, 1, size, size, cfg.slab_len)
+    low = torch.randn(2, 1, *(3 * [cfg.lowres_size]))
+    pos = torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        high, lowres = c(slab, pos, low)
+        assert not torch.allclose(c.high(slab, pos.flip(0)), high)  # the position is an input of C^H
+    assert high.shape == lowres.shape == (2, 3)
+    assert not any("parametrizations" in name for name, _ in c.named_parameters())
+    with torch.no_grad():
+        _, cls = Discriminator(cfg)(slab, pos, low)
+    assert cls is None
+    n = counts(cfg)
+    assert n["C"] == sum(p.numel() for p in c.parameters()) > 0
+    assert n["all"] == n["G"] + n["D"] + n["E"] + n["C"]
+    with pytest.raises(ValueError, match="num_classes"):
+        Classifier(get_preset("tiny", size, lowres_factor=f))
+
+
 def test_projection_discriminator_adds_the_class_embedding_projected_on_its_features():
     """class_conditioning="projection": no class logits; each logit = the unconditional logit
     + ⟨embed(y), φ(x)⟩, φ = D^H's hidden features / D^L's last feature map summed over positions,

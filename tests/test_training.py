@@ -222,6 +222,60 @@ def test_projection_discriminator_learns_the_class_embedding_without_class_losse
     assert (a - b).abs().mean() > 0
 
 
+def test_classifier_conditioning_losses_match_independent_recomputation(data, tmp_path):
+    """class_conditioning="classifier": loss_C_class of iteration 1 is C's cross-entropy on the real batch
+    (the slab with its position and the low-resolution volume, one cross-entropy per head), recomputed by
+    hand from a C initialised as the trainer does (after G, D, E); the run resumes exactly, C and its
+    optimiser included; the generator's class changes its volumes."""
+    from medgen.data.dataset import VolumeDataset
+    from medgen.families.hagan.classifier import Classifier
+
+    hp = {"class_loss": "per-head", "class_weight": 1.0}
+    cfg = tiny_cfg(data, iters=1, num_classes=2, model={"class_conditioning": "classifier"}, hparams=hp)
+    train(cfg, tmp_path / "run", progress=False)
+    logged = float(read_metrics(tmp_path / "run")[0]["loss_C_class"])
+
+    mcfg = get_preset("tiny", S, num_classes=2, class_conditioning="classifier")
+    torch.manual_seed(cfg.seed)  # the trainer's initialisation order: G, D, E, C
+    Generator(mcfg), Discriminator(mcfg), Encoder(mcfg)
+    C = Classifier(mcfg)
+    ds = VolumeDataset(data, split="train", seed=0, fractions=(1.0, 0.0, 0.0), label_column="label")
+    idx = InfiniteBatchSampler(len(ds), 2, seed=0).global_batch_indices(0)
+    x = torch.from_numpy(np.stack([np.load(data / "volumes" / f"{ds.ids[i]}.npy").astype(np.float32) for i in idx])[:, None])
+    y = torch.tensor([int(ds[i]["label"]) for i in idx])
+    rng = torch.Generator().manual_seed(_iteration_seed(cfg.seed, 0, 0))
+    torch.randn(2, mcfg.latent_dim, generator=rng)  # z
+    torch.randint(2, (2,), generator=rng)  # the fake classes
+    starts = torch.randint(0, mcfg.max_slab_start_lowres + 1, (2,), generator=rng)
+    f, L = mcfg.lowres_factor, mcfg.slab_len
+    real_slab = torch.stack([x[i, :, :, :, f * a : f * a + L] for i, a in enumerate(starts.tolist())])
+    low = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="trilinear", align_corners=False)
+    with torch.no_grad():
+        c_high, c_low = C(real_slab, starts.float() / mcfg.max_slab_start_lowres, low)
+    ce = lambda logits: _ce(logits.double().numpy(), y.numpy())  # noqa: E731
+    assert logged == pytest.approx((ce(c_high) + ce(c_low)) / 2, rel=2e-5)
+    assert abs(ce(c_high) - ce(c_low)) > 1e-3  # both heads count
+
+    full = train(tiny_cfg(data, iters=3, num_classes=2, model={"class_conditioning": "classifier"}, hparams=hp),
+                 tmp_path / "full", progress=False)
+    resumed = train(tiny_cfg(data, iters=3, num_classes=2, model={"class_conditioning": "classifier"}, hparams=hp),
+                    tmp_path / "run", resume=True, progress=False)
+    a, b = full.models.weights(), resumed.models.weights()
+    assert set(a) == set(b) == {"G", "D", "E", "C", "G_ema"}
+    for module in a:
+        for key in a[module]:
+            assert torch.equal(a[module][key], b[module][key]), f"{module}.{key} differs after resume"
+    assert "C" in ckpt_io.load_state(tmp_path / "run")["optimizers"]
+
+    from medgen.families import registry
+
+    model = registry.load(tmp_path / "run", device=torch.device("cpu"))
+    assert model.config.class_conditioning == "classifier"
+    z = torch.from_numpy(model.sample_latents(1, seed=0))
+    v0, v1 = (model.generator.generate(z, torch.tensor([c])) for c in (0, 1))
+    assert (v0 - v1).abs().mean() > 0
+
+
 def test_first_iteration_loss_D_matches_independent_recomputation(data, tmp_path):
     """loss_D logged for iteration 1 == the paper's D loss recomputed by hand from the same draws.
 
@@ -300,16 +354,21 @@ class _StepRecorder:
         }
 
 
-def test_each_update_changes_only_its_own_network(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("conditioning", ["ac", "classifier"])
+def test_each_update_changes_only_its_own_network(data, tmp_path, monkeypatch, conditioning):
+    """Every optimiser step changes its own network only, and frozen networks collect no gradients;
+    with classifier conditioning C has its own step, after D's and before G's."""
     rec = _StepRecorder(monkeypatch)
-    cfg = tiny_cfg(data, iters=2, num_classes=2)
+    cfg = tiny_cfg(data, iters=2, num_classes=2, model={"class_conditioning": conditioning})
     result = train(cfg, tmp_path / "run", progress=False)
-    names = ["G", "D", "EH", "EG"]  # creation order in the trainer
-    assert len(rec.optimizers) == 4
-    assert [names[e["opt"]] for e in rec.events] == ["D", "G", "EH", "EG"] * 2
-    # the optimiser groups are exactly the paper's blocks
+    classifier = conditioning == "classifier"
+    names = ["G", "D", "EH", "EG"] + (["C"] if classifier else [])  # creation order in the trainer
+    assert len(rec.optimizers) == len(names)
+    order = ["D", "C", "G", "EH", "EG"] if classifier else ["D", "G", "EH", "EG"]
+    assert [names[e["opt"]] for e in rec.events] == order * 2
+    # the optimiser groups are exactly the paper's blocks (and C)
     m = result.models
-    groups = [m.G, m.D, m.E.high, m.E.ground]
+    groups = [m.G, m.D, m.E.high, m.E.ground] + ([m.C] if classifier else [])
     for opt, module in zip(rec.optimizers, groups):
         assert {id(p) for p in opt.param_groups[0]["params"]} == {id(p) for p in module.parameters()}
     prev_after = None
@@ -332,7 +391,11 @@ def test_each_update_changes_only_its_own_network(data, tmp_path, monkeypatch):
                     )
         prev_after = e["after"]
     losses_row = read_metrics(tmp_path / "run")[0]
-    assert float(losses_row["loss_D_class"]) > 0 and float(losses_row["loss_G_class"]) > 0
+    assert float(losses_row["loss_C_class" if classifier else "loss_D_class"]) > 0
+    assert float(losses_row["loss_G_class"]) > 0
+    if classifier:  # D is unconditional: no class heads
+        assert "loss_D_class" not in losses_row
+        assert m.D.high.class_head is None and m.D.low.num_classes == 0
 
 
 def test_ablation_no_encoder(data, tmp_path, monkeypatch):

@@ -151,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
     t = info["totals"]
     print(
         f"total: G {t['G'] / 1e6:.2f}M  D {t['D'] / 1e6:.2f}M  E {t['E'] / 1e6:.2f}M  "
+        + (f"C {t['C'] / 1e6:.2f}M  " if "C" in t else "") +
         f"all {t['all'] / 1e6:.2f}M ({t['all']:,} parameters)"
     )
     return 0

@@ -45,7 +45,7 @@ _OPTIONS = {
 }
 # Options that change the model (the family's architecture fields).
 _MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run", "generator_run", "slab_context",
-                  "minibatch_std", "class_conditioning", "task", "inputs", "target")
+                  "minibatch_std", "histogram_bins", "class_conditioning", "task", "inputs", "target")
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -142,9 +142,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--minibatch-std", type=int, default=None, metavar="G",
                    help="group size of the minibatch standard-deviation feature in D^H and D^L; 0 = none, the paper "
                         "(default 4)")
-    h.add_argument("--class-conditioning", choices=("ac", "projection"), default=None,
+    h.add_argument("--histogram-bins", type=int, default=None, metavar="N",
+                   help="give D^H and D^L the intensity distribution of what they judge (log cumulative shares "
+                        "of N bins over [-1, 1]); 0 = none, the paper (default 0)")
+    h.add_argument("--class-conditioning", choices=("ac", "projection", "classifier"), default=None,
                    help="conditional models: how D uses the class; ac = class heads and a class loss (default, the "
-                        "paper's AC-GAN), projection = D is given the class (Miyato & Koyama 2018)")
+                        "paper's AC-GAN), projection = D is given the class (Miyato & Koyama 2018), classifier = D is "
+                        "unconditional and a separate classifier trained on the real volumes gives G its class loss")
     h.add_argument("--class-loss", choices=("mean", "per-head"), default=None,
                    help="conditional models: one cross-entropy on the mean class logits of D^H and D^L (default, "
                         "the paper's code), or one per head")

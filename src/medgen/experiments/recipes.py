@@ -36,7 +36,9 @@ interquartile ranges) and the MS-SSIM within each class.
 Writes ``recipes.csv``/``recipes.md`` (a row per run and a mean row per
 variant), ``recipes-conditional.csv`` with ``--conditional``, ``recipes.png``
 (mid-slices of a few samples of every variant, first seed) and every evaluation
-JSON.
+JSON. ``--only KEY,KEY`` runs only the variants of those keys and replaces their
+rows in the tables already in the folder, keeping the other rows (and the figure)
+as they are; the tables then list every command that made their rows.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from medgen.experiments.workspace import METRIC_COLUMNS, METRIC_NOTES, Experimen
 HELP = ("HA-GAN: the paper's recipe vs slab context, minibatch std, width and class-conditioning options "
         "(mode collapse, anatomy, classes)")
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
-DEFAULTS = {"seeds": 2, "conditional": False, "per_class": 8}  # left out of the canonical command line
+DEFAULTS = {"seeds": 2, "conditional": False, "per_class": 8, "only": None}  # left out of the canonical command line
 
 FIGURE_VOLUMES = 4
 
@@ -97,6 +99,9 @@ VARIANTS: tuple[Variant, ...] = (
             note="the paper's method in the compact preset (twice tiny's width)"),
     Variant("default-compact", "medgen's method, compact", None, preset="compact",
             note="both remedies in the compact preset"),
+    Variant("histogram-compact", "+ intensity histogram in D, compact", None, {"histogram_bins": 64},
+            preset="compact", note="medgen's method in the compact preset, D^H and D^L also given the intensity "
+                                   "distribution of what they judge (64 bins)"),
 )
 
 CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
@@ -117,6 +122,11 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
     Variant("n512-compact", "medgen's method, compact, 8x phantoms", None, preset="compact", more_phantoms=8,
             note="the same trained on 8 times as many phantoms (512 instead of 64 at the demo scale), so D cannot "
                  "learn each training volume's class by heart"),
+    Variant("classifier-n512-compact", "classifier C, λ 0.3, compact, 8x phantoms", None,
+            {"class_conditioning": "classifier"}, hparams={"class_loss": "per-head", "class_weight": 0.3},
+            preset="compact", more_phantoms=8,
+            note="D unconditional; a separate classifier C (no spectral normalisation) learns the class from the "
+                 "real volumes only and G's loss adds 0.3 x its cross-entropy per head; 512 phantoms"),
 )
 
 COLUMNS: tuple[str, ...] = ("variant", "seed", "iterations", "gap", "gap_border", *METRIC_COLUMNS)
@@ -129,6 +139,68 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also the class-conditional model on the phantoms' emphysema classes")
     p.add_argument("--per-class", type=int, default=8, metavar="N",
                    help="with --conditional: volumes per requested class (default 8)")
+    p.add_argument("--only", default=None, metavar="KEY,KEY",
+                   help="run only the variants with these keys and replace their rows in the folder's existing "
+                        "tables, keeping the others (keys: " + ", ".join(dict.fromkeys(
+                            v.key for v in (*VARIANTS, *CONDITIONAL_VARIANTS))) + ")")
+
+
+def _selected(variants: tuple[Variant, ...], only: set[str] | None) -> tuple[Variant, ...]:
+    return variants if only is None else tuple(v for v in variants if v.key in only)
+
+
+def _only_keys(args: argparse.Namespace) -> set[str] | None:
+    """The keys of ``--only`` (None: every variant); UsageError for a key no variant has."""
+    from medgen.core.errors import UsageError
+
+    if args.only is None:
+        return None
+    keys = {k.strip() for k in str(args.only).split(",") if k.strip()}
+    known = {v.key for v in (*VARIANTS, *(CONDITIONAL_VARIANTS if args.conditional else ()))}
+    unknown = sorted(keys - known)
+    if unknown or not keys:
+        raise UsageError(f"--only {args.only}: no such variant {', '.join(unknown) or '(empty)'}; "
+                         f"keys: {', '.join(sorted(known))}")
+    return keys
+
+
+def _merged(variants: tuple[Variant, ...], fresh: dict[str, list[dict[str, Any]]], csv_path) -> list[dict[str, Any]]:
+    """The rows of every variant in table order: the ``fresh`` rows of the variants that ran (by label), the
+    rows of the others as ``csv_path`` holds them (numbers read back as floats, empty cells as None)."""
+    import csv
+
+    kept: dict[str, list[dict[str, Any]]] = {}
+    if csv_path.is_file():
+        with open(csv_path, newline="", encoding="utf-8") as fh:
+            table = list(csv.DictReader(fh))
+        for r in table:
+            kept.setdefault(r["variant"], []).append(
+                {k: (None if v == "" else _number(v)) if k != "variant" else v for k, v in r.items()})
+    rows: list[dict[str, Any]] = []
+    for v in variants:
+        rows += fresh.get(v.label, kept.get(v.label, []))
+    return rows
+
+
+def _number(text: str) -> Any:
+    try:
+        f = float(text)
+    except ValueError:
+        return text
+    return int(f) if f.is_integer() and "." not in text and "e" not in text.lower() else f
+
+
+def _commands(md_path, command: str, only: set[str] | None) -> str:
+    """The commands that made a table's rows: with ``--only``, the ones its ``.md`` lists, then this one."""
+    if only is None or not md_path.is_file():
+        return command
+    lines = md_path.read_text(encoding="utf-8").splitlines()
+    try:
+        start = lines.index("Made by:") + 3  # "Made by:", "", "```"
+        end = lines.index("```", start)
+    except ValueError:
+        return command
+    return "\n".join(dict.fromkeys([*lines[start:end], command]))
 
 
 def gap_of_run(run_dir, n: int, seed: int) -> dict[str, float]:
@@ -161,18 +233,21 @@ def _mean_row(label: str, rows: list[dict[str, Any]], columns) -> dict[str, Any]
 
 def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[str, Any]:
     from medgen.core.errors import UsageError
-    from medgen.experiments.ablation import heldout_volumes, sample_volumes, save_ablation_figure
+    from medgen.experiments.ablation import sample_volumes
     from medgen.experiments.workspace import checkpoint_iteration
 
     if args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: need at least 1")
+    only = _only_keys(args)
+    command = out.command
     size = ws.scale.small_size
     _, heldout_dir = ws.datasets(size)
     eval_dir = out.path("evaluations")
     n = ws.scale.n_samples
-    rows: list[dict[str, Any]] = []
+    fresh: dict[str, list[dict[str, Any]]] = {}
     shown: list[tuple[str, list[np.ndarray]]] = []
-    for variant in VARIANTS:
+    report: dict[str, Any] = {}
+    for variant in _selected(VARIANTS, only):
         per_seed = []
         for k in range(args.seeds):
             seed = ws.seed + k
@@ -186,15 +261,34 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
             per_seed.append(row)
             if k == 0:
                 shown.append((variant.label, sample_volumes(fake, FIGURE_VOLUMES)))
-        rows += per_seed
-        if args.seeds > 1:
-            rows.append(_mean_row(variant.label, per_seed, COLUMNS))
+        fresh[variant.label] = per_seed + ([_mean_row(variant.label, per_seed, COLUMNS)] if args.seeds > 1 else [])
+    results: dict[str, Any] = {"size": size}
+    if fresh or only is None:
+        results.update(_unconditional_table(ws, out, args, size, only, command, fresh, shown, report))
+    if args.conditional:
+        out.command = command
+        results["conditional"] = _conditional(ws, out, args, size, only)
+    out.command = command
+    return results
+
+
+def _unconditional_table(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace, size: int,
+                         only: set[str] | None, command: str, fresh: dict[str, list[dict[str, Any]]],
+                         shown: list[tuple[str, list[np.ndarray]]], report: dict[str, Any]) -> dict[str, Any]:
+    """``recipes.csv``/``.md`` (the fresh rows merged into the folder's table with ``--only``) and the figure."""
+    from medgen.experiments.ablation import heldout_volumes, save_ablation_figure
+
+    _, heldout_dir = ws.datasets(size)
+    n = ws.scale.n_samples
+    rows = _merged(VARIANTS, fresh, out.path("recipes.csv")) if only is not None else \
+        [r for v in VARIANTS for r in fresh.get(v.label, [])]
     ms_ssim = report.get("metrics", report).get("ms_ssim") or {}
     real_ms_ssim = ((ms_ssim.get("details") or {}).get("real") or {}).get("mean")
     rows.append({"variant": "real (held-out)", "seed": None, "ms_ssim": real_ms_ssim})
 
-    real = list(heldout_volumes(heldout_dir, FIGURE_VOLUMES))
-    out.add_figure(save_ablation_figure([("real (held-out)", real), *shown], out.path("recipes.png")))
+    if only is None:  # the figure shows every variant: kept as it is when only some ran
+        real = list(heldout_volumes(heldout_dir, FIGURE_VOLUMES))
+        out.add_figure(save_ablation_figure([("real (held-out)", real), *shown], out.path("recipes.png")))
     notes = [
         (f"HA-GAN at {size}³, the preset each row names (tiny: width 1/8, G^H with 4 hidden channels; compact: "
          f"width 1/4, 8), batch {ws.scale.batch}, {ws.train_iters} iterations per run, "
@@ -206,14 +300,13 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         *METRIC_NOTES,
         "The last row: MS-SSIM among pairs of held-out volumes, the diversity a model should reach.",
     ]
+    out.command = _commands(out.path("recipes.md"), command, only)
     out.write_table(rows, COLUMNS, title=f"HA-GAN recipes at {size}³: the paper's vs medgen's", notes=notes)
-    results: dict[str, Any] = {"size": size, "rows": rows, "real_ms_ssim": real_ms_ssim}
-    if args.conditional:
-        results["conditional"] = _conditional(ws, out, args, size)
-    return results
+    return {"rows": rows, "real_ms_ssim": real_ms_ssim}
 
 
-def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace, size: int) -> list[dict[str, Any]]:
+def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace, size: int,
+                 only: set[str] | None = None) -> list[dict[str, Any]]:
     """The class-conditional table (``recipes-conditional.csv``/``.md``)."""
     from medgen.core.errors import UsageError
     from medgen.experiments.augmentation import emphysema_percentages
@@ -227,8 +320,9 @@ def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace,
     train_dir, _ = ws.datasets(size)
     real_vs, real_labels, classes, real_emph, real_stats = real_class_emphysema(train_dir, ws.progress)
 
-    rows: list[dict[str, Any]] = []
-    for variant in CONDITIONAL_VARIANTS:
+    fresh: dict[str, list[dict[str, Any]]] = {}
+    selected = _selected(CONDITIONAL_VARIANTS, only)
+    for variant in selected:
         per_seed = []
         for k in range(args.seeds):
             seed = ws.seed + k
@@ -255,9 +349,13 @@ def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace,
             row["classes_in_real_iqr"] = inside
             row["within_class_ms_ssim"] = float(np.mean(within))
             per_seed.append(row)
-        rows += per_seed
-        if args.seeds > 1:
-            rows.append(_mean_row(variant.label, per_seed, _conditional_columns(classes)))
+        fresh[variant.label] = per_seed + (
+            [_mean_row(variant.label, per_seed, _conditional_columns(classes))] if args.seeds > 1 else [])
+    if only is not None and not selected:
+        return []
+    csv_path = out.path("recipes-conditional.csv")
+    rows = _merged(CONDITIONAL_VARIANTS, fresh, csv_path) if only is not None else \
+        [r for v in CONDITIONAL_VARIANTS for r in fresh.get(v.label, [])]
     rows.append({"variant": "real (training set)", "seed": None,
                  "spearman": spearman(real_labels[real_labels >= 0].astype(np.float64), real_emph[real_labels >= 0]),
                  **{f"class{c}_emphysema": real_stats[c]["mean"] for c in classes},
@@ -274,6 +372,7 @@ def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace,
         "within_class_ms_ssim: MS-SSIM among the generated volumes of one class, averaged over classes "
         "(lower = more diverse); a model can obey the class by collapsing inside it.",
     ]
+    out.command = _commands(out.path("recipes-conditional.md"), out.command, only)
     out.write_table(rows, _conditional_columns(classes), title=f"Class-conditional HA-GAN recipes at {size}³",
                           notes=notes, stem="recipes-conditional")
     return rows

@@ -218,7 +218,7 @@ def _flag_value(value: Any) -> str:
 TRAIN_FLAG_OPTIONS = frozenset({
     "autoencoder_run", "batch", "ckpt_every", "class_conditioning", "class_loss", "class_weight", "device", "ema_decay", "fake_labels",
     "inputs", "iters", "keep_checkpoints", "label_column", "latent_dim", "log_every", "lr_d", "lr_e", "lr_g",
-    "max_minutes", "minibatch_std", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
+    "histogram_bins", "max_minutes", "minibatch_std", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
     "slab_context", "slab_selection", "split_fractions", "split_seed", "target", "task", "width", "workers",
     "use_lowres", "use_encoder", "generator_run",
 })

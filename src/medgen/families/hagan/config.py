@@ -31,7 +31,7 @@ MIN_SIZE = 32
 MAX_SIZE = 512
 BASE_GRID = 4  # G^A starts from, and the down-sampling stacks end at, a 4³ grid
 SLAB_CONTEXTS = ("exact", "halo", "zero-padded")  # see HAGANConfig.slab_context
-CLASS_CONDITIONINGS = ("ac", "projection")  # see HAGANConfig.class_conditioning
+CLASS_CONDITIONINGS = ("ac", "projection", "classifier")  # see HAGANConfig.class_conditioning
 
 
 def _is_power_of_two(n: int) -> bool:
@@ -67,12 +67,22 @@ class HAGANConfig:
         It works on each process's share of the batch: with one volume per
         process (``torchrun``, batch = number of GPUs) every group has one member
         and the feature is 0.
+    histogram_bins : number of intensity bins of a first-order-statistics input of D^H and
+        D^L (0: none, the paper): the log share of the voxels of the slab / low-res volume at
+        or below each of that many equal bins over [-1, 1]
+        (:func:`medgen.families.layers.cumulative_log_shares`), mapped to features that join
+        D's last layers, so D compares the intensity distributions of real and generated
+        volumes directly and G gets a gradient on every voxel's value.
     class_conditioning : how D uses the class of a conditional model. ``"ac"`` (the
         paper, AC-GAN): D^H and D^L have class heads trained by cross-entropy on real
         volumes, and G's loss adds λ × their cross-entropy on its volumes.
         ``"projection"`` (Miyato & Koyama 2018): D is given the class and adds the
         inner product of a learned class embedding with its features to each logit,
         so the class acts through the adversarial loss itself (no class heads, no λ).
+        ``"classifier"``: D is unconditional; a separate classifier C (C^H on the slab,
+        C^L on the low-resolution volume, no spectral normalisation) learns the class
+        from real volumes only, and G's loss adds λ × C's cross-entropy on its volumes
+        (:mod:`medgen.families.hagan.classifier`).
     """
 
     size: int = 256
@@ -85,6 +95,7 @@ class HAGANConfig:
     use_lowres: bool = True
     slab_context: str = "exact"
     minibatch_std: int = 4
+    histogram_bins: int = 0
     class_conditioning: str = "ac"
 
     def __post_init__(self) -> None:
@@ -150,6 +161,9 @@ class HAGANConfig:
             raise UsageError(f"width must be > 0, got {self.width!r}")
         if not isinstance(self.minibatch_std, int) or isinstance(self.minibatch_std, bool) or self.minibatch_std < 0:
             raise UsageError(f"minibatch_std must be a group size >= 0 (0 = none), got {self.minibatch_std!r}")
+        if not isinstance(self.histogram_bins, int) or isinstance(self.histogram_bins, bool) or \
+                self.histogram_bins < 0 or self.histogram_bins == 1:
+            raise UsageError(f"histogram_bins must be 0 (none) or >= 2, got {self.histogram_bins!r}")
         if self.class_conditioning not in CLASS_CONDITIONINGS:
             raise UsageError(f"class_conditioning must be one of {', '.join(CLASS_CONDITIONINGS)}, "
                              f"got {self.class_conditioning!r}")
@@ -236,7 +250,8 @@ class HAGANConfig:
 
 # Fields added after the first release, with the value a configuration saved without them means
 # (the paper's behaviour, which was the only one then). New configurations get the dataclass defaults.
-SAVED_BEFORE: dict[str, Any] = {"slab_context": "zero-padded", "minibatch_std": 0, "class_conditioning": "ac"}
+SAVED_BEFORE: dict[str, Any] = {"slab_context": "zero-padded", "minibatch_std": 0, "class_conditioning": "ac",
+                                "histogram_bins": 0}
 
 # How medgen's defaults differ from the paper's recipe (``medgen train --recipe paper``), in the
 # architecture; the training side is :data:`medgen.families.hagan.train.PAPER_HPARAMS`.

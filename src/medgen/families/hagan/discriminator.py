@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
-from medgen.families.layers import down_conv, leaky, minibatch_stddev, sn
+from medgen.families.layers import cumulative_log_shares, down_conv, leaky, minibatch_stddev, sn
 
 
-def _depth_step(depth: int) -> tuple[int, int, int]:
+def depth_step(depth: int) -> tuple[int, int, int]:
     """(kernel, stride, padding) along the slab depth for D^H's next stride-2 layer.
 
     Deep slabs are halved with kernel 4 (as in-plane), depths 4 and 2 with a
@@ -56,7 +56,7 @@ class HighResDiscriminator(nn.Module):
         depth, cin = cfg.slab_len, 1
         convs = []
         for cout in cfg.downsampling_widths(512, cfg.size):
-            kd, sd, pd = _depth_step(depth)
+            kd, sd, pd = depth_step(depth)
             convs.append(sn(nn.Conv3d(cin, cout, kernel_size=(4, 4, kd), stride=(2, 2, sd), padding=(1, 1, pd))))
             depth, cin = depth // sd, cout
         self.convs = nn.ModuleList(convs)
@@ -64,7 +64,9 @@ class HighResDiscriminator(nn.Module):
         features, hidden = cfg.channels(128), cfg.channels(64)
         cin += 1 if cfg.minibatch_std else 0
         self.final_conv = sn(nn.Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth)))
-        self.fc = sn(nn.Linear(features + 1, hidden))
+        self.histogram_bins = cfg.histogram_bins
+        self.histogram = sn(nn.Linear(cfg.histogram_bins, hidden)) if cfg.histogram_bins else None
+        self.fc = sn(nn.Linear(features + 1 + (hidden if cfg.histogram_bins else 0), hidden))
         self.out = sn(nn.Linear(hidden, 1))
         ac = cfg.num_classes > 0 and cfg.class_conditioning == "ac"
         projection = cfg.num_classes > 0 and cfg.class_conditioning == "projection"
@@ -81,7 +83,10 @@ class HighResDiscriminator(nn.Module):
             h = minibatch_stddev(h, self.minibatch_std, parts)
         h = leaky(self.final_conv(h)).flatten(1)
         pos = torch.as_tensor(slab_pos, dtype=h.dtype, device=h.device).reshape(-1, 1).expand(h.shape[0], 1)
-        h = leaky(self.fc(torch.cat([h, pos], dim=1)))
+        parts_in = [h, pos]
+        if self.histogram is not None:
+            parts_in.append(leaky(self.histogram(cumulative_log_shares(x, self.histogram_bins).to(h.dtype))))
+        h = leaky(self.fc(torch.cat(parts_in, dim=1)))
         cls = self.class_head(h) if self.class_head is not None else None
         logit = self.out(h).squeeze(1)
         if self.class_embed is not None:
@@ -102,12 +107,19 @@ class LowResDiscriminator(nn.Module):
         super().__init__()
         widths = cfg.downsampling_widths(256, cfg.lowres_size)
         projection = cfg.num_classes > 0 and cfg.class_conditioning == "projection"
-        self.num_classes = cfg.num_classes if not projection else 0  # class logits (AC-GAN)
+        self.num_classes = cfg.num_classes if cfg.class_conditioning == "ac" else 0  # class logits (AC-GAN)
         self.minibatch_std = cfg.minibatch_std
         self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([1] + widths[:-1], widths))
         features = widths[-1] if widths else 1
         cin = features + (1 if cfg.minibatch_std else 0)
         self.final_conv = sn(nn.Conv3d(cin, 1 + self.num_classes, kernel_size=BASE_GRID))
+        self.histogram_bins = cfg.histogram_bins
+        if cfg.histogram_bins:  # the intensity distribution's own contribution to the logit
+            hidden = cfg.channels(64)
+            self.histogram = nn.Sequential(sn(nn.Linear(cfg.histogram_bins, hidden)), nn.LeakyReLU(0.2),
+                                           sn(nn.Linear(hidden, 1)))
+        else:
+            self.histogram = None
         self.class_embed = sn(nn.Embedding(cfg.num_classes, features)) if projection else None
 
     def forward(self, x: torch.Tensor, parts: int = 1,
@@ -121,6 +133,8 @@ class LowResDiscriminator(nn.Module):
             h = minibatch_stddev(h, self.minibatch_std, parts)
         h = self.final_conv(h).flatten(1)
         logit = h[:, 0]
+        if self.histogram is not None:
+            logit = logit + self.histogram(cumulative_log_shares(x, self.histogram_bins).to(h.dtype)).squeeze(1)
         if self.class_embed is not None:
             logit = logit + _projection(self.class_embed, labels, phi)
         return logit, (h[:, 1:] if self.num_classes > 0 else None)

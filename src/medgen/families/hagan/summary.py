@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
+from medgen.families.hagan.classifier import Classifier
 from medgen.families.hagan.config import HAGANConfig
 from medgen.families.hagan.discriminator import Discriminator
 from medgen.families.hagan.encoder import Encoder
@@ -28,6 +29,8 @@ BLOCKS: dict[str, tuple[str, str]] = {
     "D^L": ("discriminator.low", "low-resolution discriminator: low-res volume"),
     "E^H": ("encoder.high", "high-resolution encoder: slab → A slab"),
     "E^G": ("encoder.ground", "ground encoder: A → z"),
+    "C^H": ("classifier.high", "auxiliary classifier (classifier conditioning): slab + position → class"),
+    "C^L": ("classifier.low", "auxiliary classifier (classifier conditioning): low-res volume → class"),
 }
 
 
@@ -37,7 +40,7 @@ def num_params(module: nn.Module | None) -> int:
 
 
 def build_meta(cfg: HAGANConfig) -> dict[str, nn.Module]:
-    """Generator, discriminator and encoder built on the meta device.
+    """Generator, discriminator, encoder and (classifier conditioning) classifier built on the meta device.
 
     Spectral normalisation's initial power iteration only refines its u, v
     buffers (no parameters, no shapes); on meta tensors it is meaningless and
@@ -50,16 +53,19 @@ def build_meta(cfg: HAGANConfig) -> dict[str, nn.Module]:
     else:
         no_power_iteration = contextlib.nullcontext()
     with torch.device("meta"), no_power_iteration:
-        return {"generator": Generator(cfg), "discriminator": Discriminator(cfg), "encoder": Encoder(cfg)}
+        models = {"generator": Generator(cfg), "discriminator": Discriminator(cfg), "encoder": Encoder(cfg)}
+        if cfg.num_classes > 0 and cfg.class_conditioning == "classifier":
+            models["classifier"] = Classifier(cfg)
+        return models
 
 
 def _block(models: dict[str, nn.Module], path: str) -> nn.Module | None:
     owner, attr = path.split(".")
-    return getattr(models[owner], attr)
+    return getattr(models[owner], attr) if owner in models else None
 
 
 def count_parameters(cfg: HAGANConfig, models: dict[str, nn.Module] | None = None) -> dict[str, int]:
-    """Parameters per block (G^A, G^L, G^H, D^H, D^L, E^H, E^G) and totals G, D, E, all.
+    """Parameters per block (G^A, G^L, G^H, D^H, D^L, E^H, E^G, C^H, C^L) and totals G, D, E, C, all.
 
     ``models``: networks from :func:`build_meta` (built here if not given).
     """
@@ -68,7 +74,8 @@ def count_parameters(cfg: HAGANConfig, models: dict[str, nn.Module] | None = Non
     counts["G"] = num_params(models["generator"])
     counts["D"] = num_params(models["discriminator"])
     counts["E"] = num_params(models["encoder"])
-    counts["all"] = counts["G"] + counts["D"] + counts["E"]
+    counts["C"] = num_params(models.get("classifier"))
+    counts["all"] = counts["G"] + counts["D"] + counts["E"] + counts["C"]
     return counts
 
 
@@ -95,6 +102,10 @@ def block_shapes(
         "E^H": (x_slab, e.high(x_slab)),
         "E^G": (a, e.ground(a)),
     }
+    c = m.get("classifier")
+    if c is not None:
+        shapes["C^H"] = (x_slab, c.high(x_slab, pos))
+        shapes["C^L"] = (x_low, c.low(x_low) if c.low is not None else None)
     return {k: (list(i.shape[1:]), list(o.shape[1:]) if o is not None else []) for k, (i, o) in shapes.items()}
 
 
@@ -118,6 +129,6 @@ def summary(cfg: HAGANConfig) -> dict[str, Any]:
     return {
         "config": cfg.to_dict(),
         "blocks": blocks,
-        "totals": {k: counts[k] for k in ("G", "D", "E", "all")},
+        "totals": {k: counts[k] for k in ("G", "D", "E", "C", "all") if k != "C" or "classifier" in models},
         "full_volume_shape": [1, cfg.size, cfg.size, cfg.size],
     }

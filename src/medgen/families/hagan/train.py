@@ -4,8 +4,10 @@ One iteration (:func:`train_step`)::
 
     draw z, class labels and the slab position
     D step    BCE(D(real), 1) + BCE(D(fake), 0)           updates D only
+    C step    CE(C(real), class)  (classifier conditioning) updates C only
     G step    BCE(D(fake), 1)  (non-saturating)            updates G only
-              (AC-GAN: + the class cross-entropies; projection: D is given the classes)
+              (AC-GAN: + λ × the class cross-entropies of D's heads; classifier: + λ × C's;
+              projection: D is given the classes)
     E^H step  L1(G^H(E^H(x_slab)), x_slab)                  updates E^H only
     E^G step  ½[L1(slab) + L1(low-res)], z = E^G(E^H(x))   updates E^G only
 
@@ -24,7 +26,7 @@ Work that is shared ("no wasted work"):
 * Real and fake go through D in one concatenated batch (D has no batch
   statistics, so this equals two separate calls).
 * Networks that are not being updated are frozen (``requires_grad=False``):
-  backward then computes no gradients for their weights (D in the G step, G
+  backward then computes no gradients for their weights (D and C in the G step, G
   in both encoder steps, E^H in the E^G step, which runs it under no_grad).
 * The real low-resolution volume (trilinear downsampling by f) and the real
   slab are computed once per iteration and used by D, E^H and E^G.
@@ -51,12 +53,14 @@ from torch import nn
 
 from medgen.core.errors import UsageError
 from medgen.core.settings import from_dict, tuples_as_lists
+from medgen.families.hagan.classifier import Classifier
 from medgen.families.hagan.config import HAGANConfig
 from medgen.families.hagan.discriminator import Discriminator
 from medgen.families.hagan.encoder import Encoder
 from medgen.families.hagan.generator import Generator
 from medgen.families.hagan.losses import (
     CLASS_LOSSES,
+    class_loss,
     discriminator_loss,
     generator_loss,
     ground_encoder_loss,
@@ -71,10 +75,11 @@ class HAGANHParams:
     :data:`PAPER_HPARAMS` says otherwise (``medgen train --recipe paper``).
 
     Learning rates are Adam step sizes; ``betas`` are Adam's (β1, β2).
-    ``class_weight``: λ of the AC-GAN class loss (unused by a projection D,
+    ``class_weight``: λ of G's class loss (AC-GAN heads or the classifier C; unused by a projection D,
     :attr:`~medgen.families.hagan.config.HAGANConfig.class_conditioning`). ``class_loss``: ``mean`` (one
     cross-entropy on the averaged logits of D^H's and D^L's class heads, the
-    authors' code) or ``per-head`` (each head gets its own cross-entropy).
+    authors' code) or ``per-head`` (each head gets its own cross-entropy); with classifier
+    conditioning the same for C^H's and C^L's logits.
     ``fake_labels``: the classes asked of G in training, ``uniform`` (the paper)
     or ``real`` (the real batch's labels, the authors' code: the class prior of the
     data). ``use_encoder``: False for the "no encoder" ablation (E^H, E^G not
@@ -126,10 +131,13 @@ PAPER_HPARAMS: dict[str, Any] = {}
 
 
 def build(cfg: HAGANConfig, hp: HAGANHParams, device: torch.device) -> dict[str, nn.Module]:
-    """G, D and (unless ablated) E = (E^H, E^G), on ``device``; the checkpoint keys are these names."""
+    """G, D, (unless ablated) E = (E^H, E^G) and (classifier conditioning) C, on ``device``; the
+    checkpoint keys are these names."""
     nets: dict[str, nn.Module] = {"G": Generator(cfg).to(device), "D": Discriminator(cfg).to(device)}
     if hp.use_encoder:
         nets["E"] = Encoder(cfg).to(device)
+    if _classifier(cfg):
+        nets["C"] = Classifier(cfg).to(device)
     return nets
 
 
@@ -143,20 +151,33 @@ def optimizers(nets: dict[str, nn.Module], hp: HAGANHParams, device: torch.devic
     if "E" in nets:
         opt["EH"] = torch.optim.Adam(nets["E"].high.parameters(), lr=hp.lr_eh, **adam)
         opt["EG"] = torch.optim.Adam(nets["E"].ground.parameters(), lr=hp.lr_eg, **adam)
+    if "C" in nets:  # C learns at D's rate
+        opt["C"] = torch.optim.Adam(nets["C"].parameters(), lr=hp.lr_d, **adam)
     return opt
 
 
 def ddp_modules(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
-    """G, D, E^H and E^G: the encoder's two blocks are updated by separate steps, so wrapped separately."""
+    """G, D, E^H, E^G and C: the encoder's two blocks are updated by separate steps, so wrapped separately."""
     out = {"G": nets["G"], "D": nets["D"]}
     if "E" in nets:
         out["EH"], out["EG"] = nets["E"].high, nets["E"].ground
+    if "C" in nets:
+        out["C"] = nets["C"]
     return out
 
 
 def loss_names(cfg: HAGANConfig, hp: HAGANHParams) -> list[str]:
     names = ["D", "G"] + (["EH", "EG"] if hp.use_encoder else [])
-    return names + (["D_class", "G_class"] if cfg.num_classes > 0 and cfg.class_conditioning == "ac" else [])
+    if cfg.num_classes > 0 and cfg.class_conditioning == "ac":
+        names += ["D_class", "G_class"]
+    if _classifier(cfg):
+        names += ["C_class", "G_class"]
+    return names
+
+
+def _classifier(cfg: HAGANConfig) -> bool:
+    """Whether the model has the auxiliary classifier C (class conditioning "classifier")."""
+    return cfg.num_classes > 0 and cfg.class_conditioning == "classifier"
 
 
 def train_step(s: Step) -> dict[str, torch.Tensor]:
@@ -168,6 +189,7 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
     conditional = cfg.num_classes > 0
     ac = conditional and cfg.class_conditioning == "ac"  # class heads and class losses
     projection = conditional and cfg.class_conditioning == "projection"  # D is given the class
+    C = s.nets.get("C")  # the auxiliary classifier (class conditioning "classifier")
 
     # ---- this iteration's data and random draws
     x = s.batch["image"]  # [b, 1, S, S, S] in [-1, 1]
@@ -199,13 +221,27 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
     loss_D, loss_D_cls = discriminator_loss(logits[:b], logits[b:], cls_real, labels, hp.class_loss)
     s.update("D", loss_D)
 
-    # ---- G step through the updated, frozen D
+    # ---- C step: the auxiliary classifier learns the class from the real volumes only
+    if C is not None:
+        with s.amp():
+            cls_c = s.ddp["C"](x_slab, slab_pos, x_low)
+        loss_C_cls = class_loss(cls_c, labels, hp.class_loss)
+        s.update("C", loss_C_cls)
+        del cls_c
+
+    # ---- G step through the updated, frozen D (and C)
     D.requires_grad_(False)
+    if C is not None:
+        C.requires_grad_(False)
     with s.amp():
         logits_g, cls_g = D(fake_slab, slab_pos, fake_low, labels=fake_labels if projection else None)
+        if C is not None:
+            cls_g = C(fake_slab, slab_pos, fake_low)
     loss_G, loss_G_cls = generator_loss(logits_g, cls_g, fake_labels, hp.class_weight, hp.class_loss)
     s.update("G", loss_G)
     D.requires_grad_(True)
+    if C is not None:
+        C.requires_grad_(True)
     del fake_low, fake_slab, logits, cls, logits_g, cls_g
 
     losses = {"D": loss_D, "G": loss_G}
@@ -230,6 +266,8 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
         losses.update(EH=loss_EH, EG=loss_EG)
     if ac:
         losses.update(D_class=loss_D_cls, G_class=loss_G_cls)
+    if C is not None:
+        losses.update(C_class=loss_C_cls, G_class=loss_G_cls)
     return losses
 
 
