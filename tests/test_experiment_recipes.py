@@ -107,6 +107,12 @@ def test_recipes_smoke_run(tmp_path, capsys):
     made_by = md.split("Made by:")[1]
     assert "--per-class 2" in made_by and "--only histogram-compact,projection" in made_by
     assert (out / "recipes.png").stat().st_mtime_ns == figure
+    import json
+
+    record = json.loads((out / "experiment.json").read_text())
+    assert record["command"].splitlines()[-1].endswith("--only histogram-compact,projection")
+    assert "--per-class 2" in record["command"].splitlines()[0]
+    assert [r["variant"] for r in record["results"]["conditional"]] == list(cond_again)
     capsys.readouterr()
     assert main(["experiment", "recipes", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
                  "--only", "nope", "--no-progress"]) != 0

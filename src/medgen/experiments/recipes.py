@@ -16,7 +16,8 @@ train/inference mismatch is about:
 
 each in the ``tiny`` preset, then the paper's method and medgen's in the
 ``compact`` preset (twice the width: G^H gets 8 instead of 4 hidden channels),
-which is what lets the generator draw the lung texture.
+which is what lets the generator draw the lung texture, and medgen's with D also
+given the intensity distribution of what it judges (``--histogram-bins 64``).
 
 Every run is sampled (the EMA generator) and compared with the held-out phantoms:
 MS-SSIM among generated pairs (diversity; compare with the real pairs'),
@@ -29,7 +30,9 @@ phantoms' emphysema classes: the paper's recipe (one class loss on the heads'
 mean logits, λ 0.1), medgen's method, with a class loss per head, that with
 λ 1, with the real batch's classes asked of G, with a projection discriminator
 (tiny preset), and medgen's method in the compact preset, on the scale's
-phantoms and on 8 times as many; per requested class, the generated volumes'
+phantoms and on 8 times as many, and on those with the class learnt by a
+separate classifier C instead of D's class heads (``--class-conditioning
+classifier``, λ 0.3, one class loss per head); per requested class, the generated volumes'
 emphysema % (Spearman correlation with the class, class means against the real classes'
 interquartile ranges) and the MS-SSIM within each class.
 
@@ -267,8 +270,17 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         results.update(_unconditional_table(ws, out, args, size, only, command, fresh, shown, report))
     if args.conditional:
         out.command = command
-        results["conditional"] = _conditional(ws, out, args, size, only)
+        conditional = _conditional(ws, out, args, size, only)
+        if conditional or only is None:
+            results["conditional"] = conditional
     out.command = command
+    if only is not None:  # experiment.json: the earlier record's results and commands, updated
+        import json
+
+        record = out.path("experiment.json")
+        earlier = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        results = {**(earlier.get("results") or {}), **results}
+        out.command = "\n".join(dict.fromkeys([*str(earlier.get("command") or "").splitlines(), command]))
     return results
 
 
