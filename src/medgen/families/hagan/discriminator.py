@@ -10,11 +10,19 @@ of generated volumes that are all alike is told apart from a batch of real ones
 parts of the batch must not be mixed: 2 when real and generated volumes are
 concatenated into one batch.
 
+With ``histogram_bins`` > 0 (an option; off by default and in the paper) both also see
+the intensity distribution of what they judge: the log share of its voxels at or below
+each of that many bins over [-1, 1] (:func:`medgen.families.layers.cumulative_log_shares`),
+through a linear layer into D^H's last hidden layer and through a small MLP added to
+D^L's logit.
+
 A class-conditional D either predicts the class (``class_conditioning="ac"``, the
 paper's AC-GAN: a class head per discriminator) or is given it
 (``"projection"``, Miyato & Koyama 2018: each logit gains ⟨embed(y), φ(x)⟩, the
 inner product of a learned class embedding with the features φ(x) the logit is
-computed from). Why not MONAI: its discriminators have neither.
+computed from). With ``"classifier"`` D is unconditional and a separate classifier
+learns the class (:mod:`medgen.families.hagan.classifier`). Why not MONAI: its
+discriminators have neither.
 """
 
 from __future__ import annotations
@@ -83,10 +91,10 @@ class HighResDiscriminator(nn.Module):
             h = minibatch_stddev(h, self.minibatch_std, parts)
         h = leaky(self.final_conv(h)).flatten(1)
         pos = torch.as_tensor(slab_pos, dtype=h.dtype, device=h.device).reshape(-1, 1).expand(h.shape[0], 1)
-        parts_in = [h, pos]
+        inputs = [h, pos]
         if self.histogram is not None:
-            parts_in.append(leaky(self.histogram(cumulative_log_shares(x, self.histogram_bins).to(h.dtype))))
-        h = leaky(self.fc(torch.cat(parts_in, dim=1)))
+            inputs.append(leaky(self.histogram(cumulative_log_shares(x, self.histogram_bins).to(h.dtype))))
+        h = leaky(self.fc(torch.cat(inputs, dim=1)))
         cls = self.class_head(h) if self.class_head is not None else None
         logit = self.out(h).squeeze(1)
         if self.class_embed is not None:
