@@ -164,20 +164,11 @@ def test_losses_match_their_definitions():
     assert losses.ground_encoder_loss(a, b, None, None).item() == pytest.approx(l1(a, b), rel=1e-6)
 
 
-@pytest.mark.parametrize("class_loss", ["per-head", "mean"])
-def test_first_iteration_class_loss_matches_independent_recomputation(data, tmp_path, class_loss):
-    """loss_D_class of iteration 1 == the cross-entropy of D's class heads on the real batch, recomputed by hand:
-    per head and averaged (medgen's default), or on the heads' averaged logits (the paper's code)."""
+def _first_real_batch(data: Path, cfg: RunConfig, mcfg: HAGANConfig):
+    """Iteration 1's real batch of a conditional run (batch 2), rebuilt by hand from the documented draws:
+    (classes, real slabs, their positions in [0, 1], the low-resolution volumes)."""
     from medgen.data.dataset import VolumeDataset
 
-    cfg = tiny_cfg(data, iters=1, num_classes=2, hparams={"class_loss": class_loss})
-    train(cfg, tmp_path / "run", progress=False)
-    logged = float(read_metrics(tmp_path / "run")[0]["loss_D_class"])
-
-    mcfg = get_preset("tiny", S, num_classes=2)
-    torch.manual_seed(cfg.seed)  # the trainer's initialisation order: G, D, E
-    Generator(mcfg)
-    D = Discriminator(mcfg)
     ds = VolumeDataset(data, split="train", seed=0, fractions=(1.0, 0.0, 0.0), label_column="label")
     idx = InfiniteBatchSampler(len(ds), 2, seed=0).global_batch_indices(0)
     x = torch.from_numpy(np.stack([np.load(data / "volumes" / f"{ds.ids[i]}.npy").astype(np.float32) for i in idx])[:, None])
@@ -189,8 +180,24 @@ def test_first_iteration_class_loss_matches_independent_recomputation(data, tmp_
     f, L = mcfg.lowres_factor, mcfg.slab_len
     real_slab = torch.stack([x[i, :, :, :, f * a : f * a + L] for i, a in enumerate(starts.tolist())])
     low = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="trilinear", align_corners=False)
+    return y, real_slab, starts.float() / mcfg.max_slab_start_lowres, low
+
+
+@pytest.mark.parametrize("class_loss", ["per-head", "mean"])
+def test_first_iteration_class_loss_matches_independent_recomputation(data, tmp_path, class_loss):
+    """loss_D_class of iteration 1 == the cross-entropy of D's class heads on the real batch, recomputed by hand:
+    per head and averaged (medgen's default), or on the heads' averaged logits (the paper's code)."""
+    cfg = tiny_cfg(data, iters=1, num_classes=2, hparams={"class_loss": class_loss})
+    train(cfg, tmp_path / "run", progress=False)
+    logged = float(read_metrics(tmp_path / "run")[0]["loss_D_class"])
+
+    mcfg = get_preset("tiny", S, num_classes=2)
+    torch.manual_seed(cfg.seed)  # the trainer's initialisation order: G, D, E
+    Generator(mcfg)
+    D = Discriminator(mcfg)
+    y, real_slab, pos, low = _first_real_batch(data, cfg, mcfg)
     with torch.no_grad():
-        _, (c_high, c_low) = D(real_slab, starts.float() / mcfg.max_slab_start_lowres, low)
+        _, (c_high, c_low) = D(real_slab, pos, low)
     ce = lambda logits: _ce(logits.double().numpy(), y.numpy())  # noqa: E731
     per_head, mean = (ce(c_high) + ce(c_low)) / 2, ce((c_high + c_low) / 2)
     assert abs(per_head - mean) > 1e-3 * per_head  # the two modes are told apart at this tolerance
@@ -227,7 +234,6 @@ def test_classifier_conditioning_losses_match_independent_recomputation(data, tm
     (the slab with its position and the low-resolution volume, one cross-entropy per head), recomputed by
     hand from a C initialised as the trainer does (after G, D, E); the run resumes exactly, C and its
     optimiser included; the generator's class changes its volumes."""
-    from medgen.data.dataset import VolumeDataset
     from medgen.families.hagan.classifier import Classifier
 
     hp = {"class_loss": "per-head", "class_weight": 1.0}
@@ -239,19 +245,9 @@ def test_classifier_conditioning_losses_match_independent_recomputation(data, tm
     torch.manual_seed(cfg.seed)  # the trainer's initialisation order: G, D, E, C
     Generator(mcfg), Discriminator(mcfg), Encoder(mcfg)
     C = Classifier(mcfg)
-    ds = VolumeDataset(data, split="train", seed=0, fractions=(1.0, 0.0, 0.0), label_column="label")
-    idx = InfiniteBatchSampler(len(ds), 2, seed=0).global_batch_indices(0)
-    x = torch.from_numpy(np.stack([np.load(data / "volumes" / f"{ds.ids[i]}.npy").astype(np.float32) for i in idx])[:, None])
-    y = torch.tensor([int(ds[i]["label"]) for i in idx])
-    rng = torch.Generator().manual_seed(_iteration_seed(cfg.seed, 0, 0))
-    torch.randn(2, mcfg.latent_dim, generator=rng)  # z
-    torch.randint(2, (2,), generator=rng)  # the fake classes
-    starts = torch.randint(0, mcfg.max_slab_start_lowres + 1, (2,), generator=rng)
-    f, L = mcfg.lowres_factor, mcfg.slab_len
-    real_slab = torch.stack([x[i, :, :, :, f * a : f * a + L] for i, a in enumerate(starts.tolist())])
-    low = torch.nn.functional.interpolate(x, scale_factor=1 / f, mode="trilinear", align_corners=False)
+    y, real_slab, pos, low = _first_real_batch(data, cfg, mcfg)
     with torch.no_grad():
-        c_high, c_low = C(real_slab, starts.float() / mcfg.max_slab_start_lowres, low)
+        c_high, c_low = C(real_slab, pos, low)
     ce = lambda logits: _ce(logits.double().numpy(), y.numpy())  # noqa: E731
     assert logged == pytest.approx((ce(c_high) + ce(c_low)) / 2, rel=2e-5)
     assert abs(ce(c_high) - ce(c_low)) > 1e-3  # both heads count

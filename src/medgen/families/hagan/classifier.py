@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
-from medgen.families.hagan.discriminator import depth_step
+from medgen.families.hagan.discriminator import slab_convs
 from medgen.families.layers import down_conv, leaky
 
 
@@ -38,13 +38,7 @@ class HighResClassifier(nn.Module):
 
     def __init__(self, cfg: HAGANConfig) -> None:
         super().__init__()
-        depth, cin = cfg.slab_len, 1
-        convs = []
-        for cout in cfg.downsampling_widths(512, cfg.size):
-            kd, sd, pd = depth_step(depth)
-            convs.append(nn.Conv3d(cin, cout, kernel_size=(4, 4, kd), stride=(2, 2, sd), padding=(1, 1, pd)))
-            depth, cin = depth // sd, cout
-        self.convs = nn.ModuleList(convs)
+        self.convs, depth, cin = slab_convs(cfg)  # D^H's, without spectral normalisation
         features, hidden = cfg.channels(128), cfg.channels(64)
         self.final_conv = nn.Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth))
         self.fc = nn.Linear(features + 1, hidden)

@@ -34,7 +34,7 @@ from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.layers import cumulative_log_shares, down_conv, leaky, minibatch_stddev, sn
 
 
-def depth_step(depth: int) -> tuple[int, int, int]:
+def _depth_step(depth: int) -> tuple[int, int, int]:
     """(kernel, stride, padding) along the slab depth for D^H's next stride-2 layer.
 
     Deep slabs are halved with kernel 4 (as in-plane), depths 4 and 2 with a
@@ -46,6 +46,19 @@ def depth_step(depth: int) -> tuple[int, int, int]:
     if depth >= 2:
         return 2, 2, 0
     return 1, 1, 0
+
+
+def slab_convs(cfg: HAGANConfig, wrap=lambda module: module) -> tuple[nn.ModuleList, int, int]:
+    """D^H's stride-2 convolutions, each wrapped by ``wrap`` (D: spectral normalisation), that bring a
+    slab [B, 1, S, S, L] to 4×4×d (in-plane kernel 4, widths halving backwards from 512; depth by
+    :func:`_depth_step`): (the convolutions, d, their last width)."""
+    depth, cin = cfg.slab_len, 1
+    convs = []
+    for cout in cfg.downsampling_widths(512, cfg.size):
+        kd, sd, pd = _depth_step(depth)
+        convs.append(wrap(nn.Conv3d(cin, cout, kernel_size=(4, 4, kd), stride=(2, 2, sd), padding=(1, 1, pd))))
+        depth, cin = depth // sd, cout
+    return nn.ModuleList(convs), depth, cin
 
 
 class HighResDiscriminator(nn.Module):
@@ -61,13 +74,7 @@ class HighResDiscriminator(nn.Module):
 
     def __init__(self, cfg: HAGANConfig) -> None:
         super().__init__()
-        depth, cin = cfg.slab_len, 1
-        convs = []
-        for cout in cfg.downsampling_widths(512, cfg.size):
-            kd, sd, pd = depth_step(depth)
-            convs.append(sn(nn.Conv3d(cin, cout, kernel_size=(4, 4, kd), stride=(2, 2, sd), padding=(1, 1, pd))))
-            depth, cin = depth // sd, cout
-        self.convs = nn.ModuleList(convs)
+        self.convs, depth, cin = slab_convs(cfg, sn)
         self.minibatch_std = cfg.minibatch_std
         features, hidden = cfg.channels(128), cfg.channels(64)
         cin += 1 if cfg.minibatch_std else 0
