@@ -117,6 +117,9 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert main(["experiment", "recipes", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
                  "--only", "nope", "--no-progress"]) != 0
     assert "--only nope: no such variant nope" in capsys.readouterr().err
+    assert main(["experiment", "recipes", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                 "--only", "projection", "--no-progress"]) != 0
+    assert "projection is a class-conditional variant; add --conditional" in capsys.readouterr().err
 
 
 def test_workspace_refuses_a_run_trained_with_other_settings(tmp_path):

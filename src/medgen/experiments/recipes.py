@@ -161,6 +161,10 @@ def _only_keys(args: argparse.Namespace) -> set[str] | None:
     keys = {k.strip() for k in str(args.only).split(",") if k.strip()}
     known = {v.key for v in (*VARIANTS, *(CONDITIONAL_VARIANTS if args.conditional else ()))}
     unknown = sorted(keys - known)
+    conditional_only = [k for k in unknown if k in {v.key for v in CONDITIONAL_VARIANTS}]
+    if conditional_only:
+        raise UsageError(f"--only {args.only}: {', '.join(conditional_only)} is a class-conditional variant; "
+                         "add --conditional")
     if unknown or not keys:
         raise UsageError(f"--only {args.only}: no such variant {', '.join(unknown) or '(empty)'}; "
                          f"keys: {', '.join(sorted(known))}")
