@@ -44,10 +44,12 @@ def test_recipes_smoke_run(tmp_path, capsys):
         rows = list(csv.DictReader(fh))
     assert [r["variant"] for r in rows] == ["paper, tiny", "+ slab context, tiny", "+ minibatch std, tiny",
                                             "medgen's method, tiny", "paper, compact", "medgen's method, compact",
-                                            "+ intensity histogram in D, compact", "real (held-out)"]
+                                            "+ intensity histogram in D, compact", "+ lung window in D, compact",
+                                            "real (held-out)"]
     by = {r["variant"]: r for r in rows}
     # the exact context closes the gap whatever the weights; the paper's slab does not
-    for label in ("+ slab context, tiny", "medgen's method, tiny", "medgen's method, compact"):
+    for label in ("+ slab context, tiny", "medgen's method, tiny", "medgen's method, compact",
+                  "+ lung window in D, compact"):
         assert float(by[label]["gap"]) < 1e-4
     for label in ("paper, tiny", "paper, compact"):
         assert float(by[label]["gap"]) > 10 * float(by["+ slab context, tiny"]["gap"])
@@ -82,6 +84,9 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert float(cond[-1]["spearman"]) > 0.7  # the phantoms' classes are emphysema stages
     assert (out / "recipes.png").is_file() and (out / "recipes-conditional.md").is_file()
     assert RunConfig.load(tmp_path / "w" / "runs" / "recipes-histogram-compact-32-seed0").model["histogram_bins"] == 64
+    # the lung window (-1024...-500 HU) in the phantoms' [-1024, 600] HU window's units
+    windows = RunConfig.load(tmp_path / "w" / "runs" / "recipes-lungwindow-compact-32-seed0").model["d_windows"]
+    assert windows == [[-1.0, pytest.approx(2 * 524 / 1624 - 1, abs=1e-6)]]
     cls = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-n512-compact-32-seed0")
     assert cls.model["class_conditioning"] == "classifier" and cls.hparams["class_weight"] == 0.3
 
@@ -95,9 +100,11 @@ def test_recipes_smoke_run(tmp_path, capsys):
     with open(out / "recipes.csv", newline="") as fh:
         again = list(csv.DictReader(fh))
     assert [r["variant"] for r in again] == [r["variant"] for r in rows]
-    for r in again[:-2]:
-        assert r == before[r["variant"]]
-    assert again[-2]["gap"] == before[again[-2]["variant"]]["gap"]  # the same run, evaluated again
+    histogram = "+ intensity histogram in D, compact"
+    for r in again[:-1]:
+        assert r["variant"] == histogram or r == before[r["variant"]]
+    remade = next(r for r in again if r["variant"] == histogram)
+    assert remade["gap"] == before[histogram]["gap"]  # the same run, evaluated again
     with open(out / "recipes-conditional.csv", newline="") as fh:
         cond_again = {r["variant"]: r for r in csv.DictReader(fh)}
     assert list(cond_again) == [r["variant"] for r in cond]

@@ -187,3 +187,70 @@ def test_discriminator_histogram_input():
     assert extra == (16 * hidden + hidden) + hidden * hidden + (16 * hidden + hidden + hidden + 1)
     with pytest.raises(Exception, match="histogram_bins"):
         get_preset("tiny", 32, histogram_bins=1)
+
+
+# ------------------------------------------------------------------ intensity windows
+def test_intensity_windows_stretch_and_clip():
+    from medgen.families.layers import intensity_windows
+
+    leaf = torch.tensor([-0.99, -0.9, -0.6, -0.37, 0.2, 1.0], requires_grad=True)
+    x = leaf.view(1, 1, 6, 1, 1)
+    out = intensity_windows(x, ((-1.0, -0.36), (0.0, 0.5)))
+    assert out.shape == (1, 3, 6, 1, 1) and torch.equal(out[:, :1], x)
+    vals = x.detach().flatten().numpy().astype(np.float64)
+    lung = np.clip((vals + 1.0) / 0.64 * 2 - 1, -1, 1)  # by hand
+    high = np.clip(vals / 0.5 * 2 - 1, -1, 1)
+    np.testing.assert_allclose(out[0, 1].flatten().detach().numpy(), lung, atol=1e-6)
+    np.testing.assert_allclose(out[0, 2].flatten().detach().numpy(), high, atol=1e-6)
+    out[:, 1].sum().backward()  # the window passes gradients inside it only, amplified by 2 / width
+    np.testing.assert_allclose(leaf.grad.numpy(), [2 / 0.64, 2 / 0.64, 2 / 0.64, 2 / 0.64, 0, 0], rtol=1e-5)
+    assert intensity_windows(x, ()) is x
+
+
+def test_discriminator_and_classifier_see_their_input_through_the_windows():
+    # The first convolution of D^H, D^L, C^H and C^L receives [x, window(x)], computed here by hand.
+    from medgen.families.hagan.classifier import Classifier
+
+    torch.manual_seed(0)
+    windows = ((-1.0, -0.35),)
+    cfg = get_preset("tiny", 32, d_windows=windows, num_classes=4, class_conditioning="classifier")
+    d, c = Discriminator(cfg).eval(), Classifier(cfg).eval()
+    seen = {}
+    for name, conv in (("DH", d.high.convs[0]), ("DL", d.low.convs[0]), ("CH", c.high.convs[0]),
+                       ("CL", c.low.convs[0])):
+        assert conv.in_channels == 2
+        conv.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, args[0].detach()))
+    slab = torch.rand(2, 1, 32, 32, cfg.slab_len) * 2 - 1
+    low = torch.rand(2, 1, 8, 8, 8) * 2 - 1
+    pos = torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        d(slab, pos, low)
+        c(slab, pos, low)
+    for name, x in (("DH", slab), ("DL", low), ("CH", slab), ("CL", low)):
+        by_hand = np.clip((x.numpy() + 1.0) / 0.65 * 2 - 1, -1, 1)
+        assert torch.equal(seen[name][:, :1], x)
+        np.testing.assert_allclose(seen[name][:, 1:].numpy(), by_hand, atol=1e-6)
+    plain = Discriminator(get_preset("tiny", 32))
+    assert plain.high.convs[0].in_channels == 1 and plain.low.convs[0].in_channels == 1
+
+
+def test_window_settings_and_named_ct_windows():
+    from medgen.core.errors import UsageError
+    from medgen.core.volume import normalized_ct_window
+    from medgen.families.hagan import HAGANConfig
+
+    cfg = get_preset("tiny", 32, d_windows=[[-1, -0.35]])  # lists, as YAML gives them
+    assert cfg.d_windows == ((-1.0, -0.35),) and HAGANConfig.from_dict(cfg.to_dict()) == cfg
+    old = {k: v for k, v in cfg.to_dict().items() if k != "d_windows"}
+    assert HAGANConfig.from_dict(old).d_windows == ()  # saved before the option: none
+    for bad in ([[-0.3, -0.5]], [[-1.5, 0.0]], [[0.1]], "lung"):
+        with pytest.raises(UsageError, match="d_windows"):
+            get_preset("tiny", 32, d_windows=bad)
+    # HU → the data's [-1, 1] units: the phantoms' window [-1024, 600] and another one
+    assert normalized_ct_window("lung", {"hu_window": [-1024, 600]}) == (-1.0, round(2 * 524 / 1624 - 1, 6))
+    assert normalized_ct_window("lung", {"hu_window": [-1000, 1000]}) == (-1.0, -0.5)  # clipped at the data's low end
+    assert normalized_ct_window("bone", {"hu_min": -1000, "hu_max": 1000}) == (0.3, 1.0)
+    with pytest.raises(ValueError, match="outside the data"):
+        normalized_ct_window("bone", {"hu_window": [-1024, 200]})
+    with pytest.raises(ValueError, match="unknown CT window 'lungs'"):
+        normalized_ct_window("lungs", {"hu_window": [-1024, 600]})

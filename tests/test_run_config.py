@@ -247,3 +247,31 @@ def test_any_family_hyper_parameter_from_the_command_line(tmp_path):
                                                       "ddpm", "--preset", "tiny", "--lr-g", "1e-3"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["train", str(data), "--out", "x", "--hparam", "novalue"])
+
+
+def test_d_windows_are_named_hu_windows_in_the_data_sets_units(data, tmp_path, capsys):
+    import json
+    import shutil
+
+    from medgen.cli import main
+    from medgen.commands.train import build_config
+
+    argv = ["train", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny", "--d-windows", "lung,bone"]
+    cfg = build_config(_parse_train(argv))
+    # the toy set's window is [-1024, 600] HU: lung -1024...-500, bone 300...1500 (clipped at 600)
+    assert cfg.model["d_windows"] == [[-1.0, round(2 * 524 / 1624 - 1, 6)], [round(2 * 1324 / 1624 - 1, 6), 1.0]]
+    assert "--d-windows" not in train_command(data, tmp_path / "run2", preset="tiny")  # none unless asked for
+    assert main(["train", str(data), "--out", str(tmp_path / "r"), "--d-windows", "lungs"]) == 2
+    assert "--d-windows lungs: unknown CT window 'lungs'" in capsys.readouterr().err
+    mri = tmp_path / "mri"
+    shutil.copytree(data, mri)
+    info = json.loads((mri / "preprocess.json").read_text())
+    (mri / "preprocess.json").write_text(json.dumps({**info, "modality": "mri"}))
+    assert main(["train", str(mri), "--out", str(tmp_path / "r"), "--d-windows", "lung"]) == 2
+    assert "HU windows need a CT data set" in capsys.readouterr().err
+    # resuming with the same named window is no change; another window is
+    saved = new_run_config(data, tmp_path / "w", preset="tiny", model_options={"d_windows": "lung"})
+    saved.save(tmp_path / "w")
+    assert new_run_config(data, tmp_path / "w", resume=True, model_options={"d_windows": "lung"}).model == saved.model
+    with pytest.raises(UsageError, match="differ from the saved run: model.d_windows$"):
+        new_run_config(data, tmp_path / "w", resume=True, model_options={"d_windows": "bone"})

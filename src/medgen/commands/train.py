@@ -45,7 +45,7 @@ _OPTIONS = {
 }
 # Options that change the model (the family's architecture fields).
 _MODEL_OPTIONS = ("size", "width", "latent_dim", "num_classes", "autoencoder_run", "generator_run", "slab_context",
-                  "minibatch_std", "histogram_bins", "class_conditioning", "task", "inputs", "target")
+                  "minibatch_std", "histogram_bins", "d_windows", "class_conditioning", "task", "inputs", "target")
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -145,6 +145,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--histogram-bins", type=int, default=None, metavar="N",
                    help="give D^H and D^L the intensity distribution of what they judge (log cumulative shares "
                         "of N bins over [-1, 1]); 0 = none, the paper (default 0)")
+    h.add_argument("--d-windows", default=None, metavar="NAME,NAME",
+                   help="CT: D (and a classifier C) also see their input through these HU windows, one input channel "
+                        "each: lung (-1024..-500), soft-tissue (-160..240), bone (300..1500) (default none, the paper)")
     h.add_argument("--class-conditioning", choices=("ac", "projection", "classifier"), default=None,
                    help="conditional models: how D uses the class; ac = class heads and a class loss (default, the "
                         "paper's AC-GAN), projection = D is given the class (Miyato & Koyama 2018), classifier = D is "

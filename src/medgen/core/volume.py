@@ -65,6 +65,27 @@ def ct_window(preprocess: dict[str, Any]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+# Display windows in HU that a model can be asked to look through (``medgen train --d-windows``).
+NAMED_CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-1024.0, -500.0),  # air to the lung/tissue threshold: the parenchyma's density (emphysema < -950)
+    "soft-tissue": (-160.0, 240.0),  # W400/L40
+    "bone": (300.0, 1500.0),  # the bone threshold of the anatomy metrics and above
+}
+
+
+def normalized_ct_window(name: str, preprocess: dict[str, Any]) -> tuple[float, float]:
+    """The named CT window (:data:`NAMED_CT_WINDOWS`) in the [-1, 1] units of a data set preprocessed
+    with ``preprocess``'s HU window, clipped to [-1, 1]; ValueError for an unknown name or a window that
+    falls outside the data's."""
+    if name not in NAMED_CT_WINDOWS:
+        raise ValueError(f"unknown CT window {name!r} (known: {', '.join(NAMED_CT_WINDOWS)})")
+    lo, hi = ct_window(preprocess)
+    w_lo, w_hi = (max(-1.0, min(1.0, 2.0 * (v - lo) / (hi - lo) - 1.0)) for v in NAMED_CT_WINDOWS[name])
+    if not w_hi > w_lo:
+        raise ValueError(f"the {name} window {NAMED_CT_WINDOWS[name]} HU lies outside the data's [{lo:g}, {hi:g}] HU")
+    return round(w_lo, 6), round(w_hi, 6)
+
+
 def is_ct(preprocess: dict[str, Any] | None) -> bool:
     """True when a preprocessing record says the data are CT."""
     return bool(preprocess) and str(preprocess.get("modality", "")).lower() == "ct"

@@ -105,6 +105,9 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("histogram-compact", "+ intensity histogram in D, compact", None, {"histogram_bins": 64},
             preset="compact", note="medgen's method in the compact preset, D^H and D^L also given the intensity "
                                    "distribution of what they judge (64 bins)"),
+    Variant("lungwindow-compact", "+ lung window in D, compact", None, {"d_windows": "lung"},
+            preset="compact", note="medgen's method in the compact preset, D^H and D^L also seeing their input "
+                                   "through CT's lung window (-1024...-500 HU) as a second channel"),
 )
 
 CONDITIONAL_VARIANTS: tuple[Variant, ...] = (

@@ -148,3 +148,14 @@ def cumulative_log_shares(x: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.
     A class defined by a ratio of such shares (the emphysema index: voxels below −950 HU over those
     below −500 HU) is a difference of two of these features, so a linear layer can compute it."""
     return torch.log(intensity_histogram(x, bins).cumsum(dim=1) + 1e-4)
+
+
+def intensity_windows(x: torch.Tensor, windows) -> torch.Tensor:
+    """``x`` [B, 1, ...] in [-1, 1] with one more channel per window (lo, hi): the intensities between
+    lo and hi stretched to [-1, 1] and clipped (a display window, e.g. CT's lung window). A network
+    whose first layer is spectrally normalised sees density differences inside a narrow window
+    amplified by 2 / (hi - lo) without amplifying the large edges elsewhere. No windows: ``x``."""
+    if not windows:
+        return x
+    views = [x] + [((x - lo) * (2.0 / (hi - lo)) - 1.0).clamp(-1.0, 1.0) for lo, hi in windows]
+    return torch.cat(views, dim=1)

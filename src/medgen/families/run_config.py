@@ -131,9 +131,9 @@ def new_run_config(
     if data_size and size != data_size:
         raise UsageError(f"--size {size}: the data set {data} holds {data_size}³ volumes (preprocess again to change it)")
     fam = registry.get(given.pop("family", DEFAULT_FAMILY))
-    if fam.options_from_data is not None:  # e.g. segmentation: the classes of a label volume, not of the label column
+    if fam.options_from_data is not None:  # e.g. segmentation: the classes of a label volume
         model_given = fam.options_from_data(info, model_given)
-    else:
+    if not fam.classes_from_data:
         _classes_from_label_column(data, given, model_given)
     model_given, hparams_given = _with_recipe(fam, recipe, model_given, hparams_given)
     preset_name = given.pop("preset", fam.default_preset)
@@ -150,7 +150,16 @@ def _changed_model_fields(fam: Any, saved: "RunConfig", model_given: dict[str, A
     field of the saved config is compared as it is; one that is not (e.g. the registration family's ``target``,
     which sets its ``label`` field) is compared through the fields it sets: the family's config of the saved
     preset and size with the option, against the same without it."""
-    changed = [f"model.{k}" for k, v in model_given.items() if k in saved.model and saved.model[k] != v]
+    as_saved = model_given
+    if fam.options_from_data is not None and any(k in saved.model for k in model_given):
+        from medgen.data.dataset import load_preprocess_info
+
+        try:  # e.g. HA-GAN's named windows, saved as numbers
+            as_saved = fam.options_from_data(load_preprocess_info(data), dict(model_given))
+        except UsageError:
+            as_saved = model_given
+    changed = [f"model.{k}" for k in model_given
+               if k in saved.model and _plain(saved.model[k]) != _plain(as_saved.get(k, model_given[k]))]
     others = {k: v for k, v in model_given.items() if k not in saved.model}
     if not others:
         return changed
@@ -166,6 +175,13 @@ def _changed_model_fields(fam: Any, saved: "RunConfig", model_given: dict[str, A
         return changed + [f"model.{k}" for k in others]
     return changed + [f"model.{k}" for k, v in mapped.items()
                       if v != base.get(k) and saved.model.get(k) != v and f"model.{k}" not in changed]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (a config read back from YAML holds lists)."""
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _classes_from_label_column(data: str, given: dict[str, Any], model_given: dict[str, Any]) -> None:
@@ -218,7 +234,7 @@ def _flag_value(value: Any) -> str:
 TRAIN_FLAG_OPTIONS = frozenset({
     "autoencoder_run", "batch", "ckpt_every", "class_conditioning", "class_loss", "class_weight", "device", "ema_decay", "fake_labels",
     "inputs", "iters", "keep_checkpoints", "label_column", "latent_dim", "log_every", "lr_d", "lr_e", "lr_g",
-    "histogram_bins", "max_minutes", "minibatch_std", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
+    "histogram_bins", "max_minutes", "minibatch_std", "d_windows", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
     "slab_context", "slab_selection", "split_fractions", "split_seed", "target", "task", "width", "workers",
     "use_lowres", "use_encoder", "generator_run",
 })

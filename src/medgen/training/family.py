@@ -108,7 +108,9 @@ class Family:
     describe(model_cfg) → a JSON-ready description for ``medgen model-info``.
     options_from_data(info, options) → the architecture options given, completed from the data set's
         ``preprocess.json`` contents ``info`` when a new run is configured (seg-unet: ``num_classes`` from its
-        label volume's classes); a family with it does not read ``num_classes`` from the manifest's label column.
+        label volume's classes; hagan: the named CT windows of ``d_windows`` in the data's units).
+    classes_from_data: True when ``options_from_data`` decides ``num_classes`` (from label volumes): the
+        manifest's label column is then not read for it.
     recipes: named sets of settings other than the defaults (``medgen train --recipe NAME``):
         ``{"paper": {"model": {field: value}, "hparams": {name: value}}}``; options given
         explicitly override the recipe's.
@@ -138,3 +140,4 @@ class Family:
     describe: Callable[[Any], dict[str, Any]] | None = None
     recipes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     options_from_data: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    classes_from_data: bool = False

@@ -26,7 +26,7 @@ from torch import nn
 
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.hagan.discriminator import slab_convs
-from medgen.families.layers import down_conv, leaky
+from medgen.families.layers import down_conv, intensity_windows, leaky
 
 
 class HighResClassifier(nn.Module):
@@ -39,13 +39,14 @@ class HighResClassifier(nn.Module):
     def __init__(self, cfg: HAGANConfig) -> None:
         super().__init__()
         self.convs, depth, cin = slab_convs(cfg)  # D^H's, without spectral normalisation
+        self.windows = cfg.d_windows
         features, hidden = cfg.channels(128), cfg.channels(64)
         self.final_conv = nn.Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth))
         self.fc = nn.Linear(features + 1, hidden)
         self.out = nn.Linear(hidden, cfg.num_classes)
 
     def forward(self, x: torch.Tensor, slab_pos: torch.Tensor) -> torch.Tensor:
-        h = x
+        h = intensity_windows(x, self.windows)
         for conv in self.convs:
             h = leaky(conv(h))
         h = leaky(self.final_conv(h)).flatten(1)
@@ -59,11 +60,13 @@ class LowResClassifier(nn.Module):
     def __init__(self, cfg: HAGANConfig) -> None:
         super().__init__()
         widths = cfg.downsampling_widths(256, cfg.lowres_size)
-        self.convs = nn.ModuleList(down_conv(cin, cout) for cin, cout in zip([1] + widths[:-1], widths))
-        self.final_conv = nn.Conv3d(widths[-1] if widths else 1, cfg.num_classes, kernel_size=BASE_GRID)
+        self.windows = cfg.d_windows
+        channels = 1 + len(cfg.d_windows)
+        self.convs = nn.ModuleList(down_conv(cin, cout) for cin, cout in zip([channels] + widths[:-1], widths))
+        self.final_conv = nn.Conv3d(widths[-1] if widths else channels, cfg.num_classes, kernel_size=BASE_GRID)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
+        h = intensity_windows(x, self.windows)
         for conv in self.convs:
             h = leaky(conv(h))
         return self.final_conv(h).flatten(1)

@@ -73,6 +73,10 @@ class HAGANConfig:
         (:func:`medgen.families.layers.cumulative_log_shares`), mapped to features that join
         D's last layers, so D compares the intensity distributions of real and generated
         volumes directly and G gets a gradient on every voxel's value.
+    d_windows : intensity windows [low, high] in [-1, 1] through which D^H, D^L and a
+        classifier C also see their input, each as one more input channel stretched to
+        [-1, 1] (:func:`medgen.families.layers.intensity_windows`); ``medgen train
+        --d-windows lung`` gives CT's lung window (-1024…-500 HU). () : none (the paper).
     class_conditioning : how D uses the class of a conditional model. ``"ac"`` (the
         paper, AC-GAN): D^H and D^L have class heads trained by cross-entropy on real
         volumes, and G's loss adds λ × their cross-entropy on its volumes.
@@ -96,9 +100,14 @@ class HAGANConfig:
     slab_context: str = "exact"
     minibatch_std: int = 4
     histogram_bins: int = 0
+    d_windows: tuple[tuple[float, float], ...] = ()
     class_conditioning: str = "ac"
 
     def __post_init__(self) -> None:
+        try:  # lists (YAML, JSON) → tuples
+            self.d_windows = tuple((float(lo), float(hi)) for lo, hi in self.d_windows)
+        except (TypeError, ValueError):
+            raise UsageError(f"d_windows must be a list of [low, high] pairs in [-1, 1], got {self.d_windows!r}") from None
         self.validate()
 
     # ------------------------------------------------------------------ geometry
@@ -164,6 +173,9 @@ class HAGANConfig:
         if not isinstance(self.histogram_bins, int) or isinstance(self.histogram_bins, bool) or \
                 self.histogram_bins < 0 or self.histogram_bins == 1:
             raise UsageError(f"histogram_bins must be 0 (none) or >= 2, got {self.histogram_bins!r}")
+        for lo, hi in self.d_windows:
+            if not -1.0 <= lo < hi <= 1.0:
+                raise UsageError(f"d_windows: each window needs -1 <= low < high <= 1, got [{lo:g}, {hi:g}]")
         if self.class_conditioning not in CLASS_CONDITIONINGS:
             raise UsageError(f"class_conditioning must be one of {', '.join(CLASS_CONDITIONINGS)}, "
                              f"got {self.class_conditioning!r}")
@@ -235,8 +247,10 @@ class HAGANConfig:
 
     # --------------------------------------------------------------- (de)serialise
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict (YAML/JSON friendly)."""
-        return dataclasses.asdict(self)
+        """Plain dict (YAML/JSON friendly: the windows as lists)."""
+        d = dataclasses.asdict(self)
+        d["d_windows"] = [list(w) for w in self.d_windows]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HAGANConfig":
@@ -248,10 +262,30 @@ class HAGANConfig:
         return from_dict(cls, {**SAVED_BEFORE, **d}, "HA-GAN model setting")
 
 
+def options_from_data(info: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with ``d_windows`` given by name (``"lung"``, ``"lung,bone"`` or a list of names; see
+    :data:`medgen.core.volume.NAMED_CT_WINDOWS`) turned into [-1, 1] windows of the data set whose
+    ``preprocess.json`` is ``info`` (CT only). Windows given as numbers are kept."""
+    from medgen.core.volume import is_ct, normalized_ct_window
+
+    windows = options.get("d_windows")
+    names = windows.split(",") if isinstance(windows, str) else windows
+    if not names or not all(isinstance(n, str) for n in names):
+        return options
+    names = [n.strip() for n in names if n.strip()]
+    if not is_ct(info):
+        raise UsageError(f"--d-windows {','.join(names)}: HU windows need a CT data set, "
+                         f"this one holds {info.get('modality', '?')}")
+    try:
+        return {**options, "d_windows": tuple(normalized_ct_window(n, info) for n in names)}
+    except ValueError as exc:
+        raise UsageError(f"--d-windows {','.join(names)}: {exc}") from None
+
+
 # Fields added after the first release, with the value a configuration saved without them means
 # (the paper's behaviour, which was the only one then). New configurations get the dataclass defaults.
 SAVED_BEFORE: dict[str, Any] = {"slab_context": "zero-padded", "minibatch_std": 0, "class_conditioning": "ac",
-                                "histogram_bins": 0}
+                                "histogram_bins": 0, "d_windows": ()}
 
 # How medgen's defaults differ from the paper's recipe (``medgen train --recipe paper``), in the
 # architecture; the training side is :data:`medgen.families.hagan.train.PAPER_HPARAMS`.

@@ -16,6 +16,11 @@ each of that many bins over [-1, 1] (:func:`medgen.families.layers.cumulative_lo
 through a linear layer into D^H's last hidden layer and through a small MLP added to
 D^L's logit.
 
+With ``d_windows`` (an option; none by default and in the paper) both also see
+their input through intensity windows, one more input channel each
+(:func:`medgen.families.layers.intensity_windows`): CT's lung window stretches the
+parenchyma's -1024…-500 HU, which the whole [-1024, 600] HU range squeezes next to air.
+
 A class-conditional D either predicts the class (``class_conditioning="ac"``, the
 paper's AC-GAN: a class head per discriminator) or is given it
 (``"projection"``, Miyato & Koyama 2018: each logit gains ⟨embed(y), φ(x)⟩, the
@@ -31,7 +36,7 @@ import torch
 from torch import nn
 
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
-from medgen.families.layers import cumulative_log_shares, down_conv, leaky, minibatch_stddev, sn
+from medgen.families.layers import cumulative_log_shares, down_conv, intensity_windows, leaky, minibatch_stddev, sn
 
 
 def _depth_step(depth: int) -> tuple[int, int, int]:
@@ -52,7 +57,7 @@ def slab_convs(cfg: HAGANConfig, wrap=lambda module: module) -> tuple[nn.ModuleL
     """D^H's stride-2 convolutions, each wrapped by ``wrap`` (D: spectral normalisation), that bring a
     slab [B, 1, S, S, L] to 4×4×d (in-plane kernel 4, widths halving backwards from 512; depth by
     :func:`_depth_step`): (the convolutions, d, their last width)."""
-    depth, cin = cfg.slab_len, 1
+    depth, cin = cfg.slab_len, 1 + len(cfg.d_windows)
     convs = []
     for cout in cfg.downsampling_widths(512, cfg.size):
         kd, sd, pd = _depth_step(depth)
@@ -75,6 +80,7 @@ class HighResDiscriminator(nn.Module):
     def __init__(self, cfg: HAGANConfig) -> None:
         super().__init__()
         self.convs, depth, cin = slab_convs(cfg, sn)
+        self.windows = cfg.d_windows
         self.minibatch_std = cfg.minibatch_std
         features, hidden = cfg.channels(128), cfg.channels(64)
         cin += 1 if cfg.minibatch_std else 0
@@ -91,7 +97,7 @@ class HighResDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, slab_pos: torch.Tensor, parts: int = 1,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logit [B], class logits [B, K] or None); a projection D needs ``labels`` [B]."""
-        h = x
+        h = intensity_windows(x, self.windows)
         for conv in self.convs:
             h = leaky(conv(h))
         if self.minibatch_std:
@@ -124,8 +130,10 @@ class LowResDiscriminator(nn.Module):
         projection = cfg.num_classes > 0 and cfg.class_conditioning == "projection"
         self.num_classes = cfg.num_classes if cfg.class_conditioning == "ac" else 0  # class logits (AC-GAN)
         self.minibatch_std = cfg.minibatch_std
-        self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([1] + widths[:-1], widths))
-        features = widths[-1] if widths else 1
+        self.windows = cfg.d_windows
+        channels = 1 + len(cfg.d_windows)
+        self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([channels] + widths[:-1], widths))
+        features = widths[-1] if widths else channels
         cin = features + (1 if cfg.minibatch_std else 0)
         self.final_conv = sn(nn.Conv3d(cin, 1 + self.num_classes, kernel_size=BASE_GRID))
         self.histogram_bins = cfg.histogram_bins
@@ -140,7 +148,7 @@ class LowResDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, parts: int = 1,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logit [B], class logits [B, K] or None); a projection D needs ``labels`` [B]."""
-        h = x
+        h = intensity_windows(x, self.windows)
         for conv in self.convs:
             h = leaky(conv(h))
         phi = h.sum(dim=(2, 3, 4)) if self.class_embed is not None else None

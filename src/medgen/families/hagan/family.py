@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medgen.families.hagan import bench, model, train
-from medgen.families.hagan.config import PAPER_MODEL, PRESETS, HAGANConfig, get_preset
+from medgen.families.hagan.config import PAPER_MODEL, PRESETS, HAGANConfig, get_preset, options_from_data
 from medgen.families.hagan.summary import summary
 from medgen.training.family import Family
 
@@ -28,4 +28,5 @@ FAMILY = Family(
     describe=summary,
     bench=bench,
     recipes={"paper": {"model": PAPER_MODEL, "hparams": train.PAPER_HPARAMS}},
+    options_from_data=options_from_data,
 )

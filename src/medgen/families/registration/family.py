@@ -43,4 +43,5 @@ FAMILY = Family(
     data_keys=data_keys,
     describe=describe,
     options_from_data=options_from_data,
+    classes_from_data=True,
 )

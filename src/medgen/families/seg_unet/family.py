@@ -36,4 +36,5 @@ FAMILY = Family(
     data_keys=lambda cfg: (cfg.label, *cfg.inputs),
     describe=describe,
     options_from_data=options_from_data,
+    classes_from_data=True,
 )
