@@ -69,7 +69,9 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert [r["variant"] for r in cond] == ["paper, tiny", "medgen's method, tiny", "+ per-head class loss, tiny",
                                             "+ per-head, λ 1, tiny", "+ real-batch classes, tiny", "projection D, tiny",
                                             "medgen's method, compact", "medgen's method, compact, 8x phantoms",
-                                            "classifier C, λ 0.3, compact, 8x phantoms", "real (training set)"]
+                                            "classifier C, λ 0.3, compact, 8x phantoms",
+                                            "classifier C, λ 0.3, lung window, compact, 8x phantoms",
+                                            "real (training set)"]
     perhead = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-perhead-32-seed0")
     assert perhead.hparams["class_loss"] == "per-head" and perhead.model["minibatch_std"] == 4
     projection = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-projection-32-seed0")
@@ -89,6 +91,8 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert windows == [[-1.0, pytest.approx(2 * 524 / 1624 - 1, abs=1e-6)]]
     cls = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-n512-compact-32-seed0")
     assert cls.model["class_conditioning"] == "classifier" and cls.hparams["class_weight"] == 0.3
+    cls_window = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-n512-compact-32-seed0")
+    assert cls_window.model["d_windows"] == windows and cls_window.model["class_conditioning"] == "classifier"
 
     # --only: the rows of one variant are made again (here with another number of classes per volume, so they
     # change), the others are kept as the tables hold them, and the tables list both commands

@@ -198,12 +198,13 @@ def test_intensity_windows_stretch_and_clip():
     out = intensity_windows(x, ((-1.0, -0.36), (0.0, 0.5)))
     assert out.shape == (1, 3, 6, 1, 1) and torch.equal(out[:, :1], x)
     vals = x.detach().flatten().numpy().astype(np.float64)
-    lung = np.clip((vals + 1.0) / 0.64 * 2 - 1, -1, 1)  # by hand
-    high = np.clip(vals / 0.5 * 2 - 1, -1, 1)
+    # by hand: stretched inside the window, continued with slope 1 outside it
+    lung = np.where(vals > -0.36, 1 + (vals + 0.36), (vals + 1.0) / 0.64 * 2 - 1)
+    high = np.where(vals < 0.0, -1 + vals, np.where(vals > 0.5, 1 + (vals - 0.5), vals / 0.5 * 2 - 1))
     np.testing.assert_allclose(out[0, 1].flatten().detach().numpy(), lung, atol=1e-6)
     np.testing.assert_allclose(out[0, 2].flatten().detach().numpy(), high, atol=1e-6)
-    out[:, 1].sum().backward()  # the window passes gradients inside it only, amplified by 2 / width
-    np.testing.assert_allclose(leaf.grad.numpy(), [2 / 0.64, 2 / 0.64, 2 / 0.64, 2 / 0.64, 0, 0], rtol=1e-5)
+    out[:, 1].sum().backward()  # gradients amplified by 2 / width inside the window, 1 outside: never 0
+    np.testing.assert_allclose(leaf.grad.numpy(), [2 / 0.64, 2 / 0.64, 2 / 0.64, 2 / 0.64, 1, 1], rtol=1e-5)
     assert intensity_windows(x, ()) is x
 
 
@@ -227,7 +228,8 @@ def test_discriminator_and_classifier_see_their_input_through_the_windows():
         d(slab, pos, low)
         c(slab, pos, low)
     for name, x in (("DH", slab), ("DL", low), ("CH", slab), ("CL", low)):
-        by_hand = np.clip((x.numpy() + 1.0) / 0.65 * 2 - 1, -1, 1)
+        v = x.numpy()
+        by_hand = np.where(v > -0.35, 1 + (v + 0.35), (v + 1.0) / 0.65 * 2 - 1)
         assert torch.equal(seen[name][:, :1], x)
         np.testing.assert_allclose(seen[name][:, 1:].numpy(), by_hand, atol=1e-6)
     plain = Discriminator(get_preset("tiny", 32))

@@ -17,7 +17,8 @@ train/inference mismatch is about:
 each in the ``tiny`` preset, then the paper's method and medgen's in the
 ``compact`` preset (twice the width: G^H gets 8 instead of 4 hidden channels),
 which is what lets the generator draw the lung texture, and medgen's with D also
-given the intensity distribution of what it judges (``--histogram-bins 64``).
+given the intensity distribution of what it judges (``--histogram-bins 64``) or
+its input seen through CT's lung window as a second channel (``--d-windows lung``).
 
 Every run is sampled (the EMA generator) and compared with the held-out phantoms:
 MS-SSIM among generated pairs (diversity; compare with the real pairs'),
@@ -32,8 +33,8 @@ mean logits, λ 0.1), medgen's method, with a class loss per head, that with
 (tiny preset), and medgen's method in the compact preset, on the scale's
 phantoms and on 8 times as many, and on those with the class learnt by a
 separate classifier C instead of D's class heads (``--class-conditioning
-classifier``, λ 0.3, one class loss per head); per requested class, the generated volumes'
-emphysema % (Spearman correlation with the class, class means against the real classes'
+classifier``, λ 0.3, one class loss per head), also with D and C seeing the lung window;
+per requested class, the generated volumes' emphysema % (Spearman correlation with the class, class means against the real classes'
 interquartile ranges) and the MS-SSIM within each class.
 
 Writes ``recipes.csv``/``recipes.md`` (a row per run and a mean row per
@@ -133,6 +134,10 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             preset="compact", more_phantoms=8,
             note="D unconditional; a separate classifier C (no spectral normalisation) learns the class from the "
                  "real volumes only and G's loss adds 0.3 x its cross-entropy per head; 512 phantoms"),
+    Variant("classifier-lungwindow-n512-compact", "classifier C, λ 0.3, lung window, compact, 8x phantoms", None,
+            {"class_conditioning": "classifier", "d_windows": "lung"},
+            hparams={"class_loss": "per-head", "class_weight": 0.3}, preset="compact", more_phantoms=8,
+            note="the same, D and C also seeing their input through CT's lung window (-1024...-500 HU)"),
 )
 
 COLUMNS: tuple[str, ...] = ("variant", "seed", "iterations", "gap", "gap_border", *METRIC_COLUMNS)

@@ -151,11 +151,16 @@ def cumulative_log_shares(x: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.
 
 
 def intensity_windows(x: torch.Tensor, windows) -> torch.Tensor:
-    """``x`` [B, 1, ...] in [-1, 1] with one more channel per window (lo, hi): the intensities between
-    lo and hi stretched to [-1, 1] and clipped (a display window, e.g. CT's lung window). A network
-    whose first layer is spectrally normalised sees density differences inside a narrow window
-    amplified by 2 / (hi - lo) without amplifying the large edges elsewhere. No windows: ``x``."""
+    """``x`` [B, 1, ...] in [-1, 1] with one more channel per window (lo, hi): the intensities between lo
+    and hi stretched to [-1, 1] (a display window, e.g. CT's lung window), those outside it continued
+    with slope 1 (below lo: -1 - (lo - x); above hi: 1 + (x - hi)) instead of clipped, so every voxel
+    keeps a gradient. A network whose first layer is spectrally normalised then sees density differences
+    inside a narrow window amplified by 2 / (hi - lo) without amplifying the large edges elsewhere.
+    No windows: ``x``."""
     if not windows:
         return x
-    views = [x] + [((x - lo) * (2.0 / (hi - lo)) - 1.0).clamp(-1.0, 1.0) for lo, hi in windows]
+    views = [x]
+    for lo, hi in windows:
+        inside = x.clamp(lo, hi)
+        views.append((inside - lo) * (2.0 / (hi - lo)) - 1.0 + (x - inside))
     return torch.cat(views, dim=1)

@@ -74,8 +74,9 @@ class HAGANConfig:
         D's last layers, so D compares the intensity distributions of real and generated
         volumes directly and G gets a gradient on every voxel's value.
     d_windows : intensity windows [low, high] in [-1, 1] through which D^H, D^L and a
-        classifier C also see their input, each as one more input channel stretched to
-        [-1, 1] (:func:`medgen.families.layers.intensity_windows`); ``medgen train
+        classifier C also see their input, each as one more input channel: the window
+        stretched to [-1, 1], continued with slope 1 outside it so that no voxel loses its
+        gradient (:func:`medgen.families.layers.intensity_windows`); ``medgen train
         --d-windows lung`` gives CT's lung window (-1024…-500 HU). () : none (the paper).
     class_conditioning : how D uses the class of a conditional model. ``"ac"`` (the
         paper, AC-GAN): D^H and D^L have class heads trained by cross-entropy on real
