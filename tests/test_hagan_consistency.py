@@ -256,3 +256,28 @@ def test_window_settings_and_named_ct_windows():
         normalized_ct_window("bone", {"hu_window": [-1024, 200]})
     with pytest.raises(ValueError, match="unknown CT window 'lungs'"):
         normalized_ct_window("lungs", {"hu_window": [-1024, 600]})
+
+
+def test_window_warmup_blends_the_window_channels_in():
+    from contextlib import nullcontext
+
+    from medgen.families.hagan.train import HAGANHParams, build, optimizers, train_step
+    from medgen.families.layers import intensity_windows
+    from medgen.training.family import Step
+
+    x = torch.linspace(-1, 1, 9).view(1, 1, 9, 1, 1)
+    full = intensity_windows(x, ((-1.0, -0.5),))[:, 1]
+    assert torch.equal(intensity_windows(x, ((-1.0, -0.5),), 0.0)[:, 1], x[:, 0])
+    assert torch.allclose(intensity_windows(x, ((-1.0, -0.5),), torch.tensor(0.25))[:, 1], 0.75 * x[:, 0] + 0.25 * full)
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", 32, d_windows=((-1.0, -0.35),))
+    hp = HAGANHParams(window_warmup=8, use_encoder=False)
+    nets = build(cfg, hp, torch.device("cpu"))
+    assert "high.window_gain" not in nets["D"].state_dict()  # not saved: checkpoints stay as they were
+    opt = optimizers(nets, hp, torch.device("cpu"))
+    batch = {"image": torch.rand(2, 1, 32, 32, 32) * 2 - 1}
+    for iteration, gain in ((0, 0.0), (2, 0.25), (8, 1.0), (20, 1.0)):
+        train_step(Step(nets, dict(nets), opt, batch, torch.Generator().manual_seed(iteration), iteration, 30, 2, cfg,
+                        hp, nullcontext, torch.device("cpu")))
+        assert float(nets["D"].high.window_gain) == gain and float(nets["D"].low.window_gain) == gain

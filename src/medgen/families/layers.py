@@ -150,17 +150,19 @@ def cumulative_log_shares(x: torch.Tensor, bins: int = HISTOGRAM_BINS) -> torch.
     return torch.log(intensity_histogram(x, bins).cumsum(dim=1) + 1e-4)
 
 
-def intensity_windows(x: torch.Tensor, windows) -> torch.Tensor:
+def intensity_windows(x: torch.Tensor, windows, gain: torch.Tensor | float = 1.0) -> torch.Tensor:
     """``x`` [B, 1, ...] in [-1, 1] with one more channel per window (lo, hi): the intensities between lo
     and hi stretched to [-1, 1] (a display window, e.g. CT's lung window), those outside it continued
     with slope 1 (below lo: -1 - (lo - x); above hi: 1 + (x - hi)) instead of clipped, so every voxel
     keeps a gradient. A network whose first layer is spectrally normalised then sees density differences
     inside a narrow window amplified by 2 / (hi - lo) without amplifying the large edges elsewhere.
+    ``gain`` in [0, 1] blends each extra channel from ``x`` itself (0) to the window (1), for a warm-up.
     No windows: ``x``."""
     if not windows:
         return x
     views = [x]
     for lo, hi in windows:
         inside = x.clamp(lo, hi)
-        views.append((inside - lo) * (2.0 / (hi - lo)) - 1.0 + (x - inside))
+        window = (inside - lo) * (2.0 / (hi - lo)) - 1.0 + (x - inside)
+        views.append(window if isinstance(gain, float) and gain == 1.0 else x + gain * (window - x))
     return torch.cat(views, dim=1)

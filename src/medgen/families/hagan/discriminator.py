@@ -81,6 +81,7 @@ class HighResDiscriminator(nn.Module):
         super().__init__()
         self.convs, depth, cin = slab_convs(cfg, sn)
         self.windows = cfg.d_windows
+        self.register_buffer("window_gain", torch.ones(()), persistent=False)  # the trainer's warm-up
         self.minibatch_std = cfg.minibatch_std
         features, hidden = cfg.channels(128), cfg.channels(64)
         cin += 1 if cfg.minibatch_std else 0
@@ -97,7 +98,7 @@ class HighResDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, slab_pos: torch.Tensor, parts: int = 1,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logit [B], class logits [B, K] or None); a projection D needs ``labels`` [B]."""
-        h = intensity_windows(x, self.windows)
+        h = intensity_windows(x, self.windows, self.window_gain)
         for conv in self.convs:
             h = leaky(conv(h))
         if self.minibatch_std:
@@ -131,6 +132,7 @@ class LowResDiscriminator(nn.Module):
         self.num_classes = cfg.num_classes if cfg.class_conditioning == "ac" else 0  # class logits (AC-GAN)
         self.minibatch_std = cfg.minibatch_std
         self.windows = cfg.d_windows
+        self.register_buffer("window_gain", torch.ones(()), persistent=False)  # the trainer's warm-up
         channels = 1 + len(cfg.d_windows)
         self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([channels] + widths[:-1], widths))
         features = widths[-1] if widths else channels
@@ -148,7 +150,7 @@ class LowResDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor, parts: int = 1,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns (logit [B], class logits [B, K] or None); a projection D needs ``labels`` [B]."""
-        h = intensity_windows(x, self.windows)
+        h = intensity_windows(x, self.windows, self.window_gain)
         for conv in self.convs:
             h = leaky(conv(h))
         phi = h.sum(dim=(2, 3, 4)) if self.class_embed is not None else None
@@ -186,6 +188,13 @@ class Discriminator(nn.Module):
         self.cfg = cfg
         self.high = HighResDiscriminator(cfg)
         self.low = LowResDiscriminator(cfg) if cfg.use_lowres else None
+
+    def set_window_gain(self, gain: float) -> None:
+        """Blend D's window channels from the plain input (0) to the windows (1): the warm-up
+        ``window_warmup`` of :class:`~medgen.families.hagan.train.HAGANHParams`."""
+        for head in (self.high, self.low):
+            if head is not None:
+                head.window_gain.fill_(gain)
 
     def forward(
         self, x_high_slab: torch.Tensor, slab_pos: torch.Tensor, x_low: torch.Tensor | None = None, parts: int = 1,

@@ -84,7 +84,9 @@ class HAGANHParams:
     or ``real`` (the real batch's labels, the authors' code: the class prior of the
     data). ``use_encoder``: False for the "no encoder" ablation (E^H, E^G not
     built). ``slab_selection``: random, or deterministic (the ablation that
-    visits the slab positions in order).
+    visits the slab positions in order). ``window_warmup``: with D windows
+    (:attr:`~medgen.families.hagan.config.HAGANConfig.d_windows`), the iterations over which D's
+    window channels blend linearly from the plain input into the windows (0: windows from the start).
     """
 
     lr_g: float = 1e-4
@@ -98,6 +100,7 @@ class HAGANHParams:
     fake_labels: str = "uniform"
     use_encoder: bool = True
     slab_selection: str = "random"
+    window_warmup: int = 0
 
     def validate(self) -> None:
         checks = [
@@ -108,6 +111,8 @@ class HAGANHParams:
             (self.slab_selection in ("random", "deterministic"), f"slab_selection {self.slab_selection!r}: random or deterministic"),
             (self.class_loss in CLASS_LOSSES, f"class_loss {self.class_loss!r}: {' or '.join(CLASS_LOSSES)}"),
             (self.fake_labels in ("uniform", "real"), f"fake_labels {self.fake_labels!r}: uniform or real"),
+            (isinstance(self.window_warmup, int) and self.window_warmup >= 0,
+             f"window_warmup {self.window_warmup!r}: a number of iterations >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -206,6 +211,9 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
     slab_pos = G.selector.position(starts).to(device)  # starts stay on the CPU: no device sync
     x_slab = G.selector.select_real(x, starts)  # real slab, aligned with the generated one
     x_low = F.interpolate(x, scale_factor=1 / f, mode="trilinear", align_corners=False) if cfg.use_lowres else None
+
+    if cfg.d_windows and hp.window_warmup:  # D's window channels fade in (the same gain for the G step)
+        D.set_window_gain(min(1.0, s.iteration / hp.window_warmup))
 
     # ---- D step (G's forward pass is kept for the G step)
     with s.amp():
