@@ -45,7 +45,6 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert [r["variant"] for r in rows] == ["paper, tiny", "+ slab context, tiny", "+ minibatch std, tiny",
                                             "medgen's method, tiny", "paper, compact", "medgen's method, compact",
                                             "+ intensity histogram in D, compact", "+ lung window in D, compact",
-                                            "+ lung window in D, warm-up, compact",
                                             "real (held-out)"]
     by = {r["variant"]: r for r in rows}
     # the exact context closes the gap whatever the weights; the paper's slab does not

@@ -109,10 +109,6 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("lungwindow-compact", "+ lung window in D, compact", None, {"d_windows": "lung"},
             preset="compact", note="medgen's method in the compact preset, D^H and D^L also seeing their input "
                                    "through CT's lung window (-1024...-500 HU) as a second channel"),
-    Variant("lungwindow-warmup-compact", "+ lung window in D, warm-up, compact", None, {"d_windows": "lung"},
-            hparams={"window_warmup": 1000}, preset="compact",
-            note="the same with the window channel blended in from the plain input over the first 1000 "
-                 "iterations (with the window from the start, D can win before G has drawn lungs)"),
 )
 
 CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
