@@ -109,6 +109,11 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("lungwindow-compact", "+ lung window in D, compact", None, {"d_windows": "lung"},
             preset="compact", note="medgen's method in the compact preset, D^H and D^L also seeing their input "
                                    "through CT's lung window (-1024...-500 HU) as a second channel"),
+    Variant("lungbonewindow-compact", "+ lung and bone windows in D, compact", None, {"d_windows": "lung,bone"},
+            preset="compact", note="the same with a third channel, CT's bone window (300...1500 HU)"),
+    Variant("lungwindow-r1-compact", "+ lung window and R1 in D, compact", None, {"d_windows": "lung"},
+            hparams={"r1_gamma": 1.0}, preset="compact",
+            note="the lung window with an R1 penalty (γ 1, every 16 iterations) on D's real inputs"),
 )
 
 CONDITIONAL_VARIANTS: tuple[Variant, ...] = (

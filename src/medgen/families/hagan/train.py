@@ -4,6 +4,7 @@ One iteration (:func:`train_step`)::
 
     draw z, class labels and the slab position
     D step    BCE(D(real), 1) + BCE(D(fake), 0)           updates D only
+              (r1_gamma > 0: + γ/2 · r1_every · ‖∇D(real)‖² every r1_every iterations)
     C step    CE(C(real), class)  (classifier conditioning) updates C only
     G step    BCE(D(fake), 1)  (non-saturating)            updates G only
               (AC-GAN: + λ × the class cross-entropies of D's heads; classifier: + λ × C's;
@@ -66,6 +67,7 @@ from medgen.families.hagan.losses import (
     ground_encoder_loss,
     high_res_encoder_loss,
 )
+from medgen.families.penalties import lazy_r1_weight, r1_penalty
 from medgen.training.family import Step
 
 
@@ -87,6 +89,9 @@ class HAGANHParams:
     visits the slab positions in order). ``window_warmup``: with D windows
     (:attr:`~medgen.families.hagan.config.HAGANConfig.d_windows`), the iterations over which D's
     window channels blend linearly from the plain input into the windows (0: windows from the start).
+    ``r1_gamma``: γ of an R1 penalty γ/2 · ‖∇D(real)‖² on D's real inputs (the slab and the low-resolution
+    volume; 0: none, the paper), applied every ``r1_every`` iterations with its weight times ``r1_every``
+    (lazy regularisation, as in StyleGAN2).
     """
 
     lr_g: float = 1e-4
@@ -101,6 +106,8 @@ class HAGANHParams:
     use_encoder: bool = True
     slab_selection: str = "random"
     window_warmup: int = 0
+    r1_gamma: float = 0.0
+    r1_every: int = 16
 
     def validate(self) -> None:
         checks = [
@@ -113,6 +120,9 @@ class HAGANHParams:
             (self.fake_labels in ("uniform", "real"), f"fake_labels {self.fake_labels!r}: uniform or real"),
             (isinstance(self.window_warmup, int) and self.window_warmup >= 0,
              f"window_warmup {self.window_warmup!r}: a number of iterations >= 0"),
+            (self.r1_gamma >= 0, f"r1_gamma {self.r1_gamma}: must be >= 0"),
+            (isinstance(self.r1_every, int) and not isinstance(self.r1_every, bool) and self.r1_every >= 1,
+             f"r1_every {self.r1_every!r}: need an integer >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -173,6 +183,8 @@ def ddp_modules(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
 
 def loss_names(cfg: HAGANConfig, hp: HAGANHParams) -> list[str]:
     names = ["D", "G"] + (["EH", "EG"] if hp.use_encoder else [])
+    if hp.r1_gamma > 0:
+        names.append("r1")
     if cfg.num_classes > 0 and cfg.class_conditioning == "ac":
         names += ["D_class", "G_class"]
     if _classifier(cfg):
@@ -211,6 +223,8 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
     slab_pos = G.selector.position(starts).to(device)  # starts stay on the CPU: no device sync
     x_slab = G.selector.select_real(x, starts)  # real slab, aligned with the generated one
     x_low = F.interpolate(x, scale_factor=1 / f, mode="trilinear", align_corners=False) if cfg.use_lowres else None
+    r1_weight = lazy_r1_weight(hp.r1_gamma, hp.r1_every, s.iteration)
+    reals = [t.detach().requires_grad_(r1_weight > 0) for t in (x_slab, x_low) if t is not None]
 
     if cfg.d_windows and hp.window_warmup:  # D's window channels fade in (the same gain for the G step)
         D.set_window_gain(min(1.0, s.iteration / hp.window_warmup))
@@ -219,15 +233,21 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
     with s.amp():
         fake_low, fake_slab = s.ddp["G"](z, starts, fake_labels)
         logits, cls = s.ddp["D"](
-            torch.cat([x_slab, fake_slab.detach()]),
+            torch.cat([reals[0], fake_slab.detach()]),
             torch.cat([slab_pos, slab_pos]),
-            torch.cat([x_low, fake_low.detach()]) if cfg.use_lowres else None,
+            torch.cat([reals[1], fake_low.detach()]) if cfg.use_lowres else None,
             parts=2,  # real half, fake half: the minibatch standard deviation never mixes them
             labels=torch.cat([labels, fake_labels]) if projection else None,
         )
     cls_real = [c[:b] for c in cls] if ac else None
     loss_D, loss_D_cls = discriminator_loss(logits[:b], logits[b:], cls_real, labels, hp.class_loss)
-    s.update("D", loss_D)
+    r1 = torch.zeros((), device=device)
+    if r1_weight > 0:
+        r1 = r1_penalty(logits[:b], reals)
+        s.update("D", loss_D + r1_weight * r1)
+        r1 = r1.detach() * hp.r1_every  # logged so that its mean over iterations is ‖∇D(real)‖²
+    else:
+        s.update("D", loss_D)
 
     # ---- C step: the auxiliary classifier learns the class from the real volumes only
     if C is not None:
@@ -253,6 +273,8 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
     del fake_low, fake_slab, logits, cls, logits_g, cls_g
 
     losses = {"D": loss_D, "G": loss_G}
+    if hp.r1_gamma > 0:
+        losses["r1"] = r1
     if E is not None:
         G.requires_grad_(False)
         # ---- E^H step: real slab → E^H → G^H (frozen) ≈ real slab

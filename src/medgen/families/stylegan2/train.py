@@ -45,6 +45,7 @@ from torch import nn
 
 from medgen.core.errors import UsageError
 from medgen.core.settings import from_dict, tuples_as_lists
+from medgen.families.penalties import lazy_r1_weight, r1_penalty
 from medgen.families.stylegan2.config import StyleGAN2Config
 from medgen.families.stylegan2.networks import Discriminator, Generator
 from medgen.training.family import Step
@@ -129,20 +130,10 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits.float()).mean()
 
 
-def r1_penalty(real_logits: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:
-    """mean over volumes of ‖∇ₓD(x)‖² (Mescheder et al. 2018's R1 without γ/2); ``real_logits`` computed from
-    ``reals`` (a tensor that requires its gradient) with the graph kept, and the gradient's own graph kept
-    (``create_graph``) so that the penalty can be minimised over D's weights."""
-    (grad,) = torch.autograd.grad(real_logits.float().sum(), reals, create_graph=True)
-    return grad.float().square().flatten(1).sum(dim=1).mean()
-
-
 def r1_weight(hp: StyleGAN2HParams, iteration: int) -> float:
     """The weight of the R1 penalty in D's loss at ``iteration``: γ/2 · r1_every when the iteration regularises
     (``iteration % r1_every == 0``), 0 otherwise (and always 0 when γ = 0)."""
-    if hp.r1_gamma <= 0 or iteration % hp.r1_every:
-        return 0.0
-    return hp.r1_gamma / 2 * hp.r1_every
+    return lazy_r1_weight(hp.r1_gamma, hp.r1_every, iteration)
 
 
 def mixing_cutoff(cfg: StyleGAN2Config, hp: StyleGAN2HParams, rng: torch.Generator) -> int:
