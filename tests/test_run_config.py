@@ -275,3 +275,19 @@ def test_d_windows_are_named_hu_windows_in_the_data_sets_units(data, tmp_path, c
     assert new_run_config(data, tmp_path / "w", resume=True, model_options={"d_windows": "lung"}).model == saved.model
     with pytest.raises(UsageError, match="differ from the saved run: model.d_windows$"):
         new_run_config(data, tmp_path / "w", resume=True, model_options={"d_windows": "bone"})
+
+
+def test_d_windows_none_and_recipes(data, tmp_path):
+    lung = [[-1.0, round(2 * 524 / 1624 - 1, 6)]]
+    assert new_run_config(data, tmp_path / "a", preset="tiny").model["d_windows"] == []  # the default: none
+    assert new_run_config(data, tmp_path / "a", preset="tiny", model_options={"d_windows": "none"}).model[
+        "d_windows"] == []
+    assert new_run_config(data, tmp_path / "a", preset="tiny", recipe="paper",
+                          model_options={"d_windows": "lung"}).model["d_windows"] == lung  # with the paper's recipe
+    # a run saved without windows resumes with --d-windows none as no change; lung would change it
+    old = new_run_config(data, tmp_path / "old", preset="tiny")
+    old.save(tmp_path / "old")
+    assert new_run_config(data, tmp_path / "old", resume=True, model_options={"d_windows": "none"}).model[
+        "d_windows"] == []
+    with pytest.raises(UsageError, match="differ from the saved run: model.d_windows$"):
+        new_run_config(data, tmp_path / "old", resume=True, model_options={"d_windows": "lung"})

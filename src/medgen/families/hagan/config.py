@@ -266,7 +266,8 @@ class HAGANConfig:
 def options_from_data(info: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with ``d_windows`` given by name (``"lung"``, ``"lung,bone"`` or a list of names; see
     :data:`medgen.core.volume.NAMED_CT_WINDOWS`) turned into [-1, 1] windows of the data set whose
-    ``preprocess.json`` is ``info`` (CT only). Windows given as numbers are kept."""
+    ``preprocess.json`` is ``info`` (CT only); ``"none"``: no window (the default). Windows given as numbers
+    are kept."""
     from medgen.core.volume import is_ct, normalized_ct_window
 
     windows = options.get("d_windows")
@@ -274,6 +275,8 @@ def options_from_data(info: dict[str, Any], options: dict[str, Any]) -> dict[str
     if not names or not all(isinstance(n, str) for n in names):
         return options
     names = [n.strip() for n in names if n.strip()]
+    if [n.lower() for n in names] == ["none"]:
+        return {**options, "d_windows": ()}
     if not is_ct(info):
         raise UsageError(f"--d-windows {','.join(names)}: HU windows need a CT data set, "
                          f"this one holds {info.get('modality', '?')}")
