@@ -147,8 +147,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "of N bins over [-1, 1]); 0 = none, the paper (default 0)")
     h.add_argument("--d-windows", default=None, metavar="NAME,NAME",
                    help="CT: D (and a classifier C) also see their input through these HU windows, one input channel "
-                        "each: lung (-1024..-500), soft-tissue (-160..240), bone (300..1500) (default none, the "
-                        "paper)")
+                        "each: lung (-1024..-500), soft-tissue (-160..240), bone (300..1500); none = no window "
+                        "(default, the paper)")
     h.add_argument("--class-conditioning", choices=("ac", "projection", "classifier"), default=None,
                    help="conditional models: how D uses the class; ac = class heads and a class loss (default, the "
                         "paper's AC-GAN), projection = D is given the class (Miyato & Koyama 2018), classifier = D is "
