@@ -45,7 +45,8 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert [r["variant"] for r in rows] == ["paper, tiny", "+ slab context, tiny", "+ minibatch std, tiny",
                                             "medgen's method, tiny", "paper, compact", "medgen's method, compact",
                                             "+ intensity histogram in D, compact", "+ lung window in D, compact",
-                                            "real (held-out)"]
+                                            "+ lung and bone windows in D, compact",
+                                            "+ lung window and R1 in D, compact", "real (held-out)"]
     by = {r["variant"]: r for r in rows}
     # the exact context closes the gap whatever the weights; the paper's slab does not
     for label in ("+ slab context, tiny", "medgen's method, tiny", "medgen's method, compact",
@@ -89,6 +90,11 @@ def test_recipes_smoke_run(tmp_path, capsys):
     # the lung window (-1024...-500 HU) in the phantoms' [-1024, 600] HU window's units
     windows = RunConfig.load(tmp_path / "w" / "runs" / "recipes-lungwindow-compact-32-seed0").model["d_windows"]
     assert windows == [[-1.0, pytest.approx(2 * 524 / 1624 - 1, abs=1e-6)]]
+    lung_bone = RunConfig.load(tmp_path / "w" / "runs" / "recipes-lungbonewindow-compact-32-seed0").model["d_windows"]
+    assert lung_bone == [windows[0], [pytest.approx(2 * 1324 / 1624 - 1, abs=1e-6), 1.0]]  # bone: 300...1500 HU
+    r1_run = tmp_path / "w" / "runs" / "recipes-lungwindow-r1-compact-32-seed0"
+    assert RunConfig.load(r1_run).hparams["r1_gamma"] == 1.0 and RunConfig.load(r1_run).model["d_windows"] == windows
+    assert "loss_r1" in (r1_run / "metrics.csv").read_text().splitlines()[0].split(",")
     cls = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-n512-compact-32-seed0")
     assert cls.model["class_conditioning"] == "classifier" and cls.hparams["class_weight"] == 0.3
     cls_window = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-n512-compact-32-seed0")
