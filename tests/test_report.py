@@ -181,8 +181,9 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     shot = tmp_path / "shot.png"
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,3200",
            out.resolve().as_uri()]
+    # 3200 px tall: the mosaics lie below the configuration table, which grows with the family's settings
     subprocess.run(cmd, capture_output=True, timeout=120, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
     img = _read_png(shot.read_bytes())
