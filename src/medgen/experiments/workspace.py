@@ -147,12 +147,11 @@ def check_same_settings(run_dir: Path, wanted) -> None:
     trained with.
     """
     from medgen.families import registry
+    from medgen.training.loop import with_family_defaults
     from medgen.training.runconfig import RESUMABLE_KEYS, RunConfig
 
     saved = RunConfig.load(run_dir)
-    fam = registry.get(saved.family)
-    normalised = RunConfig.from_dict({**saved.to_dict(), "model": fam.model_from_dict(dict(saved.model)).to_dict(),
-                                      "hparams": fam.hparams_from_dict(dict(saved.hparams)).to_dict()})
+    normalised = with_family_defaults(registry.get(saved.family), saved)
     differing = normalised.differing_keys(wanted, ignore=RESUMABLE_KEYS | _REUSE_IGNORES)
     if differing:
         a, b = normalised.to_dict(), wanted.to_dict()

@@ -229,15 +229,15 @@ def _load_dataset(cfg: RunConfig, uses_labels: bool, keys: tuple[str, ...], cova
 # ----------------------------------------------------------------------------- run folder
 
 
-def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, family: Family | None = None) -> RunConfig:
+def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, family: Family) -> RunConfig:
     """Check the run folder against ``cfg`` (no writes). Returns the config to use.
 
     A fresh run needs a folder without a run in it. A resumed run must have the
     same settings as the saved ones except :data:`medgen.training.runconfig.RESUMABLE_KEYS`;
     ``resume`` on a folder without a run starts one (so a requeued job can
-    always be launched with the same command). With the run's ``family``, both
-    sides are compared after it fills in its defaults, so a run saved before a
-    setting existed resumes when the setting has its default value.
+    always be launched with the same command). Both sides are compared after
+    ``family`` fills in its defaults (:func:`with_family_defaults`), so a run saved
+    before a setting existed resumes when the setting has its default value.
     """
     saved_path = run_dir / CONFIG_NAME
     if not resume:
@@ -247,11 +247,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, family: Family 
     if not saved_path.exists():  # nothing to resume yet (e.g. a requeued job's first start)
         return cfg
     saved = RunConfig.load(run_dir)
-    if family is not None:
-        saved, cfg_seen = (_with_family_defaults(family, c) for c in (saved, cfg))
-    else:
-        cfg_seen = cfg
-    differing = saved.differing_keys(cfg_seen)
+    differing = with_family_defaults(family, saved).differing_keys(with_family_defaults(family, cfg))
     if differing:
         raise UsageError(
             f"{saved_path}: settings differ from the run being resumed: {', '.join(differing)} "
@@ -260,7 +256,7 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, resume: bool, family: Family 
     return cfg
 
 
-def _with_family_defaults(family: Family, cfg: RunConfig) -> RunConfig:
+def with_family_defaults(family: Family, cfg: RunConfig) -> RunConfig:
     """A copy of ``cfg`` whose model and hyper-parameters carry every field of the family, defaults included."""
     return RunConfig.from_dict({**cfg.to_dict(), "model": family.model_from_dict(dict(cfg.model)).to_dict(),
                                 "hparams": family.hparams_from_dict(dict(cfg.hparams)).to_dict()})
