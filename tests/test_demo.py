@@ -7,6 +7,7 @@ import numpy as np
 
 from medgen.cli import main
 from medgen.data.io import read_volume
+from medgen.training.runconfig import RunConfig
 
 ARGS = ["--minutes", "0.02", "--latent-codes", "16", "--n-train", "6", "--n-heldout", "6", "--n-samples", "6", "--size", "32", "--device", "cpu"]
 
@@ -17,6 +18,8 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     printed = capsys.readouterr().out
     for stage in ("phantoms", "preprocess", "train", "generate", "encode", "evaluate", "report"):
         assert f"medgen {stage}" in printed  # each stage is shown as the command to repeat it
+    assert "--hparam encoder_every=4" in printed  # the fixed time goes to GAN iterations
+    assert RunConfig.load(out / "run").hparams["encoder_every"] == 4
 
     # generated volumes: NIfTI in HU with the training data's spacing
     samples = sorted((out / "samples").glob("sample-*.nii.gz"))
@@ -72,5 +75,6 @@ def test_demo_recipe_reaches_the_training_stage(tmp_path):
         args = parser.parse_args(["demo", "--out", str(tmp_path / "d"), *ARGS, *extra])
         train = next(s for s in demo.stages(args) if s.name == "train")
         assert ("--recipe" in train.argv) == (recipe is not None)
+        assert train.argv[train.argv.index("--hparam") + 1] == f"encoder_every={demo.DEMO_ENCODER_EVERY}"
         if recipe:
             assert train.argv[train.argv.index("--recipe") + 1] == "paper"

@@ -4,6 +4,7 @@ step isolation, ablations, signals, config round trip, command options."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -19,6 +20,7 @@ from medgen.training import checkpoint as ckpt_io
 from medgen.families.hagan import losses
 from medgen.families.hagan.config import HAGANConfig
 from medgen.training.distributed import InfiniteBatchSampler
+from medgen.families import registry
 from medgen.families.registry import train
 from medgen.training.loop import _iteration_seed
 from toy_volumes import make_dataset
@@ -402,6 +404,48 @@ def test_ablation_no_encoder(data, tmp_path, monkeypatch):
     assert "E" not in ckpt_io.load_weights(tmp_path / "run")
     assert set(read_metrics(tmp_path / "run")[0]) >= {"loss_D", "loss_G"}
     assert "loss_EH" not in read_metrics(tmp_path / "run")[0]
+
+
+def test_encoder_every_k_iterations_leaves_the_gan_unchanged_and_logs_means_of_the_computed_losses(
+        data, tmp_path, monkeypatch):
+    """``encoder_every=3``: E^H and E^G step on iterations 0, 3, 6 only; G and D end bitwise as with
+    ``encoder_every=1`` (the encoder never feeds back); each logged encoder loss is the mean over the
+    iterations of its window that computed it, and empty in a window without one."""
+    returned: list[dict[str, float]] = []
+    fam = registry.get("hagan")
+
+    def recording(s):
+        out = fam.train_step(s)
+        returned.append({k: float(v.detach()) for k, v in out.items()})
+        return out
+
+    monkeypatch.setattr(registry, "get", lambda name: dataclasses.replace(fam, train_step=recording))
+    rec = _StepRecorder(monkeypatch)
+    lazy = train(tiny_cfg(data, iters=8, log_every=2, hparams={"encoder_every": 3}), tmp_path / "lazy", progress=False)
+    eh, eg = len(rec.optimizers) - 2, len(rec.optimizers) - 1  # G, D, EH, EG in creation order
+    encoder_steps = [i for i, e in enumerate(rec.events) if e["opt"] in (eh, eg)]
+    assert [rec.events[i]["opt"] for i in encoder_steps] == [eh, eg] * 3
+    assert [sorted(r) for r in returned] == [sorted(["D", "G", "EH", "EG"]) if i % 3 == 0 else ["D", "G"]
+                                            for i in range(8)]
+    rows = read_metrics(tmp_path / "lazy")
+    assert [r["iteration"] for r in rows] == ["2", "4", "6", "8"]
+    for row, window in zip(rows, ([0, 1], [2, 3], [4, 5], [6, 7])):
+        for name in ("D", "G"):
+            assert float(row[f"loss_{name}"]) == pytest.approx(np.mean([returned[i][name] for i in window]), rel=1e-5)
+        for name in ("EH", "EG"):
+            computed = [returned[i][name] for i in window if name in returned[i]]
+            if computed:
+                assert float(row[f"loss_{name}"]) == pytest.approx(np.mean(computed), rel=1e-5)
+            else:
+                assert row[f"loss_{name}"] == ""
+    every = train(tiny_cfg(data, iters=8, log_every=2), tmp_path / "every", progress=False)
+    for net in ("G", "D"):
+        for (k, a), b in zip(lazy.models.nets[net].state_dict().items(), every.models.nets[net].state_dict().values()):
+            assert torch.equal(a, b), f"{net}.{k}"
+    assert any(not torch.equal(a, b) for a, b in zip(lazy.models.nets["E"].state_dict().values(),
+                                                      every.models.nets["E"].state_dict().values()))
+    with pytest.raises(UsageError, match="encoder_every"):
+        train(tiny_cfg(data, hparams={"encoder_every": 0}), tmp_path / "bad", progress=False)
 
 
 def test_ablation_no_lowres_and_deterministic_slabs(data, tmp_path, monkeypatch):

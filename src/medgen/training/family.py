@@ -85,7 +85,10 @@ class Family:
     optimizers(nets, hp, device) → ``{name: Optimizer}`` (names are the keys of the
         optimiser states in ``state.pt``).
     train_step(step) → ``{loss name: scalar tensor}``; loss_names(model_cfg, hp): the
-        names it returns, in a fixed order (the columns of ``metrics.csv``).
+        names it returns, in a fixed order (the columns of ``metrics.csv``). A step may
+        leave out a loss it did not compute on that iteration (an update made only every
+        k iterations); the logged value is then the mean over the iterations that did
+        (empty when none did). ddp_modules: a skipped update must be skipped on every rank.
     ddp_modules(nets) → the modules wrapped by DDP under ``torchrun`` (default: every
         network); each must be called exactly once per iteration, by the step that
         updates it, followed by one backward.

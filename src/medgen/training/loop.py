@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import signal
@@ -452,6 +453,7 @@ def _train(
     # NaN/inf bookkeeping on the device (no host sync per iteration on GPUs)
     n_losses = len(loss_names)
     loss_sum = torch.zeros(n_losses, device=device)
+    loss_count = torch.zeros(n_losses, device=device)  # a loss a step left out is not counted
     first_bad_iter = torch.full((n_losses,), -1, dtype=torch.long, device=device)
     first_bad_value = torch.zeros(n_losses, device=device)
     check_every = 1 if device.type == "cpu" else max(1, cfg.log_every)
@@ -512,11 +514,18 @@ def _train(
 
             # ---- divergence check, log, samples, checkpoint
             done = it + 1
-            vec = torch.stack([losses[name].detach().float() for name in loss_names])
+            unknown = set(losses) - set(loss_names)
+            if unknown:
+                raise RuntimeError(f"family {family.name!r}: train_step returned losses {sorted(unknown)} "
+                                   f"not in loss_names {loss_names}")
+            zero = torch.zeros((), device=device)
+            vec = torch.stack([losses[name].detach().float() if name in losses else zero for name in loss_names])
+            given = torch.tensor([name in losses for name in loss_names], device=device)
             newly_bad = (first_bad_iter < 0) & ~torch.isfinite(vec)
             first_bad_iter = torch.where(newly_bad, torch.full_like(first_bad_iter, it), first_bad_iter)
             first_bad_value = torch.where(newly_bad, vec, first_bad_value)
             loss_sum += torch.nan_to_num(vec)
+            loss_count += given
             logged_since += 1
             over_time = deadline is not None and time.monotonic() > deadline
             signalled = stop.requested
@@ -533,15 +542,18 @@ def _train(
 
             if is_log:
                 now = time.perf_counter()
-                row = dict(zip(columns, (loss_sum / logged_since).tolist()))
+                means = (loss_sum / loss_count.clamp(min=1)).tolist()
+                row = {c: (m if n > 0 else math.nan) for c, m, n in zip(columns, means, loss_count.tolist())}
                 row["it_per_s"] = logged_since / max(now - t_last, 1e-9)
                 row["memory_mb"] = _peak_memory_mb(device)
                 loss_sum.zero_()
+                loss_count.zero_()
                 logged_since, t_last = 0, now
                 if main:
                     for k, v in row.items():
-                        writer.add_scalar(("loss/" if k.startswith("loss") else "perf/") + k, v, done)
-                    metrics.append({"iteration": done, **{k: f"{v:.6g}" for k, v in row.items()}})
+                        if not math.isnan(v):
+                            writer.add_scalar(("loss/" if k.startswith("loss") else "perf/") + k, v, done)
+                    metrics.append({"iteration": done, **{k: "" if math.isnan(v) else f"{v:.6g}" for k, v in row.items()}})
                     if bar is not None:
                         bar.set_postfix({n: f"{row[f'loss_{n}']:.3f}" for n in loss_names[:4]}, refresh=False)
             if is_sample and main and family.preview is not None:
