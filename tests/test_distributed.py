@@ -62,7 +62,8 @@ WORKER = textwrap.dedent(
     data, run, out = sys.argv[1:4]
     cfg = RunConfig(data=data, model=get_preset("tiny", 32, num_classes=2).to_dict(), preset="tiny", iters=3,
                     batch=4, device="cpu", log_every=1, sample_every=0, ckpt_every=1000, label_column="label",
-                    split_fractions=(1.0, 0.0, 0.0), hparams={"r1_gamma": 1.0, "r1_every": 2})  # R1 at 0 and 2
+                    split_fractions=(1.0, 0.0, 0.0),
+                    hparams={"r1_gamma": 1.0, "r1_every": 2, "encoder_every": 2})  # R1 and E^H/E^G at 0 and 2
     result = train(cfg, run, progress=False)
     flat = {f"{m}.{k}": v.contiguous() for m, sd in result.models.weights().items() if m != "G_ema" for k, v in sd.items()}
     save_file(flat, os.path.join(out, f"rank{os.environ['RANK']}.safetensors"))
@@ -112,3 +113,6 @@ def test_two_gloo_processes_stay_in_sync(tmp_path):
     rows = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3
     assert "loss_r1" in rows[0].split(",")  # the R1 penalty (double backward through D) ran under DDP too
+    # the encoder's DDP wrappers were skipped on iteration 1 on both ranks: no loss logged there
+    eh = rows[0].split(",").index("loss_EH")
+    assert [r.split(",")[eh] != "" for r in rows[1:]] == [True, False, True]
