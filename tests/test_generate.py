@@ -169,6 +169,27 @@ def test_nifti_has_training_spacing_and_hounsfield_units(run_and_data, tmp_path)
         assert np.ptp(mpimg.imread(png)[..., :3]) > 0.1  # not a blank picture
 
 
+def test_npy_samples_are_evaluated_with_the_runs_spacing_modality_and_window(run_and_data, tmp_path):
+    """``--format npy`` writes headerless [-1, 1] arrays; evaluation takes their voxel size, modality and CT
+    window from generate.json, so the anatomy in millilitres matches that of the NIfTI samples (HU rounding
+    aside) instead of counting 1 mm voxels."""
+    from medgen.metrics.anatomy import ct_anatomy
+    from medgen.metrics.volumes import open_volume_set
+
+    run, _ = run_and_data
+    assert gen(run, tmp_path / "npy", "--n", "2", "--seed", "2", "--format", "npy", "--no-mosaic") == 0
+    assert gen(run, tmp_path / "nii", "--n", "2", "--seed", "2", "--no-mosaic") == 0
+    npy, nii = open_volume_set(tmp_path / "npy"), open_volume_set(tmp_path / "nii")
+    assert npy.modality == "ct" and npy.modality_source == "generate.json" and npy.hu_window == WINDOW
+    for i in range(2):
+        assert npy.spacing(i) == pytest.approx(SPACING) and nii.spacing(i) == pytest.approx(SPACING)
+        assert np.abs(npy.hu(i) - nii.hu(i)).max() <= 0.5 + 1e-2  # the NIfTI holds whole HU
+        a, b = ct_anatomy(npy.hu(i), npy.spacing(i)), ct_anatomy(nii.hu(i), nii.spacing(i))
+        assert a["body_volume_ml"] == pytest.approx(b["body_volume_ml"], rel=0.02)
+        voxels = int(round(b["body_volume_ml"] * 1000 / np.prod(SPACING)))
+        assert voxels > 0 and a["body_volume_ml"] == pytest.approx(voxels * np.prod(SPACING) / 1000, rel=0.02)
+
+
 def test_errors_exit_2_with_one_line(run_and_data, tmp_path, capsys):
     run, data = run_and_data
     cases = [

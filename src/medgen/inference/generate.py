@@ -246,7 +246,10 @@ def generate_to_folder(
         "spacing_mm": list(spacing),
         "spacing_source": spacing_source,
         "intensity": ("HU (int16), window " + str(list(ct_window(pre)))) if is_ct(pre) and fmt == "nifti" else "[-1, 1] (float32)",
+        "modality": (pre or {}).get("modality"),
     }
+    if is_ct(pre):
+        settings["hu_window"] = list(ct_window(pre))  # what [-1, 1] means in HU (the training data's window)
     settings_path = out / SETTINGS_JSON
     if settings_path.is_file():
         try:

@@ -17,7 +17,9 @@ files
     CT window (default [-1024, 600] HU, as preprocessing does) and MRI by the preprocessing
     percentiles. The modality comes from ``--modality``, from the other set
     (:meth:`VolumeSet.inherit`), from ``generate.json``, or is guessed (values below -200
-    look like HU: CT), and the guess is reported.
+    look like HU: CT), and the guess is reported. The ``.npy`` files of a ``medgen generate``
+    folder (``--format npy``) have no header: their voxel size is the run's, from
+    ``generate.json`` (``spacing_mm``), and so are the modality and the CT window.
 
 In memory
     :class:`ArrayVolumeSet`: volumes already loaded, an array ``[n, X, Y, Z]`` (or a list of
@@ -396,6 +398,7 @@ def open_volume_set(path: str | os.PathLike, *, modality: str | None = None, wha
         spacings=[None] * len(items),
         shapes=[None] * len(items),
     )
+    _npy_spacing_from_generate_json(vs)
     if modality is not None:
         vs.modality, vs.modality_source = modality, "--modality"
     else:
@@ -445,20 +448,48 @@ def _open_preprocessed(root: Path, what: str) -> VolumeSet:
     return vs
 
 
-def _modality_from_generate_json(vs: VolumeSet) -> None:
-    path = vs.root / "generate.json"
+def _read_generate_json(root: Path) -> dict[str, Any]:
+    """The settings ``medgen generate`` wrote into ``root`` (empty when there are none or they cannot be read)."""
+    path = root / "generate.json"
     if not path.is_file():
-        return
+        return {}
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def _npy_spacing_from_generate_json(vs: VolumeSet) -> None:
+    """Give the ``.npy`` files of a ``medgen generate`` folder the run's voxel size (``spacing_mm``).
+
+    A ``.npy`` file has no header, so it would count as 1 mm voxels and every volume in millilitres would be
+    off by the voxel volume; NIfTI samples carry the same spacing in their own header."""
+    spacing = _read_generate_json(vs.root).get("spacing_mm")
+    try:
+        sp = tuple(float(v) for v in spacing)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
         return
+    if len(sp) != 3 or min(sp) <= 0:
+        return
+    for i, f in enumerate(vs.files):
+        if Path(f).name.lower().endswith(".npy"):
+            vs.spacings[i] = sp  # type: ignore[call-overload]
+
+
+def _modality_from_generate_json(vs: VolumeSet) -> None:
+    settings = _read_generate_json(vs.root)
     intensity = str(settings.get("intensity", ""))
     if intensity.startswith("HU"):
         vs.modality, vs.modality_source = "ct", "generate.json"
         m = re.search(r"\[\s*(-?[\d.]+)\s*,\s*(-?[\d.]+)\s*\]", intensity)
         if m:
             vs.hu_window = (float(m.group(1)), float(m.group(2)))
+    elif settings.get("modality") in MODALITIES:  # samples kept in [-1, 1] (``--format npy``)
+        vs.modality, vs.modality_source = settings["modality"], "generate.json"
+        window = settings.get("hu_window")
+        if vs.modality == "ct" and isinstance(window, list) and len(window) == 2:
+            vs.hu_window = (float(window[0]), float(window[1]))
 
 
 def guess_modality(vs: VolumeSet) -> None:
