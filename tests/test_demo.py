@@ -78,3 +78,23 @@ def test_demo_recipe_reaches_the_training_stage(tmp_path):
         assert train.argv[train.argv.index("--hparam") + 1] == f"encoder_every={demo.DEMO_ENCODER_EVERY}"
         if recipe:
             assert train.argv[train.argv.index("--recipe") + 1] == "paper"
+
+
+def test_demo_trains_a_fixed_number_of_iterations_unless_given_a_time_limit(tmp_path, capsys):
+    import argparse
+
+    from medgen.commands import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_parser(parser.add_subparsers(dest="command"))
+    train = next(s for s in demo.stages(parser.parse_args(["demo", "--out", str(tmp_path / "d")])) if s.name == "train")
+    assert train.argv[train.argv.index("--iters") + 1] == str(demo.DEMO_ITERS) == "4000"
+    assert "--max-minutes" not in train.argv
+    args = parser.parse_args(["demo", "--out", str(tmp_path / "d"), "--iters", "6000", "--minutes", "3"])
+    train = next(s for s in demo.stages(args) if s.name == "train")
+    assert train.argv[train.argv.index("--iters") + 1] == "6000"
+    assert float(train.argv[train.argv.index("--max-minutes") + 1]) == 3
+    for bad in (["--iters", "0"], ["--minutes", "0"]):
+        assert main(["demo", "--out", str(tmp_path / "bad"), *bad]) == 2
+        assert bad[0] in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
