@@ -95,8 +95,8 @@ class HAGANHParams:
     (lazy regularisation, as in StyleGAN2).
     ``encoder_every``: the E^H and E^G steps run on every ``encoder_every``-th iteration only (1: every
     iteration, the paper). The encoder never feeds back into G or D, so this changes what E learns per
-    iteration, not the GAN, and on a CPU it spends the time of the encoder steps (about 40 % of an
-    iteration at 64³ ``tiny``) on more GAN iterations instead.
+    iteration, not the GAN, and it spends the time of the encoder steps (about a third of an iteration
+    at 64³ ``tiny`` on a CPU) on more GAN iterations instead.
     """
 
     lr_g: float = 1e-4
