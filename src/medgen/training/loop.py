@@ -514,9 +514,13 @@ def _train(
 
             # ---- divergence check, log, samples, checkpoint
             done = it + 1
-            zero = torch.zeros((), device=device)
-            vec = torch.stack([losses[name].detach().float() if name in losses else zero for name in loss_names])
-            given = torch.tensor([name in losses for name in loss_names], device=device)
+            if all(name in losses for name in loss_names):  # the usual case: no per-iteration mask to build
+                vec = torch.stack([losses[name].detach().float() for name in loss_names])
+                given = 1.0
+            else:
+                zero = torch.zeros((), device=device)
+                vec = torch.stack([losses[name].detach().float() if name in losses else zero for name in loss_names])
+                given = torch.tensor([name in losses for name in loss_names], device=device)
             newly_bad = (first_bad_iter < 0) & ~torch.isfinite(vec)
             first_bad_iter = torch.where(newly_bad, torch.full_like(first_bad_iter, it), first_bad_iter)
             first_bad_value = torch.where(newly_bad, vec, first_bad_value)
