@@ -398,11 +398,12 @@ def open_volume_set(path: str | os.PathLike, *, modality: str | None = None, wha
         spacings=[None] * len(items),
         shapes=[None] * len(items),
     )
-    _npy_spacing_from_generate_json(vs)
+    generated = _read_generate_json(root)  # medgen generate's settings, if this folder is its output
+    _npy_spacing_from_generate_json(vs, generated)
     if modality is not None:
         vs.modality, vs.modality_source = modality, "--modality"
     else:
-        _modality_from_generate_json(vs)
+        _modality_from_generate_json(vs, generated)
     if vs.modality == "ct" and vs.hu_window is None:
         vs.hu_window = CT_WINDOW_DEFAULT
     return vs
@@ -460,12 +461,12 @@ def _read_generate_json(root: Path) -> dict[str, Any]:
     return settings if isinstance(settings, dict) else {}
 
 
-def _npy_spacing_from_generate_json(vs: VolumeSet) -> None:
+def _npy_spacing_from_generate_json(vs: VolumeSet, settings: dict[str, Any]) -> None:
     """Give the ``.npy`` files of a ``medgen generate`` folder the run's voxel size (``spacing_mm``).
 
     A ``.npy`` file has no header, so it would count as 1 mm voxels and every volume in millilitres would be
     off by the voxel volume; NIfTI samples carry the same spacing in their own header."""
-    spacing = _read_generate_json(vs.root).get("spacing_mm")
+    spacing = settings.get("spacing_mm")
     try:
         sp = tuple(float(v) for v in spacing)  # type: ignore[union-attr]
     except (TypeError, ValueError):
@@ -477,8 +478,7 @@ def _npy_spacing_from_generate_json(vs: VolumeSet) -> None:
             vs.spacings[i] = sp  # type: ignore[call-overload]
 
 
-def _modality_from_generate_json(vs: VolumeSet) -> None:
-    settings = _read_generate_json(vs.root)
+def _modality_from_generate_json(vs: VolumeSet, settings: dict[str, Any]) -> None:
     intensity = str(settings.get("intensity", ""))
     if intensity.startswith("HU"):
         vs.modality, vs.modality_source = "ct", "generate.json"
