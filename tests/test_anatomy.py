@@ -199,3 +199,33 @@ def test_histogram_figure_plots_comparable_statistics(tmp_path):
     img = matplotlib.image.imread(path)
     assert img.shape[:2] == (int(2.6 * 50), int(2 * 3.2 * 50))  # one row of two panels
     assert [p.name for p in tmp_path.iterdir()] == ["hist.png"]  # no temporary file left
+
+
+def test_sampling_reference_matches_the_exact_distribution_of_real_vs_real_w1():
+    from itertools import combinations
+
+    from medgen.metrics.anatomy import sampling_reference
+
+    rng = np.random.default_rng(3)
+    real = [{"x": float(v)} for v in rng.normal(size=4)]
+    pool = rng.normal(loc=0.5, size=9)
+    reference = [{"x": float(v), "nan_only": math.nan} for v in pool]
+    # Independent computation: every 4-subset of the pool is equally likely; for two samples of
+    # equal size W1 is the mean absolute difference of the sorted values.
+    r = np.sort([d["x"] for d in real])
+    exact = np.array([np.abs(np.sort(pool[list(c)]) - r).mean() for c in combinations(range(9), 4)])
+    out = sampling_reference(real, reference, 4, repeats=4000, seed=0)
+    assert set(out) == {"x"}  # a statistic without finite values has no reference
+    ref = out["x"]
+    assert (ref["n"], ref["repeats"]) == (4, 4000)
+    spread = np.percentile(exact, 90) - np.percentile(exact, 10)
+    assert ref["median"] == pytest.approx(np.median(exact), abs=0.05 * spread)
+    assert ref["p10"] == pytest.approx(np.percentile(exact, 10), abs=0.05 * spread)
+    assert ref["p90"] == pytest.approx(np.percentile(exact, 90), abs=0.05 * spread)
+    assert ref["std"] == pytest.approx(exact.std(), rel=0.1)
+    # More generated volumes than reference ones: one draw, the whole reference set.
+    whole = sampling_reference(real, reference, 50, repeats=100)["x"]
+    assert (whole["n"], whole["repeats"], whole["std"]) == (9, 1, 0.0)
+    assert whole["median"] == pytest.approx(compare_distributions(real, reference)["x"]["wasserstein1"])
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        sampling_reference(real, reference, 0)

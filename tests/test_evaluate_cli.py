@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import nibabel as nib
@@ -119,6 +120,12 @@ def test_evaluate_real_fake_train(folders, tmp_path, capsys):
     assert {"lung_fraction", "bone_fraction", "body_volume_ml"} <= set(metrics["anatomy"]["value"])
     real_lung = metrics["anatomy"]["details"]["lung_fraction"]["real_mean"]
     assert 0.05 < real_lung < 0.5
+    # With --train, each statistic has its floor: 7 training volumes vs the same 7 held-out ones
+    # (as many as generated, so one draw, the whole training set).
+    ref = metrics["anatomy"]["details"]["lung_fraction"]["reference"]
+    assert (ref["n"], ref["repeats"], ref["std"]) == (7, 1, 0.0) and ref["median"] > 0
+    assert "training volumes drawn at random" in metrics["anatomy"]["settings"]["reference"]
+    assert re.search(r"anatomy\.lung_fraction \(W1, training vs real, reference\)\s+\S+\s+0\s+7\s+7", stdout)
     figures = {Path(f).name for f in report["figures"]}
     assert figures == {"features.png", "anatomy_histograms.png", "nearest_training_pairs.png"}
     assert all(Path(f).stat().st_size > 1000 for f in report["figures"])

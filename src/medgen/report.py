@@ -19,7 +19,6 @@ import base64
 import datetime
 import html
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from typing import Any
 
 from medgen.core.errors import InputError
 from medgen.core.fileio import atomic_write_text
+from medgen.metrics.evaluate import fmt_number, metric_rows
 
 # Figure files written by ``medgen evaluate`` into ``<metrics stem>-figures/``: (file, heading, caption).
 EVAL_FIGURES = (
@@ -62,17 +62,6 @@ img{max-width:100%;border:1px solid #ddd}.note{color:#555;font-style:italic}
 def esc(value: Any) -> str:
     """HTML-escaped text of ``value`` (quotes included)."""
     return html.escape(str(value), quote=True)
-
-
-def fmt_number(x: Any) -> str:
-    """Numbers to 4 significant digits, None to '-', anything else as text."""
-    if x is None:
-        return "-"
-    if isinstance(x, bool):
-        return str(x)
-    if isinstance(x, float):
-        return "nan" if math.isnan(x) else f"{x:.4g}"
-    return str(x)
 
 
 def png_data_uri(png: bytes) -> str:
@@ -225,39 +214,6 @@ def training_samples_section(run_dir: Path) -> str:
     parts.append(img_tag(latest.read_bytes(), f"training samples {latest.name}"))
     parts.append(_note(f"samples/{latest.name}: the EMA generator on fixed latent codes during training."))
     return "\n".join(parts)
-
-
-def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
-    """Table rows (metric, value, std, n_real, n_fake) and caveats of an evaluate report's ``metrics``."""
-    rows: list[tuple[str, ...]] = []
-    notes: list[str] = []
-    for name, r in metrics.items():
-        if "error" in r:
-            notes.append(f"FAILED {name}: {r['error']}")
-            continue
-        n_real, n_fake = fmt_number(r.get("n_real")), fmt_number(r.get("n_fake"))
-        label = name
-        if name == "memorisation":
-            d = r.get("details") or {}
-            notes.append("memorisation ratio: median distance generated→nearest training volume / "
-                         "held-out→nearest training (≈ 1 healthy, ≪ 1 suggests copies); "
-                         f"{d.get('n_likely_copy', '?')} generated volume(s) flagged as likely copies")
-            label = "memorisation ratio"
-        value = r.get("value")
-        if isinstance(value, dict):
-            for key, v in value.items():
-                suffix = " (W1)" if name == "anatomy" else ""
-                rows.append((f"{label}.{key}{suffix}", fmt_number(v), "-", n_real, n_fake))
-            continue
-        rows.append((label, fmt_number(value), fmt_number(r.get("std")), n_real, n_fake))
-        if name in ("kid", "mmd") and isinstance(value, (int, float)) and value < 0:
-            notes.append(f"{name}: unbiased estimate; below 0 means the two sets are indistinguishable "
-                         "at this sample size")
-        reference = {"ms_ssim": "ms_ssim (real pairs, reference)", "is": "is (real volumes, reference)"}
-        real_ref = (r.get("details") or {}).get("real") if name in reference else None
-        if real_ref:
-            rows.append((reference[name], fmt_number(real_ref.get("mean")), fmt_number(real_ref.get("std")), n_real, "-"))
-    return rows, notes
 
 
 def metrics_section(report: dict[str, Any] | None, source: Path | None) -> str:

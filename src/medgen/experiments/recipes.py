@@ -131,6 +131,11 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             note="medgen's method with a projection discriminator: D is given the class instead of predicting it"),
     Variant("default-compact", "medgen's method, compact", None, preset="compact",
             note="slab context and minibatch std, the paper's class loss, in the compact preset (twice tiny's width)"),
+    Variant("classifier-lungwindow-compact", "classifier C, λ 0.3, lung window, compact", None,
+            {"class_conditioning": "classifier", "d_windows": "lung"},
+            hparams={"class_loss": "per-head", "class_weight": 0.3}, preset="compact",
+            note="D unconditional and seeing the lung window too; a separate classifier C learns the class from "
+                 "the real volumes only and G's loss adds 0.3 x its cross-entropy per head; the scale's 64 phantoms"),
     Variant("n512-compact", "medgen's method, compact, 8x phantoms", None, preset="compact", more_phantoms=8,
             note="the same trained on 8 times as many phantoms (512 instead of 64 at the demo scale), so D cannot "
                  "learn each training volume's class by heart"),

@@ -2,7 +2,8 @@
 
 These numbers need no trained network, so they can be computed identically on
 real and on generated volumes and their distributions compared
-(:func:`compare_distributions`, :func:`save_anatomy_histograms`).
+(:func:`compare_distributions`, :func:`save_anatomy_histograms`), with the distance two
+real samples of the same size have as the floor (:func:`sampling_reference`).
 
 CT anatomy protocol (:func:`ct_anatomy`; HU thresholds are inclusive/exclusive
 exactly as written):
@@ -267,6 +268,46 @@ def compare_distributions(real: Sequence[dict], fake: Sequence[dict]) -> dict[st
             "fake_std": float(f.std()) if f.size else math.nan,
             "n_real": int(r.size),
             "n_fake": int(f.size),
+        }
+    return out
+
+
+def sampling_reference(
+    real: Sequence[dict], reference: Sequence[dict], n: int, *, repeats: int = 100, seed: int = 0
+) -> dict[str, dict]:
+    """How far apart two *real* samples are: the Wasserstein-1 floor of a comparison with ``real``.
+
+    A W1 between ``n`` generated volumes and ``real`` is never zero, even for a perfect
+    generator: two finite samples of one distribution differ. This draws ``n`` volumes
+    without replacement from ``reference`` (other real volumes, e.g. the training set),
+    ``repeats`` times, and measures each draw's W1 against ``real``, per statistic.
+    Returns per statistic ``median``, ``p10``, ``p90`` and ``std`` (ddof=0) of those W1,
+    with ``n`` and ``repeats``; a generated set whose W1 lies inside ``p10``-``p90`` is as
+    close to ``real`` as another real sample of its size. ``n`` larger than ``reference``
+    is capped at its size (then every draw is the whole set).
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    n = min(n, len(reference))
+    rng = np.random.default_rng(seed)
+    draws = [rng.choice(len(reference), size=n, replace=False) for _ in range(repeats if n < len(reference) else 1)]
+    w1: dict[str, list[float]] = {}
+    for idx in draws:
+        for key, d in compare_distributions(real, [reference[i] for i in idx]).items():
+            w1.setdefault(key, []).append(d["wasserstein1"])
+    out: dict[str, dict] = {}
+    for key, values in w1.items():
+        v = np.array(values)
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            continue
+        out[key] = {
+            "median": float(np.median(v)),
+            "p10": float(np.percentile(v, 10)),
+            "p90": float(np.percentile(v, 90)),
+            "std": float(v.std()),
+            "n": int(n),
+            "repeats": len(draws),
         }
     return out
 

@@ -21,6 +21,7 @@ training run first when ``fake`` is one.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -375,12 +376,62 @@ def evaluate(
 # ---------------------------------------------------------------------------- tables
 
 
-def _fmt(x) -> str:
+def fmt_number(x: Any) -> str:
+    """Numbers to 4 significant digits, None to '-', anything else as text."""
     if x is None:
         return "-"
+    if isinstance(x, bool):
+        return str(x)
     if isinstance(x, float):
-        return f"{x:.4g}"
+        return "nan" if math.isnan(x) else f"{x:.4g}"
     return str(x)
+
+
+def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
+    """Table rows (metric, value, std, n_real, n_fake) of a report's ``metrics``, and the notes
+    that explain them (failures, what a value means). Metrics that carry a reference measured
+    on real data alone get a row for it under their own: MS-SSIM among real pairs, IS of real
+    volumes, and per anatomy statistic the W1 another real sample of the same size scores
+    (training vs real, :func:`medgen.metrics.anatomy.sampling_reference`)."""
+    rows: list[tuple[str, ...]] = []
+    notes: list[str] = []
+    for name, r in metrics.items():
+        if "error" in r:
+            notes.append(f"FAILED {name}: {r['error']}")
+            continue
+        n_real, n_fake = fmt_number(r.get("n_real")), fmt_number(r.get("n_fake"))
+        details = r.get("details") or {}
+        label = name
+        if name == "memorisation":
+            notes.append("memorisation ratio: median distance generated→nearest training volume / "
+                         "held-out→nearest training (≈ 1 healthy, ≪ 1 suggests copies); "
+                         f"{details.get('n_likely_copy', '?')} generated volume(s) flagged as likely copies")
+            label = "memorisation ratio"
+        value = r.get("value")
+        if isinstance(value, dict):
+            for key, v in value.items():
+                if name != "anatomy":
+                    rows.append((f"{label}.{key}", fmt_number(v), "-", n_real, n_fake))
+                    continue
+                rows.append((f"anatomy.{key} (W1)", fmt_number(v), "-", n_real, n_fake))
+                ref = (details.get(key) or {}).get("reference")
+                if ref:
+                    rows.append((f"anatomy.{key} (W1, training vs real, reference)", fmt_number(ref.get("median")),
+                                 fmt_number(ref.get("std")), n_real, fmt_number(ref.get("n"))))
+            if name == "anatomy" and any((details.get(k) or {}).get("reference") for k in value):
+                notes.append("anatomy reference: median W1 of random training samples as large as the generated "
+                             "set against the same real set; a generated W1 near it is as close as real data gets "
+                             "at this sample size")
+            continue
+        rows.append((label, fmt_number(value), fmt_number(r.get("std")), n_real, n_fake))
+        if name in ("kid", "mmd") and isinstance(value, (int, float)) and value < 0:
+            notes.append(f"{name}: unbiased estimate; below 0 means the two sets are indistinguishable "
+                         "at this sample size")
+        reference = {"ms_ssim": "ms_ssim (real pairs, reference)", "is": "is (real volumes, reference)"}
+        real_ref = details.get("real") if name in reference else None
+        if real_ref:
+            rows.append((reference[name], fmt_number(real_ref.get("mean")), fmt_number(real_ref.get("std")), n_real, "-"))
+    return rows, notes
 
 
 def format_table(report: dict) -> str:
@@ -398,32 +449,8 @@ def format_table(report: dict) -> str:
         d = report.get(role)
         if d:
             lines.append(f"{role}: {d['path']} ({d['kind']}, {d['n']} volumes, modality {d['modality'] or 'unknown'})")
-    rows = [("metric", "value", "std", "n_real", "n_fake")]
-    notes = []  # lines printed under the table: failures and explanations
-    for name, r in report["metrics"].items():
-        if "error" in r:
-            notes.append(f"FAILED {name}: {r['error']}")
-            continue
-        if name == "memorisation":
-            d = r.get("details") or {}
-            notes.append(
-                "memorisation: median distance generated→nearest training volume / held-out→nearest training "
-                f"(≈ 1 healthy, ≪ 1 suggests copies); {d.get('n_likely_copy', '?')} generated volume(s) flagged as likely copies"
-            )
-            name = "memorisation ratio"
-        value = r["value"]
-        if isinstance(value, dict):
-            for key, v in value.items():
-                label = f"{name}.{key}" + (" (W1)" if name == "anatomy" else "")
-                rows.append((label, _fmt(v), "-", str(r["n_real"]), str(r["n_fake"])))
-        else:
-            rows.append((name, _fmt(value), _fmt(r.get("std")), str(r["n_real"]), str(r["n_fake"])))
-            if name in ("kid", "mmd") and isinstance(value, (int, float)) and value < 0:
-                notes.append(f"{name}: unbiased estimate; below 0 means the two sets are indistinguishable at this sample size")
-        reference = {"ms_ssim": "ms_ssim (real pairs, reference)", "is": "is (real volumes, reference)"}
-        real_ref = (r.get("details") or {}).get("real") if name in reference else None
-        if real_ref:
-            rows.append((reference[name], _fmt(real_ref["mean"]), _fmt(real_ref["std"]), str(r["n_real"]), "-"))
+    body, notes = metric_rows(report["metrics"])  # notes: lines printed under the table
+    rows = [("metric", "value", "std", "n_real", "n_fake"), *body]
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -443,7 +470,7 @@ def _summary_table(report: dict) -> str:
         if "error" in r:
             notes.append(f"FAILED {name}: {r['error']}")
             continue
-        rows.append((name, _fmt(r["value"]), _fmt(r.get("std")), str(r["n"])))
+        rows.append((name, fmt_number(r["value"]), fmt_number(r.get("std")), str(r["n"])))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines += notes
