@@ -150,7 +150,14 @@ def test_smoke_run_writes_both_settings_and_figures(smoke):
     for name in ("augmentation.png", "conditional-samples.png"):
         assert (out / name).read_bytes()[:8] == PNG_SIGNATURE
     for c in counts:  # the class-conditional samples the classifier saw
-        assert len(list((work / "samples" / f"conditional-32-class{c}").glob("*.npy"))) == max(counts.values())
+        assert len(list((work / "samples" / f"conditional-32-classifier-class{c}").glob("*.npy"))) == max(counts.values())
+    # The default generator obeys the class through a separate classifier C and sees the lung window.
+    import yaml
+
+    config = yaml.safe_load((work / "runs" / "conditional-32-classifier" / "config.yaml").read_text())
+    assert config["model"]["class_conditioning"] == "classifier" and len(config["model"]["d_windows"]) == 1
+    assert (config["hparams"]["class_loss"], config["hparams"]["class_weight"]) == ("per-head", 0.3)
+    assert "--conditioning classifier: D unconditional" in md
 
 
 @pytest.mark.slow

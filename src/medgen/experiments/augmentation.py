@@ -7,9 +7,12 @@ given disease stage help a classifier of that stage?
    class 0-3 of the thorax-CT phantoms) at the scale's small size; ``--n-real N``
    keeps a seeded class-stratified subset of N volumes (the small-data setting
    where augmentation should matter).
-2. A class-conditional HA-GAN (AC-GAN variant, ``medgen train --num-classes K``)
-   is trained on exactly those real volumes, so the synthetic volumes carry no
-   information the real-only classifier lacks.
+2. A class-conditional HA-GAN (``medgen train --num-classes K``) is trained on
+   exactly those real volumes, so the synthetic volumes carry no information the
+   real-only classifier lacks. ``--conditioning`` chooses how it obeys the class:
+   ``classifier`` (default: a separate classifier C on the real volumes guides G,
+   D also sees the lung window) or ``discriminator`` (D's class heads, AC-GAN as
+   in the paper).
 3. It generates ``--synthetic-per-class`` volumes for every class (default: as
    many as the largest real class, so the synthetic set is balanced and about the
    size of the real one).
@@ -42,7 +45,17 @@ from medgen.experiments.workspace import ExperimentOutput, Workspace, checkpoint
 
 HELP = "class-conditional synthetic volumes as extra training data for a disease-stage classifier"
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
-DEFAULTS = {"label_column": "label", "no_jitter": False}
+DEFAULTS = {"label_column": "label", "no_jitter": False, "conditioning": "classifier"}
+
+# How the generator is made to obey the class (``--conditioning``): architecture and training
+# settings of ``medgen train``, and what they mean. Measured side by side in
+# ``medgen experiment recipes --conditional`` (docs/results/recipes/recipes-conditional.md).
+CONDITIONINGS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "discriminator": ({}, {}, "D^H and D^L predict the class (AC-GAN; one class loss on their mean logits, λ 0.1)"),
+    "classifier": ({"class_conditioning": "classifier", "d_windows": "lung"}, {"class_loss": "per-head", "class_weight": 0.3},
+                   "D unconditional; a separate classifier C learns the class from the real volumes and G's loss adds "
+                   "0.3 x its cross-entropy per head; D and C also see the lung window"),
+}
 
 CLASSIFIER_BATCH = 8  # volumes per classifier step (train_classifier's default)
 CLASSIFIER_LR = 1e-3  # AdamW, cosine decay to 0 over the run
@@ -60,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic-per-class", type=int, default=None, metavar="N",
                    help="synthetic volumes per class added in the real + synthetic setting "
                         "(default: the size of the largest real class)")
+    p.add_argument("--conditioning", choices=sorted(CONDITIONINGS), default="classifier",
+                   help="how the generator obeys the class: 'classifier' (default; a separate classifier C and the "
+                        "lung window, the best of medgen experiment recipes --conditional) or 'discriminator' "
+                        "(D's class heads, the paper's AC-GAN)")
     p.add_argument("--no-jitter", action="store_true",
                    help="train both classifiers without the random shifts and intensity jitter (default: with)")
 
@@ -352,7 +369,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         raise UsageError(f"--label-column {column!r}: the training set has {len(present)} class(es) "
                          f"({', '.join(map(str, present)) or 'none'}); a classifier needs at least 2")
     num_classes = max(max(present), max(test_labels)) + 1 if not names else len(names)
-    base = f"conditional-{size}" + ("" if column == "label" else f"-{column}")
+    base = (f"conditional-{size}" + ("" if column == "label" else f"-{column}")
+            + ("" if args.conditioning == "discriminator" else f"-{args.conditioning}"))
+    model_settings, hparams, conditioning_note = CONDITIONINGS[args.conditioning]
     if args.n_real is not None:
         subset = stratified_subset(train_labels, args.n_real, ws.seed)
         gan_data = write_subset_folder(train_dir, ws.root / "data" / f"{train_dir.name}-n{args.n_real}-seed{ws.seed}",
@@ -378,7 +397,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     per_class = args.synthetic_per_class or max(real_counts.values())
 
     # ---- the class-conditional generator and its samples
-    run_dir = ws.model(tag, size, num_classes=num_classes, label_column=column, data=gan_data)
+    run_dir = ws.model(tag, size, num_classes=num_classes, label_column=column, data=gan_data,
+                       model_settings=model_settings, hparams=hparams)
     gan_iters = checkpoint_iteration(run_dir)
     fake_sets = {c: _first(open_volume_set(ws.samples(run_dir, f"{tag}-class{c}", n=per_class, label=c),
                                            what="samples"), per_class) for c in present}
@@ -443,7 +463,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         + (f" Test classes absent from training ({', '.join(str(names[c] if names else c) for c in missing)}) "
            "can only be misclassified." if missing else ""),
         (f"Synthetic: {per_class} volumes per class from a class-conditional HA-GAN ({ws.scale.hagan_preset} preset, {size}³, "
-         f"{gan_iters} iterations, trained on the same {len(real_items)} real volumes); volume i of every class "
+         f"{gan_iters} iterations, trained on the same {len(real_items)} real volumes; --conditioning "
+         f"{args.conditioning}: {conditioning_note}); volume i of every class "
          "is drawn from the same latent z, so the classes differ only by the class input."),
         (f"Classifier: the 3D CNN of medgen.families.classifier.network (width 16), {iters} iterations of batch {CLASSIFIER_BATCH}, "
          f"AdamW lr {CLASSIFIER_LR:g} with cosine decay, {'shift and intensity jitter' if jitter else 'no jitter'}; "
