@@ -5,6 +5,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from scipy.stats import spearmanr
 
 from medgen.cli import main
 from medgen.families.hagan import Generator, get_preset
@@ -69,10 +70,11 @@ def test_recipes_smoke_run(tmp_path, capsys):
         cond = list(csv.DictReader(fh))
     assert [r["variant"] for r in cond] == ["paper, tiny", "medgen's method, tiny", "+ per-head class loss, tiny",
                                             "+ per-head, λ 1, tiny", "+ real-batch classes, tiny", "projection D, tiny",
-                                            "medgen's method, compact", "medgen's method, compact, 8x phantoms",
+                                            "medgen's method, compact", "classifier C, λ 0.3, lung window, compact",
+                                            "medgen's method, compact, 8x phantoms",
                                             "classifier C, λ 0.3, compact, 8x phantoms",
                                             "classifier C, λ 0.3, lung window, compact, 8x phantoms",
-                                            "real (training set)"]
+                                            "real, other phantoms (reference)", "real (training set)"]
     perhead = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-perhead-32-seed0")
     assert perhead.hparams["class_loss"] == "per-head" and perhead.model["minibatch_std"] == 4
     projection = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-projection-32-seed0")
@@ -85,6 +87,8 @@ def test_recipes_smoke_run(tmp_path, capsys):
     for other in ("heldout-32", "train-32"):  # other seeds: other phantoms under the same ids
         assert not np.array_equal(first, np.load(data / other / "volumes" / f"{more.train_ids[0]}.npy"))
     assert float(cond[-1]["spearman"]) > 0.7  # the phantoms' classes are emphysema stages
+    reference = cond[-2]  # real phantoms drawn like the generated volumes: 2 per class of the training set's 3
+    assert 0 <= float(reference["classes_in_real_iqr"]) <= 3 and -1 <= float(reference["spearman"]) <= 1
     assert (out / "recipes.png").is_file() and (out / "recipes-conditional.md").is_file()
     assert RunConfig.load(tmp_path / "w" / "runs" / "recipes-histogram-compact-32-seed0").model["histogram_bins"] == 64
     # the lung window (-1024...-500 HU) in the phantoms' [-1024, 600] HU window's units
@@ -117,7 +121,10 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert remade["gap"] == before[histogram]["gap"]  # the same run, evaluated again
     with open(out / "recipes-conditional.csv", newline="") as fh:
         cond_again = {r["variant"]: r for r in csv.DictReader(fh)}
-    assert list(cond_again) == [r["variant"] for r in cond]
+    # 3 volumes per class: the reference pool's 48 phantoms hold only 2 of class 3, so no reference row
+    assert list(cond_again) == [r["variant"] for r in cond if r["variant"] != "real, other phantoms (reference)"]
+    assert "No real reference row: the pool has 2 volumes of class 3, fewer than 3" in \
+        (out / "recipes-conditional.md").read_text()
     assert cond_again["paper, tiny"] == cond[0]
     assert cond_again["projection D, tiny"]["within_class_ms_ssim"] != cond[5]["within_class_ms_ssim"]  # 3 volumes, not 2
     md = (out / "recipes-conditional.md").read_text()
@@ -162,3 +169,26 @@ def test_workspace_refuses_a_run_trained_with_other_settings(tmp_path):
     with pytest.raises(UsageError, match=r"model\.slab_context 'zero-padded' \(wanted 'exact'\)"):
         ws.model("r", 32)
     assert ws.model("r", 32, recipe="paper", model_settings={"minibatch_std": 4}) == run
+
+
+def test_class_mean_reference_counts_the_draws_whose_class_means_fall_in_the_ranges():
+    from medgen.experiments.recipes import class_mean_reference
+
+    # Class 0: half 0 %, half 10 %; two drawn without replacement from 100 have a mean in [5, 20] unless both
+    # are 0: probability 1 - (50/100)(49/99). Class 1: always 3 %, inside [2, 4]. NaN volumes are left out.
+    emph = np.array([0.0] * 50 + [10.0] * 50 + [3.0] * 10 + [np.nan] * 5)
+    labels = np.array([0] * 100 + [1] * 10 + [1] * 5)
+    stats = {0: {"q1": 5.0, "q3": 20.0}, 1: {"q1": 2.0, "q3": 4.0}}
+    ref = class_mean_reference(emph, labels, stats, 2, draws=4000, seed=0)
+    p0 = 1 - 0.5 * 49 / 99
+    assert ref["all_inside"] == pytest.approx(p0, abs=0.025)
+    assert ref["classes_in_real_iqr"] == pytest.approx(1 + p0, abs=0.025)
+    assert ref["class_means"] == {0: pytest.approx(5.0), 1: pytest.approx(3.0)} and ref["repeats"] == 4000
+    # Separable classes: every draw ranks class 0 below class 1, so rho is that of x = 0,0,1,1 vs distinct y.
+    emph = np.array([1.0, 1.1, 1.2, 1.3, 7.0, 7.5, 8.0])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    ref = class_mean_reference(emph, labels, {0: {"q1": 0.0, "q3": 2.0}, 1: {"q1": 6.0, "q3": 9.0}}, 2, draws=50)
+    assert ref["spearman"] == pytest.approx(spearmanr([0, 0, 1, 1], [1, 2, 3, 4]).statistic)
+    assert (ref["classes_in_real_iqr"], ref["all_inside"]) == (2.0, 1.0)
+    with pytest.raises(ValueError, match="3 volumes of class 1, fewer than 4"):
+        class_mean_reference(emph, labels, {0: {"q1": 0, "q3": 2}, 1: {"q1": 6, "q3": 9}}, 4)

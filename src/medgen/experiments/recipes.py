@@ -35,7 +35,9 @@ phantoms and on 8 times as many, and on those with the class learnt by a
 separate classifier C instead of D's class heads (``--class-conditioning
 classifier``, λ 0.3, one class loss per head), also with D and C seeing the lung window;
 per requested class, the generated volumes' emphysema % (Spearman correlation with the class, class means against the real classes'
-interquartile ranges) and the MS-SSIM within each class.
+interquartile ranges) and the MS-SSIM within each class; and, as the floor of those
+numbers, the same measured on real phantoms drawn like the generated volumes (as many
+per class, from 8 times the scale's phantoms made with another seed).
 
 Writes ``recipes.csv``/``recipes.md`` (a row per run and a mean row per
 variant), ``recipes-conditional.csv`` with ``--conditional``, ``recipes.png``
@@ -390,6 +392,8 @@ def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace,
     csv_path = out.path("recipes-conditional.csv")
     rows = _merged(CONDITIONAL_VARIANTS, fresh, csv_path) if only is not None else \
         [r for v in CONDITIONAL_VARIANTS for r in fresh.get(v.label, [])]
+    reference_row, reference_note = _reference_row(ws, size, real_stats, args.per_class)
+    rows += reference_row
     rows.append({"variant": "real (training set)", "seed": None,
                  "spearman": spearman(real_labels[real_labels >= 0].astype(np.float64), real_emph[real_labels >= 0]),
                  **{f"class{c}_emphysema": real_stats[c]["mean"] for c in classes},
@@ -405,11 +409,72 @@ def _conditional(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace,
         f"Real interquartile ranges of emphysema %: {iqr}.",
         "within_class_ms_ssim: MS-SSIM among the generated volumes of one class, averaged over classes "
         "(lower = more diverse); a model can obey the class by collapsing inside it.",
+        *reference_note,
     ]
     out.command = _commands(out.path("recipes-conditional.md"), out.command, only)
     out.write_table(rows, _conditional_columns(classes), title=f"Class-conditional HA-GAN recipes at {size}³",
                           notes=notes, stem="recipes-conditional")
     return rows
+
+
+def _reference_row(ws: Workspace, size: int, real_stats: dict[int, dict], per_class: int
+                   ) -> tuple[list[dict[str, Any]], list[str]]:
+    """The conditional table's row for real phantoms drawn like the generated volumes (what a generator
+    of exactly the phantom distribution scores), and its note; none without phantoms."""
+    from medgen.experiments.guidance import real_class_emphysema
+
+    if not ws.uses_phantoms:
+        return [], []
+    pool_dir = ws.larger_training_set(size, REFERENCE_POOL_FACTOR * ws.scale.n_train)
+    _, pool_labels, _, pool_emph, _ = real_class_emphysema(pool_dir, ws.progress)
+    try:
+        ref = class_mean_reference(pool_emph, pool_labels, real_stats, per_class, seed=ws.seed)
+    except ValueError as exc:
+        return [], [f"No real reference row: {exc} ({pool_dir.name})."]
+    row = {"variant": "real, other phantoms (reference)", "seed": None,
+           "spearman": ref["spearman"], **{f"class{c}_emphysema": m for c, m in ref["class_means"].items()},
+           "classes_in_real_iqr": ref["classes_in_real_iqr"]}
+    note = (f"real, other phantoms (reference): what a generator of exactly the phantom "
+            f"distribution would score. {per_class} volumes per class drawn {ref['repeats']} times from "
+            f"{len(pool_labels)} phantoms made with another seed than the training set ({pool_dir.name}); spearman: "
+            "the median over draws; class means: of the whole pool; classes_in_real_iqr: the mean over draws (every "
+            f"class inside in {100 * ref['all_inside']:.0f} % of the draws). The interquartile ranges are those of "
+            "the training set's few volumes per class, so even real data misses some of them.")
+    return [row], [note]
+
+
+REFERENCE_POOL_FACTOR = 8  # the conditional reference draws from this many times the scale's phantoms
+REFERENCE_DRAWS = 1000
+
+
+def class_mean_reference(emphysema: np.ndarray, labels: np.ndarray, real_stats: dict[int, dict], per_class: int,
+                         *, draws: int = REFERENCE_DRAWS, seed: int = 0) -> dict[str, Any]:
+    """The conditional table's numbers for real volumes: ``per_class`` volumes of every class of
+    ``real_stats`` drawn without replacement from the pool (``emphysema`` % and class ``labels``
+    per volume; NaN emphysema left out), ``draws`` times. Returns ``spearman`` (median over
+    draws), ``classes_in_real_iqr`` (mean over draws of the classes whose drawn mean lies in
+    ``real_stats[c]``'s q1..q3), ``all_inside`` (share of draws with every class inside),
+    ``class_means`` (of the whole pool) and ``repeats``. ValueError when a class of the pool has
+    fewer than ``per_class`` volumes."""
+    from medgen.experiments.guidance import spearman
+
+    classes = sorted(real_stats)
+    pools = {c: emphysema[(labels == c) & np.isfinite(emphysema)] for c in classes}
+    short = [c for c in classes if pools[c].size < per_class]
+    if short:
+        raise ValueError(f"the pool has {pools[short[0]].size} volumes of class {short[0]}, fewer than {per_class}")
+    rng = np.random.default_rng(seed)
+    inside = np.zeros((draws, len(classes)), dtype=bool)
+    rhos = np.empty(draws)
+    x = np.repeat(np.array(classes, dtype=np.float64), per_class)
+    for t in range(draws):
+        drawn = [rng.choice(pools[c], per_class, replace=False) for c in classes]
+        for j, c in enumerate(classes):
+            inside[t, j] = real_stats[c]["q1"] <= float(drawn[j].mean()) <= real_stats[c]["q3"]
+        rhos[t] = spearman(x, np.concatenate(drawn))
+    return {"spearman": float(np.nanmedian(rhos)), "classes_in_real_iqr": float(inside.sum(1).mean()),
+            "all_inside": float(inside.all(1).mean()), "class_means": {c: float(pools[c].mean()) for c in classes},
+            "repeats": draws}
 
 
 def _conditional_columns(classes) -> tuple[str, ...]:
