@@ -71,6 +71,7 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert [r["variant"] for r in cond] == ["paper, tiny", "medgen's method, tiny", "+ per-head class loss, tiny",
                                             "+ per-head, λ 1, tiny", "+ real-batch classes, tiny", "projection D, tiny",
                                             "medgen's method, compact", "classifier C, λ 0.3, lung window, compact",
+                                            "classifier C on flipped and shifted volumes, λ 0.3, lung window, compact",
                                             "medgen's method, compact, 8x phantoms",
                                             "classifier C, λ 0.3, compact, 8x phantoms",
                                             "classifier C, λ 0.3, lung window, compact, 8x phantoms",
@@ -103,6 +104,8 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert cls.model["class_conditioning"] == "classifier" and cls.hparams["class_weight"] == 0.3
     cls_window = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-n512-compact-32-seed0")
     assert cls_window.model["d_windows"] == windows and cls_window.model["class_conditioning"] == "classifier"
+    caug = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-caug-compact-32-seed0")
+    assert caug.hparams["c_augment"] is True and len(caug.train_ids) == len(compact.train_ids)
 
     # --only: the rows of one variant are made again (here with another number of classes per volume, so they
     # change), the others are kept as the tables hold them, and the tables list both commands

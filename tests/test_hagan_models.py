@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -398,3 +399,38 @@ def test_model_info_table_and_errors(capsys):
     assert f"{total:,} parameters" in out and "HighResDiscriminator" in out
     with pytest.raises(UsageError, match="size"):
         _model_info(["--size", "100"])
+
+
+def test_augment_real_flips_and_shifts_each_volume_in_plane_only():
+    """c_augment: every output volume is its input, maybe flipped along X, shifted by whole voxels in X and Y
+    within the limit, the uncovered border air (-1); depth and intensities untouched; seeded."""
+    from medgen.families.hagan.classifier import augment_real
+
+    x = torch.rand(12, 1, 8, 6, 4) * 2 - 1
+    out = augment_real(x, 2, torch.Generator().manual_seed(0))
+    again = augment_real(x, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and out.shape == x.shape
+
+    def moved(v, flip, dx, dy):  # independent: numpy, by explicit index arithmetic
+        v = v[:, ::-1] if flip else v
+        res = np.full_like(v, -1.0)
+        for i in range(v.shape[1]):
+            for j in range(v.shape[2]):
+                if 0 <= i - dx < v.shape[1] and 0 <= j - dy < v.shape[2]:
+                    res[:, i, j] = v[:, i - dx, j - dy]
+        return res
+
+    found = []
+    for k in range(12):
+        v, o = x[k].numpy(), out[k].numpy()
+        hits = [(f, dx, dy) for f in (False, True) for dx in range(-2, 3) for dy in range(-2, 3)
+                if np.array_equal(moved(v, f, dx, dy), o)]
+        assert len(hits) == 1, k
+        found.append(hits[0])
+    assert {f for f, _, _ in found} == {False, True}  # both flips occur in 12 volumes
+    assert any(dx != 0 or dy != 0 for _, dx, dy in found)
+    only_flips = augment_real(x, 0, torch.Generator().manual_seed(1))
+    for k in range(12):
+        assert torch.equal(only_flips[k], x[k]) or torch.equal(only_flips[k], x[k].flip(1))
+    with pytest.raises(ValueError, match="max_shift"):
+        augment_real(x, -1, torch.Generator())

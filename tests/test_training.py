@@ -267,6 +267,14 @@ def test_classifier_conditioning_losses_match_independent_recomputation(data, tm
 
     from medgen.families import registry
 
+    # c_augment: C learns from flipped and shifted real volumes; D's step, before C's, is the same
+    aug = train(tiny_cfg(data, iters=1, num_classes=2, model={"class_conditioning": "classifier"},
+                         hparams={**hp, "c_augment": True}), tmp_path / "aug", progress=False)
+    assert aug.iteration == 1
+    plain_row, aug_row = read_metrics(tmp_path / "run")[0], read_metrics(tmp_path / "aug")[0]
+    assert aug_row["loss_D"] == plain_row["loss_D"]
+    assert float(aug_row["loss_C_class"]) != pytest.approx(logged, rel=1e-6)
+
     model = registry.load(tmp_path / "run", device=torch.device("cpu"))
     assert model.config.class_conditioning == "classifier"
     z = torch.from_numpy(model.sample_latents(1, seed=0))

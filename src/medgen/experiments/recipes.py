@@ -138,6 +138,11 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             hparams={"class_loss": "per-head", "class_weight": 0.3}, preset="compact",
             note="D unconditional and seeing the lung window too; a separate classifier C learns the class from "
                  "the real volumes only and G's loss adds 0.3 x its cross-entropy per head; the scale's 64 phantoms"),
+    Variant("classifier-lungwindow-caug-compact", "classifier C on flipped and shifted volumes, λ 0.3, lung window, compact",
+            None, {"class_conditioning": "classifier", "d_windows": "lung"},
+            hparams={"class_loss": "per-head", "class_weight": 0.3, "c_augment": True}, preset="compact",
+            note="the same, C learning from real volumes flipped left-right and shifted in the axial plane "
+                 "(up to 1/8 of the size), so it cannot learn the 64 volumes' classes by heart"),
     Variant("n512-compact", "medgen's method, compact, 8x phantoms", None, preset="compact", more_phantoms=8,
             note="the same trained on 8 times as many phantoms (512 instead of 64 at the demo scale), so D cannot "
                  "learn each training volume's class by heart"),

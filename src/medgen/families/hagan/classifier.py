@@ -95,3 +95,29 @@ class Classifier(nn.Module):
                 raise ValueError("x_low is required: this classifier has a low-resolution branch (C^L)")
             logits.append(self.low(x_low))
         return logits
+
+
+def augment_real(x: torch.Tensor, max_shift: int, generator: torch.Generator, fill: float = -1.0) -> torch.Tensor:
+    """Real volumes [B, 1, X, Y, Z] as C may see them (``c_augment``): each one flipped left-right
+    (along X) with probability 1/2 and translated in the axial plane by whole voxels, dx and dy
+    uniform in [-max_shift, max_shift], the uncovered border filled with ``fill`` (air in [-1, 1]).
+
+    Flips and in-plane shifts leave the emphysema class of a volume as it was (the share of lung
+    below -950 HU), so C learns the class from what defines it instead of recognising each of a few
+    training volumes; intensities and the depth axis (the slab's position) are left alone. The
+    random draws come from ``generator`` (CPU), so a run stays reproducible.
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+    b = x.shape[0]
+    flips = torch.rand(b, generator=generator) < 0.5
+    shifts = torch.randint(-max_shift, max_shift + 1, (b, 2), generator=generator)
+    out = torch.full_like(x, fill)
+    nx, ny = x.shape[2], x.shape[3]
+    for i in range(b):
+        v = x[i].flip(1) if bool(flips[i]) else x[i]  # dim 1 of [1, X, Y, Z] is X
+        dx, dy = int(shifts[i, 0]), int(shifts[i, 1])
+        src_x, dst_x = slice(max(0, -dx), nx - max(0, dx)), slice(max(0, dx), nx - max(0, -dx))
+        src_y, dst_y = slice(max(0, -dy), ny - max(0, dy)), slice(max(0, dy), ny - max(0, -dy))
+        out[i, :, dst_x, dst_y] = v[:, src_x, src_y]
+    return out
