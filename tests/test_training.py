@@ -274,6 +274,8 @@ def test_classifier_conditioning_losses_match_independent_recomputation(data, tm
     plain_row, aug_row = read_metrics(tmp_path / "run")[0], read_metrics(tmp_path / "aug")[0]
     assert aug_row["loss_D"] == plain_row["loss_D"]
     assert float(aug_row["loss_C_class"]) != pytest.approx(logged, rel=1e-6)
+    with pytest.raises(UsageError, match="c_augment .* needs a class-conditional model with --class-conditioning classifier"):
+        train(tiny_cfg(data, iters=1, num_classes=2, hparams={"c_augment": True}), tmp_path / "ac", progress=False)
 
     model = registry.load(tmp_path / "run", device=torch.device("cpu"))
     assert model.config.class_conditioning == "classifier"

@@ -165,6 +165,9 @@ C_SHIFT_DIVISOR = 8  # c_augment: in-plane shifts of up to size / 8 voxels
 def build(cfg: HAGANConfig, hp: HAGANHParams, device: torch.device) -> dict[str, nn.Module]:
     """G, D, (unless ablated) E = (E^H, E^G) and (classifier conditioning) C, on ``device``; the
     checkpoint keys are these names."""
+    if hp.c_augment and not _classifier(cfg):
+        raise UsageError("c_augment augments the inputs of the classifier C: it needs a class-conditional model "
+                         "with --class-conditioning classifier")
     nets: dict[str, nn.Module] = {"G": Generator(cfg).to(device), "D": Discriminator(cfg).to(device)}
     if hp.use_encoder:
         nets["E"] = Encoder(cfg).to(device)
