@@ -11,8 +11,8 @@ given disease stage help a classifier of that stage?
    exactly those real volumes, so the synthetic volumes carry no information the
    real-only classifier lacks. ``--conditioning`` chooses how it obeys the class:
    ``classifier`` (default: a separate classifier C, learning from the real
-   volumes flipped and shifted in-plane, guides G; D also sees the lung window) or ``discriminator`` (D's class heads, AC-GAN as
-   in the paper).
+   volumes flipped and shifted in-plane, guides G; D also sees the lung
+   window) or ``discriminator`` (D's class heads, AC-GAN as in the paper).
 3. It generates ``--synthetic-per-class`` volumes for every class (default: as
    many as the largest real class, so the synthetic set is balanced and about the
    size of the real one).
