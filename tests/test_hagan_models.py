@@ -397,6 +397,8 @@ def test_model_info_table_and_errors(capsys):
     out = capsys.readouterr().out
     total = count_parameters(_get_preset("tiny", 64, num_classes=2))["all"]  # medgen's defaults, as model-info
     assert f"{total:,} parameters" in out and "HighResDiscriminator" in out
+    assert "hyper-parameters (defaults; medgen train --hparam NAME=VALUE): lr_g=0.0001, lr_d=0.0004" in out
+    assert "encoder_every=1, c_augment=False" in out  # what --hparam accepts, as the train command's help says
     with pytest.raises(UsageError, match="size"):
         _model_info(["--size", "100"])
 

@@ -154,4 +154,6 @@ def run(args: argparse.Namespace) -> int:
         + (f"C {t['C'] / 1e6:.2f}M  " if "C" in t else "") +
         f"all {t['all'] / 1e6:.2f}M ({t['all']:,} parameters)"
     )
+    hp = family.hparams_from_dict({}).to_dict()
+    print(f"hyper-parameters (defaults; medgen train --hparam NAME=VALUE): {', '.join(f'{k}={v}' for k, v in hp.items())}")
     return 0
