@@ -460,10 +460,11 @@ def metric_anatomy(ctx: EvalContext) -> dict:
             if key in comparison:
                 comparison[key]["reference"] = ref
         if reference:
+            first = next(iter(reference.values()))  # n and repeats are the same for every statistic
             settings["reference"] = (
-                f"W1 of {next(iter(reference.values()))['n']} training volumes drawn at random (of up to "
-                f"{ANATOMY_REFERENCE_MAX_TRAIN}) vs the same real set, {next(iter(reference.values()))['repeats']} draws: "
-                "median, p10, p90, std; what another real sample of this size scores"
+                f"W1 of {first['n']} training volumes drawn at random (of up to {ANATOMY_REFERENCE_MAX_TRAIN}) vs the "
+                f"same real set, {first['repeats']} draws: median, p10, p90, std; what another real sample of this "
+                "size scores"
             )
     path = ctx.figure_path("anatomy_histograms.png")
     if path is not None and comparison:
