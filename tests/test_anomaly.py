@@ -146,6 +146,31 @@ def test_signed_scores_see_the_polarity_and_the_lung_score_only_where_the_recons
     assert set(anomaly.signed_scores(x, rec, {"modality": "mri"})) == {"score_brighter_max", "score_darker_max"}
 
 
+def test_blob_map_is_the_analytic_curvature_of_a_gaussian_blob_and_ignores_tubes_sheets_and_dark_spots():
+    """A Gaussian blob A·exp(−r²/2s²) smoothed by σ is a Gaussian of variance s² + σ² and amplitude
+    A·(s²/(s² + σ²))^{3/2}; at its centre every curvature is −amplitude/(s² + σ²), so the map is
+    σ²·A·s³/(s² + σ²)^{5/2} there. A tube or a sheet of the same profile has a zero curvature and scores ~0,
+    and so does a dark blob."""
+    n, c, s, amp, sigma = 33, 16, 2.0, 0.8, 1.5
+    g = np.mgrid[:n, :n, :n].astype(np.float64) - c
+    blob = amp * np.exp(-(g**2).sum(0) / (2 * s * s))
+    m = anomaly.blob_map(blob.astype(np.float32), sigma)
+    expected = sigma**2 * amp * s**3 / (s * s + sigma * sigma) ** 2.5
+    assert np.unravel_index(int(np.argmax(m)), m.shape) == (c, c, c)
+    assert m[c, c, c] == pytest.approx(expected, rel=0.02)
+    tube = amp * np.exp(-(g[0] ** 2 + g[1] ** 2) / (2 * s * s))
+    sheet = amp * np.exp(-(g[0] ** 2) / (2 * s * s))
+    for other in (tube, sheet, -blob):
+        assert anomaly.blob_map(other.astype(np.float32), sigma).max() < 0.01 * expected
+    # blob_score: σ in mm over the spacing, on x − x̂; anisotropic spacing gives per-axis σ
+    x, rec = (blob + 0.1).astype(np.float32), np.full(blob.shape, 0.1, np.float32)
+    assert anomaly.blob_score(x, rec, (2.0, 2.0, 2.0), sigma_mm=3.0) == pytest.approx(float(m.max()), rel=1e-5)
+    aniso = anomaly.blob_score(x, rec, (1.0, 1.0, 2.0), sigma_mm=3.0)
+    assert aniso == pytest.approx(float(anomaly.blob_map(x - rec, (3.0, 3.0, 1.5)).max()), rel=1e-5)
+    with pytest.raises(ValueError, match="must be > 0"):
+        anomaly.blob_map(blob.astype(np.float32), 0.0)
+
+
 def test_signed_scores_are_written_and_scored_for_the_data_set(tmp_path):
     from sklearn.metrics import roc_auc_score
 
@@ -156,7 +181,8 @@ def test_signed_scores_are_written_and_scored_for_the_data_set(tmp_path):
     # NormalModel clips at 0.5: the lesions (0.9) are the only voxels brighter than the reconstruction
     assert [float(r["score_brighter_max"]) for r in rows] == pytest.approx([0, 0.4, 0, 0.4, 0, 0.4], abs=1e-3)
     assert all(float(r["score_darker_max"]) == 0.0 for r in rows)
-    for name in ("score_brighter_max", "score_darker_max", "score_lung_max"):
+    assert [float(r["score_blob_max"]) > 1e-3 for r in rows] == [bool(v) for v in y]  # normal: x − x̂ = 0
+    for name in ("score_brighter_max", "score_darker_max", "score_lung_max", "score_blob_max"):
         assert summary.metrics[f"auroc_{name}"] == pytest.approx(roc_auc_score(y, [float(r[name]) for r in rows]))
 
 

@@ -59,6 +59,10 @@ def test_smoke_run_scores_every_detector_on_every_lesion_kind(tmp_path):
         y = [int(v["abnormal"]) for v in vols]
         assert 0 < sum(y) < len(y) and float(row["auroc"]) == pytest.approx(
             roc_auc_score(y, [float(v[column]) for v in vols]))
+        if row["map"] == "residual":  # the blob score's AUROC, of the blob scores written
+            assert float(row["auroc_blob"]) == pytest.approx(roc_auc_score(y, [float(v["score_blob_max"]) for v in vols]))
+        else:
+            assert row["auroc_blob"] == ""
         assert 0 < float(row["lesion_voxel_fraction"]) < 0.2 and 0 <= float(row["best_dice"]) <= 1
         assert int(row["iterations"]) >= 1
     # the test set: half of the volumes with a mass, its lesion map aligned with the image

@@ -106,6 +106,8 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert cls_window.model["d_windows"] == windows and cls_window.model["class_conditioning"] == "classifier"
     caug = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-caug-compact-32-seed0")
     assert caug.hparams["c_augment"] is True and len(caug.train_ids) == len(compact.train_ids)
+    c4 = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-caug-c4-compact-32-seed0")
+    assert c4.hparams["c_steps"] == 4 and c4.hparams["c_augment"] is True
 
     # --only: the rows of one variant are made again (here with another number of classes per volume, so they
     # change), the others are kept as the tables hold them, and the tables list both commands

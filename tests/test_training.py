@@ -277,6 +277,22 @@ def test_classifier_conditioning_losses_match_independent_recomputation(data, tm
     with pytest.raises(UsageError, match="c_augment .* needs a class-conditional model with --class-conditioning classifier"):
         train(tiny_cfg(data, iters=1, num_classes=2, hparams={"c_augment": True}), tmp_path / "ac", progress=False)
 
+    # c_steps: C's further updates come after D's (D unchanged) and change C and, through it, G
+    two = train(tiny_cfg(data, iters=1, num_classes=2, model={"class_conditioning": "classifier"},
+                         hparams={**hp, "c_steps": 2}), tmp_path / "two", progress=False)
+    one = train(tiny_cfg(data, iters=1, num_classes=2, model={"class_conditioning": "classifier"}, hparams=hp),
+                tmp_path / "one", progress=False)
+    w1, w2 = one.models.weights(), two.models.weights()
+    assert all(torch.equal(w1["D"][k], w2["D"][k]) for k in w1["D"])
+    assert not all(torch.equal(w1["C"][k], w2["C"][k]) for k in w1["C"])
+    assert not all(torch.equal(w1["G"][k], w2["G"][k]) for k in w1["G"])
+    two_row = read_metrics(tmp_path / "two")[0]
+    assert two_row["loss_D"] == plain_row["loss_D"]
+    # the logged C loss is the mean of the two updates' losses, the first being iteration 1's of c_steps=1
+    assert float(two_row["loss_C_class"]) != pytest.approx(logged, rel=1e-6)
+    with pytest.raises(UsageError, match="c_steps 2 sets the updates of the classifier C"):
+        train(tiny_cfg(data, iters=1, num_classes=2, hparams={"c_steps": 2}), tmp_path / "ac2", progress=False)
+
     model = registry.load(tmp_path / "run", device=torch.device("cpu"))
     assert model.config.class_conditioning == "classifier"
     z = torch.from_numpy(model.sample_latents(1, seed=0))

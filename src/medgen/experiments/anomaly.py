@@ -65,7 +65,8 @@ LARGE_MM = 10.0
 DEFAULTS = {"detectors": ",".join(DETECTORS), "lesions": ",".join(LESION_KINDS), "minutes": DEFAULT_MINUTES,
             "size": None}
 COLUMNS = ("lesion", "detector", "map", "iterations", "train_minutes", "abnormal", "auroc", "auprc", "auprc_chance",
-           "auroc_p99", "auroc_max", "auroc_10mm", "auroc_brighter", "auroc_lung", "auroc_lung_10mm", "voxel_auroc", "voxel_auprc", "lesion_voxel_fraction", "best_dice",
+           "auroc_p99", "auroc_max", "auroc_10mm", "auroc_brighter", "auroc_lung", "auroc_lung_10mm", "auroc_blob", "auroc_blob_10mm",
+           "voxel_auroc", "voxel_auprc", "lesion_voxel_fraction", "best_dice",
            "lesions_detected", "detected_lt10mm", "detected_10_20mm", "detected_ge20mm")
 
 
@@ -173,6 +174,8 @@ def table_row(kind: str, detector: str, run: Path, metrics: dict[str, Any], rows
         "auroc_10mm": auroc_subset(rows, LARGE_MM), "auroc_brighter": metrics.get("auroc_score_brighter_max"),
         "auroc_lung": metrics.get("auroc_score_lung_max"),
         "auroc_lung_10mm": auroc_subset(rows, LARGE_MM, "score_lung_max") if map_kind == "residual" else None,
+        "auroc_blob": metrics.get("auroc_score_blob_max"),
+        "auroc_blob_10mm": auroc_subset(rows, LARGE_MM, "score_blob_max") if map_kind == "residual" else None,
         "voxel_auroc": metrics.get("voxel_auroc"),
         "voxel_auprc": metrics.get("voxel_auprc"), "lesion_voxel_fraction": metrics.get("lesion_voxel_fraction"),
         "best_dice": metrics.get("best_dice"),
@@ -302,7 +305,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         "diameter). auroc_brighter: of the largest signed residual x − x̂ (lesions denser than the normal "
         "anatomy predicts); auroc_lung (and auroc_lung_10mm, as auroc_10mm): of the largest x − x̂ where the "
         "reconstruction is below −500 HU, i.e. where the model expects lung (residual rows only: they are "
-        "scores of the residual itself).",
+        "scores of the residual itself). auroc_blob (and auroc_blob_10mm): of the strongest compact bright spot "
+        "of x − x̂, the Hessian's weakest curvature where all three are negative at σ = 4.5 mm (`score_blob_max`), "
+        "which the residuals along vessels and organ edges hardly reach.",
         "voxel_auroc, voxel_auprc: every voxel of every test volume pooled against the lesion masks; their "
         "chance level is lesion_voxel_fraction. best_dice: the best Dice of the thresholded maps over all "
         "thresholds (an upper bound: the threshold is chosen on the masks).",

@@ -143,6 +143,13 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             hparams={"class_loss": "per-head", "class_weight": 0.3, "c_augment": True}, preset="compact",
             note="the same, C learning from real volumes flipped left-right and shifted in the axial plane "
                  "(up to 1/8 of the size), so it cannot learn the 64 volumes' classes by heart"),
+    Variant("classifier-lungwindow-caug-c4-compact",
+            "classifier C on flipped and shifted volumes, 4 updates per iteration, λ 0.3, lung window, compact",
+            None, {"class_conditioning": "classifier", "d_windows": "lung"},
+            hparams={"class_loss": "per-head", "class_weight": 0.3, "c_augment": True, "c_steps": 4},
+            preset="compact",
+            note="the same, C updated 4 times per iteration (new slab positions, flips and shifts each time), "
+                 "as C alone needs about 12000 updates to learn the class from the augmented volumes"),
     Variant("n512-compact", "medgen's method, compact, 8x phantoms", None, preset="compact", more_phantoms=8,
             note="the same trained on 8 times as many phantoms (512 instead of 64 at the demo scale), so D cannot "
                  "learn each training volume's class by heart"),

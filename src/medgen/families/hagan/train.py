@@ -102,6 +102,11 @@ class HAGANHParams:
     (:func:`~medgen.families.hagan.classifier.augment_real`; False: as they are). On 64 phantoms C
     otherwise learns each training volume's class by heart (cross-entropy 0.006 after 4000
     iterations) and G satisfies it without changing the emphysema.
+    ``c_steps``: C's updates per iteration, each on the iteration's real batch at newly drawn slab
+    positions (and, with ``c_augment``, a new flip and shift). C is a small network and learns the
+    class far more slowly than G needs it on augmented volumes: alone on 64 augmented phantoms its
+    held-out cross-entropy is still 1.15 after 4000 updates (chance 1.39), so more updates per
+    iteration give G a class signal sooner at a small cost in time.
     """
 
     lr_g: float = 1e-4
@@ -120,6 +125,7 @@ class HAGANHParams:
     r1_every: int = 16
     encoder_every: int = 1
     c_augment: bool = False
+    c_steps: int = 1
 
     def validate(self) -> None:
         checks = [
@@ -138,6 +144,8 @@ class HAGANHParams:
             (isinstance(self.encoder_every, int) and not isinstance(self.encoder_every, bool) and self.encoder_every >= 1,
              f"encoder_every {self.encoder_every!r}: need an integer >= 1"),
             (isinstance(self.c_augment, bool), f"c_augment {self.c_augment!r}: true or false"),
+            (isinstance(self.c_steps, int) and not isinstance(self.c_steps, bool) and self.c_steps >= 1,
+             f"c_steps {self.c_steps!r}: need an integer >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -168,6 +176,9 @@ def build(cfg: HAGANConfig, hp: HAGANHParams, device: torch.device) -> dict[str,
     if hp.c_augment and not _classifier(cfg):
         raise UsageError("c_augment augments the inputs of the classifier C: it needs a class-conditional model "
                          "with --class-conditioning classifier")
+    if hp.c_steps != 1 and not _classifier(cfg):
+        raise UsageError(f"c_steps {hp.c_steps} sets the updates of the classifier C: it needs a class-conditional "
+                         "model with --class-conditioning classifier")
     nets: dict[str, nn.Module] = {"G": Generator(cfg).to(device), "D": Discriminator(cfg).to(device)}
     if hp.use_encoder:
         nets["E"] = Encoder(cfg).to(device)
@@ -271,17 +282,24 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
 
     # ---- C step: the auxiliary classifier learns the class from the real volumes only
     if C is not None:
-        c_slab, c_low = x_slab, x_low
-        if hp.c_augment:  # the same slab positions, each real volume flipped and shifted in-plane
-            x_aug = augment_real(x, max(1, cfg.size // C_SHIFT_DIVISOR), rng)
-            c_slab = G.selector.select_real(x_aug, starts)
-            if cfg.use_lowres:
-                c_low = F.interpolate(x_aug, scale_factor=1 / f, mode="trilinear", align_corners=False)
-        with s.amp():
-            cls_c = s.ddp["C"](c_slab, slab_pos, c_low)
-        loss_C_cls = class_loss(cls_c, labels, hp.class_loss)
-        s.update("C", loss_C_cls)
-        del cls_c
+        c_losses = []
+        for step in range(hp.c_steps):
+            c_starts, c_pos = starts, slab_pos  # the first update: D's slab positions
+            if step > 0:  # further updates: new slab positions
+                c_starts = G.selector.random_starts(b, generator=rng)
+                c_pos = G.selector.position(c_starts).to(device)
+            x_c = augment_real(x, max(1, cfg.size // C_SHIFT_DIVISOR), rng) if hp.c_augment else x
+            c_slab = x_slab if x_c is x and step == 0 else G.selector.select_real(x_c, c_starts)
+            c_low = x_low
+            if cfg.use_lowres and x_c is not x:
+                c_low = F.interpolate(x_c, scale_factor=1 / f, mode="trilinear", align_corners=False)
+            with s.amp():
+                cls_c = s.ddp["C"](c_slab, c_pos, c_low)
+            loss_C_step = class_loss(cls_c, labels, hp.class_loss)
+            s.update("C", loss_C_step)
+            c_losses.append(loss_C_step.detach())
+            del cls_c
+        loss_C_cls = torch.stack(c_losses).mean()  # logged: the mean over C's updates
 
     # ---- G step through the updated, frozen D (and C)
     D.requires_grad_(False)
