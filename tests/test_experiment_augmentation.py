@@ -157,7 +157,7 @@ def test_smoke_run_writes_both_settings_and_figures(smoke):
     config = yaml.safe_load((work / "runs" / "conditional-32-classifier" / "config.yaml").read_text())
     assert config["model"]["class_conditioning"] == "classifier" and len(config["model"]["d_windows"]) == 1
     assert (config["hparams"]["class_loss"], config["hparams"]["class_weight"]) == ("per-head", 0.3)
-    assert config["hparams"]["c_augment"] is True
+    assert config["hparams"]["c_augment"] is True and config["hparams"]["c_steps"] == 4
     assert "--conditioning classifier: D unconditional" in md
 
 

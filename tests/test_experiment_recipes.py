@@ -72,6 +72,8 @@ def test_recipes_smoke_run(tmp_path, capsys):
                                             "+ per-head, λ 1, tiny", "+ real-batch classes, tiny", "projection D, tiny",
                                             "medgen's method, compact", "classifier C, λ 0.3, lung window, compact",
                                             "classifier C on flipped and shifted volumes, λ 0.3, lung window, compact",
+                                            "classifier C on flipped and shifted volumes, 4 updates per iteration, "
+                                            "λ 0.3, lung window, compact",
                                             "medgen's method, compact, 8x phantoms",
                                             "classifier C, λ 0.3, compact, 8x phantoms",
                                             "classifier C, λ 0.3, lung window, compact, 8x phantoms",

@@ -11,8 +11,8 @@ given disease stage help a classifier of that stage?
    exactly those real volumes, so the synthetic volumes carry no information the
    real-only classifier lacks. ``--conditioning`` chooses how it obeys the class:
    ``classifier`` (default: a separate classifier C, learning from the real
-   volumes flipped and shifted in-plane, guides G; D also sees the lung
-   window) or ``discriminator`` (D's class heads, AC-GAN as in the paper).
+   volumes flipped and shifted in-plane with 4 updates per iteration, guides G;
+   D also sees the lung window) or ``discriminator`` (D's class heads, AC-GAN as in the paper).
 3. It generates ``--synthetic-per-class`` volumes for every class (default: as
    many as the largest real class, so the synthetic set is balanced and about the
    size of the real one).
@@ -53,10 +53,10 @@ DEFAULTS = {"label_column": "label", "no_jitter": False, "conditioning": "classi
 CONDITIONINGS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "discriminator": ({}, {}, "D^H and D^L predict the class (AC-GAN; one class loss on their mean logits, λ 0.1)"),
     "classifier": ({"class_conditioning": "classifier", "d_windows": "lung"},
-                   {"class_loss": "per-head", "class_weight": 0.3, "c_augment": True},
+                   {"class_loss": "per-head", "class_weight": 0.3, "c_augment": True, "c_steps": 4},
                    "D unconditional; a separate classifier C learns the class from the real volumes, flipped and "
-                   "shifted in-plane, and G's loss adds 0.3 x its cross-entropy per head; D and C also see the lung "
-                   "window"),
+                   "shifted in-plane, 4 updates per iteration, and G's loss adds 0.3 x its cross-entropy per head; "
+                   "D and C also see the lung window"),
 }
 
 CLASSIFIER_BATCH = 8  # volumes per classifier step (train_classifier's default)
@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: the size of the largest real class)")
     p.add_argument("--conditioning", choices=sorted(CONDITIONINGS), default="classifier",
                    help="how the generator obeys the class: 'classifier' (default; a separate classifier C on flipped "
-                        "and shifted volumes and the lung window, the best of medgen experiment recipes --conditional "
+                        "and shifted volumes, 4 updates per iteration, and the lung window, the best of medgen experiment recipes --conditional "
                         "on 64 phantoms) or 'discriminator' "
                         "(D's class heads, the paper's AC-GAN)")
     p.add_argument("--no-jitter", action="store_true",
