@@ -102,11 +102,13 @@ class HAGANHParams:
     (:func:`~medgen.families.hagan.classifier.augment_real`; False: as they are). On 64 phantoms C
     otherwise learns each training volume's class by heart (cross-entropy 0.006 after 4000
     iterations) and G satisfies it without changing the emphysema.
-    ``c_steps``: C's updates per iteration, each on the iteration's real batch at newly drawn slab
-    positions (and, with ``c_augment``, a new flip and shift). C is a small network and learns the
-    class far more slowly than G needs it on augmented volumes: alone on 64 augmented phantoms its
-    held-out cross-entropy is still 1.15 after 4000 updates (chance 1.39), so more updates per
-    iteration give G a class signal sooner at a small cost in time.
+    ``c_steps``: C's updates per iteration, all on the iteration's real batch, the first at D's slab
+    positions and the others at newly drawn ones (each, with ``c_augment``, with a new flip and
+    shift). On augmented volumes C learns the class far more slowly than G needs it: alone on 64
+    augmented phantoms its held-out cross-entropy is still 1.15 after 4000 updates (chance 1.39) and
+    about 1.0 after 8000-12000. With 4 updates per iteration the 64-phantom recipe's rank correlation
+    of class and emphysema rose from 0.56 to 0.93 (docs/results/recipes), at 1.84 instead of 2.19
+    iterations per second at 32³ on a CPU.
     """
 
     lr_g: float = 1e-4
