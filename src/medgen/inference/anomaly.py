@@ -146,9 +146,9 @@ def blob_score(volume: np.ndarray, reconstruction: np.ndarray, spacing: Any = (1
                sigma_mm: float = BLOB_MM) -> float:
     """``score_blob_max``: the largest :func:`blob_map` of ``x − x̂`` (model units) at σ = ``sigma_mm`` in
     each axis' voxels (``spacing`` in mm): the strongest compact bright spot the model of normal anatomy did
-    not predict. σ = 4.5 mm was the best of 3.4–8.8 mm for thorax-CT phantom nodules of 10 mm and more at
+    not predict. σ = 4.5 mm was the best of 2.5–8.8 mm for thorax-CT phantom nodules of 10 mm and more at
     64³ (6.25 mm voxels), where the scanner's blur and partial volume spread a nodule over a few voxels;
-    chosen on one test set, checked on another (docs/results/anomaly-64, README)."""
+    chosen on one test set of phantoms, checked on the experiment's (docs/results/anomaly-64, README)."""
     sig = float(sigma_mm) / np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
     x = np.asarray(volume, dtype=np.float32)
     return float(blob_map(x - np.asarray(reconstruction, dtype=np.float32), sig).max())
