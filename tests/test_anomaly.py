@@ -295,3 +295,66 @@ def test_normative_maps_standardise_each_voxel_by_the_reference_volumes(tmp_path
     # a rerun reads the reference maps back
     again = anomaly.reference_statistics(model, reference_dir, tmp_path / "o", progress=False)
     assert np.array_equal(again.mean, ref.mean)
+
+
+class BlobMissingModel(NormalModel):
+    """Removes the lesions (clips at 0.5) but misses the same bright blob in every volume, as reconstructions
+    miss the branching vessels at the hila: there x − x̂ is a blob stronger than any lesion's."""
+
+    def __init__(self):
+        super().__init__()
+        g = np.mgrid[:S, :S, :S].astype(np.float32) - 12.0  # far from the lesions (around voxel 8, 8, 6)
+        self.missed = np.exp(-(g**2).sum(0) / (2 * 1.5**2)).astype(np.float32)
+
+    def reconstruct(self, volumes, batch_size=1):
+        return np.minimum(np.asarray(volumes, dtype=np.float32), 0.5) - self.missed
+
+
+def _set_spacing(root, mm):
+    rows = read_scores(root / "manifest.csv")
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "spacing": str(mm)} for r in rows)
+    return root
+
+
+def test_blob_excess_ignores_the_blob_every_reconstruction_misses_and_finds_the_lesions(tmp_path):
+    from scipy import ndimage as ndi
+    from sklearn.metrics import roc_auc_score
+
+    data = _set_spacing(lesion_dataset(tmp_path / "d"), 3.0)  # σ = 4.5 mm = 1.5 voxels
+    reference_dir = _set_spacing(make_dataset(tmp_path / "ref", n=4, size=S, seed=5), 3.0)
+    model = BlobMissingModel()
+    ref = anomaly.reference_statistics(model, reference_dir, tmp_path / "o", progress=False)
+    # the envelope by hand: each reference volume's blob map of x − x̂, their voxel-wise maximum, widened by
+    # one voxel on each side
+    blobs = []
+    for i in range(4):
+        x = np.load(reference_dir / "volumes" / f"v{i}.npy").astype(np.float32)
+        blobs.append(anomaly.blob_map(x - model.reconstruct(x[None])[0], 1.5))
+    envelope = ndi.maximum_filter(np.max(blobs, axis=0), size=3, mode="nearest")
+    assert np.allclose(ref.blob_envelope, envelope, atol=1e-6)
+    missed = float(blobs[0].max())  # the missed blob's response: σ²·A·s³/(s² + σ²)^{5/2} = 0.177
+    assert missed == pytest.approx(2.25 * 1.5**3 / 4.5**2.5, rel=0.03)
+
+    summary = anomaly.anomaly_dataset(model, data, tmp_path / "o", progress=False, figures=0, reference=ref)
+    rows = read_scores(tmp_path / "o" / "scores.csv")
+    y = [int(r["abnormal"]) for r in rows]
+    plain = [float(r["score_blob_max"]) for r in rows]
+    excess = [float(r["score_blob_excess"]) for r in rows]
+    # without the reference every volume scores the missed blob, lesion or not
+    assert all(v == pytest.approx(missed, rel=0.02) for v in plain)
+    # with it the normal volumes score about 0 and each lesion (a 3³ cube of +0.4) well above
+    assert max(e for e, a in zip(excess, y) if not a) < 0.01 < 0.05 < min(e for e, a in zip(excess, y) if a)
+    x1 = np.load(data / "volumes" / "v1.npy").astype(np.float32)
+    by_hand = anomaly.blob_map(x1 - model.reconstruct(x1[None])[0], 1.5) - envelope
+    assert excess[1] == pytest.approx(float(by_hand.max()), rel=1e-5)
+    normative = summary.metrics["normative"]
+    assert normative["auroc_score_blob_max"] == pytest.approx(roc_auc_score(y, excess)) == 1.0
+    assert summary.metrics["auroc_score_blob_max"] == pytest.approx(roc_auc_score(y, plain))
+    # the reference's statistics are saved with it
+    with np.load(tmp_path / "o" / "reference.npz") as z:
+        assert np.array_equal(z["blob_envelope"], ref.blob_envelope)
+    with pytest.raises(ValueError, match="envelope is"):
+        ref.blob_excess(np.zeros((4, 4, 4), np.float32))

@@ -31,6 +31,7 @@ def test_auroc_of_the_large_lesions_leaves_out_the_small_ones():
     (["--detectors", "ae,nope"], "--detectors"),
     (["--lesions", "wmh"], "--lesions"),
     (["--minutes", "0"], "--minutes"),
+    (["--test-volumes", "2"], "--test-volumes"),
 ])
 def test_bad_options_are_one_line_usage_errors(tmp_path, capsys, argv, words):
     code = main(["experiment", "anomaly", "--scale", "smoke", "--work", str(tmp_path / "w"),
@@ -45,7 +46,8 @@ def test_smoke_run_scores_every_detector_on_every_lesion_kind(tmp_path):
 
     out, work = tmp_path / "out", tmp_path / "work"
     assert main(["experiment", "anomaly", "--scale", "smoke", "--work", str(work), "--out", str(out),
-                 "--detectors", "ae,vae", "--lesions", "mass", "--minutes", "0.02", "--no-progress"]) == 0
+                 "--detectors", "ae,vae", "--lesions", "mass", "--minutes", "0.02", "--test-volumes", "8",
+                 "--no-progress"]) == 0
     rows = list(csv.DictReader(open(out / "anomaly.csv")))
     assert [(r["lesion"], r["detector"], r["map"]) for r in rows] == [
         ("mass", "autoencoder", "residual"), ("mass", "autoencoder", "normative"),
@@ -54,21 +56,21 @@ def test_smoke_run_scores_every_detector_on_every_lesion_kind(tmp_path):
     record = json.loads((out / "experiment.json").read_text())
     runs = record["results"]["runs"]
     for row, det, column in zip(rows, ("ae", "ae", "vae", "vae"), ("score", "z_score_mean") * 2):
-        scored = next((work / "anomaly").glob(f"{det}-{exp.Path(runs[det]).name}-it*/mass"))
+        scored = next((work / "anomaly").glob(f"{det}-{exp.Path(runs[det]).name}-it*/mass-n8"))
         vols = list(csv.DictReader(open(scored / "scores.csv")))
         y = [int(v["abnormal"]) for v in vols]
         assert 0 < sum(y) < len(y) and float(row["auroc"]) == pytest.approx(
             roc_auc_score(y, [float(v[column]) for v in vols]))
-        if row["map"] == "residual":  # the blob score's AUROC, of the blob scores written
-            assert float(row["auroc_blob"]) == pytest.approx(roc_auc_score(y, [float(v["score_blob_max"]) for v in vols]))
-        else:
-            assert row["auroc_blob"] == ""
+        # the blob score's AUROC, of the blob scores written: normative rows its excess over the reference
+        blob = "score_blob_max" if row["map"] == "residual" else "score_blob_excess"
+        assert float(row["auroc_blob"]) == pytest.approx(roc_auc_score(y, [float(v[blob]) for v in vols]))
         assert 0 < float(row["lesion_voxel_fraction"]) < 0.2 and 0 <= float(row["best_dice"]) <= 1
         assert int(row["iterations"]) >= 1
     # the test set: half of the volumes with a mass, its lesion map aligned with the image
-    manifest = list(csv.DictReader(open(work / "data" / "lesions-mass-32" / "manifest.csv")))
-    assert {"abnormal", "lesion"} <= set(manifest[0])
-    lesion = np.load(work / "data" / "lesions-mass-32" / manifest[0]["lesion"])
+    manifest = list(csv.DictReader(open(work / "data" / "lesions-mass-32-n8" / "manifest.csv")))
+    assert {"abnormal", "lesion"} <= set(manifest[0]) and len(manifest) == 8 == len(vols)  # --test-volumes 8
+    assert "--test-volumes 8" in (out / "anomaly.md").read_text()
+    lesion = np.load(work / "data" / "lesions-mass-32-n8" / manifest[0]["lesion"])
     assert lesion.shape == (32, 32, 32)
     assert (out / "anomaly-mass.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "anomaly.md").read_text()

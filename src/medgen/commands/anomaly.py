@@ -42,7 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", default=None, metavar="NORMAL_DATA",
                    help="a preprocessed data set of normal volumes not used in training: also write normative "
                         "maps (each voxel's residual standardised by those volumes' mean and spread there; "
-                        "OUT/maps_normative/, z_score_* columns, 'normative' in metrics.json)")
+                        "OUT/maps_normative/, z_score_* columns, 'normative' in metrics.json) and the "
+                        "score_blob_excess column (how far the brightest compact spot of x - x̂ exceeds what "
+                        "those volumes show at that place)")
     p.add_argument("--noise-level", type=float, default=None, metavar="F",
                    help="diffusion models: the fraction of the forward process the volume is noised to before "
                         "it is denoised back (0 < F <= 1; default the model's)")

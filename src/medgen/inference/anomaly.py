@@ -32,7 +32,12 @@ mean μ(v) and standard deviation σ(v) of their maps give a second map, the nor
 volumes show there (the median of σ over the volume keeps voxels where σ is near 0, e.g. air, from
 dominating). It assumes the volumes are roughly aligned, as preprocessed phantoms or registered scans are.
 Its scores are written as ``z_score_mean``, ``z_score_p99``, ``z_score_max`` and its metrics under
-``normative`` in ``metrics.json``; the maps as ``maps_normative/<id>.nii.gz``.
+``normative`` in ``metrics.json``; the maps as ``maps_normative/<id>.nii.gz``. The reference also gives
+``score_blob_excess``: the blob map of x − x̂ minus the strongest blob any reference volume shows within
+one voxel of the same place (:func:`blob_envelope`), maximised over the volume — a bright spot where normal
+volumes have none (a nodule in the lung) counts, the residual blobs every reconstruction leaves at the same
+places (branching vessels at the hila, bone) do not; under ``normative`` it is the blob score
+(``auroc_score_blob_max``).
 
 Outputs in ``OUT`` (written atomically; a rerun skips volumes whose outputs exist):
 
@@ -104,6 +109,11 @@ LUNG_HU = -500.0
 #: The bright-blob score (:func:`blob_map`): its column and the scale σ of its Gaussian derivatives (mm).
 BLOB_COLUMN = "score_blob_max"
 BLOB_MM = 4.5
+#: With a normal reference (``--reference``): how far the strongest bright blob of a volume exceeds the
+#: strongest that the reference volumes show at the same place (:meth:`Reference.blob_excess`), and the
+#: misalignment (voxels) that comparison tolerates (:func:`blob_envelope`).
+BLOB_EXCESS_COLUMN = "score_blob_excess"
+ENVELOPE_TOLERANCE = 1
 
 
 def blob_map(residual: np.ndarray, sigma: Any) -> np.ndarray:
@@ -142,16 +152,34 @@ def blob_map(residual: np.ndarray, sigma: Any) -> np.ndarray:
     return out
 
 
-def blob_score(volume: np.ndarray, reconstruction: np.ndarray, spacing: Any = (1.0, 1.0, 1.0),
-               sigma_mm: float = BLOB_MM) -> float:
-    """``score_blob_max``: the largest :func:`blob_map` of ``x − x̂`` (model units) at σ = ``sigma_mm`` in
-    each axis' voxels (``spacing`` in mm): the strongest compact bright spot the model of normal anatomy did
-    not predict. σ = 4.5 mm was the best of 2.5–8.8 mm for thorax-CT phantom nodules of 10 mm and more at
-    64³ (6.25 mm voxels), where the scanner's blur and partial volume spread a nodule over a few voxels;
-    chosen on one test set of phantoms, checked on the experiment's (docs/results/anomaly-64, README)."""
+def residual_blob_map(volume: np.ndarray, reconstruction: np.ndarray, spacing: Any = (1.0, 1.0, 1.0),
+                      sigma_mm: float = BLOB_MM) -> np.ndarray:
+    """The :func:`blob_map` of ``x − x̂`` (model units) at σ = ``sigma_mm`` in each axis' voxels (``spacing``
+    in mm). σ = 4.5 mm was the best of 2.5–8.8 mm for thorax-CT phantom nodules of 10 mm and more at 64³
+    (6.25 mm voxels), where the scanner's blur and partial volume spread a nodule over a few voxels; chosen
+    on one test set of phantoms, checked on the experiment's (docs/results/anomaly-64, README)."""
     sig = float(sigma_mm) / np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
     x = np.asarray(volume, dtype=np.float32)
-    return float(blob_map(x - np.asarray(reconstruction, dtype=np.float32), sig).max())
+    return blob_map(x - np.asarray(reconstruction, dtype=np.float32), sig)
+
+
+def blob_score(volume: np.ndarray, reconstruction: np.ndarray, spacing: Any = (1.0, 1.0, 1.0),
+               sigma_mm: float = BLOB_MM) -> float:
+    """``score_blob_max``: the largest :func:`residual_blob_map`, the strongest compact bright spot the model
+    of normal anatomy did not predict."""
+    return float(residual_blob_map(volume, reconstruction, spacing, sigma_mm).max())
+
+
+def blob_envelope(blob_maps: list[np.ndarray], tolerance: int = ENVELOPE_TOLERANCE) -> np.ndarray:
+    """The strongest bright blob that normal volumes show at each voxel: the voxel-wise maximum of their
+    :func:`residual_blob_map`, widened by a maximum filter over ``tolerance`` voxels on each side (the volumes
+    are aligned only roughly). Float32."""
+    from scipy import ndimage as ndi
+
+    if not blob_maps:
+        raise ValueError("no blob maps: need the maps of at least one normal volume")
+    top = np.max(np.stack([np.asarray(m, np.float32) for m in blob_maps]), axis=0)
+    return ndi.maximum_filter(top, size=2 * int(tolerance) + 1, mode="nearest") if tolerance > 0 else top
 
 
 def signed_scores(volume: np.ndarray, reconstruction: np.ndarray, info: dict[str, Any] | None = None
@@ -334,11 +362,24 @@ def _read_scan_rows(data_dir: Path) -> dict[str, dict[str, str]]:
 
 @dataclass(frozen=True)
 class Reference:
-    """Voxel-wise mean and standard deviation of the anomaly maps of ``n`` normal volumes."""
+    """Voxel-wise mean and standard deviation of the anomaly maps of ``n`` normal volumes, and the
+    :func:`blob_envelope` of their residuals (None where it was not computed)."""
 
     mean: np.ndarray
     std: np.ndarray
     n: int
+    blob_envelope: np.ndarray | None = None
+
+    def blob_excess(self, blob: np.ndarray) -> float:
+        """``score_blob_excess`` of a volume's :func:`residual_blob_map` ``blob``: the largest amount by which
+        it exceeds :attr:`blob_envelope` — positive where the volume has a brighter compact spot than any
+        reference volume had there, negative where none."""
+        if self.blob_envelope is None:
+            raise ValueError("this reference has no blob envelope")
+        b = np.asarray(blob, np.float32)
+        if b.shape != self.blob_envelope.shape:
+            raise ValueError(f"a blob map of {b.shape}, the reference's envelope is {self.blob_envelope.shape}")
+        return float((b - self.blob_envelope).max())
 
     def standardise(self, amap: np.ndarray) -> np.ndarray:
         """The normative map of ``amap`` (module docstring)."""
@@ -350,10 +391,13 @@ class Reference:
 def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress: bool = True,
                          **options: Any) -> Reference:
     """The :class:`Reference` of the normal volumes of the preprocessed data set ``data_dir`` under ``model``
-    (every subject; their maps are kept in ``out_dir/reference/`` so an interrupted run continues, and the
-    statistics in ``out_dir/reference.npz``). InputError for fewer than two volumes or another size."""
+    (every subject; their maps are kept in ``out_dir/reference/`` and their residuals' blob maps in
+    ``out_dir/reference_blob/``, so an interrupted run continues, and the statistics in
+    ``out_dir/reference.npz``). InputError for fewer than two volumes or another size."""
     from tqdm import tqdm
 
+    from medgen.core.fileio import atomic_save_npy
+    from medgen.core.volume import parse_spacing
     from medgen.data.dataset import VolumeDataset, load_preprocess_info
 
     info = load_preprocess_info(data_dir)
@@ -363,25 +407,31 @@ def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress:
     ds = VolumeDataset(data_dir, split="all", label_column=None, keys=("image",))
     if len(ds) < 2:
         raise InputError(f"--reference {data_dir}: {len(ds)} volume(s); need at least two normal volumes")
+    manifest = _read_scan_rows(data_dir)
     total = np.zeros((size,) * 3, np.float64)
     squares = np.zeros((size,) * 3, np.float64)
+    blobs = []
     for i in tqdm(range(len(ds)), desc="reference", unit="vol", disable=not progress):
         item = ds[i]
         cache = out_dir / "reference" / f"{item['id']}.npy"
-        if cache.is_file():
-            amap = np.load(cache)
+        blob_cache = out_dir / "reference_blob" / f"{item['id']}.npy"
+        if cache.is_file() and blob_cache.is_file():
+            amap, blob = np.load(cache), np.load(blob_cache)
         else:
-            amap = detect(model, item["image"][0].numpy().astype(np.float32), **options)["map"]
-            from medgen.core.fileio import atomic_save_npy
-
+            x = item["image"][0].numpy().astype(np.float32)
+            res = detect(model, x, **options)
+            spacing = parse_spacing(manifest.get(item["id"], {}).get("spacing", "")) or (1.0, 1.0, 1.0)
+            amap, blob = res["map"], residual_blob_map(x, res["reconstruction"], spacing)
             atomic_save_npy(cache, amap.astype(np.float32))
+            atomic_save_npy(blob_cache, blob.astype(np.float32))
         total += amap
         squares += np.square(amap, dtype=np.float64)
+        blobs.append(blob.astype(np.float32))
     n = len(ds)
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean**2, 0.0) * n / (n - 1))
-    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n)
-    _save_npz(out_dir / "reference.npz", mean=ref.mean, std=ref.std, n=np.int64(n))
+    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n, blob_envelope(blobs))
+    _save_npz(out_dir / "reference.npz", mean=ref.mean, std=ref.std, n=np.int64(n), blob_envelope=ref.blob_envelope)
     return ref
 
 
@@ -428,12 +478,14 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
         spacing = parse_spacing(manifest.get(sid, {}).get("spacing", "")) or (1.0, 1.0, 1.0)
         back = (lambda y: hounsfield_int16(y, ct_window(info))) if is_ct(info) else (lambda y: y.astype(np.float32))
         res = _detect_and_write(model, x, sid, out_dir, spacing_affine(spacing), back, scale, summary, options)
+        blob = residual_blob_map(x, res["reconstruction"], spacing)
         row: dict[str, Any] = {"id": sid, "score": res["score"], **{k: res[k] for k in SCORE_COLUMNS},
-                               **signed_scores(x, res["reconstruction"], info),
-                               BLOB_COLUMN: blob_score(x, res["reconstruction"], spacing)}
+                               **signed_scores(x, res["reconstruction"], info), BLOB_COLUMN: float(blob.max())}
         if reference is not None:
             zmap = reference.standardise(res["map"])
             row.update({f"z_{k}": v for k, v in volume_scores(zmap).items()})
+            if reference.blob_envelope is not None:
+                row[BLOB_EXCESS_COLUMN] = reference.blob_excess(blob)
             target = out_dir / "maps_normative" / f"{sid}.nii.gz"
             if not target.is_file():
                 from medgen.data.io import write_nifti
@@ -479,9 +531,12 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
                                        lesions if has_lesion else None, spacings)
         metrics.update(data=str(data_dir), split=split, map_units=units)
         if reference is not None:
-            signed = (*SIGNED_COLUMNS, LUNG_COLUMN, BLOB_COLUMN)  # of the residual itself: not normative scores
+            signed = (*SIGNED_COLUMNS, LUNG_COLUMN, BLOB_COLUMN, BLOB_EXCESS_COLUMN)  # of the residual itself
+            # the normative metrics: the standardised map's scores, and as the blob score its excess over
+            # the reference's envelope
             zrows = [{**{k: v for k, v in r.items() if k not in signed}, "score": r["z_score_mean"],
-                      **{k: r[f"z_{k}"] for k in SCORE_COLUMNS}} for r in rows]
+                      **{k: r[f"z_{k}"] for k in SCORE_COLUMNS},
+                      **({BLOB_COLUMN: r[BLOB_EXCESS_COLUMN]} if BLOB_EXCESS_COLUMN in r else {})} for r in rows]
             metrics["normative"] = ground_truth_metrics(zrows, zmaps, masks if has_lesion else None,
                                                         lesions if has_lesion else None, spacings)
             metrics["normative"]["reference_volumes"] = reference.n
