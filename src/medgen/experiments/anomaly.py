@@ -3,7 +3,7 @@
 1. Normal training data: the workspace's thorax-CT training phantoms, which have no lesions (``medgen
    phantoms --normal`` writes the same volumes), at the scale's small size.
 2. Test sets, one per lesion kind (``--lesions``, default nodule, emphysema, mass): held-out phantoms of
-   other seeds, rendered at the training phantoms' size and preprocessed like them, half of them with lesions
+   other seeds (``--test-volumes`` of them, default the scale's held-out count), rendered at the training phantoms' size and preprocessed like them, half of them with lesions
    of that kind painted in (``medgen phantoms --lesions KIND``), each with its lesion instance map.
 3. Detectors (``--detectors``), each trained on the normal volumes only, ``--minutes`` of training each at
    its measured speed (the families experiment's budget, so its runs are shared):
@@ -24,7 +24,8 @@
 
 4. ``medgen anomaly`` on every test set with every detector: the per-volume scores and voxel maps
    (:mod:`medgen.inference.anomaly`), scored against the ground truth, for the residual map and for the
-   normative map standardised by the workspace's held-out normal phantoms (``--reference``).
+   normative map standardised by the workspace's held-out normal phantoms (``--reference``), whose blob
+   score is ``score_blob_excess`` (the residual's bright blobs above those of the reference volumes).
 
 Writes ``anomaly.csv``/``.md``: per detector and lesion kind, volume-level AUROC and AUPRC of the
 detector's score (the mean residual; f-AnoGAN: its own) and AUROC of the 99th percentile of the map,
