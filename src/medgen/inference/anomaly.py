@@ -63,7 +63,7 @@ import csv
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -170,15 +170,18 @@ def blob_score(volume: np.ndarray, reconstruction: np.ndarray, spacing: Any = (1
     return float(residual_blob_map(volume, reconstruction, spacing, sigma_mm).max())
 
 
-def blob_envelope(blob_maps: list[np.ndarray], tolerance: int = ENVELOPE_TOLERANCE) -> np.ndarray:
+def blob_envelope(blob_maps: Iterable[np.ndarray], tolerance: int = ENVELOPE_TOLERANCE) -> np.ndarray:
     """The strongest bright blob that normal volumes show at each voxel: the voxel-wise maximum of their
     :func:`residual_blob_map`, widened by a maximum filter over ``tolerance`` voxels on each side (the volumes
-    are aligned only roughly). Float32."""
+    are aligned only roughly). A running maximum: one map in memory besides the result. Float32."""
     from scipy import ndimage as ndi
 
-    if not blob_maps:
+    top = None
+    for m in blob_maps:
+        m = np.asarray(m, np.float32)
+        top = m.copy() if top is None else np.maximum(top, m, out=top)
+    if top is None:
         raise ValueError("no blob maps: need the maps of at least one normal volume")
-    top = np.max(np.stack([np.asarray(m, np.float32) for m in blob_maps]), axis=0)
     return ndi.maximum_filter(top, size=2 * int(tolerance) + 1, mode="nearest") if tolerance > 0 else top
 
 
@@ -410,7 +413,7 @@ def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress:
     manifest = _read_scan_rows(data_dir)
     total = np.zeros((size,) * 3, np.float64)
     squares = np.zeros((size,) * 3, np.float64)
-    blobs = []
+    top = np.full((size,) * 3, -np.inf, np.float32)  # the voxel-wise maximum of the blob maps so far
     for i in tqdm(range(len(ds)), desc="reference", unit="vol", disable=not progress):
         item = ds[i]
         cache = out_dir / "reference" / f"{item['id']}.npy"
@@ -426,11 +429,11 @@ def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress:
             atomic_save_npy(blob_cache, blob.astype(np.float32))
         total += amap
         squares += np.square(amap, dtype=np.float64)
-        blobs.append(blob.astype(np.float32))
+        np.maximum(top, blob.astype(np.float32), out=top)
     n = len(ds)
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean**2, 0.0) * n / (n - 1))
-    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n, blob_envelope(blobs))
+    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n, blob_envelope([top]))
     _save_npz(out_dir / "reference.npz", mean=ref.mean, std=ref.std, n=np.int64(n), blob_envelope=ref.blob_envelope)
     return ref
 
