@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="a preprocessed data set of normal volumes not used in training: also write normative "
                         "maps (each voxel's residual standardised by those volumes' mean and spread there; "
                         "OUT/maps_normative/, z_score_* columns, 'normative' in metrics.json) and the "
-                        "score_blob_excess column (how far the brightest compact spot of x - x̂ exceeds what "
+                        "score_blob_excess column (how far the brightest compact spot of x - x_rec exceeds what "
                         "those volumes show at that place)")
     p.add_argument("--noise-level", type=float, default=None, metavar="F",
                    help="diffusion models: the fraction of the forward process the volume is noised to before "
