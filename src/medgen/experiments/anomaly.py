@@ -3,8 +3,9 @@
 1. Normal training data: the workspace's thorax-CT training phantoms, which have no lesions (``medgen
    phantoms --normal`` writes the same volumes), at the scale's small size.
 2. Test sets, one per lesion kind (``--lesions``, default nodule, emphysema, mass): held-out phantoms of
-   other seeds (``--test-volumes`` of them, default the scale's held-out count), rendered at the training phantoms' size and preprocessed like them, half of them with lesions
-   of that kind painted in (``medgen phantoms --lesions KIND``), each with its lesion instance map.
+   other seeds (``--test-volumes`` of them, default the scale's held-out count), rendered at the training
+   phantoms' size and preprocessed like them, half of them with lesions of that kind painted in (``medgen
+   phantoms --lesions KIND``), each with its lesion instance map.
 3. Detectors (``--detectors``), each trained on the normal volumes only, ``--minutes`` of training each at
    its measured speed (the families experiment's budget, so its runs are shared):
 
