@@ -181,8 +181,7 @@ def table_row(kind: str, detector: str, run: Path, metrics: dict[str, Any], rows
         "auroc_lung": metrics.get("auroc_score_lung_max"),
         "auroc_lung_10mm": auroc_subset(rows, LARGE_MM, "score_lung_max") if map_kind == "residual" else None,
         "auroc_blob": metrics.get("auroc_score_blob_max"),
-        "auroc_blob_10mm": auroc_subset(rows, LARGE_MM, "score_blob_max") if metrics.get("auroc_score_blob_max")
-        is not None else None,
+        "auroc_blob_10mm": auroc_subset(rows, LARGE_MM, "score_blob_max"),
         "voxel_auroc": metrics.get("voxel_auroc"),
         "voxel_auprc": metrics.get("voxel_auprc"), "lesion_voxel_fraction": metrics.get("lesion_voxel_fraction"),
         "best_dice": metrics.get("best_dice"),
@@ -288,7 +287,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
             per_volume[f"{det}/{kind}"] = vols
             metrics = summary.metrics or {}
             rows.append(table_row(kind, det, run_dir, metrics, vols))
-            zvols = [{**v, "score": v["z_score_mean"], "score_blob_max": v.get("score_blob_excess")} for v in vols]
+            zvols = [{**v, "score": v["z_score_mean"], "score_blob_max": v["score_blob_excess"]} for v in vols]
             rows.append(table_row(kind, det, run_dir, metrics.get("normative") or {}, zvols, "normative"))
             scored[kind][det] = out_dir
             r = rows[-2]

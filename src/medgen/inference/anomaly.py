@@ -63,7 +63,7 @@ import csv
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -170,18 +170,13 @@ def blob_score(volume: np.ndarray, reconstruction: np.ndarray, spacing: Any = (1
     return float(residual_blob_map(volume, reconstruction, spacing, sigma_mm).max())
 
 
-def blob_envelope(blob_maps: Iterable[np.ndarray], tolerance: int = ENVELOPE_TOLERANCE) -> np.ndarray:
-    """The strongest bright blob that normal volumes show at each voxel: the voxel-wise maximum of their
-    :func:`residual_blob_map`, widened by a maximum filter over ``tolerance`` voxels on each side (the volumes
-    are aligned only roughly). A running maximum: one map in memory besides the result. Float32."""
+def blob_envelope(strongest: np.ndarray, tolerance: int = ENVELOPE_TOLERANCE) -> np.ndarray:
+    """The strongest bright blob that normal volumes show at each voxel: ``strongest``, the voxel-wise maximum
+    of their :func:`residual_blob_map`, widened by a maximum filter over ``tolerance`` voxels on each side
+    (the volumes are aligned only roughly). Float32."""
     from scipy import ndimage as ndi
 
-    top = None
-    for m in blob_maps:
-        m = np.asarray(m, np.float32)
-        top = m.copy() if top is None else np.maximum(top, m, out=top)
-    if top is None:
-        raise ValueError("no blob maps: need the maps of at least one normal volume")
+    top = np.asarray(strongest, np.float32)
     return ndi.maximum_filter(top, size=2 * int(tolerance) + 1, mode="nearest") if tolerance > 0 else top
 
 
@@ -366,19 +361,17 @@ def _read_scan_rows(data_dir: Path) -> dict[str, dict[str, str]]:
 @dataclass(frozen=True)
 class Reference:
     """Voxel-wise mean and standard deviation of the anomaly maps of ``n`` normal volumes, and the
-    :func:`blob_envelope` of their residuals (None where it was not computed)."""
+    :func:`blob_envelope` of their residuals."""
 
     mean: np.ndarray
     std: np.ndarray
     n: int
-    blob_envelope: np.ndarray | None = None
+    blob_envelope: np.ndarray
 
     def blob_excess(self, blob: np.ndarray) -> float:
         """``score_blob_excess`` of a volume's :func:`residual_blob_map` ``blob``: the largest amount by which
         it exceeds :attr:`blob_envelope` — positive where the volume has a brighter compact spot than any
         reference volume had there, negative where none."""
-        if self.blob_envelope is None:
-            raise ValueError("this reference has no blob envelope")
         b = np.asarray(blob, np.float32)
         if b.shape != self.blob_envelope.shape:
             raise ValueError(f"a blob map of {b.shape}, the reference's envelope is {self.blob_envelope.shape}")
@@ -413,7 +406,7 @@ def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress:
     manifest = _read_scan_rows(data_dir)
     total = np.zeros((size,) * 3, np.float64)
     squares = np.zeros((size,) * 3, np.float64)
-    top = np.full((size,) * 3, -np.inf, np.float32)  # the voxel-wise maximum of the blob maps so far
+    strongest = np.full((size,) * 3, -np.inf, np.float32)  # the voxel-wise maximum of the blob maps so far
     for i in tqdm(range(len(ds)), desc="reference", unit="vol", disable=not progress):
         item = ds[i]
         cache = out_dir / "reference" / f"{item['id']}.npy"
@@ -429,11 +422,11 @@ def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress:
             atomic_save_npy(blob_cache, blob.astype(np.float32))
         total += amap
         squares += np.square(amap, dtype=np.float64)
-        np.maximum(top, blob.astype(np.float32), out=top)
+        np.maximum(strongest, blob.astype(np.float32), out=strongest)
     n = len(ds)
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean**2, 0.0) * n / (n - 1))
-    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n, blob_envelope([top]))
+    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n, blob_envelope(strongest))
     _save_npz(out_dir / "reference.npz", mean=ref.mean, std=ref.std, n=np.int64(n), blob_envelope=ref.blob_envelope)
     return ref
 
@@ -487,8 +480,7 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
         if reference is not None:
             zmap = reference.standardise(res["map"])
             row.update({f"z_{k}": v for k, v in volume_scores(zmap).items()})
-            if reference.blob_envelope is not None:
-                row[BLOB_EXCESS_COLUMN] = reference.blob_excess(blob)
+            row[BLOB_EXCESS_COLUMN] = reference.blob_excess(blob)
             target = out_dir / "maps_normative" / f"{sid}.nii.gz"
             if not target.is_file():
                 from medgen.data.io import write_nifti
@@ -538,8 +530,7 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
             # the normative metrics: the standardised map's scores, and as the blob score its excess over
             # the reference's envelope
             zrows = [{**{k: v for k, v in r.items() if k not in signed}, "score": r["z_score_mean"],
-                      **{k: r[f"z_{k}"] for k in SCORE_COLUMNS},
-                      **({BLOB_COLUMN: r[BLOB_EXCESS_COLUMN]} if BLOB_EXCESS_COLUMN in r else {})} for r in rows]
+                      **{k: r[f"z_{k}"] for k in SCORE_COLUMNS}, BLOB_COLUMN: r[BLOB_EXCESS_COLUMN]} for r in rows]
             metrics["normative"] = ground_truth_metrics(zrows, zmaps, masks if has_lesion else None,
                                                         lesions if has_lesion else None, spacings)
             metrics["normative"]["reference_volumes"] = reference.n
