@@ -356,5 +356,112 @@ def test_blob_excess_ignores_the_blob_every_reconstruction_misses_and_finds_the_
     # the reference's statistics are saved with it
     with np.load(tmp_path / "o" / "reference.npz") as z:
         assert np.array_equal(z["blob_envelope"], ref.blob_envelope)
+        assert np.array_equal(z["blob_null"], ref.blob_null)
     with pytest.raises(ValueError, match="envelope is"):
         ref.blob_excess(np.zeros((4, 4, 4), np.float32))
+
+
+class HalfModel(NormalModel):
+    """Reconstructs half of each volume, so every residual (x/2) and its blobs differ from volume to volume."""
+
+    def reconstruct(self, volumes, batch_size=1):
+        return 0.5 * np.asarray(volumes, dtype=np.float32)
+
+
+def test_blob_null_is_each_reference_volume_against_the_others_and_calibrates_the_excess(tmp_path):
+    from scipy import ndimage as ndi
+
+    reference_dir = _set_spacing(make_dataset(tmp_path / "ref", n=5, size=S, seed=9), 3.0)
+    model = HalfModel()
+    ref = anomaly.reference_statistics(model, reference_dir, tmp_path / "o", progress=False)
+    blobs = [anomaly.blob_map(0.5 * np.load(reference_dir / "volumes" / f"v{i}.npy").astype(np.float32), 1.5)
+             for i in range(5)]
+    # leave-one-out by hand: volume i against the envelope of the four others
+    null = [float((blobs[i] - ndi.maximum_filter(np.max(blobs[:i] + blobs[i + 1:], axis=0), size=3,
+                                                 mode="nearest")).max()) for i in range(5)]
+    assert np.allclose(ref.blob_null, null, atol=1e-6)
+    assert np.std(null) > 1e-3  # the volumes differ, so taking the full envelope instead would show
+    full = [float((b - ref.blob_envelope).max()) for b in blobs]
+    assert max(full) <= 0.0 < max(null)  # against the envelope they are part of, no volume has any excess
+    # the calibrated excess: (excess − the null's mean) / its standard deviation
+    assert ref.blob_excess_z(0.3) == pytest.approx((0.3 - np.mean(null)) / np.std(null, ddof=1), rel=1e-9)
+    data = lesion_dataset(tmp_path / "d")
+    anomaly.anomaly_dataset(model, _set_spacing(data, 3.0), tmp_path / "o", progress=False, figures=0, reference=ref)
+    rows = read_scores(tmp_path / "o" / "scores.csv")
+    for r in rows:
+        assert float(r["score_blob_excess_z"]) == pytest.approx(
+            (float(r["score_blob_excess"]) - np.mean(null)) / np.std(null, ddof=1), rel=1e-5)
+    with np.load(tmp_path / "o" / "reference.npz") as z:
+        assert np.array_equal(z["blob_null"], ref.blob_null)
+    # a rerun reads the cached maps back and gives the same null
+    again = anomaly.reference_statistics(model, reference_dir, tmp_path / "o", progress=False)
+    assert np.array_equal(again.blob_null, ref.blob_null)
+
+
+class BlurModel(NormalModel):
+    """Reconstructs a blurred volume, as a coarse autoencoder does: another residual than HalfModel's."""
+
+    def reconstruct(self, volumes, batch_size=1):
+        from scipy import ndimage as ndi
+
+        return np.stack([ndi.gaussian_filter(v, 1.0) for v in np.asarray(volumes, dtype=np.float32)])
+
+
+def _scored(tmp_path, model, name, data, reference_dir, **kw):
+    ref = anomaly.reference_statistics(model, reference_dir, tmp_path / name, progress=False)
+    anomaly.anomaly_dataset(model, data, tmp_path / name, progress=False, figures=0, reference=ref, **kw)
+    return tmp_path / name
+
+
+def test_the_ensemble_averages_the_calibrated_excess_of_its_members_and_scores_it(tmp_path, capsys):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from medgen.cli import main
+
+    data = _set_spacing(lesion_dataset(tmp_path / "d", n=8), 3.0)
+    reference_dir = _set_spacing(make_dataset(tmp_path / "ref", n=5, size=S, seed=9), 3.0)
+    half = _scored(tmp_path, HalfModel(), "half", data, reference_dir)
+    blur = _scored(tmp_path, BlurModel(), "blur", data, reference_dir)
+    assert main(["anomaly-ensemble", str(half), str(blur), "--out", str(tmp_path / "ens")]) == 0
+    assert "8 volume(s), 2 detectors; against the ground truth AUROC" in capsys.readouterr().out
+    z1 = {r["id"]: float(r["score_blob_excess_z"]) for r in read_scores(half / "scores.csv")}
+    z2 = {r["id"]: float(r["score_blob_excess_z"]) for r in read_scores(blur / "scores.csv")}
+    assert not np.allclose(list(z1.values()), list(z2.values()))  # two opinions, so the mean is not either one
+    rows = read_scores(tmp_path / "ens" / "scores.csv")
+    assert [r["id"] for r in rows] == [f"v{i}" for i in range(8)]
+    for r in rows:
+        assert float(r["score"]) == pytest.approx((z1[r["id"]] + z2[r["id"]]) / 2, rel=1e-9)
+        assert float(r["z_1"]) == pytest.approx(z1[r["id"]]) and float(r["z_2"]) == pytest.approx(z2[r["id"]])
+    y = [int(r["abnormal"]) for r in rows]
+    assert y == [i % 2 for i in range(8)] and rows[1]["lesion_count"] == "1"
+    metrics = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    score = [float(r["score"]) for r in rows]
+    assert metrics["auroc_score"] == pytest.approx(roc_auc_score(y, score))
+    assert metrics["auprc_score"] == pytest.approx(average_precision_score(y, score))
+    assert metrics["auroc_z_2"] == pytest.approx(roc_auc_score(y, [z2[r["id"]] for r in rows]))
+    members = json.loads((tmp_path / "ens" / "members.json").read_text())["members"]
+    assert members == {"z_1": str(half), "z_2": str(blur)}
+
+
+def test_ensemble_inputs_it_cannot_combine_are_one_line_errors(tmp_path, capsys):
+    from medgen.cli import main
+
+    data = _set_spacing(lesion_dataset(tmp_path / "d"), 3.0)
+    reference_dir = _set_spacing(make_dataset(tmp_path / "ref", n=3, size=S, seed=9), 3.0)
+    half = _scored(tmp_path, HalfModel(), "half", data, reference_dir)
+    blur = _scored(tmp_path, BlurModel(), "blur", data, reference_dir, split="train")  # other volumes
+    plain = tmp_path / "plain"  # scored without a reference: no calibrated column
+    anomaly.anomaly_dataset(HalfModel(), data, plain, progress=False, figures=0)
+    for argv, message in (
+            ([half, blur], "blur: scored other volumes than"),
+            ([half, plain], "no score_blob_excess_z column"),
+            ([half, tmp_path / "nowhere"], "no scores.csv"),
+            ([half], "at least two"),
+            ([half, half], "the same folder is given twice"),
+            ([half, plain, "--out", half], "is one of the detectors' folders")):
+        args = [str(a) for a in argv]
+        out = [] if "--out" in args else ["--out", str(tmp_path / "ens")]
+        assert main(["anomaly-ensemble", *args, *out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "ens").exists()  # nothing half-written

@@ -51,13 +51,16 @@ def test_smoke_run_scores_every_detector_on_every_lesion_kind(tmp_path):
     rows = list(csv.DictReader(open(out / "anomaly.csv")))
     assert [(r["lesion"], r["detector"], r["map"]) for r in rows] == [
         ("mass", "autoencoder", "residual"), ("mass", "autoencoder", "normative"),
-        ("mass", "VAE", "residual"), ("mass", "VAE", "normative")]
+        ("mass", "VAE", "residual"), ("mass", "VAE", "normative"), ("mass", exp.ENSEMBLE, "normative")]
     # the table's AUROC is that of the per-volume scores medgen anomaly wrote, against the ground truth
     record = json.loads((out / "experiment.json").read_text())
     runs = record["results"]["runs"]
+    z = []
     for row, det, column in zip(rows, ("ae", "ae", "vae", "vae"), ("score", "z_score_mean") * 2):
         scored = next((work / "anomaly").glob(f"{det}-{exp.Path(runs[det]).name}-it*/mass-n8"))
         vols = list(csv.DictReader(open(scored / "scores.csv")))
+        if row["map"] == "normative":
+            z.append([float(v["score_blob_excess_z"]) for v in vols])
         y = [int(v["abnormal"]) for v in vols]
         assert 0 < sum(y) < len(y) and float(row["auroc"]) == pytest.approx(
             roc_auc_score(y, [float(v[column]) for v in vols]))
@@ -66,6 +69,11 @@ def test_smoke_run_scores_every_detector_on_every_lesion_kind(tmp_path):
         assert float(row["auroc_blob"]) == pytest.approx(roc_auc_score(y, [float(v[blob]) for v in vols]))
         assert 0 < float(row["lesion_voxel_fraction"]) < 0.2 and 0 <= float(row["best_dice"]) <= 1
         assert int(row["iterations"]) >= 1
+    # the ensemble row: the AUROC of the mean of both detectors' calibrated blob excess
+    ensemble = np.mean(z, axis=0)
+    assert float(rows[-1]["auroc"]) == pytest.approx(roc_auc_score(y, ensemble)) == float(rows[-1]["auroc_blob"])
+    assert rows[-1]["voxel_auprc"] == ""
+    assert any(c.startswith("medgen anomaly-ensemble ") for c in record["results"]["commands"])
     # the test set: half of the volumes with a mass, its lesion map aligned with the image
     manifest = list(csv.DictReader(open(work / "data" / "lesions-mass-32-n8" / "manifest.csv")))
     assert {"abnormal", "lesion"} <= set(manifest[0]) and len(manifest) == 8 == len(vols)  # --test-volumes 8

@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "translate",
     "segment",
     "anomaly",
+    "anomaly_ensemble",
     "register",
     "explain",
     "evaluate",

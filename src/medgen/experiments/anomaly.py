@@ -27,6 +27,8 @@
    (:mod:`medgen.inference.anomaly`), scored against the ground truth, for the residual map and for the
    normative map standardised by the workspace's held-out normal phantoms (``--reference``), whose blob
    score is ``score_blob_excess`` (the residual's bright blobs above those of the reference volumes).
+5. With two detectors or more, their ensemble (``medgen anomaly-ensemble``,
+   :mod:`medgen.inference.anomaly_ensemble`): the mean of their blob excess calibrated against the reference.
 
 Writes ``anomaly.csv``/``.md``: per detector and lesion kind, volume-level AUROC and AUPRC of the
 detector's score (the mean residual; f-AnoGAN: its own) and AUROC of the 99th percentile of the map,
@@ -57,6 +59,8 @@ DETECTORS: dict[str, str] = {
     "ddpm": "DDPM (AnoDDPM)",
     "inpaint": "mask-and-inpaint (unet)",
 }
+#: The detector column of the ensemble's rows: every detector run, by the mean of their calibrated blob excess.
+ENSEMBLE = "ensemble of the above"
 #: The cubes mask-and-inpaint hides (voxels; 25 mm at 64³) and the share of the body its training boxes hide.
 INPAINT_BOX = 4
 INPAINT_FRACTION = 0.125
@@ -190,6 +194,23 @@ def table_row(kind: str, detector: str, run: Path, metrics: dict[str, Any], rows
     }
 
 
+def ensemble_row(ws: Workspace, kind: str, members: list[Path], detectors: list[str], tag: str) -> dict[str, Any]:
+    """The ensemble of the detectors' normative outputs ``members`` on one test set (``medgen anomaly-ensemble``:
+    the mean of their calibrated blob excess) as a table row: volume-level columns only."""
+    from medgen.inference.anomaly_ensemble import anomaly_ensemble
+
+    out_dir = ws.root / "anomaly" / f"ensemble-{'-'.join(detectors)}" / f"{kind}{tag}"
+    rows, metrics = anomaly_ensemble(members, out_dir)
+    ws.record(["anomaly-ensemble", *map(str, members), "--out", str(out_dir)])
+    m = metrics or {}
+    large = auroc_subset(rows, LARGE_MM)
+    print(f"anomaly: {ENSEMBLE} on {kind}: AUROC {m.get('auroc_score', float('nan')):.3g}, "
+          f">= {LARGE_MM:g} mm {large if large is None else f'{large:.3g}'}", flush=True)
+    return {"lesion": kind, "detector": ENSEMBLE, "map": "normative", "abnormal": f"{m.get('abnormal')}/{len(rows)}",
+            "auroc": m.get("auroc_score"), "auprc": m.get("auprc_score"), "auprc_chance": m.get("auprc_chance"),
+            "auroc_10mm": large, "auroc_blob": m.get("auroc_score"), "auroc_blob_10mm": large}
+
+
 def save_kind_figure(path: Path, kind: str, test_dir: Path, scored: dict[str, Path], rows: list[dict[str, Any]]
                      ) -> Path:
     """One abnormal test volume (the one with the largest lesion): per detector (rows) the input, its
@@ -296,8 +317,11 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
                 ("best_dice", "best Dice")) if r.get(key) is not None)
             print(f"anomaly: {DETECTORS[det]} on {kind}: {shown or 'no metric (see metrics.json notes)'}",
                   flush=True)
-    rows.sort(key=lambda r: (kinds.index(r["lesion"]), list(DETECTORS.values()).index(r["detector"]),
-                             r["map"] != "residual"))
+    if len(detectors) > 1:
+        for kind in kinds:
+            rows.append(ensemble_row(ws, kind, [scored[kind][d] for d in detectors], detectors, tag))
+    order = [*DETECTORS.values(), ENSEMBLE]
+    rows.sort(key=lambda r: (kinds.index(r["lesion"]), order.index(r["detector"]), r["map"] != "residual"))
     notes = [
         f"Normal training data: the {s.n_train} thorax-CT training phantoms (no lesions) at {size}³; test sets: "
         f"{n_test} held-out phantoms per lesion kind (other seeds, rendered at {raw_size}³ and preprocessed to "
@@ -330,10 +354,17 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         "lesions_detected, detected_*: lesions whose map maximum reaches the threshold that flags 0.1 % of the "
         "normal test volumes' voxels, by equivalent diameter (<10 mm, 10–20 mm, ≥20 mm).",
     ]
+    if len(detectors) > 1:
+        notes.append(
+            f"{ENSEMBLE}: `medgen anomaly-ensemble` of the {len(detectors)} detectors' normative outputs: a "
+            "volume's score is the mean over the detectors of `score_blob_excess_z`, the blob excess in standard "
+            "deviations of the excess each reference normal phantom reaches against the envelope of the other "
+            "ones under that detector (so detectors of different residual scales count alike). Volume level only "
+            "(auroc and auroc_blob are the same score).")
     out.write_table(rows, COLUMNS, title=f"Anomaly detection on thorax-CT phantoms at {size}³", notes=notes)
     for kind in kinds:
         figure = save_kind_figure(out.path(f"anomaly-{kind}.png"), kind, tests[kind], scored[kind],
                                   per_volume[f"{detectors[0]}/{kind}"])
         out.add_figure(figure)
     return {"size": size, "detectors": detectors, "lesions": kinds, "minutes": args.minutes, "test_volumes": n_test,
-            "runs": {d: str(p) for d, p in runs.items()}, "rows": rows}
+            "runs": {d: str(p) for d, p in runs.items()}, "rows": rows, "commands": list(ws.log)}

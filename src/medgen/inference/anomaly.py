@@ -37,7 +37,9 @@ Its scores are written as ``z_score_mean``, ``z_score_p99``, ``z_score_max`` and
 one voxel of the same place (:func:`blob_envelope`), maximised over the volume — a bright spot where normal
 volumes have none (a nodule in the lung) counts, the residual blobs every reconstruction leaves at the same
 places (branching vessels at the hila, bone) do not; under ``normative`` it is the blob score
-(``auroc_score_blob_max``).
+(``auroc_score_blob_max``). ``score_blob_excess_z`` is the same excess in standard deviations of the excess
+normal volumes reach (each reference volume against the envelope of the others): a unit every model shares,
+so that the scores of several detectors can be averaged (``medgen anomaly-ensemble``).
 
 Outputs in ``OUT`` (written atomically; a rerun skips volumes whose outputs exist):
 
@@ -114,6 +116,9 @@ BLOB_MM = 4.5
 #: misalignment (voxels) that comparison tolerates (:func:`blob_envelope`).
 BLOB_EXCESS_COLUMN = "score_blob_excess"
 ENVELOPE_TOLERANCE = 1
+#: The blob excess calibrated against the reference (:meth:`Reference.blob_excess_z`): comparable between
+#: models, so that several detectors' can be averaged (:mod:`medgen.inference.anomaly_ensemble`).
+BLOB_EXCESS_Z_COLUMN = "score_blob_excess_z"
 
 
 def blob_map(residual: np.ndarray, sigma: Any) -> np.ndarray:
@@ -360,13 +365,16 @@ def _read_scan_rows(data_dir: Path) -> dict[str, dict[str, str]]:
 
 @dataclass(frozen=True)
 class Reference:
-    """Voxel-wise mean and standard deviation of the anomaly maps of ``n`` normal volumes, and the
-    :func:`blob_envelope` of their residuals."""
+    """Voxel-wise mean and standard deviation of the anomaly maps of ``n`` normal volumes, the
+    :func:`blob_envelope` of their residuals, and ``blob_null``: each reference volume's blob excess over the
+    envelope of the *other* ones (leave-one-out), the distribution the excess of a new normal volume
+    follows."""
 
     mean: np.ndarray
     std: np.ndarray
     n: int
     blob_envelope: np.ndarray
+    blob_null: np.ndarray
 
     def blob_excess(self, blob: np.ndarray) -> float:
         """``score_blob_excess`` of a volume's :func:`residual_blob_map` ``blob``: the largest amount by which
@@ -376,6 +384,14 @@ class Reference:
         if b.shape != self.blob_envelope.shape:
             raise ValueError(f"a blob map of {b.shape}, the reference's envelope is {self.blob_envelope.shape}")
         return float((b - self.blob_envelope).max())
+
+    def blob_excess_z(self, excess: float) -> float:
+        """``score_blob_excess_z``: a :meth:`blob_excess` in standard deviations above the mean of
+        :attr:`blob_null` — how unusual that excess is for a normal volume under this model, a unit that
+        every model shares (the excess itself is in the model's own residual scale). The spread is floored at
+        1e-6 so that identical reference volumes give a large finite value, not a division by zero."""
+        null = np.asarray(self.blob_null, np.float64)
+        return float((float(excess) - null.mean()) / max(float(null.std(ddof=1)), 1e-6))
 
     def standardise(self, amap: np.ndarray) -> np.ndarray:
         """The normative map of ``amap`` (module docstring)."""
@@ -388,8 +404,9 @@ def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress:
                          **options: Any) -> Reference:
     """The :class:`Reference` of the normal volumes of the preprocessed data set ``data_dir`` under ``model``
     (every subject; their maps are kept in ``out_dir/reference/`` and their residuals' blob maps in
-    ``out_dir/reference_blob/``, so an interrupted run continues, and the statistics in
-    ``out_dir/reference.npz``). InputError for fewer than two volumes or another size."""
+    ``out_dir/reference_blob/``, so an interrupted run continues, and the statistics, the blob envelope and
+    the leave-one-out null of the blob excess in ``out_dir/reference.npz``). InputError for fewer than two
+    volumes or another size."""
     from tqdm import tqdm
 
     from medgen.core.fileio import atomic_save_npy
@@ -406,11 +423,17 @@ def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress:
     manifest = _read_scan_rows(data_dir)
     total = np.zeros((size,) * 3, np.float64)
     squares = np.zeros((size,) * 3, np.float64)
-    strongest = np.full((size,) * 3, -np.inf, np.float32)  # the voxel-wise maximum of the blob maps so far
+    # the voxel-wise largest and second largest blob maps so far, and which volume gave the largest: the
+    # envelope of all volumes and, for the null, that of all volumes but one, without holding every map
+    strongest = np.full((size,) * 3, -np.inf, np.float32)
+    second = np.full((size,) * 3, -np.inf, np.float32)
+    which = np.full((size,) * 3, -1, np.int32)
+    blob_files = []
     for i in tqdm(range(len(ds)), desc="reference", unit="vol", disable=not progress):
         item = ds[i]
         cache = out_dir / "reference" / f"{item['id']}.npy"
         blob_cache = out_dir / "reference_blob" / f"{item['id']}.npy"
+        blob_files.append(blob_cache)
         if cache.is_file() and blob_cache.is_file():
             amap, blob = np.load(cache), np.load(blob_cache)
         else:
@@ -422,12 +445,21 @@ def reference_statistics(model: Any, data_dir: Path, out_dir: Path, *, progress:
             atomic_save_npy(blob_cache, blob.astype(np.float32))
         total += amap
         squares += np.square(amap, dtype=np.float64)
-        np.maximum(strongest, blob.astype(np.float32), out=strongest)
+        blob = blob.astype(np.float32)
+        top = blob > strongest
+        np.copyto(second, np.where(top, strongest, np.maximum(second, blob)))
+        np.copyto(strongest, np.where(top, blob, strongest))
+        which[top] = i
     n = len(ds)
     mean = total / n
     std = np.sqrt(np.maximum(squares / n - mean**2, 0.0) * n / (n - 1))
-    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n, blob_envelope(strongest))
-    _save_npz(out_dir / "reference.npz", mean=ref.mean, std=ref.std, n=np.int64(n), blob_envelope=ref.blob_envelope)
+    null = np.empty(n, np.float64)
+    for i, blob_cache in enumerate(blob_files):  # leave-one-out: volume i against the envelope of the others
+        others = np.where(which == i, second, strongest)
+        null[i] = float((np.load(blob_cache) - blob_envelope(others)).max())
+    ref = Reference(mean.astype(np.float32), std.astype(np.float32), n, blob_envelope(strongest), null)
+    _save_npz(out_dir / "reference.npz", mean=ref.mean, std=ref.std, n=np.int64(n), blob_envelope=ref.blob_envelope,
+              blob_null=ref.blob_null)
     return ref
 
 
@@ -481,6 +513,7 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
             zmap = reference.standardise(res["map"])
             row.update({f"z_{k}": v for k, v in volume_scores(zmap).items()})
             row[BLOB_EXCESS_COLUMN] = reference.blob_excess(blob)
+            row[BLOB_EXCESS_Z_COLUMN] = reference.blob_excess_z(row[BLOB_EXCESS_COLUMN])
             target = out_dir / "maps_normative" / f"{sid}.nii.gz"
             if not target.is_file():
                 from medgen.data.io import write_nifti
@@ -526,7 +559,7 @@ def anomaly_dataset(model: Any, data_dir: Path, out_dir: Path, *, split: str = "
                                        lesions if has_lesion else None, spacings)
         metrics.update(data=str(data_dir), split=split, map_units=units)
         if reference is not None:
-            signed = (*SIGNED_COLUMNS, LUNG_COLUMN, BLOB_COLUMN, BLOB_EXCESS_COLUMN)  # of the residual itself
+            signed = (*SIGNED_COLUMNS, LUNG_COLUMN, BLOB_COLUMN, BLOB_EXCESS_COLUMN, BLOB_EXCESS_Z_COLUMN)
             # the normative metrics: the standardised map's scores, and as the blob score its excess over
             # the reference's envelope
             zrows = [{**{k: v for k, v in r.items() if k not in signed}, "score": r["z_score_mean"],
