@@ -91,6 +91,23 @@ def test_whole_volumes_of_any_shape_and_one_window_agree():
         assert windows.shape == (1, 1, 24, 24, 24) and torch.isfinite(windows).all()
 
 
+def test_windows_batched_give_what_windows_one_at_a_time_give(monkeypatch):
+    from medgen.families.unet import network
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny", 16)
+    net = build_unet(cfg).eval()
+    for p in net.parameters():  # a trained network's weights, not the residual head's zeros
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(1, 1, 24, 24, 24)
+    with torch.no_grad():
+        batched = predict(net, x, cfg, window=8)  # 27 windows of 8³ in one batch
+        monkeypatch.setattr(network, "WINDOW_BATCH_VOXELS", 1)  # one window per call
+        single = predict(net, x, cfg, window=8)
+    assert (batched - x).abs().mean() > 0.01  # the network does something
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
+
+
 def test_random_patches_cut_the_same_window_from_inputs_and_target():
     g = torch.Generator().manual_seed(0)
     coords = torch.stack(torch.meshgrid(*[torch.arange(12.0)] * 3, indexing="ij"))  # [3, 12, 12, 12]

@@ -48,14 +48,21 @@ def forward(net: nn.Module, x: torch.Tensor, cfg: UNetConfig) -> torch.Tensor:
     return out
 
 
+#: Voxels of the windows :func:`predict` passes through the network at once: 8 windows of 32³, one of 64³.
+#: Batching windows changes no output (the network normalises each instance on its own); per call MONAI's
+#: inferer and the network have a fixed cost that one small window repeats (benchmarks/translate_cost.py).
+WINDOW_BATCH_VOXELS = 8 * 32**3
+
+
 def predict(net: nn.Module, x: torch.Tensor, cfg: UNetConfig, window: int = 0, overlap: float = 0.25) -> torch.Tensor:
     """:func:`forward` on whole volumes of any shape (padded to a multiple of ``cfg.divisor`` and cropped back),
-    or by overlapping cubic windows of edge ``window`` (> 0) blended with Gaussian weights."""
+    or by overlapping cubic windows of edge ``window`` (> 0) blended with Gaussian weights, as many at once as
+    :data:`WINDOW_BATCH_VOXELS` holds."""
     if window:
         from monai.inferers import SlidingWindowInferer
 
-        inferer = SlidingWindowInferer(roi_size=(window,) * 3, sw_batch_size=1, overlap=overlap, mode="gaussian",
-                                       padding_mode="replicate")
+        inferer = SlidingWindowInferer(roi_size=(window,) * 3, sw_batch_size=max(1, WINDOW_BATCH_VOXELS // window**3),
+                                       overlap=overlap, mode="gaussian", padding_mode="replicate")
         return inferer(x, lambda patch: forward(net, patch, cfg))
     shape = x.shape[2:]
     pads = [(-n) % cfg.divisor for n in shape]
