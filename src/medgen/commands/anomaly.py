@@ -7,6 +7,7 @@ Examples::
     medgen anomaly runs/ddpm32 data/ct32-lesions --out anomaly-ddpm/ --noise-level 0.3 --steps 20
     medgen anomaly runs/inpaint64 data/ct64-lesions --out anomaly-inpaint/ --box 4   # mask-and-inpaint (unet)
     medgen anomaly runs/fanogan32 scans/ --out my-scans/                            # your own scans (32³)
+    medgen anomaly runs/ae32 data/ct32-lesions --out an-ae/ --reference data/ct32-normal  # + normative scores
 
 The work is :mod:`medgen.inference.anomaly`.
 """
@@ -44,7 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "maps (each voxel's residual standardised by those volumes' mean and spread there; "
                         "OUT/maps_normative/, z_score_* columns, 'normative' in metrics.json) and the "
                         "score_blob_excess column (how far the brightest compact spot of x - x_rec exceeds what "
-                        "those volumes show at that place)")
+                        "those volumes show at that place) with score_blob_excess_z, the same in standard "
+                        "deviations of what normal volumes reach, which `medgen anomaly-ensemble` averages over "
+                        "detectors")
     p.add_argument("--noise-level", type=float, default=None, metavar="F",
                    help="diffusion models: the fraction of the forward process the volume is noised to before "
                         "it is denoised back (0 < F <= 1; default the model's)")
