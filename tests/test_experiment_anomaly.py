@@ -32,6 +32,7 @@ def test_auroc_of_the_large_lesions_leaves_out_the_small_ones():
     (["--lesions", "wmh"], "--lesions"),
     (["--minutes", "0"], "--minutes"),
     (["--test-volumes", "2"], "--test-volumes"),
+    (["--size", "64"], "rendered at 32³"),  # the smoke scale's phantoms
 ])
 def test_bad_options_are_one_line_usage_errors(tmp_path, capsys, argv, words):
     code = main(["experiment", "anomaly", "--scale", "smoke", "--work", str(tmp_path / "w"),
@@ -93,9 +94,10 @@ def test_smoke_run_of_the_mask_and_inpaint_detector(tmp_path):
     rows = list(csv.DictReader(open(out / "anomaly.csv")))
     assert [(r["detector"], r["map"]) for r in rows] == [("mask-and-inpaint (unet)", "residual"),
                                                          ("mask-and-inpaint (unet)", "normative")]
-    # trained on the normal set with boxes of INPAINT_BOX voxels hidden, as an inpaint-task unet on patches
-    degraded = work / "data" / f"inpaint-boxes{exp.INPAINT_BOX}-train-32"
-    assert (degraded / "manifest.csv").is_file()
+    # trained on the normal set with boxes of 25 mm hidden (2 voxels of 12.5 mm at 32³), as an inpaint-task unet
+    # on patches
+    degraded = work / "data" / "inpaint-boxes2-train-32"
+    assert {r["inpaint_size_mm"] for r in csv.DictReader(open(degraded / "manifest.csv"))} == {"25"}
     cfg = yaml.safe_load((work / "runs" / "unet-inpaint-32" / "config.yaml").read_text())
     assert cfg["family"] == "unet" and cfg["model"]["task"] == "inpaint" and cfg["hparams"]["patch"] == 32
-    assert "--box 4" in (out / "anomaly.md").read_text() and 0 <= float(rows[0]["voxel_auroc"]) <= 1
+    assert "--box 2" in (out / "anomaly.md").read_text() and 0 <= float(rows[0]["voxel_auroc"]) <= 1

@@ -17,7 +17,7 @@
    * ``ddpm``: the image-space diffusion model, each volume noised to a quarter of the forward process and
      denoised back (AnoDDPM), 13 DDIM steps;
    * ``inpaint``: mask-and-inpaint, a ``unet`` of the ``inpaint`` task trained on the normal volumes with
-     random boxes hidden (``medgen degrade --kind inpaint``, boxes of :data:`INPAINT_BOX` voxels hiding
+     random boxes hidden (``medgen degrade --kind inpaint``, boxes of :data:`INPAINT_BOX_MM` hiding
      :data:`INPAINT_FRACTION` of the body); each volume is cut into a checkerboard of such cubes, each class
      of cubes hidden in turn and inpainted from its context (:meth:`medgen.families.unet.model.
      InpaintingModel.reconstruct`), so a vessel that crosses a cube is predicted and a nodule inside it is
@@ -61,8 +61,9 @@ DETECTORS: dict[str, str] = {
 }
 #: The detector column of the ensemble's rows: every detector run, by the mean of their calibrated blob excess.
 ENSEMBLE = "ensemble of the above"
-#: The cubes mask-and-inpaint hides (voxels; 25 mm at 64³) and the share of the body its training boxes hide.
-INPAINT_BOX = 4
+#: The edge of the cubes mask-and-inpaint hides (mm; 4 voxels at 64³, 2 at 32³: at least the size of the lesions
+#: to find) and the share of the body its training boxes hide.
+INPAINT_BOX_MM = 25.0
 INPAINT_FRACTION = 0.125
 INPAINT_PATCH = 32
 LESION_KINDS = ("nodule", "emphysema", "mass")
@@ -125,8 +126,18 @@ def detector_runs(ws: Workspace, detectors: list[str], size: int, minutes: float
     return {d: runs[d] for d in detectors}
 
 
+def inpaint_box(ws: Workspace, size: int) -> int:
+    """The edge in voxels of the cubes mask-and-inpaint hides at ``size``³: :data:`INPAINT_BOX_MM` in the
+    phantoms' isotropic voxels, at least 1."""
+    from medgen.core.volume import parse_spacing
+    from medgen.data.dataset import load_manifest
+
+    spacing_mm = parse_spacing(load_manifest(ws.datasets(size)[0])[0]["spacing"])[0]
+    return max(1, round(INPAINT_BOX_MM / spacing_mm))
+
+
 def inpaint_run(ws: Workspace, size: int) -> Path:
-    """The mask-and-inpaint detector: the normal training set with boxes of :data:`INPAINT_BOX` voxels hidden
+    """The mask-and-inpaint detector: the normal training set with boxes of :func:`inpaint_box` voxels hidden
     (``medgen degrade --kind inpaint``), and a ``unet`` of the ``inpaint`` task trained on it for the scale's
     iterations."""
     from medgen.core.volume import parse_spacing
@@ -136,8 +147,9 @@ def inpaint_run(ws: Workspace, size: int) -> Path:
 
     clean = ws.datasets(size)[0]
     spacing_mm = parse_spacing(load_manifest(clean)[0]["spacing"])[0]  # the phantoms' isotropic voxel
-    settings = ["shape=box", f"size_mm={INPAINT_BOX * spacing_mm:g}", f"fraction={INPAINT_FRACTION:g}"]
-    folder = ws.root / "data" / f"inpaint-boxes{INPAINT_BOX}-train-{size}"
+    box = inpaint_box(ws, size)
+    settings = ["shape=box", f"size_mm={box * spacing_mm:g}", f"fraction={INPAINT_FRACTION:g}"]
+    folder = ws.root / "data" / f"inpaint-boxes{box}-train-{size}"
     argv = ["degrade", str(clean), str(folder), "--kind", "inpaint", *[a for p in settings for a in ("--param", p)],
             "--seed", str(ws.seed)]
     with step(argv, "degrade (inpaint boxes)"):
@@ -278,7 +290,11 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     size = args.size or s.small_size
     if size < 16:
         raise UsageError(f"--size {size}: need at least 16")
-    raw_size = max(s.sizes + (s.size, s.small_size, size))  # the training phantoms' grid, preprocessed to `size`
+    raw_size = max(s.sizes + (s.size, s.small_size))  # the training phantoms' grid, preprocessed to `size`
+    if size > raw_size:
+        raise UsageError(f"--size {size}: the {s.name} scale's normal phantoms are rendered at {raw_size}³, so "
+                         f"detectors at {size}³ would learn upsampled anatomy; choose --size {raw_size} or less, or "
+                         "a larger --scale")
     reference_dir = ws.datasets(size)[1]  # held-out normal phantoms: the normative maps' reference
     tag = "" if n_test == s.n_heldout else f"-n{n_test}"  # a test set of another size is another set
     tests = {kind: phantom_dataset(ws, "thorax-ct", f"lesions-{kind}-{size}{tag}", n_test, size,
@@ -294,7 +310,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         run_dir = runs[det]
         model = registry.load(run_dir, device=device)
         base = ws.root / "anomaly" / f"{det}-{run_dir.name}-it{checkpoint_iteration(run_dir)}"
-        options = {"box": INPAINT_BOX} if det == "inpaint" else {}
+        options = {"box": inpaint_box(ws, size)} if det == "inpaint" else {}
         flags = [a for k, v in options.items() for a in (f"--{k}", str(v))]
         reference = reference_statistics(model, reference_dir, base / "reference", progress=ws.progress, **options)
         for kind in kinds:
@@ -322,16 +338,20 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
             rows.append(ensemble_row(ws, kind, [scored[kind][d] for d in detectors], detectors, tag))
     order = [*DETECTORS.values(), ENSEMBLE]
     rows.sort(key=lambda r: (kinds.index(r["lesion"]), order.index(r["detector"]), r["map"] != "residual"))
+    inpainting = ""
+    if "inpaint" in detectors:
+        box = inpaint_box(ws, size)
+        inpainting = (f" Mask-and-inpaint: a `unet` (inpaint task) trained for the scale's {ws.train_iters} iterations "
+                      f"on the normal volumes with random boxes of {box} voxels ({INPAINT_BOX_MM:g} mm) hiding "
+                      f"{INPAINT_FRACTION:.1%} of the body, scored with the checkerboard of {box}-voxel cubes "
+                      f"(`medgen anomaly --box {box}`).")
     notes = [
         f"Normal training data: the {s.n_train} thorax-CT training phantoms (no lesions) at {size}³; test sets: "
         f"{n_test} held-out phantoms per lesion kind (other seeds, rendered at {raw_size}³ and preprocessed to "
         f"{size}³ like the training set), lesions painted into about half of them (`abnormal`).",
         f"Detectors trained on the normal volumes for {args.minutes:g} minutes each at their measured speed "
         "(iterations, train_minutes from each run's log); f-AnoGAN's encoder for the scale's iterations on top of "
-        "its HA-GAN run; the VAE with the AE's iterations. DDPM: noise level 0.25, 13 DDIM steps. "
-        f"Mask-and-inpaint: a `unet` (inpaint task) trained for the scale's {ws.train_iters} iterations on the normal "
-        f"volumes with random boxes of {INPAINT_BOX} voxels hiding {INPAINT_FRACTION:.1%} of the body, scored with "
-        f"the checkerboard of {INPAINT_BOX}-voxel cubes (`medgen anomaly --box {INPAINT_BOX}`).",
+        "its HA-GAN run; the VAE with the AE's iterations. DDPM: noise level 0.25, 13 DDIM steps." + inpainting,
         "auroc, auprc: volume level, of the detector's score (the mean of the map |x − x̂|; f-AnoGAN: image plus "
         "feature residual), auprc_chance the share of abnormal volumes; auroc_p99, auroc_max: of the map's 99th percentile and "
         "maximum; "
