@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_dry_run_writes_every_result(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", MEDGEN_SITE=str(tmp_path / "site"))
+    # about 11 minutes alone on 2 CPU cores (its own pytest -m cuda is 6 of them); the limit leaves room for the
+    # other test worker sharing the cores, and still stops a hang
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--dry-run", str(out)],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=env, timeout=1800)
     log = (out / "log.txt").read_text() if (out / "log.txt").exists() else proc.stdout
     assert proc.returncode == 0, log[-4000:]
     files = sorted(p.name for p in out.iterdir())
