@@ -441,6 +441,13 @@ def test_the_ensemble_averages_the_calibrated_excess_of_its_members_and_scores_i
     assert metrics["auroc_z_2"] == pytest.approx(roc_auc_score(y, [z2[r["id"]] for r in rows]))
     members = json.loads((tmp_path / "ens" / "members.json").read_text())["members"]
     assert members == {"z_1": str(half), "z_2": str(blur)}
+    # the same folder reused for scans without ground truth: no metrics, and the earlier ones are gone
+    plain = [_scored(tmp_path, m, name, reference_dir, reference_dir) for m, name in ((HalfModel(), "h2"),
+                                                                                     (BlurModel(), "b2"))]
+    assert main(["anomaly-ensemble", *map(str, plain), "--out", str(tmp_path / "ens")]) == 0
+    assert "against the ground truth" not in capsys.readouterr().out
+    assert not (tmp_path / "ens" / "metrics.json").exists()
+    assert "abnormal" not in read_scores(tmp_path / "ens" / "scores.csv")[0]
 
 
 def test_ensemble_inputs_it_cannot_combine_are_one_line_errors(tmp_path, capsys):

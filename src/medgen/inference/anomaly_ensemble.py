@@ -114,4 +114,6 @@ def anomaly_ensemble(folders: list[Path], out_dir: Path) -> tuple[list[dict[str,
             metrics[f"auroc_z_{k + 1}"], metrics[f"auprc_z_{k + 1}"] = m.get("auroc_score"), m.get("auprc_score")
         metrics["members"] = names
         atomic_write_json(out_dir / "metrics.json", metrics)
+    else:  # an earlier ensemble's metrics in this folder would not be those of these scores
+        (out_dir / "metrics.json").unlink(missing_ok=True)
     return rows, metrics
