@@ -95,6 +95,37 @@ def test_workspace_phantoms_are_what_medgen_phantoms_writes(tmp_path):
     assert (tmp_path / "ws" / "mosaic.png").stat().st_size > 0
 
 
+def test_a_size_above_the_scales_grid_renders_the_same_subjects_at_that_size(tmp_path):
+    """Not an upsampling of the scale's phantoms: the same seeds drawn again on the finer grid."""
+    import numpy as np
+
+    from medgen.data.dataset import load_manifest
+    from medgen.data.io import read_volume
+    from medgen.data.phantoms.phantom_set import spacing_mm
+    from medgen.experiments.workspace import SCALES, Workspace
+
+    ws = Workspace(tmp_path / "w", SCALES["smoke"], device="cpu", progress=False)
+    assert ws.phantom_grid == 32
+    train32, held32 = ws.datasets(32)
+    train64, held64 = ws.datasets(64)
+    raw64 = read_volume(tmp_path / "w" / "phantoms" / "train-r64" / "thorax-ct-0000.nii.gz")
+    assert raw64.array.shape == (64, 64, 64) and np.allclose(raw64.spacing, spacing_mm("thorax-ct", 64))
+    raw32 = read_volume(tmp_path / "w" / "phantoms" / "train" / "thorax-ct-0000.nii.gz")
+    assert raw32.array.shape == (32, 32, 32)
+    # the same subject: its field of view is the same, and the 64³ render averaged down is close to the 32³ one
+    assert np.allclose(np.multiply(raw64.spacing, 64), np.multiply(raw32.spacing, 32))
+    rows64, rows32 = load_manifest(train64), load_manifest(train32)
+    assert [r["id"] for r in rows64] == [r["id"] for r in rows32] and len(rows64) == SCALES["smoke"].n_train
+    assert len(load_manifest(held64)) == SCALES["smoke"].n_heldout
+    import torch
+
+    down = torch.nn.functional.interpolate(torch.from_numpy(raw64.array[None, None].astype(np.float32)),
+                                           size=(32, 32, 32), mode="area")[0, 0].numpy()
+    other = read_volume(tmp_path / "w" / "phantoms" / "train" / "thorax-ct-0001.nii.gz").array
+    same_err = np.abs(down - raw32.array).mean()
+    assert same_err < 0.5 * np.abs(down - other).mean()
+
+
 def test_a_step_prints_its_command_and_names_itself_in_errors(capsys):
     from medgen.core.errors import InputError, RunFailed
     from medgen.experiments.workspace import step

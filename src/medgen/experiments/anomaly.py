@@ -83,8 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lesions", default=",".join(LESION_KINDS), metavar="K,K",
                    help=f"thorax-CT lesion kinds, one test set each (default {','.join(LESION_KINDS)})")
     p.add_argument("--size", type=int, default=None, metavar="S",
-                   help="edge length of the volumes and detectors (default: the scale's small size, 32 at demo); the "
-                        "test phantoms are rendered at the largest of the scale's sizes and this one")
+                   help="edge length of the volumes and detectors (default: the scale's small size, 32 at demo); "
+                        "every phantom is rendered at the largest of the scale's sizes and this one (above the "
+                        "scale's, the same subjects are rendered again at S)")
     p.add_argument("--test-volumes", type=int, default=None, metavar="N",
                    help="phantoms in each lesion kind's test set, about half of them with lesions (default: the "
                         "scale's held-out count, 32 at demo); with 9 or so large nodules among 32 a volume-level "
@@ -290,11 +291,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     size = args.size or s.small_size
     if size < 16:
         raise UsageError(f"--size {size}: need at least 16")
-    raw_size = max(s.sizes + (s.size, s.small_size))  # the training phantoms' grid, preprocessed to `size`
-    if size > raw_size:
-        raise UsageError(f"--size {size}: the {s.name} scale's normal phantoms are rendered at {raw_size}³, so "
-                         f"detectors at {size}³ would learn upsampled anatomy; choose --size {raw_size} or less, or "
-                         "a larger --scale")
+    # The test phantoms' grid is the training phantoms' (Workspace.datasets): the scale's, or `size` above it.
+    raw_size = max(ws.phantom_grid, size)
     reference_dir = ws.datasets(size)[1]  # held-out normal phantoms: the normative maps' reference
     tag = "" if n_test == s.n_heldout else f"-n{n_test}"  # a test set of another size is another set
     tests = {kind: phantom_dataset(ws, "thorax-ct", f"lesions-{kind}-{size}{tag}", n_test, size,

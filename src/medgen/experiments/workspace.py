@@ -231,21 +231,31 @@ class Workspace:
         return int(RunConfig.load(run_dir).model["size"])
 
     # ------------------------------------------------------------------ data
-    def _phantoms(self) -> tuple[Path, Path]:
-        """Raw thorax-CT phantoms (NIfTI, HU) at the largest size any experiment needs."""
+    @property
+    def phantom_grid(self) -> int:
+        """The edge (voxels) the scale's thorax-CT phantoms are rendered at: the largest size its experiments
+        use, so every smaller size is a downsampling of the same anatomy."""
+        s = self.scale
+        return max(s.sizes + (s.size, s.small_size))
+
+    def _phantoms(self, size: int = 0) -> tuple[Path, Path]:
+        """Raw thorax-CT phantoms (NIfTI, HU) at :attr:`phantom_grid`, or, for a ``size`` above it, the same
+        subjects (same seeds) rendered at ``size`` into ``phantoms/train-rSIZE`` (an experiment run at a
+        larger ``--size`` than its scale's learns real anatomy at that resolution, not an upsampled one)."""
         s = self.scale
         raw = self.root / "phantoms"
+        grid = max(self.phantom_grid, size)
+        tag = "" if grid == self.phantom_grid else f"-r{grid}"
         for name, n, seed in (("train", s.n_train, self.seed), ("heldout", s.n_heldout, self.seed + 1)):
-            self._raw_phantoms(raw / name, n, seed, name)
-        return raw / "train", raw / "heldout"
+            self._raw_phantoms(raw / f"{name}{tag}", n, seed, name, grid)
+        return raw / f"train{tag}", raw / f"heldout{tag}"
 
-    def _raw_phantoms(self, raw: Path, n: int, seed: int, what: str) -> None:
-        """``n`` thorax-CT phantoms drawn with ``seed`` into ``raw`` (unless there), at the largest size any
-        experiment needs."""
+    def _raw_phantoms(self, raw: Path, n: int, seed: int, what: str, size: int | None = None) -> None:
+        """``n`` thorax-CT phantoms drawn with ``seed`` into ``raw`` (unless there), at ``size``³ (default
+        :attr:`phantom_grid`)."""
         if (raw / "manifest.csv").is_file():
             return
-        s = self.scale
-        size = max(s.sizes + (s.size, s.small_size))
+        size = size or self.phantom_grid
         argv = ["phantoms", "--kind", PHANTOM_KIND, "--n", str(n), "--size", str(size), "--seed", str(seed),
                 "--out", str(raw), "--workers", "2"]
         with step(argv, f"phantoms ({what})"):
@@ -268,7 +278,7 @@ class Workspace:
             if self.heldout is None:
                 raise UsageError("this experiment needs a held-out set: pass --heldout DIR (preprocessed like --data)")
             return train, self._check_user_data(self.heldout, size, "--heldout")
-        raw_train, raw_heldout = self._phantoms()
+        raw_train, raw_heldout = self._phantoms(size)
         return (self._preprocessed(raw_train, self.root / "data" / f"train-{size}", size, "train"),
                 self._preprocessed(raw_heldout, self.root / "data" / f"heldout-{size}", size, "heldout"))
 
@@ -277,8 +287,9 @@ class Workspace:
         drawn with seed + 10, so none of them is one of the held-out phantoms (seed + 1)."""
         if not self.uses_phantoms:
             raise UsageError("a larger training set is made of phantoms: this experiment cannot use --data")
-        raw = self.root / "phantoms" / f"train-{n}"
-        self._raw_phantoms(raw, n, self.seed + 10, f"train, {n}")
+        grid = max(self.phantom_grid, size)
+        raw = self.root / "phantoms" / (f"train-{n}" if grid == self.phantom_grid else f"train-{n}-r{grid}")
+        self._raw_phantoms(raw, n, self.seed + 10, f"train, {n}", grid)
         return self._preprocessed(raw, self.root / "data" / f"train{n}-{size}", size, f"train {n}")
 
     @staticmethod
