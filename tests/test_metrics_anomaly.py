@@ -300,9 +300,19 @@ def test_lesion_detection_problems(lesion_case):
 # ---------------------------------------------------------------------------- AUROC, AUPRC
 
 
-def test_voxel_auroc_and_auprc_are_scikit_learns_on_pooled_maps():
-    maps, masks = random_maps(4, shape=(3, 7, 6, 5))
+@pytest.mark.parametrize("seed, levels", [(4, 7), (5, 3), (6, 1000), (7, 2)])
+def test_voxel_auroc_and_auprc_are_scikit_learns_on_pooled_maps(seed, levels):
+    maps, masks = random_maps(seed, shape=(3, 7, 6, 5), levels=levels)  # ties between and across the classes
     y, s = masks.ravel(), maps.ravel()
     assert scores.voxel_auroc(list(maps), list(masks)) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert scores.voxel_auprc(maps, masks) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert scores.voxel_auprc(list(maps), list(masks)) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    # a perfect map, its reverse, a constant one
+    perfect = masks.astype(np.float32)
+    assert scores.voxel_auroc(perfect, masks) == 1.0 and scores.voxel_auprc(perfect, masks) == 1.0
+    assert scores.voxel_auroc(-perfect, masks) == 0.0
+    assert scores.voxel_auroc(np.zeros_like(perfect), masks) == 0.5
+    assert scores.voxel_auprc(np.zeros_like(perfect), masks) == pytest.approx(masks.mean())
+    with pytest.raises(ValueError, match="both positive and negative"):
+        scores.voxel_auroc(maps, np.zeros_like(masks))
     assert scores.auroc(-s, y) == pytest.approx(1 - roc_auc_score(y, s), abs=1e-12)

@@ -14,7 +14,10 @@ An experiment (``medgen experiment NAME``) works in two folders:
 
 Data come from the built-in thorax-CT phantoms (default) or from the user's
 preprocessed folders (``--data`` training set, ``--heldout`` held-out set, both
-written by ``medgen preprocess`` at the model's size).
+written by ``medgen preprocess`` at the model's size). The phantoms are rendered
+once at the largest size the scale uses (:attr:`Workspace.phantom_grid`) and
+preprocessed down to each smaller one; a size above it gets the same subjects
+rendered again at that size, never an upsampling.
 
 Every step is the library call behind an ordinary ``medgen`` command
 (``phantoms``, ``preprocess``, ``train``, ``generate``, ``train-classifier``, ``evaluate``), and that
