@@ -328,12 +328,12 @@ def test_blob_excess_ignores_the_blob_every_reconstruction_misses_and_finds_the_
     model = BlobMissingModel()
     ref = anomaly.reference_statistics(model, reference_dir, tmp_path / "o", progress=False)
     # the envelope by hand: each reference volume's blob map of x − x̂, their voxel-wise maximum, widened by
-    # one voxel on each side
+    # 6.25 mm, two voxels of 3 mm, on each side
     blobs = []
     for i in range(4):
         x = np.load(reference_dir / "volumes" / f"v{i}.npy").astype(np.float32)
         blobs.append(anomaly.blob_map(x - model.reconstruct(x[None])[0], 1.5))
-    envelope = ndi.maximum_filter(np.max(blobs, axis=0), size=3, mode="nearest")
+    envelope = ndi.maximum_filter(np.max(blobs, axis=0), size=5, mode="nearest")
     assert np.allclose(ref.blob_envelope, envelope, atol=1e-6)
     missed = float(blobs[0].max())  # the missed blob's response: σ²·A·s³/(s² + σ²)^{5/2} = 0.177
     assert missed == pytest.approx(2.25 * 1.5**3 / 4.5**2.5, rel=0.03)
@@ -361,6 +361,24 @@ def test_blob_excess_ignores_the_blob_every_reconstruction_misses_and_finds_the_
         ref.blob_excess(np.zeros((4, 4, 4), np.float32))
 
 
+def test_the_envelope_tolerates_the_same_millimetres_on_every_grid():
+    from scipy import ndimage as ndi
+
+    assert anomaly.ENVELOPE_TOLERANCE_MM == 6.25
+    assert anomaly.envelope_tolerance(6.25) == (1, 1, 1)  # 64³ phantoms
+    assert anomaly.envelope_tolerance(12.5) == (1, 1, 1)  # 32³: half a voxel, still one
+    assert anomaly.envelope_tolerance(3.125) == (2, 2, 2)  # 128³
+    assert anomaly.envelope_tolerance((0.7, 0.7, 2.5)) == (9, 9, 2)  # a CT scan's anisotropic voxels
+    with pytest.raises(ValueError, match="spacing"):
+        anomaly.envelope_tolerance((1.0, 0.0, 1.0))
+    top = np.zeros((9, 9, 9), np.float32)
+    top[4, 4, 4] = 1.0
+    wide = anomaly.blob_envelope(top, (2, 2, 1))
+    assert np.array_equal(wide, ndi.maximum_filter(top, size=(5, 5, 3), mode="nearest"))
+    assert wide[2:7, 2:7, 3:6].min() == 1.0 and wide.sum() == 5 * 5 * 3
+    assert np.array_equal(anomaly.blob_envelope(top, 0), top)
+
+
 class HalfModel(NormalModel):
     """Reconstructs half of each volume, so every residual (x/2) and its blobs differ from volume to volume."""
 
@@ -377,7 +395,7 @@ def test_blob_null_is_each_reference_volume_against_the_others_and_calibrates_th
     blobs = [anomaly.blob_map(0.5 * np.load(reference_dir / "volumes" / f"v{i}.npy").astype(np.float32), 1.5)
              for i in range(5)]
     # leave-one-out by hand: volume i against the envelope of the four others
-    null = [float((blobs[i] - ndi.maximum_filter(np.max(blobs[:i] + blobs[i + 1:], axis=0), size=3,
+    null = [float((blobs[i] - ndi.maximum_filter(np.max(blobs[:i] + blobs[i + 1:], axis=0), size=5,
                                                  mode="nearest")).max()) for i in range(5)]
     assert np.allclose(ref.blob_null, null, atol=1e-6)
     assert np.std(null) > 1e-3  # the volumes differ, so taking the full envelope instead would show

@@ -127,27 +127,29 @@ def detector_runs(ws: Workspace, detectors: list[str], size: int, minutes: float
     return {d: runs[d] for d in detectors}
 
 
-def inpaint_box(ws: Workspace, size: int) -> int:
-    """The edge in voxels of the cubes mask-and-inpaint hides at ``size``³: :data:`INPAINT_BOX_MM` in the
-    phantoms' isotropic voxels, at least 1."""
+def _spacing_mm(ws: Workspace, size: int) -> float:
+    """The isotropic voxel (mm) of the workspace's phantoms at ``size``³."""
     from medgen.core.volume import parse_spacing
     from medgen.data.dataset import load_manifest
 
-    spacing_mm = parse_spacing(load_manifest(ws.datasets(size)[0])[0]["spacing"])[0]
-    return max(1, round(INPAINT_BOX_MM / spacing_mm))
+    return parse_spacing(load_manifest(ws.datasets(size)[0])[0]["spacing"])[0]
+
+
+def inpaint_box(ws: Workspace, size: int) -> int:
+    """The edge in voxels of the cubes mask-and-inpaint hides at ``size``³: :data:`INPAINT_BOX_MM` in the
+    phantoms' isotropic voxels, at least 1."""
+    return max(1, round(INPAINT_BOX_MM / _spacing_mm(ws, size)))
 
 
 def inpaint_run(ws: Workspace, size: int) -> Path:
     """The mask-and-inpaint detector: the normal training set with boxes of :func:`inpaint_box` voxels hidden
     (``medgen degrade --kind inpaint``), and a ``unet`` of the ``inpaint`` task trained on it for the scale's
     iterations."""
-    from medgen.core.volume import parse_spacing
-    from medgen.data.dataset import load_manifest
     from medgen.data.degraded_set import write_degraded_set
     from medgen.experiments.workspace import step
 
     clean = ws.datasets(size)[0]
-    spacing_mm = parse_spacing(load_manifest(clean)[0]["spacing"])[0]  # the phantoms' isotropic voxel
+    spacing_mm = _spacing_mm(ws, size)
     box = inpaint_box(ws, size)
     settings = ["shape=box", f"size_mm={box * spacing_mm:g}", f"fraction={INPAINT_FRACTION:g}"]
     folder = ws.root / "data" / f"inpaint-boxes{box}-train-{size}"
@@ -275,7 +277,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
 
     from medgen.core.device import resolve_device
     from medgen.families import registry
-    from medgen.inference.anomaly import anomaly_dataset, reference_statistics
+    from medgen.inference.anomaly import ENVELOPE_TOLERANCE_MM, anomaly_dataset, envelope_tolerance, reference_statistics
 
     detectors = _names(args.detectors, DETECTORS, "--detectors")
     kinds = _names(args.lesions, LESION_KINDS, "--lesions")
@@ -336,6 +338,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
             rows.append(ensemble_row(ws, kind, [scored[kind][d] for d in detectors], detectors, tag))
     order = [*DETECTORS.values(), ENSEMBLE]
     rows.sort(key=lambda r: (kinds.index(r["lesion"]), order.index(r["detector"]), r["map"] != "residual"))
+    envelope_voxels = envelope_tolerance(_spacing_mm(ws, size))[0]
     inpainting = ""
     if "inpaint" in detectors:
         box = inpaint_box(ws, size)
@@ -360,8 +363,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         "scores of the residual itself). auroc_blob (and auroc_blob_10mm): of the strongest compact bright spot "
         "of x − x̂, the Hessian's weakest curvature where all three are negative at σ = 4.5 mm (`score_blob_max`), "
         "which the residuals along vessels and organ edges hardly reach; in the normative rows of the same "
-        "columns, by how much it exceeds the strongest bright spot any reference normal phantom shows within one "
-        "voxel of that place (`score_blob_excess`).",
+        "columns, by how much it exceeds the strongest bright spot any reference normal phantom shows within "
+        f"{ENVELOPE_TOLERANCE_MM:g} mm of that place ({envelope_voxels} voxel{'s' if envelope_voxels > 1 else ''} at "
+        f"{size}³; `score_blob_excess`).",
         "voxel_auroc, voxel_auprc: every voxel of every test volume pooled against the lesion masks; their "
         "chance level is lesion_voxel_fraction. best_dice: the best Dice of the thresholded maps over all "
         "thresholds (an upper bound: the threshold is chosen on the masks).",
