@@ -277,7 +277,8 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
 
     from medgen.core.device import resolve_device
     from medgen.families import registry
-    from medgen.inference.anomaly import ENVELOPE_TOLERANCE_MM, anomaly_dataset, envelope_tolerance, reference_statistics
+    from medgen.inference.anomaly import (ENVELOPE_TOLERANCE_MM, anomaly_dataset, envelope_tolerance,
+                                          reference_statistics)
 
     detectors = _names(args.detectors, DETECTORS, "--detectors")
     kinds = _names(args.lesions, LESION_KINDS, "--lesions")

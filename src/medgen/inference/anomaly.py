@@ -34,9 +34,9 @@ dominating). It assumes the volumes are roughly aligned, as preprocessed phantom
 Its scores are written as ``z_score_mean``, ``z_score_p99``, ``z_score_max`` and its metrics under
 ``normative`` in ``metrics.json``; the maps as ``maps_normative/<id>.nii.gz``. The reference also gives
 ``score_blob_excess``: the blob map of x − x̂ minus the strongest blob any reference volume shows within
-6.25 mm of the same place (:func:`blob_envelope`, at least one voxel), maximised over the volume — a bright spot where normal
-volumes have none (a nodule in the lung) counts, the residual blobs every reconstruction leaves at the same
-places (branching vessels at the hila, bone) do not; under ``normative`` it is the blob score
+6.25 mm of the same place (:func:`blob_envelope`, at least one voxel), maximised over the volume — a bright
+spot where normal volumes have none (a nodule in the lung) counts, the residual blobs every reconstruction
+leaves at the same places (branching vessels at the hila, bone) do not; under ``normative`` it is the blob score
 (``auroc_score_blob_max``). ``score_blob_excess_z`` is the same excess in standard deviations of the excess
 normal volumes reach (each reference volume against the envelope of the others): a unit every model shares,
 so that the scores of several detectors can be averaged (``medgen anomaly-ensemble``).
