@@ -27,6 +27,15 @@ def test_auroc_of_the_large_lesions_leaves_out_the_small_ones():
     assert exp.auroc_subset(rows, 30.0) is None  # no abnormal volume left
 
 
+def test_the_training_note_names_only_the_detectors_that_ran():
+    assert exp.training_note(["inpaint"], 5) == ""
+    ae = exp.training_note(["ae", "inpaint"], 5)
+    assert ae.startswith("autoencoder trained on the normal volumes, 5 minutes each")
+    assert "f-AnoGAN" not in ae and "VAE" not in ae and "DDPM" not in ae
+    every = exp.training_note(list(exp.DETECTORS), 2.5)
+    assert "f-AnoGAN's encoder" in every and "the VAE with" in every and every.endswith("13 DDIM steps.")
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--detectors", "ae,nope"], "--detectors"),
     (["--lesions", "wmh"], "--lesions"),

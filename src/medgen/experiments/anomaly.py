@@ -165,6 +165,21 @@ def inpaint_run(ws: Workspace, size: int) -> Path:
 
 
 
+def training_note(detectors: list[str], minutes: float) -> str:
+    """The table's note on how the detectors that were run (except mask-and-inpaint) were trained."""
+    timed = [d for d in detectors if d != "inpaint"]
+    if not timed:
+        return ""
+    parts = [f"{', '.join(DETECTORS[d] for d in timed)} trained on the normal volumes, {minutes:g} minutes each "
+             "at their measured speed (iterations, train_minutes from each run's log)"]
+    if "fanogan" in detectors:
+        parts.append("f-AnoGAN's encoder for the scale's iterations on top of its HA-GAN run")
+    if "vae" in detectors:
+        parts.append("the VAE with the autoencoder's budget in iterations")
+    note = "; ".join(parts) + "."
+    return note + (" DDPM: noise level 0.25, 13 DDIM steps." if "ddpm" in detectors else "")
+
+
 def auroc_subset(rows: list[dict[str, Any]], min_mm: float, column: str = "score") -> float | None:
     """Volume-level AUROC of ``column`` over the normal volumes and the abnormal ones whose largest lesion has
     an equivalent diameter of ``min_mm`` or more (None without both)."""
@@ -343,7 +358,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     inpainting = ""
     if "inpaint" in detectors:
         box = inpaint_box(ws, size)
-        inpainting = (f" Mask-and-inpaint: a `unet` (inpaint task) trained for the scale's {ws.train_iters} iterations "
+        inpainting = (f"{' ' if len(detectors) > 1 else ''}Mask-and-inpaint: a `unet` (inpaint task) trained for the scale's {ws.train_iters} iterations "
                       f"on the normal volumes with random boxes of {box} voxels ({INPAINT_BOX_MM:g} mm) hiding "
                       f"{INPAINT_FRACTION:.1%} of the body, scored with the checkerboard of {box}-voxel cubes "
                       f"(`medgen anomaly --box {box}`).")
@@ -351,9 +366,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         f"Normal training data: the {s.n_train} thorax-CT training phantoms (no lesions) at {size}³; test sets: "
         f"{n_test} held-out phantoms per lesion kind (other seeds, rendered at {raw_size}³ and preprocessed to "
         f"{size}³ like the training set), lesions painted into about half of them (`abnormal`).",
-        f"Detectors trained on the normal volumes for {args.minutes:g} minutes each at their measured speed "
-        "(iterations, train_minutes from each run's log); f-AnoGAN's encoder for the scale's iterations on top of "
-        "its HA-GAN run; the VAE with the AE's iterations. DDPM: noise level 0.25, 13 DDIM steps." + inpainting,
+        training_note(detectors, args.minutes) + inpainting,
         "auroc, auprc: volume level, of the detector's score (the mean of the map |x − x̂|; f-AnoGAN: image plus "
         "feature residual), auprc_chance the share of abnormal volumes; auroc_p99, auroc_max: of the map's 99th percentile and "
         "maximum; "
