@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +28,9 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 _CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 import numpy as np
+from medgen.core.measure import peak_rss_mb
 from medgen.metrics import scores
 n, size, how = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 rng = np.random.default_rng(0)
@@ -49,7 +48,7 @@ else:
     s, y = scores.flatten_maps(maps), scores.flatten_maps(masks)
     a, p = scores.auroc(s, y), scores.auprc(s, y)
 seconds = time.perf_counter() - t
-print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
                   "voxel_auroc": a, "voxel_auprc": p}))
 """
 
@@ -61,23 +60,12 @@ def measure(how: str, volumes: int, size: int) -> dict:
 
 
 def machine() -> dict:
-    import torch
-
-    import medgen
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import numpy
     import sklearn
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": numpy.__version__,
-            "scikit-learn": sklearn.__version__, "torch": torch.__version__, "medgen": medgen.__version__}
+    from medgen.core.measure import machine_info
+
+    return {**machine_info("cpu"), "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
 
 
 def main() -> None:
