@@ -105,7 +105,7 @@ def test_a_size_above_the_scales_grid_renders_the_same_subjects_at_that_size(tmp
     from medgen.experiments.workspace import SCALES, Workspace
 
     ws = Workspace(tmp_path / "w", SCALES["smoke"], device="cpu", progress=False)
-    assert ws.phantom_grid == 32
+    assert ws.phantom_grid == 32 and ws.render_size(16) == 32 and ws.render_size(64) == 64
     train32, held32 = ws.datasets(32)
     train64, held64 = ws.datasets(64)
     raw64 = read_volume(tmp_path / "w" / "phantoms" / "train-r64" / "thorax-ct-0000.nii.gz")

@@ -241,13 +241,18 @@ class Workspace:
         s = self.scale
         return max(s.sizes + (s.size, s.small_size))
 
+    def render_size(self, size: int) -> int:
+        """The edge the phantoms of a ``size``³ data set are rendered at: :attr:`phantom_grid`, or ``size``
+        above it (an experiment run at a larger ``--size`` than its scale's learns real anatomy at that
+        resolution, not an upsampled one)."""
+        return max(self.phantom_grid, size)
+
     def _phantoms(self, size: int = 0) -> tuple[Path, Path]:
-        """Raw thorax-CT phantoms (NIfTI, HU) at :attr:`phantom_grid`, or, for a ``size`` above it, the same
-        subjects (same seeds) rendered at ``size`` into ``phantoms/train-rSIZE`` (an experiment run at a
-        larger ``--size`` than its scale's learns real anatomy at that resolution, not an upsampled one)."""
+        """Raw thorax-CT phantoms (NIfTI, HU) at :meth:`render_size`: the scale's grid, or for a ``size``
+        above it the same subjects (same seeds) rendered at ``size`` into ``phantoms/train-rSIZE``."""
         s = self.scale
         raw = self.root / "phantoms"
-        grid = max(self.phantom_grid, size)
+        grid = self.render_size(size)
         tag = "" if grid == self.phantom_grid else f"-r{grid}"
         for name, n, seed in (("train", s.n_train, self.seed), ("heldout", s.n_heldout, self.seed + 1)):
             self._raw_phantoms(raw / f"{name}{tag}", n, seed, name, grid)
@@ -290,7 +295,7 @@ class Workspace:
         drawn with seed + 10, so none of them is one of the held-out phantoms (seed + 1)."""
         if not self.uses_phantoms:
             raise UsageError("a larger training set is made of phantoms: this experiment cannot use --data")
-        grid = max(self.phantom_grid, size)
+        grid = self.render_size(size)
         raw = self.root / "phantoms" / (f"train-{n}" if grid == self.phantom_grid else f"train-{n}-r{grid}")
         self._raw_phantoms(raw, n, self.seed + 10, f"train, {n}", grid)
         return self._preprocessed(raw, self.root / "data" / f"train{n}-{size}", size, f"train {n}")
