@@ -309,8 +309,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     size = args.size or s.small_size
     if size < 16:
         raise UsageError(f"--size {size}: need at least 16")
-    # The test phantoms' grid is the training phantoms' (Workspace.datasets): the scale's, or `size` above it.
-    raw_size = max(ws.phantom_grid, size)
+    raw_size = ws.render_size(size)  # the test phantoms' grid is the training phantoms'
     reference_dir = ws.datasets(size)[1]  # held-out normal phantoms: the normative maps' reference
     tag = "" if n_test == s.n_heldout else f"-n{n_test}"  # a test set of another size is another set
     tests = {kind: phantom_dataset(ws, "thorax-ct", f"lesions-{kind}-{size}{tag}", n_test, size,
@@ -358,7 +357,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     inpainting = ""
     if "inpaint" in detectors:
         box = inpaint_box(ws, size)
-        inpainting = (f"{' ' if len(detectors) > 1 else ''}Mask-and-inpaint: a `unet` (inpaint task) trained for the scale's {ws.train_iters} iterations "
+        inpainting = (f"Mask-and-inpaint: a `unet` (inpaint task) trained for the scale's {ws.train_iters} iterations "
                       f"on the normal volumes with random boxes of {box} voxels ({INPAINT_BOX_MM:g} mm) hiding "
                       f"{INPAINT_FRACTION:.1%} of the body, scored with the checkerboard of {box}-voxel cubes "
                       f"(`medgen anomaly --box {box}`).")
@@ -366,7 +365,7 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         f"Normal training data: the {s.n_train} thorax-CT training phantoms (no lesions) at {size}³; test sets: "
         f"{n_test} held-out phantoms per lesion kind (other seeds, rendered at {raw_size}³ and preprocessed to "
         f"{size}³ like the training set), lesions painted into about half of them (`abnormal`).",
-        training_note(detectors, args.minutes) + inpainting,
+        " ".join(n for n in (training_note(detectors, args.minutes), inpainting) if n),
         "auroc, auprc: volume level, of the detector's score (the mean of the map |x − x̂|; f-AnoGAN: image plus "
         "feature residual), auprc_chance the share of abnormal volumes; auroc_p99, auroc_max: of the map's 99th percentile and "
         "maximum; "
