@@ -213,7 +213,7 @@ def test_models_that_cannot_reconstruct_and_options_they_do_not_take_are_one_lin
 
     with pytest.raises(UsageError, match="cannot reconstruct"):
         anomaly.check_model(SimpleNamespace(generate=lambda n: None))
-    args = argparse.Namespace(noise_level=0.3, steps=None, seed=None, box=None)
+    args = argparse.Namespace(noise_level=0.3, steps=None, seed=None, box=None, shifts=None)
     with pytest.raises(UsageError, match="--noise-level: this model.s reconstruction takes no such option"):
         _options(args, NormalModel())
 
@@ -223,7 +223,7 @@ def test_models_that_cannot_reconstruct_and_options_they_do_not_take_are_one_lin
 
     assert _options(args, Diffusion()) == {"noise_level": 0.3}
     with pytest.raises(UsageError, match="0 < F <= 1"):
-        _options(argparse.Namespace(noise_level=1.5, steps=None, seed=None, box=None), Diffusion())
+        _options(argparse.Namespace(noise_level=1.5, steps=None, seed=None, box=None, shifts=None), Diffusion())
 
 
 def test_scans_of_another_size_are_reported_and_the_others_written(tmp_path):

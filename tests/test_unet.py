@@ -210,6 +210,21 @@ def test_grid_masks_cover_every_voxel_once_and_leave_each_cube_s_neighbours_visi
         grid_masks((4, 4, 4), 0)
 
 
+def test_an_offset_moves_the_grid_s_cube_edges_on_every_axis():
+    from medgen.data.degradations.inpaint import grid_masks
+
+    masks = grid_masks((10, 9, 7), 3, offset=1)
+    np.testing.assert_array_equal(np.sum(masks, axis=0), 1)
+    # Moved by one voxel: cube (1, 1, 1) is voxels 2..4 on each axis and the first cube (0, 0, 0) only voxels
+    # 0..1. Mask 7 (odd cubes on every axis) holds voxels 2..4 and 8..9 of the first axis, 2..4 and 8 of the
+    # second and 2..4 of the third: 5 × 4 × 3.
+    assert masks[7][2:5, 2:5, 2:5].all() and masks[7][8:10, 8, 2:5].all() and masks[7].sum() == 5 * 4 * 3
+    assert masks[0][0:2, 0:2, 0:2].all() and masks[0][:2, :2, :2].sum() == 8 and not masks[0][2, 0, 0]
+    # A full turn of the checkerboard (two cubes) is the same grid.
+    for a, b in zip(grid_masks((10, 9, 7), 3, offset=6), grid_masks((10, 9, 7), 3)):
+        np.testing.assert_array_equal(a, b)
+
+
 def _inpaint_model(size: int, info: dict):
     from types import SimpleNamespace
 
@@ -244,6 +259,34 @@ def test_mask_and_inpaint_reconstruction_fills_each_cube_as_training_does():
     assert np.abs(rec[0] - x)[inside].min() > 0
 
 
+def test_shifted_placements_of_the_checkerboard_are_averaged():
+    from medgen.data.degradations.inpaint import grid_masks
+
+    # As above, the untrained model fills each hidden cube with the mean of the visible body voxels, so the
+    # reconstruction of one placement is known voxel by voxel; with shifts=2 and 4-voxel cubes the grid is laid
+    # at offsets 0 and 2 and the result is the mean of both placements' fills.
+    info = {"modality": "ct", "hu_window": [-1024.0, 600.0]}
+    rng = np.random.default_rng(1)
+    x = np.full((16, 16, 16), -1.0, np.float32)
+    x[2:13, 2:13, 2:13] = rng.uniform(-0.2, 1.0, (11, 11, 11))
+    inside = np.zeros(x.shape, bool)
+    inside[2:13, 2:13, 2:13] = True
+    hu = -1024.0 + (x.astype(np.float64) + 1.0) / 2.0 * 1624.0
+    placements = []
+    for offset in (0, 2):
+        rec = x.astype(np.float64).copy()
+        for grid in grid_masks(x.shape, 4, offset):
+            mask = grid & inside
+            rec[mask] = 2.0 * (hu[(hu > -500.0) & ~mask].mean() + 1024.0) / 1624.0 - 1.0
+        placements.append(rec)
+    model = _inpaint_model(16, info)
+    np.testing.assert_allclose(model.reconstruct(x[None], box=4, shifts=2)[0], np.mean(placements, axis=0), atol=2e-6)
+    np.testing.assert_allclose(model.reconstruct(x[None], box=4)[0], placements[0], atol=2e-6)
+    assert np.abs(placements[0] - placements[1])[inside].max() > 1e-3  # the two placements do differ
+    with pytest.raises(UsageError, match="shifts 5: need 1 to 4"):
+        model.reconstruct(x[None], box=4, shifts=5)
+
+
 def test_only_an_inpainting_run_reconstructs_and_the_anomaly_command_passes_box():
     import argparse
 
@@ -259,9 +302,15 @@ def test_only_an_inpainting_run_reconstructs_and_the_anomaly_command_passes_box(
     model = _inpaint_model(16, info)
     with pytest.raises(UsageError, match="at least 1 voxel"):
         model.reconstruct(np.zeros((1, 16, 16, 16), np.float32), box=0)
-    args = argparse.Namespace(noise_level=None, steps=None, seed=None, box=2)
+    args = argparse.Namespace(noise_level=None, steps=None, seed=None, box=2, shifts=None)
     assert _options(args, model) == {"box": 2}
     with pytest.raises(UsageError, match="--box 0: need at least 1"):
-        _options(argparse.Namespace(noise_level=None, steps=None, seed=None, box=0), model)
+        _options(argparse.Namespace(noise_level=None, steps=None, seed=None, box=0, shifts=None), model)
     with pytest.raises(UsageError, match="--noise-level: this model.s reconstruction takes no such option"):
-        _options(argparse.Namespace(noise_level=0.2, steps=None, seed=None, box=None), model)
+        _options(argparse.Namespace(noise_level=0.2, steps=None, seed=None, box=None, shifts=None), model)
+    assert _options(argparse.Namespace(noise_level=None, steps=None, seed=None, box=2, shifts=2), model) == {
+        "box": 2, "shifts": 2}
+    with pytest.raises(UsageError, match="--shifts 3: need 1 to 2"):
+        _options(argparse.Namespace(noise_level=None, steps=None, seed=None, box=2, shifts=3), model)
+    with pytest.raises(UsageError, match="--shifts 5: need 1 to 4"):  # the model's default box, 4
+        _options(argparse.Namespace(noise_level=None, steps=None, seed=None, box=None, shifts=5), model)

@@ -6,6 +6,7 @@ Examples::
     medgen anomaly runs/ae32 data/ct32-lesions --out anomaly-ae/                    # autoencoder residual
     medgen anomaly runs/ddpm32 data/ct32-lesions --out anomaly-ddpm/ --noise-level 0.3 --steps 20
     medgen anomaly runs/inpaint64 data/ct64-lesions --out anomaly-inpaint/ --box 4   # mask-and-inpaint (unet)
+    medgen anomaly runs/inpaint64 data/ct64-lesions --out an-inpaint4/ --box 4 --shifts 4  # 4 grid placements
     medgen anomaly runs/fanogan32 scans/ --out my-scans/                            # your own scans (32³)
     medgen anomaly runs/ae32 data/ct32-lesions --out an-ae/ --reference data/ct32-normal  # + normative scores
 
@@ -58,6 +59,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--box", type=int, default=None, metavar="N",
                    help="mask-and-inpaint (a unet run of the inpaint task): edge in voxels of the cubes hidden in "
                         "turn, at least the size of the lesions to find (default 4)")
+    p.add_argument("--shifts", type=int, default=None, metavar="N",
+                   help="mask-and-inpaint: lay the checkerboard N times, moved by box/N voxels each time, and average "
+                        "the reconstructions (N times the work; 1 to the box's edge, default 1)")
     p.add_argument("--figures", type=int, default=16, metavar="N",
                    help="data sets: figures for the first N volumes, abnormal ones first (default 16; -1: all)")
     p.add_argument("--checkpoint", default=None, metavar="FILE", help="checkpoint to load (default: the run's latest)")
@@ -67,13 +71,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _options(args: argparse.Namespace, model) -> dict:
-    """The reconstruction options given (diffusion: noise level, steps, seed; mask-and-inpaint: box), checked
+    """The reconstruction options given (diffusion: noise level, steps, seed; mask-and-inpaint: box, shifts), checked
     against what the model's reconstruction takes."""
     import inspect
 
     from medgen.core.errors import UsageError
 
-    given = {"noise_level": args.noise_level, "steps": args.steps, "seed": args.seed, "box": args.box}
+    given = {"noise_level": args.noise_level, "steps": args.steps, "seed": args.seed, "box": args.box,
+             "shifts": args.shifts}
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return {}
@@ -83,13 +88,17 @@ def _options(args: argparse.Namespace, model) -> dict:
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise UsageError(f"{flags}: this model's reconstruction takes no such option (--noise-level, --steps and "
-                         "--seed apply to diffusion models such as ddpm, --box to a unet run of the inpaint task)")
+                         "--seed apply to diffusion models such as ddpm, --box and --shifts to a unet run of the "
+                         "inpaint task)")
     if "noise_level" in given and not 0.0 < given["noise_level"] <= 1.0:
         raise UsageError(f"--noise-level {given['noise_level']}: need 0 < F <= 1")
     if "steps" in given and given["steps"] < 1:
         raise UsageError(f"--steps {given['steps']}: need at least 1")
     if "box" in given and given["box"] < 1:
         raise UsageError(f"--box {given['box']}: need at least 1 voxel")
+    box = given.get("box", accepted["box"].default if "box" in accepted else 1)
+    if "shifts" in given and not 1 <= given["shifts"] <= box:
+        raise UsageError(f"--shifts {given['shifts']}: need 1 to {box} (the edge of the cubes, --box)")
     return given
 
 

@@ -93,6 +93,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=DEFAULT_MINUTES, metavar="M",
                    help=f"training budget of each detector at its measured speed (default {DEFAULT_MINUTES:g}; "
                         "f-AnoGAN's encoder: the scale's iterations on top of its HA-GAN)")
+    p.add_argument("--shifts", type=int, default=1, metavar="N",
+                   help="mask-and-inpaint: placements of its checkerboard, the reconstructions averaged (`medgen "
+                        "anomaly --shifts`; N times the scoring time; default 1)")
 
 
 def _names(text: str, known: tuple[str, ...] | dict[str, str], option: str) -> list[str]:
@@ -315,6 +318,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     tests = {kind: phantom_dataset(ws, "thorax-ct", f"lesions-{kind}-{size}{tag}", n_test, size,
                                    ws.seed + 100 + k, lesions=(kind,), raw_size=raw_size)
              for k, kind in enumerate(kinds)}
+    if "inpaint" in detectors and not 1 <= args.shifts <= inpaint_box(ws, size):
+        raise UsageError(f"--shifts {args.shifts}: need 1 to {inpaint_box(ws, size)}, the edge of mask-and-inpaint's "
+                         f"cubes at {size}³")
     runs = detector_runs(ws, detectors, size, args.minutes)
     device = resolve_device(ws.device)
 
@@ -324,8 +330,12 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     for det in detectors:
         run_dir = runs[det]
         model = registry.load(run_dir, device=device)
-        base = ws.root / "anomaly" / f"{det}-{run_dir.name}-it{checkpoint_iteration(run_dir)}"
         options = {"box": inpaint_box(ws, size)} if det == "inpaint" else {}
+        if det == "inpaint" and args.shifts > 1:
+            options["shifts"] = args.shifts
+        # other reconstruction options are other maps: their own folder, never the cached maps of the default
+        suffix = f"-shifts{args.shifts}" if "shifts" in options else ""
+        base = ws.root / "anomaly" / f"{det}-{run_dir.name}-it{checkpoint_iteration(run_dir)}{suffix}"
         flags = [a for k, v in options.items() for a in (f"--{k}", str(v))]
         reference = reference_statistics(model, reference_dir, base / "reference", progress=ws.progress, **options)
         for kind in kinds:
@@ -360,7 +370,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         inpainting = (f"Mask-and-inpaint: a `unet` (inpaint task) trained for the scale's {ws.train_iters} iterations "
                       f"on the normal volumes with random boxes of {box} voxels ({INPAINT_BOX_MM:g} mm) hiding "
                       f"{INPAINT_FRACTION:.1%} of the body, scored with the checkerboard of {box}-voxel cubes "
-                      f"(`medgen anomaly --box {box}`).")
+                      + (f"(`medgen anomaly --box {box}`)." if args.shifts == 1 else
+                         f"laid {args.shifts} times, moved along every axis by {box / args.shifts:g} voxel(s) each "
+                         f"time, the reconstructions averaged (`medgen anomaly --box {box} --shifts {args.shifts}`)."))
     notes = [
         f"Normal training data: the {s.n_train} thorax-CT training phantoms (no lesions) at {size}³; test sets: "
         f"{n_test} held-out phantoms per lesion kind (other seeds, rendered at {raw_size}³ and preprocessed to "
@@ -402,4 +414,5 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
                                   per_volume[f"{detectors[0]}/{kind}"])
         out.add_figure(figure)
     return {"size": size, "detectors": detectors, "lesions": kinds, "minutes": args.minutes, "test_volumes": n_test,
+            "shifts": args.shifts,
             "runs": {d: str(p) for d, p in runs.items()}, "rows": rows, "commands": list(ws.log)}

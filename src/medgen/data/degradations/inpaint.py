@@ -124,14 +124,15 @@ def blob_mask(body: np.ndarray, spacing, size_mm: float, fraction: float, rng: n
     return (smooth >= threshold) & in_box
 
 
-def grid_masks(shape: tuple[int, ...], box: int) -> list[np.ndarray]:
+def grid_masks(shape: tuple[int, ...], box: int, offset: int = 0) -> list[np.ndarray]:
     """The 8 masks of a 3D checkerboard of cubes of edge ``box`` voxels: cube ``(i, j, k)`` (voxels
-    ``i·box … (i+1)·box − 1`` along the first axis, and so on) belongs to mask ``4·(i mod 2) + 2·(j mod 2) +
-    (k mod 2)``. Every voxel lies in exactly one mask, and every cube of a mask has its 26 neighbouring cubes
-    visible: what mask-and-inpaint anomaly detection hides in turn (each voxel predicted from its context)."""
+    ``i·box − offset … (i+1)·box − 1 − offset`` along the first axis, and so on) belongs to mask
+    ``4·(i mod 2) + 2·(j mod 2) + (k mod 2)``. Every voxel lies in exactly one mask, and every cube of a mask has
+    its 26 neighbouring cubes visible: what mask-and-inpaint anomaly detection hides in turn (each voxel
+    predicted from its context). ``offset`` (voxels) moves the grid's cube edges along every axis."""
     if box < 1:
         raise UsageError(f"grid box of {box} voxels: need >= 1")
-    parity = [(np.arange(n) // box) % 2 for n in shape]
+    parity = [((np.arange(n) + int(offset)) // box) % 2 for n in shape]
     phase = 4 * parity[0][:, None, None] + 2 * parity[1][None, :, None] + parity[2][None, None, :]
     return [phase == p for p in range(8)]
 

@@ -75,7 +75,8 @@ class InpaintingModel(ImageToImageModel):
     so the report and the anomaly command recognise them by it."""
 
     @torch.no_grad()
-    def reconstruct(self, volumes: Any, box: int = DEFAULT_BOX, window: int | None = None) -> np.ndarray:
+    def reconstruct(self, volumes: Any, box: int = DEFAULT_BOX, window: int | None = None, shifts: int = 1
+                    ) -> np.ndarray:
         """Mask-and-inpaint: every voxel of ``volumes`` ``[N, X, Y, Z]`` (in [-1, 1]) as this ``inpaint`` model
         predicts it from its context, ``[N, X, Y, Z]`` float32 — the normal volume an anomaly detector compares
         with the input (:mod:`medgen.inference.anomaly`).
@@ -87,9 +88,19 @@ class InpaintingModel(ImageToImageModel):
         air around it is returned as it is). Anatomy that continues from the context (a vessel crossing
         the cube) is predicted; what the context does not announce (a nodule inside it) is not. Choose ``box``
         at least as large as the lesions to be found (in voxels; 4 at 6.25 mm is 25 mm).
+
+        ``shifts``: the checkerboard is laid ``shifts`` times, its cube edges moved by ``round(j·box/shifts)``
+        voxels along every axis (j = 0 … shifts − 1), and the reconstructions averaged, so each voxel is
+        predicted from that many different contexts (``8·shifts`` inpaintings per volume). A lesion cut by the
+        cubes' edges in one placement (its visible part announcing the rest) lies inside a cube in another,
+        and the error a single placement makes at its edges averages out: on thorax-CT phantoms at 64³ with
+        4-voxel cubes, the AUROC of the blob excess for nodules ≥ 10 mm on a selection set was 0.88–0.90 for
+        each single placement, 0.91–0.92 for two and 0.92 for four (README, Anomaly detection).
         """
         if int(box) < 1:
             raise UsageError(f"box {box}: the hidden cubes need an edge of at least 1 voxel")
+        if not 1 <= int(shifts) <= int(box):
+            raise UsageError(f"shifts {shifts}: need 1 to {int(box)} (the box's edge) placements of the checkerboard")
         info = self.preprocess
         if info.get("modality") not in ("ct", "mri"):
             raise InputError("the run's preprocess record names no modality (ct or mri): cannot fill hidden voxels")
@@ -97,7 +108,8 @@ class InpaintingModel(ImageToImageModel):
         arr = arr[None] if arr.ndim == 3 else arr
         if arr.ndim != 4:
             raise UsageError(f"volumes of shape {tuple(np.shape(volumes))}: need [N, X, Y, Z] or one [X, Y, Z]")
-        masks = grid_masks(arr.shape[1:], int(box))
+        offsets = sorted({round(j * int(box) / int(shifts)) for j in range(int(shifts))})
+        placements = [grid_masks(arr.shape[1:], int(box), o) for o in offsets]
         out = np.empty_like(arr)
         for i, x in enumerate(arr):
             scan = Scan(to_scan_units(x, info), (1.0, 1.0, 1.0), info["modality"])
@@ -105,16 +117,19 @@ class InpaintingModel(ImageToImageModel):
             lo, hi = bounding_box(body_mask(scan))
             inside = np.zeros(x.shape, dtype=bool)
             inside[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
-            rec = x.copy()
-            for grid in masks:
-                mask = grid & inside
-                if not mask.any():
-                    continue
-                hidden = hide(scan, mask)
-                inputs = {"degraded": from_scan_units(hidden["degraded"], info).astype(np.float32),
-                          "mask": hidden["mask"].astype(np.float32)}
-                rec[mask] = self.translate(inputs, window=window)[mask]
-            out[i] = rec
+            total = np.zeros(x.shape, np.float64)
+            for masks in placements:
+                rec = x.copy()
+                for grid in masks:
+                    mask = grid & inside
+                    if not mask.any():
+                        continue
+                    hidden = hide(scan, mask)
+                    inputs = {"degraded": from_scan_units(hidden["degraded"], info).astype(np.float32),
+                              "mask": hidden["mask"].astype(np.float32)}
+                    rec[mask] = self.translate(inputs, window=window)[mask]
+                total += rec
+            out[i] = (total / len(placements)).astype(np.float32)
         return out
 
 
