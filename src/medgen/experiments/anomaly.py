@@ -21,7 +21,8 @@
      :data:`INPAINT_FRACTION` of the body); each volume is cut into a checkerboard of such cubes, each class
      of cubes hidden in turn and inpainted from its context (:meth:`medgen.families.unet.model.
      InpaintingModel.reconstruct`), so a vessel that crosses a cube is predicted and a nodule inside it is
-     not.
+     not. ``--shifts N`` lays the checkerboard N times, moved by box/N voxels each time, and averages the
+     reconstructions (N times the scoring time; its maps go to their own folder of the workspace).
 
 4. ``medgen anomaly`` on every test set with every detector: the per-volume scores and voxel maps
    (:mod:`medgen.inference.anomaly`), scored against the ground truth, for the residual map and for the
