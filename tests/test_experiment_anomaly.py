@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import yaml
@@ -42,6 +43,7 @@ def test_the_training_note_names_only_the_detectors_that_ran():
     (["--minutes", "0"], "--minutes"),
     (["--test-volumes", "2"], "--test-volumes"),
     (["--size", "8"], "--size 8"),
+    (["--shifts", "0"], "--shifts 0"),
 ])
 def test_bad_options_are_one_line_usage_errors(tmp_path, capsys, argv, words):
     code = main(["experiment", "anomaly", "--scale", "smoke", "--work", str(tmp_path / "w"),
@@ -110,3 +112,17 @@ def test_smoke_run_of_the_mask_and_inpaint_detector(tmp_path):
     cfg = yaml.safe_load((work / "runs" / "unet-inpaint-32" / "config.yaml").read_text())
     assert cfg["family"] == "unet" and cfg["model"]["task"] == "inpaint" and cfg["hparams"]["patch"] == 32
     assert "--box 2" in (out / "anomaly.md").read_text() and 0 <= float(rows[0]["voxel_auroc"]) <= 1
+    # more placements of the checkerboard than the cubes' edge (2 voxels at 32³) would repeat one: refused
+    code = main(["experiment", "anomaly", "--scale", "smoke", "--work", str(work), "--out", str(tmp_path / "o3"),
+                 "--detectors", "inpaint", "--lesions", "nodule", "--shifts", "3", "--no-progress"])
+    assert code == 2 and not (tmp_path / "o3" / "anomaly.csv").exists()
+    # two placements: reconstructions and maps of their own, never the cached ones of one placement
+    assert main(["experiment", "anomaly", "--scale", "smoke", "--work", str(work), "--out", str(tmp_path / "o2"),
+                 "--detectors", "inpaint", "--lesions", "nodule", "--shifts", "2", "--no-progress"]) == 0
+    two, = (work / "anomaly").glob("inpaint-unet-inpaint-32-it*-shifts2")
+    one, = (p for p in (work / "anomaly").glob("inpaint-unet-inpaint-32-it*") if p != two)
+    assert "--box 2 --shifts 2" in (tmp_path / "o2" / "anomaly.md").read_text()
+    name = sorted(p.name for p in (one / "nodule" / "reconstructions").glob("*.nii.gz"))[0]
+    rec1 = nib.load(one / "nodule" / "reconstructions" / name).get_fdata()
+    rec2 = nib.load(two / "nodule" / "reconstructions" / name).get_fdata()
+    assert rec1.shape == rec2.shape and np.abs(rec1 - rec2).max() > 1.0  # HU: the placements differ

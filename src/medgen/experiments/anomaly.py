@@ -313,15 +313,17 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
     size = args.size or s.small_size
     if size < 16:
         raise UsageError(f"--size {size}: need at least 16")
+    if args.shifts < 1:
+        raise UsageError(f"--shifts {args.shifts}: need at least one placement of the checkerboard")
     raw_size = ws.render_size(size)  # the test phantoms' grid is the training phantoms'
     reference_dir = ws.datasets(size)[1]  # held-out normal phantoms: the normative maps' reference
+    if "inpaint" in detectors and args.shifts > inpaint_box(ws, size):  # the box needs the phantoms' voxel size
+        raise UsageError(f"--shifts {args.shifts}: need 1 to {inpaint_box(ws, size)}, the edge of mask-and-inpaint's "
+                         f"cubes at {size}³")
     tag = "" if n_test == s.n_heldout else f"-n{n_test}"  # a test set of another size is another set
     tests = {kind: phantom_dataset(ws, "thorax-ct", f"lesions-{kind}-{size}{tag}", n_test, size,
                                    ws.seed + 100 + k, lesions=(kind,), raw_size=raw_size)
              for k, kind in enumerate(kinds)}
-    if "inpaint" in detectors and not 1 <= args.shifts <= inpaint_box(ws, size):
-        raise UsageError(f"--shifts {args.shifts}: need 1 to {inpaint_box(ws, size)}, the edge of mask-and-inpaint's "
-                         f"cubes at {size}³")
     runs = detector_runs(ws, detectors, size, args.minutes)
     device = resolve_device(ws.device)
 
