@@ -44,6 +44,7 @@ def test_the_training_note_names_only_the_detectors_that_ran():
     (["--test-volumes", "2"], "--test-volumes"),
     (["--size", "8"], "--size 8"),
     (["--shifts", "0"], "--shifts 0"),
+    (["--detectors", "ae", "--shifts", "2"], "only the inpaint detector"),
 ])
 def test_bad_options_are_one_line_usage_errors(tmp_path, capsys, argv, words):
     code = main(["experiment", "anomaly", "--scale", "smoke", "--work", str(tmp_path / "w"),

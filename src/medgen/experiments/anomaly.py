@@ -315,6 +315,9 @@ def run(ws: Workspace, out: ExperimentOutput, args: argparse.Namespace) -> dict[
         raise UsageError(f"--size {size}: need at least 16")
     if args.shifts < 1:
         raise UsageError(f"--shifts {args.shifts}: need at least one placement of the checkerboard")
+    if args.shifts > 1 and "inpaint" not in detectors:
+        raise UsageError(f"--shifts {args.shifts}: only the inpaint detector (mask-and-inpaint) has a checkerboard; "
+                         "add it to --detectors")
     raw_size = ws.render_size(size)  # the test phantoms' grid is the training phantoms'
     reference_dir = ws.datasets(size)[1]  # held-out normal phantoms: the normative maps' reference
     if "inpaint" in detectors and args.shifts > inpaint_box(ws, size):  # the box needs the phantoms' voxel size
