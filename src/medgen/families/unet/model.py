@@ -109,8 +109,9 @@ class InpaintingModel(ImageToImageModel):
         arr = arr[None] if arr.ndim == 3 else arr
         if arr.ndim != 4:
             raise UsageError(f"volumes of shape {tuple(np.shape(volumes))}: need [N, X, Y, Z] or one [X, Y, Z]")
-        offsets = sorted({round(j * int(box) / int(shifts)) for j in range(int(shifts))})
-        placements = [grid_masks(arr.shape[1:], int(box), o) for o in offsets]
+        box, shifts = int(box), int(shifts)
+        # offsets round(j·box/shifts) are distinct since shifts <= box
+        placements = [grid_masks(arr.shape[1:], box, round(j * box / shifts)) for j in range(shifts)]
         out = np.empty_like(arr)
         for i, x in enumerate(arr):
             scan = Scan(to_scan_units(x, info), (1.0, 1.0, 1.0), info["modality"])
