@@ -56,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-heldout", type=int, default=16, help="held-out phantoms for evaluation (default: 16)")
     p.add_argument("--n-samples", type=int, default=16, help="volumes to generate (default: 16)")
     p.add_argument("--size", type=int, default=64, help="volume edge length in voxels (default: 64)")
+    p.add_argument("--batch", type=int, default=DEMO_BATCH, help=f"training batch size (default: {DEMO_BATCH})")
     p.add_argument("--preset", default="tiny", help="HA-GAN preset (default: tiny)")
     p.add_argument("--recipe", default=None, metavar="NAME",
                    help="train with the paper's method (paper) instead of medgen's defaults, to see the difference")
@@ -72,6 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 # DEMO_ENCODER_EVERY-th iteration only, which leaves more of the time to the GAN.
 DEMO_ITERS = 4000
 DEMO_ENCODER_EVERY = 4
+DEMO_BATCH = 4
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def stages(args: argparse.Namespace) -> list[Stage]:
     raw, data, run = out / "phantoms", out / "data", out / "run"
     size, seed = str(args.size), args.seed
     train = dict(preset=args.preset, recipe=args.recipe, resume=(run / "config.yaml").exists(),
-                 options={"iters": args.iters, "max_minutes": args.minutes, "batch": 4, "seed": seed,
+                 options={"iters": args.iters, "max_minutes": args.minutes, "batch": args.batch, "seed": seed,
                           "device": args.device, "sample_every": 250, "ckpt_every": 500, "log_every": 25,
                           # the encoder steps on every 4th iteration only: ~1/3 more GAN iterations per minute
                           # (benchmarks/encoder_every.py); the GAN is the same per iteration
@@ -249,6 +251,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--minutes must be positive, got {args.minutes:g}")
     if args.iters < 1:
         raise UsageError(f"--iters must be at least 1, got {args.iters}")
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
     if min(args.n_train, args.n_heldout, args.n_samples) < 2:
         raise UsageError("--n-train, --n-heldout and --n-samples must each be at least 2")
     plan = stages(args)

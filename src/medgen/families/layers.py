@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from medgen.families.conv3d import Conv3d, conv3d
+
 
 def upsample2(x: torch.Tensor) -> torch.Tensor:
     """Nearest-neighbour ×2 upsampling of every spatial axis."""
@@ -17,13 +19,13 @@ def upsample2(x: torch.Tensor) -> torch.Tensor:
 
 
 def conv3(in_channels: int, out_channels: int) -> nn.Conv3d:
-    """3×3×3 convolution, stride 1, zero padding 1 (keeps the grid)."""
-    return nn.Conv3d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
+    """3×3×3 convolution, stride 1, zero padding 1 (keeps the grid); :class:`~medgen.families.conv3d.Conv3d`."""
+    return Conv3d(in_channels, out_channels, kernel_size=3, stride=1, padding=1)
 
 
 def down_conv(in_channels: int, out_channels: int) -> nn.Conv3d:
-    """4×4×4 convolution, stride 2, padding 1 (halves the grid)."""
-    return nn.Conv3d(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
+    """4×4×4 convolution, stride 2, padding 1 (halves the grid); :class:`~medgen.families.conv3d.Conv3d`."""
+    return Conv3d(in_channels, out_channels, kernel_size=4, stride=2, padding=1)
 
 
 def sn(module: nn.Module) -> nn.Module:
@@ -111,7 +113,7 @@ def upsample2_conv3(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
     bias = conv.bias.repeat_interleave(8) if conv.bias is not None else None
     # y[:, 8·o + 4·px + 2·py + pz, i + px, j + py, k + pz] is output voxel (2i+px, 2j+py, 2k+pz)
     # of channel o (the 2-tap conv over zero-padded x is what padding=1 does).
-    y = F.conv3d(x, fold_upsample2_conv3(conv.weight), bias, padding=1).contiguous()  # [B, 8·O, X+1, Y+1, Z+1]
+    y = conv3d(x, fold_upsample2_conv3(conv.weight), bias, padding=1).contiguous()  # [B, 8·O, X+1, Y+1, Z+1]
     sb, sc, si, sj, sk = y.stride()
     # View y as [B, O, X, 2, Y, 2, Z, 2]: a step in px moves 4 channels and one voxel along x, etc.;
     # the reshape then writes the interleaved output in a single sequential copy.

@@ -26,6 +26,7 @@ from torch import nn
 
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.hagan.discriminator import slab_convs
+from medgen.families.conv3d import Conv3d
 from medgen.families.layers import down_conv, intensity_windows, leaky
 
 
@@ -41,7 +42,7 @@ class HighResClassifier(nn.Module):
         self.convs, depth, cin = slab_convs(cfg)  # D^H's, without spectral normalisation
         self.windows = cfg.d_windows
         features, hidden = cfg.channels(128), cfg.channels(64)
-        self.final_conv = nn.Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth))
+        self.final_conv = Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth))
         self.fc = nn.Linear(features + 1, hidden)
         self.out = nn.Linear(hidden, cfg.num_classes)
 
@@ -63,7 +64,7 @@ class LowResClassifier(nn.Module):
         self.windows = cfg.d_windows
         channels = 1 + len(cfg.d_windows)
         self.convs = nn.ModuleList(down_conv(cin, cout) for cin, cout in zip([channels] + widths[:-1], widths))
-        self.final_conv = nn.Conv3d(widths[-1] if widths else channels, cfg.num_classes, kernel_size=BASE_GRID)
+        self.final_conv = Conv3d(widths[-1] if widths else channels, cfg.num_classes, kernel_size=BASE_GRID)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = intensity_windows(x, self.windows)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
+from medgen.families.conv3d import Conv3d
 from medgen.families.layers import cumulative_log_shares, down_conv, intensity_windows, leaky, minibatch_stddev, sn
 
 
@@ -61,7 +62,7 @@ def slab_convs(cfg: HAGANConfig, wrap=lambda module: module) -> tuple[nn.ModuleL
     convs = []
     for cout in cfg.downsampling_widths(512, cfg.size):
         kd, sd, pd = _depth_step(depth)
-        convs.append(wrap(nn.Conv3d(cin, cout, kernel_size=(4, 4, kd), stride=(2, 2, sd), padding=(1, 1, pd))))
+        convs.append(wrap(Conv3d(cin, cout, kernel_size=(4, 4, kd), stride=(2, 2, sd), padding=(1, 1, pd))))
         depth, cin = depth // sd, cout
     return nn.ModuleList(convs), depth, cin
 
@@ -85,7 +86,7 @@ class HighResDiscriminator(nn.Module):
         self.minibatch_std = cfg.minibatch_std
         features, hidden = cfg.channels(128), cfg.channels(64)
         cin += 1 if cfg.minibatch_std else 0
-        self.final_conv = sn(nn.Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth)))
+        self.final_conv = sn(Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth)))
         self.histogram_bins = cfg.histogram_bins
         self.histogram = sn(nn.Linear(cfg.histogram_bins, hidden)) if cfg.histogram_bins else None
         self.fc = sn(nn.Linear(features + 1 + (hidden if cfg.histogram_bins else 0), hidden))
@@ -137,7 +138,7 @@ class LowResDiscriminator(nn.Module):
         self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([channels] + widths[:-1], widths))
         features = widths[-1] if widths else channels
         cin = features + (1 if cfg.minibatch_std else 0)
-        self.final_conv = sn(nn.Conv3d(cin, 1 + self.num_classes, kernel_size=BASE_GRID))
+        self.final_conv = sn(Conv3d(cin, 1 + self.num_classes, kernel_size=BASE_GRID))
         self.histogram_bins = cfg.histogram_bins
         if cfg.histogram_bins:  # the intensity distribution's own contribution to the logit
             hidden = cfg.channels(64)

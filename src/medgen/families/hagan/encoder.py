@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
+from medgen.families.conv3d import Conv3d
 from medgen.families.layers import conv3, down_conv
 
 
@@ -53,7 +54,7 @@ class GroundEncoder(nn.Module):
         self.convs = nn.ModuleList(down_conv(cin, cout) for cin, cout in zip(ins, widths))
         self.norms = nn.ModuleList(nn.GroupNorm(cfg.norm_groups, c) for c in widths)
         cin = widths[-1] if widths else cfg.feature_channels
-        self.final_conv = nn.Conv3d(cin, cfg.latent_dim, kernel_size=BASE_GRID)
+        self.final_conv = Conv3d(cin, cfg.latent_dim, kernel_size=BASE_GRID)
 
     def forward(self, a: torch.Tensor) -> torch.Tensor:
         h = a
