@@ -94,7 +94,11 @@ def test_demo_trains_a_fixed_number_of_iterations_unless_given_a_time_limit(tmp_
     train = next(s for s in demo.stages(args) if s.name == "train")
     assert train.argv[train.argv.index("--iters") + 1] == "6000"
     assert float(train.argv[train.argv.index("--max-minutes") + 1]) == 3
-    for bad in (["--iters", "0"], ["--minutes", "0"]):
+    assert train.argv[train.argv.index("--batch") + 1] == str(demo.DEMO_BATCH) == "4"
+    args = parser.parse_args(["demo", "--out", str(tmp_path / "d"), "--batch", "2"])
+    argv = next(s for s in demo.stages(args) if s.name == "train").argv
+    assert argv[argv.index("--batch") + 1] == "2"
+    for bad in (["--iters", "0"], ["--minutes", "0"], ["--batch", "0"]):
         assert main(["demo", "--out", str(tmp_path / "bad"), *bad]) == 2
         assert bad[0] in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before anything was written

@@ -29,6 +29,9 @@ from torch import nn
 
 _Triple = tuple[int, int, int]
 
+# False: always PyTorch's own convolution (benchmarks/conv3d_backward.py measures both in one run)
+ENABLED = True
+
 
 def _triple(v: int | tuple[int, ...] | list[int]) -> _Triple:
     t = tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
@@ -73,7 +76,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
            dilation=1, groups: int = 1) -> torch.Tensor:
     """``torch.nn.functional.conv3d``, with the faster CPU weight gradient where it applies (module docstring)."""
     fast = (
-        x.device.type == "cpu" and x.dim() == 5 and x.dtype == weight.dtype == torch.float32
+        ENABLED and x.device.type == "cpu" and x.dim() == 5 and x.dtype == weight.dtype == torch.float32
         and groups == 1 and not isinstance(padding, str) and _triple(dilation) == (1, 1, 1)
         and weight.requires_grad and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
     )
