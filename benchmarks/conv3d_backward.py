@@ -126,7 +126,9 @@ def main() -> None:
                     print(f"round {r + 1}: {'medgen' if enabled else 'torch'}: {speeds[enabled][-1]:.2f} it/s",
                           file=sys.stderr)
 
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    from medgen.core.measure import cpu_model
+
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(),
                "threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
                "medgen": medgen.__version__}
     command = "python benchmarks/conv3d_backward.py " + " ".join(sys.argv[1:])

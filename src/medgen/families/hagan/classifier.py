@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medgen.families.conv3d import Conv3d
 from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.hagan.discriminator import slab_convs
-from medgen.families.conv3d import Conv3d
 from medgen.families.layers import down_conv, intensity_windows, leaky
 
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.conv3d import Conv3d
+from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.layers import cumulative_log_shares, down_conv, intensity_windows, leaky, minibatch_stddev, sn
 
 

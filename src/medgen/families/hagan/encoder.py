@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.conv3d import Conv3d
+from medgen.families.hagan.config import BASE_GRID, HAGANConfig
 from medgen.families.layers import conv3, down_conv
 
 
