@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from medgen.families.conv3d import Conv3d, _Conv3dFunction, conv3d, weight_gradient
 
 # (input shape, out channels, kernel, stride, padding): HA-GAN's layer kinds (3³ same, 4³ stride 2, anisotropic
-# slab kernels, the sub-pixel 2³ kernel with padding 1, a "valid" final conv) and odd sizes that leave a
-# remainder after the stride
+# slab kernels, the sub-pixel 2³ kernel with padding 1, a "valid" final conv), odd sizes that leave a
+# remainder after the stride, and both input gradients of strided layers (phased up to 4 input channels)
 CASES = [
     ((2, 3, 8, 8, 8), 4, (3, 3, 3), (1, 1, 1), (1, 1, 1)),
     ((2, 1, 16, 16, 4), 3, (4, 4, 2), (2, 2, 2), (1, 1, 0)),
@@ -18,6 +18,7 @@ CASES = [
     ((2, 2, 9, 7, 6), 3, (4, 4, 4), (2, 2, 2), (1, 1, 1)),
     ((2, 5, 4, 4, 3), 2, (4, 4, 3), (1, 1, 1), (0, 0, 0)),
     ((1, 2, 11, 10, 9), 2, (3, 2, 4), (3, 2, 1), (2, 0, 1)),
+    ((2, 6, 8, 8, 8), 3, (4, 4, 4), (2, 2, 2), (1, 1, 1)),  # strided, too many input channels for the phases
 ]
 
 
@@ -88,7 +89,15 @@ def test_other_cases_are_torch_s_own_convolution():
     w1 = torch.randn(2, 4, 3, 3, 3, requires_grad=True)
     assert conv3d(x, w1, dilation=2).grad_fn.name() == "ConvolutionBackward0"  # dilation
     assert conv3d(x, w1, padding="same").grad_fn.name() == "ConvolutionBackward0"
-    assert conv3d(x, w1.detach()).grad_fn is None  # no weight gradient wanted: nothing to speed up
+    assert conv3d(x, w1.detach()).grad_fn is None  # no gradient wanted: nothing to speed up
+    xg = x.clone().requires_grad_()
+    assert conv3d(xg, w1.detach(), padding=1).grad_fn.name() == "ConvolutionBackward0"  # input gradient, stride 1
+    w4 = torch.randn(2, 4, 4, 4, 4)  # a frozen strided layer (D in the G step): the phased input gradient
+    y = conv3d(xg, w4, stride=2, padding=1)
+    assert y.grad_fn.name().startswith("_Conv3dFunction")
+    (gx,) = torch.autograd.grad(y.square().sum(), xg)
+    (ref,) = torch.autograd.grad(F.conv3d(xg, w4, stride=2, padding=1).square().sum(), xg)
+    torch.testing.assert_close(gx, ref, rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         assert conv3d(x, w1).grad_fn is None
     assert conv3d(x.double(), w1.double()).grad_fn.name() == "ConvolutionBackward0"
