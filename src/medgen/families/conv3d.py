@@ -1,24 +1,30 @@
-"""3D convolution whose weight gradient on the CPU is computed as a convolution.
+"""3D convolution whose CPU gradients are computed as convolutions PyTorch runs fast.
 
 :func:`conv3d` and :class:`Conv3d` are ``torch.nn.functional.conv3d`` and ``torch.nn.Conv3d`` with the
-same arguments, parameters and state dict; the forward pass and the input gradient are PyTorch's own.
-Only the gradient of the weights is computed differently, and only on the CPU in float32 outside
-autocast: as the convolution of the input with the output gradient, batch and channel axes swapped
-and the stride of the layer turned into a dilation::
+same arguments, parameters and state dict; the forward pass is PyTorch's own. On the CPU in float32
+outside autocast, two gradients are computed differently:
+
+* the weight gradient, always: as the convolution of the input with the output gradient, batch and
+  channel axes swapped and the stride of the layer turned into a dilation (:func:`weight_gradient`)::
 
     ∂L/∂W[o, i, k] = Σ_b Σ_p  g[b, o, p] · x_pad[b, i, s·p + k]
                    = conv3d(x_padᵀ, gᵀ, dilation=s)[i, o, k]        (ᵀ: batch and channel axes swapped)
 
-Why: PyTorch's CPU backward of a 3D convolution (oneDNN) computes the weight gradient several times
-more slowly than the forward pass of a convolution with the same multiply-adds, most of all for the
-few-channel, strided convolutions of the demo-scale networks. Measured on 2 CPU cores
-(benchmarks/conv3d_backward.py): 2-3× faster weight gradients for HA-GAN ``tiny``'s layers, and
-the whole 64³ ``tiny`` training iteration faster (the benchmark's table). Nothing like it exists in
-MONAI or PyTorch.
+* the input gradient of a strided layer with few input channels (every kernel edge a multiple of its
+  stride, at most :data:`PHASED_MAX_IN_CHANNELS` input channels): as one stride-1 convolution of the
+  output gradient whose output channels are the stride's phases (:func:`strided_input_gradient`).
+  Other layers keep PyTorch's input gradient.
 
-The gradient stays differentiable (the R1 penalty differentiates D's input gradient again): both
-gradients are built from differentiable operations. Elsewhere (CUDA, other dtypes, autocast,
-groups, dilation, string padding) both are the plain ``torch.nn.functional.conv3d``.
+Why: PyTorch's CPU backward pass of a 3D convolution (oneDNN) computes these gradients several times
+more slowly than the forward pass of a convolution with the same multiply-adds, most of all for the
+few-channel, strided convolutions of the demo-scale networks (a discriminator's first layer on a
+one-channel volume). Measured on 2 CPU cores (benchmarks/conv3d_backward.py): forward + backward of
+HA-GAN ``tiny``'s layers up to 3-4× faster, a 64³ ``tiny`` training iteration about 1.2× faster.
+Nothing like it exists in MONAI or PyTorch.
+
+Both gradients stay differentiable (the R1 penalty differentiates D's input gradient again): they are
+built from differentiable operations. Elsewhere (CUDA, other dtypes, autocast, groups, dilation,
+string padding) the convolution is the plain ``torch.nn.functional.conv3d``.
 """
 
 from __future__ import annotations
@@ -120,7 +126,7 @@ class _Conv3dFunction(torch.autograd.Function):
 
 def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> torch.Tensor:
-    """``torch.nn.functional.conv3d``, with the faster CPU weight gradient where it applies (module docstring)."""
+    """``torch.nn.functional.conv3d``, with the faster CPU gradients where they apply (module docstring)."""
     fast = (
         ENABLED and x.device.type == "cpu" and x.dim() == 5 and x.dtype == weight.dtype == torch.float32
         and groups == 1 and not isinstance(padding, str) and _triple(dilation) == (1, 1, 1)
@@ -134,7 +140,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 class Conv3d(nn.Conv3d):
     """``torch.nn.Conv3d`` computed by :func:`conv3d` (same parameters, state dict and results up to
-    float rounding of the weight gradient)."""
+    float rounding of the gradients)."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.padding_mode != "zeros":
