@@ -65,7 +65,7 @@ def strided_input_gradient(grad: torch.Tensor, weight: torch.Tensor, shape: torc
     the output channels of one convolution of g (padded by K − 1 in front) with the flipped, transposed
     sub-kernels W[:, :, r1::s1, r2::s2, r3::s3]; interleaving them and cutting the padding off gives ∂L/∂x.
     """
-    out_ch, in_ch = weight.shape[:2]
+    in_ch = weight.shape[1]
     taps = [weight.shape[2 + d] // stride[d] for d in range(3)]
     size = [int(n) for n in shape[2:]]
     q = [(size[d] + padding[d] - 1) // stride[d] + 1 for d in range(3)]  # phase positions needed per axis
