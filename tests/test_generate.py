@@ -169,6 +169,46 @@ def test_nifti_has_training_spacing_and_hounsfield_units(run_and_data, tmp_path)
         assert np.ptp(mpimg.imread(png)[..., :3]) > 0.1  # not a blank picture
 
 
+def test_a_moved_run_keeps_its_training_spacing(run_and_data, tmp_path, capsys):
+    """The run records the training volumes' voxel size in config.yaml when training starts, so a run folder
+    whose data folder is gone (moved, another machine, a relative path from another directory) still writes
+    the right spacing. A run made before that, with its data gone, gets 1 mm and a warning."""
+    import shutil
+
+    import yaml
+
+    run, _ = run_and_data
+    assert yaml.safe_load((run / "config.yaml").read_text())["spacing"] == pytest.approx(list(SPACING))
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    cfg = yaml.safe_load((moved / "config.yaml").read_text())
+    cfg["data"] = str(tmp_path / "no-such-data")
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert gen(moved, tmp_path / "a", "--n", "1") == 0
+    assert nib.load(tmp_path / "a" / "sample-0000.nii.gz").header.get_zooms() == pytest.approx(SPACING)
+    assert json.loads((tmp_path / "a" / "generate.json").read_text())["spacing_source"] == "the run's config.yaml"
+    assert "warning" not in capsys.readouterr().err
+
+    del cfg["spacing"]  # a run configured before the spacing was recorded
+    (moved / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert gen(moved, tmp_path / "b", "--n", "1") == 0
+    assert nib.load(tmp_path / "b" / "sample-0000.nii.gz").header.get_zooms() == pytest.approx((1.0, 1.0, 1.0))
+    err = capsys.readouterr().err
+    assert "voxel size is unknown" in err and "1 mm" in err and "no-such-data" in err
+
+
+def test_voxel_spacing_is_the_median_over_the_training_ids(tmp_path):
+    from medgen.data.dataset import voxel_spacing
+
+    rows = {"a": "1x4x2", "b": "2x4x2", "c": "100x100x100", "d": "10x1x2"}
+    (tmp_path / "manifest.csv").write_text("id,spacing\n" + "".join(f"{k},{v}\n" for k, v in rows.items()))
+    spacing, source = voxel_spacing(tmp_path, {"spacing": None}, ["a", "b", "d"])
+    assert spacing == (2.0, 4.0, 2.0) and "median" in source  # with c: (6, 4, 2)
+    assert voxel_spacing(tmp_path, {"spacing": None}, None)[0] == (6.0, 4.0, 2.0)
+    assert voxel_spacing(tmp_path, {"spacing": 1.5}, ["a"]) == ((1.5, 1.5, 1.5), "preprocess.json spacing")
+    assert voxel_spacing(tmp_path / "missing", {}, None) is None
+
+
 def test_npy_samples_are_evaluated_with_the_runs_spacing_modality_and_window(run_and_data, tmp_path):
     """``--format npy`` writes headerless [-1, 1] arrays; evaluation takes their voxel size, modality and CT
     window from generate.json, so the anatomy in millilitres matches that of the NIfTI samples (HU rounding

@@ -108,6 +108,35 @@ def load_preprocess_info(root: str | os.PathLike) -> dict:
         raise InputError(f"{path}: cannot read ({exc})") from exc
 
 
+def voxel_spacing(root: str | os.PathLike | None, info: dict,
+                  ids: Sequence[str] | None = None) -> tuple[tuple[float, float, float], str] | None:
+    """The voxel size in mm of a preprocessed data set's volumes, and where it came from; None if unknown.
+
+    Order: the isotropic (or per-axis) spacing the set was resampled to (``info``, the contents of
+    its ``preprocess.json``: ``spacing``); else the per-axis median of the manifest's ``spacing``
+    column over ``ids`` (all rows when None or empty), read from ``root`` (None: not read). A set
+    preprocessed to a size (``--size`` without ``--spacing``) has no single spacing, hence the median.
+    """
+    from medgen.core.volume import parse_spacing
+
+    sp = info.get("spacing")
+    if isinstance(sp, (int, float)) and not isinstance(sp, bool) and sp > 0:
+        return (float(sp),) * 3, "preprocess.json spacing"
+    if isinstance(sp, (list, tuple)) and len(sp) == 3:
+        return (float(sp[0]), float(sp[1]), float(sp[2])), "preprocess.json spacing"
+    manifest = Path(root) / "manifest.csv" if root else None
+    if manifest is None or not manifest.is_file():
+        return None
+    wanted = set(ids or [])
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        found = [parse_spacing(r.get("spacing", "")) for r in csv.DictReader(fh) if not wanted or r.get("id") in wanted]
+    found = [f for f in found if f is not None]
+    if not found:
+        return None
+    med = np.median(np.asarray(found, dtype=np.float64), axis=0)
+    return (float(med[0]), float(med[1]), float(med[2])), f"median spacing of the training volumes in {manifest}"
+
+
 def label_class_count(info: dict, name: str, missing: str) -> int:
     """One more than the largest class that ``preprocess.json`` (``info``) records for the label volume
     ``name``. UsageError ``missing`` when the data set has no label volume of that name, and one naming

@@ -318,7 +318,7 @@ def latent_traversals(model: HAGANModel, out_dir: str | Path, n_codes: int = 256
     from tqdm import tqdm
 
     from medgen.core.fileio import atomic_write_json
-    from medgen.inference.generate import latent_codes, training_spacing
+    from medgen.inference.generate import UNKNOWN_SPACING, latent_codes, training_spacing
 
     check_ct(model.preprocess, str(model.checkpoint or "this model"))
     alphas = check_options(n_codes, n_bases, steps, max_alpha, batch_size, seed)
@@ -326,7 +326,7 @@ def latent_traversals(model: HAGANModel, out_dir: str | Path, n_codes: int = 256
     if model.run_config is not None:
         spacing, spacing_source = training_spacing(model.run_config)
     else:
-        spacing, spacing_source = (1.0, 1.0, 1.0), "unknown (1 mm assumed)"
+        spacing, spacing_source = (1.0, 1.0, 1.0), UNKNOWN_SPACING
     dim = model.config.latent_dim
 
     total = n_codes + len(FACTORS) * n_bases * len(alphas)

@@ -32,7 +32,8 @@ from medgen.training.runconfig import CONFIG_NAME, RunConfig
 DEFAULT_FAMILY = "hagan"
 
 # RunConfig fields an option may set (the loop's settings); every other option is a hyper-parameter of the family.
-_RESERVED = frozenset({"data", "model", "family", "hparams", "preset", "train_ids", "preprocess", "medgen_version"})
+_RESERVED = frozenset({"data", "model", "family", "hparams", "preset", "train_ids", "preprocess", "spacing",
+                       "medgen_version"})
 LOOP_OPTIONS: frozenset[str] = frozenset(f.name for f in dataclasses.fields(RunConfig)) - _RESERVED
 
 

@@ -42,6 +42,8 @@ from medgen.core.volume import (  # noqa: F401  (re-exported: the CT window and 
     to_hounsfield,
 )
 
+#: ``generate.json``'s ``spacing_source`` when neither the run nor its data folder gives the voxel size.
+UNKNOWN_SPACING = "unknown (1 mm assumed)"
 
 
 def latent_codes(n: int, latent_dim: int, seed: int = 0, start: int = 0) -> np.ndarray:
@@ -115,28 +117,20 @@ def check_chunk(chunk: int | None, lowres_size: int) -> int | None:
 def training_spacing(run_config) -> tuple[tuple[float, float, float], str]:
     """Voxel size in mm of the training volumes, and where it came from.
 
-    Order: the isotropic spacing the data set was resampled to (``preprocess.json``
-    ``spacing``); else the per-axis median of the manifest's ``spacing`` column
-    over the run's training ids (read from the run's data folder); else 1 mm.
+    Order: the spacing the run recorded when it was configured (``spacing`` in
+    ``config.yaml``, so a run folder carries it wherever it moves); for runs
+    made before that, :func:`medgen.data.dataset.voxel_spacing` of the run's
+    data folder (``preprocess.json`` spacing, else the median of the manifest's
+    ``spacing`` over the run's training ids); else 1 mm.
     """
-    pre = getattr(run_config, "preprocess", None) or {}
-    sp = pre.get("spacing")
-    if isinstance(sp, (int, float)) and sp > 0:
-        return (float(sp),) * 3, "preprocess.json spacing"
-    if isinstance(sp, (list, tuple)) and len(sp) == 3:
-        return tuple(float(v) for v in sp), "preprocess.json spacing"  # type: ignore[return-value]
-    data = getattr(run_config, "data", None)
-    manifest = Path(data) / "manifest.csv" if data else None
-    if manifest is not None and manifest.is_file():
-        ids = set(getattr(run_config, "train_ids", None) or [])
-        with open(manifest, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.DictReader(fh))
-        found = [parse_spacing(r.get("spacing", "")) for r in rows if not ids or r.get("id") in ids]
-        found = [s for s in found if s is not None]
-        if found:
-            med = np.median(np.asarray(found), axis=0)
-            return tuple(float(v) for v in med), f"median spacing of the training volumes in {manifest}"  # type: ignore[return-value]
-    return (1.0, 1.0, 1.0), "unknown (1 mm assumed)"
+    from medgen.data.dataset import voxel_spacing
+
+    recorded = getattr(run_config, "spacing", None)
+    if recorded:
+        return (float(recorded[0]), float(recorded[1]), float(recorded[2])), "the run's config.yaml"
+    found = voxel_spacing(getattr(run_config, "data", None), getattr(run_config, "preprocess", None) or {},
+                          getattr(run_config, "train_ids", None))
+    return found if found is not None else ((1.0, 1.0, 1.0), UNKNOWN_SPACING)
 
 
 def spacing_affine(spacing: Sequence[float]) -> np.ndarray:
@@ -234,7 +228,11 @@ def generate_to_folder(
     cfg = model.config
     labels = check_labels(label, n, cfg.num_classes)
     pre = model.preprocess
-    spacing, spacing_source = training_spacing(model.run_config) if model.run_config is not None else ((1.0,) * 3, "unknown (1 mm assumed)")
+    spacing, spacing_source = training_spacing(model.run_config) if model.run_config is not None else ((1.0,) * 3, UNKNOWN_SPACING)
+    if spacing_source == UNKNOWN_SPACING:
+        print(f"medgen generate: warning: the training volumes' voxel size is unknown (the run records none and its "
+              f"data folder {getattr(model.run_config, 'data', None)!r} is not readable from here); "
+              "the volumes are written with 1 mm voxels", file=sys.stderr)
 
     settings = {
         "source": source or {},

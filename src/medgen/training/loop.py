@@ -71,6 +71,7 @@ from medgen.core.errors import InputError, RunFailed, UsageError
 from medgen.core.fileio import atomic_write_text
 from medgen.core.measure import peak_rss_mb
 from medgen.core.tables import csv_row_text, write_csv
+from medgen.data.dataset import voxel_spacing
 from medgen.training import checkpoint as ckpt_io
 from medgen.training import distributed as dist_utils
 from medgen.training.ema import EMA
@@ -371,6 +372,9 @@ def _train(
         cfg.train_ids = list(dataset.ids)
         if not cfg.preprocess:
             cfg.preprocess = dict(getattr(dataset, "info", {}))
+    if cfg.spacing is None and cfg.data:  # recorded so that generated volumes get it wherever the run moves
+        found = voxel_spacing(cfg.data, cfg.preprocess, cfg.train_ids)
+        cfg.spacing = list(found[0]) if found is not None else None
     if len(dataset) == 0:
         raise InputError(f"{cfg.data}: the training split is empty")
     labels = getattr(dataset, "labels", None)

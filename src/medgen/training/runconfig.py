@@ -6,7 +6,9 @@ family's architecture configuration as a dict), the family's training
 hyper-parameters (``hparams``: learning rates, loss weights, ...), the loop's
 own settings (iterations, batch, seeds, intervals, the ids of the training
 split) and what maps generated intensities back to physical units
-(``preprocess``: a copy of the data set's ``preprocess.json``).
+(``preprocess``: a copy of the data set's ``preprocess.json``; ``spacing``: the
+training volumes' voxel size in mm, recorded when training starts, so that a
+run folder gives generated volumes their voxel size wherever it is moved).
 
 A ``config.yaml`` written before families existed has no ``family`` key and
 holds HA-GAN's hyper-parameters at the top level; :meth:`RunConfig.from_dict`
@@ -50,6 +52,7 @@ RESUMABLE_KEYS = frozenset(
         "keep_checkpoints",
         "num_samples",
         "medgen_version",
+        "spacing",  # recorded from the data, not learned; a run made before it was recorded gains it on resume
     }
 )
 
@@ -93,6 +96,7 @@ class RunConfig:
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     train_ids: list[str] = field(default_factory=list)
     preprocess: dict[str, Any] = field(default_factory=dict)
+    spacing: list[float] | None = None  # voxel size in mm (x, y, z) of the training volumes; None: unknown
     medgen_version: str = ""
 
     # -- (de)serialisation -------------------------------------------------
