@@ -117,7 +117,7 @@ def check_chunk(chunk: int | None, lowres_size: int) -> int | None:
 def training_spacing(run_config) -> tuple[tuple[float, float, float], str]:
     """Voxel size in mm of the training volumes, and where it came from.
 
-    Order: the spacing the run recorded when it was configured (``spacing`` in
+    Order: the spacing the run recorded when its training started (``spacing`` in
     ``config.yaml``, so a run folder carries it wherever it moves); for runs
     made before that, :func:`medgen.data.dataset.voxel_spacing` of the run's
     data folder (``preprocess.json`` spacing, else the median of the manifest's
@@ -230,8 +230,8 @@ def generate_to_folder(
     pre = model.preprocess
     spacing, spacing_source = training_spacing(model.run_config) if model.run_config is not None else ((1.0,) * 3, UNKNOWN_SPACING)
     if spacing_source == UNKNOWN_SPACING:
-        print(f"medgen generate: warning: the training volumes' voxel size is unknown (the run records none and its "
-              f"data folder {getattr(model.run_config, 'data', None)!r} is not readable from here); "
+        print(f"medgen generate: warning: the training volumes' voxel size is unknown (the run records none, and "
+              f"none could be read from its data folder {getattr(model.run_config, 'data', None)!r}); "
               "the volumes are written with 1 mm voxels", file=sys.stderr)
 
     settings = {
