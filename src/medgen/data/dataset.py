@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 from medgen.core.errors import InputError, UsageError
 from medgen.core.fileio import atomic_save_npy, atomic_write_json
 from medgen.core.tables import write_csv
+from medgen.core.volume import parse_spacing
 
 SPLITS = ("train", "val", "test")
 _REQUIRED_COLUMNS = ("id", "file")
@@ -117,8 +118,6 @@ def voxel_spacing(root: str | os.PathLike | None, info: dict,
     column over ``ids`` (all rows when None or empty), read from ``root`` (None: not read). A set
     preprocessed to a size (``--size`` without ``--spacing``) has no single spacing, hence the median.
     """
-    from medgen.core.volume import parse_spacing
-
     sp = info.get("spacing")
     if isinstance(sp, (int, float)) and not isinstance(sp, bool) and sp > 0:
         return (float(sp),) * 3, "preprocess.json spacing"
