@@ -17,11 +17,11 @@ from medgen.families.hagan.chunked import halo_slices
 from medgen.families.layers import minibatch_stddev
 
 
-def _gap(size: int, factor: int, context: str, seed: int = 0) -> tuple[float, np.ndarray]:
+def _gap(size: int, factor: int, context: str, seed: int = 0, high_width: float | None = None) -> tuple[float, np.ndarray]:
     """Mean |training slab − the same slab cut from whole-volume generation| and its per-slice profile,
     for three slabs per volume: at the first position, in the middle and at the last position."""
     torch.manual_seed(seed)
-    cfg = get_preset("tiny", size, lowres_factor=factor, slab_context=context)
+    cfg = get_preset("tiny", size, lowres_factor=factor, slab_context=context, high_width=high_width)
     g = Generator(cfg).eval()
     z = torch.randn(3, cfg.latent_dim)
     starts = torch.tensor([0, cfg.max_slab_start_lowres // 2, cfg.max_slab_start_lowres])
@@ -32,9 +32,9 @@ def _gap(size: int, factor: int, context: str, seed: int = 0) -> tuple[float, np
     return float(diff.mean()), diff.mean(dim=(0, 1, 2, 3)).numpy()
 
 
-@pytest.mark.parametrize("size, factor", [(32, 4), (64, 4), (64, 8)])
-def test_exact_training_slab_is_the_inference_slab(size, factor):
-    gap, per_slice = _gap(size, factor, "exact")
+@pytest.mark.parametrize("size, factor, high_width", [(32, 4, None), (64, 4, None), (64, 8, None), (64, 8, 0.5)])
+def test_exact_training_slab_is_the_inference_slab(size, factor, high_width):
+    gap, per_slice = _gap(size, factor, "exact", high_width=high_width)
     assert gap < 1e-5 and per_slice.max() < 1e-5
 
 

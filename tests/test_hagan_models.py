@@ -342,6 +342,9 @@ def test_gradients_flow_through_all_parameters():
         (dict(size=64, slab_fraction=3 / 16), "slab_fraction"),  # 3 slices do not tile 16
         (dict(size=64, width=0.125, norm_groups=8), "not divisible by norm_groups"),
         (dict(size=64, num_classes=1), "num_classes"),
+        (dict(size=64, high_width=0), "high_width"),
+        (dict(size=64, high_width="wide"), "high_width"),
+        (dict(size=64, width=0.125, norm_groups=2, high_width=0.03), "G\\^H conv 1"),  # 2 hidden channels, then 1
     ],
 )
 def test_config_validation(kwargs, fragment):
@@ -363,6 +366,23 @@ def test_config_roundtrip_and_presets():
             get_preset(name, size)  # every preset is valid at every size
     compact, tiny = get_preset("compact", 64), get_preset("tiny", 64)
     assert compact.high_widths() == [8, 1] and tiny.high_widths() == [4, 1]  # G^H's hidden channels: twice tiny's
+
+
+def test_high_width_widens_gh_alone():
+    tiny = get_preset("tiny", 64)
+    wide = get_preset("tiny", 64, high_width=0.5)
+    assert tiny.high_width is None and wide.high_widths() == [16, 1]
+    assert get_preset("tiny", 128, lowres_factor=8, high_width=1.0).high_widths() == [32, 16, 1]
+    c0, c1 = count_parameters(tiny), count_parameters(wide)
+    # G^H at factor 4: up, Conv 8→16, GN(16), ReLU; up, Conv 16→1, tanh. Every other block is tiny's.
+    assert c1["G^H"] == conv_params(3, 8, 16) + gn_params(16) + conv_params(3, 16, 1)
+    assert {k: v for k, v in c1.items() if k not in ("G^H", "G", "all")} == \
+        {k: v for k, v in c0.items() if k not in ("G^H", "G", "all")}
+    assert sum(p.numel() for p in Generator(wide).high.parameters()) == c1["G^H"]
+    # A configuration saved before the field existed means G^H at the model's width.
+    saved = {k: v for k, v in tiny.to_dict().items() if k != "high_width"}
+    assert HAGANConfig.from_dict(saved).high_widths() == [4, 1]
+    assert HAGANConfig.from_dict(wide.to_dict()) == wide
 
 
 # ------------------------------------------------------------------ model-info

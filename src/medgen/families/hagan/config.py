@@ -47,6 +47,9 @@ class HAGANConfig:
     size : edge length S of the generated cube, in voxels (power of two, 32-512).
     latent_dim : length of the latent vector z ~ N(0, I) (paper: 1024).
     width : channel-width multiplier applied to every layer (paper: 1.0).
+    high_width : channel-width multiplier of G^H's hidden layers alone, in place of
+        ``width`` (None: ``width``). G^H draws every full-resolution detail from the
+        feature map A; the ``tiny`` preset's G^H has 4 hidden channels at factor 4.
     num_classes : number of classes for the AC-GAN conditional variant; 0 = unconditional.
     lowres_factor : f, ratio of the full resolution to the low-resolution grid of
         G^A's feature map A and of G^L's output (paper: 4).
@@ -93,6 +96,7 @@ class HAGANConfig:
     size: int = 256
     latent_dim: int = 1024
     width: float = 1.0
+    high_width: float | None = None
     num_classes: int = 0
     lowres_factor: int = 4
     slab_fraction: float = 0.125
@@ -169,6 +173,9 @@ class HAGANConfig:
             raise UsageError(f"num_classes must be 0 (unconditional) or >= 2, got {self.num_classes!r}")
         if not self.width > 0:
             raise UsageError(f"width must be > 0, got {self.width!r}")
+        if self.high_width is not None and (isinstance(self.high_width, bool) or
+                                            not isinstance(self.high_width, (int, float)) or not self.high_width > 0):
+            raise UsageError(f"high_width must be > 0 (or unset: width), got {self.high_width!r}")
         if not isinstance(self.minibatch_std, int) or isinstance(self.minibatch_std, bool) or self.minibatch_std < 0:
             raise UsageError(f"minibatch_std must be a group size >= 0 (0 = none), got {self.minibatch_std!r}")
         if not isinstance(self.histogram_bins, int) or isinstance(self.histogram_bins, bool) or \
@@ -212,7 +219,8 @@ class HAGANConfig:
     def high_widths(self) -> list[int]:
         """Output channels of G^H's up-convolutions (last one is the 1-channel image)."""
         m = int(math.log2(self.lowres_factor))
-        return [self.channels(64 >> i) for i in range(1, m)] + [1]
+        w = self.width if self.high_width is None else self.high_width
+        return [max(1, int(round((64 >> i) * w))) for i in range(1, m)] + [1]
 
     def low_widths(self) -> list[int]:
         """Output channels of G^L's convolutions (last one is the 1-channel image)."""
