@@ -51,7 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=None,
                    help="stop training after this many minutes of this run, even before --iters (default: no "
                         "limit); a rerun continues")
-    p.add_argument("--n-train", type=int, default=64, help="training phantoms (default: 64)")
+    p.add_argument("--n-train", type=int, default=DEMO_TRAIN,
+                   help=f"training phantoms, of which training uses 80 %% (default: {DEMO_TRAIN})")
     p.add_argument("--n-heldout", type=int, default=DEMO_HELDOUT,
                    help=f"held-out phantoms for evaluation (default: {DEMO_HELDOUT})")
     p.add_argument("--n-samples", type=int, default=DEMO_SAMPLES,
@@ -83,6 +84,12 @@ DEMO_BATCH = 4
 # "Where medgen's defaults differ from the paper's method").
 DEMO_SAMPLES = 64
 DEMO_HELDOUT = 128
+# It trains on 80 % of DEMO_TRAIN phantoms (the default split). Phantoms are free and 256 instead of 64 cost
+# about a minute more; at 4000 iterations, 64 samples against 128 other phantoms, two seeds each, 204 instead
+# of 51 training volumes lowered the anatomy's Wasserstein-1 (lung 0.017 → 0.014-0.015, emphysema 8.6-9.0 →
+# 7.1-8.1, bone 0.010-0.011 → 0.0024-0.0074) and FID (52 and 22 → 21 and 4.5) and raised coverage (0.41 and
+# 0.69 → 0.63 and 0.77) (README, "Where medgen's defaults differ from the paper's method").
+DEMO_TRAIN = 256
 
 
 @dataclass(frozen=True)
