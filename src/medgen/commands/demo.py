@@ -69,10 +69,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-# The demo trains DEMO_ITERS iterations: in the 64³ tiny demo (2026-12-01, one run evaluated every 500
-# iterations against 16 held-out phantoms) recall and coverage were 1.0 and MS-SSIM 0.58-0.60 (real 0.55)
-# from 3500 iterations on, and at 1500-2400 iterations recall was 0.13-0.69, coverage 0.25-0.56. Its
-# encoder learns on every DEMO_ENCODER_EVERY-th iteration only, which leaves more of the time to the GAN.
+# The demo trains DEMO_ITERS iterations, what fits 15 minutes with installation on a 2-core AVX-512 CPU.
+# Against 128 held-out phantoms that leaves its coverage short (0.54 on a fresh clone, 2026-12-03); twice
+# the iterations reach coverage 0.77-0.84 (two seeds) but do not fit (README, "Where medgen's defaults
+# differ from the paper's method"). Its encoder learns on every DEMO_ENCODER_EVERY-th iteration only,
+# which leaves more of the time to the GAN.
 DEMO_ITERS = 4000
 DEMO_ENCODER_EVERY = 4
 DEMO_BATCH = 4
@@ -80,7 +81,7 @@ DEMO_BATCH = 4
 # than 16 against 16). At 16 against 16 two sets of *real* phantoms differ in lung fraction, emphysema %
 # and bone fraction (Wasserstein-1) by as much as the generator's biases, and a generator that covers
 # under half of the real volumes scored recall 0.875 and coverage 1.0 (0.63 and 0.44 at 64 against 128,
-# where the 64 training phantoms score 0.99 and 0.91): the small evaluation flattered it (README,
+# where 64 training phantoms score 0.99 and 0.91): the small evaluation flattered it (README,
 # "Where medgen's defaults differ from the paper's method").
 DEMO_SAMPLES = 64
 DEMO_HELDOUT = 128
