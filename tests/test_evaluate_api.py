@@ -232,3 +232,24 @@ def test_format_table_is_reexported_by_the_command():
     report = {"metrics": {"fid": {"value": 1.5, "std": None, "n_real": 3, "n_fake": 4}}}
     assert command.format_table(report) == format_table(report)
     assert "fid     1.5    -    3       4" in format_table(report)
+
+
+def test_format_table_tells_a_wrong_spread_from_a_wrong_mean():
+    real, narrow, wide = np.array([0.1, 0.2, 0.3]), np.array([0.19, 0.2, 0.21]), np.array([-0.1, 0.3, 0.7])
+
+    def stats(r, f):
+        return {"real_mean": float(r.mean()), "real_std": float(r.std()), "fake_mean": float(f.mean()),
+                "fake_std": float(f.std())}
+
+    report = {"metrics": {"anatomy": {
+        "value": {"lung_fraction": 0.05, "bone_fraction": 0.01, "emphysema_pct": 0.3, "air_fraction": 0.0},
+        "n_real": 3, "n_fake": 3,
+        "details": {"lung_fraction": stats(real, narrow), "bone_fraction": stats(real, real + 0.01),
+                    "emphysema_pct": stats(real, wide), "air_fraction": {"real_mean": float("nan")}}}}}
+    lines = format_table(report).splitlines()
+    assert "anatomy.lung_fraction: mean (std) real 0.2 (0.08165), generated 0.2 (0.008165); " \
+           "generated spread 0.10x the real" in lines
+    assert "anatomy.bone_fraction: mean (std) real 0.2 (0.08165), generated 0.21 (0.08165)" in lines  # no flag
+    assert "anatomy.emphysema_pct: mean (std) real 0.2 (0.08165), generated 0.3 (0.3266); " \
+           "generated spread 4.0x the real" in lines
+    assert not any(line.startswith("anatomy.air_fraction:") for line in lines)  # no statistics, no line

@@ -387,6 +387,25 @@ def fmt_number(x: Any) -> str:
     return str(x)
 
 
+def _anatomy_spread_notes(value: dict[str, Any], details: dict[str, Any]) -> list[str]:
+    """One line per anatomy statistic: real and generated mean (std), so that a W1 can be read as a
+    wrong mean or a wrong spread; flagged when the generated spread is under half or over twice the real."""
+    notes = []
+    for key in value:
+        d = details.get(key) or {}
+        stats = [d.get(k) for k in ("real_mean", "real_std", "fake_mean", "fake_std")]
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in stats):
+            continue
+        rm, rs, fm, fs = stats
+        line = f"anatomy.{key}: mean (std) real {fmt_number(rm)} ({fmt_number(rs)}), generated {fmt_number(fm)} ({fmt_number(fs)})"
+        if rs > 0 and fs < 0.5 * rs:
+            line += f"; generated spread {fs / rs:.2f}x the real"
+        elif rs > 0 and fs > 2 * rs:
+            line += f"; generated spread {fs / rs:.1f}x the real"
+        notes.append(line)
+    return notes
+
+
 def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
     """Table rows (metric, value, std, n_real, n_fake) of a report's ``metrics``, and the notes
     that explain them (failures, what a value means). Metrics that carry a reference measured
@@ -422,6 +441,8 @@ def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[st
                 notes.append("anatomy reference: median W1 of random training samples as large as the generated "
                              "set against the same real set; a generated W1 near it is as close as real data gets "
                              "at this sample size")
+            if name == "anatomy":
+                notes += _anatomy_spread_notes(value, details)
             continue
         rows.append((label, fmt_number(value), fmt_number(r.get("std")), n_real, n_fake))
         if name in ("kid", "mmd") and isinstance(value, (int, float)) and value < 0:
