@@ -151,9 +151,10 @@ class HAGANConfig:
         """Length of G^A's input: z with the one-hot class appended."""
         return self.latent_dim + self.num_classes
 
-    def channels(self, paper_channels: int) -> int:
-        """Channel count of a layer that has ``paper_channels`` in the published network."""
-        return max(1, int(round(paper_channels * self.width)))
+    def channels(self, paper_channels: int, width: float | None = None) -> int:
+        """Channel count of a layer that has ``paper_channels`` in the published network, at
+        ``width`` (default: the model's)."""
+        return max(1, int(round(paper_channels * (self.width if width is None else width))))
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
@@ -219,8 +220,7 @@ class HAGANConfig:
     def high_widths(self) -> list[int]:
         """Output channels of G^H's up-convolutions (last one is the 1-channel image)."""
         m = int(math.log2(self.lowres_factor))
-        w = self.width if self.high_width is None else self.high_width
-        return [max(1, int(round((64 >> i) * w))) for i in range(1, m)] + [1]
+        return [self.channels(64 >> i, self.high_width) for i in range(1, m)] + [1]
 
     def low_widths(self) -> list[int]:
         """Output channels of G^L's convolutions (last one is the 1-channel image)."""
