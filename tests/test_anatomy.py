@@ -9,6 +9,7 @@ import pytest
 
 from medgen.metrics.anatomy import (
     compare_distributions,
+    correlations,
     ct_anatomy,
     mri_tissue_fractions,
     save_anatomy_histograms,
@@ -186,6 +187,25 @@ def test_compare_distributions_wasserstein():
     with_nan = shifted + [{"lung_fraction": math.nan, "bone_volume_ml": math.nan}]
     assert compare_distributions(real, with_nan)["lung_fraction"]["wasserstein1"] == pytest.approx(0.25)
     assert compare_distributions(real, with_nan)["lung_fraction"]["n_fake"] == 30
+
+
+def test_correlations_match_scipy_and_tell_a_coupled_generator_from_the_real_dependence():
+    from scipy.stats import pearsonr
+
+    rng = np.random.default_rng(3)
+    body = rng.normal(20000, 3000, 40)
+    real = [{"body_volume_ml": b, "lung_volume_ml": 0.2 * b + rng.normal(0, 700)} for b in body]
+    fake = [{"body_volume_ml": b, "lung_volume_ml": 0.2 * b} for b in body]  # lungs scale with the body
+    fake.append({"body_volume_ml": 1.0, "lung_volume_ml": math.nan})  # left out
+    c = correlations(real, fake, [("body_volume_ml", "lung_volume_ml"), ("body_volume_ml", "missing")])
+    assert list(c) == ["body_volume_ml~lung_volume_ml"]  # a statistic that is absent: no entry
+    r = c["body_volume_ml~lung_volume_ml"]
+    expected = pearsonr(body, [d["lung_volume_ml"] for d in real]).statistic
+    assert r["real"] == pytest.approx(expected, abs=1e-12) and 0.4 < r["real"] < 0.9
+    assert r["fake"] == pytest.approx(1.0) and (r["n_real"], r["n_fake"]) == (40, 40)
+    constant = [{"body_volume_ml": 1.0, "lung_volume_ml": float(i)} for i in range(5)]
+    assert math.isnan(correlations(constant, constant, [("body_volume_ml", "lung_volume_ml")])
+                      ["body_volume_ml~lung_volume_ml"]["real"])
 
 
 def test_histogram_figure_plots_comparable_statistics(tmp_path):

@@ -344,6 +344,8 @@ def test_gradients_flow_through_all_parameters():
         (dict(size=64, num_classes=1), "num_classes"),
         (dict(size=64, high_width=0), "high_width"),
         (dict(size=64, high_width="wide"), "high_width"),
+        (dict(size=64, low_d_width=0), "low_d_width"),
+        (dict(size=64, low_d_width=True), "low_d_width"),
         (dict(size=64, width=0.125, norm_groups=2, high_width=0.03), "G\\^H conv 1"),  # 2 hidden channels, then 1
     ],
 )
@@ -382,6 +384,24 @@ def test_high_width_widens_gh_alone():
     # A configuration saved before the field existed means G^H at the model's width.
     saved = {k: v for k, v in tiny.to_dict().items() if k != "high_width"}
     assert HAGANConfig.from_dict(saved).high_widths() == [4, 1]
+    assert HAGANConfig.from_dict(wide.to_dict()) == wide
+
+
+def test_low_d_width_widens_dl_alone():
+    tiny = get_preset("tiny", 64)
+    wide = get_preset("tiny", 64, low_d_width=0.5)
+    assert tiny.low_d_width is None
+    c0, c1 = count_parameters(tiny), count_parameters(wide)
+    # D^L on 16³: k4 s2 convs 1→64→128 (256·0.5 halving backwards), a k4 conv to the logit (paper: no
+    # minibatch-std channel).
+    assert c1["D^L"] == conv_params(4, 1, 64) + conv_params(4, 64, 128) + conv_params(4, 128, 1)
+    assert c0["D^L"] == conv_params(4, 1, 16) + conv_params(4, 16, 32) + conv_params(4, 32, 1)
+    assert {k: v for k, v in c1.items() if k not in ("D^L", "D", "all")} == \
+        {k: v for k, v in c0.items() if k not in ("D^L", "D", "all")}
+    assert sum(p.numel() for p in Discriminator(wide).low.parameters()) == c1["D^L"]
+    # A configuration saved before the field existed means D^L at the model's width.
+    saved = {k: v for k, v in tiny.to_dict().items() if k != "low_d_width"}
+    assert HAGANConfig.from_dict(saved) == tiny
     assert HAGANConfig.from_dict(wide.to_dict()) == wide
 
 

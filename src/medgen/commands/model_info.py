@@ -41,6 +41,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="fanogan: the trained `--family hagan` run whose generator and discriminator the model uses")
     p.add_argument("--high-width", type=float, default=None,
                    help="hagan: channel-width multiplier of G^H's hidden layers alone (default: --width)")
+    p.add_argument("--low-d-width", type=float, default=None,
+                   help="hagan: channel-width multiplier of the low-resolution discriminator D^L alone (default: --width)")
     p.add_argument("--lowres-factor", type=int, default=None, metavar="F", help="full / low resolution ratio (paper 4)")
     p.add_argument("--slab-fraction", type=float, default=None, metavar="FRAC", help="training slab depth / volume depth (paper 0.125)")
     p.add_argument("--norm-groups", type=int, default=None, metavar="G", help="GroupNorm groups (overrides the preset)")
@@ -123,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         args.size,
         width=args.width,
         high_width=args.high_width,
+        low_d_width=args.low_d_width,
         latent_dim=args.latent_dim,
         num_classes=args.num_classes,
         lowres_factor=args.lowres_factor,
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
     c = info["config"]
     print(
         f"HA-GAN preset {args.preset}: size {c['size']}³, latent {c['latent_dim']}, width {c['width']:g}"
-        + (f" (G^H {cfg.high_width:g})" if cfg.high_width is not None else "") +
+        + (f" (G^H {cfg.high_width:g})" if cfg.high_width is not None else "")
+        + (f" (D^L {cfg.low_d_width:g})" if cfg.low_d_width is not None else "") +
         f", classes {c['num_classes']}, low-res factor {c['lowres_factor']}, slab {cfg.slab_len} slices "
         f"({cfg.slab_len_lowres} of A), slab context {cfg.slab_context}, minibatch std {cfg.minibatch_std or 'none'}"
         + (f", class conditioning {cfg.class_conditioning}" if cfg.num_classes else "")

@@ -20,7 +20,8 @@ def r1_penalty(real_logits: torch.Tensor, reals: torch.Tensor | Sequence[torch.T
     (``create_graph``) so that the penalty can be minimised over D's weights."""
     inputs = [reals] if isinstance(reals, torch.Tensor) else list(reals)
     grads = torch.autograd.grad(real_logits.float().sum(), inputs, create_graph=True)
-    return sum(g.float().square().flatten(1).sum(dim=1) for g in grads).mean()
+    # summed over every input's samples, divided by the logits' batch: an input may hold the first samples only
+    return sum(g.float().square().sum() for g in grads) / real_logits.shape[0]
 
 
 def lazy_r1_weight(gamma: float, every: int, iteration: int) -> float:

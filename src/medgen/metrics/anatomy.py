@@ -45,7 +45,7 @@ are of the body volume unless stated; a ratio with an empty denominator is NaN.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -269,6 +269,46 @@ def compare_distributions(real: Sequence[dict], fake: Sequence[dict]) -> dict[st
             "n_real": int(r.size),
             "n_fake": int(f.size),
         }
+    return out
+
+
+# Pairs of CT statistics whose dependence a generator must reproduce as well as each one's spread: in the
+# thorax phantoms the lungs' height and the bones' density vary independently of the body's width, so
+# a generator that scales every organ with the body matches each volume's spread and yet has too
+# narrow a lung fraction (docs/results: generated lung volume follows body volume with r ≈ 0.98, real 0.80).
+CT_COUPLINGS: tuple[tuple[str, str], ...] = (
+    ("body_volume_ml", "lung_volume_ml"),
+    ("body_volume_ml", "bone_volume_ml"),
+    ("lung_fraction", "emphysema_pct"),
+)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep] - a[keep].mean(), b[keep] - b[keep].mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / den if keep.sum() >= 3 and den > 0 else math.nan
+
+
+def correlations(real: Sequence[dict], fake: Sequence[dict],
+                 pairs: Sequence[tuple[str, str]] = CT_COUPLINGS) -> dict[str, dict]:
+    """Pearson correlation of each pair of statistics over the real and over the generated volumes.
+
+    Keys ``"a~b"``; values ``real``, ``fake`` (NaN with fewer than 3 finite pairs or a constant
+    statistic) and ``n_real``, ``n_fake`` (volumes in which both are finite). Pairs missing from
+    either set are left out.
+    """
+    out: dict[str, dict] = {}
+    for a, b in pairs:
+        if not real or not fake or any(k not in d for d in (*real, *fake) for k in (a, b)):
+            continue
+        entry: dict[str, Any] = {}
+        for name, rows in (("real", real), ("fake", fake)):
+            x = np.array([float(d[a]) for d in rows])
+            y = np.array([float(d[b]) for d in rows])
+            entry[name] = _pearson(x, y)
+            entry[f"n_{name}"] = int((np.isfinite(x) & np.isfinite(y)).sum())
+        out[f"{a}~{b}"] = entry
     return out
 
 

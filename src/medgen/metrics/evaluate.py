@@ -406,6 +406,24 @@ def _anatomy_spread_notes(value: dict[str, Any], details: dict[str, Any]) -> lis
     return notes
 
 
+def _anatomy_coupling_notes(correlations: dict[str, Any]) -> list[str]:
+    """One line per pair of anatomy statistics: their correlation r over the real and over the generated
+    volumes. Flagged, as the spreads are, when the share of either's variance the other does not explain,
+    1 − r², is under half or over twice the real one: at r = 0.8 in real volumes a generated 0.98 leaves a
+    tenth of the independent variation (an organ that only scales with the body)."""
+    notes = []
+    for pair, c in correlations.items():
+        real, fake = c.get("real"), c.get("fake")
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in (real, fake)):
+            continue
+        line = f"anatomy correlation {pair.replace('~', ' ~ ')}: real {real:.2f}, generated {fake:.2f}"
+        free_real, free_fake = 1 - real**2, 1 - fake**2
+        if free_real > 0 and not 0.5 <= free_fake / free_real <= 2:
+            line += f"; unexplained variance 1 - r^2 {free_fake / free_real:.2g}x the real"
+        notes.append(line)
+    return notes
+
+
 def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[str]]:
     """Table rows (metric, value, std, n_real, n_fake) of a report's ``metrics``, and the notes
     that explain them (failures, what a value means). Metrics that carry a reference measured
@@ -443,6 +461,7 @@ def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[st
                              "at this sample size")
             if name == "anatomy":
                 notes += _anatomy_spread_notes(value, details)
+                notes += _anatomy_coupling_notes(r.get("correlations") or {})
             continue
         rows.append((label, fmt_number(value), fmt_number(r.get("std")), n_real, n_fake))
         if name in ("kid", "mmd") and isinstance(value, (int, float)) and value < 0:

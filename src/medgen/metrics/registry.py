@@ -470,11 +470,14 @@ def metric_anatomy(ctx: EvalContext) -> dict:
     if path is not None and comparison:
         anatomy.save_anatomy_histograms(real, fake, path)
         ctx.figures.append(str(path))
-    return {
+    out = {
         "value": {k: v["wasserstein1"] for k, v in comparison.items()},
         "settings": settings,
         "details": comparison,
     }
+    if modality == "ct":  # whether the organs vary independently of the body, as in the real volumes
+        out["correlations"] = anatomy.correlations(real, fake, anatomy.CT_COUPLINGS)
+    return out
 
 
 def metric_memorisation(ctx: EvalContext) -> dict:

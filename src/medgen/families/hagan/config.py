@@ -50,6 +50,9 @@ class HAGANConfig:
     high_width : channel-width multiplier of G^H's hidden layers alone, in place of
         ``width`` (None: ``width``). G^H draws every full-resolution detail from the
         feature map A; the ``tiny`` preset's G^H has 4 hidden channels at factor 4.
+    low_d_width : channel-width multiplier of D^L alone, in place of ``width`` (None:
+        ``width``). D^L judges the whole volume's anatomy at low resolution and costs
+        little; the ``tiny`` preset's has 16 and 32 channels at 64³.
     num_classes : number of classes for the AC-GAN conditional variant; 0 = unconditional.
     lowres_factor : f, ratio of the full resolution to the low-resolution grid of
         G^A's feature map A and of G^L's output (paper: 4).
@@ -97,6 +100,7 @@ class HAGANConfig:
     latent_dim: int = 1024
     width: float = 1.0
     high_width: float | None = None
+    low_d_width: float | None = None
     num_classes: int = 0
     lowres_factor: int = 4
     slab_fraction: float = 0.125
@@ -177,6 +181,9 @@ class HAGANConfig:
         if self.high_width is not None and (isinstance(self.high_width, bool) or
                                             not isinstance(self.high_width, (int, float)) or not self.high_width > 0):
             raise UsageError(f"high_width must be > 0 (or unset: width), got {self.high_width!r}")
+        if self.low_d_width is not None and (isinstance(self.low_d_width, bool) or
+                                             not isinstance(self.low_d_width, (int, float)) or not self.low_d_width > 0):
+            raise UsageError(f"low_d_width must be > 0 (or unset: width), got {self.low_d_width!r}")
         if not isinstance(self.minibatch_std, int) or isinstance(self.minibatch_std, bool) or self.minibatch_std < 0:
             raise UsageError(f"minibatch_std must be a group size >= 0 (0 = none), got {self.minibatch_std!r}")
         if not isinstance(self.histogram_bins, int) or isinstance(self.histogram_bins, bool) or \
@@ -231,10 +238,11 @@ class HAGANConfig:
         m = int(math.log2(self.lowres_factor))
         return [self.channels(64 >> (m - 1 - i)) for i in range(m)]
 
-    def downsampling_widths(self, widest: int, in_size: int) -> list[int]:
-        """Widths of a stride-2 stack reducing ``in_size`` to 4, halving backwards from ``widest``."""
+    def downsampling_widths(self, widest: int, in_size: int, width: float | None = None) -> list[int]:
+        """Widths of a stride-2 stack reducing ``in_size`` to 4, halving backwards from ``widest``, at
+        ``width`` (default: the model's)."""
         n = int(math.log2(in_size // BASE_GRID))
-        return [self.channels(widest >> (n - 1 - i)) for i in range(n)]
+        return [self.channels(widest >> (n - 1 - i), width) for i in range(n)]
 
     def norm_channels(self) -> dict[str, int]:
         """Channel count of every GroupNorm layer, by block (for validation)."""

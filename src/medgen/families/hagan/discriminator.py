@@ -128,7 +128,7 @@ class LowResDiscriminator(nn.Module):
 
     def __init__(self, cfg: HAGANConfig) -> None:
         super().__init__()
-        widths = cfg.downsampling_widths(256, cfg.lowres_size)
+        widths = cfg.downsampling_widths(256, cfg.lowres_size, cfg.low_d_width)
         projection = cfg.num_classes > 0 and cfg.class_conditioning == "projection"
         self.num_classes = cfg.num_classes if cfg.class_conditioning == "ac" else 0  # class logits (AC-GAN)
         self.minibatch_std = cfg.minibatch_std
@@ -204,12 +204,28 @@ class Discriminator(nn.Module):
         """(slab [B,1,S,S,L], position [B] in [0,1], low-res volume [B,1,S/f,S/f,S/f]) →
         (logit [B], per-head class logits [[B, K], ...] or None). ``parts``: equal
         parts of the batch the minibatch standard deviation must not mix; ``labels``
-        [B]: the volumes' classes, which a projection D is given."""
+        [B]: the volumes' classes, which a projection D is given.
+
+        The low-resolution batch may be larger than the slab batch (an unconditional
+        D; the trainer's ``high_batch``): each of the ``parts`` parts then holds
+        H slabs and B_L ≥ H low-resolution volumes, the slabs belonging to the first H.
+        Those H samples get the mean of both logits, the other B_L − H D^L's logit
+        alone; the result is [parts · B_L] in the low-resolution volumes' order."""
         logit, cls = self.high(x_high_slab, slab_pos, parts, labels)
         if self.low is None:
             return logit, ([cls] if cls is not None else None)
         if x_low is None:
             raise ValueError("x_low is required: this discriminator has a low-resolution branch (D^L)")
-        logit_low, cls_low = self.low(x_low, parts, labels)
-        logit = (logit + logit_low) / 2
-        return logit, ([cls, cls_low] if cls is not None else None)
+        if x_low.shape[0] == x_high_slab.shape[0]:
+            logit_low, cls_low = self.low(x_low, parts, labels)
+            logit = (logit + logit_low) / 2
+            return logit, ([cls, cls_low] if cls is not None else None)
+        if self.cfg.num_classes > 0:
+            raise ValueError("a class-conditional discriminator needs as many low-resolution volumes as slabs")
+        if x_low.shape[0] < x_high_slab.shape[0] or x_high_slab.shape[0] % parts or x_low.shape[0] % parts:
+            raise ValueError(f"{x_high_slab.shape[0]} slabs and {x_low.shape[0]} low-resolution volumes: need at "
+                             f"least as many volumes as slabs, both in {parts} equal parts")
+        logit_low = self.low(x_low, parts)[0].reshape(parts, -1)
+        high = logit.reshape(parts, -1)
+        both = (high + logit_low[:, : high.shape[1]]) / 2
+        return torch.cat([both, logit_low[:, high.shape[1] :]], dim=1).reshape(-1), None

@@ -225,17 +225,22 @@ class Generator(nn.Module):
         return self.common(self._code(z, labels))
 
     def forward_train(
-        self, z: torch.Tensor, slab_start_lowres: torch.Tensor | int, labels: torch.Tensor | None = None
+        self, z: torch.Tensor, slab_start_lowres: torch.Tensor | int, labels: torch.Tensor | None = None,
+        high: int | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """One training forward pass, G^A computed once for both branches.
 
         Returns (x_low [B, 1, S/f, S/f, S/f] or None without the low-resolution
-        branch, x_high_slab [B, 1, S, S, L]) where the slab starts at slice
-        ``f · slab_start_lowres`` of the full-resolution volume.
+        branch, x_high_slab [H, 1, S, S, L]) where the slab starts at slice
+        ``f · slab_start_lowres`` of the full-resolution volume. ``high``: G^H
+        makes the slabs of the first H samples only (None: of all B); the others
+        train the low-resolution branch alone.
         """
         a = self.features(z, labels)
         x_low = self.low(a) if self.low is not None else None
-        return x_low, self.high_slab(a, slab_start_lowres)
+        if high is not None and not 1 <= high <= a.shape[0]:
+            raise ValueError(f"high = {high}: G^H's slabs must be 1..{a.shape[0]} of the batch")
+        return x_low, self.high_slab(a if high is None else a[:high], slab_start_lowres)
 
     def high_slab(self, a: torch.Tensor, slab_start_lowres: torch.Tensor | int) -> torch.Tensor:
         """G^H on the training slab of A: [B, 1, S, S, L] from full-resolution slice ``f · start``.
