@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from medgen.core.errors import UsageError
 from medgen.families.hagan import Discriminator, Generator, get_preset
 from medgen.families.hagan.chunked import halo_slices
 from medgen.families.layers import minibatch_stddev
@@ -104,6 +105,39 @@ def test_minibatch_stddev_matches_reference_and_never_mixes_parts():
     assert float(odd[:, 2].abs().max()) < 1e-3
     with pytest.raises(ValueError, match="equal parts"):
         minibatch_stddev(torch.randn(5, 1, 2, 2, 2), 2, parts=2)
+
+
+def test_minibatch_stddev_channels_average_each_set_of_features_on_its_own():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 6, 2, 2, 2, generator=gen)
+    x[:, 3:] *= 0.01  # the second set of features barely varies
+    out = minibatch_stddev(x, group_size=4, parts=1, channels=2)
+    assert out.shape == (4, 8, 2, 2, 2) and torch.equal(out[:, :6], x)
+    for k, features in enumerate((slice(0, 3), slice(3, 6))):
+        ref = _mbstd_reference(x[:, features].numpy(), 4)
+        assert np.allclose(out[:, 6 + k, 0, 0, 0].numpy(), ref, rtol=1e-5)
+    assert float(out[0, 7, 0, 0, 0]) < 0.02 < float(out[0, 6, 0, 0, 0])  # hidden in one average: 0.4
+    one = minibatch_stddev(x, group_size=4)
+    assert torch.allclose(one[:, 6], (out[:, 6] + out[:, 7]) / 2, rtol=1e-5)  # equal sets: the mean of both
+    with pytest.raises(ValueError, match="6 features do not split into 4"):
+        minibatch_stddev(x, 4, channels=4)
+
+
+def test_minibatch_std_channels_widen_the_last_layers_input():
+    base, four = get_preset("tiny", 64), get_preset("tiny", 64, minibatch_std_channels=4)
+    d0, d4 = Discriminator(base), Discriminator(four)
+    assert d4.low.final_conv.weight.shape[1] == d0.low.final_conv.weight.shape[1] + 3 == 32 + 4
+    assert d4.high.final_conv.weight.shape[1] == d0.high.final_conv.weight.shape[1] + 3 == 64 + 4
+    x, low = torch.randn(8, 1, 64, 64, four.slab_len), torch.randn(8, 1, 16, 16, 16)
+    logit, _ = d4.eval()(x, torch.zeros(8), low, parts=2)
+    assert logit.shape == (8,) and torch.isfinite(logit).all()
+    with pytest.raises(UsageError, match="D\\^H's last layer has 64 features, not a multiple of 3"):
+        get_preset("tiny", 64, minibatch_std_channels=3)
+    with pytest.raises(UsageError, match="D\\^L's last layer has 32 features, not a multiple of 64"):
+        get_preset("tiny", 64, minibatch_std_channels=64)
+    assert get_preset("tiny", 64, minibatch_std=0, minibatch_std_channels=3).minibatch_std_channels == 3  # unused
+    with pytest.raises(UsageError, match="integer >= 1"):
+        get_preset("tiny", 64, minibatch_std_channels=0)
 
 
 def test_discriminator_sees_the_batch_spread():

@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         + (f" (D^L {cfg.low_d_width:g})" if cfg.low_d_width is not None else "") +
         f", classes {c['num_classes']}, low-res factor {c['lowres_factor']}, slab {cfg.slab_len} slices "
         f"({cfg.slab_len_lowres} of A), slab context {cfg.slab_context}, minibatch std {cfg.minibatch_std or 'none'}"
+        + (f" ({cfg.minibatch_std_channels} channels)" if cfg.minibatch_std and cfg.minibatch_std_channels > 1 else "")
         + (f", class conditioning {cfg.class_conditioning}" if cfg.num_classes else "")
     )
     rows = [("block", "class", "params (M)", "input", "output")]

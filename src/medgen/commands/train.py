@@ -45,7 +45,7 @@ _OPTIONS = {
 }
 # Options that change the model (the family's architecture fields).
 _MODEL_OPTIONS = ("size", "width", "high_width", "low_d_width", "latent_dim", "num_classes", "autoencoder_run", "generator_run", "slab_context",
-                  "minibatch_std", "histogram_bins", "d_windows", "class_conditioning", "task", "inputs", "target")
+                  "minibatch_std", "minibatch_std_channels", "histogram_bins", "d_windows", "class_conditioning", "task", "inputs", "target")
 
 
 def _hparam(text: str) -> tuple[str, object]:
@@ -146,6 +146,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     h.add_argument("--minibatch-std", type=int, default=None, metavar="G",
                    help="group size of the minibatch standard-deviation feature in D^H and D^L; 0 = none, the paper "
                         "(default 4)")
+    h.add_argument("--minibatch-std-channels", type=int, default=None, metavar="K",
+                   help="hagan: split D's last features into K sets, each with its own minibatch standard deviation "
+                        "(default 1: one average)")
     h.add_argument("--histogram-bins", type=int, default=None, metavar="N",
                    help="give D^H and D^L the intensity distribution of what they judge (log cumulative shares "
                         "of N bins over [-1, 1]); 0 = none, the paper (default 0)")

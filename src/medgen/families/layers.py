@@ -38,27 +38,32 @@ def leaky(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, negative_slope=0.2)
 
 
-def minibatch_stddev(x: torch.Tensor, group_size: int, parts: int = 1) -> torch.Tensor:
-    """``x`` [N, C, *spatial] with one channel more: the minibatch standard deviation (Karras et al. 2018).
+def minibatch_stddev(x: torch.Tensor, group_size: int, parts: int = 1, channels: int = 1) -> torch.Tensor:
+    """``x`` [N, C, *spatial] with ``channels`` channels more: the minibatch standard deviation (Karras et al. 2018).
 
     The batch is split into ``parts`` equal consecutive parts that must not be mixed
     (a discriminator batch of real volumes followed by as many generated ones:
     ``parts=2``); each part into consecutive groups of ``g`` samples, g the largest
     divisor of the part's size not above ``group_size``. For every group, the standard
     deviation over its samples of every feature, averaged over features and positions,
-    is a scalar that becomes the new channel of each of its samples. A group of one has
+    is a scalar that becomes the new channel of each of its samples. With ``channels``
+    > 1 the C features are split into that many consecutive equal sets, each averaged
+    into its own channel (StyleGAN2's ``num_channels``): a set of features that varies
+    too little is then not hidden by the others' average. A group of one has
     0. Why not MONAI: it has no minibatch-std layer. Not StyleGAN's strided grouping:
     consecutive groups are what keeps real and generated samples apart.
     """
-    n = x.shape[0]
+    n, c = x.shape[:2]
     if parts < 1 or n % parts:
         raise ValueError(f"minibatch_stddev: a batch of {n} does not split into {parts} equal parts")
+    if channels < 1 or c % channels:
+        raise ValueError(f"minibatch_stddev: {c} features do not split into {channels} equal sets")
     per = n // parts
     g = max(d for d in range(1, min(group_size, per) + 1) if per % d == 0)
-    y = x.float().reshape(n // g, g, -1)
-    std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=1)  # [n / g]
-    feature = std.repeat_interleave(g).to(x.dtype).reshape(n, 1, *([1] * (x.dim() - 2)))
-    return torch.cat([x, feature.expand(n, 1, *x.shape[2:])], dim=1)
+    y = x.float().reshape(n // g, g, channels, -1)
+    std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=2)  # [n / g, channels]
+    feature = std.repeat_interleave(g, dim=0).to(x.dtype).reshape(n, channels, *([1] * (x.dim() - 2)))
+    return torch.cat([x, feature.expand(n, channels, *x.shape[2:])], dim=1)
 
 
 def one_hot_labels(labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:

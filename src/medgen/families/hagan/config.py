@@ -73,6 +73,9 @@ class HAGANConfig:
         It works on each process's share of the batch: with one volume per
         process (``torchrun``, batch = number of GPUs) every group has one member
         and the feature is 0.
+    minibatch_std_channels : the minibatch standard deviation's channels: D^H's and
+        D^L's last features split into that many sets, each averaged on its own
+        (1: one average over all, as in ProGAN; StyleGAN2 has the option).
     histogram_bins : number of intensity bins of a first-order-statistics input of D^H and
         D^L (0: none, the paper): the log share of the voxels of the slab / low-res volume at
         or below each of that many equal bins over [-1, 1]
@@ -108,6 +111,7 @@ class HAGANConfig:
     use_lowres: bool = True
     slab_context: str = "exact"
     minibatch_std: int = 4
+    minibatch_std_channels: int = 1
     histogram_bins: int = 0
     d_windows: tuple[tuple[float, float], ...] = ()
     class_conditioning: str = "ac"
@@ -186,6 +190,13 @@ class HAGANConfig:
             raise UsageError(f"low_d_width must be > 0 (or unset: width), got {self.low_d_width!r}")
         if not isinstance(self.minibatch_std, int) or isinstance(self.minibatch_std, bool) or self.minibatch_std < 0:
             raise UsageError(f"minibatch_std must be a group size >= 0 (0 = none), got {self.minibatch_std!r}")
+        k = self.minibatch_std_channels
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise UsageError(f"minibatch_std_channels must be an integer >= 1, got {k!r}")
+        last = {"D^H": self.channels(512), "D^L": self.channels(256, self.low_d_width)}
+        for name, c in last.items():
+            if self.minibatch_std and c % k:
+                raise UsageError(f"minibatch_std_channels {k}: {name}'s last layer has {c} features, not a multiple of {k}")
         if not isinstance(self.histogram_bins, int) or isinstance(self.histogram_bins, bool) or \
                 self.histogram_bins < 0 or self.histogram_bins == 1:
             raise UsageError(f"histogram_bins must be 0 (none) or >= 2, got {self.histogram_bins!r}")

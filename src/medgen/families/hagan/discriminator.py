@@ -83,9 +83,9 @@ class HighResDiscriminator(nn.Module):
         self.convs, depth, cin = slab_convs(cfg, sn)
         self.windows = cfg.d_windows
         self.register_buffer("window_gain", torch.ones(()), persistent=False)  # the trainer's warm-up
-        self.minibatch_std = cfg.minibatch_std
+        self.minibatch_std, self.mbstd_channels = cfg.minibatch_std, cfg.minibatch_std_channels
         features, hidden = cfg.channels(128), cfg.channels(64)
-        cin += 1 if cfg.minibatch_std else 0
+        cin += cfg.minibatch_std_channels if cfg.minibatch_std else 0
         self.final_conv = sn(Conv3d(cin, features, kernel_size=(BASE_GRID, BASE_GRID, depth)))
         self.histogram_bins = cfg.histogram_bins
         self.histogram = sn(nn.Linear(cfg.histogram_bins, hidden)) if cfg.histogram_bins else None
@@ -103,7 +103,7 @@ class HighResDiscriminator(nn.Module):
         for conv in self.convs:
             h = leaky(conv(h))
         if self.minibatch_std:
-            h = minibatch_stddev(h, self.minibatch_std, parts)
+            h = minibatch_stddev(h, self.minibatch_std, parts, self.mbstd_channels)
         h = leaky(self.final_conv(h)).flatten(1)
         pos = torch.as_tensor(slab_pos, dtype=h.dtype, device=h.device).reshape(-1, 1).expand(h.shape[0], 1)
         inputs = [h, pos]
@@ -131,13 +131,13 @@ class LowResDiscriminator(nn.Module):
         widths = cfg.downsampling_widths(256, cfg.lowres_size, cfg.low_d_width)
         projection = cfg.num_classes > 0 and cfg.class_conditioning == "projection"
         self.num_classes = cfg.num_classes if cfg.class_conditioning == "ac" else 0  # class logits (AC-GAN)
-        self.minibatch_std = cfg.minibatch_std
+        self.minibatch_std, self.mbstd_channels = cfg.minibatch_std, cfg.minibatch_std_channels
         self.windows = cfg.d_windows
         self.register_buffer("window_gain", torch.ones(()), persistent=False)  # the trainer's warm-up
         channels = 1 + len(cfg.d_windows)
         self.convs = nn.ModuleList(sn(down_conv(cin, cout)) for cin, cout in zip([channels] + widths[:-1], widths))
         features = widths[-1] if widths else channels
-        cin = features + (1 if cfg.minibatch_std else 0)
+        cin = features + (cfg.minibatch_std_channels if cfg.minibatch_std else 0)
         self.final_conv = sn(Conv3d(cin, 1 + self.num_classes, kernel_size=BASE_GRID))
         self.histogram_bins = cfg.histogram_bins
         if cfg.histogram_bins:  # the intensity distribution's own contribution to the logit
@@ -156,7 +156,7 @@ class LowResDiscriminator(nn.Module):
             h = leaky(conv(h))
         phi = h.sum(dim=(2, 3, 4)) if self.class_embed is not None else None
         if self.minibatch_std:
-            h = minibatch_stddev(h, self.minibatch_std, parts)
+            h = minibatch_stddev(h, self.minibatch_std, parts, self.mbstd_channels)
         h = self.final_conv(h).flatten(1)
         logit = h[:, 0]
         if self.histogram is not None:
