@@ -63,7 +63,8 @@ WORKER = textwrap.dedent(
     cfg = RunConfig(data=data, model=get_preset("tiny", 32, num_classes=2).to_dict(), preset="tiny", iters=3,
                     batch=4, device="cpu", log_every=1, sample_every=0, ckpt_every=1000, label_column="label",
                     split_fractions=(1.0, 0.0, 0.0),
-                    hparams={"r1_gamma": 1.0, "r1_every": 2, "encoder_every": 2})  # R1 and E^H/E^G at 0 and 2
+                    hparams={"r1_gamma": 1.0, "r1_every": 2, "encoder_every": 2,  # R1 and E^H/E^G at 0 and 2
+                             "recon_weight": 0.5})  # G updated by its DDP wrapper twice on those
     result = train(cfg, run, progress=False)
     flat = {f"{m}.{k}": v.contiguous() for m, sd in result.models.weights().items() if m != "G_ema" for k, v in sd.items()}
     save_file(flat, os.path.join(out, f"rank{os.environ['RANK']}.safetensors"))

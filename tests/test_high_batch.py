@@ -114,3 +114,48 @@ def test_high_batch_is_validated():
     nets = build(_cfg(), HAGANHParams(high_batch=4), torch.device("cpu"))
     with pytest.raises(UsageError, match="larger than the batch of 2"):
         _step(nets, HAGANHParams(high_batch=4), {"image": torch.rand(2, 1, 32, 32, 32) * 2 - 1})
+
+
+def test_recon_weight_adds_lambda_times_the_reconstruction_gradient_to_g():
+    """With plain SGD (lr 1) G after a step with recon_weight λ is G after the plain step minus λ ∇_G of the
+    E^G loss, computed by hand at the same weights (E^H updated, E^G not yet, G after its adversarial step)."""
+    torch.manual_seed(0)
+    cfg, lam = _cfg(), 0.5
+    nets = build(cfg, HAGANHParams(), torch.device("cpu"))
+    batch = {"image": torch.rand(2, 1, 32, 32, 32) * 2 - 1}
+
+    def sgd_step(hp):
+        n = copy.deepcopy(nets)
+        opt = {"G": torch.optim.SGD(n["G"].parameters(), lr=1.0), "D": torch.optim.SGD(n["D"].parameters(), lr=1.0),
+               "EH": torch.optim.SGD(n["E"].high.parameters(), lr=1.0),
+               "EG": torch.optim.SGD(n["E"].ground.parameters(), lr=1.0)}
+        losses = train_step(Step(n, ddp_modules(n), opt, batch, torch.Generator().manual_seed(7), 0, 10, 2, cfg, hp,
+                                 nullcontext, torch.device("cpu")))
+        return n, losses
+
+    plain, plain_losses = sgd_step(HAGANHParams())
+    recon, recon_losses = sgd_step(HAGANHParams(recon_weight=lam))
+    assert torch.equal(plain_losses["EG"], recon_losses["EG"])
+    for a, b in zip(plain["E"].parameters(), recon["E"].parameters()):
+        assert torch.equal(a, b)  # the encoder learns the same either way
+
+    rng = torch.Generator().manual_seed(7)
+    torch.randn(2, cfg.latent_dim, generator=rng)
+    G, E = copy.deepcopy(plain["G"]), copy.deepcopy(plain["E"])
+    E.ground.load_state_dict(nets["E"].ground.state_dict())  # E^G before its update
+    starts = G.selector.random_starts(2, generator=rng)
+    x = batch["image"]
+    with torch.no_grad():
+        codes = E.ground(E.features(x))
+    rec_low, rec_slab = G(codes, starts)
+    x_low = F.interpolate(x, scale_factor=1 / cfg.lowres_factor, mode="trilinear", align_corners=False)
+    loss = 0.5 * (F.l1_loss(rec_slab, G.selector.select_real(x, starts)) + F.l1_loss(rec_low, x_low))
+    assert torch.allclose(loss, recon_losses["EG"], rtol=1e-5)
+    grads = torch.autograd.grad(loss, list(G.parameters()))
+    moved = 0
+    for p_plain, p_recon, g in zip(plain["G"].parameters(), recon["G"].parameters(), grads):
+        assert torch.allclose(p_recon, p_plain - lam * g, atol=1e-6)
+        moved += int(g.abs().max() > 1e-6)
+    assert moved > 0
+    with pytest.raises(UsageError, match="recon_weight"):
+        HAGANHParams.from_dict({"recon_weight": -1})

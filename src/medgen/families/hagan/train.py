@@ -11,6 +11,7 @@ One iteration (:func:`train_step`)::
               projection: D is given the classes)
     E^H step  L1(G^H(E^H(x_slab)), x_slab)                  updates E^H only
     E^G step  ½[L1(slab) + L1(low-res)], z = E^G(E^H(x))   updates E^G only
+              (recon_weight λ > 0: and G, with λ × its gradient)
               (both every ``encoder_every`` iterations; 1: every iteration, the paper)
 
 (the EMA of G, logging, checkpoints, resume and DDP are the loop's:
@@ -37,7 +38,8 @@ Random draws, in this order from the loop's per-iteration generator: z, the
 fake classes (conditional models), the slab starts.
 
 DDP: G, D, E^H and E^G are each wrapped (``ddp_modules``) and each wrapper is
-called exactly once per iteration, by the step that updates it. Under bf16
+called exactly once per iteration, by the step that updates it (with ``recon_weight``
+G's twice on the encoder's iterations, each call followed by its own backward). Under bf16
 autocast the spectral-norm power iteration of D uses bf16 matrix-vector
 products too; for a 512×13824 weight σ then differs from the float32 value by
 about 1e-4 (relative), far below what matters for the Lipschitz bound.
@@ -115,6 +117,11 @@ class HAGANHParams:
     step than G^H makes slabs. That is cheap where G^H and D^H dominate an iteration (256³); at 64³ ``tiny``
     G^A does (87 of 92 ms of G's forward and backward pass at batch 4 on one core), and batch 16 with
     ``high_batch=4`` runs at 2.05 instead of 5.0 iterations per second. Unconditional models only.
+    ``recon_weight``: λ > 0 makes the E^G step also update G, with λ times the gradient of its loss (G
+    reproducing each real volume from the code E gives it; 0: G is frozen there, the paper). A generator
+    that must reconstruct every training volume cannot leave out the ones a GAN finds hard, the
+    reconstruction term of VAE-GAN and α-GAN (Rosca et al. 2017); here it is a second step of G's
+    optimiser on the encoder's iterations.
     """
 
     lr_g: float = 1e-4
@@ -135,6 +142,7 @@ class HAGANHParams:
     c_augment: bool = False
     c_steps: int = 1
     high_batch: int = 0
+    recon_weight: float = 0.0
 
     def validate(self) -> None:
         checks = [
@@ -157,6 +165,8 @@ class HAGANHParams:
              f"c_steps {self.c_steps!r}: need an integer >= 1"),
             (isinstance(self.high_batch, int) and not isinstance(self.high_batch, bool) and self.high_batch >= 0,
              f"high_batch {self.high_batch!r}: a number of volumes >= 0 (0: the whole batch)"),
+            (isinstance(self.recon_weight, (int, float)) and not isinstance(self.recon_weight, bool)
+             and self.recon_weight >= 0, f"recon_weight {self.recon_weight!r}: must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -345,13 +355,23 @@ def train_step(s: Step) -> dict[str, torch.Tensor]:
         s.update("EH", loss_EH)
         del rec_slab
 
-        # ---- E^G step: E^H (frozen, no graph) on all slabs → E^G → G (frozen)
+        # ---- E^G step: E^H (frozen, no graph) on all slabs → E^G → G (frozen unless recon_weight)
         with torch.no_grad(), s.amp():
             feats = E.features(x[:hb])
+        G.requires_grad_(hp.recon_weight > 0)
         with s.amp():
-            rec_low, rec_slab = G(s.ddp["EG"](feats), starts, labels)
+            rec_low, rec_slab = (s.ddp["G"] if hp.recon_weight > 0 else G)(s.ddp["EG"](feats), starts, labels)
         loss_EG = ground_encoder_loss(rec_slab, x_slab, rec_low, x_low[:hb] if x_low is not None else None)
-        s.update("EG", loss_EG)
+        if hp.recon_weight > 0:  # G learns to reproduce the real volumes too: a second step of its optimiser
+            loss_EG.backward()
+            for p in G.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(hp.recon_weight)
+            for name in ("EG", "G"):
+                s.opt[name].step()
+                s.opt[name].zero_grad(set_to_none=True)
+        else:
+            s.update("EG", loss_EG)
         G.requires_grad_(True)
         del feats, rec_low, rec_slab
         losses.update(EH=loss_EH, EG=loss_EG)
