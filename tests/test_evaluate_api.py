@@ -261,12 +261,15 @@ def test_format_table_flags_organs_tied_to_the_body_more_than_in_real_volumes():
         "correlations": {"body_volume_ml~lung_volume_ml": {"real": 0.8, "fake": 0.98},
                          "body_volume_ml~bone_volume_ml": {"real": 0.3, "fake": 0.1},
                          "fat_fraction~bone_volume_ml": {"real": 0.95, "fake": 0.6},
+                         "bone_volume_ml~fat_fraction": {"real": 0.11, "fake": -0.62},
                          "lung_fraction~emphysema_pct": {"real": 0.25, "fake": float("nan")}}}}}
     lines = format_table(report).splitlines()
     # 1 - 0.98² = 0.0396 against 1 - 0.8² = 0.36: 0.11 of the real
     assert "anatomy correlation body_volume_ml ~ lung_volume_ml: real 0.80, generated 0.98; " \
            "unexplained variance 1 - r^2 0.11x the real" in lines
     assert "anatomy correlation body_volume_ml ~ bone_volume_ml: real 0.30, generated 0.10" in lines  # 0.99 / 0.91
+    assert "anatomy correlation bone_volume_ml ~ fat_fraction: real 0.11, generated -0.62; -0.73 from the real" \
+        in lines  # 0.62 / 0.99 of unexplained variance: only the distance flags it
     assert "anatomy correlation fat_fraction ~ bone_volume_ml: real 0.95, generated 0.60; " \
            "unexplained variance 1 - r^2 6.6x the real" in lines  # 0.64 / 0.0975
     assert not any("lung_fraction ~ emphysema_pct" in line for line in lines)

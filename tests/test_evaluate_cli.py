@@ -148,6 +148,13 @@ def test_evaluate_folder_against_itself_hits_the_cache(folders, tmp_path, capsys
     if m["mmd"]["value"] < 0:  # ... and the table explains the sign
         assert "mmd: unbiased estimate; below 0 means" in stdout
     assert all(v == pytest.approx(0.0, abs=1e-12) for v in m["anatomy"]["value"].values())
+    # The pairs of anatomy statistics correlate alike in a set and in itself, and the table says so.
+    corr = m["anatomy"]["correlations"]
+    assert set(corr) == {"body_volume_ml~lung_volume_ml", "body_volume_ml~bone_volume_ml", "lung_fraction~emphysema_pct"}
+    pair = corr["body_volume_ml~lung_volume_ml"]
+    assert pair["real"] == pair["fake"] and -1 <= pair["real"] <= 1 and pair["n_real"] == pair["n_fake"] > 2
+    assert f"anatomy correlation body_volume_ml ~ lung_volume_ml: real {pair['real']:.2f}, generated " \
+           f"{pair['fake']:.2f}\n" in stdout
     # Real features computed once; the same folder as --fake is read back from the cache.
     assert report["feature_cache"]["real"]["from_cache"] is False
     assert report["feature_cache"]["fake"]["from_cache"] is True

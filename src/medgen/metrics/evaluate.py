@@ -410,7 +410,8 @@ def _anatomy_coupling_notes(correlations: dict[str, Any]) -> list[str]:
     """One line per pair of anatomy statistics: their correlation r over the real and over the generated
     volumes. Flagged, as the spreads are, when the share of either's variance the other does not explain,
     1 − r², is under half or over twice the real one: at r = 0.8 in real volumes a generated 0.98 leaves a
-    tenth of the independent variation (an organ that only scales with the body)."""
+    tenth of the independent variation (an organ that only scales with the body). Also flagged: a
+    correlation 0.5 or more away from the real one (0.1 against -0.6)."""
     notes = []
     for pair, c in correlations.items():
         real, fake = c.get("real"), c.get("fake")
@@ -420,6 +421,8 @@ def _anatomy_coupling_notes(correlations: dict[str, Any]) -> list[str]:
         free_real, free_fake = 1 - real**2, 1 - fake**2
         if free_real > 0 and not 0.5 <= free_fake / free_real <= 2:
             line += f"; unexplained variance 1 - r^2 {free_fake / free_real:.2g}x the real"
+        elif abs(fake - real) >= 0.5:
+            line += f"; {fake - real:+.2f} from the real"
         notes.append(line)
     return notes
 

@@ -214,7 +214,7 @@ def compute(names: list[str], context: EvalContext) -> dict[str, dict]:
 
     Each result has ``value``, ``std`` (None if not estimated), ``n_real``, ``n_fake``,
     ``extractor``, ``comparable_with_published``, ``settings`` and, where given,
-    ``details``. A metric that fails on the data (e.g. too few volumes) gives
+    ``details`` and ``correlations``. A metric that fails on the data (e.g. too few volumes) gives
     ``{"error": message}`` instead; usage errors propagate. Only metrics of
     :data:`SET_KINDS`.
     """
@@ -248,8 +248,9 @@ def compute(names: list[str], context: EvalContext) -> dict[str, dict]:
             result["comparable_with_published"] = None
         result["description"] = metric.description
         result["settings"] = raw.get("settings", {})
-        if "details" in raw:
-            result["details"] = raw["details"]
+        for key in ("details", "correlations"):  # correlations: anatomy's pairs of statistics
+            if key in raw:
+                result[key] = raw[key]
         results[name] = _json_number(result)
     return results
 
