@@ -44,7 +44,7 @@ _OPTIONS = {
     "split_fractions": "split_fractions",
 }
 # Options that change the model (the family's architecture fields).
-_MODEL_OPTIONS = ("size", "width", "high_width", "low_d_width", "latent_dim", "num_classes", "autoencoder_run", "generator_run", "slab_context",
+_MODEL_OPTIONS = ("size", "width", "high_width", "low_d_width", "slab_fraction", "latent_dim", "num_classes", "autoencoder_run", "generator_run", "slab_context",
                   "minibatch_std", "minibatch_std_channels", "histogram_bins", "d_windows", "class_conditioning", "task", "inputs", "target")
 
 
@@ -96,6 +96,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--width", type=float, default=None, help="channel-width multiplier (overrides the preset)")
     m.add_argument("--high-width", type=float, default=None,
                    help="hagan: channel-width multiplier of G^H's hidden layers alone (default: --width)")
+    m.add_argument("--slab-fraction", type=float, default=None, metavar="FRAC",
+                   help="hagan: training slab depth / volume depth, what G^H makes and D^H judges per volume "
+                        "(paper 0.125)")
     m.add_argument("--low-d-width", type=float, default=None,
                    help="hagan: channel-width multiplier of the low-resolution discriminator D^L alone (default: --width)")
     m.add_argument("--latent-dim", type=int, default=None, help="length of z (overrides the preset)")
