@@ -136,6 +136,10 @@ def test_minibatch_std_channels_widen_the_last_layers_input():
     with pytest.raises(UsageError, match="D\\^L's last layer has 32 features, not a multiple of 64"):
         get_preset("tiny", 64, minibatch_std_channels=64)
     assert get_preset("tiny", 64, minibatch_std=0, minibatch_std_channels=3).minibatch_std_channels == 3  # unused
+    # 32³ at factor 8: D^L has no convolution, its one input channel takes the feature; 2 sets cannot split it
+    with pytest.raises(UsageError, match="D\\^L's last layer has 1 features, not a multiple of 2"):
+        get_preset("tiny", 32, lowres_factor=8, slab_fraction=0.25, minibatch_std_channels=2)
+    assert get_preset("tiny", 32, lowres_factor=8, slab_fraction=0.25, use_lowres=False, minibatch_std_channels=2).use_lowres is False
     with pytest.raises(UsageError, match="integer >= 1"):
         get_preset("tiny", 64, minibatch_std_channels=0)
 

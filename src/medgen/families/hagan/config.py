@@ -193,7 +193,10 @@ class HAGANConfig:
         k = self.minibatch_std_channels
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise UsageError(f"minibatch_std_channels must be an integer >= 1, got {k!r}")
-        last = {"D^H": self.channels(512), "D^L": self.channels(256, self.low_d_width)}
+        last = {"D^H": self.downsampling_widths(512, self.size)[-1]}
+        if self.use_lowres:  # D^L's last conv, or its input channels when the low-resolution grid is already 4³
+            low = self.downsampling_widths(256, self.lowres_size, self.low_d_width)
+            last["D^L"] = low[-1] if low else 1 + len(self.d_windows)
         for name, c in last.items():
             if self.minibatch_std and c % k:
                 raise UsageError(f"minibatch_std_channels {k}: {name}'s last layer has {c} features, not a multiple of {k}")
