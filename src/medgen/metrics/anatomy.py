@@ -275,7 +275,8 @@ def compare_distributions(real: Sequence[dict], fake: Sequence[dict]) -> dict[st
 # Pairs of CT statistics whose dependence a generator must reproduce as well as each one's spread: in the
 # thorax phantoms the lungs' height and the bones' density vary independently of the body's width, so
 # a generator that scales every organ with the body matches each volume's spread and yet has too
-# narrow a lung fraction (docs/results: generated lung volume follows body volume with r ≈ 0.98, real 0.80).
+# narrow a lung fraction (README, "HA-GAN in medgen": generated lung volume follows body volume with
+# r ≈ 0.98, real 0.80).
 CT_COUPLINGS: tuple[tuple[str, str], ...] = (
     ("body_volume_ml", "lung_volume_ml"),
     ("body_volume_ml", "bone_volume_ml"),
