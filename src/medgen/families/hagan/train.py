@@ -115,8 +115,8 @@ class HAGANHParams:
     encoder steps (0: all of them, the paper); G^A, G^L and D^L take the whole batch, and D's logit for the
     other volumes is D^L's alone. So D^L, and its minibatch standard deviation, judge more whole volumes per
     step than G^H makes slabs. That is cheap where G^H and D^H dominate an iteration (256³); at 64³ ``tiny``
-    G^A does (87 of 92 ms of G's forward and backward pass at batch 4 on one core), and batch 16 with
-    ``high_batch=4`` runs at 2.05 instead of 5.0 iterations per second. Unconditional models only.
+    G^A does, and an iteration at batch 16 with ``high_batch=4`` takes 2.46 times as long as one at batch 4
+    (README, "HA-GAN in medgen", for the measurement). Unconditional models only.
     ``recon_weight``: λ > 0 makes the E^G step also update G, with λ times the gradient of its loss (G
     reproducing each real volume from the code E gives it; 0: G is frozen there, the paper). A generator
     that must reconstruct every training volume cannot leave out the ones a GAN finds hard, the
