@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,57 @@ def test_resume_rejects_changed_settings(data, tmp_path):
     with pytest.raises(UsageError, match="ema_decay 1.5"):
         train(tiny_cfg(data, ema_decay=1.5), tmp_path / "other", progress=False)
     assert not (tmp_path / "other").exists()  # nothing written for a bad configuration
+
+
+def test_a_fresh_run_that_fails_before_recording_anything_leaves_no_run_behind(data, tmp_path):
+    """A setting the family rejects only in its first step (high_batch larger than the batch): the run folder
+    the loop wrote before it is removed, so the corrected command runs without --resume."""
+    run = tmp_path / "run"
+    with pytest.raises(UsageError, match="high_batch 4 is larger than the batch"):
+        train(tiny_cfg(data, iters=1, hparams={"high_batch": 4}), run, progress=False)
+    assert not run.exists()
+    assert train(tiny_cfg(data, iters=1), run, progress=False).iteration == 1
+
+    # a folder that existed beforehand stays, with what the user had put in it
+    mine = tmp_path / "mine"
+    (mine / "tensorboard").mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    (mine / "tensorboard" / "other.txt").write_text("mine too")
+    with pytest.raises(UsageError, match="high_batch"):
+        train(tiny_cfg(data, iters=1, hparams={"high_batch": 4}), mine, progress=False)
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == [
+        "notes.txt", "tensorboard", "tensorboard/other.txt"]
+
+
+def test_a_failed_run_that_recorded_something_or_was_resumed_is_kept(data, tmp_path):
+    """Once a metrics row exists the folder is evidence and stays; a resumed run's folder is never removed."""
+    family = registry.get("hagan")
+    calls = []
+
+    def fails_at_the_second_step(step):
+        calls.append(step.iteration)
+        if len(calls) == 2:
+            raise UsageError("second step refused")
+        return family.train_step(step)
+
+    failing = dataclasses.replace(family, train_step=fails_at_the_second_step)
+    from medgen.training.loop import train as loop_train
+
+    with pytest.raises(UsageError, match="second step refused"):
+        loop_train(failing, tiny_cfg(data, iters=3), tmp_path / "logged", progress=False)
+    assert [r["iteration"] for r in read_metrics(tmp_path / "logged")] == ["1"]
+    assert (tmp_path / "logged" / "config.yaml").is_file()
+
+    # a resumed run, even one whose folder holds no metrics row and no checkpoint (a requeued job's retry)
+    resumed = tmp_path / "resumed"
+    train(tiny_cfg(data, iters=1), resumed, progress=False)
+    shutil.rmtree(resumed / "checkpoints")
+    (resumed / "metrics.csv").write_text("iteration\n")
+    calls.clear()
+    calls.append(-1)  # the next call is the second
+    with pytest.raises(UsageError, match="second step refused"):
+        loop_train(failing, tiny_cfg(data, iters=2), resumed, resume=True, progress=False)
+    assert (resumed / "config.yaml").is_file() and (resumed / "metrics.csv").is_file()
 
 
 # --------------------------------------------------------------------------- NaN

@@ -45,6 +45,11 @@ forwards to its workers does not count) aborts at once.
 
 Divergence: a NaN/inf loss raises :class:`~medgen.core.errors.RunFailed` before
 anything bad is logged or saved; the last good checkpoint stays ``latest``.
+
+Failures before anything is recorded: a fresh run that stops with an error
+before it wrote a metrics row, a sample mosaic or a checkpoint (a setting the
+family rejects in ``build`` or its first step, a bad input file) removes the
+files and folders it created, so the corrected command runs without ``--resume``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -271,6 +277,58 @@ def _write_run_dir(cfg: RunConfig, run_dir: Path) -> None:
         atomic_write_text(run_dir / PREPROCESS_NAME, json.dumps(cfg.preprocess, indent=2) + "\n")
 
 
+_RUN_FILES = (CONFIG_NAME, PREPROCESS_NAME, METRICS_NAME)
+_RUN_DIRS = (TENSORBOARD_DIR, SAMPLES_DIR, ckpt_io.CHECKPOINT_DIR)
+
+
+def _fresh_run_paths(run_dir: Path) -> set[str] | None:
+    """For a folder without a run yet, what it holds before the run writes: its entries and those of the run's
+    sub-folders, as paths relative to it (``"."``: the folder itself). None for a folder with a run in it."""
+    if (run_dir / CONFIG_NAME).exists():
+        return None
+    if not run_dir.is_dir():
+        return set()
+    held = {".", *(p.name for p in run_dir.iterdir())}
+    for name in _RUN_DIRS:
+        if (run_dir / name).is_dir():
+            held.update(f"{name}/{p.name}" for p in (run_dir / name).iterdir())
+    return held
+
+
+def _recorded_anything(run_dir: Path) -> bool:
+    """Whether a run wrote a metrics row, a sample mosaic or a checkpoint (anything a user may want to see)."""
+    metrics = run_dir / METRICS_NAME
+    if metrics.is_file() and len(metrics.read_text(encoding="utf-8").splitlines()) > 1:
+        return True
+    return any(any((run_dir / d).iterdir()) for d in (SAMPLES_DIR, ckpt_io.CHECKPOINT_DIR) if (run_dir / d).is_dir())
+
+
+def _remove_unrecorded_run(run_dir: Path, before: set[str]) -> None:
+    """Undo a fresh run that failed before it recorded anything (a usage error in the family's build or first
+    step, a bad file, Ctrl-C while loading), so that the same command can be run again without ``--resume``.
+
+    Only what the run created goes: whatever ``before`` lists (:func:`_fresh_run_paths`) and anything else a
+    user put there stay, and the folder itself only if the run created it and it is empty again.
+    """
+    if not run_dir.is_dir() or _recorded_anything(run_dir):
+        return
+    for name in _RUN_FILES:
+        if name not in before:
+            (run_dir / name).unlink(missing_ok=True)
+    for name in _RUN_DIRS:
+        folder = run_dir / name
+        if not folder.is_dir():
+            continue
+        if name not in before:
+            shutil.rmtree(folder, ignore_errors=True)
+            continue
+        for entry in folder.iterdir():
+            if f"{name}/{entry.name}" not in before:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+    if "." not in before and not any(run_dir.iterdir()):
+        run_dir.rmdir()
+
+
 class _MetricsLog:
     """``RUN/metrics.csv``: one row per log step (appended; rows beyond a resumed iteration dropped)."""
 
@@ -318,13 +376,19 @@ def train(
         raise UsageError(f"the run configuration is for family {cfg.family!r}, not {family.name!r}")
     info = dist_utils.setup(cfg.device)
     onednn = torch.backends.mkldnn.enabled
+    run_dir = Path(run_dir)
+    before = _fresh_run_paths(run_dir)
     try:
         if info.device.type == "cpu" and _precision(cfg, info.device) == "bf16":
             # oneDNN's bf16 Conv3d weight gradient on the CPU (torch 2.13) intermittently returns NaN: it
             # reads uninitialised memory for 32 channels at 2³ voxels (a diffusion UNet's middle block at
             # 32³). CPU bf16 only rehearses the GPU's precision, so it runs torch's native kernels instead.
             torch.backends.mkldnn.enabled = False
-        return _train(family, cfg, Path(run_dir), resume, progress, info, dataset)
+        return _train(family, cfg, run_dir, resume, progress, info, dataset)
+    except BaseException:
+        if before is not None and info.is_main:
+            _remove_unrecorded_run(run_dir, before)
+        raise
     finally:
         torch.backends.mkldnn.enabled = onednn
         dist_utils.cleanup()
