@@ -83,6 +83,15 @@ def test_volumes_in_memory_give_the_same_numbers_as_their_folder(sets):
     assert from_arrays.report["feature_cache"]["real"] == {"cache_file": None, "from_cache": False}
 
 
+def test_volumes_in_memory_outside_minus_one_to_one_name_the_volume():
+    """Unnormalised arrays with no modality: the error names the set and the volume (there is no file)."""
+    arrays = np.zeros((3, 16, 16, 16), dtype=np.float32)
+    arrays[1] = 500.0
+    with pytest.raises(UsageError, match=r"^<fake> volume fake-0001: intensities are not in \[-1, 1\] and the "
+                                         r"modality is unknown"):
+        evaluate(np.zeros((3, 16, 16, 16), dtype=np.float32), arrays, metrics="ms_ssim", progress=False)
+
+
 class FakeEncoder:
     """A 'model' whose latent code is (mean, std, max) of each volume."""
 

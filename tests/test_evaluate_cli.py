@@ -95,7 +95,7 @@ def test_evaluate_real_fake_train(folders, tmp_path, capsys):
     assert report["warning"] == RANDOM_WARNING and "WARNING: " + RANDOM_WARNING in stdout
     assert report["extractor"]["name"] == "random" and report["extractor"]["input_size"] == [16, 16, 16]
     metrics = report["metrics"]
-    assert set(metrics) == {"fid", "kid", "mmd", "prdc", "ms_ssim", "anatomy", "memorisation"}
+    assert set(metrics) == {"fid", "kid", "mmd", "prdc", "ms_ssim", "dimensionality", "anatomy", "memorisation"}
     for name in ("fid", "kid", "mmd", "prdc", "memorisation"):
         m = metrics[name]
         assert (m["n_real"], m["n_fake"], m["extractor"], m["comparable_with_published"]) == (7, 7, "random", False), name
@@ -126,8 +126,17 @@ def test_evaluate_real_fake_train(folders, tmp_path, capsys):
     assert (ref["n"], ref["repeats"], ref["std"]) == (7, 1, 0.0) and ref["median"] > 0
     assert "training volumes drawn at random" in metrics["anatomy"]["settings"]["reference"]
     assert re.search(r"anatomy\.lung_fraction \(W1, training vs real, reference\)\s+\S+\s+0\s+7\s+7", stdout)
+    # Dimensionality: the participation ratio of the same volumes' 16³ principal-component variances,
+    # computed here with scikit-learn (16³ volumes: the block means are the voxels).
+    from sklearn.decomposition import PCA
+
+    for key, volumes in (("real", stored), ("fake", fake_arrays)):
+        lam = PCA().fit(np.stack([v.ravel() for v in volumes]).astype(np.float64)).explained_variance_
+        assert metrics["dimensionality"]["details"][key]["participation_ratio"] == pytest.approx(
+            lam.sum() ** 2 / (lam**2).sum(), rel=1e-5), key
+    assert re.search(r"dimensionality \(real, reference\)\s+\S+\s+-\s+7\s+-", stdout)
     figures = {Path(f).name for f in report["figures"]}
-    assert figures == {"features.png", "anatomy_histograms.png", "nearest_training_pairs.png"}
+    assert figures == {"features.png", "dimensionality.png", "anatomy_histograms.png", "nearest_training_pairs.png"}
     assert all(Path(f).stat().st_size > 1000 for f in report["figures"])
 
 

@@ -33,6 +33,9 @@ from medgen.metrics.evaluate import fmt_number, metric_rows
 EVAL_FIGURES = (
     ("anatomy_histograms.png", "Anatomy histograms",
      "Distributions of anatomical measurements in real and generated volumes."),
+    ("dimensionality.png", "Directions of variation",
+     "Cumulative share of the variance held by the first principal components of 16³ block means: a generated "
+     "curve that rises faster than the real one varies along fewer independent directions."),
     ("nearest_training_pairs.png", "Nearest-neighbour pairs (memorisation check)",
      "Generated volumes next to their nearest training volume in feature space; near-identical pairs suggest copies."),
     ("features.png", "Embedding plot",

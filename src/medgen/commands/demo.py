@@ -167,7 +167,7 @@ def stages(args: argparse.Namespace) -> list[Stage]:
     ]
 
 
-BASELINE_METRICS = "fid,kid,mmd,prdc,ms_ssim,anatomy"
+BASELINE_METRICS = "fid,kid,mmd,prdc,ms_ssim,dimensionality,anatomy"
 
 
 # ---------------------------------------------------------------------- the stages' work

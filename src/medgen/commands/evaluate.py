@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="distribution, diversity, anatomy and memorisation metrics of generated volumes",
         description=(
             "Compare generated volumes (--fake) with real ones (--real): FID, KID, MMD, precision/recall/"
-            "density/coverage on 3D ResNet-50 features, MS-SSIM diversity, anatomy statistics, and with "
+            "density/coverage on 3D ResNet-50 features, MS-SSIM diversity, the directions of variation, anatomy statistics, and with "
             "--train a memorisation check. Folders are preprocessed data sets (medgen preprocess) or "
             "folders of NIfTI/.npy volumes (e.g. medgen generate output); --fake may also be a training "
             "run folder, sampled with --n volumes first."
@@ -73,8 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default=None, metavar="PATH",
                    help="med3d: MedicalNet weight file (resnet_50.pth / resnet_50_23dataset.pth); encoder: run folder")
     p.add_argument("--metrics", default=None, metavar="LIST",
-                   help="comma-separated: fid,kid,mmd,prdc,is,ms_ssim,anatomy,memorisation (default: fid,kid,mmd,prdc,"
-                        "ms_ssim, anatomy when the modality is known, memorisation with --train)")
+                   help="comma-separated: fid,kid,mmd,prdc,is,ms_ssim,dimensionality,anatomy,memorisation (default: "
+                        "fid,kid,mmd,prdc,ms_ssim,dimensionality, anatomy when the modality is known, memorisation "
+                        "with --train)")
     p.add_argument("--input-size", default=None, metavar="N|native",
                    help="voxels per side fed to the feature network (default: 64 for random, native for med3d)")
     p.add_argument("--intensity", choices=("zscore", "raw"), default=None,

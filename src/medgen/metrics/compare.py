@@ -2,8 +2,8 @@
 
 Each compared quantity knows its direction: distances (FID, KID, MMD, the
 anatomy statistics' Wasserstein-1) are better when lower; precision, recall and
-coverage when higher; MS-SSIM diversity is better the closer it is to the real
-volumes' own MS-SSIM.
+coverage when higher; MS-SSIM diversity and the dimensionality (participation
+ratio) are better the closer they are to the real volumes' own values.
 
 Example::
 
@@ -24,6 +24,7 @@ COMPARED: tuple[tuple[str, str, str | None, str], ...] = (
     ("recall", "prdc", "recall", "higher"),
     ("coverage", "prdc", "coverage", "higher"),
     ("MS-SSIM (closer to real is better)", "ms_ssim", None, "closer_to_real"),
+    ("dimensionality (closer to real is better)", "dimensionality", None, "closer_to_real"),
     ("body volume W1 (ml)", "anatomy", "body_volume_ml", "lower"),
     ("lung fraction W1", "anatomy", "lung_fraction", "lower"),
     ("emphysema % W1", "anatomy", "emphysema_pct", "lower"),
@@ -42,10 +43,14 @@ def _value(report: dict[str, Any], name: str, key: str | None) -> float | None:
     return None
 
 
-def _real_ms_ssim(report: dict[str, Any]) -> float | None:
-    details = ((report.get("metrics") or {}).get("ms_ssim") or {}).get("details") or {}
-    mean = (details.get("real") or {}).get("mean")
-    return float(mean) if isinstance(mean, (int, float)) else None
+#: Where a "closer to real" metric keeps the real set's value: details.real[key].
+_REAL_REFERENCE = {"ms_ssim": "mean", "dimensionality": "participation_ratio"}
+
+
+def _real_reference(report: dict[str, Any], name: str) -> float | None:
+    details = ((report.get("metrics") or {}).get(name) or {}).get("details") or {}
+    value = (details.get("real") or {}).get(_REAL_REFERENCE[name])
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
@@ -67,7 +72,7 @@ def compare_reports(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]
         elif direction == "higher":
             better = va > vb
         else:
-            ref = _real_ms_ssim(a) if _real_ms_ssim(a) is not None else _real_ms_ssim(b)
+            ref = _real_reference(a, name) if _real_reference(a, name) is not None else _real_reference(b, name)
             if ref is None:
                 continue
             better = abs(va - ref) < abs(vb - ref)

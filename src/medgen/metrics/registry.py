@@ -428,6 +428,29 @@ def metric_ms_ssim(ctx: EvalContext) -> dict:
     return {"value": fake["mean"], "std": fake["std"], "settings": settings, "details": details}
 
 
+def metric_dimensionality(ctx: EvalContext) -> dict:
+    from medgen.metrics.dimensionality import dimensionality, save_spectrum_figure
+    from medgen.metrics.volumes import choose_subset
+
+    n = min(len(ctx.real), len(ctx.fake))
+    if n < 2:
+        raise UsageError(f"dimensionality needs at least 2 volumes in each set (real {len(ctx.real)}, generated {len(ctx.fake)})")
+    real, fake = (choose_subset(vs, n, ctx.options.seed) for vs in (ctx.real, ctx.fake))
+    result = dimensionality(real, fake)
+    path = ctx.figure_path("dimensionality.png")
+    if path is not None:
+        save_spectrum_figure(result, path)
+        ctx.figures.append(str(path))
+    settings = {
+        "meaning": "participation ratio (sum λ)^2 / sum λ^2 of the principal-component variances of the generated "
+                   "set; lower than the real set's = the samples vary along fewer independent directions",
+        "grid": f"{result['grid']}^3 block means of each volume",
+        "equal_sizes": f"{n} volumes of each set (a seeded random subset of the larger; seed {ctx.options.seed})",
+    }
+    return {"value": result["fake"]["participation_ratio"], "n_real": n, "n_fake": n, "settings": settings,
+            "details": {"fake": result["fake"], "real": result["real"], "grid": result["grid"]}}
+
+
 ANATOMY_REFERENCE_MAX_TRAIN = 256  # training volumes whose anatomy is measured for the reference
 ANATOMY_REFERENCE_REPEATS = 100  # random draws of len(fake) training volumes
 
@@ -519,6 +542,9 @@ register("mmd", metric_mmd, "features", "MMD^2, Gaussian kernel with median-heur
 register("prdc", metric_prdc, "features", "precision (fidelity), recall (diversity), density and coverage of k-NN manifolds")
 register("is", metric_is, "probabilities", "Inception Score from a domain classifier's class probabilities (higher is better)")
 register("ms_ssim", metric_ms_ssim, "volumes", "mean 3D MS-SSIM between generated pairs (lower = more diverse)")
+register("dimensionality", metric_dimensionality, "volumes",
+         "participation ratio of the principal-component variances of 16^3 block means, real vs generated "
+         "(how many independent directions a set varies along)")
 register("anatomy", metric_anatomy, "volumes", "distribution distance of anatomy statistics (CT: HU-based; MRI: tissue fractions)")
 register(
     "memorisation", metric_memorisation, "features",

@@ -124,10 +124,14 @@ class VolumeSet(Sequence[np.ndarray]):
             try:
                 return normalize_mri(array, self.mri_percentiles)
             except InputError as exc:
-                raise InputError(f"{self.files[i]}: {exc}") from None
+                raise InputError(f"{self.item_name(i)}: {exc}") from None
         raise UsageError(
-            f"{self.files[i]}: intensities are not in [-1, 1] and the modality is unknown; pass --modality ct or mri"
+            f"{self.item_name(i)}: intensities are not in [-1, 1] and the modality is unknown; pass --modality ct or mri"
         )
+
+    def item_name(self, i: int) -> str:
+        """Volume i as error messages name it: its file, or for volumes in memory ``<set> volume <id>``."""
+        return str(self.files[i]) if i < len(self.files) else f"{self.root} volume {self.ids[i]}"
 
     def hu(self, i: int) -> np.ndarray:
         """Volume i in Hounsfield units (CT only), at ``target_shape``: the [-1, 1] volume
