@@ -85,6 +85,11 @@ def test_evaluate_reports_it_at_equal_sizes_with_the_real_reference_and_a_figure
     assert "the samples vary along fewer independent directions than real volumes" in table
     figure = tmp_path / "dimensionality.png"
     assert figure.is_file() and figure.read_bytes()[:4] == b"\x89PNG" and str(figure) in ev.report["figures"]
+    # a collapsed set: little variation, spread over many directions (noise): called what it is
+    collapsed = (fake[:1] + 0.002 * rng.standard_normal((8, S, S, S))).astype(np.float32)
+    table = evaluate(real, collapsed, metrics="dimensionality", progress=False).table()
+    assert "vary less than half as much as real ones, so their directions are mostly noise" in table
+    assert "fewer independent directions" not in table
     # a set against itself: no flag
     same = evaluate(real, real.copy(), metrics="dimensionality", progress=False)
     assert "fewer independent directions" not in format_table(same.report)

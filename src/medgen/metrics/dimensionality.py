@@ -18,6 +18,11 @@ sample covariance (ddof = 1) are computed by SVD. Reported per set:
   voxel variance (intensity units², in [-1, 1]);
 * ``cumulative``: the cumulative variance shares of the first components (the figure).
 
+Read the participation ratio together with the total variance: a collapsed generator's
+samples differ by little, and that little is noise spread over many directions, so its
+ratio can exceed the real set's (``medgen evaluate`` says so when the generated total
+variance is under half the real one).
+
 Both estimates grow with the number of volumes (at most n − 1 directions can be seen),
 so the larger set is reduced to the smaller one's size by a seeded random subset before
 anything is computed; values are comparable only at equal sample sizes.

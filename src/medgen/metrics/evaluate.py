@@ -487,11 +487,15 @@ def _dimensionality_notes(details: dict) -> list[str]:
     pf, pr = f.get("participation_ratio"), r.get("participation_ratio")
     if not pf or not pr:
         return []
+    vf, vr = f.get("total_variance") or 0.0, r.get("total_variance") or 0.0
     line = (f"dimensionality: the generated set's variance spreads over {pf:.2f} directions (participation ratio) "
             f"against the real set's {pr:.2f}; 90 % of it lies in {f.get('components_90')} vs "
             f"{r.get('components_90')} principal components, the first holds {100 * f.get('first_share', 0):.0f} % vs "
-            f"{100 * r.get('first_share', 0):.0f} %")
-    if pf < 0.8 * pr:  # the real set's own ratio varies by about 6 % (SD) between random subsets of 64 phantoms
+            f"{100 * r.get('first_share', 0):.0f} %; total variance {vf:.3g} vs {vr:.3g}")
+    if vr > 0 and vf < 0.5 * vr:
+        # A collapsed generator's little remaining variation is noise, spread over many directions.
+        line += ": the generated volumes vary less than half as much as real ones, so their directions are mostly noise"
+    elif pf < 0.8 * pr:  # the real set's own ratio varies by about 6 % (SD) between random subsets of 64 phantoms
         line += ": the samples vary along fewer independent directions than real volumes"
     return [line]
 
