@@ -46,7 +46,10 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     assert 0 < m["ms_ssim"]["value"] <= 1
     assert m["memorisation"]["value"] > 0
     assert (out / "metrics-figures" / "anatomy_histograms.png").is_file()
+    assert m["dimensionality"]["n_real"] == m["dimensionality"]["n_fake"] == 6
+    assert (out / "metrics-figures" / "dimensionality.png").is_file()
     page = (out / "report.html").read_text()
+    assert "Directions of variation" in page and "dimensionality (real, reference)" in page
     assert "random features: not comparable with published values" in page
     # the untrained-generator baseline, evaluated the same way and compared in the report
     baseline = json.loads((out / "metrics-untrained.json").read_text())
