@@ -91,6 +91,13 @@ def test_ct_anatomy_recovers_constructed_geometry():
     n = hu.size
     assert a["air_fraction"] == pytest.approx((n - t["body"] - t["table"]) / n)
     assert a["airway_volume_ml"] == 0.0
+    # lung height: the constructed lungs' slices with more than 500 mm² of lung (1.5 × 2 mm pixels), times 2.5 mm
+    lungs = ellipsoid((15, 26, 20), (6, 8, 12)) | ellipsoid((33, 26, 20), (6, 8, 12))
+    area = lungs.sum(axis=(0, 1)) * 1.5 * 2.0
+    slices = np.flatnonzero(area > 500.0)
+    assert 8 < slices[0] and slices[-1] < 32  # the tips (z = 8 and 32: 6 mm², one voxel each) are left out
+    assert a["lung_height_mm"] == pytest.approx((slices[-1] - slices[0] + 1) * 2.5)
+    assert math.isnan(ct_anatomy(np.full(SHAPE, 40.0, dtype=np.float32), SPACING)["lung_height_mm"])  # no lung
     # and the analytic volumes of the shapes, within a few percent (voxelisation)
     ell = lambda r: 4 / 3 * math.pi * r[0] * r[1] * r[2] * VOXEL_ML  # noqa: E731
     assert a["body_volume_ml"] == pytest.approx(ell((21, 16, 18)), rel=0.03)
@@ -108,6 +115,11 @@ def test_trachea_reaching_the_top_is_not_lung():
     # without airway exclusion the trachea counts as (emphysematous) lung
     b = ct_anatomy(hu, SPACING, exclude_airway=False)
     assert b["lung_volume_ml"] == pytest.approx((t["lung"] + t["airway"]) * VOXEL_ML)
+    # ... but not as lung height: its cross-section (a few voxels of 3 mm²) is under the 500 mm² floor,
+    # which is what keeps a trachea the airway rule misses (coarse voxels) from lengthening the lungs
+    airway_area = (cylinder_z((15, 26), 1.5, (30, SHAPE[2])).sum(axis=(0, 1)) * 3.0).max()
+    assert 0 < airway_area < 500
+    assert b["lung_height_mm"] == a["lung_height_mm"] < (SHAPE[2] - 8) * 2.5
     assert b["emphysema_pct"] == pytest.approx(100.0 * (40 + t["airway"]) / (t["lung"] + t["airway"]))
 
 
