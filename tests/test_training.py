@@ -602,9 +602,13 @@ def test_command_options_build_the_config(data, tmp_path):
     assert (cfg.hparams["lr_eh"], cfg.hparams["lr_eg"], cfg.hparams["lr_g"], cfg.iters, cfg.preset) == (2e-4, 2e-4, 1e-4, 7, "tiny")
     assert cfg.family == "hagan"
     args = parser.parse_args(["train", str(data), "--out", str(tmp_path / "r"), "--preset", "tiny", "--slab-fraction",
-                              "0.25", "--low-d-width", "0.5", "--minibatch-std-channels", "2", "--hparam", "high_batch=2"])
+                              "0.25", "--low-d-width", "0.5", "--minibatch-std-channels", "2", "--hparam", "high_batch=2",
+                              "--lowres-factor", "2"])
     cfg = build_config(args)
     assert (cfg.model["slab_fraction"], cfg.model["low_d_width"], cfg.model["minibatch_std_channels"]) == (0.25, 0.5, 2)
+    assert cfg.model["lowres_factor"] == 2 and get_preset("tiny", S).lowres_factor == 4
+    with pytest.raises(UsageError, match="lowres_factor must be a power of two"):
+        build_config(parser.parse_args(["train", str(data), "--out", str(tmp_path / "r"), "--lowres-factor", "3"]))
     assert cfg.hparams["high_batch"] == 2
     with pytest.raises(UsageError, match="holds 32"):
         build_config(parser.parse_args(["train", str(data), "--out", str(tmp_path / "r"), "--size", "64"]))
