@@ -152,6 +152,7 @@ def test_train_command_builds_the_same_config_on_the_command_line(data, tmp_path
     assert by_cli == by_library
 
     assert train_flags({"use_lowres": False}) == ["--no-lowres"]
+    assert train_flags({"lowres_factor": 2}) == ["--lowres-factor", "2"]  # a model option with its own flag
     assert train_flags({"slab_selection": "deterministic", "use_encoder": True}) == ["--slab-selection", "deterministic"]
     # options without a flag of their own are family hyper-parameters, read back by --hparam as YAML
     hp = train_flags({"betas": (0.5, 0.9), "decay_start": 100, "residual_target": True, "loss": "l2"})

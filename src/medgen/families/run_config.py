@@ -234,7 +234,7 @@ def _flag_value(value: Any) -> str:
 # ``_FLAG_NAMES`` and ``_SWITCHES``); tests/test_run_config.py checks this against the parser.
 TRAIN_FLAG_OPTIONS = frozenset({
     "autoencoder_run", "batch", "ckpt_every", "class_conditioning", "class_loss", "class_weight", "device", "ema_decay", "fake_labels",
-    "high_width", "low_d_width", "slab_fraction", "inputs", "iters", "keep_checkpoints", "label_column", "latent_dim", "log_every", "lr_d", "lr_e", "lr_g",
+    "high_width", "low_d_width", "lowres_factor", "slab_fraction", "inputs", "iters", "keep_checkpoints", "label_column", "latent_dim", "log_every", "lr_d", "lr_e", "lr_g",
     "histogram_bins", "max_minutes", "minibatch_std", "minibatch_std_channels", "d_windows", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
     "slab_context", "slab_selection", "split_fractions", "split_seed", "target", "task", "width", "workers",
     "use_lowres", "use_encoder", "generator_run",

@@ -323,8 +323,12 @@ def _remove_unrecorded_run(run_dir: Path, before: set[str]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
             continue
         for entry in folder.iterdir():
-            if f"{name}/{entry.name}" not in before:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+            if f"{name}/{entry.name}" in before:
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
     if "." not in before and not any(run_dir.iterdir()):
         run_dir.rmdir()
 
