@@ -90,6 +90,11 @@ def test_evaluate_reports_it_at_equal_sizes_with_the_real_reference_and_a_figure
     table = evaluate(real, collapsed, metrics="dimensionality", progress=False).table()
     assert "vary less than half as much as real ones, so their directions are mostly noise" in table
     assert "fewer independent directions" not in table
+    # generated volumes all alike: participation ratio 0, called collapsed rather than left without a note
+    alike = np.repeat(fake[:1], 8, axis=0)
+    table = evaluate(real, alike, metrics="dimensionality", progress=False).table()
+    assert "dimensionality: the generated set's variance spreads over 0.00 directions" in table
+    assert "so their directions are mostly noise" in table
     # a set against itself: no flag
     same = evaluate(real, real.copy(), metrics="dimensionality", progress=False)
     assert "fewer independent directions" not in format_table(same.report)

@@ -481,17 +481,22 @@ def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[st
     return rows, notes
 
 
+def _percent(share: float | None) -> str:
+    """A share in [0, 1] as a percentage; "-" when undefined (None or NaN: a set without variance)."""
+    return "-" if share is None or share != share else f"{100 * share:.0f} %"
+
+
 def _dimensionality_notes(details: dict) -> list[str]:
     """One line on how the generated set's variance spreads over directions compared with the real set's."""
     f, r = details.get("fake") or {}, details.get("real") or {}
     pf, pr = f.get("participation_ratio"), r.get("participation_ratio")
-    if not pf or not pr:
+    if pf is None or not pr:  # pf = 0: generated volumes all alike, said below
         return []
     vf, vr = f.get("total_variance") or 0.0, r.get("total_variance") or 0.0
     line = (f"dimensionality: the generated set's variance spreads over {pf:.2f} directions (participation ratio) "
             f"against the real set's {pr:.2f}; 90 % of it lies in {f.get('components_90')} vs "
-            f"{r.get('components_90')} principal components, the first holds {100 * f.get('first_share', 0):.0f} % vs "
-            f"{100 * r.get('first_share', 0):.0f} %; total variance {vf:.3g} vs {vr:.3g}")
+            f"{r.get('components_90')} principal components, the first holds {_percent(f.get('first_share'))} vs "
+            f"{_percent(r.get('first_share'))}; total variance {vf:.3g} vs {vr:.3g}")
     if vr > 0 and vf < 0.5 * vr:
         # A collapsed generator's little remaining variation is noise, spread over many directions.
         line += ": the generated volumes vary less than half as much as real ones, so their directions are mostly noise"
