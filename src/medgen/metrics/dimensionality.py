@@ -47,16 +47,20 @@ DEFAULT_GRID = 16
 CUMULATIVE_KEEP = 32
 
 
-def coarse_matrix(volumes: Sequence[np.ndarray], grid: int = DEFAULT_GRID) -> np.ndarray:
+def coarse_matrix(volumes: Sequence[np.ndarray], grid: int = DEFAULT_GRID, progress: bool = False,
+                  desc: str = "volumes") -> np.ndarray:
     """Volumes [n] of shape (X, Y, Z) or (1, X, Y, Z) → float64 [n, g³] of block averages.
 
     ``g`` is ``grid``, or the shortest side when a volume is smaller; averaging is
     PyTorch's adaptive average pooling (exact block means when the side is a multiple of g).
+    ``progress``: a progress bar over the volumes (they are read here, one by one).
     """
+    from tqdm import tqdm
+
     if grid < 1:
         raise UsageError(f"dimensionality: grid {grid} must be at least 1")
     rows = []
-    for v in volumes:
+    for v in tqdm(volumes, desc=f"dimensionality {desc}", disable=not progress, leave=False):
         a = np.asarray(v, dtype=np.float32)
         a = a.reshape(a.shape[-3:]) if a.ndim == 4 and a.shape[0] == 1 else a
         if a.ndim != 3:
@@ -95,11 +99,12 @@ def summarise(eigenvalues: np.ndarray, n_voxels: int) -> dict[str, Any]:
     }
 
 
-def dimensionality(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], grid: int = DEFAULT_GRID) -> dict[str, Any]:
+def dimensionality(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], grid: int = DEFAULT_GRID,
+                   progress: bool = False) -> dict[str, Any]:
     """Spectrum summaries of two sets already of equal size: ``{"real": {...}, "fake": {...}, "grid": g}``."""
     if len(real) != len(fake):
         raise UsageError(f"dimensionality: compare sets of equal size (got {len(real)} real, {len(fake)} generated)")
-    xr, xf = coarse_matrix(real, grid), coarse_matrix(fake, grid)
+    xr, xf = coarse_matrix(real, grid, progress, "real"), coarse_matrix(fake, grid, progress, "fake")
     if xr.shape[1] != xf.shape[1]:
         raise UsageError("dimensionality: real and generated volumes reduce to different grids; give one shape")
     g = round(xr.shape[1] ** (1 / 3))

@@ -436,7 +436,7 @@ def metric_dimensionality(ctx: EvalContext) -> dict:
     if n < 2:
         raise UsageError(f"dimensionality needs at least 2 volumes in each set (real {len(ctx.real)}, generated {len(ctx.fake)})")
     real, fake = (choose_subset(vs, n, ctx.options.seed) for vs in (ctx.real, ctx.fake))
-    result = dimensionality(real, fake)
+    result = dimensionality(real, fake, progress=ctx.options.progress)
     path = ctx.figure_path("dimensionality.png")
     if path is not None:
         save_spectrum_figure(result, path)
