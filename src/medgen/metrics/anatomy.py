@@ -181,6 +181,7 @@ def ct_anatomy(
     n_air = int((~body & (hu <= HU_TISSUE)).sum())
     slice_area_mm2 = lung.sum(axis=(0, 1)) * float(spacing[0]) * float(spacing[1])
     lung_slices = np.flatnonzero(slice_area_mm2 > LUNG_HEIGHT_MIN_AREA_MM2)
+    lung_height = (lung_slices[-1] - lung_slices[0] + 1) * float(spacing[2]) if lung_slices.size else math.nan
     return {
         "body_volume_ml": n_body * voxel_ml,
         "lung_volume_ml": n_lung * voxel_ml,
@@ -192,7 +193,7 @@ def ct_anatomy(
         "soft_tissue_fraction": _ratio(n_soft, n_body),
         "airway_volume_ml": int(airway.sum()) * voxel_ml,
         "air_fraction": n_air / hu.size,
-        "lung_height_mm": float(lung_slices[-1] - lung_slices[0] + 1) * float(spacing[2]) if lung_slices.size else math.nan,
+        "lung_height_mm": float(lung_height),
     }
 
 
