@@ -103,7 +103,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="hagan: channel-width multiplier of the low-resolution discriminator D^L alone (default: --width)")
     m.add_argument("--lowres-factor", type=int, default=None, metavar="F",
                    help="hagan: full / low resolution ratio, a power of two (paper 4; at 64³ a factor of 2 puts A and "
-                        "D^L's volume at 32³, for about 2.7× the time per iteration)")
+                        "D^L's volume at 32³ and makes each iteration slower)")
     m.add_argument("--latent-dim", type=int, default=None, help="length of z (overrides the preset)")
     m.add_argument("--num-classes", type=int, default=None,
                    help="classes for the AC-GAN conditional variant (default: 0, or inferred from --label-column); "
