@@ -650,6 +650,10 @@ def _train(
             f"checkpoint {last_good} (continue with --resume)",
             file=sys.stderr,
         )
+    if info.distributed:
+        # No rank tears its process group down (``cleanup``) while another still writes its last checkpoint
+        # or sample: gloo ranks that left at different moments have aborted in the teardown.
+        torch.distributed.barrier()
     return TrainResult(iteration=done, interrupted=interrupted, models=models, checkpoint=last_good)
 
 
