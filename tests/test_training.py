@@ -618,6 +618,13 @@ def test_command_options_build_the_config(data, tmp_path):
     assert resumed.iters == 9 and resumed.preset == "tiny" and resumed.model == tiny_cfg(data).model
     with pytest.raises(UsageError, match="model.width"):
         build_config(parser.parse_args(["train", str(data), "--out", str(tmp_path / "r2"), "--resume", "--width", "0.25"]))
+    # --resume without the data folder: the saved one; without --resume (or without a saved run) it is required
+    resumed = build_config(parser.parse_args(["train", "--out", str(tmp_path / "r2"), "--resume", "--iters", "9"]))
+    assert resumed.data == str(data) and resumed.iters == 9 and resumed.model == tiny_cfg(data).model
+    with pytest.raises(UsageError, match=r"give the preprocessed data folder \(DATA\); only --resume"):
+        build_config(parser.parse_args(["train", "--out", str(tmp_path / "r2"), "--iters", "9"]))
+    with pytest.raises(UsageError, match=r"r3: no saved run \(config.yaml\) to resume; give the data folder"):
+        build_config(parser.parse_args(["train", "--out", str(tmp_path / "r3"), "--resume"]))
 
 
 # --------------------------------------------------------------------------- signals

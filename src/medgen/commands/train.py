@@ -4,6 +4,7 @@ Examples::
 
     medgen train data/thorax64 --preset tiny --out runs/t64 --iters 500
     medgen train data/thorax64 --out runs/t64 --resume --iters 1000      # continue, longer
+    medgen train --out runs/t64 --resume                                  # continue on the saved data folder
     torchrun --nproc_per_node 4 -m medgen train data/ct256 --out runs/ct256 --batch 8
 
 Exit codes: 0 done, 1 a loss diverged (NaN/inf; the last good checkpoint is
@@ -83,7 +84,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "--batch is the global batch. Ctrl-C or SIGTERM saves a checkpoint and exits with code 130."
         ),
     )
-    p.add_argument("data", help="preprocessed data set folder (manifest.csv, volumes/, preprocess.json)")
+    p.add_argument("data", nargs="?", default=None,
+                   help="preprocessed data set folder (manifest.csv, volumes/, preprocess.json); with --resume "
+                        "it may be left out: the run's saved folder")
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write (or to continue with --resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in RUN from its latest checkpoint; options not given keep their saved values")
@@ -211,6 +214,8 @@ def build_config(args: argparse.Namespace):
     model_options = {k: getattr(args, k) for k in _MODEL_OPTIONS}
     if args.no_lowres:
         model_options["use_lowres"] = False
+    if args.data is None and not args.resume:
+        raise UsageError("give the preprocessed data folder (DATA); only --resume may leave it out")
     return new_run_config(args.data, args.out, family=args.family, preset=args.preset, resume=args.resume,
                           model_options=model_options, options=options, recipe=args.recipe)
 

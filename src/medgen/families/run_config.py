@@ -57,7 +57,7 @@ def split_options(options: Mapping[str, Any] | None) -> tuple[dict[str, Any], di
 
 
 def new_run_config(
-    data: str | os.PathLike,
+    data: str | os.PathLike | None,
     out: str | os.PathLike,
     *,
     family: str | None = None,
@@ -86,6 +86,7 @@ def new_run_config(
     ``recipe``: one of the family's named sets of settings (HA-GAN: ``paper``, the
     paper's exact method where medgen's defaults differ), under the options given.
 
+    ``data`` None: the saved run's folder (``resume`` only).
     ``resume`` with a saved ``out/config.yaml``: the saved settings, overridden by
     the options given; raises UsageError (one line, naming the keys) when a given
     option changes what the run learns (only the length, device, intervals and the
@@ -95,8 +96,12 @@ def new_run_config(
     from medgen.data.dataset import load_preprocess_info
     from medgen.families import registry
 
-    data = str(data)
     run_dir = Path(out)
+    if data is None:  # --resume on the saved data folder
+        if not (resume and (run_dir / CONFIG_NAME).exists()):
+            raise UsageError(f"{run_dir}: no saved run ({CONFIG_NAME}) to resume; give the data folder")
+        data = RunConfig.load(run_dir).data
+    data = str(data)
     given, hparams_given = split_options(options)
     model_given = _given(model_options)
     if family is not None:
