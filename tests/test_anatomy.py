@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -218,6 +219,11 @@ def test_correlations_match_scipy_and_tell_a_coupled_generator_from_the_real_dep
     constant = [{"body_volume_ml": 1.0, "lung_volume_ml": float(i)} for i in range(5)]
     assert math.isnan(correlations(constant, constant, [("body_volume_ml", "lung_volume_ml")])
                       ["body_volume_ml~lung_volume_ml"]["real"])
+    no_lungs = [{"body_volume_ml": 1.0, "lung_volume_ml": math.nan} for _ in range(5)]  # e.g. an untrained model
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NaN without NumPy's "Mean of empty slice"
+        c = correlations(real, no_lungs, [("body_volume_ml", "lung_volume_ml")])["body_volume_ml~lung_volume_ml"]
+    assert math.isnan(c["fake"]) and c["real"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_histogram_figure_plots_comparable_statistics(tmp_path):

@@ -302,9 +302,11 @@ CT_COUPLINGS: tuple[tuple[str, str], ...] = (
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3:  # also no NumPy warning about the mean of an empty slice (volumes without lungs)
+        return math.nan
     a, b = a[keep] - a[keep].mean(), b[keep] - b[keep].mean()
     den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum()) / den if keep.sum() >= 3 and den > 0 else math.nan
+    return float((a * b).sum()) / den if den > 0 else math.nan
 
 
 def correlations(real: Sequence[dict], fake: Sequence[dict],
