@@ -214,8 +214,6 @@ def build_config(args: argparse.Namespace):
     model_options = {k: getattr(args, k) for k in _MODEL_OPTIONS}
     if args.no_lowres:
         model_options["use_lowres"] = False
-    if args.data is None and not args.resume:
-        raise UsageError("give the preprocessed data folder (DATA); only --resume may leave it out")
     return new_run_config(args.data, args.out, family=args.family, preset=args.preset, resume=args.resume,
                           model_options=model_options, options=options, recipe=args.recipe)
 

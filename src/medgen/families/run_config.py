@@ -97,10 +97,13 @@ def new_run_config(
     from medgen.families import registry
 
     run_dir = Path(out)
+    saved = RunConfig.load(run_dir) if resume and (run_dir / CONFIG_NAME).exists() else None
     if data is None:  # --resume on the saved data folder
-        if not (resume and (run_dir / CONFIG_NAME).exists()):
+        if not resume:
+            raise UsageError("give the preprocessed data folder (DATA); only --resume may leave it out")
+        if saved is None:
             raise UsageError(f"{run_dir}: no saved run ({CONFIG_NAME}) to resume; give the data folder")
-        data = RunConfig.load(run_dir).data
+        data = saved.data
     data = str(data)
     given, hparams_given = split_options(options)
     model_given = _given(model_options)
@@ -109,8 +112,7 @@ def new_run_config(
     if preset is not None:
         given["preset"] = preset
 
-    if resume and (run_dir / CONFIG_NAME).exists():
-        saved = RunConfig.load(run_dir)
+    if saved is not None:
         model_given, hparams_given = _with_recipe(registry.get(given.get("family", saved.family)), recipe,
                                                   model_given, hparams_given)
         changed_model = _changed_model_fields(registry.get(given.get("family", saved.family)), saved, model_given,
