@@ -625,6 +625,22 @@ def test_command_options_build_the_config(data, tmp_path):
         build_config(parser.parse_args(["train", "--out", str(tmp_path / "r2"), "--iters", "9"]))
     with pytest.raises(UsageError, match=r"r3: no saved run \(config.yaml\) to resume; give the data folder"):
         build_config(parser.parse_args(["train", "--out", str(tmp_path / "r3"), "--resume"]))
+    # --resume on another folder: a moved copy continues; one preprocessed otherwise is refused in one line
+    # (it used to reach the loop and fail there in torch.cat, after rewriting the run's config.yaml)
+    made = build_config(parser.parse_args(["train", str(data), "--out", str(tmp_path / "r4"), "--preset", "tiny"]))
+    made.save(tmp_path / "r4")
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    resumed = build_config(parser.parse_args(["train", str(moved), "--out", str(tmp_path / "r4"), "--resume"]))
+    assert resumed.data == str(moved) and resumed.model == made.model and resumed.preprocess == made.preprocess
+    info = json.loads((moved / "preprocess.json").read_text())
+    size = info["size"]
+    info.update(size=2 * size, modality="mri" if info["modality"] == "ct" else "ct")
+    (moved / "preprocess.json").write_text(json.dumps(info))
+    with pytest.raises(UsageError, match=rf"moved/preprocess.json: not preprocessed as the data the run was trained "
+                                         rf"on \(modality {info['modality']}, the run's {made.preprocess['modality']}; "
+                                         rf"size {2 * size}, the run's {size}\); resume on data preprocessed the same way"):
+        build_config(parser.parse_args(["train", str(moved), "--out", str(tmp_path / "r4"), "--resume"]))
 
 
 # --------------------------------------------------------------------------- signals

@@ -129,6 +129,7 @@ def new_run_config(
                 f"{run_dir / CONFIG_NAME}: --resume with settings that differ from the saved run: {', '.join(differing)}"
             )
         registry.get(cfg.family).hparams_from_dict(dict(cfg.hparams))  # unknown or impossible values: one line
+        _check_same_preprocessing(data, saved)  # moved, replaced or preprocessed again since
         return cfg
 
     info = load_preprocess_info(data)
@@ -151,6 +152,24 @@ def new_run_config(
     hparams = fam.hparams_from_dict(hparams_given).to_dict()
     return RunConfig(data=data, model=model_cfg.to_dict(), family=fam.name, hparams=hparams, preset=preset_name,
                      preprocess=info, medgen_version=__version__, **given)
+
+
+# What a data folder handed to a resumed run must share with the run's own: the volumes' size and voxel
+# grid, and the map from scanner values to [-1, 1].
+PREPROCESS_MUST_MATCH = ("modality", "size", "spacing", "fit", "hu_window", "percentiles", "background")
+
+
+def _check_same_preprocessing(data: str, saved: "RunConfig") -> None:
+    """UsageError (one line) when ``data`` was preprocessed otherwise than the data the saved run trained on."""
+    from medgen.data.dataset import load_preprocess_info
+
+    info = load_preprocess_info(data)
+    differing = [f"{k} {_plain(info.get(k))}, the run's {_plain(saved.preprocess.get(k))}"
+                 for k in PREPROCESS_MUST_MATCH
+                 if k in saved.preprocess and _plain(info.get(k)) != _plain(saved.preprocess.get(k))]
+    if differing:
+        raise UsageError(f"{data}/preprocess.json: not preprocessed as the data the run was trained on "
+                         f"({'; '.join(differing)}); resume on data preprocessed the same way")
 
 
 def _changed_model_fields(fam: Any, saved: "RunConfig", model_given: dict[str, Any], data: str) -> list[str]:
