@@ -103,3 +103,57 @@ def test_other_cases_are_torch_s_own_convolution():
     assert conv3d(x.double(), w1.double()).grad_fn.name() == "ConvolutionBackward0"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv3d(x, w1).dtype == torch.bfloat16
+
+
+def _conv_node(y: torch.Tensor):
+    """The ConvolutionBackward0 node behind ``y`` (through the layout copy of the channels-last path)."""
+    node = y.grad_fn
+    while node is not None and node.name() != "ConvolutionBackward0":
+        node = node.next_functions[0][0]
+    return node
+
+
+@pytest.mark.parametrize("shape, cout, kernel, padding", [
+    ((4, 8, 12, 12, 12), 4, (3, 3, 3), (1, 1, 1)),  # G^A / G^L: 3³ same
+    ((2, 4, 6, 6, 3), 32, (2, 2, 2), (1, 1, 1)),  # G^H's sub-pixel kernel, 8 × 4 output channels
+    ((2, 32, 5, 5, 5), 32, (3, 3, 3), (1, 1, 1)),  # the widest layer that takes the path
+])
+def test_few_channel_stride_1_layers_run_channels_last_with_pytorch_s_values_and_gradients(shape, cout, kernel,
+                                                                                           padding):
+    torch.manual_seed(4)
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(cout, shape[1], *kernel, requires_grad=True)
+    b = torch.randn(cout, requires_grad=True)
+    y = conv3d(x, w, b, 1, padding)
+    node = _conv_node(y)
+    assert node._saved_input.is_contiguous(memory_format=torch.channels_last_3d)  # the path was taken
+    assert not node._saved_input.is_contiguous() and y.is_contiguous()  # ... and the caller's layout kept
+    ref = F.conv3d(x, w, b, 1, padding)
+    # float32 sums of up to 864 terms, in another order: tolerances relative to the largest value
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.detach().abs().max()))
+    g = torch.randn_like(ref)
+    for o, r in zip(_grads(lambda *a: conv3d(*a, 1, padding), x, w, b, g),
+                    _grads(lambda *a: F.conv3d(*a, 1, padding), x, w, b, g)):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5 * float(r.abs().max()))
+    # differentiable again (R1 differentiates D's input gradient with respect to the weights)
+    def r1(fn):
+        (gx,) = torch.autograd.grad(fn(x, w).square().sum(), x, create_graph=True)
+        return torch.autograd.grad(gx.square().sum(), w)[0]
+    ref_r1 = r1(lambda a, c: F.conv3d(a, c, None, 1, padding))
+    torch.testing.assert_close(r1(lambda a, c: conv3d(a, c, None, 1, padding)), ref_r1, rtol=1e-5,
+                               atol=1e-5 * float(ref_r1.abs().max()))
+
+
+def test_wider_or_strided_layers_keep_the_default_layout(monkeypatch):
+    torch.manual_seed(5)
+    x = torch.randn(2, 33, 4, 4, 4, requires_grad=True)
+    w = torch.randn(8, 33, 3, 3, 3, requires_grad=True)
+    assert conv3d(x, w, padding=1).grad_fn.name().startswith("_Conv3dFunction")  # 33 input channels
+    x4 = torch.randn(2, 4, 8, 8, 8, requires_grad=True)
+    w4 = torch.randn(8, 4, 4, 4, 4, requires_grad=True)
+    assert conv3d(x4, w4, stride=2, padding=1).grad_fn.name().startswith("_Conv3dFunction")  # strided
+    import medgen.families.conv3d as module
+
+    monkeypatch.setattr(module, "CHANNELS_LAST", False)  # the switch the benchmark turns
+    w3 = torch.randn(4, 4, 3, 3, 3, requires_grad=True)
+    assert conv3d(x4, w3, padding=1).grad_fn.name().startswith("_Conv3dFunction")
