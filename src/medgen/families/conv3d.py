@@ -4,8 +4,9 @@
 same arguments, parameters and state dict; the forward pass is PyTorch's own. On the CPU in float32
 outside autocast, two gradients are computed differently:
 
-* the weight gradient (of every layer but the channels-last ones below): as the convolution of the input with the output gradient, batch and
-  channel axes swapped and the stride of the layer turned into a dilation (:func:`weight_gradient`)::
+* the weight gradient (of every layer but the channels-last ones below): as the convolution of the input
+  with the output gradient, batch and channel axes swapped and the stride of the layer turned into a
+  dilation (:func:`weight_gradient`)::
 
     ∂L/∂W[o, i, k] = Σ_b Σ_p  g[b, o, p] · x_pad[b, i, s·p + k]
                    = conv3d(x_padᵀ, gᵀ, dilation=s)[i, o, k]        (ᵀ: batch and channel axes swapped)
