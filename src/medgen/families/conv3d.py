@@ -96,7 +96,8 @@ def strided_input_gradient(grad: torch.Tensor, weight: torch.Tensor, shape: torc
 
 
 # Stride-1 layers with at most this many input and output channels run in the channels-last layout
-# (module docstring); measured on one thread at 8³-32³: up to 8 → 32 channels faster, 32 → 128 and 64 → 256 slower.
+# (module docstring); measured on one thread at 8³-32³: up to 8 → 32 channels faster, 32 → 128 and
+# 64 → 256 slower.
 CHANNELS_LAST_MAX_CHANNELS = 32
 # False: stride-1 layers as the others (benchmarks/conv3d_backward.py measures both in one run)
 CHANNELS_LAST = True
