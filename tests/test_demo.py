@@ -20,6 +20,7 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
         assert f"medgen {stage}" in printed  # each stage is shown as the command to repeat it
     assert "--hparam encoder_every=4" in printed  # the fixed time goes to GAN iterations
     assert RunConfig.load(out / "run").hparams["encoder_every"] == 4
+    assert RunConfig.load(out / "run").hparams["lr_g"] == 2e-4 and "--lr-g 0.0002" in printed
 
     # generated volumes: NIfTI in HU with the training data's spacing
     samples = sorted((out / "samples").glob("sample-*.nii.gz"))
@@ -81,6 +82,9 @@ def test_demo_recipe_reaches_the_training_stage(tmp_path):
         assert train.argv[train.argv.index("--hparam") + 1] == f"encoder_every={demo.DEMO_ENCODER_EVERY}"
         if recipe:
             assert train.argv[train.argv.index("--recipe") + 1] == "paper"
+        # G's learning rate: the demo's, except that the paper's recipe keeps the paper's
+        lr_g = float(train.argv[train.argv.index("--lr-g") + 1]) if "--lr-g" in train.argv else None
+        assert lr_g == (None if recipe else demo.DEMO_LR_G)
 
 
 def test_demo_trains_a_fixed_number_of_iterations_unless_given_a_time_limit(tmp_path, capsys):
