@@ -72,10 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 # The demo trains DEMO_ITERS iterations, what fits 15 minutes with installation on a 2-core AVX-512 CPU.
 # Against 128 held-out phantoms that leaves its coverage short (0.67 on a fresh clone with DEMO_LR_G, 0.54
-# without, 2026-12-03); twice
-# the iterations reach coverage 0.77-0.84 in two seeds (a third fell to 0.16) but do not fit (README, "Where
-# medgen's defaults differ from the paper's method"). Its encoder learns on every DEMO_ENCODER_EVERY-th iteration only,
-# which leaves more of the time to the GAN.
+# without, 2026-12-03); twice the iterations reach coverage 0.77-0.84 in two seeds (a third fell to 0.16)
+# but do not fit (README, "Where medgen's defaults differ from the paper's method"). Its encoder learns on
+# every DEMO_ENCODER_EVERY-th iteration only, which leaves more of the time to the GAN.
 DEMO_ITERS = 4000
 DEMO_ENCODER_EVERY = 4
 # G learns at twice the paper's rate (D's stays 4e-4). At 4000 iterations, 256 phantoms, 64 samples

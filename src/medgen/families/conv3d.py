@@ -28,7 +28,7 @@ of the gradients above: they are PyTorch's own convolution, forward and backward
 in the channels-last memory layout (``torch.channels_last_3d``), the output handed back in the usual
 layout. oneDNN's kernels for that layout run these layers 1.5-3× faster than on the default one, most of
 all in the backward pass (8 → 4 channels at 32³, batch 4, one thread: 64 against 26 ms for forward +
-backward), where the weight gradient above loses to PyTorch's (0.86-0.93× at 2 threads); the layout copies
+backward), where the weight gradient above mostly loses to PyTorch's (0.86-0.97× at 2 threads); the layout copies
 cost about a millisecond. A ``--lowres-factor 2`` training iteration (G^A and G^L at 32³) runs 1.38× faster
 than without this; at the default factor 4 the change is inside the run-to-run spread
 (benchmarks/results/conv3d-backward-cpu-2026-12-03.md). Wider layers are as fast or slower in that layout
