@@ -243,6 +243,22 @@ def test_format_table_is_reexported_by_the_command():
     assert "fid     1.5    -    3       4" in format_table(report)
 
 
+def test_format_table_gives_coverage_its_same_distribution_reference():
+    def report(n_real, n_fake):
+        return {"metrics": {"prdc": {
+            "value": {"precision": 0.9, "recall": 0.8, "density": 1.0, "coverage": 0.6}, "n_real": n_real,
+            "n_fake": n_fake, "settings": {"k": 5}, "details": {"coverage_same_distribution": 0.8735}}}}
+
+    lines = format_table(report(128, 64)).splitlines()
+    assert "prdc.coverage (same distribution, expected)  0.8735  -    128     64" in lines
+    assert ("prdc: a generator that draws from the real distribution itself would cover 0.87 of the real volumes "
+            "at these set sizes and k=5; with fewer generated than real volumes coverage comes out lower and recall "
+            "higher than at equal sizes: compare sets of equal size") in lines
+    equal = format_table(report(64, 64))
+    assert "would cover 0.87 of the real volumes at these set sizes and k=5\n" in equal + "\n"
+    assert "compare sets of equal size" not in equal
+
+
 def test_format_table_tells_a_wrong_spread_from_a_wrong_mean():
     real, narrow, wide = np.array([0.1, 0.2, 0.3]), np.array([0.19, 0.2, 0.21]), np.array([-0.1, 0.3, 0.7])
 

@@ -13,7 +13,7 @@ from medgen.metrics.fid import fid, frechet_distance
 from medgen.metrics.inception_score import inception_score
 from medgen.metrics.kid import kid
 from medgen.metrics.mmd import median_heuristic, mmd2_gaussian
-from medgen.metrics.prdc import prdc
+from medgen.metrics.prdc import expected_coverage, prdc
 from medgen.metrics.uncertainty import bootstrap, splits
 
 
@@ -189,6 +189,27 @@ def test_prdc_fakes_covering_one_of_two_clusters():
     real = np.concatenate([cluster_a, cluster_b])
     got = prdc(real, cluster_a.copy(), k=4)  # the generator reproduces mode A only
     assert got == pytest.approx({"precision": 1.0, "recall": 0.5, "density": 1.0, "coverage": 0.5})
+
+
+@pytest.mark.parametrize(("n_real", "n_fake", "k"), [(40, 20, 3), (8, 4, 3), (20, 40, 2)])
+def test_expected_coverage_matches_sampling_from_one_distribution(n_real, n_fake, k):
+    # Independent reference: real and fake drawn from the same Gaussian many times; the mean coverage of
+    # prdc() against the closed form. 1500 draws put the standard error at about 0.004 or less.
+    rng = np.random.default_rng(3)
+    draws = [prdc(rng.normal(size=(n_real, 6)), rng.normal(size=(n_fake, 6)), k=k)["coverage"] for _ in range(1500)]
+    assert np.mean(draws) == pytest.approx(expected_coverage(n_real, n_fake, k), abs=0.015)
+
+
+def test_expected_coverage_closed_form():
+    # Equal sizes tend to 1 - 2^-k (Naeem et al. 2020); fewer fake than real samples lower it.
+    assert expected_coverage(10_000, 10_000, 5) == pytest.approx(1 - 0.5 ** 5, abs=1e-3)
+    assert expected_coverage(128, 128, 5) == pytest.approx(0.9706, abs=1e-4)
+    assert expected_coverage(128, 64, 5) == pytest.approx(0.8735, abs=1e-4)
+    # k = 5 of 5 other real samples: the ball reaches the farthest of them, so the one fake covers unless it is
+    # the farthest of the six others
+    assert expected_coverage(6, 1, 5) == pytest.approx(5 / 6)
+    with pytest.raises(ValueError, match="more than k=5 real samples"):
+        expected_coverage(5, 10, 5)
 
 
 # ---------------------------------------------------------------- IS

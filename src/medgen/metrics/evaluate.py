@@ -452,6 +452,9 @@ def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[st
             for key, v in value.items():
                 if name != "anatomy":
                     rows.append((f"{label}.{key}", fmt_number(v), "-", n_real, n_fake))
+                    if name == "prdc" and key == "coverage" and "coverage_same_distribution" in details:
+                        rows.append(("prdc.coverage (same distribution, expected)",
+                                     fmt_number(details["coverage_same_distribution"]), "-", n_real, n_fake))
                     continue
                 rows.append((f"anatomy.{key} (W1)", fmt_number(v), "-", n_real, n_fake))
                 ref = (details.get(key) or {}).get("reference")
@@ -462,6 +465,8 @@ def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[st
                 notes.append("anatomy reference: median W1 of random training samples as large as the generated "
                              "set against the same real set; a generated W1 near it is as close as real data gets "
                              "at this sample size")
+            if name == "prdc":
+                notes += _prdc_notes(r)
             if name == "anatomy":
                 notes += _anatomy_spread_notes(value, details)
                 notes += _anatomy_coupling_notes(r.get("correlations") or {})
@@ -479,6 +484,23 @@ def metric_rows(metrics: dict[str, Any]) -> tuple[list[tuple[str, ...]], list[st
                          "-", n_real, "-"))
             notes += _dimensionality_notes(details)
     return rows, notes
+
+
+def _prdc_notes(r: dict) -> list[str]:
+    """What coverage's reference row means and, where the two sets differ in size, how that moves recall and
+    coverage (:mod:`medgen.metrics.prdc`)."""
+    expected = (r.get("details") or {}).get("coverage_same_distribution")
+    if expected is None:
+        return []
+    k = (r.get("settings") or {}).get("k", "k")
+    line = (f"prdc: a generator that draws from the real distribution itself would cover {expected:.2f} of the real "
+            f"volumes at these set sizes and k={k}")
+    n_real, n_fake = r.get("n_real"), r.get("n_fake")
+    if n_real and n_fake and n_real != n_fake:
+        line += (f"; with {'fewer' if n_fake < n_real else 'more'} generated than real volumes coverage comes out "
+                 f"{'lower' if n_fake < n_real else 'higher'} and recall {'higher' if n_fake < n_real else 'lower'} "
+                 "than at equal sizes: compare sets of equal size")
+    return [line]
 
 
 def _percent(share: float | None) -> str:

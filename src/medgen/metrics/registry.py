@@ -318,13 +318,15 @@ def metric_mmd(ctx: EvalContext) -> dict:
 
 
 def metric_prdc(ctx: EvalContext) -> dict:
-    from medgen.metrics.prdc import prdc
+    from medgen.metrics.prdc import expected_coverage, prdc
 
     a, b = ctx.features("real"), ctx.features("fake")
     k = ctx.options.prdc_k
     if min(len(a), len(b)) <= k:
         raise ValueError(f"precision/recall need more than k={k} volumes in each set (have {len(a)} real, {len(b)} generated); lower --prdc-k")
-    return {"value": prdc(a, b, k=k), "settings": {"k": k, "reference": "Naeem et al. 2020, k-NN balls in feature space"}}
+    return {"value": prdc(a, b, k=k), "settings": {"k": k, "reference": "Naeem et al. 2020, k-NN balls in feature space"},
+            # what a generator drawing from the real distribution itself scores at these set sizes
+            "details": {"coverage_same_distribution": expected_coverage(len(a), len(b), k)}}
 
 
 def metric_is(ctx: EvalContext) -> dict:
