@@ -109,3 +109,24 @@ def test_demo_trains_a_fixed_number_of_iterations_unless_given_a_time_limit(tmp_
         assert main(["demo", "--out", str(tmp_path / "bad"), *bad]) == 2
         assert bad[0] in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_demo_evaluates_as_many_samples_as_held_out_phantoms(tmp_path, capsys):
+    # recall and coverage depend on the two set sizes (medgen.metrics.prdc): the demo compares equal sets
+    import argparse
+
+    from medgen.commands import demo
+
+    parser = argparse.ArgumentParser()
+    demo.add_parser(parser.add_subparsers(dest="command"))
+
+    def generated(extra):
+        plan = demo.stages(parser.parse_args(["demo", "--out", str(tmp_path / "d"), *extra]))
+        return {s.name: s.argv[s.argv.index("--n") + 1] for s in plan if s.name.startswith(("generate", "phantoms"))}
+
+    assert generated([]) == {"phantoms (training set)": "256", "phantoms (held-out set)": "128", "generate": "128",
+                             "generate (untrained baseline)": "128"}
+    assert generated(["--n-heldout", "40"])["generate"] == "40"
+    assert generated(["--n-heldout", "40", "--n-samples", "20"])["generate (untrained baseline)"] == "20"
+    assert main(["demo", "--out", str(tmp_path / "bad"), "--n-heldout", "1"]) == 2
+    assert "--n-samples must each be at least 2" in capsys.readouterr().err

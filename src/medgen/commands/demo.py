@@ -56,8 +56,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"training phantoms, of which training uses 80 %% (default: {DEMO_TRAIN})")
     p.add_argument("--n-heldout", type=int, default=DEMO_HELDOUT,
                    help=f"held-out phantoms for evaluation (default: {DEMO_HELDOUT})")
-    p.add_argument("--n-samples", type=int, default=DEMO_SAMPLES,
-                   help=f"volumes to generate and evaluate (default: {DEMO_SAMPLES})")
+    p.add_argument("--n-samples", type=int, default=None,
+                   help="volumes to generate and evaluate (default: as many as --n-heldout, for recall and "
+                        "coverage at equal set sizes)")
     p.add_argument("--size", type=int, default=64, help="volume edge length in voxels (default: 64)")
     p.add_argument("--batch", type=int, default=DEMO_BATCH, help=f"training batch size (default: {DEMO_BATCH})")
     p.add_argument("--preset", default="tiny", help="HA-GAN preset (default: tiny)")
@@ -71,28 +72,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # The demo trains DEMO_ITERS iterations, what fits 15 minutes with installation on a 2-core AVX-512 CPU.
-# Against 128 held-out phantoms that leaves its coverage short (0.67 on a fresh clone with DEMO_LR_G, 0.54
-# without, 2026-12-03); twice the iterations reach coverage 0.77-0.84 in two seeds (a third fell to 0.16)
-# but do not fit (README, "Where medgen's defaults differ from the paper's method"). Its encoder learns on
-# every DEMO_ENCODER_EVERY-th iteration only, which leaves more of the time to the GAN.
+# Against 128 held-out phantoms, with as many samples (DEMO_HELDOUT below), that leaves its recall
+# short (0.44 / coverage 0.73 with DEMO_LR_G, 2026-12-04); twice the iterations raised recall and coverage
+# in two seeds of three (the third fell to coverage 0.16 at 64 samples against 128) but do not fit (README,
+# "Where medgen's defaults differ from the paper's method"). Its encoder learns on every
+# DEMO_ENCODER_EVERY-th iteration only, which leaves more of the time to the GAN.
 DEMO_ITERS = 4000
 DEMO_ENCODER_EVERY = 4
 # G learns at twice the paper's rate (D's stays 4e-4). At 4000 iterations, 256 phantoms, 64 samples
 # against 128 other phantoms, seeds 0-2, this raised recall in every seed (0.88 / 0.91 / 0.86 against
 # 0.63 / 0.73 / 0.74) and lowered FID (14 / 1.3 / 37 against 21 / 4.5 / 59); coverage rose in two
 # (0.77 / 0.91 / 0.51 against 0.62 / 0.77 / 0.50); the lung-fraction W1 did not improve (0.017-0.019
-# against 0.014-0.042). The demo itself: recall / coverage 0.68 / 0.67, FID 12, lung height 283 mm
-# against 287 real (README, "Where medgen's defaults differ from the paper's method"). It is the demo's
+# against 0.014-0.042). The demo itself, 64 samples against 128: recall / coverage 0.68 / 0.67, FID 12,
+# lung height 283 mm against 287 real (README, "Where medgen's defaults differ from the paper's method"). It is the demo's
 # setting, not yet the family's default: every committed result was made at the paper's rate.
 DEMO_LR_G = 2e-4
 DEMO_BATCH = 4
-# It evaluates DEMO_SAMPLES generated volumes against DEMO_HELDOUT held-out phantoms (about a minute more
-# than 16 against 16). At 16 against 16 two sets of *real* phantoms differ in lung fraction, emphysema %
-# and bone fraction (Wasserstein-1) by as much as the generator's biases, and a generator that covers
-# under half of the real volumes scored recall 0.875 and coverage 1.0 (0.63 and 0.44 at 64 against 128,
-# where 64 training phantoms score 0.99 and 0.91): the small evaluation flattered it (README,
-# "Where medgen's defaults differ from the paper's method").
-DEMO_SAMPLES = 64
+# It evaluates as many generated volumes as there are held-out phantoms, DEMO_HELDOUT. At 16 against 16 two
+# sets of *real* phantoms differ in lung fraction, emphysema % and bone fraction (Wasserstein-1) by as much
+# as the generator's biases, and a generator that covers under half of the real volumes scored recall 0.875
+# and coverage 1.0: the small evaluation flattered it. The two sets are as large as each other because
+# recall and coverage depend on the sizes (medgen.metrics.prdc): with 64 samples against 128 phantoms even
+# 64 other real phantoms cover only 0.91 of them (0.99 at 128 against 128), and the demo's own samples
+# scored recall / coverage 0.68 / 0.67 at 64 and 0.44 / 0.73 at 128, the larger sample shrinking the
+# generated manifold's k-NN balls (README, "Where medgen's defaults differ from the paper's method").
+# The 64 more samples cost about half a minute.
 DEMO_HELDOUT = 128
 # It trains on 80 % of DEMO_TRAIN phantoms (the default split). Phantoms are free and 256 instead of 64 cost
 # about a minute and a half more; at 4000 iterations, 64 samples against 128 other phantoms, three seeds
@@ -119,6 +123,7 @@ def stages(args: argparse.Namespace) -> list[Stage]:
     out = args.out
     raw, data, run = out / "phantoms", out / "data", out / "run"
     size, seed = str(args.size), args.seed
+    n_samples = n_samples_of(args)
     train = dict(preset=args.preset, recipe=args.recipe, resume=(run / "config.yaml").exists(),
                  options={"iters": args.iters, "max_minutes": args.minutes, "batch": args.batch, "seed": seed,
                           "device": args.device, "sample_every": 250, "ckpt_every": 500, "log_every": 25,
@@ -148,8 +153,8 @@ def stages(args: argparse.Namespace) -> list[Stage]:
               lambda: _preprocess(raw / "heldout", data / "heldout", args.size)),
         Stage("train", train_command(data / "train", run, **train), lambda: _train(data / "train", run, train)),
         Stage("generate",
-              ["generate", str(run), "--n", str(args.n_samples), "--out", str(out / "samples"), "--seed", str(seed)],
-              lambda: _generate(run, out / "samples", args.n_samples, seed)),
+              ["generate", str(run), "--n", str(n_samples), "--out", str(out / "samples"), "--seed", str(seed)],
+              lambda: _generate(run, out / "samples", n_samples, seed)),
         Stage("encode",
               ["encode", str(run), str(data / "heldout"), "--out", str(out / "latents.csv"),
                "--reconstruct", str(out / "reconstructions")],
@@ -159,9 +164,9 @@ def stages(args: argparse.Namespace) -> list[Stage]:
                str(out / "samples"), "--features", "random", "--out", str(out / "metrics.json"), "--seed", str(seed)],
               lambda: _evaluate(data / "heldout", out / "samples", out / "metrics.json", seed, train=data / "train")),
         Stage("generate (untrained baseline)",
-              ["generate", str(run), "--untrained", "--n", str(args.n_samples), "--out", str(out / "samples-untrained"),
+              ["generate", str(run), "--untrained", "--n", str(n_samples), "--out", str(out / "samples-untrained"),
                "--seed", str(seed), "--no-mosaic"],
-              lambda: _generate(run, out / "samples-untrained", args.n_samples, seed, untrained=True)),
+              lambda: _generate(run, out / "samples-untrained", n_samples, seed, untrained=True)),
         Stage("evaluate (untrained baseline)",
               ["evaluate", "--real", str(data / "heldout"), "--fake", str(out / "samples-untrained"), "--features",
                "random", "--metrics", BASELINE_METRICS, "--out", str(out / "metrics-untrained.json"),
@@ -178,6 +183,11 @@ def stages(args: argparse.Namespace) -> list[Stage]:
 
 
 BASELINE_METRICS = "fid,kid,mmd,prdc,ms_ssim,dimensionality,anatomy"
+
+
+def n_samples_of(args: argparse.Namespace) -> int:
+    """The volumes the demo generates and evaluates: ``--n-samples``, or as many as the held-out phantoms."""
+    return args.n_heldout if args.n_samples is None else args.n_samples
 
 
 # ---------------------------------------------------------------------- the stages' work
@@ -280,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--iters must be at least 1, got {args.iters}")
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
-    if min(args.n_train, args.n_heldout, args.n_samples) < 2:
+    if min(args.n_train, args.n_heldout, n_samples_of(args)) < 2:
         raise UsageError("--n-train, --n-heldout and --n-samples must each be at least 2")
     plan = stages(args)
     t0 = time.monotonic()
