@@ -11,9 +11,10 @@ sample (likewise for fake samples). With strict inequalities as in the reference
 
 Recall and coverage depend on the two set sizes, not only on the distributions. A generator that
 draws from the real distribution itself covers, in expectation, :func:`expected_coverage` of N real
-samples with M fake ones: 1 − 2⁻ᵏ (0.97 at k = 5) when M = N, as in Naeem et al.'s experiments, but
-only 0.87 with 64 fake against 128 real. With fewer fake samples the fake balls are larger, so recall
-comes out higher instead. Compare at equal sizes, or against :func:`expected_coverage`.
+samples with M fake ones: about 1 − 2⁻ᵏ (0.97 at k = 5) when M = N, as in Naeem et al.'s
+experiments, but only 0.87 with 64 fake against 128 real. With fewer fake samples the fake balls
+are larger, so recall comes out higher instead. Compare at equal sizes, or against
+:func:`expected_coverage`.
 
 Distances are exact pairwise differences (``scipy.spatial.distance.cdist``), not the faster
 ``|x|² + |y|² - 2 x·y`` shortcut: with the shortcut, features with a large common offset
