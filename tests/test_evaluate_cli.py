@@ -101,6 +101,10 @@ def test_evaluate_real_fake_train(folders, tmp_path, capsys):
         assert (m["n_real"], m["n_fake"], m["extractor"], m["comparable_with_published"]) == (7, 7, "random", False), name
         assert m["warning"] == RANDOM_WARNING
     assert metrics["fid"]["std"] is not None and "3 bootstrap" in metrics["fid"]["settings"]["uncertainty"]
+    # coverage's same-distribution reference at 7 real, 7 generated, k = 3: 1 - C(6, 3) / C(13, 3) = 1 - 20 / 286
+    assert metrics["prdc"]["details"]["coverage_same_distribution"] == pytest.approx(266 / 286)
+    row = next(line for line in stdout.splitlines() if line.startswith("prdc.coverage (same distribution, expected)"))
+    assert row.split()[-4:] == ["0.9301", "-", "7", "7"]
 
     # The pipeline's features equal an independent computation: same seeded network, volumes
     # read here directly (fake: HU NIfTI mapped with the CT window by hand).
