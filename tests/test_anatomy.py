@@ -12,6 +12,7 @@ from medgen.metrics.anatomy import (
     compare_distributions,
     correlations,
     ct_anatomy,
+    missed_profile,
     mri_tissue_fractions,
     save_anatomy_histograms,
 )
@@ -200,6 +201,30 @@ def test_compare_distributions_wasserstein():
     with_nan = shifted + [{"lung_fraction": math.nan, "bone_volume_ml": math.nan}]
     assert compare_distributions(real, with_nan)["lung_fraction"]["wasserstein1"] == pytest.approx(0.25)
     assert compare_distributions(real, with_nan)["lung_fraction"]["n_fake"] == 30
+
+
+def test_missed_profile_compares_the_missed_with_the_reached_real_volumes():
+    # Six real volumes; the generated set reaches the three with small lungs. Means and spread by hand.
+    lung = [0.15, 0.16, 0.17, 0.22, 0.24, 0.26]
+    real = [{"lung_fraction": x, "bone_fraction": 0.04, "emphysema_pct": e}
+            for x, e in zip(lung, [5.0, math.nan, 7.0, 20.0, 30.0, 40.0])]
+    reached = np.array([True, True, True, False, False, False])
+    p = missed_profile(real, reached)
+    lf = p["lung_fraction"]
+    sd = math.sqrt(sum((x - sum(lung) / 6) ** 2 for x in lung) / 6)  # population SD of all six
+    assert lf["missed_mean"] == pytest.approx(0.24) and lf["reached_mean"] == pytest.approx(0.16)
+    assert lf["real_std"] == pytest.approx(sd)
+    assert lf["standardized"] == pytest.approx(0.08 / sd) and lf["standardized"] > 1  # the large lungs are missed
+    assert (lf["n_missed"], lf["n_reached"]) == (3, 3)
+    e = p["emphysema_pct"]  # NaN left out: 2 reached values
+    assert e["reached_mean"] == pytest.approx(6.0) and e["missed_mean"] == pytest.approx(30.0)
+    assert e["real_std"] == pytest.approx(np.std([5.0, 7.0, 20.0, 30.0, 40.0]))
+    assert (e["n_missed"], e["n_reached"]) == (3, 2)
+    assert math.isnan(p["bone_fraction"]["standardized"])  # constant: no spread to measure in
+    everything = missed_profile(real, np.ones(6, bool))["lung_fraction"]
+    assert everything["n_missed"] == 0 and math.isnan(everything["missed_mean"]) and math.isnan(everything["standardized"])
+    with pytest.raises(ValueError, match="each of the 6 real volumes"):
+        missed_profile(real, reached[:5])
 
 
 def test_correlations_match_scipy_and_tell_a_coupled_generator_from_the_real_dependence():

@@ -298,3 +298,47 @@ def test_format_table_flags_organs_tied_to_the_body_more_than_in_real_volumes():
     assert "anatomy correlation fat_fraction ~ bone_volume_ml: real 0.95, generated 0.60; " \
            "unexplained variance 1 - r^2 6.6x the real" in lines  # 0.64 / 0.0975
     assert not any("lung_fraction ~ emphysema_pct" in line for line in lines)
+
+
+class LungDensityEncoder:
+    """A 'model' whose latent code is the share of voxels between -0.99 and -0.95 (lungs at about -1000 HU,
+    emphysematous; air at -1 is left out) and the mean, so that emphysematous volumes lie far from the others."""
+
+    def __init__(self, size: int):
+        self.config = SimpleNamespace(size=size, latent_dim=2)
+        self.device = "cpu"
+
+    def encode(self, volumes):
+        v = np.asarray(volumes)
+        return np.stack([((v > -0.99) & (v < -0.95)).mean(axis=(1, 2, 3)) * 1000, v.mean(axis=(1, 2, 3))], axis=1)
+
+
+def test_evaluate_names_the_real_volumes_the_generated_set_misses_and_their_anatomy(tmp_path):
+    # Eight real bodies, the last four with emphysematous lungs (-1000 HU instead of -900); the generated set
+    # copies the first four. Coverage and recall must miss exactly the four emphysematous ones, and the profile
+    # must say that they are the emphysematous ones.
+    rng = np.random.default_rng(21)
+    real = [phantom(rng) for _ in range(8)]
+    for v in real[4:]:
+        v[(v > -0.9) & (v < -0.8)] = -0.97  # the lungs (-0.85) become emphysema
+    root = write_preprocessed(tmp_path / "real", real)
+    fake = np.stack([v.astype(np.float16).astype(np.float32) for v in real[:4]])
+    ev = evaluate(root, fake, features="encoder", encoder=LungDensityEncoder(SIZE), metrics="prdc,anatomy",
+                  prdc_k=2, progress=False)
+    prdc_result = ev.metrics["prdc"]
+    assert prdc_result["value"]["coverage"] == pytest.approx(0.5) and prdc_result["value"]["recall"] == pytest.approx(0.5)
+    details = prdc_result["details"]
+    assert details["real_uncovered"] == details["real_not_recalled"] == ["v04", "v05", "v06", "v07"]
+    for kind in ("coverage", "recall"):
+        emphysema = details["missed_anatomy"][kind]["emphysema_pct"]
+        assert (emphysema["n_missed"], emphysema["n_reached"]) == (4, 4)
+        assert emphysema["missed_mean"] > 90 and emphysema["reached_mean"] < 5  # every lung voxel below -950 HU, none
+        assert emphysema["standardized"] == pytest.approx(
+            (emphysema["missed_mean"] - emphysema["reached_mean"]) / emphysema["real_std"])
+    lines = format_table(ev.report).splitlines()
+    line = next(x for x in lines if x.startswith("prdc: the 4 real volumes that no generated volume covers"))
+    assert "emphysema_pct (+" in line
+    # Without the anatomy metric there is no profile, only the names.
+    alone = evaluate(root, fake, features="encoder", encoder=LungDensityEncoder(SIZE), metrics="prdc", prdc_k=2,
+                     progress=False).metrics["prdc"]["details"]
+    assert "missed_anatomy" not in alone and alone["real_uncovered"] == ["v04", "v05", "v06", "v07"]

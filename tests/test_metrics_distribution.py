@@ -13,7 +13,7 @@ from medgen.metrics.fid import fid, frechet_distance
 from medgen.metrics.inception_score import inception_score
 from medgen.metrics.kid import kid
 from medgen.metrics.mmd import median_heuristic, mmd2_gaussian
-from medgen.metrics.prdc import expected_coverage, prdc
+from medgen.metrics.prdc import expected_coverage, membership, prdc
 from medgen.metrics.uncertainty import bootstrap, splits
 
 
@@ -169,6 +169,34 @@ def test_prdc_matches_loop_definition():
     got, ref = prdc(real, fake, k=3), _loop_prdc(real, fake, 3)
     for key in ref:
         assert got[key] == pytest.approx(ref[key], abs=1e-12), key
+
+
+def test_membership_marks_the_samples_each_share_counts():
+    # The per-sample arrays against the loop definition, sample by sample, and the shares they give.
+    rng = np.random.default_rng(12)
+    real, fake, k = rng.normal(size=(18, 3)), rng.normal(loc=0.5, size=(15, 3)), 3
+
+    def radius(points, i):
+        return sorted(math.dist(points[i], points[j]) for j in range(len(points)) if j != i)[k - 1]
+
+    rr = [radius(real, i) for i in range(len(real))]
+    rf = [radius(fake, j) for j in range(len(fake))]
+    d = [[math.dist(r, f) for f in fake] for r in real]
+    m = membership(real, fake, k)
+    assert m["recalled"].tolist() == [any(d[i][j] < rf[j] for j in range(len(fake))) for i in range(len(real))]
+    assert m["covered"].tolist() == [min(d[i]) < rr[i] for i in range(len(real))]
+    assert m["precise"].tolist() == [any(d[i][j] < rr[i] for i in range(len(real))) for j in range(len(fake))]
+    assert m["real_balls_per_fake"].tolist() == [sum(d[i][j] < rr[i] for i in range(len(real))) for j in range(len(fake))]
+    assert 0 < m["recalled"].sum() < len(real) and 0 < m["covered"].sum() < len(real)  # both kinds occur
+    assert prdc(real, fake, k) == pytest.approx(_loop_prdc(real, fake, k), abs=1e-12)
+
+
+def test_membership_finds_the_real_mode_a_generator_drops():
+    rng = np.random.default_rng(10)
+    real = np.concatenate([rng.normal(size=(30, 2)), rng.normal(size=(30, 2)) + 50.0])
+    m = membership(real, real[:30].copy(), k=4)  # the generator reproduces mode A only
+    assert m["recalled"].tolist() == [True] * 30 + [False] * 30
+    assert m["covered"].tolist() == [True] * 30 + [False] * 30
 
 
 def test_prdc_identical_sets_and_far_away_fakes():

@@ -331,6 +331,40 @@ def correlations(real: Sequence[dict], fake: Sequence[dict],
     return out
 
 
+def missed_profile(real: Sequence[dict], reached: np.ndarray) -> dict[str, dict]:
+    """How the real volumes a generated set misses differ from those it reaches, per statistic.
+
+    ``reached`` [len(real)] marks the real volumes the generated set reaches (e.g. recall's or
+    coverage's membership, :func:`medgen.metrics.prdc.membership`). Per statistic present in every
+    real dict: ``missed_mean``, ``reached_mean`` (NaN values left out), ``real_std`` (over all finite
+    values, ddof=0) and ``standardized`` = (missed_mean − reached_mean) / real_std, the difference in
+    units of the real spread (NaN when either group has no finite value or the statistic is
+    constant); ``n_missed``, ``n_reached``. A generator whose samples cluster misses the tails of a
+    statistic it narrows: its missed volumes then sit on one side, |standardized| ≳ 0.5.
+    """
+    reached = np.asarray(reached, dtype=bool)
+    if reached.shape != (len(real),):
+        raise ValueError(f"reached must mark each of the {len(real)} real volumes, got shape {reached.shape}")
+    keys = [k for k in (real[0] if real else {}) if all(k in d for d in real)]
+    out: dict[str, dict] = {}
+    for key in keys:
+        v = np.array([float(d[key]) for d in real])
+        ok = np.isfinite(v)
+        missed, hit = v[ok & ~reached], v[ok & reached]
+        std = float(v[ok].std()) if ok.any() else math.nan
+        m_mean = float(missed.mean()) if missed.size else math.nan
+        h_mean = float(hit.mean()) if hit.size else math.nan
+        out[key] = {
+            "missed_mean": m_mean,
+            "reached_mean": h_mean,
+            "real_std": std,
+            "standardized": (m_mean - h_mean) / std if missed.size and hit.size and std > 0 else math.nan,
+            "n_missed": int(missed.size),
+            "n_reached": int(hit.size),
+        }
+    return out
+
+
 def sampling_reference(
     real: Sequence[dict], reference: Sequence[dict], n: int, *, repeats: int = 100, seed: int = 0
 ) -> dict[str, dict]:

@@ -500,7 +500,34 @@ def _prdc_notes(r: dict) -> list[str]:
         line += (f"; with {'fewer' if n_fake < n_real else 'more'} generated than real volumes coverage comes out "
                  f"{'lower' if n_fake < n_real else 'higher'} and recall {'higher' if n_fake < n_real else 'lower'} "
                  "than at equal sizes: compare sets of equal size")
-    return [line]
+    return [line] + _missed_notes((r.get("details") or {}).get("missed_anatomy") or {})
+
+
+MISSED_STATISTICS_SHOWN = 3  # statistics named per line, the largest standardized differences first
+
+
+def _missed_notes(missed: dict) -> list[str]:
+    """Which anatomy the real volumes outside the generated set have (:func:`medgen.metrics.anatomy.missed_profile`):
+    the statistics whose means differ most between the missed and the reached real volumes."""
+    what = {"coverage": "that no generated volume covers", "recall": "outside every generated volume's k-NN ball (recall)"}
+    notes = []
+    for kind in ("coverage", "recall"):
+        profile = missed.get(kind) or {}
+        if not profile:
+            continue
+        n_missed = max(p.get("n_missed") or 0 for p in profile.values())
+        if n_missed == 0:
+            notes.append(f"prdc: every real volume is reached ({kind})")
+            continue
+        ranked = sorted((p for p in profile.items() if p[1].get("standardized") is not None),
+                        key=lambda kv: -abs(kv[1]["standardized"]))[:MISSED_STATISTICS_SHOWN]
+        if not ranked:
+            continue
+        parts = [f"{key} ({p['standardized']:+.2f} real SD: mean {fmt_number(p['missed_mean'])} against "
+                 f"{fmt_number(p['reached_mean'])})" for key, p in ranked]
+        notes.append(f"prdc: the {n_missed} real volumes {what[kind]} differ most from the others in "
+                     + ", ".join(parts))
+    return notes
 
 
 def _percent(share: float | None) -> str:

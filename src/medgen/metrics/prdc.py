@@ -49,8 +49,16 @@ def expected_coverage(n_real: int, n_fake: int, k: int = 5) -> float:
     return 1.0 - comb(n_real - 1, k) / comb(n_real - 1 + n_fake, k)
 
 
-def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
-    """Precision/recall/density/coverage of ``fake`` with respect to ``real`` ([N, d] each)."""
+def membership(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, np.ndarray]:
+    """Which samples count for each of :func:`prdc`'s shares (boolean arrays):
+
+    * ``"precise"`` [n_fake]: fake sample inside at least one real ball (precision's);
+    * ``"recalled"`` [n_real]: real sample inside at least one fake ball (recall's);
+    * ``"covered"`` [n_real]: real sample whose ball holds at least one fake sample (coverage's);
+    * ``"real_balls_per_fake"`` [n_fake] (integers): real balls holding each fake sample (density's).
+
+    The real samples that are not recalled or not covered are the part of the real distribution
+    the generated set misses."""
     real = np.asarray(real, dtype=np.float64)
     fake = np.asarray(fake, dtype=np.float64)
     r_real = knn_radii(real, k)
@@ -58,8 +66,23 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     d = cdist(real, fake)  # [n_real, n_fake]
     inside_real = d < r_real[:, None]
     return {
-        "precision": float(inside_real.any(axis=0).mean()),
-        "recall": float((d < r_fake[None, :]).any(axis=1).mean()),
-        "density": float(inside_real.sum(axis=0).mean() / k),
-        "coverage": float((d.min(axis=1) < r_real).mean()),
+        "precise": inside_real.any(axis=0),
+        "recalled": (d < r_fake[None, :]).any(axis=1),
+        "covered": d.min(axis=1) < r_real,
+        "real_balls_per_fake": inside_real.sum(axis=0),
     }
+
+
+def shares(m: dict[str, np.ndarray], k: int = 5) -> dict[str, float]:
+    """Precision, recall, density and coverage from :func:`membership`'s arrays (computed with the same k)."""
+    return {
+        "precision": float(m["precise"].mean()),
+        "recall": float(m["recalled"].mean()),
+        "density": float(m["real_balls_per_fake"].mean() / k),
+        "coverage": float(m["covered"].mean()),
+    }
+
+
+def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Precision/recall/density/coverage of ``fake`` with respect to ``real`` ([N, d] each)."""
+    return shares(membership(real, fake, k), k)

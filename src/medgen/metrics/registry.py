@@ -111,6 +111,21 @@ class EvalOptions:
     figures_dir: str | None = None
 
 
+def volume_anatomy(vs: Any, modality: str | None, what: str = "volumes", progress: bool = False) -> list[dict]:
+    """Anatomy statistics of each volume of the VolumeSet ``vs`` (CT: :func:`medgen.metrics.anatomy.ct_anatomy`
+    in HU; MRI: :func:`~medgen.metrics.anatomy.mri_tissue_fractions`); UsageError for another modality."""
+    from tqdm import tqdm
+
+    from medgen.metrics import anatomy
+
+    if modality not in ("ct", "mri"):
+        raise UsageError("anatomy statistics need the modality: pass --modality ct or mri")
+    steps = tqdm(range(len(vs)), desc=f"anatomy {what}", disable=not progress, leave=False)
+    if modality == "ct":
+        return [anatomy.ct_anatomy(vs.hu(i), vs.spacing(i)) for i in steps]
+    return [anatomy.mri_tissue_fractions(vs[i]) for i in steps]
+
+
 @dataclass
 class EvalContext:
     """Everything a metric may use; features are computed once, lazily, and cached on disk.
@@ -129,6 +144,7 @@ class EvalContext:
     feature_info: dict[str, dict] = field(default_factory=dict)
     _extractor: Any = None
     _features: dict[str, np.ndarray] = field(default_factory=dict)
+    _anatomy: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
     def extractor(self):
@@ -161,6 +177,24 @@ class EvalContext:
             self._features[which] = feats
             self.feature_info[which] = info
         return self._features[which]
+
+    def anatomy(self, which: str) -> list[dict]:
+        """Per-volume anatomy statistics of the ``"real"``, ``"fake"`` or ``"train"`` set, computed once
+        (CT: :func:`medgen.metrics.anatomy.ct_anatomy`; MRI: :func:`~medgen.metrics.anatomy.mri_tissue_fractions`);
+        the modality is the generated set's, else the real set's. UsageError when it is unknown."""
+        if which not in self._anatomy:
+            self._anatomy[which] = volume_anatomy(self.volume_set(which), self.anatomy_modality, which,
+                                                  progress=self.options.progress)
+        return self._anatomy[which]
+
+    @property
+    def anatomy_modality(self) -> str | None:
+        """The modality anatomy statistics are computed for: the generated set's, else the real set's."""
+        return self.fake.modality or self.real.modality
+
+    def has_anatomy(self, which: str) -> bool:
+        """Whether the anatomy statistics of ``which`` were computed already."""
+        return which in self._anatomy
 
     def has_features(self, which: str) -> bool:
         """Whether the features of ``which`` were computed (or read from the cache) already."""
@@ -252,7 +286,24 @@ def compute(names: list[str], context: EvalContext) -> dict[str, dict]:
             if key in raw:
                 result[key] = raw[key]
         results[name] = _json_number(result)
+    _add_missed_anatomy(results, context)
     return results
+
+
+def _add_missed_anatomy(results: dict[str, dict], ctx: EvalContext) -> None:
+    """With both ``prdc`` and ``anatomy`` computed: how the real volumes the generated set misses (not
+    recalled, not covered) differ in anatomy from those it reaches
+    (:func:`medgen.metrics.anatomy.missed_profile`), as prdc's ``details.missed_anatomy``."""
+    from medgen.metrics.anatomy import missed_profile
+    from medgen.metrics.prdc import membership
+
+    r = results.get("prdc")
+    if not r or "error" in r or not ctx.has_anatomy("real") or not (ctx.has_features("real") and ctx.has_features("fake")):
+        return
+    m = membership(ctx.features("real"), ctx.features("fake"), r["settings"]["k"])
+    real = ctx.anatomy("real")
+    r.setdefault("details", {})["missed_anatomy"] = _json_number(
+        {"recall": missed_profile(real, m["recalled"]), "coverage": missed_profile(real, m["covered"])})
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -318,15 +369,23 @@ def metric_mmd(ctx: EvalContext) -> dict:
 
 
 def metric_prdc(ctx: EvalContext) -> dict:
-    from medgen.metrics.prdc import expected_coverage, prdc
+    from medgen.metrics.prdc import expected_coverage, membership, shares
 
     a, b = ctx.features("real"), ctx.features("fake")
     k = ctx.options.prdc_k
     if min(len(a), len(b)) <= k:
         raise ValueError(f"precision/recall need more than k={k} volumes in each set (have {len(a)} real, {len(b)} generated); lower --prdc-k")
-    return {"value": prdc(a, b, k=k), "settings": {"k": k, "reference": "Naeem et al. 2020, k-NN balls in feature space"},
-            # what a generator drawing from the real distribution itself scores at these set sizes
-            "details": {"coverage_same_distribution": expected_coverage(len(a), len(b), k)}}
+    m = membership(a, b, k=k)
+    ids = list(ctx.real.ids)
+    details = {
+        # what a generator drawing from the real distribution itself scores at these set sizes
+        "coverage_same_distribution": expected_coverage(len(a), len(b), k),
+        # the real volumes the generated set misses (their anatomy: evaluate() adds "missed_anatomy")
+        "real_not_recalled": [ids[i] for i in np.flatnonzero(~m["recalled"])],
+        "real_uncovered": [ids[i] for i in np.flatnonzero(~m["covered"])],
+    }
+    return {"value": shares(m, k), "settings": {"k": k, "reference": "Naeem et al. 2020, k-NN balls in feature space"},
+            "details": details}
 
 
 def metric_is(ctx: EvalContext) -> dict:
@@ -458,29 +517,24 @@ ANATOMY_REFERENCE_REPEATS = 100  # random draws of len(fake) training volumes
 
 
 def metric_anatomy(ctx: EvalContext) -> dict:
-    from tqdm import tqdm
-
     from medgen.metrics import anatomy
 
-    modality = ctx.fake.modality or ctx.real.modality
-    if modality == "ct":
-        def stats(vs, which):
-            return [anatomy.ct_anatomy(vs.hu(i), vs.spacing(i)) for i in tqdm(range(len(vs)), desc=f"anatomy {which}", disable=not ctx.options.progress, leave=False)]
-        protocol = "CT Hounsfield-unit protocol (medgen.metrics.anatomy.ct_anatomy)"
-    elif modality == "mri":
-        def stats(vs, which):
-            return [anatomy.mri_tissue_fractions(vs[i]) for i in tqdm(range(len(vs)), desc=f"anatomy {which}", disable=not ctx.options.progress, leave=False)]
-        protocol = "MRI tissue fractions by multi-level Otsu (medgen.metrics.anatomy.mri_tissue_fractions)"
-    else:
+    modality = ctx.anatomy_modality
+    protocol = {
+        "ct": "CT Hounsfield-unit protocol (medgen.metrics.anatomy.ct_anatomy)",
+        "mri": "MRI tissue fractions by multi-level Otsu (medgen.metrics.anatomy.mri_tissue_fractions)",
+    }.get(modality)
+    if protocol is None:
         raise UsageError("anatomy statistics need the modality: pass --modality ct or mri")
-    real, fake = stats(ctx.real, "real"), stats(ctx.fake, "fake")
+    real, fake = ctx.anatomy("real"), ctx.anatomy("fake")
     comparison = anatomy.compare_distributions(real, fake)
     settings = {"protocol": protocol, "value": "Wasserstein-1 distance real vs generated per statistic, in its own unit"}
     if ctx.train is not None and not ctx.train_is_real and ctx.train.modality == modality and len(fake) > 0:
         # The floor of the W1 above: training volumes, drawn len(fake) at a time, against the same real set.
         from medgen.metrics.volumes import choose_subset
 
-        train = stats(choose_subset(ctx.train, ANATOMY_REFERENCE_MAX_TRAIN, ctx.options.seed), "train")
+        train = volume_anatomy(choose_subset(ctx.train, ANATOMY_REFERENCE_MAX_TRAIN, ctx.options.seed), modality,
+                               "train", progress=ctx.options.progress)
         reference = anatomy.sampling_reference(real, train, len(fake), repeats=ANATOMY_REFERENCE_REPEATS, seed=ctx.options.seed)
         for key, ref in reference.items():
             if key in comparison:
