@@ -380,7 +380,7 @@ def metric_prdc(ctx: EvalContext) -> dict:
     details = {
         # what a generator drawing from the real distribution itself scores at these set sizes
         "coverage_same_distribution": expected_coverage(len(a), len(b), k),
-        # the real volumes the generated set misses (their anatomy: evaluate() adds "missed_anatomy")
+        # the real volumes the generated set misses (with the anatomy metric, compute() adds their anatomy: "missed_anatomy")
         "real_not_recalled": [ids[i] for i in np.flatnonzero(~m["recalled"])],
         "real_uncovered": [ids[i] for i in np.flatnonzero(~m["covered"])],
     }
