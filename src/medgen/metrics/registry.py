@@ -145,6 +145,7 @@ class EvalContext:
     _extractor: Any = None
     _features: dict[str, np.ndarray] = field(default_factory=dict)
     _anatomy: dict[str, list[dict]] = field(default_factory=dict)
+    _membership: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def extractor(self):
@@ -195,6 +196,15 @@ class EvalContext:
     def has_anatomy(self, which: str) -> bool:
         """Whether the anatomy statistics of ``which`` were computed already."""
         return which in self._anatomy
+
+    def membership(self, k: int) -> dict[str, np.ndarray]:
+        """The k-NN memberships of the real and generated features (:func:`medgen.metrics.prdc.membership`),
+        computed once per k: the ``prdc`` metric and the anatomy of the volumes it misses share them."""
+        if k not in self._membership:
+            from medgen.metrics.prdc import membership
+
+            self._membership[k] = membership(self.features("real"), self.features("fake"), k=k)
+        return self._membership[k]
 
     def has_features(self, which: str) -> bool:
         """Whether the features of ``which`` were computed (or read from the cache) already."""
@@ -295,12 +305,11 @@ def _add_missed_anatomy(results: dict[str, dict], ctx: EvalContext) -> None:
     recalled, not covered) differ in anatomy from those it reaches
     (:func:`medgen.metrics.anatomy.missed_profile`), as prdc's ``details.missed_anatomy``."""
     from medgen.metrics.anatomy import missed_profile
-    from medgen.metrics.prdc import membership
 
     r = results.get("prdc")
-    if not r or "error" in r or not ctx.has_anatomy("real") or not (ctx.has_features("real") and ctx.has_features("fake")):
+    if not r or "error" in r or not ctx.has_anatomy("real"):
         return
-    m = membership(ctx.features("real"), ctx.features("fake"), r["settings"]["k"])
+    m = ctx.membership(r["settings"]["k"])
     real = ctx.anatomy("real")
     r.setdefault("details", {})["missed_anatomy"] = _json_number(
         {"recall": missed_profile(real, m["recalled"]), "coverage": missed_profile(real, m["covered"])})
@@ -369,13 +378,13 @@ def metric_mmd(ctx: EvalContext) -> dict:
 
 
 def metric_prdc(ctx: EvalContext) -> dict:
-    from medgen.metrics.prdc import expected_coverage, membership, shares
+    from medgen.metrics.prdc import expected_coverage, shares
 
     a, b = ctx.features("real"), ctx.features("fake")
     k = ctx.options.prdc_k
     if min(len(a), len(b)) <= k:
         raise ValueError(f"precision/recall need more than k={k} volumes in each set (have {len(a)} real, {len(b)} generated); lower --prdc-k")
-    m = membership(a, b, k=k)
+    m = ctx.membership(k)
     ids = list(ctx.real.ids)
     details = {
         # what a generator drawing from the real distribution itself scores at these set sizes
