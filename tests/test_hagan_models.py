@@ -476,3 +476,46 @@ def test_augment_real_flips_and_shifts_each_volume_in_plane_only():
         assert torch.equal(only_flips[k], x[k]) or torch.equal(only_flips[k], x[k].flip(1))
     with pytest.raises(ValueError, match="max_shift"):
         augment_real(x, -1, torch.Generator())
+
+
+def test_common_modulation_scales_and_shifts_each_volume_after_every_groupnorm():
+    torch.manual_seed(0)
+    plain_cfg, cfg = get_preset("tiny", 32), get_preset("tiny", 32, common_modulation=True)
+    plain, g = Generator(plain_cfg).eval(), Generator(cfg).eval()
+    widths = cfg.common_widths()
+    # one linear map of the code to a gain and a shift per channel of every GroupNorm of G^A
+    assert count_parameters(cfg)["G^A"] - count_parameters(plain_cfg)["G^A"] == \
+        (cfg.generator_input_dim + 1) * 2 * sum(widths)
+    assert {k: v for k, v in count_parameters(cfg).items() if k not in ("G^A", "G", "all")} == \
+        {k: v for k, v in count_parameters(plain_cfg).items() if k not in ("G^A", "G", "all")}
+    # it starts at zero: the same weights give the unmodulated generator's volumes
+    missing = plain.load_state_dict({k: v for k, v in g.state_dict().items() if "modulation" not in k})
+    assert not missing.missing_keys
+    z = torch.randn(3, cfg.latent_dim)
+    with torch.no_grad():
+        assert torch.equal(g.generate(z), plain.generate(z))
+        # with weights, each volume gets its own gain (1 + γ) and shift β after each GroupNorm
+        g.common.modulation.weight.normal_(0, 0.1)
+        g.common.modulation.bias.normal_(0, 0.1)
+        styles = g.common.modulation(z)
+        h = g.common.fc(z).view(3, widths[0], 4, 4, 4)
+        offset = 0
+        for i, (conv, norm) in enumerate(zip(g.common.convs, g.common.norms)):
+            if 1 <= i <= g.common.num_upsamplings:
+                h = F.interpolate(h, scale_factor=2, mode="nearest")
+            h = F.group_norm(conv(h), cfg.norm_groups, norm.weight, norm.bias, norm.eps)
+            c = widths[i]
+            gain, shift = styles[:, offset : offset + c], styles[:, offset + c : offset + 2 * c]
+            offset += 2 * c
+            h = F.relu(h * (1 + gain[..., None, None, None]) + shift[..., None, None, None])
+        assert offset == styles.shape[1]
+        assert torch.allclose(g.features(z), h, atol=1e-5)
+        assert not torch.allclose(g.features(z), plain.features(z), atol=1e-3)
+    # its gradient flows, and a configuration saved before the option existed has none
+    x_low, slab = g(z, torch.tensor([0, 3, 4]))
+    (x_low.square().mean() + slab.square().mean()).backward()
+    assert float(g.common.modulation.weight.grad.abs().sum()) > 0
+    saved = {k: v for k, v in cfg.to_dict().items() if k != "common_modulation"}
+    assert HAGANConfig.from_dict(saved).common_modulation is False
+    with pytest.raises(UsageError, match="common_modulation must be true or false"):
+        get_preset("tiny", 32, common_modulation="yes")

@@ -133,7 +133,7 @@ def test_label_column_counts_classes_over_the_whole_data_set(tmp_path):
 def test_train_command_builds_the_same_config_on_the_command_line(data, tmp_path):
     kwargs = dict(
         preset="tiny", resume=False,
-        model_options={"use_lowres": False, "num_classes": 2},
+        model_options={"use_lowres": False, "num_classes": 2, "common_modulation": True},
         options={"iters": 12, "batch": 2, "seed": 3, "device": "cpu", "split_fractions": (1.0, 0.0, 0.0),
                  "sample_every": 3, "ckpt_every": 3, "log_every": 25, "max_minutes": 0.5, "keep_checkpoints": 2,
                  "lr_eh": 2e-4, "lr_eg": 2e-4, "use_encoder": False, "slab_selection": "deterministic",
@@ -141,7 +141,7 @@ def test_train_command_builds_the_same_config_on_the_command_line(data, tmp_path
     )
     argv = train_command(data, tmp_path / "run", progress=False, **kwargs)
     assert argv[:4] == ["train", str(data), "--out", str(tmp_path / "run")] and argv[-1] == "--no-progress"
-    assert "--no-lowres" in argv and "--no-encoder" in argv and "--ema-decay" not in argv
+    assert "--no-lowres" in argv and "--no-encoder" in argv and "--ema-decay" not in argv and "--common-modulation" in argv
     assert argv[argv.index("--split-fractions") + 1] == "1,0,0" and argv[argv.index("--keep") + 1] == "2"
     assert argv[argv.index("--lr-e") + 1] == "0.0002"
 
@@ -151,7 +151,11 @@ def test_train_command_builds_the_same_config_on_the_command_line(data, tmp_path
     by_library = new_run_config(data, tmp_path / "run", **kwargs).to_dict()
     assert by_cli == by_library
 
+    assert by_cli["model"]["common_modulation"] is True
     assert train_flags({"use_lowres": False}) == ["--no-lowres"]
+    assert train_flags({"common_modulation": False}) == [] and train_flags({"common_modulation": True}) == ["--common-modulation"]
+    with pytest.raises(UsageError, match="common_modulation='yes': True or False"):
+        train_flags({"common_modulation": "yes"})
     assert train_flags({"lowres_factor": 2}) == ["--lowres-factor", "2"]  # a model option with its own flag
     assert train_flags({"slab_selection": "deterministic", "use_encoder": True}) == ["--slab-selection", "deterministic"]
     # options without a flag of their own are family hyper-parameters, read back by --hparam as YAML

@@ -45,7 +45,7 @@ _OPTIONS = {
     "split_fractions": "split_fractions",
 }
 # Options that change the model (the family's architecture fields).
-_MODEL_OPTIONS = ("size", "width", "high_width", "low_d_width", "lowres_factor", "slab_fraction", "latent_dim", "num_classes", "autoencoder_run", "generator_run", "slab_context",
+_MODEL_OPTIONS = ("size", "width", "high_width", "low_d_width", "lowres_factor", "slab_fraction", "latent_dim", "num_classes", "autoencoder_run", "generator_run", "slab_context", "common_modulation",
                   "minibatch_std", "minibatch_std_channels", "histogram_bins", "d_windows", "class_conditioning", "task", "inputs", "target")
 
 
@@ -152,6 +152,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="how G^H sees the training slab: exact = with its real neighbours and the whole volume's "
                         "GroupNorm statistics, so it equals the inference slab (default); halo = neighbours only; "
                         "zero-padded = the paper")
+    h.add_argument("--common-modulation", action="store_const", const=True, default=None,
+                   help="G^A scales and shifts each GroupNorm's output per volume by a linear map of z "
+                        "(off by default and in the paper)")
     h.add_argument("--minibatch-std", type=int, default=None, metavar="G",
                    help="group size of the minibatch standard-deviation feature in D^H and D^L; 0 = none, the paper "
                         "(default 4)")

@@ -246,6 +246,8 @@ def _with_recipe(fam: Any, recipe: str | None, model_given: dict[str, Any],
 _FLAG_NAMES = {"keep_checkpoints": "--keep", "autoencoder_run": "--autoencoder", "generator_run": "--generator"}
 # Boolean options that are on by default and have a --no-X flag.
 _SWITCHES = {"use_lowres": "--no-lowres", "use_encoder": "--no-encoder"}
+# Boolean options that are off by default and have a --X flag.
+_ON_SWITCHES = {"common_modulation": "--common-modulation"}
 
 
 def _flag_value(value: Any) -> str:
@@ -262,7 +264,7 @@ TRAIN_FLAG_OPTIONS = frozenset({
     "autoencoder_run", "batch", "ckpt_every", "class_conditioning", "class_loss", "class_weight", "device", "ema_decay", "fake_labels",
     "high_width", "low_d_width", "lowres_factor", "slab_fraction", "inputs", "iters", "keep_checkpoints", "label_column", "latent_dim", "log_every", "lr_d", "lr_e", "lr_g",
     "histogram_bins", "max_minutes", "minibatch_std", "minibatch_std_channels", "d_windows", "num_classes", "num_samples", "precision", "sample_every", "seed", "size",
-    "slab_context", "slab_selection", "split_fractions", "split_seed", "target", "task", "width", "workers",
+    "slab_context", "common_modulation", "slab_selection", "split_fractions", "split_seed", "target", "task", "width", "workers",
     "use_lowres", "use_encoder", "generator_run",
 })
 
@@ -292,6 +294,12 @@ def train_flags(options: Mapping[str, Any] | None) -> list[str]:
         opts = {("lr_e" if k == "lr_eh" else k): v for k, v in opts.items() if k != "lr_eg"}
     argv: list[str] = []
     for key, value in opts.items():
+        if key in _ON_SWITCHES:
+            if value is True:
+                argv.append(_ON_SWITCHES[key])
+            elif value is not False:
+                raise UsageError(f"training option {key}={value!r}: True or False")
+            continue
         if key in _SWITCHES:
             if value is False:
                 argv.append(_SWITCHES[key])
@@ -329,7 +337,7 @@ def train_command(
         argv += ["--preset", preset]
     if recipe is not None:
         argv += ["--recipe", recipe]
-    no_flag = sorted(set(_given(model_options)) - TRAIN_FLAG_OPTIONS - set(_SWITCHES))
+    no_flag = sorted(set(_given(model_options)) - TRAIN_FLAG_OPTIONS - set(_SWITCHES) - set(_ON_SWITCHES))
     if no_flag:
         raise UsageError(f"model option(s) {', '.join(no_flag)}: medgen train has no flag for them")
     argv += train_flags({**_given(model_options), **_given(options)})

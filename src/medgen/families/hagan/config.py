@@ -97,6 +97,12 @@ class HAGANConfig:
         C^L on the low-resolution volume, no spectral normalisation) learns the class
         from real volumes only, and G's loss adds λ × C's cross-entropy on its volumes
         (:mod:`medgen.families.hagan.classifier`).
+    common_modulation : G^A gives each volume its own gain and shift after every GroupNorm,
+        (1 + γ) · GN(h) + β with [γ, β] a linear map of the code (z and the class), initialised
+        at zero so that training starts from the paper's network (conditional normalisation by
+        z as in BigGAN, Brock et al. 2019; per-layer styles as in StyleGAN, Karras et al. 2019).
+        GroupNorm normalises each volume's features on their own, which removes the per-volume
+        level of each group; the modulation lets z set it again. False: none (the paper).
     """
 
     size: int = 256
@@ -115,6 +121,7 @@ class HAGANConfig:
     histogram_bins: int = 0
     d_windows: tuple[tuple[float, float], ...] = ()
     class_conditioning: str = "ac"
+    common_modulation: bool = False
 
     def __post_init__(self) -> None:
         try:  # lists (YAML, JSON) → tuples
@@ -209,6 +216,8 @@ class HAGANConfig:
         if self.class_conditioning not in CLASS_CONDITIONINGS:
             raise UsageError(f"class_conditioning must be one of {', '.join(CLASS_CONDITIONINGS)}, "
                              f"got {self.class_conditioning!r}")
+        if not isinstance(self.common_modulation, bool):
+            raise UsageError(f"common_modulation must be true or false, got {self.common_modulation!r}")
         if self.slab_context not in SLAB_CONTEXTS:
             raise UsageError(f"slab_context must be one of {', '.join(SLAB_CONTEXTS)}, got {self.slab_context!r}")
         if not isinstance(self.norm_groups, int) or self.norm_groups < 1:
@@ -319,7 +328,7 @@ def options_from_data(info: dict[str, Any], options: dict[str, Any]) -> dict[str
 # Fields added after the first release, with the value a configuration saved without them means
 # (the paper's behaviour, which was the only one then). New configurations get the dataclass defaults.
 SAVED_BEFORE: dict[str, Any] = {"slab_context": "zero-padded", "minibatch_std": 0, "class_conditioning": "ac",
-                                "histogram_bins": 0, "d_windows": ()}
+                                "histogram_bins": 0, "d_windows": (), "common_modulation": False}
 
 # How medgen's defaults differ from the paper's recipe (``medgen train --recipe paper``), in the
 # architecture; the training side is :data:`medgen.families.hagan.train.PAPER_HPARAMS`.

@@ -36,7 +36,9 @@ class CommonBlock(nn.Module):
     256@16³ → 128@32³ → 64@64³). Input [B, latent_dim + num_classes]; output
     A [B, C_A, S/f, S/f, S/f]. Each upsampling + conv pair is computed in
     sub-pixel form by :func:`medgen.families.layers.upsample2_conv3` (same function,
-    8/27 of the work).
+    8/27 of the work). With ``common_modulation`` each GroupNorm's output is scaled by
+    1 + γ and shifted by β per volume and channel, [γ, β] = one linear map of the code
+    (zero at initialisation).
     """
 
     def __init__(self, cfg: HAGANConfig) -> None:
@@ -47,13 +49,31 @@ class CommonBlock(nn.Module):
         self.fc = nn.Linear(cfg.generator_input_dim, widths[0] * BASE_GRID**3)
         self.convs = nn.ModuleList(conv3(cin, cout) for cin, cout in zip([widths[0]] + widths[:-1], widths))
         self.norms = nn.ModuleList(nn.GroupNorm(cfg.norm_groups, c) for c in widths)
+        self.widths = widths
+        self.modulation = None
+        if cfg.common_modulation:
+            self.modulation = nn.Linear(cfg.generator_input_dim, 2 * sum(widths))
+            nn.init.zeros_(self.modulation.weight)
+            nn.init.zeros_(self.modulation.bias)
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         h = self.fc(code).view(-1, self.base_channels, BASE_GRID, BASE_GRID, BASE_GRID)
+        styles = self._styles(code)
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             h = upsample2_conv3(h, conv) if 1 <= i <= self.num_upsamplings else conv(h)
-            h = F.relu(norm(h))
+            h = norm(h)
+            if styles is not None:
+                gain, shift = styles[i]
+                h = torch.addcmul(shift, h, 1 + gain)
+            h = F.relu(h)
         return h
+
+    def _styles(self, code: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per volume, the (γ, β) of each GroupNorm [B, C, 1, 1, 1] (``common_modulation``), else None."""
+        if self.modulation is None:
+            return None
+        parts = self.modulation(code)[..., None, None, None].split([c for c in self.widths for _ in (0, 1)], dim=1)
+        return list(zip(parts[0::2], parts[1::2]))
 
 
 class LowResBlock(nn.Module):
