@@ -244,10 +244,10 @@ def _with_recipe(fam: Any, recipe: str | None, model_given: dict[str, Any],
 # ---------------------------------------------------------------------- the equivalent command line
 # Options whose ``medgen train`` flag is not ``--`` + the name with dashes.
 _FLAG_NAMES = {"keep_checkpoints": "--keep", "autoencoder_run": "--autoencoder", "generator_run": "--generator"}
-# Boolean options that are on by default and have a --no-X flag.
-_SWITCHES = {"use_lowres": "--no-lowres", "use_encoder": "--no-encoder"}
-# Boolean options that are off by default and have a --X flag.
-_ON_SWITCHES = {"common_modulation": "--common-modulation"}
+# Boolean options with a flag of their own, and the value the flag sets: --no-X for those on by default,
+# --X for those off by default.
+_SWITCHES = {"use_lowres": ("--no-lowres", False), "use_encoder": ("--no-encoder", False),
+             "common_modulation": ("--common-modulation", True)}
 
 
 def _flag_value(value: Any) -> str:
@@ -294,17 +294,12 @@ def train_flags(options: Mapping[str, Any] | None) -> list[str]:
         opts = {("lr_e" if k == "lr_eh" else k): v for k, v in opts.items() if k != "lr_eg"}
     argv: list[str] = []
     for key, value in opts.items():
-        if key in _ON_SWITCHES:
-            if value is True:
-                argv.append(_ON_SWITCHES[key])
-            elif value is not False:
-                raise UsageError(f"training option {key}={value!r}: True or False")
-            continue
         if key in _SWITCHES:
-            if value is False:
-                argv.append(_SWITCHES[key])
-            elif value is not True:
+            flag, sets = _SWITCHES[key]
+            if not isinstance(value, bool):
                 raise UsageError(f"training option {key}={value!r}: True or False")
+            if value is sets:
+                argv.append(flag)
             continue
         if key in TRAIN_FLAG_OPTIONS:
             argv += [_FLAG_NAMES.get(key, "--" + key.replace("_", "-")), _flag_value(value)]
@@ -337,7 +332,7 @@ def train_command(
         argv += ["--preset", preset]
     if recipe is not None:
         argv += ["--recipe", recipe]
-    no_flag = sorted(set(_given(model_options)) - TRAIN_FLAG_OPTIONS - set(_SWITCHES) - set(_ON_SWITCHES))
+    no_flag = sorted(set(_given(model_options)) - TRAIN_FLAG_OPTIONS - set(_SWITCHES))
     if no_flag:
         raise UsageError(f"model option(s) {', '.join(no_flag)}: medgen train has no flag for them")
     argv += train_flags({**_given(model_options), **_given(options)})
