@@ -21,6 +21,7 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     assert "--hparam encoder_every=4" in printed  # the fixed time goes to GAN iterations
     assert RunConfig.load(out / "run").hparams["encoder_every"] == 4
     assert RunConfig.load(out / "run").hparams["lr_g"] == 2e-4 and "--lr-g 0.0002" in printed
+    assert RunConfig.load(out / "run").hparams["diversity_weight"] == 0.3 and "--hparam diversity_weight=0.3" in printed
 
     # generated volumes: NIfTI in HU with the training data's spacing
     samples = sorted((out / "samples").glob("sample-*.nii.gz"))
@@ -85,6 +86,7 @@ def test_demo_recipe_reaches_the_training_stage(tmp_path):
         # G's learning rate: the demo's, except that the paper's recipe keeps the paper's
         lr_g = float(train.argv[train.argv.index("--lr-g") + 1]) if "--lr-g" in train.argv else None
         assert lr_g == (None if recipe else demo.DEMO_LR_G)
+        assert (f"diversity_weight={demo.DEMO_DIVERSITY_WEIGHT}" in train.argv) == (recipe is None)
 
 
 def test_demo_trains_a_fixed_number_of_iterations_unless_given_a_time_limit(tmp_path, capsys):

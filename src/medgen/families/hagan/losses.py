@@ -84,6 +84,22 @@ def generator_loss(
     return loss, class_term
 
 
+MODE_SEEKING_EPS = 1e-5  # Mao et al. 2019
+
+
+def mode_seeking_loss(volumes: Tensor, codes: Tensor) -> Tensor:
+    """Mode-seeking term (Mao et al. 2019, MSGAN): 1 / (ratio + ε), where ratio is the mean absolute
+    difference between the generated volumes of neighbouring batch members (volume i and i − 1, cyclically)
+    over that between their codes. Minimising it makes G map distant codes to distant volumes, the opposite
+    of a collapsed generator; a batch of one volume has no pair, and the term is 0. (Neither MONAI nor
+    TorchIO has this loss.)"""
+    if volumes.shape[0] < 2:
+        return volumes.new_zeros(())
+    v, c = volumes.float().flatten(1), codes.float().flatten(1)
+    ratio = (v - v.roll(1, 0)).abs().mean(1) / (c - c.roll(1, 0)).abs().mean(1)
+    return 1.0 / (ratio.mean() + MODE_SEEKING_EPS)
+
+
 def high_res_encoder_loss(reconstructed_slab: Tensor, real_slab: Tensor) -> Tensor:
     """E^H loss: mean absolute error L1(G^H(E^H(x_slab)), x_slab), intensities in [-1, 1]."""
     return F.l1_loss(reconstructed_slab.float(), real_slab.float())
