@@ -72,8 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # The demo trains DEMO_ITERS iterations, what fits 15 minutes with installation on a 2-core AVX-512 CPU.
-# Against 128 held-out phantoms, with as many samples (DEMO_HELDOUT below), that leaves its recall
-# short (0.44 / coverage 0.73 with DEMO_LR_G, 2026-12-04); twice the iterations raised recall and coverage
+# Against 128 held-out phantoms, with as many samples (DEMO_HELDOUT below), that left its recall
+# short (0.44 / coverage 0.73 with DEMO_LR_G, 2026-12-04) and, with DEMO_DIVERSITY_WEIGHT as well, its
+# coverage (0.55 / 0.66, the same day); twice the iterations raised recall and coverage
 # in two seeds of three (the third fell to coverage 0.16 at 64 samples against 128) but do not fit (README,
 # "Where medgen's defaults differ from the paper's method"). Its encoder learns on every
 # DEMO_ENCODER_EVERY-th iteration only, which leaves more of the time to the GAN.
@@ -94,8 +95,10 @@ DEMO_LR_G = 2e-4
 # 0.59 / 0.74 / 0.50) with coverage 0.72 / 0.84 / 0.91 (0.87 / 0.95 / 0.62), the lung fraction's spread
 # grew by half (SD 0.009-0.011 against 0.005-0.007; real 0.026) and the lung-fraction and emphysema W1
 # fell in every seed; FID rose (25 / 5.8 / 32 against 13 / 1.1 / 27). Weight 0.1 collapsed in one seed of
-# three, 1.0 drew too little bone (README, "Where medgen's defaults differ from the paper's method"). As
-# with the learning rate, it is the demo's setting, not yet the family's default.
+# three, 1.0 drew too little bone (README, "Where medgen's defaults differ from the paper's method"). The
+# demo itself on a fresh clone: recall / coverage 0.55 / 0.66 (0.44 / 0.73 without), MS-SSIM 0.58 against
+# the real pairs' 0.59 (0.69 without). As with the learning rate, it is the demo's setting, not yet the
+# family's default.
 DEMO_DIVERSITY_WEIGHT = 0.3
 DEMO_BATCH = 4
 # It evaluates as many generated volumes as there are held-out phantoms, DEMO_HELDOUT. At 16 against 16 two
