@@ -46,16 +46,17 @@ def test_legacy_config_reads_as_hagan_with_hparams(run):
 
 
 def test_legacy_run_generates_and_encodes_the_same_volumes(run):
-    # Up to the last float32 bit: CPU kernels differ in it between instruction sets (an encoding was
-    # 1 ulp off on another x86 CPU); a changed network or loading path is off by far more.
+    # Up to float32 rounding: CPU kernels sum in another order on another instruction set (an encoding was
+    # 1 ulp off on one x86 CPU; on an Intel AVX-512 CPU the volumes are up to 2.3e-6 and the code 1.3e-6 off
+    # the fixture's, made on an AMD one); a changed network or loading path is off by far more.
     expected = np.load(EXPECTED)
     model = medgen.load(run)
     assert type(model).__name__ == "HAGANModel"
     x = model.generate(2, seed=3)
     assert x.dtype == np.float32 and x.shape == (2, 32, 32, 32)
-    np.testing.assert_allclose(x, expected["generate_seed3"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(x, expected["generate_seed3"], rtol=0, atol=1e-5)
     z = model.encode(model.generate(1, seed=5))
-    np.testing.assert_allclose(z, expected["encode_seed5"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(z, expected["encode_seed5"], rtol=0, atol=1e-5)
     # chunked generation gives the same volumes up to float rounding
     np.testing.assert_allclose(model.generate(2, seed=3, chunk=2), expected["generate_seed3"], atol=1e-5)
 
