@@ -22,6 +22,9 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
     assert RunConfig.load(out / "run").hparams["encoder_every"] == 4
     assert RunConfig.load(out / "run").hparams["lr_g"] == 2e-4 and "--lr-g 0.0002" in printed
     assert RunConfig.load(out / "run").hparams["diversity_weight"] == 0.3 and "--hparam diversity_weight=0.3" in printed
+    assert RunConfig.load(out / "run").hparams["r1_gamma"] == 1.0 and "--hparam r1_gamma=1" in printed
+    assert "--d-windows lung,bone" in printed  # D sees two HU windows: two extra input channels of D^H and D^L
+    assert len(RunConfig.load(out / "run").model["d_windows"]) == 2
 
     # generated volumes: NIfTI in HU with the training data's spacing
     samples = sorted((out / "samples").glob("sample-*.nii.gz"))
@@ -87,6 +90,8 @@ def test_demo_recipe_reaches_the_training_stage(tmp_path):
         lr_g = float(train.argv[train.argv.index("--lr-g") + 1]) if "--lr-g" in train.argv else None
         assert lr_g == (None if recipe else demo.DEMO_LR_G)
         assert (f"diversity_weight={demo.DEMO_DIVERSITY_WEIGHT}" in train.argv) == (recipe is None)
+        assert (f"r1_gamma={demo.DEMO_R1_GAMMA:g}" in train.argv) == (recipe is None)
+        assert ("--d-windows" in train.argv) == (recipe is None)
 
 
 def test_demo_trains_a_fixed_number_of_iterations_unless_given_a_time_limit(tmp_path, capsys):
