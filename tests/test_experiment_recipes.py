@@ -74,6 +74,10 @@ def test_recipes_smoke_run(tmp_path, capsys):
                                             "classifier C on flipped and shifted volumes, λ 0.3, lung window, compact",
                                             "classifier C on flipped and shifted volumes, 4 updates per iteration, "
                                             "λ 0.3, lung window, compact",
+                                            "classifier C on flipped and shifted volumes, 4 updates per iteration, "
+                                            "λ 0.3, lung and bone windows, R1, compact",
+                                            "classifier C on flipped and shifted volumes, 4 updates per iteration, "
+                                            "λ 0.3, the demo's setting, compact",
                                             "medgen's method, compact, 8x phantoms",
                                             "classifier C, λ 0.3, compact, 8x phantoms",
                                             "classifier C, λ 0.3, lung window, compact, 8x phantoms",
@@ -110,6 +114,14 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert caug.hparams["c_augment"] is True and len(caug.train_ids) == len(compact.train_ids)
     c4 = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-caug-c4-compact-32-seed0")
     assert c4.hparams["c_steps"] == 4 and c4.hparams["c_augment"] is True
+    c4_windows = RunConfig.load(tmp_path / "w" / "runs"
+                                / "recipes-cond-classifier-lungbonewindow-r1-caug-c4-compact-32-seed0")
+    assert c4_windows.model["d_windows"] == lung_bone and c4_windows.hparams["r1_gamma"] == 1.0
+    assert c4_windows.hparams["c_steps"] == 4 and c4_windows.hparams["diversity_weight"] == 0.0
+    demo = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-demo-caug-c4-compact-32-seed0")
+    assert demo.model["d_windows"] == lung_bone and demo.hparams["r1_gamma"] == 1.0
+    assert (demo.hparams["diversity_weight"], demo.hparams["lr_g"]) == (0.3, 2e-4)
+    assert demo.hparams["c_steps"] == 4 and demo.hparams["class_weight"] == 0.3
 
     # --only: the rows of one variant are made again (here with another number of classes per volume, so they
     # change), the others are kept as the tables hold them, and the tables list both commands

@@ -150,6 +150,23 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             preset="compact",
             note="the same, C updated 4 times per iteration (new slab positions, flips and shifts each time), "
                  "as C alone needs about 12000 updates to learn the class from the augmented volumes"),
+    Variant("classifier-lungbonewindow-r1-caug-c4-compact",
+            "classifier C on flipped and shifted volumes, 4 updates per iteration, λ 0.3, lung and bone windows, R1, "
+            "compact",
+            None, {"class_conditioning": "classifier", "d_windows": "lung,bone"},
+            hparams={"class_loss": "per-head", "class_weight": 0.3, "c_augment": True, "c_steps": 4,
+                     "r1_gamma": 1.0},
+            preset="compact",
+            note="the same with the demo's D: CT's bone window (300...1500 HU) as a third channel of D and C, and "
+                 "an R1 penalty (γ 1) on D's real inputs"),
+    Variant("classifier-demo-caug-c4-compact",
+            "classifier C on flipped and shifted volumes, 4 updates per iteration, λ 0.3, the demo's setting, compact",
+            None, {"class_conditioning": "classifier", "d_windows": "lung,bone"},
+            hparams={"class_loss": "per-head", "class_weight": 0.3, "c_augment": True, "c_steps": 4,
+                     "r1_gamma": 1.0, "diversity_weight": 0.3, "lr_g": 2e-4},
+            preset="compact",
+            note="the same with all of the demo's settings: also the mode-seeking term (λ 0.3) and G's learning "
+                 "rate 2e-4"),
     Variant("n512-compact", "medgen's method, compact, 8x phantoms", None, preset="compact", more_phantoms=8,
             note="the same trained on 8 times as many phantoms (512 instead of 64 at the demo scale), so D cannot "
                  "learn each training volume's class by heart"),
