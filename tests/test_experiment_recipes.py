@@ -75,6 +75,8 @@ def test_recipes_smoke_run(tmp_path, capsys):
                                             "classifier C on flipped and shifted volumes, 4 updates per iteration, "
                                             "λ 0.3, lung window, compact",
                                             "classifier C on flipped and shifted volumes, 4 updates per iteration, "
+                                            "λ 0.2, lung window, compact",
+                                            "classifier C on flipped and shifted volumes, 4 updates per iteration, "
                                             "λ 0.3, lung and bone windows, R1, compact",
                                             "classifier C on flipped and shifted volumes, 4 updates per iteration, "
                                             "λ 0.3, the demo's setting, compact",
@@ -96,6 +98,7 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert float(cond[-1]["spearman"]) > 0.7  # the phantoms' classes are emphysema stages
     reference = cond[-2]  # real phantoms drawn like the generated volumes: 2 per class of the training set's 3
     assert 0 <= float(reference["classes_in_real_iqr"]) <= 3 and -1 <= float(reference["spearman"]) <= 1
+    assert 0 < float(reference["within_class_ms_ssim"]) < 1
     assert (out / "recipes.png").is_file() and (out / "recipes-conditional.md").is_file()
     assert RunConfig.load(tmp_path / "w" / "runs" / "recipes-histogram-compact-32-seed0").model["histogram_bins"] == 64
     # the lung window (-1024...-500 HU) in the phantoms' [-1024, 600] HU window's units
@@ -114,6 +117,9 @@ def test_recipes_smoke_run(tmp_path, capsys):
     assert caug.hparams["c_augment"] is True and len(caug.train_ids) == len(compact.train_ids)
     c4 = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-caug-c4-compact-32-seed0")
     assert c4.hparams["c_steps"] == 4 and c4.hparams["c_augment"] is True
+    c4_lambda = RunConfig.load(tmp_path / "w" / "runs"
+                               / "recipes-cond-classifier-lungwindow-caug-c4-lambda0.2-compact-32-seed0")
+    assert c4_lambda.hparams["class_weight"] == 0.2 and c4_lambda.hparams["c_steps"] == 4
     c4_windows = RunConfig.load(tmp_path / "w" / "runs"
                                 / "recipes-cond-classifier-lungbonewindow-r1-caug-c4-compact-32-seed0")
     assert c4_windows.model["d_windows"] == lung_bone and c4_windows.hparams["r1_gamma"] == 1.0
@@ -211,3 +217,24 @@ def test_class_mean_reference_counts_the_draws_whose_class_means_fall_in_the_ran
     assert (ref["classes_in_real_iqr"], ref["all_inside"]) == (2.0, 1.0)
     with pytest.raises(ValueError, match="3 volumes of class 1, fewer than 4"):
         class_mean_reference(emph, labels, {0: {"q1": 0, "q3": 2}, 1: {"q1": 6, "q3": 9}}, 4)
+
+
+def test_within_class_ms_ssim_reference_averages_each_class_over_its_draws():
+    from medgen.experiments.recipes import within_class_ms_ssim_reference
+    from medgen.metrics.diversity import ms_ssim_diversity
+    from medgen.metrics.volumes import array_volume_set
+
+    rng = np.random.default_rng(0)
+    same = np.tanh(rng.normal(size=(32, 32, 32))).astype(np.float32)
+    distinct = [np.tanh(rng.normal(size=(32, 32, 32))).astype(np.float32) for _ in range(3)]
+    # class 0: six copies of one volume (every pair identical: 1); class 1: three distinct volumes, so every
+    # draw of 3 is all of them
+    volumes = array_volume_set([same] * 6 + distinct)
+    labels = np.array([0] * 6 + [1] * 3)
+    expected_1 = ms_ssim_diversity(distinct)["mean"]
+    assert expected_1 < 0.5
+    got = within_class_ms_ssim_reference(volumes, labels, [0, 1], 3, draws=4)
+    assert got == pytest.approx((1.0 + expected_1) / 2, abs=1e-5)
+    assert within_class_ms_ssim_reference(volumes, labels, [0], 2, draws=2) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="3 volumes of class 1, fewer than 4"):
+        within_class_ms_ssim_reference(volumes, labels, [0, 1], 4)

@@ -150,6 +150,13 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             preset="compact",
             note="the same, C updated 4 times per iteration (new slab positions, flips and shifts each time), "
                  "as C alone needs about 12000 updates to learn the class from the augmented volumes"),
+    Variant("classifier-lungwindow-caug-c4-lambda0.2-compact",
+            "classifier C on flipped and shifted volumes, 4 updates per iteration, λ 0.2, lung window, compact",
+            None, {"class_conditioning": "classifier", "d_windows": "lung"},
+            hparams={"class_loss": "per-head", "class_weight": 0.2, "c_augment": True, "c_steps": 4},
+            preset="compact",
+            note="the same with G's class loss weighted 0.2 instead of 0.3, as at 0.3 the extreme classes come out "
+                 "more extreme than the real ones"),
     Variant("classifier-lungbonewindow-r1-caug-c4-compact",
             "classifier C on flipped and shifted volumes, 4 updates per iteration, λ 0.3, lung and bone windows, R1, "
             "compact",
@@ -455,25 +462,49 @@ def _reference_row(ws: Workspace, size: int, real_stats: dict[int, dict], per_cl
     if not ws.uses_phantoms:
         return [], []
     pool_dir = ws.larger_training_set(size, REFERENCE_POOL_FACTOR * ws.scale.n_train)
-    _, pool_labels, _, pool_emph, _ = real_class_emphysema(pool_dir, ws.progress)
+    pool_vs, pool_labels, _, pool_emph, _ = real_class_emphysema(pool_dir, ws.progress)
     try:
         ref = class_mean_reference(pool_emph, pool_labels, real_stats, per_class, seed=ws.seed)
     except ValueError as exc:
         return [], [f"No real reference row: {exc} ({pool_dir.name})."]
+    within = within_class_ms_ssim_reference(pool_vs, pool_labels, sorted(real_stats), per_class, seed=ws.seed)
     row = {"variant": "real, other phantoms (reference)", "seed": None,
            "spearman": ref["spearman"], **{f"class{c}_emphysema": m for c, m in ref["class_means"].items()},
-           "classes_in_real_iqr": ref["classes_in_real_iqr"]}
+           "classes_in_real_iqr": ref["classes_in_real_iqr"], "within_class_ms_ssim": within}
     note = (f"real, other phantoms (reference): what a generator of exactly the phantom "
             f"distribution would score. {per_class} volumes per class drawn {ref['repeats']} times from "
             f"{len(pool_labels)} phantoms made with another seed than the training set ({pool_dir.name}); spearman: "
             "the median over draws; class means: of the whole pool; classes_in_real_iqr: the mean over draws (every "
-            f"class inside in {100 * ref['all_inside']:.0f} % of the draws). The interquartile ranges are those of "
-            "the training set's few volumes per class, so even real data misses some of them.")
+            f"class inside in {100 * ref['all_inside']:.0f} % of the draws); within_class_ms_ssim: the mean over "
+            f"{REFERENCE_MS_SSIM_DRAWS} draws per class, the within-class diversity of real data. The interquartile "
+            "ranges are those of the training set's few volumes per class, so even real data misses some of them.")
     return [row], [note]
 
 
 REFERENCE_POOL_FACTOR = 8  # the conditional reference draws from this many times the scale's phantoms
 REFERENCE_DRAWS = 1000
+REFERENCE_MS_SSIM_DRAWS = 10  # draws per class for the real within-class MS-SSIM (28 pairs each at 8 per class)
+
+
+def within_class_ms_ssim_reference(volumes, labels: np.ndarray, classes, per_class: int, *,
+                                   draws: int = REFERENCE_MS_SSIM_DRAWS, seed: int = 0) -> float:
+    """MS-SSIM among ``per_class`` real volumes of one class (``volumes``, a VolumeSet, with class
+    ``labels`` per volume), drawn without replacement ``draws`` times per class, averaged over draws and
+    classes: the within-class diversity of the real data, as the generated rows' ``within_class_ms_ssim``
+    measures it (the pairs of each draw scored with ``seed``). ValueError when a class has fewer than
+    ``per_class`` volumes."""
+    from medgen.metrics.diversity import ms_ssim_diversity
+
+    rng = np.random.default_rng(seed)
+    per_class_means = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        if members.size < per_class:
+            raise ValueError(f"the pool has {members.size} volumes of class {c}, fewer than {per_class}")
+        scores = [ms_ssim_diversity(volumes.subset(rng.choice(members, per_class, replace=False).tolist()),
+                                    seed=seed)["mean"] for _ in range(draws)]
+        per_class_means.append(float(np.mean(scores)))
+    return float(np.mean(per_class_means))
 
 
 def class_mean_reference(emphysema: np.ndarray, labels: np.ndarray, real_stats: dict[int, dict], per_class: int,
