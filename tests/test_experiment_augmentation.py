@@ -222,3 +222,17 @@ def test_one_class_and_missing_column_are_usage_errors(smoke, tmp_path, capsys):
     assert main(common + ["--label-column", "stage"]) == 2
     assert "no such column" in capsys.readouterr().err
     assert not (tmp_path / "work" / "runs").exists()  # nothing trained
+
+
+def test_the_classifier_conditionings_are_the_recipes_measured_side_by_side():
+    """`--conditioning classifier` and `classifier-diverse` train exactly the recipes table's rows that chose them."""
+    from medgen.experiments.augmentation import CONDITIONINGS
+    from medgen.experiments.recipes import CONDITIONAL_VARIANTS
+
+    by_key = {v.key: v for v in CONDITIONAL_VARIANTS}
+    for name, key in (("classifier", "classifier-lungwindow-caug-c4-compact"),
+                      ("classifier-diverse", "classifier-lungwindow-caug-c4-ms-compact")):
+        model, hparams, _ = CONDITIONINGS[name]
+        assert (model, hparams) == (by_key[key].model, by_key[key].hparams)
+    assert CONDITIONINGS["classifier-diverse"][1]["diversity_weight"] == 0.3
+    assert "diversity_weight" not in CONDITIONINGS["classifier"][1]

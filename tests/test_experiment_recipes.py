@@ -77,6 +77,8 @@ def test_recipes_smoke_run(tmp_path, capsys):
                                             "classifier C on flipped and shifted volumes, 4 updates per iteration, "
                                             "λ 0.2, lung window, compact",
                                             "classifier C on flipped and shifted volumes, 4 updates per iteration, "
+                                            "λ 0.3, lung window, mode-seeking term, compact",
+                                            "classifier C on flipped and shifted volumes, 4 updates per iteration, "
                                             "λ 0.3, lung and bone windows, R1, compact",
                                             "classifier C on flipped and shifted volumes, 4 updates per iteration, "
                                             "λ 0.3, the demo's setting, compact",
@@ -120,6 +122,9 @@ def test_recipes_smoke_run(tmp_path, capsys):
     c4_lambda = RunConfig.load(tmp_path / "w" / "runs"
                                / "recipes-cond-classifier-lungwindow-caug-c4-lambda0.2-compact-32-seed0")
     assert c4_lambda.hparams["class_weight"] == 0.2 and c4_lambda.hparams["c_steps"] == 4
+    c4_ms = RunConfig.load(tmp_path / "w" / "runs" / "recipes-cond-classifier-lungwindow-caug-c4-ms-compact-32-seed0")
+    assert (c4_ms.hparams["diversity_weight"], c4_ms.hparams["class_weight"]) == (0.3, 0.3)
+    assert c4_ms.model["d_windows"] == windows and c4_ms.hparams["r1_gamma"] == 0.0
     c4_windows = RunConfig.load(tmp_path / "w" / "runs"
                                 / "recipes-cond-classifier-lungbonewindow-r1-caug-c4-compact-32-seed0")
     assert c4_windows.model["d_windows"] == lung_bone and c4_windows.hparams["r1_gamma"] == 1.0

@@ -12,7 +12,9 @@ given disease stage help a classifier of that stage?
    real-only classifier lacks. ``--conditioning`` chooses how it obeys the class:
    ``classifier`` (default: a separate classifier C, learning from the real
    volumes flipped and shifted in-plane with 4 updates per iteration, guides G;
-   D also sees the lung window) or ``discriminator`` (D's class heads, AC-GAN as in the paper).
+   D also sees the lung window), ``classifier-diverse`` (the same with the mode-seeking
+   term against collapse inside a class) or ``discriminator`` (D's class heads, AC-GAN as
+   in the paper).
 3. It generates ``--synthetic-per-class`` volumes for every class (default: as
    many as the largest real class, so the synthetic set is balanced and about the
    size of the real one).
@@ -57,6 +59,11 @@ CONDITIONINGS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
                    "D unconditional; a separate classifier C learns the class from the real volumes, flipped and "
                    "shifted in-plane, 4 updates per iteration, and G's loss adds 0.3 x its cross-entropy per head; "
                    "D and C also see the lung window"),
+    "classifier-diverse": ({"class_conditioning": "classifier", "d_windows": "lung"},
+                           {"class_loss": "per-head", "class_weight": 0.3, "c_augment": True, "c_steps": 4,
+                            "diversity_weight": 0.3},
+                           "as 'classifier', and G's loss also adds the mode-seeking term of MSGAN (weight 0.3), "
+                           "against collapse inside a class"),
 }
 
 CLASSIFIER_BATCH = 8  # volumes per classifier step (train_classifier's default)
@@ -78,8 +85,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conditioning", choices=sorted(CONDITIONINGS), default="classifier",
                    help="how the generator obeys the class: 'classifier' (default; a separate classifier C on flipped "
                         "and shifted volumes, 4 updates per iteration, and the lung window, the best of medgen experiment recipes --conditional "
-                        "on 64 phantoms) or 'discriminator' "
-                        "(D's class heads, the paper's AC-GAN)")
+                        "on 64 phantoms), 'classifier-diverse' (the same with the mode-seeking term, more diverse "
+                        "inside a class) or 'discriminator' (D's class heads, the paper's AC-GAN)")
     p.add_argument("--no-jitter", action="store_true",
                    help="train both classifiers without the random shifts and intensity jitter (default: with)")
 

@@ -157,6 +157,15 @@ CONDITIONAL_VARIANTS: tuple[Variant, ...] = (
             preset="compact",
             note="the same with G's class loss weighted 0.2 instead of 0.3, as at 0.3 the extreme classes come out "
                  "more extreme than the real ones"),
+    Variant("classifier-lungwindow-caug-c4-ms-compact",
+            "classifier C on flipped and shifted volumes, 4 updates per iteration, λ 0.3, lung window, "
+            "mode-seeking term, compact",
+            None, {"class_conditioning": "classifier", "d_windows": "lung"},
+            hparams={"class_loss": "per-head", "class_weight": 0.3, "c_augment": True, "c_steps": 4,
+                     "diversity_weight": 0.3},
+            preset="compact",
+            note="the same (λ 0.3) with the mode-seeking term of MSGAN (weight 0.3, as in the demo) against "
+                 "collapse inside a class"),
     Variant("classifier-lungbonewindow-r1-caug-c4-compact",
             "classifier C on flipped and shifted volumes, 4 updates per iteration, λ 0.3, lung and bone windows, R1, "
             "compact",
