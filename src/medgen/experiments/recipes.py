@@ -33,11 +33,15 @@ mean logits, λ 0.1), medgen's method, with a class loss per head, that with
 (tiny preset), and medgen's method in the compact preset, on the scale's
 phantoms and on 8 times as many, and on those with the class learnt by a
 separate classifier C instead of D's class heads (``--class-conditioning
-classifier``, λ 0.3, one class loss per head), also with D and C seeing the lung window;
-per requested class, the generated volumes' emphysema % (Spearman correlation with the class, class means against the real classes'
+classifier``, λ 0.3, one class loss per head), also with D and C seeing the lung window,
+with C learning from flipped and shifted volumes (once or 4 times per iteration), and that
+last recipe at λ 0.2, with the mode-seeking term, with the demo's D (lung and bone windows,
+R1) and with all of the demo's settings; per requested class, the generated volumes'
+emphysema % (Spearman correlation with the class, class means against the real classes'
 interquartile ranges) and the MS-SSIM within each class; and, as the floor of those
 numbers, the same measured on real phantoms drawn like the generated volumes (as many
-per class, from 8 times the scale's phantoms made with another seed).
+per class, from 8 times the scale's phantoms made with another seed), their within-class
+MS-SSIM included.
 
 Writes ``recipes.csv``/``recipes.md`` (a row per run and a mean row per
 variant), ``recipes-conditional.csv`` with ``--conditional``, ``recipes.png``
