@@ -243,3 +243,19 @@ def test_within_class_ms_ssim_reference_averages_each_class_over_its_draws():
     assert within_class_ms_ssim_reference(volumes, labels, [0], 2, draws=2) == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="3 volumes of class 1, fewer than 4"):
         within_class_ms_ssim_reference(volumes, labels, [0, 1], 4)
+
+
+def test_a_refused_run_leaves_no_empty_output_folder_behind(tmp_path, capsys):
+    def refused(out):
+        return main(["experiment", "recipes", "--scale", "smoke", "--work", str(tmp_path / "w"), "--out", str(out),
+                     "--only", "nope", "--no-progress"])
+
+    assert refused(tmp_path / "new" / "out") == 2
+    assert "--only nope: no such variant nope" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # neither the folder nor the parent the run made for it
+    kept = tmp_path / "kept"  # a folder that was there before stays, with what it held, and so does an empty one
+    kept.mkdir()
+    (kept / "recipes.csv").write_text("variant\n")
+    (tmp_path / "empty").mkdir()
+    assert refused(kept) == 2 and refused(tmp_path / "empty") == 2
+    assert (kept / "recipes.csv").read_text() == "variant\n" and (tmp_path / "empty").is_dir()

@@ -96,6 +96,29 @@ def canonical_command(args: argparse.Namespace, parser_defaults: dict | None = N
     return shlex.join(argv)
 
 
+def _first_missing(path):
+    """The outermost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _remove_if_empty(path, created) -> None:
+    """Remove ``path`` and its parents up to ``created`` (the outermost folder this run made) while they are empty."""
+    if created is None:
+        return
+    for p in (path, *path.parents):
+        try:
+            p.rmdir()  # only succeeds on an empty folder
+        except OSError:
+            return
+        if p == created:
+            return
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -116,9 +139,14 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out or f"experiments-out/{args.experiment}")
     args.out = str(out_dir)
     defaults = getattr(module, "DEFAULTS", {})
+    created = _first_missing(out_dir)
     out = ExperimentOutput(out_dir, args.experiment, canonical_command(args, defaults), scale)
     print(f"medgen experiment {args.experiment} ({scale.name} scale): {out.command}", flush=True)
-    results = module.run(ws, out, args)
+    try:
+        results = module.run(ws, out, args)
+    except BaseException:
+        _remove_if_empty(out_dir, created)  # a run refused or failed before writing leaves no empty folder behind
+        raise
     from medgen.core.device import resolve_device
 
     out.finish(results, device=str(resolve_device(args.device)))
