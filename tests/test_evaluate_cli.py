@@ -163,7 +163,8 @@ def test_evaluate_folder_against_itself_hits_the_cache(folders, tmp_path, capsys
     assert all(v == pytest.approx(0.0, abs=1e-12) for v in m["anatomy"]["value"].values())
     # The pairs of anatomy statistics correlate alike in a set and in itself, and the table says so.
     corr = m["anatomy"]["correlations"]
-    assert set(corr) == {"body_volume_ml~lung_volume_ml", "body_volume_ml~bone_volume_ml", "lung_fraction~emphysema_pct"}
+    assert set(corr) == {"body_volume_ml~lung_volume_ml", "body_volume_ml~bone_volume_ml", "lung_fraction~emphysema_pct",
+                         "lung_volume_ml~fat_fraction"}
     pair = corr["body_volume_ml~lung_volume_ml"]
     assert pair["real"] == pair["fake"] and -1 <= pair["real"] <= 1 and pair["n_real"] == pair["n_fake"] > 2
     assert f"anatomy correlation body_volume_ml ~ lung_volume_ml: real {pair['real']:.2f}, generated " \
