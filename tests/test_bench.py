@@ -53,6 +53,11 @@ def test_train_benchmark_of_the_papers_recipe(capsys):
     r = json.loads(capsys.readouterr().out)
     assert (r["recipe"], r["slab_context"], r["minibatch_std"]) == ("paper", "zero-padded", 0)
     assert r["params"] == count_parameters(get_preset("tiny", 32, **PAPER_MODEL))  # no minibatch-std channel
+    # the CT recipe: D's two window channels, and its training settings in the measured loop
+    assert main(["bench", "train", "--preset", "tiny", "--size", "32", "--warmup", "0", "--repeats", "1", "--json",
+                 "--recipe", "ct"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["recipe"] == "ct" and r["params"]["all"] > count_parameters(get_preset("tiny", 32))["all"]
     assert main(["bench", "generate", "--preset", "tiny", "--size", "32", "--recipe", "paper"]) == 2
     assert main(["bench", "train", "--family", "ddpm", "--preset", "tiny", "--size", "32", "--recipe", "paper"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -4,6 +4,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 
 from medgen.cli import main
 from medgen.data.io import read_volume
@@ -20,10 +21,11 @@ def test_demo_runs_every_stage_and_reruns(tmp_path, capsys):
         assert f"medgen {stage}" in printed  # each stage is shown as the command to repeat it
     assert "--hparam encoder_every=4" in printed  # the fixed time goes to GAN iterations
     assert RunConfig.load(out / "run").hparams["encoder_every"] == 4
-    assert RunConfig.load(out / "run").hparams["lr_g"] == 2e-4 and "--lr-g 0.0002" in printed
-    assert RunConfig.load(out / "run").hparams["diversity_weight"] == 0.3 and "--hparam diversity_weight=0.3" in printed
-    assert RunConfig.load(out / "run").hparams["r1_gamma"] == 1.0 and "--hparam r1_gamma=1" in printed
-    assert "--d-windows lung,bone" in printed  # D sees two HU windows: two extra input channels of D^H and D^L
+    # HA-GAN's CT recipe, in one flag: G's rate, the mode-seeking term, R1 and D's two HU windows (two extra
+    # input channels of D^H and D^L)
+    assert "--recipe ct" in printed
+    hp = RunConfig.load(out / "run").hparams
+    assert (hp["lr_g"], hp["diversity_weight"], hp["r1_gamma"]) == (2e-4, 0.3, 1.0)
     assert len(RunConfig.load(out / "run").model["d_windows"]) == 2
 
     # generated volumes: NIfTI in HU with the training data's spacing
@@ -79,19 +81,17 @@ def test_demo_recipe_reaches_the_training_stage(tmp_path):
 
     parser = argparse.ArgumentParser()
     demo.add_parser(parser.add_subparsers(dest="command"))
-    for extra, recipe in (([], None), (["--recipe", "paper"], "paper")):
+    for extra, recipe in (([], "ct"), (["--recipe", "paper"], "paper")):
         args = parser.parse_args(["demo", "--out", str(tmp_path / "d"), *ARGS, *extra])
         train = next(s for s in demo.stages(args) if s.name == "train")
-        assert ("--recipe" in train.argv) == (recipe is not None)
+        assert train.argv[train.argv.index("--recipe") + 1] == recipe
         assert train.argv[train.argv.index("--hparam") + 1] == f"encoder_every={demo.DEMO_ENCODER_EVERY}"
-        if recipe:
-            assert train.argv[train.argv.index("--recipe") + 1] == "paper"
-        # G's learning rate: the demo's, except that the paper's recipe keeps the paper's
-        lr_g = float(train.argv[train.argv.index("--lr-g") + 1]) if "--lr-g" in train.argv else None
-        assert lr_g == (None if recipe else demo.DEMO_LR_G)
-        assert (f"diversity_weight={demo.DEMO_DIVERSITY_WEIGHT}" in train.argv) == (recipe is None)
-        assert (f"r1_gamma={demo.DEMO_R1_GAMMA:g}" in train.argv) == (recipe is None)
-        assert ("--d-windows" in train.argv) == (recipe is None)
+        # the recipe alone says how HA-GAN trains: no flag repeats or overrides it
+        for flag in ("--lr-g", "--d-windows", "--slab-context", "--minibatch-std"):
+            assert flag not in train.argv
+        assert [a for a in train.argv if "=" in a] == [f"encoder_every={demo.DEMO_ENCODER_EVERY}"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--recipe", "fast"])
 
 
 def test_demo_trains_a_fixed_number_of_iterations_unless_given_a_time_limit(tmp_path, capsys):

@@ -422,8 +422,19 @@ def test_model_info_json(capsys):
     assert _model_info(["--preset", "paper", "--size", "256", "--json"]) == 0
     default = json.loads(capsys.readouterr().out)
     assert default["totals"]["all"] - info["totals"]["all"] == 4 * 4 * 128 + 4**3  # the minibatch-std channels
-    with pytest.raises(UsageError, match="recipes: paper"):
+    with pytest.raises(UsageError, match="recipes: paper, ct"):
         _model_info(["--recipe", "fast"])
+    # the CT recipe: D^H and D^L take two more input channels, the lung and bone windows
+    assert _model_info(["--preset", "tiny", "--size", "32", "--json", "--recipe", "ct"]) == 0
+    ct = json.loads(capsys.readouterr().out)
+    windows = ((-1.0, -0.354680), (0.630542, 1.0))
+    assert ct["totals"]["all"] == count_parameters(_get_preset("tiny", 32, d_windows=windows))["all"]
+    assert ct["totals"]["all"] > count_parameters(_get_preset("tiny", 32))["all"]
+    assert _model_info(["--preset", "tiny", "--size", "32", "--recipe", "ct"]) == 0  # the table says the same
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("D's input windows [-1, -0.35468], [0.630542, 1]")
+    assert lines[-1].startswith("hyper-parameters (recipe ct;") and "lr_g=0.0002" in lines[-1]
+    assert "r1_gamma=1.0" in lines[-1] and "diversity_weight=0.3" in lines[-1]
     assert set(info["blocks"]) == {"G^A", "G^L", "G^H", "D^H", "D^L", "E^H", "E^G"}
     assert sum(b["params"] for b in info["blocks"].values()) == info["totals"]["all"]
     assert info["blocks"]["G^A"]["output_shape"] == [64, 64, 64, 64]

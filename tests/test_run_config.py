@@ -226,7 +226,7 @@ def test_paper_recipe_is_the_previous_method(data, tmp_path):
     by_cli = build_config(_parse_train(argv))
     assert by_cli.model["minibatch_std"] == 2 and by_cli.hparams["class_loss"] == "per-head"
     assert by_cli.model["slab_context"] == "zero-padded"
-    with pytest.raises(UsageError, match="--recipe fast: family 'hagan' has recipes: paper"):
+    with pytest.raises(UsageError, match="--recipe fast: family 'hagan' has recipes: paper, ct$"):
         new_run_config(data, tmp_path / "run", recipe="fast")
     with pytest.raises(UsageError, match="recipes: none"):
         new_run_config(data, tmp_path / "run", family="ddpm", preset="tiny", recipe="paper")
@@ -296,3 +296,43 @@ def test_d_windows_none_and_recipes(data, tmp_path):
         "d_windows"] == []
     with pytest.raises(UsageError, match="differ from the saved run: model.d_windows$"):
         new_run_config(data, tmp_path / "old", resume=True, model_options={"d_windows": "lung"})
+
+
+def test_ct_recipe_is_the_demos_settings_in_one_flag(data, tmp_path, capsys):
+    import json
+    import shutil
+
+    from medgen.cli import main
+    from medgen.commands.train import build_config
+
+    lung = [-1.0, round(2 * 524 / 1624 - 1, 6)]  # the toy set's window is [-1024, 600] HU
+    bone = [round(2 * 1324 / 1624 - 1, 6), 1.0]
+    ct = new_run_config(data, tmp_path / "ct", preset="tiny", recipe="ct")
+    default = new_run_config(data, tmp_path / "d", preset="tiny")
+    # the recipe is exactly these four settings over medgen's defaults
+    differs = {f"model.{k}" for k in ct.model if ct.model[k] != default.model[k]} | {
+        k for k in ct.hparams if ct.hparams[k] != default.hparams[k]}
+    assert differs == {"model.d_windows", "lr_g", "diversity_weight", "r1_gamma"}
+    assert ct.model["d_windows"] == [lung, bone]
+    assert (ct.hparams["lr_g"], ct.hparams["diversity_weight"], ct.hparams["r1_gamma"]) == (2e-4, 0.3, 1.0)
+    # the same as giving the four flags, and the flags given explicitly win
+    by_flags = build_config(_parse_train(["train", str(data), "--out", str(tmp_path / "f"), "--preset", "tiny",
+                                          "--d-windows", "lung,bone", "--lr-g", "2e-4", "--hparam", "r1_gamma=1",
+                                          "--hparam", "diversity_weight=0.3"]))
+    assert (by_flags.model, by_flags.hparams) == (ct.model, ct.hparams)
+    mixed = build_config(_parse_train(["train", str(data), "--out", str(tmp_path / "m"), "--preset", "tiny",
+                                       "--recipe", "ct", "--d-windows", "none", "--hparam", "r1_gamma=0"]))
+    assert mixed.model["d_windows"] == [] and mixed.hparams["r1_gamma"] == 0 and mixed.hparams["lr_g"] == 2e-4
+    # a run trained with the four flags resumes under the recipe as no change
+    by_flags.save(tmp_path / "f")
+    assert new_run_config(data, tmp_path / "f", resume=True, recipe="ct").model == by_flags.model
+    # the windows are CT's: on another modality one line names the recipe and the problem
+    mri = tmp_path / "mri"
+    shutil.copytree(data, mri)
+    info = json.loads((mri / "preprocess.json").read_text())
+    (mri / "preprocess.json").write_text(json.dumps({**info, "modality": "mri"}))
+    assert main(["train", str(mri), "--out", str(tmp_path / "r"), "--recipe", "ct"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--recipe ct: --d-windows lung,bone: HU windows need a CT data set" in err[0]
+    assert main(["train", str(mri), "--out", str(tmp_path / "r"), "--recipe", "ct", "--d-windows", "none",
+                 "--preset", "tiny", "--iters", "1", "--no-progress"]) == 0  # without them it trains

@@ -7,9 +7,9 @@ be repeated by hand on one's own data:
 1. ``phantoms``   a training set and a held-out set of thorax-CT phantoms (NIfTI, HU)
 2. ``preprocess`` both sets → training-ready folders (HU window → [-1, 1])
 3. ``train``      HA-GAN, ``tiny`` preset, ``--iters`` iterations (default 4000; ``--minutes``
-                  caps the time; the encoder updated every 4th iteration, ``--hparam encoder_every=4``;
-                  G's learning rate twice the paper's, ``--lr-g 2e-4``, the mode-seeking term,
-                  D's lung and bone windows and an R1 penalty, except with ``--recipe paper``)
+                  caps the time; the encoder updated every 4th iteration, ``--hparam encoder_every=4``),
+                  with medgen's settings for CT, ``--recipe ct`` (G's learning rate twice the paper's,
+                  the mode-seeking term, D's lung and bone windows and an R1 penalty), or ``--recipe paper``
 4. ``generate``   full-resolution samples (NIfTI in HU + mosaics)
 5. ``encode``     held-out volumes → latent vectors and reconstructions
 6. ``evaluate``   samples vs held-out volumes: random-feature FID/KID/MMD/PRDC
@@ -63,8 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=64, help="volume edge length in voxels (default: 64)")
     p.add_argument("--batch", type=int, default=DEMO_BATCH, help=f"training batch size (default: {DEMO_BATCH})")
     p.add_argument("--preset", default="tiny", help="HA-GAN preset (default: tiny)")
-    p.add_argument("--recipe", default=None, metavar="NAME",
-                   help="train with the paper's method (paper) instead of medgen's defaults, to see the difference")
+    p.add_argument("--recipe", choices=("ct", "paper"), default=DEMO_RECIPE,
+                   help="HA-GAN's settings: ct = medgen's for CT (default); paper = the paper's method, to see "
+                        "the difference")
     p.add_argument("--latent-codes", type=int, default=256,
                    help="generated volumes from which the latent directions are fitted (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -81,41 +82,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 # DEMO_ENCODER_EVERY-th iteration only, which leaves more of the time to the GAN.
 DEMO_ITERS = 4000
 DEMO_ENCODER_EVERY = 4
-# G learns at twice the paper's rate (D's stays 4e-4). At 4000 iterations, 256 phantoms, 64 samples
-# against 128 other phantoms, seeds 0-2, this raised recall in every seed (0.88 / 0.91 / 0.86 against
-# 0.63 / 0.73 / 0.74) and lowered FID (14 / 1.3 / 37 against 21 / 4.5 / 59); coverage rose in two
-# (0.77 / 0.91 / 0.51 against 0.62 / 0.77 / 0.50); the lung-fraction W1 did not improve (0.017-0.019
-# against 0.014-0.042). The demo itself, 64 samples against 128: recall / coverage 0.68 / 0.67, FID 12,
-# lung height 283 mm against 287 real (README, "Where medgen's defaults differ from the paper's method").
-# It is the demo's setting, not yet the family's default: every committed result was made at the paper's
-# rate.
-DEMO_LR_G = 2e-4
-# G also pays the mode-seeking term of MSGAN (Mao et al. 2019) with weight 0.3: 1 / (how far apart the
-# low-resolution volumes of two codes lie, per unit distance between the codes). At 4000 iterations, 128
-# samples against 128 other phantoms, seeds 0-2, recall rose in every seed (0.78 / 0.83 / 0.78 against
-# 0.59 / 0.74 / 0.50) with coverage 0.72 / 0.84 / 0.91 (0.87 / 0.95 / 0.62), the lung fraction's spread
-# grew by half (SD 0.009-0.011 against 0.005-0.007; real 0.026) and the lung-fraction and emphysema W1
-# fell in every seed; FID rose (25 / 5.8 / 32 against 13 / 1.1 / 27). Weight 0.1 collapsed in one seed of
-# three, 1.0 drew too little bone (README, "Where medgen's defaults differ from the paper's method"). The
-# demo itself on a fresh clone: recall / coverage 0.55 / 0.66 (0.44 / 0.73 without), MS-SSIM 0.58 against
-# the real pairs' 0.59 (0.69 without). As with the learning rate, it is the demo's setting, not yet the
-# family's default.
-DEMO_DIVERSITY_WEIGHT = 0.3
-# D^H and D^L also see the volumes through CT's lung and bone windows, and D pays an R1 penalty with γ 1
-# (lazy, every 16 iterations): the windows let D tell the generated lungs' dark voxels and the bones' extent
-# from the real ones, R1 keeps D from winning the first few hundred iterations through them (alone, the lung
-# window drew bodies without lungs at 64³). With the mode-seeking term, at 4000 iterations, 128 samples
-# against 128 other phantoms, seeds 0-3, the generated emphysema came to 9.6-12.4 % (real 14.7; 19-27 %
-# without) with its W1 under a third of the paper's method's in every seed (6.2-6.8 against 5.3-12.5) and
-# the bone-fraction W1 in three (0.0018-0.0028, one 0.0096; without, one of four); recall / coverage
-# 0.69 / 0.80, 0.66 / 0.76, 0.65 / 0.62, 0.66 / 0.71 (without 0.72-0.83 / 0.72-0.91), the lung-fraction W1
-# unchanged (0.012-0.016). The lung window with R1 but without the bone window cost more diversity (recall
-# 0.10-0.54) and drew too little bone (README, "Where medgen's defaults differ from the paper's method").
-# The demo itself on a fresh clone: recall / coverage 0.875 / 0.84 (0.55 / 0.66 without), emphysema W1 7.4
-# (9.9), FID 16.9 (24.0); lung-fraction W1 0.016 (0.013) and bone-fraction W1 0.0044 (0.0037) still off.
-# Like the learning rate, they are the demo's settings, not yet the family's defaults.
-DEMO_D_WINDOWS = "lung,bone"
-DEMO_R1_GAMMA = 1.0
+# It trains with HA-GAN's ``ct`` recipe: G's learning rate twice the paper's, the mode-seeking term, D's lung
+# and bone windows and an R1 penalty, each measured on these phantoms (medgen.families.hagan.train.CT_HPARAMS
+# and README, "Where medgen's defaults differ from the paper's method").
+DEMO_RECIPE = "ct"
 DEMO_BATCH = 4
 # It evaluates as many generated volumes as there are held-out phantoms, DEMO_HELDOUT. At 16 against 16 two
 # sets of *real* phantoms differ in lung fraction, emphysema % and bone fraction (Wasserstein-1) by as much
@@ -153,16 +123,12 @@ def stages(args: argparse.Namespace) -> list[Stage]:
     raw, data, run = out / "phantoms", out / "data", out / "run"
     size, seed = str(args.size), args.seed
     n_samples = n_samples_of(args)
-    medgen_method = args.recipe != "paper"  # the demo's settings below, except with the paper's recipe
     train = dict(preset=args.preset, recipe=args.recipe, resume=(run / "config.yaml").exists(),
-                 model_options={"d_windows": DEMO_D_WINDOWS} if medgen_method else None,
                  options={"iters": args.iters, "max_minutes": args.minutes, "batch": args.batch, "seed": seed,
                           "device": args.device, "sample_every": 250, "ckpt_every": 500, "log_every": 25,
                           # the encoder steps on every 4th iteration only: ~1/3 more GAN iterations per minute
                           # (benchmarks/encoder_every.py); the GAN is the same per iteration
-                          "encoder_every": DEMO_ENCODER_EVERY,
-                          **({"lr_g": DEMO_LR_G, "diversity_weight": DEMO_DIVERSITY_WEIGHT,
-                              "r1_gamma": DEMO_R1_GAMMA} if medgen_method else {})})
+                          "encoder_every": DEMO_ENCODER_EVERY})
     phantoms = [
         ["phantoms", "--kind", "thorax-ct", "--n", str(args.n_train), "--size", size, "--seed", str(seed),
          "--out", str(raw / "train"), "--workers", "2"],

@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-lowres", action="store_true", help="ablation without the low-resolution branch (no G^L, D^L)")
     p.add_argument("--recipe", default=None, metavar="NAME",
                    help="the family's named settings (hagan: paper = the published networks exactly, without "
-                        "medgen's minibatch-std channel)")
+                        "medgen's minibatch-std channel; ct = D with CT's lung and bone windows as input channels)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -119,7 +119,11 @@ def run(args: argparse.Namespace) -> int:
     args.preset = args.preset or family.default_preset
     if args.recipe is not None and args.recipe not in family.recipes:
         raise UsageError(f"--recipe {args.recipe}: family {family.name!r} has recipes: {', '.join(family.recipes)}")
-    recipe = family.recipes[args.recipe]["model"] if args.recipe else {}
+    # a recipe's named CT windows in the units of medgen's default CT preprocessing (only their number
+    # changes the networks)
+    from medgen.families.hagan.config import DEFAULT_CT_INFO, options_from_data
+
+    recipe = options_from_data(DEFAULT_CT_INFO, dict(family.recipes[args.recipe]["model"])) if args.recipe else {}
     cfg = get_preset(
         args.preset,
         args.size,
@@ -148,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         f"({cfg.slab_len_lowres} of A), slab context {cfg.slab_context}, minibatch std {cfg.minibatch_std or 'none'}"
         + (f" ({cfg.minibatch_std_channels} channels)" if cfg.minibatch_std and cfg.minibatch_std_channels > 1 else "")
         + (f", class conditioning {cfg.class_conditioning}" if cfg.num_classes else "")
+        + (f", D's input windows {', '.join(f'[{lo:g}, {hi:g}]' for lo, hi in cfg.d_windows)}" if cfg.d_windows else "")
     )
     rows = [("block", "class", "params (M)", "input", "output")]
     for sym, b in info["blocks"].items():
@@ -163,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         + (f"C {t['C'] / 1e6:.2f}M  " if "C" in t else "") +
         f"all {t['all'] / 1e6:.2f}M ({t['all']:,} parameters)"
     )
-    hp = family.hparams_from_dict({}).to_dict()
-    print(f"hyper-parameters (defaults; medgen train --hparam NAME=VALUE): {', '.join(f'{k}={v}' for k, v in hp.items())}")
+    hp = family.hparams_from_dict(dict(family.recipes[args.recipe]["hparams"]) if args.recipe else {}).to_dict()
+    which = f"recipe {args.recipe}" if args.recipe else "defaults"
+    print(f"hyper-parameters ({which}; medgen train --hparam NAME=VALUE): {', '.join(f'{k}={v}' for k, v in hp.items())}")
     return 0

@@ -144,10 +144,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--split-fractions", type=_fractions, default=None, metavar="TRAIN,VAL,TEST",
                    help="shares of the train/val/test split; training uses the train share "
                         "(default 0.8,0.1,0.1; 1,0,0 trains on every volume of the folder)")
-    h = p.add_argument_group("HA-GAN method (defaults: medgen's; --recipe paper for the paper's exact method)")
+    h = p.add_argument_group("HA-GAN method (defaults: medgen's; --recipe paper for the paper's exact method, "
+                             "--recipe ct for medgen's CT settings)")
     h.add_argument("--recipe", default=None, metavar="NAME",
-                   help="a family's named settings; hagan: paper = zero-padded training slabs, no minibatch std "
-                        "(options given explicitly still win)")
+                   help="a family's named settings; hagan: paper = zero-padded training slabs, no minibatch std; "
+                        "ct = medgen's settings for CT, the demo's: --d-windows lung,bone --lr-g 2e-4 --hparam "
+                        "r1_gamma=1 --hparam diversity_weight=0.3 (options given explicitly still win)")
     h.add_argument("--slab-context", choices=("exact", "halo", "zero-padded"), default=None,
                    help="how G^H sees the training slab: exact = with its real neighbours and the whole volume's "
                         "GroupNorm statistics, so it equals the inference slab (default); halo = neighbours only; "

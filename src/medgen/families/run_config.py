@@ -84,7 +84,8 @@ def new_run_config(
     ``label_column`` reads the ``label`` column.
 
     ``recipe``: one of the family's named sets of settings (HA-GAN: ``paper``, the
-    paper's exact method where medgen's defaults differ), under the options given.
+    paper's exact method where medgen's defaults differ; ``ct``, medgen's settings for
+    CT, the demo's), under the options given.
 
     ``data`` None: the saved run's folder (``resume`` only).
     ``resume`` with a saved ``out/config.yaml``: the saved settings, overridden by
@@ -140,11 +141,14 @@ def new_run_config(
     if data_size and size != data_size:
         raise UsageError(f"--size {size}: the data set {data} holds {data_size}³ volumes (preprocess again to change it)")
     fam = registry.get(given.pop("family", DEFAULT_FAMILY))
+    model_given, hparams_given = _with_recipe(fam, recipe, model_given, hparams_given)
     if fam.options_from_data is not None:  # e.g. segmentation: the classes of a label volume
-        model_given = fam.options_from_data(info, model_given)
+        try:
+            model_given = fam.options_from_data(info, model_given)
+        except UsageError as exc:  # e.g. a recipe's CT windows on MRI: say which recipe asked for them
+            raise (UsageError(f"--recipe {recipe}: {exc}") if recipe is not None else exc) from None
     if not fam.classes_from_data:
         _classes_from_label_column(data, given, model_given)
-    model_given, hparams_given = _with_recipe(fam, recipe, model_given, hparams_given)
     preset_name = given.pop("preset", fam.default_preset)
     if preset_name not in fam.presets:
         raise UsageError(f"--preset {preset_name}: family {fam.name!r} has presets {', '.join(fam.presets)}")

@@ -132,19 +132,25 @@ def measure_train(
 
     ``slab_fraction``: depth share of the training slab, replacing the preset's
     (paper 1/8); 1.0 trains G^H, D^H and E^H on the whole volume, i.e. without
-    the amortisation (None: the preset's). ``recipe``: ``"paper"`` for the paper's
-    method (zero-padded slab, no minibatch std), None for medgen's defaults.
+    the amortisation (None: the preset's). ``recipe``: one of the family's recipes, ``"paper"`` for the
+    paper's method (zero-padded slab, no minibatch std), ``"ct"`` for medgen's CT settings (D's windows
+    in the units of medgen's default CT preprocessing; its R1 penalty runs every 16th iteration, so the
+    median of a few iterations leaves it out); None for medgen's defaults.
     """
     from medgen.core.errors import UsageError
     from medgen.families.bench import train_iteration_seconds
     from medgen.families.hagan import get_preset
-    from medgen.families.hagan.config import PAPER_MODEL
+    from medgen.families.hagan.config import DEFAULT_CT_INFO, options_from_data
+    from medgen.families.hagan.train import RECIPES
 
     check_request("train", preset, size, batch, warmup, repeats, device)
-    if recipe not in (None, "paper"):
-        raise UsageError(f"--recipe {recipe}: family 'hagan' has recipes: paper")
-    cfg = get_preset(preset, size, slab_fraction=slab_fraction, **(PAPER_MODEL if recipe == "paper" else {}))
-    times, peak, used = train_iteration_seconds("hagan", cfg.to_dict(), preset, batch, device, warmup, repeats, precision)
+    if recipe is not None and recipe not in RECIPES:
+        raise UsageError(f"--recipe {recipe}: family 'hagan' has recipes: {', '.join(RECIPES)}")
+    settings = RECIPES[recipe] if recipe is not None else {}
+    cfg = get_preset(preset, size, slab_fraction=slab_fraction,
+                     **options_from_data(DEFAULT_CT_INFO, dict(settings.get("model", {}))))
+    times, peak, used = train_iteration_seconds("hagan", cfg.to_dict(), preset, batch, device, warmup, repeats, precision,
+                                                hparams=dict(settings.get("hparams", {})))
     return _result("train", cfg, preset, device, times, warmup, batch=batch, precision=used, peak_memory_mb=peak,
                    slab_fraction=cfg.slab_fraction, recipe=recipe or "default", slab_context=cfg.slab_context,
                    minibatch_std=cfg.minibatch_std)
@@ -177,8 +183,8 @@ def describe(r: dict[str, Any]) -> str:
         speed = f"{r['seconds_per_volume']:.3f} s/volume (G^A {r['stage_seconds']['G^A']:.3f} s)"
     else:
         speed = f"{r['seconds_median']:.3f} s/iteration ({r['precision']})"
-        if r.get("recipe") == "paper":
-            what += ", paper recipe"
+        if r.get("recipe", "default") != "default":
+            what += f", {r['recipe']} recipe"
     return (
         f"{what}: {speed}, median of {r['repeats']} after {r['warmup']} warm-up; "
         f"{mem} {r['peak_memory_mb']:.0f} MiB; {r['params_total'] / 1e6:.2f}M parameters "

@@ -334,6 +334,17 @@ SAVED_BEFORE: dict[str, Any] = {"slab_context": "zero-padded", "minibatch_std": 
 # architecture; the training side is :data:`medgen.families.hagan.train.PAPER_HPARAMS`.
 PAPER_MODEL: dict[str, Any] = {"slab_context": "zero-padded", "minibatch_std": 0}
 DEFAULT_MODEL: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(HAGANConfig) if f.name in PAPER_MODEL}
+# The ``ct`` recipe's architecture side (``medgen train --recipe ct``, the demo's): D^H and D^L also see
+# the volumes through CT's lung and bone windows (:data:`medgen.core.volume.NAMED_CT_WINDOWS`, given by
+# name and turned into the data set's units by :func:`options_from_data`), so that D tells the generated
+# lungs' dark voxels and the bones' extent from the real ones. The lung window with R1 but without the
+# bone window cost diversity (recall 0.10-0.54) and drew too little bone. The training side, and the
+# measurements, are :data:`medgen.families.hagan.train.CT_HPARAMS`.
+CT_MODEL: dict[str, Any] = {"d_windows": "lung,bone"}
+# A data set's ``preprocess.json`` that stands for CT preprocessed with medgen's default HU window: what
+# ``medgen model-info`` and ``medgen bench`` turn a recipe's named windows with (only their number
+# changes the networks).
+DEFAULT_CT_INFO: dict[str, Any] = {"modality": "ct"}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

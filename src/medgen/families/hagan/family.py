@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from medgen.families.hagan import bench, model, train
-from medgen.families.hagan.config import PAPER_MODEL, PRESETS, HAGANConfig, get_preset, options_from_data
+from medgen.families.hagan.config import PRESETS, HAGANConfig, get_preset, options_from_data
 from medgen.families.hagan.summary import summary
 from medgen.training.family import Family
 
@@ -27,6 +27,6 @@ FAMILY = Family(
     uses_labels=lambda cfg: cfg.num_classes > 0,
     describe=summary,
     bench=bench,
-    recipes={"paper": {"model": PAPER_MODEL, "hparams": train.PAPER_HPARAMS}},
+    recipes=train.RECIPES,
     options_from_data=options_from_data,
 )
