@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from medgen.core.version import __version__
-from medgen.core.errors import EXIT_INTERRUPTED, MedgenError
+from medgen.core.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, MedgenError
 
 # Order is the order shown by ``medgen --help``.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -62,13 +62,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's own flush at exit
     except MedgenError as exc:
         print(f"medgen {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"medgen {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of the output went away (``medgen ... | head``): no traceback
+        _silence_stdout()
+        return EXIT_PARTIAL
     return int(code or 0)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not raise again (the Python docs' recipe
+    for SIGPIPE)."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (e.g. captured in tests)
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

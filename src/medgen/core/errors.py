@@ -4,8 +4,9 @@ Exit codes
 ----------
 0  success
 1  the command ran but part of the work failed (e.g. some input files could not
-   be read; the good ones are still written), or training stopped on a
-   diverged (NaN/inf) loss
+   be read; the good ones are still written), training stopped on a
+   diverged (NaN/inf) loss, or the reader of the output went away
+   (``medgen ... | head``; quietly, without a traceback)
 2  usage error: bad option, missing or unreadable input, nothing to do
 130 interrupted (Ctrl-C); long jobs save their state first
 """
