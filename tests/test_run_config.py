@@ -334,5 +334,8 @@ def test_ct_recipe_is_the_demos_settings_in_one_flag(data, tmp_path, capsys):
     assert main(["train", str(mri), "--out", str(tmp_path / "r"), "--recipe", "ct"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--recipe ct: --d-windows lung,bone: HU windows need a CT data set" in err[0]
+    assert main(["train", str(mri), "--out", str(tmp_path / "r"), "--recipe", "paper", "--d-windows", "lung"]) == 2
+    err = capsys.readouterr().err  # windows asked for by the user, not by the recipe: no word of the recipe
+    assert "--d-windows lung: HU windows need a CT data set" in err and "--recipe" not in err
     assert main(["train", str(mri), "--out", str(tmp_path / "r"), "--recipe", "ct", "--d-windows", "none",
                  "--preset", "tiny", "--iters", "1", "--no-progress"]) == 0  # without them it trains

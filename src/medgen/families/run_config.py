@@ -141,12 +141,16 @@ def new_run_config(
     if data_size and size != data_size:
         raise UsageError(f"--size {size}: the data set {data} holds {data_size}³ volumes (preprocess again to change it)")
     fam = registry.get(given.pop("family", DEFAULT_FAMILY))
+    # the recipe's architecture settings that no option given overrides (e.g. the CT recipe's windows)
+    from_recipe = set(fam.recipes.get(recipe, {}).get("model", {})) - set(model_given) if recipe else set()
     model_given, hparams_given = _with_recipe(fam, recipe, model_given, hparams_given)
     if fam.options_from_data is not None:  # e.g. segmentation: the classes of a label volume
         try:
             model_given = fam.options_from_data(info, model_given)
         except UsageError as exc:  # e.g. a recipe's CT windows on MRI: say which recipe asked for them
-            raise (UsageError(f"--recipe {recipe}: {exc}") if recipe is not None else exc) from None
+            raise (UsageError(f"--recipe {recipe}: {exc}")
+                   if from_recipe and _accepted(fam, info, {k: v for k, v in model_given.items() if k not in from_recipe})
+                   else exc) from None
     if not fam.classes_from_data:
         _classes_from_label_column(data, given, model_given)
     preset_name = given.pop("preset", fam.default_preset)
@@ -231,6 +235,15 @@ def _classes_from_label_column(data: str, given: dict[str, Any], model_given: di
         if ds.label_column is None:
             raise UsageError(f"{data}/manifest.csv: no column {label_column!r} for --label-column")
         model_given["num_classes"] = ds.num_classes
+
+
+def _accepted(fam: Any, info: dict[str, Any], model_given: dict[str, Any]) -> bool:
+    """Whether ``fam`` completes ``model_given`` from the data set's ``info`` without an error."""
+    try:
+        fam.options_from_data(info, dict(model_given))
+    except UsageError:
+        return False
+    return True
 
 
 def _with_recipe(fam: Any, recipe: str | None, model_given: dict[str, Any],
