@@ -38,7 +38,7 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from encoder_every import iterations_per_second, run_medgen  # noqa: E402
+from encoder_every import iterations_per_second, phantom_data  # noqa: E402
 
 # HA-GAN tiny at 64³, batch 4: (where, input shape, out channels, kernel, stride, padding)
 LAYERS = [
@@ -118,9 +118,7 @@ def main() -> None:
     if args.rounds:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            run_medgen("phantoms", "--kind", "thorax-ct", "--n", "16", "--size", "64", "--seed", "0",
-                       "--out", str(work / "raw"))
-            run_medgen("preprocess", str(work / "raw"), str(work / "data"), "--modality", "ct", "--size", "64")
+            phantom_data(work, 64)
             for r in range(args.rounds):
                 for f in factors:
                     for i, (key, setting) in enumerate(SETTINGS.items()):

@@ -39,6 +39,14 @@ def run_medgen(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "medgen", *args], check=True, stdout=subprocess.DEVNULL)
 
 
+def phantom_data(work: Path, size: int) -> Path:
+    """16 thorax-CT phantoms at ``size``³, preprocessed into ``work/data`` (the benchmarks' training set)."""
+    run_medgen("phantoms", "--kind", "thorax-ct", "--n", "16", "--size", str(size), "--seed", "0",
+               "--out", str(work / "raw"))
+    run_medgen("preprocess", str(work / "raw"), str(work / "data"), "--modality", "ct", "--size", str(size))
+    return work / "data"
+
+
 def iterations_per_second(run: Path, skip: int) -> float:
     with open(run / "metrics.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if int(r["iteration"]) > skip]
@@ -66,9 +74,7 @@ def main() -> None:
     speeds: dict[int, list[float]] = {k: [] for k in args.every}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run_medgen("phantoms", "--kind", "thorax-ct", "--n", "16", "--size", str(args.size), "--seed", "0",
-               "--out", str(work / "raw"))
-        run_medgen("preprocess", str(work / "raw"), str(work / "data"), "--modality", "ct", "--size", str(args.size))
+        phantom_data(work, args.size)
         for r in range(args.rounds):
             for k in args.every:
                 run = work / f"run-{k}-{r}"

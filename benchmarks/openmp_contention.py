@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from encoder_every import iterations_per_second, run_medgen  # noqa: E402  (the same run and speed)
+from encoder_every import iterations_per_second, phantom_data  # noqa: E402  (the same data and speed)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ["default", "GOMP_SPINCOUNT=10000", "OMP_WAIT_POLICY=PASSIVE", "OMP_NUM_THREADS=1"]
@@ -67,9 +67,7 @@ def main() -> None:
     speeds: dict[str, dict[str, list[float]]] = {c: {s: [] for s in args.settings} for c in ("alone", "busy")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        run_medgen("phantoms", "--kind", "thorax-ct", "--n", "16", "--size", "64", "--seed", "0",
-                   "--out", str(work / "raw"))
-        run_medgen("preprocess", str(work / "raw"), str(work / "data"), "--modality", "ct", "--size", "64")
+        phantom_data(work, 64)
         for r in range(args.rounds):
             for context, iters in (("alone", args.iters_alone), ("busy", args.iters_busy)):
                 for setting in args.settings:
